@@ -1,0 +1,101 @@
+//! The one error type of the core. Every variant is mapped to a specific Python exception in
+//! `py/errors.rs`; library code never uses `anyhow`, so the variant is still known at the boundary.
+
+use std::fmt;
+
+/// Everything that can go wrong in the core.
+#[derive(Debug)]
+pub enum CoreError {
+    /// A file that should exist does not.
+    NotFound {
+        /// The path that was looked up.
+        path: String,
+    },
+    /// Reading or mapping a file failed.
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A model file is malformed: bad header, bad offsets, wrong dtype, shape mismatch, ...
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong and, where possible, what to do.
+        msg: String,
+    },
+    /// A tensor the caller asked for is not in the file.
+    MissingTensor {
+        /// The file.
+        path: String,
+        /// The missing tensor's name.
+        name: String,
+        /// The tensors the file does have (truncated list).
+        available: String,
+    },
+    /// The tokenizer JSON could not be built or could not encode a text.
+    Tokenizer {
+        /// What went wrong.
+        msg: String,
+    },
+    /// A token id (or a mapped row index) is not below the table's row count.
+    IdOutOfRange {
+        /// The id.
+        id: u64,
+        /// The number of valid ids.
+        limit: u64,
+        /// Which table the id indexes.
+        what: &'static str,
+    },
+    /// An argument is invalid (shape, length, range).
+    InvalidArgument {
+        /// The argument name.
+        arg: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+impl fmt::Display for CoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CoreError::NotFound { path } => write!(f, "{path}: no such file"),
+            CoreError::Io { path, source } => write!(f, "{path}: {source}"),
+            CoreError::Format { path, msg } => write!(f, "{path}: {msg}"),
+            CoreError::MissingTensor { path, name, available } => {
+                write!(f, "{path}: no tensor named {name:?} (the file has: {available})")
+            }
+            CoreError::Tokenizer { msg } => write!(f, "tokenizer: {msg}"),
+            CoreError::IdOutOfRange { id, limit, what } => write!(
+                f,
+                "token id {id} is out of range for the {what} ({limit} rows): the tokenizer does not match this table"
+            ),
+            CoreError::InvalidArgument { arg, msg } => write!(f, "{arg}: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for CoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CoreError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl CoreError {
+    /// Shorthand for a [`CoreError::Format`].
+    pub fn format(path: impl Into<String>, msg: impl Into<String>) -> Self {
+        CoreError::Format { path: path.into(), msg: msg.into() }
+    }
+
+    /// Shorthand for a [`CoreError::InvalidArgument`].
+    pub fn arg(arg: &'static str, msg: impl Into<String>) -> Self {
+        CoreError::InvalidArgument { arg, msg: msg.into() }
+    }
+}
+
+/// The core's result type.
+pub type Result<T> = std::result::Result<T, CoreError>;

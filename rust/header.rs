@@ -1,0 +1,429 @@
+//! Memory-mapped safetensors files: the header is parsed and validated before any byte of tensor
+//! data is trusted, then tensors are handed out as byte slices that point into the map (no copy).
+//!
+//! Validation is done by the reference `safetensors` crate (8-byte length, a 100 MB header cap,
+//! UTF-8 JSON object, known dtypes, `shape × dtype size == byte length` with checked arithmetic,
+//! offsets contiguous, in order, non-overlapping and covering the data section exactly) plus the
+//! checks below (a file, not a directory; at least 8 bytes; duplicate tensor names). Every error
+//! names the file.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype as StDtype, SafeTensorError};
+use safetensors::SafeTensors;
+
+use crate::error::{CoreError, Result};
+
+/// The element types the core reads. Other safetensors dtypes are listed by `tensors()` but are
+/// refused where a table, weights or mapping is expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// IEEE single precision.
+    F32,
+    /// IEEE double precision.
+    F64,
+    /// signed 8-bit (model2vec's quantized tables; a global scale does not change cosines).
+    I8,
+    /// signed 32-bit (model2vec mappings).
+    I32,
+    /// signed 64-bit (model2vec mappings).
+    I64,
+    /// unsigned 32-bit.
+    U32,
+    /// Any other safetensors dtype, kept by name.
+    Other(&'static str),
+}
+
+impl DType {
+    /// Bytes per element (0 for dtypes the core does not read).
+    pub fn size(self) -> usize {
+        match self {
+            DType::I8 => 1,
+            DType::F16 | DType::BF16 => 2,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F64 | DType::I64 => 8,
+            DType::Other(_) => 0,
+        }
+    }
+
+    /// The safetensors spelling ("F16", "BF16", ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+            DType::F32 => "F32",
+            DType::F64 => "F64",
+            DType::I8 => "I8",
+            DType::I32 => "I32",
+            DType::I64 => "I64",
+            DType::U32 => "U32",
+            DType::Other(s) => s,
+        }
+    }
+
+    fn from_st(d: StDtype) -> DType {
+        match d {
+            StDtype::F16 => DType::F16,
+            StDtype::BF16 => DType::BF16,
+            StDtype::F32 => DType::F32,
+            StDtype::F64 => DType::F64,
+            StDtype::I8 => DType::I8,
+            StDtype::I32 => DType::I32,
+            StDtype::I64 => DType::I64,
+            StDtype::U32 => DType::U32,
+            StDtype::BOOL => DType::Other("BOOL"),
+            StDtype::U8 => DType::Other("U8"),
+            StDtype::I16 => DType::Other("I16"),
+            StDtype::U16 => DType::Other("U16"),
+            StDtype::U64 => DType::Other("U64"),
+            StDtype::F8_E5M2 => DType::Other("F8_E5M2"),
+            StDtype::F8_E4M3 => DType::Other("F8_E4M3"),
+            _ => DType::Other("(other)"),
+        }
+    }
+}
+
+/// One tensor's header entry, with offsets made absolute within the file.
+#[derive(Debug, Clone)]
+pub struct TensorMeta {
+    /// The tensor's name.
+    pub name: String,
+    /// Its element type.
+    pub dtype: DType,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// First byte in the file.
+    pub start: usize,
+    /// One past the last byte in the file.
+    pub end: usize,
+}
+
+/// A validated, memory-mapped safetensors file.
+#[derive(Debug)]
+pub struct SafetensorsFile {
+    path: String,
+    mmap: Mmap,
+    tensors: Vec<TensorMeta>,
+    metadata: Vec<(String, String)>,
+}
+
+/// The largest header accepted, as in the reference implementation.
+pub const MAX_HEADER_SIZE: usize = 100_000_000;
+
+fn describe(err: SafeTensorError, len: usize) -> String {
+    match err {
+        SafeTensorError::HeaderTooSmall => {
+            format!("file is {len} bytes; a safetensors file starts with an 8-byte header length")
+        }
+        SafeTensorError::HeaderTooLarge => {
+            format!("header length is above the {MAX_HEADER_SIZE}-byte cap; this is not a safetensors file")
+        }
+        SafeTensorError::InvalidHeaderLength => {
+            format!("header length points past the end of the file ({len} bytes): the file is truncated or not safetensors")
+        }
+        SafeTensorError::InvalidHeader(e) => format!("header is not valid UTF-8: {e}"),
+        SafeTensorError::InvalidHeaderStart => "header is not a JSON object".to_string(),
+        SafeTensorError::InvalidHeaderDeserialization(e) => {
+            format!("header is not a valid safetensors JSON object ({e}); check dtypes, shapes and data_offsets")
+        }
+        SafeTensorError::TensorInvalidInfo => {
+            "a tensor's shape times its dtype size does not match its byte range".to_string()
+        }
+        SafeTensorError::InvalidOffset(name) => format!(
+            "tensor {name:?} has invalid data_offsets (reversed, overlapping, out of order or leaving a gap)"
+        ),
+        SafeTensorError::MetadataIncompleteBuffer => format!(
+            "the tensors' byte ranges do not cover the data section exactly ({len} bytes in the file): truncated or padded file"
+        ),
+        SafeTensorError::ValidationOverflow => "a tensor's shape overflows when multiplied out".to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Finds duplicate keys at the top level of the header JSON, which serde would silently merge.
+fn duplicate_key(header: &str) -> Option<String> {
+    // A tiny scanner over the top-level object: tracks depth and string state, collects keys at
+    // depth 1. The header was already parsed as JSON, so it is well formed here.
+    let b = header.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0usize;
+    let mut seen = std::collections::HashSet::new();
+    let mut expect_key = false;
+    while i < b.len() {
+        match b[i] {
+            b'{' | b'[' => {
+                depth += 1;
+                expect_key = depth == 1 && b[i] == b'{';
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => expect_key = true,
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                if depth == 1 && expect_key {
+                    let key = &header[start..i.min(b.len())];
+                    if !seen.insert(key) {
+                        return Some(key.to_string());
+                    }
+                    expect_key = false;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+impl SafetensorsFile {
+    /// Maps and validates a safetensors file.
+    ///
+    /// Errors: `NotFound`, `Io`, or `Format` naming the file and the problem.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let p = path.as_ref();
+        let ps = p.display().to_string();
+        let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => CoreError::NotFound { path: ps.clone() },
+            _ => CoreError::Io { path: ps.clone(), source: e },
+        })?;
+        if meta.is_dir() {
+            return Err(CoreError::format(&ps, "is a directory, expected a .safetensors file"));
+        }
+        let len = meta.len() as usize;
+        if len < 8 {
+            return Err(CoreError::format(&ps, describe(SafeTensorError::HeaderTooSmall, len)));
+        }
+        let file = File::open(p).map_err(|e| CoreError::Io { path: ps.clone(), source: e })?;
+        // SAFETY: the map is read-only and private to this object. As with every mmap-based reader
+        // (safetensors' own `safe_open` included), soundness assumes no other process truncates or
+        // rewrites the file while it is mapped; all reads below stay within `mmap.len()`, which is
+        // checked against every tensor's offsets before use.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| CoreError::Io { path: ps.clone(), source: e })?;
+        let (n, md) = SafeTensors::read_metadata(&mmap).map_err(|e| CoreError::format(&ps, describe(e, len)))?;
+        // read_metadata checked 8 + n <= len and that the header is UTF-8.
+        let header = std::str::from_utf8(&mmap[8..8 + n]).unwrap_or("");
+        if !header.trim_start().starts_with('{') {
+            return Err(CoreError::format(&ps, "header is not a JSON object"));
+        }
+        if let Some(k) = duplicate_key(header) {
+            return Err(CoreError::format(&ps, format!("header names tensor {k:?} twice")));
+        }
+        let data_start = 8 + n;
+        let mut tensors: Vec<TensorMeta> = md
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| {
+                let start = data_start.checked_add(info.data_offsets.0);
+                let end = data_start.checked_add(info.data_offsets.1);
+                match (start, end) {
+                    (Some(s), Some(e)) if s <= e && e <= len => Ok(TensorMeta {
+                        name,
+                        dtype: DType::from_st(info.dtype),
+                        shape: info.shape.clone(),
+                        start: s,
+                        end: e,
+                    }),
+                    _ => Err(CoreError::format(&ps, format!("tensor {name:?} lies outside the file"))),
+                }
+            })
+            .collect::<Result<_>>()?;
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut metadata: Vec<(String, String)> =
+            md.metadata().clone().unwrap_or_else(HashMap::new).into_iter().collect();
+        metadata.sort();
+        Ok(SafetensorsFile { path: ps, mmap, tensors, metadata })
+    }
+
+    /// The path the file was opened with.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The file's size in bytes.
+    pub fn len(&self) -> usize {
+        self.mmap.len()
+    }
+
+    /// Whether the file is empty (never true for an opened file).
+    pub fn is_empty(&self) -> bool {
+        self.mmap.is_empty()
+    }
+
+    /// All tensors, sorted by name.
+    pub fn tensors(&self) -> &[TensorMeta] {
+        &self.tensors
+    }
+
+    /// The `__metadata__` string map, sorted by key.
+    pub fn metadata(&self) -> &[(String, String)] {
+        &self.metadata
+    }
+
+    /// Looks a tensor up by name; the error lists what the file has.
+    pub fn tensor(&self, name: &str) -> Result<&TensorMeta> {
+        self.tensors.iter().find(|t| t.name == name).ok_or_else(|| {
+            let mut names: Vec<&str> = self.tensors.iter().map(|t| t.name.as_str()).take(20).collect();
+            if self.tensors.len() > 20 {
+                names.push("...");
+            }
+            CoreError::MissingTensor { path: self.path.clone(), name: name.to_string(), available: names.join(", ") }
+        })
+    }
+
+    /// The bytes of a tensor, in place in the map. Offsets were validated at open.
+    pub fn bytes(&self, t: &TensorMeta) -> &[u8] {
+        &self.mmap[t.start..t.end]
+    }
+
+    /// Reads a 1-D tensor as f32 (F16, BF16, F32, F64 accepted).
+    pub fn read_f32_vector(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self.tensor(name)?;
+        if t.shape.len() != 1 {
+            return Err(CoreError::format(&self.path, format!("tensor {name:?} must be 1-D, has shape {:?}", t.shape)));
+        }
+        let b = self.bytes(t);
+        let v = match t.dtype {
+            DType::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            DType::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            DType::F64 => b
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+                .collect(),
+            d => {
+                return Err(CoreError::format(
+                    &self.path,
+                    format!("tensor {name:?} has dtype {}, expected F16, BF16, F32 or F64", d.name()),
+                ))
+            }
+        };
+        Ok(v)
+    }
+
+    /// Reads a 1-D integer tensor (I32, I64, U32) as row indices.
+    pub fn read_index_vector(&self, name: &str) -> Result<Vec<u64>> {
+        let t = self.tensor(name)?;
+        if t.shape.len() != 1 {
+            return Err(CoreError::format(&self.path, format!("tensor {name:?} must be 1-D, has shape {:?}", t.shape)));
+        }
+        let b = self.bytes(t);
+        let neg = || CoreError::format(&self.path, format!("tensor {name:?} holds a negative index"));
+        match t.dtype {
+            DType::I32 => b
+                .chunks_exact(4)
+                .map(|c| u64::try_from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])).map_err(|_| neg()))
+                .collect(),
+            DType::U32 => b.chunks_exact(4).map(|c| Ok(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64)).collect(),
+            DType::I64 => b
+                .chunks_exact(8)
+                .map(|c| {
+                    u64::try_from(i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                        .map_err(|_| neg())
+                })
+                .collect(),
+            d => Err(CoreError::format(
+                &self.path,
+                format!("tensor {name:?} has dtype {}, expected I32, I64 or U32", d.name()),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    pub(crate) fn write_st(dir: &Path, name: &str, header: &str, data: &[u8]) -> std::path::PathBuf {
+        let p = dir.join(name);
+        let mut f = File::create(&p).unwrap();
+        f.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+        f.write_all(header.as_bytes()).unwrap();
+        f.write_all(data).unwrap();
+        p
+    }
+
+    fn tmp() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("tokvec-header-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn opens_valid_file() {
+        let d = tmp();
+        let p = write_st(&d, "ok.safetensors", r#"{"t":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]}}"#, &[0; 12]);
+        let f = SafetensorsFile::open(&p).unwrap();
+        let t = f.tensor("t").unwrap();
+        assert_eq!(t.shape, vec![2, 3]);
+        assert_eq!(t.dtype, DType::F16);
+        assert_eq!(f.bytes(t).len(), 12);
+    }
+
+    #[test]
+    fn rejects_bad_files() {
+        let d = tmp();
+        let cases: &[(&str, &str, usize)] = &[
+            ("short", r#"{"t":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]}}"#, 6),
+            ("mismatch", r#"{"t":{"dtype":"F16","shape":[2,3],"data_offsets":[0,10]}}"#, 10),
+            ("dtype", r#"{"t":{"dtype":"Q7","shape":[2,3],"data_offsets":[0,12]}}"#, 12),
+            ("notobj", r#"[1,2,3]"#, 0),
+            ("dup", r#"{"t":{"dtype":"F16","shape":[1],"data_offsets":[0,2]},"t":{"dtype":"F16","shape":[1],"data_offsets":[0,2]}}"#, 2),
+            ("overflow", r#"{"t":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,4]}}"#, 4),
+        ];
+        for (name, header, n) in cases {
+            let p = write_st(&d, &format!("{name}.safetensors"), header, &vec![0u8; *n]);
+            let e = SafetensorsFile::open(&p).unwrap_err();
+            assert!(matches!(e, CoreError::Format { .. }), "{name}: {e}");
+            assert!(e.to_string().contains(name), "{name}: message must name the file: {e}");
+        }
+    }
+
+    #[test]
+    fn rejects_huge_header_length() {
+        let d = tmp();
+        let p = d.join("huge.safetensors");
+        let mut f = File::create(&p).unwrap();
+        f.write_all(&u64::MAX.to_le_bytes()).unwrap();
+        f.write_all(b"{}").unwrap();
+        let e = SafetensorsFile::open(&p).unwrap_err();
+        assert!(e.to_string().contains("cap") || e.to_string().contains("past the end"), "{e}");
+    }
+
+    #[test]
+    fn finds_duplicate_keys_only_at_top_level() {
+        assert_eq!(duplicate_key(r#"{"a":{"x":1,"x":2},"b":1}"#), None);
+        assert_eq!(duplicate_key(r#"{"a":1,"b":{"a":1},"a":2}"#), Some("a".into()));
+        assert_eq!(duplicate_key(r#"{"a\"b":1,"c":[{"a\"b":1}]}"#), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_random_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let d = tmp();
+            let p = d.join(format!("rand-{}.safetensors", bytes.len()));
+            std::fs::write(&p, &bytes).unwrap();
+            let _ = SafetensorsFile::open(&p);
+        }
+
+        #[test]
+        fn never_panics_on_random_headers(header in "\\{[\"a-zA-Z0-9_:,\\[\\]{} ]{0,80}\\}", n in 0usize..64) {
+            let d = tmp();
+            let p = write_st(&d, &format!("randh-{n}.safetensors"), &header, &vec![0u8; n]);
+            let _ = SafetensorsFile::open(&p);
+        }
+    }
+}

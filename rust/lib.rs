@@ -1,0 +1,23 @@
+//! tokvec core: static text embeddings from the token-embedding table of a language model.
+//!
+//! The hot path lives here, with no Python types: memory-mapped safetensors (`header`), row gather
+//! with f16/bf16/f32 → f32 conversion (`gather`), tokenization + weighted mean pooling in one
+//! parallel pass (`pool`), and similarity search: exact top-k (`topk`), all pairs above a
+//! threshold and greedy deduplication (`dedup`), and Hamming search over packed sign bits
+//! (`hamming`). The PyO3 binding sits in `py/`, compiled only with the `python` feature.
+#![deny(missing_docs)]
+
+pub mod dedup;
+pub mod error;
+pub mod gather;
+pub mod hamming;
+pub mod header;
+pub mod pool;
+pub mod simd;
+pub mod topk;
+
+#[cfg(feature = "python")]
+mod py;
+
+pub use error::{CoreError, Result};
+pub use header::{DType, SafetensorsFile, TensorMeta};
