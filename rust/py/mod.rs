@@ -1,0 +1,22 @@
+//! The `tokvec._core` extension module. Only this folder uses pyo3 types: it borrows numpy arrays
+//! and strings with the GIL held, runs the core kernels inside `py.detach` (GIL released), and
+//! builds results with the GIL held again.
+
+use pyo3::prelude::*;
+
+mod errors;
+mod search;
+
+pub(crate) use errors::{FormatError, TokenizerError};
+
+/// The compiled core of tokvec. Users import `tokvec`, not this module.
+#[pymodule(gil_used = false)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("FormatError", py.get_type::<FormatError>())?;
+    m.add("TokenizerError", py.get_type::<TokenizerError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("CPU_FEATURES", crate::simd::describe())?;
+    search::register(m)?;
+    Ok(())
+}
