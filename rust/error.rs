@@ -88,7 +88,10 @@ impl std::error::Error for CoreError {
 impl CoreError {
     /// Shorthand for a [`CoreError::Format`].
     pub fn format(path: impl Into<String>, msg: impl Into<String>) -> Self {
-        CoreError::Format { path: path.into(), msg: msg.into() }
+        CoreError::Format {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
 
     /// Shorthand for a [`CoreError::InvalidArgument`].

@@ -197,7 +197,10 @@ impl SafetensorsFile {
         let ps = p.display().to_string();
         let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => CoreError::NotFound { path: ps.clone() },
-            _ => CoreError::Io { path: ps.clone(), source: e },
+            _ => CoreError::Io {
+                path: ps.clone(),
+                source: e,
+            },
         })?;
         if meta.is_dir() {
             return Err(CoreError::format(&ps, "is a directory, expected a .safetensors file"));
@@ -206,12 +209,18 @@ impl SafetensorsFile {
         if len < 8 {
             return Err(CoreError::format(&ps, describe(SafeTensorError::HeaderTooSmall, len)));
         }
-        let file = File::open(p).map_err(|e| CoreError::Io { path: ps.clone(), source: e })?;
+        let file = File::open(p).map_err(|e| CoreError::Io {
+            path: ps.clone(),
+            source: e,
+        })?;
         // SAFETY: the map is read-only and private to this object. As with every mmap-based reader
         // (safetensors' own `safe_open` included), soundness assumes no other process truncates or
         // rewrites the file while it is mapped; all reads below stay within `mmap.len()`, which is
         // checked against every tensor's offsets before use.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| CoreError::Io { path: ps.clone(), source: e })?;
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| CoreError::Io {
+            path: ps.clone(),
+            source: e,
+        })?;
         let (n, md) = SafeTensors::read_metadata(&mmap).map_err(|e| CoreError::format(&ps, describe(e, len)))?;
         // read_metadata checked 8 + n <= len and that the header is UTF-8.
         let header = std::str::from_utf8(&mmap[8..8 + n]).unwrap_or("");
@@ -244,7 +253,12 @@ impl SafetensorsFile {
         let mut metadata: Vec<(String, String)> =
             md.metadata().clone().unwrap_or_else(HashMap::new).into_iter().collect();
         metadata.sort();
-        Ok(SafetensorsFile { path: ps, mmap, tensors, metadata })
+        Ok(SafetensorsFile {
+            path: ps,
+            mmap,
+            tensors,
+            metadata,
+        })
     }
 
     /// The path the file was opened with.
@@ -279,7 +293,11 @@ impl SafetensorsFile {
             if self.tensors.len() > 20 {
                 names.push("...");
             }
-            CoreError::MissingTensor { path: self.path.clone(), name: name.to_string(), available: names.join(", ") }
+            CoreError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+                available: names.join(", "),
+            }
         })
     }
 
@@ -292,13 +310,25 @@ impl SafetensorsFile {
     pub fn read_f32_vector(&self, name: &str) -> Result<Vec<f32>> {
         let t = self.tensor(name)?;
         if t.shape.len() != 1 {
-            return Err(CoreError::format(&self.path, format!("tensor {name:?} must be 1-D, has shape {:?}", t.shape)));
+            return Err(CoreError::format(
+                &self.path,
+                format!("tensor {name:?} must be 1-D, has shape {:?}", t.shape),
+            ));
         }
         let b = self.bytes(t);
         let v = match t.dtype {
-            DType::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            DType::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            DType::F16 => b
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::BF16 => b
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
             DType::F64 => b
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
@@ -317,7 +347,10 @@ impl SafetensorsFile {
     pub fn read_index_vector(&self, name: &str) -> Result<Vec<u64>> {
         let t = self.tensor(name)?;
         if t.shape.len() != 1 {
-            return Err(CoreError::format(&self.path, format!("tensor {name:?} must be 1-D, has shape {:?}", t.shape)));
+            return Err(CoreError::format(
+                &self.path,
+                format!("tensor {name:?} must be 1-D, has shape {:?}", t.shape),
+            ));
         }
         let b = self.bytes(t);
         let neg = || CoreError::format(&self.path, format!("tensor {name:?} holds a negative index"));
@@ -326,7 +359,10 @@ impl SafetensorsFile {
                 .chunks_exact(4)
                 .map(|c| u64::try_from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])).map_err(|_| neg()))
                 .collect(),
-            DType::U32 => b.chunks_exact(4).map(|c| Ok(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64)).collect(),
+            DType::U32 => b
+                .chunks_exact(4)
+                .map(|c| Ok(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64))
+                .collect(),
             DType::I64 => b
                 .chunks_exact(8)
                 .map(|c| {
@@ -365,7 +401,12 @@ mod tests {
     #[test]
     fn opens_valid_file() {
         let d = tmp();
-        let p = write_st(&d, "ok.safetensors", r#"{"t":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]}}"#, &[0; 12]);
+        let p = write_st(
+            &d,
+            "ok.safetensors",
+            r#"{"t":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]}}"#,
+            &[0; 12],
+        );
         let f = SafetensorsFile::open(&p).unwrap();
         let t = f.tensor("t").unwrap();
         assert_eq!(t.shape, vec![2, 3]);
@@ -377,12 +418,32 @@ mod tests {
     fn rejects_bad_files() {
         let d = tmp();
         let cases: &[(&str, &str, usize)] = &[
-            ("short", r#"{"t":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]}}"#, 6),
-            ("mismatch", r#"{"t":{"dtype":"F16","shape":[2,3],"data_offsets":[0,10]}}"#, 10),
-            ("dtype", r#"{"t":{"dtype":"Q7","shape":[2,3],"data_offsets":[0,12]}}"#, 12),
+            (
+                "short",
+                r#"{"t":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]}}"#,
+                6,
+            ),
+            (
+                "mismatch",
+                r#"{"t":{"dtype":"F16","shape":[2,3],"data_offsets":[0,10]}}"#,
+                10,
+            ),
+            (
+                "dtype",
+                r#"{"t":{"dtype":"Q7","shape":[2,3],"data_offsets":[0,12]}}"#,
+                12,
+            ),
             ("notobj", r#"[1,2,3]"#, 0),
-            ("dup", r#"{"t":{"dtype":"F16","shape":[1],"data_offsets":[0,2]},"t":{"dtype":"F16","shape":[1],"data_offsets":[0,2]}}"#, 2),
-            ("overflow", r#"{"t":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,4]}}"#, 4),
+            (
+                "dup",
+                r#"{"t":{"dtype":"F16","shape":[1],"data_offsets":[0,2]},"t":{"dtype":"F16","shape":[1],"data_offsets":[0,2]}}"#,
+                2,
+            ),
+            (
+                "overflow",
+                r#"{"t":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,4]}}"#,
+                4,
+            ),
         ];
         for (name, header, n) in cases {
             let p = write_st(&d, &format!("{name}.safetensors"), header, &vec![0u8; *n]);
@@ -400,7 +461,10 @@ mod tests {
         f.write_all(&u64::MAX.to_le_bytes()).unwrap();
         f.write_all(b"{}").unwrap();
         let e = SafetensorsFile::open(&p).unwrap_err();
-        assert!(e.to_string().contains("cap") || e.to_string().contains("past the end"), "{e}");
+        assert!(
+            e.to_string().contains("cap") || e.to_string().contains("past the end"),
+            "{e}"
+        );
     }
 
     #[test]

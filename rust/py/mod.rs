@@ -5,6 +5,7 @@
 use pyo3::prelude::*;
 
 mod errors;
+mod model;
 mod search;
 
 pub(crate) use errors::{FormatError, TokenizerError};
@@ -17,6 +18,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TokenizerError", py.get_type::<TokenizerError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("CPU_FEATURES", crate::simd::describe())?;
+    model::register(m)?;
     search::register(m)?;
     Ok(())
 }

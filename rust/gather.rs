@@ -1,0 +1,338 @@
+//! Row gather: add `w × row` of an on-disk table (F16, BF16, F32, F64, I8; little-endian, possibly
+//! unaligned bytes inside a memory map) into an f32 accumulator.
+//!
+//! Performance notes:
+//! - Tables stay in their on-disk dtype; conversion happens per row, per pooled token, into an
+//!   accumulator that stays in L1. A 256-d F16 row is 512 bytes: one cache line pair per 32 lanes.
+//! - Rows are read with unaligned loads: safetensors does not guarantee any alignment for data
+//!   offsets (the header length is arbitrary), so no `&[f16]` is ever formed from the map.
+//! - AVX-512: 16 lanes per step (`vcvtph2ps`, or zero-extend + shift for bf16), fused multiply-add.
+//!   AVX2+F16C: 8 lanes. The scalar path is the reference the tests compare against; SIMD results
+//!   differ from it only by FMA's single rounding (≤ 1 ulp per step).
+
+use crate::header::DType;
+use crate::simd::Isa;
+
+/// Table element types that can be pooled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowType {
+    /// IEEE half.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// f32.
+    F32,
+    /// f64 (converted to f32 per element).
+    F64,
+    /// i8 (model2vec's quantized tables).
+    I8,
+}
+
+impl RowType {
+    /// The row type for a safetensors dtype, if it can be pooled.
+    pub fn from_dtype(d: DType) -> Option<RowType> {
+        match d {
+            DType::F16 => Some(RowType::F16),
+            DType::BF16 => Some(RowType::BF16),
+            DType::F32 => Some(RowType::F32),
+            DType::F64 => Some(RowType::F64),
+            DType::I8 => Some(RowType::I8),
+            _ => None,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            RowType::I8 => 1,
+            RowType::F16 | RowType::BF16 => 2,
+            RowType::F32 => 4,
+            RowType::F64 => 8,
+        }
+    }
+}
+
+/// Scalar reference: `acc[i] += w * row[i]` for `i < acc.len()`.
+///
+/// Panics if `row` is shorter than `acc.len() * ty.size()` bytes (callers slice it exactly).
+pub fn accumulate_scalar(acc: &mut [f32], row: &[u8], w: f32, ty: RowType) {
+    let n = acc.len();
+    match ty {
+        RowType::F16 => {
+            for (a, c) in acc.iter_mut().zip(row[..2 * n].chunks_exact(2)) {
+                *a += w * half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
+        RowType::BF16 => {
+            for (a, c) in acc.iter_mut().zip(row[..2 * n].chunks_exact(2)) {
+                *a += w * half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
+        RowType::F32 => {
+            for (a, c) in acc.iter_mut().zip(row[..4 * n].chunks_exact(4)) {
+                *a += w * f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        RowType::F64 => {
+            for (a, c) in acc.iter_mut().zip(row[..8 * n].chunks_exact(8)) {
+                *a += w * f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32;
+            }
+        }
+        RowType::I8 => {
+            for (a, &c) in acc.iter_mut().zip(row[..n].iter()) {
+                *a += w * (c as i8) as f32;
+            }
+        }
+    }
+}
+
+/// `acc[i] += w * row[i]` with the given ISA (falls back to scalar for dtypes without a SIMD path).
+///
+/// Panics if `row` is shorter than `acc.len() * ty.size()` bytes; that length check is what makes
+/// the unaligned SIMD loads below stay inside `row`.
+#[inline]
+pub fn accumulate(acc: &mut [f32], row: &[u8], w: f32, ty: RowType, isa: Isa) {
+    let need = acc.len() * ty.size();
+    assert!(row.len() >= need, "row slice shorter than the accumulator");
+    match (isa, ty) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, RowType::F16) => {
+            // SAFETY: Isa::Avx512 is only produced by `simd::isa()` after run-time detection of
+            // avx512f/bw/vl (or by tests that check detection first); row length checked above.
+            unsafe { x86::acc_f16_avx512(acc, row, w) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, RowType::BF16) => {
+            // SAFETY: as above.
+            unsafe { x86::acc_bf16_avx512(acc, row, w) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, RowType::F32) => {
+            // SAFETY: as above.
+            unsafe { x86::acc_f32_avx512(acc, row, w) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, RowType::F16) => {
+            // SAFETY: Isa::Avx2 is only produced after detecting avx2, fma and f16c; length checked.
+            unsafe { x86::acc_f16_avx2(acc, row, w) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, RowType::BF16) => {
+            // SAFETY: as above.
+            unsafe { x86::acc_bf16_avx2(acc, row, w) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, RowType::F32) => {
+            // SAFETY: as above.
+            unsafe { x86::acc_f32_avx2(acc, row, w) }
+        }
+        _ => accumulate_scalar(acc, row, w, ty),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// CPU must have avx512f; `row.len() >= 2 * acc.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn acc_f16_avx512(acc: &mut [f32], row: &[u8], w: f32) {
+        let n = acc.len();
+        let wv = _mm512_set1_ps(w);
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n, so bytes [2i, 2i + 32) lie in row, floats [i, i + 16) in acc.
+            unsafe {
+                let h = _mm256_loadu_si256(row.as_ptr().add(2 * i) as *const __m256i);
+                let x = _mm512_cvtph_ps(h);
+                let a = _mm512_loadu_ps(acc.as_ptr().add(i));
+                _mm512_storeu_ps(acc.as_mut_ptr().add(i), _mm512_fmadd_ps(wv, x, a));
+            }
+            i += 16;
+        }
+        super::accumulate_scalar(&mut acc[i..], &row[2 * i..], w, super::RowType::F16);
+    }
+
+    /// # Safety
+    /// CPU must have avx512f; `row.len() >= 2 * acc.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn acc_bf16_avx512(acc: &mut [f32], row: &[u8], w: f32) {
+        let n = acc.len();
+        let wv = _mm512_set1_ps(w);
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n bounds both the 32 row bytes and the 16 accumulator floats.
+            unsafe {
+                let h = _mm256_loadu_si256(row.as_ptr().add(2 * i) as *const __m256i);
+                let x = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
+                let a = _mm512_loadu_ps(acc.as_ptr().add(i));
+                _mm512_storeu_ps(acc.as_mut_ptr().add(i), _mm512_fmadd_ps(wv, x, a));
+            }
+            i += 16;
+        }
+        super::accumulate_scalar(&mut acc[i..], &row[2 * i..], w, super::RowType::BF16);
+    }
+
+    /// # Safety
+    /// CPU must have avx512f; `row.len() >= 4 * acc.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn acc_f32_avx512(acc: &mut [f32], row: &[u8], w: f32) {
+        let n = acc.len();
+        let wv = _mm512_set1_ps(w);
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n bounds the 64 row bytes and the 16 accumulator floats.
+            unsafe {
+                let x = _mm512_loadu_ps(row.as_ptr().add(4 * i) as *const f32);
+                let a = _mm512_loadu_ps(acc.as_ptr().add(i));
+                _mm512_storeu_ps(acc.as_mut_ptr().add(i), _mm512_fmadd_ps(wv, x, a));
+            }
+            i += 16;
+        }
+        super::accumulate_scalar(&mut acc[i..], &row[4 * i..], w, super::RowType::F32);
+    }
+
+    /// # Safety
+    /// CPU must have avx2, fma and f16c; `row.len() >= 2 * acc.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn acc_f16_avx2(acc: &mut [f32], row: &[u8], w: f32) {
+        let n = acc.len();
+        let wv = _mm256_set1_ps(w);
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n bounds the 16 row bytes and the 8 accumulator floats.
+            unsafe {
+                let h = _mm_loadu_si128(row.as_ptr().add(2 * i) as *const __m128i);
+                let x = _mm256_cvtph_ps(h);
+                let a = _mm256_loadu_ps(acc.as_ptr().add(i));
+                _mm256_storeu_ps(acc.as_mut_ptr().add(i), _mm256_fmadd_ps(wv, x, a));
+            }
+            i += 8;
+        }
+        super::accumulate_scalar(&mut acc[i..], &row[2 * i..], w, super::RowType::F16);
+    }
+
+    /// # Safety
+    /// CPU must have avx2 and fma; `row.len() >= 2 * acc.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn acc_bf16_avx2(acc: &mut [f32], row: &[u8], w: f32) {
+        let n = acc.len();
+        let wv = _mm256_set1_ps(w);
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n bounds the 16 row bytes and the 8 accumulator floats.
+            unsafe {
+                let h = _mm_loadu_si128(row.as_ptr().add(2 * i) as *const __m128i);
+                let x = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)));
+                let a = _mm256_loadu_ps(acc.as_ptr().add(i));
+                _mm256_storeu_ps(acc.as_mut_ptr().add(i), _mm256_fmadd_ps(wv, x, a));
+            }
+            i += 8;
+        }
+        super::accumulate_scalar(&mut acc[i..], &row[2 * i..], w, super::RowType::BF16);
+    }
+
+    /// # Safety
+    /// CPU must have avx2 and fma; `row.len() >= 4 * acc.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn acc_f32_avx2(acc: &mut [f32], row: &[u8], w: f32) {
+        let n = acc.len();
+        let wv = _mm256_set1_ps(w);
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n bounds the 32 row bytes and the 8 accumulator floats.
+            unsafe {
+                let x = _mm256_loadu_ps(row.as_ptr().add(4 * i) as *const f32);
+                let a = _mm256_loadu_ps(acc.as_ptr().add(i));
+                _mm256_storeu_ps(acc.as_mut_ptr().add(i), _mm256_fmadd_ps(wv, x, a));
+            }
+            i += 8;
+        }
+        super::accumulate_scalar(&mut acc[i..], &row[4 * i..], w, super::RowType::F32);
+    }
+}
+
+/// The ISA levels this CPU can run, best last (always starts with `Scalar`). For tests and benches.
+pub fn available_isas() -> Vec<Isa> {
+    let mut v = vec![Isa::Scalar];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+            v.push(Isa::Avx2);
+        }
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+        {
+            v.push(Isa::Avx512);
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(vals: &[f32], ty: RowType) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &v in vals {
+            match ty {
+                RowType::F16 => out.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+                RowType::BF16 => out.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+                RowType::F32 => out.extend_from_slice(&v.to_le_bytes()),
+                RowType::F64 => out.extend_from_slice(&(v as f64).to_le_bytes()),
+                RowType::I8 => out.push((v * 100.0).clamp(-127.0, 127.0) as i8 as u8),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn simd_matches_scalar_all_types_lengths_and_offsets() {
+        let types = [RowType::F16, RowType::BF16, RowType::F32, RowType::F64, RowType::I8];
+        for &ty in &types {
+            for n in [0usize, 1, 7, 8, 15, 16, 17, 31, 64, 100, 256, 384] {
+                let vals: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 37.0).collect();
+                // misalign the row by one byte to exercise unaligned loads
+                let mut bytes = vec![0u8];
+                bytes.extend(encode(&vals, ty));
+                let row = &bytes[1..];
+                let init: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+                let mut reference = init.clone();
+                accumulate_scalar(&mut reference, row, 0.75, ty);
+                for isa in available_isas() {
+                    let mut got = init.clone();
+                    accumulate(&mut got, row, 0.75, ty, isa);
+                    for (a, b) in got.iter().zip(&reference) {
+                        assert!(
+                            (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                            "{ty:?} {isa:?} n={n}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scalar_decodes_exactly() {
+        let vals = [1.0f32, -2.5, 0.0, 65504.0, -0.000061035156];
+        let row = encode(&vals, RowType::F16);
+        let mut acc = vec![0.0; vals.len()];
+        accumulate_scalar(&mut acc, &row, 1.0, RowType::F16);
+        assert_eq!(acc, vals);
+        let row = encode(&[1.0, -3.0, 0.5], RowType::BF16);
+        let mut acc = vec![1.0; 3];
+        accumulate_scalar(&mut acc, &row, 2.0, RowType::BF16);
+        assert_eq!(acc, vec![3.0, -5.0, 2.0]);
+    }
+
+    #[test]
+    #[should_panic]
+    fn short_row_panics_instead_of_reading_out_of_bounds() {
+        let mut acc = vec![0.0f32; 32];
+        accumulate(&mut acc, &[0u8; 10], 1.0, RowType::F16, crate::simd::isa());
+    }
+}

@@ -1,0 +1,629 @@
+//! Tokenization and weighted mean pooling in one parallel pass.
+//!
+//! For each text: ids from the encoder → drop special ids → cap at `max_length` → row = `mapping[id]`
+//! (or `id`) → `acc += weight[id] × row` (converted from the on-disk dtype) → `acc /= count` →
+//! optional L2 normalization → optional sign binarization. An empty text (or one whose tokens are
+//! all special) gives the zero vector (all-zero bits when binary).
+//!
+//! Performance notes:
+//! - Texts are split over rayon's pool; each worker keeps one id buffer and, for binary output, one
+//!   scratch row, so the pass allocates nothing per text beyond what the tokenizer allocates.
+//! - The output is written in place into the caller's buffer (the numpy array's memory).
+//! - Results do not depend on the thread count or on the batch split: each text is pooled by one
+//!   thread with the same kernel, in token order.
+//! - Tokenization dominates (~10-20× the pooling cost); the [`Encoder`] trait lets a faster,
+//!   ids-only encoder replace the `tokenizers`-crate one without touching pooling.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::error::{CoreError, Result};
+use crate::gather::{accumulate, RowType};
+use crate::header::{SafetensorsFile, TensorMeta};
+use crate::simd::{isa, Isa};
+
+/// Turns a text into token ids. Implementations must be deterministic and thread-safe.
+pub trait Encoder: Send + Sync {
+    /// Appends the ids of `text` to `out` (which the caller has cleared).
+    fn encode(&self, text: &str, out: &mut Vec<u32>) -> Result<()>;
+    /// One past the largest id this encoder can produce.
+    fn id_limit(&self) -> u64;
+}
+
+/// The reference encoder: HF `tokenizers` built from a tokenizer JSON, ids only.
+pub struct HfEncoder {
+    tok: tokenizers::Tokenizer,
+    add_special_tokens: bool,
+    id_limit: u64,
+}
+
+impl HfEncoder {
+    /// Builds the tokenizer from its JSON (as written by `tokenizers.Tokenizer.to_str()`).
+    ///
+    /// Truncation and padding are switched off: pooling needs every id and no pad ids.
+    pub fn from_json(json: &str, add_special_tokens: bool) -> Result<Self> {
+        let mut tok = tokenizers::Tokenizer::from_str(json).map_err(|e| CoreError::Tokenizer {
+            msg: format!("cannot build the tokenizer from its JSON: {e}"),
+        })?;
+        tok.with_padding(None);
+        tok.with_truncation(None).map_err(|e| CoreError::Tokenizer {
+            msg: format!("cannot disable truncation: {e}"),
+        })?;
+        let id_limit = tok.get_vocab(true).values().map(|&v| v as u64 + 1).max().unwrap_or(0);
+        Ok(HfEncoder {
+            tok,
+            add_special_tokens,
+            id_limit,
+        })
+    }
+}
+
+impl Encoder for HfEncoder {
+    fn encode(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
+        // A panic inside the tokenizer must not cross into Python: it becomes a Tokenizer error.
+        let r = catch_unwind(AssertUnwindSafe(|| self.tok.encode_fast(text, self.add_special_tokens)));
+        match r {
+            Ok(Ok(enc)) => {
+                out.extend_from_slice(enc.get_ids());
+                Ok(())
+            }
+            Ok(Err(e)) => Err(CoreError::Tokenizer {
+                msg: format!("cannot encode a text: {e}"),
+            }),
+            Err(_) => Err(CoreError::Tokenizer {
+                msg: "the tokenizer panicked on a text".to_string(),
+            }),
+        }
+    }
+
+    fn id_limit(&self) -> u64 {
+        self.id_limit
+    }
+}
+
+/// What to load and how to pool.
+#[derive(Debug, Clone, Default)]
+pub struct ModelSpec {
+    /// Name of the `[rows, cols]` table tensor.
+    pub table: String,
+    /// Optional per-token weights `[V]` (indexed by token id).
+    pub weights: Option<String>,
+    /// Optional token → row mapping `[V]` (model2vec vocabulary quantization).
+    pub mapping: Option<String>,
+    /// Token ids never pooled (special tokens: BOS/EOS/CLS/SEP/pad/unk).
+    pub skip_ids: Vec<u32>,
+    /// Use only the first `dim` columns (Matryoshka truncation); `None` = all.
+    pub dim: Option<usize>,
+    /// L2-normalize the pooled vectors.
+    pub normalize: bool,
+    /// Pool at most this many (non-special) tokens per text; `None` = no cap.
+    pub max_length: Option<usize>,
+}
+
+/// A loaded model: a table in place in its memory map, plus pooling settings and an encoder.
+pub struct EmbedModel {
+    file: Arc<SafetensorsFile>,
+    table: TensorMeta,
+    ty: RowType,
+    rows: usize,
+    cols: usize,
+    dim: usize,
+    weights: Option<Vec<f32>>,
+    mapping: Option<Vec<u32>>,
+    id_limit: usize,
+    skip: Vec<u64>,
+    normalize: bool,
+    max_length: Option<usize>,
+    encoder: Option<Box<dyn Encoder>>,
+    isa: Isa,
+}
+
+impl std::fmt::Debug for EmbedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbedModel")
+            .field("path", &self.file.path())
+            .field("table", &self.table.name)
+            .field("rows", &self.rows)
+            .field("dim", &self.dim)
+            .finish()
+    }
+}
+
+impl EmbedModel {
+    /// Validates the spec against the file and builds the model. Nothing of the table is copied.
+    pub fn new(file: Arc<SafetensorsFile>, spec: &ModelSpec, encoder: Option<Box<dyn Encoder>>) -> Result<Self> {
+        let path = file.path().to_string();
+        let table = file.tensor(&spec.table)?.clone();
+        if table.shape.len() != 2 {
+            return Err(CoreError::format(
+                &path,
+                format!(
+                    "table {:?} must be 2-D [vocab, dim], has shape {:?}",
+                    table.name, table.shape
+                ),
+            ));
+        }
+        let (rows, cols) = (table.shape[0], table.shape[1]);
+        if rows == 0 || cols == 0 {
+            return Err(CoreError::format(
+                &path,
+                format!("table {:?} is empty (shape {:?})", table.name, table.shape),
+            ));
+        }
+        let ty = RowType::from_dtype(table.dtype).ok_or_else(|| {
+            CoreError::format(
+                &path,
+                format!(
+                    "table {:?} has dtype {}; tokvec reads F16, BF16, F32, F64 and I8",
+                    table.name,
+                    table.dtype.name()
+                ),
+            )
+        })?;
+        let dim = spec.dim.unwrap_or(cols);
+        if dim == 0 || dim > cols {
+            return Err(CoreError::arg(
+                "dim",
+                format!("must be between 1 and the table's {cols} columns, got {dim}"),
+            ));
+        }
+        let mapping = match &spec.mapping {
+            None => None,
+            Some(name) => {
+                let m = file.read_index_vector(name)?;
+                let mut out = Vec::with_capacity(m.len());
+                for (i, &r) in m.iter().enumerate() {
+                    if r >= rows as u64 {
+                        return Err(CoreError::format(
+                            &path,
+                            format!("mapping {name:?} sends token {i} to row {r}, but the table has {rows} rows"),
+                        ));
+                    }
+                    out.push(r as u32);
+                }
+                Some(out)
+            }
+        };
+        let id_limit = mapping.as_ref().map_or(rows, |m| m.len());
+        let weights = match &spec.weights {
+            None => None,
+            Some(name) => {
+                let w = file.read_f32_vector(name)?;
+                if w.len() != id_limit {
+                    return Err(CoreError::format(
+                        &path,
+                        format!(
+                            "weights {name:?} has {} entries, expected one per token id ({id_limit})",
+                            w.len()
+                        ),
+                    ));
+                }
+                if let Some(i) = w.iter().position(|x| !x.is_finite()) {
+                    return Err(CoreError::format(
+                        &path,
+                        format!("weights {name:?} entry {i} is not finite"),
+                    ));
+                }
+                Some(w)
+            }
+        };
+        if let Some(enc) = &encoder {
+            if enc.id_limit() > id_limit as u64 {
+                return Err(CoreError::format(
+                    &path,
+                    format!(
+                        "the tokenizer has ids up to {} but the table has {id_limit} rows: this tokenizer does not belong \
+                         to this table (pass the matching tokenizer.json)",
+                        enc.id_limit() - 1
+                    ),
+                ));
+            }
+        }
+        let max_skip = spec.skip_ids.iter().copied().max().map_or(0, |m| m as usize + 1);
+        let mut skip = vec![0u64; max_skip.div_ceil(64)];
+        for &s in &spec.skip_ids {
+            skip[s as usize / 64] |= 1u64 << (s % 64);
+        }
+        if spec.max_length == Some(0) {
+            return Err(CoreError::arg("max_length", "must be at least 1 (or None for no cap)"));
+        }
+        Ok(EmbedModel {
+            file,
+            table,
+            ty,
+            rows,
+            cols,
+            dim,
+            weights,
+            mapping,
+            id_limit,
+            skip,
+            normalize: spec.normalize,
+            max_length: spec.max_length,
+            encoder,
+            isa: isa(),
+        })
+    }
+
+    /// Forces an ISA level (tests compare SIMD output against `Isa::Scalar`). The level must be
+    /// one this CPU supports: it is clamped to the detected one.
+    pub fn set_isa(&mut self, level: Isa) {
+        self.isa = level.min(isa());
+    }
+
+    /// Rows of the table.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Columns of the table.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Output dimension (≤ cols).
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// Number of valid token ids.
+    pub fn id_limit(&self) -> usize {
+        self.id_limit
+    }
+    /// The table's on-disk dtype.
+    pub fn row_type(&self) -> RowType {
+        self.ty
+    }
+    /// The table's tensor entry.
+    pub fn table(&self) -> &TensorMeta {
+        &self.table
+    }
+    /// The mapped file.
+    pub fn file(&self) -> &Arc<SafetensorsFile> {
+        &self.file
+    }
+    /// Whether pooled vectors are L2-normalized.
+    pub fn normalize(&self) -> bool {
+        self.normalize
+    }
+    /// Words per packed binary vector.
+    pub fn binary_words(&self) -> usize {
+        self.dim.div_ceil(64)
+    }
+
+    #[inline]
+    fn is_skipped(&self, id: u32) -> bool {
+        let w = id as usize / 64;
+        w < self.skip.len() && (self.skip[w] >> (id % 64)) & 1 == 1
+    }
+
+    /// Pools `ids` into `acc` (length `dim`, overwritten).
+    pub fn pool_ids(&self, ids: &[u32], acc: &mut [f32]) -> Result<()> {
+        debug_assert_eq!(acc.len(), self.dim);
+        acc.fill(0.0);
+        let data = self.file.bytes(&self.table);
+        let row_bytes = self.cols * self.ty.size();
+        let used = self.dim * self.ty.size();
+        let mut count = 0usize;
+        for &id in ids {
+            if self.is_skipped(id) {
+                continue;
+            }
+            if self.max_length.is_some_and(|m| count >= m) {
+                break;
+            }
+            let idu = id as usize;
+            if idu >= self.id_limit {
+                return Err(CoreError::IdOutOfRange {
+                    id: id as u64,
+                    limit: self.id_limit as u64,
+                    what: "table",
+                });
+            }
+            // mapping values were checked < rows at load
+            let row = self.mapping.as_ref().map_or(idu, |m| m[idu] as usize);
+            let w = self.weights.as_ref().map_or(1.0, |w| w[idu]);
+            let start = row * row_bytes; // row < rows, so start + used <= rows * row_bytes == data.len()
+            accumulate(acc, &data[start..start + used], w, self.ty, self.isa);
+            count += 1;
+        }
+        if count > 0 {
+            let inv = 1.0 / count as f32;
+            acc.iter_mut().for_each(|x| *x *= inv);
+            if self.normalize {
+                let norm = acc.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if norm > 0.0 && norm.is_finite() {
+                    let inv = 1.0 / norm;
+                    acc.iter_mut().for_each(|x| *x *= inv);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn encoder(&self) -> Result<&dyn Encoder> {
+        self.encoder.as_deref().ok_or_else(|| CoreError::Tokenizer {
+            msg: "this model has no tokenizer; pass token ids instead".into(),
+        })
+    }
+
+    /// Embeds texts into `out` (`texts.len() × dim`, row-major), in parallel.
+    pub fn embed(&self, texts: &[&str], out: &mut [f32]) -> Result<()> {
+        check_out(out.len(), texts.len(), self.dim)?;
+        let enc = self.encoder()?;
+        texts
+            .par_iter()
+            .zip(out.par_chunks_mut(self.dim))
+            .with_min_len(16)
+            .try_for_each_init(
+                || Vec::with_capacity(256),
+                |ids, (text, o)| {
+                    ids.clear();
+                    enc.encode(text, ids)?;
+                    self.pool_ids(ids, o)
+                },
+            )
+    }
+
+    /// Embeds texts into packed sign bits (`texts.len() × binary_words()` u64 words).
+    pub fn embed_binary(&self, texts: &[&str], out: &mut [u64]) -> Result<()> {
+        let words = self.binary_words();
+        check_out(out.len(), texts.len(), words)?;
+        let enc = self.encoder()?;
+        texts
+            .par_iter()
+            .zip(out.par_chunks_mut(words))
+            .with_min_len(16)
+            .try_for_each_init(
+                || (Vec::with_capacity(256), vec![0f32; self.dim]),
+                |(ids, acc), (text, o)| {
+                    ids.clear();
+                    enc.encode(text, ids)?;
+                    self.pool_ids(ids, acc)?;
+                    pack_signs(acc, o);
+                    Ok(())
+                },
+            )
+    }
+
+    /// Pools pre-tokenized ids given in CSR form: text `i` has `ids[offsets[i]..offsets[i+1]]`.
+    pub fn embed_ids(&self, ids: &[u32], offsets: &[u64], out: &mut [f32]) -> Result<()> {
+        let n = check_offsets(ids.len(), offsets)?;
+        check_out(out.len(), n, self.dim)?;
+        out.par_chunks_mut(self.dim)
+            .enumerate()
+            .with_min_len(64)
+            .try_for_each(|(i, o)| self.pool_ids(&ids[offsets[i] as usize..offsets[i + 1] as usize], o))
+    }
+
+    /// Token ids of each text as the encoder gives them (before special tokens are dropped), CSR.
+    pub fn encode(&self, texts: &[&str]) -> Result<(Vec<u32>, Vec<u64>)> {
+        let enc = self.encoder()?;
+        let per: Vec<Vec<u32>> = texts
+            .par_iter()
+            .with_min_len(16)
+            .map(|t| {
+                let mut v = Vec::new();
+                enc.encode(t, &mut v).map(|_| v)
+            })
+            .collect::<Result<_>>()?;
+        let mut offsets = Vec::with_capacity(per.len() + 1);
+        offsets.push(0u64);
+        let mut ids = Vec::with_capacity(per.iter().map(Vec::len).sum());
+        for v in per {
+            ids.extend_from_slice(&v);
+            offsets.push(ids.len() as u64);
+        }
+        Ok((ids, offsets))
+    }
+}
+
+/// Packs `x > 0` into bits: element j goes to word j / 64, bit j % 64; padding bits are zero.
+pub fn pack_signs(x: &[f32], out: &mut [u64]) {
+    out.fill(0);
+    for (j, &v) in x.iter().enumerate() {
+        if v > 0.0 {
+            out[j / 64] |= 1u64 << (j % 64);
+        }
+    }
+}
+
+fn check_out(len: usize, n: usize, width: usize) -> Result<()> {
+    match n.checked_mul(width) {
+        Some(m) if m == len => Ok(()),
+        _ => Err(CoreError::arg(
+            "out",
+            format!("buffer has {len} elements, expected {n} × {width}"),
+        )),
+    }
+}
+
+fn check_offsets(n_ids: usize, offsets: &[u64]) -> Result<usize> {
+    if offsets.is_empty() || offsets[0] != 0 {
+        return Err(CoreError::arg(
+            "offsets",
+            "must start with 0 and have one entry more than there are texts",
+        ));
+    }
+    if offsets.windows(2).any(|w| w[1] < w[0]) {
+        return Err(CoreError::arg("offsets", "must be non-decreasing"));
+    }
+    let last = offsets[offsets.len() - 1];
+    if last != n_ids as u64 {
+        return Err(CoreError::arg(
+            "offsets",
+            format!("last offset is {last}, but there are {n_ids} ids"),
+        ));
+    }
+    Ok(offsets.len() - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A WordLevel tokenizer over "w0".."w{n-1}" with [UNK]=n, whitespace pre-tokenizer.
+    pub(crate) fn word_tokenizer(n: usize) -> String {
+        let vocab: Vec<String> = (0..n).map(|i| format!("\"w{i}\":{i}")).collect();
+        format!(
+            r#"{{"version":"1.0","truncation":null,"padding":null,
+            "added_tokens":[{{"id":{n},"content":"[UNK]","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}}],
+            "normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,"decoder":null,
+            "model":{{"type":"WordLevel","vocab":{{{},"[UNK]":{n}}},"unk_token":"[UNK]"}}}}"#,
+            vocab.join(",")
+        )
+    }
+
+    fn write_table(rows: usize, cols: usize) -> Arc<SafetensorsFile> {
+        let vals: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 500.0)
+            .collect();
+        let mut data = Vec::new();
+        for v in &vals {
+            data.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+        }
+        let n = data.len();
+        let header = format!(r#"{{"emb":{{"dtype":"F16","shape":[{rows},{cols}],"data_offsets":[0,{n}]}}}}"#);
+        let dir = std::env::temp_dir().join(format!("tokvec-pool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = dir.join(format!("t{rows}x{cols}-{seq}.safetensors"));
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+        f.write_all(header.as_bytes()).unwrap();
+        f.write_all(&data).unwrap();
+        Arc::new(SafetensorsFile::open(&p).unwrap())
+    }
+
+    fn model(rows: usize, cols: usize, spec: ModelSpec, tok_words: usize) -> Result<EmbedModel> {
+        let file = write_table(rows, cols);
+        let enc = HfEncoder::from_json(&word_tokenizer(tok_words), false)?;
+        EmbedModel::new(file, &spec, Some(Box::new(enc)))
+    }
+
+    #[test]
+    fn mean_pool_matches_hand_computation_and_is_thread_independent() {
+        let spec = ModelSpec {
+            table: "emb".into(),
+            normalize: true,
+            skip_ids: vec![20],
+            ..Default::default()
+        };
+        let m = model(21, 40, spec, 20).unwrap();
+        let texts = ["w1 w2 w3", "", "w5 [UNK] w5", "w0"];
+        let mut out = vec![0f32; texts.len() * 40];
+        m.embed(&texts, &mut out).unwrap();
+        // hand reference for text 0 with the scalar path
+        let data = m.file.bytes(&m.table);
+        let row = |r: usize| -> Vec<f32> {
+            (0..40)
+                .map(|c| half::f16::from_le_bytes([data[(r * 40 + c) * 2], data[(r * 40 + c) * 2 + 1]]).to_f32())
+                .collect()
+        };
+        let mut r: Vec<f32> = (0..40).map(|c| (row(1)[c] + row(2)[c] + row(3)[c]) / 3.0).collect();
+        let n = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+        r.iter_mut().for_each(|x| *x /= n);
+        for c in 0..40 {
+            assert!((out[c] - r[c]).abs() < 1e-5);
+        }
+        assert!(
+            out[40..80].iter().all(|&x| x == 0.0),
+            "empty text gives the zero vector"
+        );
+        // [UNK] (id 20) is skipped: text 2 equals w5 alone
+        let mut single = vec![0f32; 40];
+        m.pool_ids(&[5], &mut single).unwrap();
+        assert_eq!(&out[80..120], &single[..]);
+        // any thread count gives the same bits
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let mut out1 = vec![0f32; texts.len() * 40];
+        pool.install(|| m.embed(&texts, &mut out1)).unwrap();
+        assert_eq!(out, out1);
+    }
+
+    #[test]
+    fn scalar_and_simd_paths_agree() {
+        let spec = ModelSpec {
+            table: "emb".into(),
+            normalize: true,
+            ..Default::default()
+        };
+        let mut m = model(51, 100, spec, 50).unwrap();
+        let texts: Vec<String> = (0..30)
+            .map(|i| {
+                (0..i % 7 + 1)
+                    .map(|j| format!("w{}", (i * 3 + j) % 50))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+        let mut fast = vec![0f32; refs.len() * 100];
+        m.embed(&refs, &mut fast).unwrap();
+        m.set_isa(Isa::Scalar);
+        let mut slow = vec![0f32; refs.len() * 100];
+        m.embed(&refs, &mut slow).unwrap();
+        for (a, b) in fast.iter().zip(&slow) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn tokenizer_larger_than_table_is_refused_at_load() {
+        let spec = ModelSpec {
+            table: "emb".into(),
+            ..Default::default()
+        };
+        let e = model(10, 8, spec, 20).unwrap_err();
+        assert!(e.to_string().contains("does not belong"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_ids_are_an_error_not_a_read() {
+        let spec = ModelSpec {
+            table: "emb".into(),
+            ..Default::default()
+        };
+        let m = model(30, 8, spec, 20).unwrap();
+        let mut out = vec![0f32; 8];
+        let e = m.embed_ids(&[1, 30], &[0, 2], &mut out).unwrap_err();
+        assert!(matches!(e, CoreError::IdOutOfRange { id: 30, .. }));
+        assert!(m.embed_ids(&[1], &[0, 2], &mut out).is_err());
+        assert!(m.embed_ids(&[1, 2], &[0, 2, 1], &mut vec![0f32; 16]).is_err());
+    }
+
+    #[test]
+    fn dim_truncation_and_max_length() {
+        let spec = ModelSpec {
+            table: "emb".into(),
+            dim: Some(16),
+            max_length: Some(2),
+            ..Default::default()
+        };
+        let m = model(30, 64, spec, 20).unwrap();
+        let mut a = vec![0f32; 16];
+        let mut b = vec![0f32; 16];
+        m.pool_ids(&[1, 2, 3, 4], &mut a).unwrap();
+        m.pool_ids(&[1, 2], &mut b).unwrap();
+        assert_eq!(a, b);
+        let bad = ModelSpec {
+            table: "emb".into(),
+            dim: Some(65),
+            ..Default::default()
+        };
+        assert!(model(30, 64, bad, 20).is_err());
+    }
+
+    #[test]
+    fn binary_packs_signs() {
+        let mut out = vec![0u64; 2];
+        let x: Vec<f32> = (0..70).map(|i| if i % 3 == 0 { 1.0 } else { -1.0 }).collect();
+        pack_signs(&x, &mut out);
+        for j in 0..70 {
+            assert_eq!((out[j / 64] >> (j % 64)) & 1 == 1, j % 3 == 0);
+        }
+        assert_eq!(out[1] >> 6, 0, "padding bits are zero");
+    }
+}

@@ -1,0 +1,312 @@
+//! Bindings for model files and the embedding pass.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+
+use crate::error::CoreError;
+use crate::header::SafetensorsFile;
+use crate::pool::{EmbedModel, Encoder, HfEncoder, ModelSpec};
+use crate::simd::Isa;
+
+fn open_file(py: Python<'_>, path: PathBuf) -> PyResult<Arc<SafetensorsFile>> {
+    Ok(Arc::new(py.detach(|| SafetensorsFile::open(&path))?))
+}
+
+/// A validated, memory-mapped safetensors file: header inspection without reading tensor data.
+///
+/// Args:
+///     path: the `.safetensors` file.
+///
+/// Raises:
+///     FileNotFoundError: the file does not exist.
+///     FormatError: the header is malformed (the message names the file and the problem).
+#[pyclass(name = "SafetensorsFile", module = "tokvec._core", frozen)]
+pub struct PySafetensorsFile {
+    inner: Arc<SafetensorsFile>,
+}
+
+#[pymethods]
+impl PySafetensorsFile {
+    #[new]
+    fn py_new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        Ok(PySafetensorsFile {
+            inner: open_file(py, path)?,
+        })
+    }
+
+    /// The file's path.
+    #[getter]
+    fn path(&self) -> &str {
+        self.inner.path()
+    }
+
+    /// Size of the file in bytes.
+    #[getter]
+    fn size(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// All tensors.
+    ///
+    /// Returns:
+    ///     dict mapping each tensor name to `(dtype, shape)`, e.g. `("F16", [30522, 256])`.
+    fn tensors<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for t in self.inner.tensors() {
+            d.set_item(&t.name, (t.dtype.name(), t.shape.clone()))?;
+        }
+        Ok(d)
+    }
+
+    /// The header's `__metadata__` string map (empty if absent).
+    fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in self.inner.metadata() {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
+    /// A copy of one tensor's raw little-endian bytes.
+    ///
+    /// Args:
+    ///     name: the tensor's name.
+    ///
+    /// Returns:
+    ///     bytes of length `prod(shape) * dtype size`.
+    fn tensor_bytes<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let t = self.inner.tensor(name)?;
+        Ok(PyBytes::new(py, self.inner.bytes(t)))
+    }
+}
+
+/// Borrows every item of `texts` as `&str` (no copy). Items must be `str` without lone surrogates.
+fn borrow_texts<'a, 'py>(items: &'a [Bound<'py, PyString>]) -> PyResult<Vec<&'a str>> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.to_str().map_err(|_| {
+                PyValueError::new_err(format!(
+                    "texts[{i}] cannot be encoded as UTF-8 (it holds a lone surrogate); clean it, e.g. \
+                     text.encode('utf-8', 'replace').decode()"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn collect_strings<'py>(texts: &Bound<'py, PyList>) -> PyResult<Vec<Bound<'py, PyString>>> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.cast_into::<PyString>().map_err(|e| {
+                PyTypeError::new_err(format!(
+                    "texts[{i}] must be str, got {}",
+                    e.into_inner()
+                        .get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|_| "?".into())
+                ))
+            })
+        })
+        .collect()
+}
+
+/// An embedding model: a table read in place from a memory-mapped safetensors file, a tokenizer
+/// run in Rust, and pooling settings. Built by `tokvec.load`, which detects the format.
+///
+/// Args:
+///     path: the `.safetensors` file holding the table.
+///     table: name of the `[vocab, dim]` table tensor.
+///     weights: optional name of a `[vocab]` per-token weight tensor.
+///     mapping: optional name of a `[vocab]` token → row tensor.
+///     tokenizer_json: the tokenizer as JSON (`tokenizers.Tokenizer.to_str()`), or None for ids only.
+///     add_special_tokens: passed to the tokenizer's encode.
+///     skip_ids: token ids never pooled (special tokens).
+///     dim: keep the first `dim` columns; None keeps all.
+///     normalize: L2-normalize pooled vectors.
+///     max_length: pool at most this many tokens per text; None: no cap.
+///     scalar: use the scalar reference kernels instead of SIMD (for tests).
+#[pyclass(name = "Model", module = "tokvec._core", frozen)]
+pub struct PyModel {
+    inner: EmbedModel,
+}
+
+#[pymethods]
+impl PyModel {
+    #[new]
+    #[pyo3(signature = (path, table, *, weights=None, mapping=None, tokenizer_json=None, add_special_tokens=false,
+                        skip_ids=Vec::new(), dim=None, normalize=true, max_length=None, scalar=false))]
+    fn py_new(
+        py: Python<'_>,
+        path: PathBuf,
+        table: String,
+        weights: Option<String>,
+        mapping: Option<String>,
+        tokenizer_json: Option<String>,
+        add_special_tokens: bool,
+        skip_ids: Vec<u32>,
+        dim: Option<usize>,
+        normalize: bool,
+        max_length: Option<usize>,
+        scalar: bool,
+    ) -> PyResult<Self> {
+        let spec = ModelSpec {
+            table,
+            weights,
+            mapping,
+            skip_ids,
+            dim,
+            normalize,
+            max_length,
+        };
+        let inner = py.detach(|| -> Result<EmbedModel, CoreError> {
+            let file = Arc::new(SafetensorsFile::open(&path)?);
+            let enc: Option<Box<dyn Encoder>> = match tokenizer_json {
+                Some(j) => Some(Box::new(HfEncoder::from_json(&j, add_special_tokens)?)),
+                None => None,
+            };
+            let mut m = EmbedModel::new(file, &spec, enc)?;
+            if scalar {
+                m.set_isa(Isa::Scalar);
+            }
+            Ok(m)
+        })?;
+        Ok(PyModel { inner })
+    }
+
+    /// Output dimension.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    /// Rows of the table.
+    #[getter]
+    fn rows(&self) -> usize {
+        self.inner.rows()
+    }
+    /// Columns of the table.
+    #[getter]
+    fn cols(&self) -> usize {
+        self.inner.cols()
+    }
+    /// Number of valid token ids.
+    #[getter]
+    fn id_limit(&self) -> usize {
+        self.inner.id_limit()
+    }
+    /// On-disk dtype of the table ("F16", ...).
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.inner.table().dtype.name()
+    }
+    /// Name of the table tensor.
+    #[getter]
+    fn table(&self) -> &str {
+        &self.inner.table().name
+    }
+    /// Path of the mapped file.
+    #[getter]
+    fn path(&self) -> &str {
+        self.inner.file().path()
+    }
+    /// Whether outputs are L2-normalized.
+    #[getter]
+    fn normalize(&self) -> bool {
+        self.inner.normalize()
+    }
+
+    /// Embeds texts (tokenize + pool in one parallel pass, GIL released).
+    ///
+    /// Args:
+    ///     texts: a list of str.
+    ///
+    /// Returns:
+    ///     float32 array (len(texts), dim).
+    fn embed<'py>(&self, py: Python<'py>, texts: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let items = collect_strings(texts)?;
+        let strs = borrow_texts(&items)?;
+        let (n, d) = (strs.len(), self.inner.dim());
+        let mut out = vec![0f32; n * d];
+        py.detach(|| self.inner.embed(&strs, &mut out))?;
+        Ok(Array2::from_shape_vec((n, d), out)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?
+            .into_pyarray(py))
+    }
+
+    /// Embeds texts into packed sign bits.
+    ///
+    /// Args:
+    ///     texts: a list of str.
+    ///
+    /// Returns:
+    ///     uint64 array (len(texts), ceil(dim / 64)); bit j of a vector is word j // 64, bit j % 64.
+    fn embed_binary<'py>(&self, py: Python<'py>, texts: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyArray2<u64>>> {
+        let items = collect_strings(texts)?;
+        let strs = borrow_texts(&items)?;
+        let (n, w) = (strs.len(), self.inner.binary_words());
+        let mut out = vec![0u64; n * w];
+        py.detach(|| self.inner.embed_binary(&strs, &mut out))?;
+        Ok(Array2::from_shape_vec((n, w), out)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?
+            .into_pyarray(py))
+    }
+
+    /// Pools pre-tokenized ids (CSR form), skipping the tokenizer.
+    ///
+    /// Args:
+    ///     ids: uint32 token ids of all texts, concatenated.
+    ///     offsets: uint64, len(texts) + 1; text i is ids[offsets[i]:offsets[i+1]].
+    ///
+    /// Returns:
+    ///     float32 array (len(offsets) - 1, dim).
+    fn embed_ids<'py>(
+        &self,
+        py: Python<'py>,
+        ids: PyReadonlyArray1<'py, u32>,
+        offsets: PyReadonlyArray1<'py, u64>,
+    ) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let ids_s = ids.as_slice()?;
+        let off_s = offsets.as_slice()?;
+        let n = off_s.len().saturating_sub(1);
+        let d = self.inner.dim();
+        let mut out = vec![0f32; n * d];
+        py.detach(|| self.inner.embed_ids(ids_s, off_s, &mut out))?;
+        Ok(Array2::from_shape_vec((n, d), out)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?
+            .into_pyarray(py))
+    }
+
+    /// Token ids as the Rust tokenizer produces them (before special tokens are dropped).
+    ///
+    /// Args:
+    ///     texts: a list of str.
+    ///
+    /// Returns:
+    ///     (ids uint32, offsets uint64) in CSR form.
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        texts: &Bound<'py, PyList>,
+    ) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u64>>)> {
+        let items = collect_strings(texts)?;
+        let strs = borrow_texts(&items)?;
+        let (ids, offsets) = py.detach(|| self.inner.encode(&strs))?;
+        Ok((ids.into_pyarray(py), offsets.into_pyarray(py)))
+    }
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyModel>()?;
+    m.add_class::<PySafetensorsFile>()?;
+    Ok(())
+}
