@@ -1,0 +1,24 @@
+"""tokvec: fast static text embeddings from the token-embedding table of a language model.
+
+    >>> import tokvec
+    >>> m = tokvec.load()                      # the bundled default model, offline
+    >>> E = m.embed(["a text", "another"])     # float32 (2, dim), L2-normalized
+    >>> m.deduplicate(docs, threshold=0.9)     # greedy, exact
+"""
+
+from tokvec._core import CPU_FEATURES, FormatError, SafetensorsFile, TokenizerError, __version__
+from tokvec.model import Model, load
+from tokvec.search import dedup_indices, duplicate_pairs, topk
+
+__all__ = [
+    "CPU_FEATURES",
+    "FormatError",
+    "Model",
+    "SafetensorsFile",
+    "TokenizerError",
+    "__version__",
+    "dedup_indices",
+    "duplicate_pairs",
+    "load",
+    "topk",
+]

@@ -1,0 +1,260 @@
+"""Format detection: from a path to the table, the tokenizer and the pooling settings.
+
+Detected from the files, no configuration by hand:
+
+- tokvec: `config.json` with `"format": "tokvec"`, `model.safetensors` (`embeddings` [V, d],
+  optional `weights` [V] and `mapping` [V]), `tokenizer.json`. Written by `Model.save`.
+- model2vec: `model.safetensors` with `embeddings` (f16/f32/f64/int8), optional `weights`/`mapping`,
+  `tokenizer.json`, `config.json` (`normalize`). Unknown-token ids are dropped, as model2vec does.
+- WordLlama: a `.safetensors` file with `embedding.weight` [V, d] and a tokenizer JSON, found next
+  to it or in the wheel's layout (`weights/<name>_<dim>.safetensors`,
+  `tokenizers/<name>_tokenizer_config.json`). Encoded with `add_special_tokens=False`.
+- sentence-transformers StaticEmbedding folders (`0_StaticEmbedding/model.safetensors` with
+  `embedding.weight` and its `tokenizer.json`).
+- a raw transformer checkpoint folder (`model.safetensors` or shards with
+  `model.safetensors.index.json`, plus `tokenizer.json`): the input embedding table is found by
+  name (`embed_tokens`, `word_embeddings`, `wte`, `tok_embeddings`, ...).
+- any folder or file with one 2-D table plus a tokenizer JSON (mean pooling, L2-normalized).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokvec._core import FormatError, SafetensorsFile
+from tokvec.config import get_typed, read_json
+
+__all__ = ["Resolved", "resolve", "DEFAULT_MODEL_DIR", "EMBEDDING_NAMES"]
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
+
+#: Exact tensor names of input embedding tables, most specific first.
+EMBEDDING_NAMES = (
+    "embeddings",
+    "embedding.weight",
+    "model.embed_tokens.weight",
+    "embed_tokens.weight",
+    "embeddings.word_embeddings.weight",
+    "bert.embeddings.word_embeddings.weight",
+    "transformer.wte.weight",
+    "wte.weight",
+    "tok_embeddings.weight",
+    "model.tok_embeddings.weight",
+    "token_embd.weight",
+    "word_embeddings.weight",
+    "shared.weight",
+)
+#: Name endings that mark an input embedding table in other checkpoints.
+EMBEDDING_SUFFIXES = (
+    "embed_tokens.weight",
+    "word_embeddings.weight",
+    "wte.weight",
+    "tok_embeddings.weight",
+    "token_embd.weight",
+    "embedding.weight",
+)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+@dataclass
+class Resolved:
+    """Everything `tokvec.load` needs to build a model."""
+
+    format: str
+    safetensors: Path
+    table: str
+    tokenizer: Path
+    weights: str | None = None
+    mapping: str | None = None
+    normalize: bool = True
+    add_special_tokens: bool = False
+    skip_unk: bool = False
+    skip_ids: tuple[int, ...] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve(path: str | Path | None, *, tokenizer: str | Path | None = None, table: str | None = None) -> Resolved:
+    """Detects the format of `path` (None: the bundled default model).
+
+    Args:
+        path: a model folder or a `.safetensors` file.
+        tokenizer: an explicit tokenizer JSON, overriding the one found next to the table.
+        table: an explicit table tensor name, overriding detection.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        FormatError: the files are not a model tokvec reads; the message says what is missing.
+    """
+    p = DEFAULT_MODEL_DIR if path is None else Path(path).expanduser()
+    if not p.exists():
+        if path is None:
+            raise FileNotFoundError(f"{p}: the bundled default model is missing; reinstall tokvec")
+        raise FileNotFoundError(f"{p}: no such file or folder")
+    r = _resolve_dir(p) if p.is_dir() else _resolve_file(p)
+    if table is not None:
+        r.table = table
+    if tokenizer is not None:
+        r.tokenizer = Path(tokenizer).expanduser()
+    if not r.tokenizer or not Path(r.tokenizer).is_file():
+        raise FormatError(f"{p}: no tokenizer JSON found; pass tokenizer='path/to/tokenizer.json'")
+    return r
+
+
+def _check_suffix(p: Path) -> None:
+    s = p.suffix.lower()
+    if s in PICKLE_SUFFIXES:
+        raise FormatError(
+            f"{p}: pickle checkpoints ({s}) are never unpickled by tokvec (loading them can run code); "
+            "convert the model to safetensors first"
+        )
+    if s == ".gguf":
+        raise FormatError(f"{p}: GGUF files are not loaded directly; extract the embedding table to safetensors first")
+    if s != ".safetensors":
+        raise FormatError(f"{p}: expected a .safetensors file or a model folder")
+
+
+def _find_tokenizer_near(st: Path) -> Path | None:
+    d = st.parent
+    for cand in (d / "tokenizer.json",):
+        if cand.is_file():
+            return cand
+    # WordLlama's wheel: weights/l2_supercat_256.safetensors + tokenizers/l2_supercat_tokenizer_config.json
+    parts = st.stem.split("_")
+    for n in range(len(parts), 0, -1):
+        prefix = "_".join(parts[:n])
+        for folder in (d, d.parent / "tokenizers"):
+            for name in (f"{prefix}_tokenizer_config.json", f"{prefix}_tokenizer.json", f"{prefix}.tokenizer.json"):
+                if (folder / name).is_file():
+                    return folder / name
+    found = sorted(x for x in d.glob("*tokenizer*.json") if x.name != "tokenizer_config.json")
+    return found[0] if len(found) == 1 else None
+
+
+def _tensors(st: Path) -> dict[str, tuple[str, list[int]]]:
+    return SafetensorsFile(st).tensors()
+
+
+def _pick_table(st: Path, tensors: dict[str, tuple[str, list[int]]]) -> str:
+    two_d = {k: v for k, v in tensors.items() if len(v[1]) == 2}
+    for name in EMBEDDING_NAMES:
+        if name in two_d:
+            return name
+    cands = sorted(k for k in two_d if k.endswith(EMBEDDING_SUFFIXES))
+    if len(cands) == 1:
+        return cands[0]
+    if len(cands) > 1:
+        raise FormatError(f"{st}: several embedding tables ({', '.join(cands)}); pass table='<name>'")
+    if len(two_d) == 1:
+        return next(iter(two_d))
+    listed = ", ".join(sorted(tensors)[:12]) + (", ..." if len(tensors) > 12 else "")
+    raise FormatError(
+        f"{st}: no input embedding table found (looked for {', '.join(EMBEDDING_SUFFIXES)} or a single 2-D tensor; "
+        f"the file has: {listed or 'no tensors'}); pass table='<name>'"
+    )
+
+
+def _resolve_file(st: Path) -> Resolved:
+    _check_suffix(st)
+    tensors = _tensors(st)
+    name = _pick_table(st, tensors)
+    fmt = "wordllama" if name == "embedding.weight" else "table"
+    tok = _find_tokenizer_near(st)
+    return Resolved(fmt, st, name, tok or Path(""))
+
+
+def _resolve_dir(d: Path) -> Resolved:
+    # sentence-transformers StaticEmbedding
+    static = d / "0_StaticEmbedding"
+    if (d / "modules.json").is_file() and static.is_dir():
+        st = static / "model.safetensors"
+        if not st.is_file():
+            raise FormatError(f"{static}: StaticEmbedding folder without model.safetensors")
+        tensors = _tensors(st)
+        name = "embedding.weight" if "embedding.weight" in tensors else _pick_table(st, tensors)
+        tok = static / "tokenizer.json"
+        return Resolved("sentence-transformers", st, name, tok if tok.is_file() else Path(""))
+
+    cfg_path = d / "config.json"
+    cfg: dict[str, Any] = read_json(cfg_path) if cfg_path.is_file() else {}
+    st = d / "model.safetensors"
+    if not st.is_file():
+        st_index = d / "model.safetensors.index.json"
+        if st_index.is_file():
+            return _resolve_sharded(d, st_index)
+        files = sorted(d.glob("*.safetensors"))
+        if len(files) == 1:
+            st = files[0]
+        elif files:
+            raise FormatError(f"{d}: several .safetensors files ({', '.join(f.name for f in files)}); pass one file")
+        else:
+            pickles = [f.name for f in d.iterdir() if f.suffix.lower() in PICKLE_SUFFIXES]
+            hint = f" (found {', '.join(pickles)}: pickles are never loaded; convert to safetensors)" if pickles else ""
+            raise FormatError(f"{d}: no model.safetensors in this folder{hint}")
+    tensors = _tensors(st)
+    tok = d / "tokenizer.json"
+    tok_path = tok if tok.is_file() else (_find_tokenizer_near(st) or Path(""))
+
+    if cfg.get("format") == "tokvec":
+        return _resolve_tokvec(d, st, tensors, tok_path, cfg, cfg_path)
+    if "embeddings" in tensors and len(tensors["embeddings"][1]) == 2:
+        # model2vec (config has model_type "model2vec" or at least a normalize flag)
+        normalize = get_typed(cfg, "normalize", bool, True, cfg_path)
+        return Resolved(
+            "model2vec",
+            st,
+            "embeddings",
+            tok_path,
+            weights="weights" if "weights" in tensors else None,
+            mapping="mapping" if "mapping" in tensors else None,
+            normalize=normalize,
+            skip_unk=True,
+            config=cfg,
+        )
+    name = _pick_table(st, tensors)
+    fmt = "wordllama" if name == "embedding.weight" else ("transformer" if len(tensors) > 1 else "table")
+    return Resolved(fmt, st, name, tok_path, config=cfg)
+
+
+def _resolve_tokvec(
+    d: Path, st: Path, tensors: dict[str, Any], tok: Path, cfg: dict[str, Any], cfg_path: Path
+) -> Resolved:
+    version = get_typed(cfg, "format_version", int, 1, cfg_path)
+    if version > 1:
+        raise FormatError(f"{cfg_path}: format_version {version} is newer than this tokvec reads (1); upgrade tokvec")
+    table = get_typed(cfg, "table", str, "embeddings", cfg_path)
+    if table not in tensors:
+        raise FormatError(f"{st}: tokvec model without its table {table!r}")
+    skip = get_typed(cfg, "skip_ids", list, None, cfg_path)
+    if skip is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in skip):
+        raise FormatError(f"{cfg_path}: key 'skip_ids' must be a list of non-negative ints")
+    return Resolved(
+        "tokvec",
+        st,
+        table,
+        tok,
+        weights="weights" if "weights" in tensors else None,
+        mapping="mapping" if "mapping" in tensors else None,
+        normalize=get_typed(cfg, "normalize", bool, True, cfg_path),
+        add_special_tokens=get_typed(cfg, "add_special_tokens", bool, False, cfg_path),
+        skip_ids=tuple(skip) if skip is not None else None,
+        config=cfg,
+    )
+
+
+def _resolve_sharded(d: Path, index: Path) -> Resolved:
+    idx = read_json(index)
+    wm = idx.get("weight_map")
+    if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
+        raise FormatError(f"{index}: 'weight_map' must map tensor names to shard file names")
+    names = [n for n in EMBEDDING_NAMES if n in wm] or sorted(k for k in wm if k.endswith(EMBEDDING_SUFFIXES))
+    if not names:
+        raise FormatError(f"{index}: no input embedding table in weight_map; pass table='<name>'")
+    if len(names) > 1 and names[0] not in EMBEDDING_NAMES:
+        raise FormatError(f"{index}: several embedding tables ({', '.join(names)}); pass table='<name>'")
+    shard = (d / wm[names[0]]).resolve()
+    if d.resolve() not in shard.parents:
+        raise FormatError(f"{index}: shard {wm[names[0]]!r} lies outside the model folder")
+    tok = d / "tokenizer.json"
+    return Resolved("transformer", shard, names[0], tok if tok.is_file() else Path(""))

@@ -1,0 +1,448 @@
+"""The user-facing model: `tokvec.load(...)` and `Model`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokvec import _core
+from tokvec.config import FORMAT_VERSION
+from tokvec.formats import Resolved, resolve
+from tokvec.search import _threshold, dedup_indices
+from tokvec.search import topk as _topk
+from tokvec.tokenizer import LoadedTokenizer, check_fits, load_tokenizer
+
+__all__ = ["Model", "load"]
+
+_NP_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I8": np.int8, "BF16": np.uint16,
+              "I32": np.int32, "I64": np.int64, "U32": np.uint32}
+
+
+def _positive_int(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    return int(value)
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    tokenizer: str | os.PathLike[str] | None = None,
+    table: str | None = None,
+    dim: int | None = None,
+    binary: bool = False,
+    normalize: bool | None = None,
+    max_length: int | None = None,
+) -> Model:
+    """Loads a static embedding model. The table is memory-mapped and read in place (no copy, no
+    conversion): loading costs a header parse, whatever the table's size.
+
+    Args:
+        path: a model folder or a `.safetensors` file; None loads the bundled default model
+            (offline, shipped in the wheel). The format is detected from the files: tokvec,
+            model2vec, WordLlama, sentence-transformers StaticEmbedding, a raw transformer
+            checkpoint (its input embedding table), or any single 2-D table with a tokenizer.
+        tokenizer: a tokenizer JSON to use instead of the one found next to the table.
+        table: the table tensor's name, when detection finds several.
+        dim: keep only the first `dim` columns (Matryoshka truncation).
+        binary: embed to sign bits packed in uint64 words; similarities become `1 - 2 h / dim`
+            with h the Hamming distance.
+        normalize: L2-normalize embeddings; default from the model's config, else True.
+        max_length: pool at most this many tokens per text (default: no cap).
+
+    Returns:
+        The model.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        FormatError: the files are malformed or not a format tokvec reads (a ValueError).
+        TokenizerError: the tokenizer JSON cannot be loaded (a ValueError).
+        ValueError: an option is out of range (e.g. `dim` larger than the table).
+    """
+    if not isinstance(binary, bool):
+        raise TypeError(f"binary must be a bool, got {type(binary).__name__}")
+    if normalize is not None and not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be a bool or None, got {type(normalize).__name__}")
+    dim = _positive_int(dim, "dim")
+    max_length = _positive_int(max_length, "max_length")
+    r = resolve(path, tokenizer=tokenizer, table=table)
+    tok = load_tokenizer(r.tokenizer)
+    return Model._build(r, tok, dim=dim, binary=binary, normalize=normalize, max_length=max_length)
+
+
+class Model:
+    """A static embedding model: a token-embedding table, a tokenizer and pooling settings.
+
+    Embeddings are the mean of the table rows of a text's tokens (times per-token weights when the
+    model has them), special tokens excluded, L2-normalized by default. An empty text (or one made
+    only of special tokens) embeds to the zero vector, whose similarity with anything is 0.
+
+    Thread safety: a model is immutable; any number of threads may call it at once, and the
+    Rust core releases the GIL while it works.
+    """
+
+    def __init__(self, core: Any, tokenizer: LoadedTokenizer, resolved: Resolved, binary: bool,
+                 max_length: int | None, skip_ids: tuple[int, ...]) -> None:
+        self._core = core
+        self._tok = tokenizer
+        self._resolved = resolved
+        self._binary = binary
+        self._max_length = max_length
+        self._skip_ids = skip_ids
+
+    @classmethod
+    def _build(cls, r: Resolved, tok: LoadedTokenizer, *, dim: int | None, binary: bool,
+               normalize: bool | None, max_length: int | None, scalar: bool = False) -> Model:
+        if r.skip_ids is not None:
+            skip = tuple(r.skip_ids)
+        else:
+            skip_set = set(tok.special_ids)
+            if r.skip_unk and tok.unk_id is not None:
+                skip_set.add(tok.unk_id)
+            skip = tuple(sorted(skip_set))
+        info = _core.SafetensorsFile(r.safetensors).tensors()
+        if r.table not in info:
+            raise _core.FormatError(f"{r.safetensors}: no tensor named {r.table!r}")
+        dtype, shape = info[r.table]
+        if len(shape) != 2:
+            raise _core.FormatError(f"{r.safetensors}: table {r.table!r} must be 2-D [vocab, dim], has shape {shape}")
+        if dim is not None and dim > shape[1]:
+            raise ValueError(f"dim={dim} is larger than the table's {shape[1]} columns")
+        id_limit = info[r.mapping][1][0] if r.mapping and r.mapping in info else shape[0]
+        check_fits(tok, id_limit, r.safetensors)
+        core = _core.Model(
+            str(r.safetensors), r.table, weights=r.weights, mapping=r.mapping, tokenizer_json=tok.json,
+            add_special_tokens=r.add_special_tokens, skip_ids=list(skip), dim=dim,
+            normalize=r.normalize if normalize is None else normalize, max_length=max_length, scalar=scalar,
+        )
+        return cls(core, tok, r, binary, max_length, skip)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def dim(self) -> int:
+        """Embedding dimension (columns kept)."""
+        return int(self._core.dim)
+
+    @property
+    def binary(self) -> bool:
+        """Whether embeddings are packed sign bits."""
+        return self._binary
+
+    @property
+    def normalize(self) -> bool:
+        """Whether embeddings are L2-normalized."""
+        return bool(self._core.normalize)
+
+    @property
+    def format(self) -> str:
+        """The detected format: tokvec, model2vec, wordllama, sentence-transformers, transformer or table."""
+        return self._resolved.format
+
+    @property
+    def tokenizer(self) -> Any:
+        """The HF `tokenizers.Tokenizer` (configured: no truncation, no padding)."""
+        return self._tok.tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids the table covers."""
+        return int(self._core.id_limit)
+
+    def __repr__(self) -> str:
+        kind = "binary" if self._binary else ("normalized" if self.normalize else "raw")
+        return (f"Model(format={self.format!r}, path={str(self._resolved.safetensors)!r}, table={self._core.table!r}, "
+                f"vocab={self.vocab_size}, dim={self.dim}, dtype={self._core.dtype}, {kind})")
+
+    # ---------------------------------------------------------------- embedding
+    @staticmethod
+    def _texts(texts: Any, name: str = "texts") -> list[str]:
+        if texts is None:
+            raise TypeError(f"{name} must be a list of str, got None")
+        if isinstance(texts, (bytes, bytearray)):
+            raise TypeError(f"{name} must be str or a list of str, got bytes; decode it first")
+        if isinstance(texts, list):
+            return texts
+        if isinstance(texts, np.ndarray):
+            return texts.tolist()
+        if isinstance(texts, Iterable):
+            return list(texts)
+        raise TypeError(f"{name} must be a list of str, got {type(texts).__name__}")
+
+    def embed(self, texts: str | Sequence[str]) -> np.ndarray:
+        """Embeds texts.
+
+        Args:
+            texts: a list (or any iterable) of str; a single str gives a single vector.
+
+        Returns:
+            float32 (len(texts), dim), L2-normalized unless the model says otherwise; with
+            `binary=True`, uint64 (len(texts), ceil(dim / 64)) packed sign bits. A single str
+            gives shape (dim,) (or (words,)). An empty list gives shape (0, dim).
+
+        Raises:
+            TypeError: texts is not str / a list of str (the message names the first bad item).
+            ValueError: a text holds a lone surrogate and cannot be encoded as UTF-8.
+        """
+        if isinstance(texts, str):
+            return self.embed([texts])[0]
+        items = self._texts(texts)
+        if self._binary:
+            return self._core.embed_binary(items)
+        return self._core.embed(items)
+
+    def encode_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text as the Rust core tokenizes it (special tokens still included).
+
+        Args:
+            texts: a list of str.
+
+        Returns:
+            one list of ids per text.
+        """
+        ids, offsets = self._core.encode(self._texts(texts))
+        return [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+
+    def embed_ids(self, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Pools pre-tokenized ids given in CSR form (text i is `ids[offsets[i]:offsets[i+1]]`).
+
+        Args:
+            ids: integer token ids, concatenated over texts.
+            offsets: len(texts) + 1 non-decreasing offsets starting at 0.
+
+        Returns:
+            float32 (len(offsets) - 1, dim).
+
+        Raises:
+            IndexError: an id is not below `vocab_size`.
+            ValueError: malformed offsets.
+        """
+        ids_a = np.asarray(ids)
+        off_a = np.asarray(offsets)
+        if ids_a.ndim != 1 or off_a.ndim != 1:
+            raise ValueError("ids and offsets must be 1-D")
+        if ids_a.size and (ids_a.dtype.kind not in "iu" or ids_a.min() < 0 or ids_a.max() >= 2**32):
+            raise ValueError("ids must be non-negative integers below 2**32")
+        if off_a.size and (off_a.dtype.kind not in "iu" or off_a.min() < 0):
+            raise ValueError("offsets must be non-negative integers")
+        return self._core.embed_ids(np.ascontiguousarray(ids_a, np.uint32), np.ascontiguousarray(off_a, np.uint64))
+
+    # ---------------------------------------------------------------- similarity
+    def _sim_matrix(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if not self._binary:
+            return a @ b.T
+        ua = np.unpackbits(a.view(np.uint8), axis=1, bitorder="little")[:, : self.dim].astype(np.float32) * 2 - 1
+        ub = np.unpackbits(b.view(np.uint8), axis=1, bitorder="little")[:, : self.dim].astype(np.float32) * 2 - 1
+        return (ua @ ub.T) / self.dim
+
+    def similarity(self, a: str | Sequence[str], b: str | Sequence[str]) -> Any:
+        """Cosine similarity (Hamming-based for binary models).
+
+        Args:
+            a: a str or a list of str.
+            b: a str or a list of str.
+
+        Returns:
+            a float for two str; otherwise a float32 (len(a), len(b)) matrix.
+        """
+        ea = self.embed([a] if isinstance(a, str) else self._texts(a, "a"))
+        eb = self.embed([b] if isinstance(b, str) else self._texts(b, "b"))
+        m = self._sim_matrix(ea, eb)
+        if isinstance(a, str) and isinstance(b, str):
+            return float(m[0, 0])
+        return m.astype(np.float32, copy=False)
+
+    def _scores(self, query: str, docs: list[str]) -> np.ndarray:
+        if not isinstance(query, str):
+            raise TypeError(f"query must be str, got {type(query).__name__}")
+        if not docs:
+            return np.zeros(0, np.float32)
+        return self._sim_matrix(self.embed([query]), self.embed(docs))[0]
+
+    def rank(self, query: str, docs: Sequence[str], *, sort: bool = True) -> list[tuple[str, float]]:
+        """Scores every doc against the query.
+
+        Args:
+            query: the query text.
+            docs: the candidate texts.
+            sort: best first (stable: equal scores keep input order); False keeps input order.
+
+        Returns:
+            list of (doc, score).
+        """
+        items = self._texts(docs, "docs")
+        s = self._scores(query, items)
+        order = np.argsort(-s, kind="stable") if sort else range(len(items))
+        return [(items[i], float(s[i])) for i in order]
+
+    def topk(self, query: str, docs: Sequence[str], k: int = 3) -> list[str]:
+        """The k docs most similar to the query, best first (ties: input order).
+
+        Args:
+            query: the query text.
+            docs: the candidate texts.
+            k: how many; clipped to len(docs).
+
+        Returns:
+            list of docs.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        items = self._texts(docs, "docs")
+        if not items:
+            return []
+        if self._binary or len(items) < 64:
+            s = self._scores(query, items)
+            order = np.argsort(-s, kind="stable")[:k]
+            return [items[i] for i in order]
+        if not isinstance(query, str):
+            raise TypeError(f"query must be str, got {type(query).__name__}")
+        _, idx = _topk(self.embed([query]), self.embed(items), k)
+        return [items[i] for i in idx[0]]
+
+    def filter(self, query: str, docs: Sequence[str], threshold: float = 0.3) -> list[str]:
+        """The docs whose similarity with the query is > threshold, in input order.
+
+        Args:
+            query: the query text.
+            docs: the candidate texts.
+            threshold: in [-1, 1].
+
+        Returns:
+            list of docs.
+        """
+        t = _threshold(threshold)
+        items = self._texts(docs, "docs")
+        s = self._scores(query, items)
+        return [d for d, v in zip(items, s) if v > t]
+
+    def key(self, query: str) -> Callable[[str], float]:
+        """A sort key: `sorted(docs, key=m.key(q))` puts the docs most similar to q first.
+
+        The key returns the negated similarity; embeddings of seen texts are cached in the key.
+
+        Args:
+            query: the query text.
+
+        Returns:
+            a function str -> float.
+        """
+        q = self.embed([query])
+        cache: dict[str, float] = {}
+
+        def _key(text: str) -> float:
+            v = cache.get(text)
+            if v is None:
+                v = cache[text] = -float(self._sim_matrix(q, self.embed([text]))[0, 0])
+            return v
+
+        return _key
+
+    def deduplicate(
+        self, docs: Sequence[str], threshold: float = 0.9, *, return_indices: bool = False
+    ) -> list[str] | list[int]:
+        """Removes near-duplicates, greedily in input order: a doc is dropped when its similarity
+        with an earlier *kept* doc is > threshold. Exact (no approximate search).
+
+        Args:
+            docs: the texts.
+            threshold: in [-1, 1].
+            return_indices: return the indices of the *kept* docs (ascending) instead of the texts.
+
+        Returns:
+            the kept docs in input order, or their indices.
+        """
+        t = _threshold(threshold)
+        items = self._texts(docs, "docs")
+        kept, _, _ = dedup_indices(self.embed(items), t, bits=self.dim if self._binary else None)
+        if return_indices:
+            return kept.tolist()
+        return [items[i] for i in kept]
+
+    # ---------------------------------------------------------------- saving
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Writes the model as a tokvec folder: `model.safetensors` (`embeddings`, and `weights` /
+        `mapping` when the model has them), `tokenizer.json` and `config.json`. Only the kept
+        `dim` columns are written, in the table's on-disk dtype. The folder is written to a
+        temporary sibling and renamed, so an interrupted save leaves no half-written model.
+
+        Args:
+            path: the folder to create (must not exist, or be an empty folder).
+
+        Returns:
+            the folder's path.
+        """
+        out = Path(path)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise FileExistsError(f"{out}: exists and is not an empty folder")
+        r = self._resolved
+        f = _core.SafetensorsFile(r.safetensors)
+        info = f.tensors()
+        tensors: dict[str, tuple[str, list[int], bytes]] = {}
+        dt, shape = info[r.table]
+        table = np.frombuffer(f.tensor_bytes(r.table), dtype=np.dtype(_NP_DTYPES[dt]).newbyteorder("<"))
+        table = np.ascontiguousarray(table.reshape(shape)[:, : self.dim])
+        tensors["embeddings"] = (dt, list(table.shape), table.tobytes())
+        for key, name in (("weights", r.weights), ("mapping", r.mapping)):
+            if name:
+                dt, shape = info[name]
+                tensors[key] = (dt, shape, f.tensor_bytes(name))
+        cfg = {
+            "format": "tokvec",
+            "format_version": FORMAT_VERSION,
+            "dim": self.dim,
+            "normalize": self.normalize,
+            "pooling": "mean",
+            "add_special_tokens": r.add_special_tokens,
+            "skip_ids": list(self._skip_ids),
+            "source": {"format": r.format, "path": str(r.safetensors), "table": r.table},
+        }
+        for k in ("license", "source"):
+            if k in r.config and r.format == "tokvec":
+                cfg[k] = r.config[k]
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else "."))
+        try:
+            write_safetensors(tmp / "model.safetensors", tensors, {"format": "tokvec"})
+            (tmp / "tokenizer.json").write_text(self._tok.json, encoding="utf-8")
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int], bytes]],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Writes a safetensors file: tensors in name order, header padded to 8 bytes.
+
+    Args:
+        path: the file to write.
+        tensors: name -> (dtype "F16"/..., shape, little-endian bytes).
+        metadata: optional `__metadata__` strings.
+    """
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = metadata
+    off = 0
+    for name in sorted(tensors):
+        dt, shape, data = tensors[name]
+        header[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [off, off + len(data)]}
+        off += len(data)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(h).to_bytes(8, "little"))
+        fh.write(h)
+        for name in sorted(tensors):
+            fh.write(tensors[name][2])

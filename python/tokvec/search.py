@@ -1,0 +1,153 @@
+"""Similarity search on the user's own vectors: exact top-k, all pairs above a threshold, greedy
+deduplication. float32 vectors use inner products (cosine for L2-normalized rows); packed uint64
+sign bits (from `binary=True` models) use `1 - 2 * hamming / bits`. All work runs in the Rust core
+with the GIL released.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from tokvec import _core
+
+__all__ = ["topk", "duplicate_pairs", "dedup_indices"]
+
+
+def _matrix(x: Any, name: str) -> np.ndarray:
+    """Validates a 2-D float or uint64 array and returns it C-contiguous (float32 or uint64)."""
+    if x is None:
+        raise TypeError(f"{name} must be a 2-D numpy array, got None")
+    arr = np.asarray(x)
+    if arr.dtype == np.uint64:
+        pass
+    elif arr.dtype.kind == "f":
+        arr = arr.astype(np.float32, copy=False)
+    else:
+        raise TypeError(
+            f"{name} must be a float array (float16/32/64) or packed uint64 sign bits, got dtype {arr.dtype}"
+        )
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n, dim), got shape {arr.shape}")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} has 0 columns; vectors need at least one dimension")
+    if arr.dtype == np.float32 and arr.size and not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return np.ascontiguousarray(arr)
+
+
+def _threshold(t: Any) -> float:
+    if isinstance(t, bool) or not isinstance(t, (int, float, np.floating, np.integer)):
+        raise TypeError(f"threshold must be a number in [-1, 1], got {type(t).__name__}")
+    t = float(t)
+    if not (-1.0 <= t <= 1.0) or math.isnan(t):
+        raise ValueError(f"threshold must be in [-1, 1] (a cosine similarity), got {t}")
+    return t
+
+
+def _bits(arr: np.ndarray, bits: int | None) -> int:
+    words = arr.shape[1]
+    if bits is None:
+        return 64 * words
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not (64 * (words - 1) < bits <= 64 * words):
+        raise ValueError(f"bits must be in ({64 * (words - 1)}, {64 * words}] for {words} uint64 words, got {bits!r}")
+    return int(bits)
+
+
+def topk(queries: Any, corpus: Any, k: int = 10, *, bits: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product (cosine for L2-normalized rows) for every query.
+
+    The full query × corpus matrix is never built: the corpus is scanned in cache-sized blocks
+    with a bounded heap per query.
+
+    Args:
+        queries: (nq, d) float array, or (d,) for one query; or packed uint64 sign bits (nq, words).
+        corpus: (nc, d) array of the same kind.
+        k: neighbours per query; clipped to the corpus size.
+        bits: for uint64 inputs, the number of meaningful bits (default 64 × words).
+
+    Returns:
+        (scores float32, indices int64), each (nq, min(k, nc)) — or (min(k, nc),) for a 1-D query —
+        best first, ties broken by the lower index.
+
+    Raises:
+        TypeError: wrong dtype or argument type.
+        ValueError: wrong shape, mismatched dimensions, k < 1, NaN/inf values.
+    """
+    single = np.ndim(queries) == 1
+    q = _matrix(np.reshape(queries, (1, -1)) if single else queries, "queries")
+    c = _matrix(corpus, "corpus")
+    if q.dtype != c.dtype:
+        raise TypeError(f"queries ({q.dtype}) and corpus ({c.dtype}) must be the same kind of vectors")
+    if q.shape[1] != c.shape[1]:
+        raise ValueError(f"queries have {q.shape[1]} columns but corpus has {c.shape[1]}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    kk = min(int(k), c.shape[0])
+    if kk == 0 or q.shape[0] == 0:
+        s, i = np.zeros((q.shape[0], kk), np.float32), np.zeros((q.shape[0], kk), np.int64)
+    elif q.dtype == np.uint64:
+        s, i = _core.topk_binary(q, c, kk, _bits(c, bits))
+    else:
+        s, i = _core.topk(q, c, kk)
+    return (s[0], i[0]) if single else (s, i)
+
+
+def duplicate_pairs(
+    embeddings: Any, threshold: float = 0.9, *, bits: int | None = None, as_arrays: bool = False
+) -> list[tuple[int, int, float]] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (i, j, score) with i < j and score > threshold, sorted by (i, j).
+
+    Exact: blocked all-pairs in Rust with pruning that never drops a pair above the threshold;
+    never builds an n × n matrix.
+
+    Args:
+        embeddings: (n, d) float array (rows L2-normalized for cosine), or packed uint64 sign bits.
+        threshold: in [-1, 1].
+        bits: for uint64 inputs, the number of meaningful bits.
+        as_arrays: return three arrays (i int64, j int64, score float32) instead of a list of tuples.
+
+    Returns:
+        list of (i, j, score), or the three arrays.
+    """
+    e = _matrix(embeddings, "embeddings")
+    t = _threshold(threshold)
+    if e.shape[0] < 2:
+        i = j = np.zeros(0, np.int64)
+        s = np.zeros(0, np.float32)
+    elif e.dtype == np.uint64:
+        i, j, s = _core.duplicate_pairs_binary(e, t, _bits(e, bits))
+    else:
+        i, j, s = _core.duplicate_pairs(e, t)
+    if as_arrays:
+        return i, j, s
+    return list(zip(i.tolist(), j.tolist(), s.tolist()))
+
+
+def dedup_indices(
+    embeddings: Any, threshold: float = 0.9, *, bits: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy deduplication in input order: item i is dropped when its similarity with an earlier
+    *kept* item is > threshold.
+
+    Args:
+        embeddings: (n, d) float array or packed uint64 sign bits.
+        threshold: in [-1, 1].
+        bits: for uint64 inputs, the number of meaningful bits.
+
+    Returns:
+        (kept int64 indices ascending, dup_of int64 [n] — the kept item each dropped item
+        duplicates, -1 for kept items —, score float32 [n], NaN for kept items).
+    """
+    e = _matrix(embeddings, "embeddings")
+    t = _threshold(threshold)
+    n = e.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    if n == 1:
+        return np.zeros(1, np.int64), np.full(1, -1, np.int64), np.full(1, np.nan, np.float32)
+    if e.dtype == np.uint64:
+        return _core.dedup_binary(e, t, _bits(e, bits))
+    return _core.dedup(e, t)
