@@ -38,6 +38,7 @@ pub struct HfEncoder {
     tok: tokenizers::Tokenizer,
     add_special_tokens: bool,
     id_limit: u64,
+    json: String,
 }
 
 impl HfEncoder {
@@ -52,12 +53,43 @@ impl HfEncoder {
         tok.with_truncation(None).map_err(|e| CoreError::Tokenizer {
             msg: format!("cannot disable truncation: {e}"),
         })?;
-        let id_limit = tok.get_vocab(true).values().map(|&v| v as u64 + 1).max().unwrap_or(0);
-        Ok(HfEncoder {
-            tok,
-            add_special_tokens,
-            id_limit,
-        })
+        // Largest id: the model's ids are 0..vocab_size for every HF model type; added tokens may
+        // sit anywhere above (or inside) that range.
+        let model_limit = tok.get_vocab_size(false) as u64;
+        let added_limit = tok.get_added_tokens_decoder().keys().map(|&k| k as u64 + 1).max().unwrap_or(0);
+        let id_limit = model_limit.max(added_limit);
+        Ok(HfEncoder { tok, add_special_tokens, id_limit, json: json.to_string() })
+    }
+
+    /// Ids of the added tokens marked `special` (BOS/EOS/CLS/SEP/pad/unk...), ascending.
+    pub fn special_ids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> =
+            self.tok.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(i, _)| i).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The unknown token's id, if the model has one.
+    pub fn unk_id(&self) -> Option<u32> {
+        use tokenizers::models::ModelWrapper;
+        match self.tok.get_model() {
+            ModelWrapper::WordPiece(wp) => self.tok.token_to_id(&wp.unk_token),
+            ModelWrapper::BPE(b) => b.unk_token.as_deref().and_then(|u| self.tok.token_to_id(u)),
+            // WordLevel and Unigram keep their unk private: read it from the JSON.
+            _ => {
+                let v: serde_json::Value = serde_json::from_str(&self.json).ok()?;
+                let m = v.get("model")?;
+                if let Some(u) = m.get("unk_token").and_then(|u| u.as_str()) {
+                    return self.tok.token_to_id(u);
+                }
+                m.get("unk_id").and_then(|u| u.as_u64()).and_then(|u| u32::try_from(u).ok())
+            }
+        }
+    }
+
+    /// The tokenizer's JSON as given (before truncation/padding were switched off).
+    pub fn json(&self) -> &str {
+        &self.json
     }
 }
 
@@ -117,7 +149,7 @@ pub struct EmbedModel {
     skip: Vec<u64>,
     normalize: bool,
     max_length: Option<usize>,
-    encoder: Option<Box<dyn Encoder>>,
+    encoder: Option<Arc<dyn Encoder>>,
     isa: Isa,
 }
 
@@ -134,7 +166,7 @@ impl std::fmt::Debug for EmbedModel {
 
 impl EmbedModel {
     /// Validates the spec against the file and builds the model. Nothing of the table is copied.
-    pub fn new(file: Arc<SafetensorsFile>, spec: &ModelSpec, encoder: Option<Box<dyn Encoder>>) -> Result<Self> {
+    pub fn new(file: Arc<SafetensorsFile>, spec: &ModelSpec, encoder: Option<Arc<dyn Encoder>>) -> Result<Self> {
         let path = file.path().to_string();
         let table = file.tensor(&spec.table)?.clone();
         if table.shape.len() != 2 {
@@ -500,7 +532,7 @@ mod tests {
     fn model(rows: usize, cols: usize, spec: ModelSpec, tok_words: usize) -> Result<EmbedModel> {
         let file = write_table(rows, cols);
         let enc = HfEncoder::from_json(&word_tokenizer(tok_words), false)?;
-        EmbedModel::new(file, &spec, Some(Box::new(enc)))
+        EmbedModel::new(file, &spec, Some(Arc::new(enc)))
     }
 
     #[test]

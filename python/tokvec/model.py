@@ -75,7 +75,7 @@ def load(
     dim = _positive_int(dim, "dim")
     max_length = _positive_int(max_length, "max_length")
     r = resolve(path, tokenizer=tokenizer, table=table)
-    tok = load_tokenizer(r.tokenizer)
+    tok = load_tokenizer(r.tokenizer, add_special_tokens=r.add_special_tokens)
     return Model._build(r, tok, dim=dim, binary=binary, normalize=normalize, max_length=max_length)
 
 
@@ -120,8 +120,8 @@ class Model:
         id_limit = info[r.mapping][1][0] if r.mapping and r.mapping in info else shape[0]
         check_fits(tok, id_limit, r.safetensors)
         core = _core.Model(
-            str(r.safetensors), r.table, weights=r.weights, mapping=r.mapping, tokenizer_json=tok.json,
-            add_special_tokens=r.add_special_tokens, skip_ids=list(skip), dim=dim,
+            str(r.safetensors), r.table, weights=r.weights, mapping=r.mapping, tokenizer=tok.core,
+            skip_ids=list(skip), dim=dim,
             normalize=r.normalize if normalize is None else normalize, max_length=max_length, scalar=scalar,
         )
         return cls(core, tok, r, binary, max_length, skip)

@@ -1,52 +1,72 @@
 """Tokenizer loading and configuration.
 
-Python owns the tokenizer's configuration (no truncation, no padding, which ids are never pooled);
-the Rust core is then handed the configured tokenizer's JSON and runs it inside its parallel
-embedding pass, so ids are produced by the same code as `tokenizers.Tokenizer.encode`.
+Python decides which tokenizer a model uses, how it is called (`add_special_tokens`) and which ids
+are never pooled; the tokenizer JSON is parsed once, by the Rust core (the HF `tokenizers` crate,
+truncation and padding off), which runs it inside its parallel embedding pass. The Python
+`tokenizers.Tokenizer` object is only built when asked for (`LoadedTokenizer.tokenizer`), so
+loading a model does not parse the JSON twice.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
-from tokenizers import Tokenizer
+from typing import TYPE_CHECKING
 
+from tokvec import _core
 from tokvec._core import FormatError, TokenizerError
 
-__all__ = ["LoadedTokenizer", "load_tokenizer"]
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+__all__ = ["LoadedTokenizer", "load_tokenizer", "check_fits"]
 
 
-@dataclass(frozen=True)
 class LoadedTokenizer:
-    """A configured tokenizer and what pooling needs to know about it.
+    """A tokenizer JSON built by the Rust core, and what pooling needs to know about it.
 
     Attributes:
-        tokenizer: the HF tokenizer (truncation and padding disabled).
-        json: its JSON, as handed to the Rust core.
+        core: the `_core.Tokenizer`.
         path: the file it came from.
         special_ids: ids of special tokens (BOS/EOS/CLS/SEP/pad/unk...), never pooled.
         unk_id: the id of the unknown token, if the model has one.
         id_limit: one past the largest id the tokenizer can produce.
     """
 
-    tokenizer: Tokenizer
-    json: str
-    path: Path
-    special_ids: tuple[int, ...]
-    unk_id: int | None
-    id_limit: int
+    def __init__(self, core: _core.Tokenizer, path: Path, add_special_tokens: bool) -> None:
+        self.core = core
+        self.path = path
+        self.add_special_tokens = add_special_tokens
+        self.special_ids: tuple[int, ...] = tuple(core.special_ids)
+        self.unk_id: int | None = core.unk_id
+        self.id_limit: int = int(core.id_limit)
+
+    @property
+    def json(self) -> str:
+        """The tokenizer JSON."""
+        return str(self.core.json)
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        """The HF `tokenizers.Tokenizer` for the same JSON (truncation and padding off)."""
+        from tokenizers import Tokenizer  # imported on first use: `import tokvec` stays light
+
+        tok = Tokenizer.from_str(self.json)
+        tok.no_truncation()
+        tok.no_padding()
+        return tok
 
 
-def load_tokenizer(path: str | Path) -> LoadedTokenizer:
-    """Loads a `tokenizer.json` (HF tokenizers format) and configures it for pooling.
+def load_tokenizer(path: str | Path, *, add_special_tokens: bool = False) -> LoadedTokenizer:
+    """Loads a `tokenizer.json` (HF tokenizers format).
 
     Args:
         path: the tokenizer JSON file.
+        add_special_tokens: whether encoding adds the model's special tokens (they are never pooled).
 
     Returns:
-        The configured tokenizer.
+        The loaded tokenizer.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -57,30 +77,13 @@ def load_tokenizer(path: str | Path) -> LoadedTokenizer:
         raise FileNotFoundError(f"{path}: tokenizer file not found")
     try:
         raw = path.read_text(encoding="utf-8")
-        tok = Tokenizer.from_str(raw)
-    except (UnicodeDecodeError, Exception) as e:  # tokenizers raises a bare Exception on bad JSON
-        raise TokenizerError(f"{path}: not a valid tokenizer JSON ({str(e).splitlines()[0][:200]})") from None
-    tok.no_truncation()
-    tok.no_padding()
-    special = sorted(i for i, t in tok.get_added_tokens_decoder().items() if t.special)
-    unk_id = _unk_id(tok, raw)
-    vocab = tok.get_vocab(with_added_tokens=True)
-    id_limit = (max(vocab.values()) + 1) if vocab else 0
-    return LoadedTokenizer(tok, tok.to_str(), path, tuple(special), unk_id, id_limit)
-
-
-def _unk_id(tok: Tokenizer, raw: str) -> int | None:
+    except UnicodeDecodeError:
+        raise TokenizerError(f"{path}: not a UTF-8 text file, so not a tokenizer JSON") from None
     try:
-        model = json.loads(raw).get("model", {})
-    except json.JSONDecodeError:  # pragma: no cover - from_str accepted it, so it is JSON
-        return None
-    unk = model.get("unk_token") if isinstance(model, dict) else None
-    if isinstance(unk, str):
-        return tok.token_to_id(unk)
-    if isinstance(unk, int):  # Unigram stores unk_id
-        return unk
-    unk_id = model.get("unk_id") if isinstance(model, dict) else None
-    return unk_id if isinstance(unk_id, int) else None
+        core = _core.Tokenizer(raw, add_special_tokens)
+    except TokenizerError as e:
+        raise TokenizerError(f"{path}: {e}") from None
+    return LoadedTokenizer(core, path, add_special_tokens)
 
 
 def check_fits(tok: LoadedTokenizer, id_limit: int, table_path: Path) -> None:

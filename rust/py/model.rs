@@ -86,6 +86,53 @@ impl PySafetensorsFile {
     }
 }
 
+/// A tokenizer built from its JSON by the HF `tokenizers` crate, with truncation and padding off.
+///
+/// Args:
+///     json: the tokenizer JSON (the contents of a `tokenizer.json`).
+///     add_special_tokens: passed to every encode.
+///
+/// Raises:
+///     TokenizerError: the JSON is not a tokenizer `tokenizers` can build.
+#[pyclass(name = "Tokenizer", module = "tokvec._core", frozen)]
+pub struct PyTokenizer {
+    inner: Arc<HfEncoder>,
+}
+
+#[pymethods]
+impl PyTokenizer {
+    #[new]
+    #[pyo3(signature = (json, add_special_tokens=false))]
+    fn py_new(py: Python<'_>, json: String, add_special_tokens: bool) -> PyResult<Self> {
+        let inner = py.detach(|| HfEncoder::from_json(&json, add_special_tokens))?;
+        Ok(PyTokenizer { inner: Arc::new(inner) })
+    }
+
+    /// Ids of the special added tokens, ascending.
+    #[getter]
+    fn special_ids(&self) -> Vec<u32> {
+        self.inner.special_ids()
+    }
+
+    /// The unknown token's id, or None.
+    #[getter]
+    fn unk_id(&self) -> Option<u32> {
+        self.inner.unk_id()
+    }
+
+    /// One past the largest id the tokenizer can produce.
+    #[getter]
+    fn id_limit(&self) -> u64 {
+        self.inner.id_limit()
+    }
+
+    /// The JSON the tokenizer was built from.
+    #[getter]
+    fn json(&self) -> &str {
+        self.inner.json()
+    }
+}
+
 /// Borrows every item of `texts` as `&str` (no copy). Items must be `str` without lone surrogates.
 fn borrow_texts<'a, 'py>(items: &'a [Bound<'py, PyString>]) -> PyResult<Vec<&'a str>> {
     items
@@ -129,8 +176,7 @@ fn collect_strings<'py>(texts: &Bound<'py, PyList>) -> PyResult<Vec<Bound<'py, P
 ///     table: name of the `[vocab, dim]` table tensor.
 ///     weights: optional name of a `[vocab]` per-token weight tensor.
 ///     mapping: optional name of a `[vocab]` token → row tensor.
-///     tokenizer_json: the tokenizer as JSON (`tokenizers.Tokenizer.to_str()`), or None for ids only.
-///     add_special_tokens: passed to the tokenizer's encode.
+///     tokenizer: a `Tokenizer`, or None for a model that pools given ids only.
 ///     skip_ids: token ids never pooled (special tokens).
 ///     dim: keep the first `dim` columns; None keeps all.
 ///     normalize: L2-normalize pooled vectors.
@@ -144,7 +190,7 @@ pub struct PyModel {
 #[pymethods]
 impl PyModel {
     #[new]
-    #[pyo3(signature = (path, table, *, weights=None, mapping=None, tokenizer_json=None, add_special_tokens=false,
+    #[pyo3(signature = (path, table, *, weights=None, mapping=None, tokenizer=None,
                         skip_ids=Vec::new(), dim=None, normalize=true, max_length=None, scalar=false))]
     fn py_new(
         py: Python<'_>,
@@ -152,8 +198,7 @@ impl PyModel {
         table: String,
         weights: Option<String>,
         mapping: Option<String>,
-        tokenizer_json: Option<String>,
-        add_special_tokens: bool,
+        tokenizer: Option<PyRef<'_, PyTokenizer>>,
         skip_ids: Vec<u32>,
         dim: Option<usize>,
         normalize: bool,
@@ -169,12 +214,9 @@ impl PyModel {
             normalize,
             max_length,
         };
+        let enc: Option<Arc<dyn Encoder>> = tokenizer.map(|t| t.inner.clone() as Arc<dyn Encoder>);
         let inner = py.detach(|| -> Result<EmbedModel, CoreError> {
             let file = Arc::new(SafetensorsFile::open(&path)?);
-            let enc: Option<Box<dyn Encoder>> = match tokenizer_json {
-                Some(j) => Some(Box::new(HfEncoder::from_json(&j, add_special_tokens)?)),
-                None => None,
-            };
             let mut m = EmbedModel::new(file, &spec, enc)?;
             if scalar {
                 m.set_isa(Isa::Scalar);
@@ -308,5 +350,6 @@ impl PyModel {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
     m.add_class::<PySafetensorsFile>()?;
+    m.add_class::<PyTokenizer>()?;
     Ok(())
 }
