@@ -130,11 +130,7 @@ pub(crate) fn rows_of(x: &[f32], d: usize, what: &'static str) -> Result<usize> 
 /// The L2 norm of every row, in f64. Fails on the first row with a non-finite value or a norm
 /// above [`MAX_NORM`], so that no canonical score can be NaN or infinite.
 pub(crate) fn row_norms(x: &[f32], d: usize, what: &'static str) -> Result<Vec<f64>> {
-    let norms: Vec<f64> = x
-        .par_chunks(d)
-        .with_min_len(256)
-        .map(|r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt())
-        .collect();
+    let norms: Vec<f64> = x.par_chunks(d).with_min_len(256).map(norm).collect();
     if let Some(i) = norms.iter().position(|n| !(*n <= MAX_NORM)) {
         return Err(CoreError::arg(
             what,
@@ -267,22 +263,77 @@ pub(crate) struct QuantRow {
 }
 
 /// Quantizes `x` into `out` (same length) with a per-row scale.
-pub(crate) fn quantize_row(x: &[f32], out: &mut [i8]) -> QuantRow {
-    let m = x.iter().fold(0.0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+#[inline(always)]
+fn quantize_row_impl(x: &[f32], out: &mut [i8]) -> QuantRow {
+    let mut mx = [0.0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for l in 0..16 {
+            let a = c[l].abs();
+            mx[l] = if a > mx[l] { a } else { mx[l] };
+        }
+    }
+    for (l, v) in chunks.remainder().iter().enumerate() {
+        let a = v.abs();
+        mx[l] = if a > mx[l] { a } else { mx[l] };
+    }
+    let m = mx.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
     if m == 0.0 {
         out.iter_mut().for_each(|o| *o = 0);
         return QuantRow { s: 0.0, l1: 0, sum: 0 };
     }
     let s = m / 127.0;
     let inv = 127.0 / m;
-    let (mut l1, mut sum) = (0i64, 0i64);
+    let (mut l1, mut sum) = (0i32, 0i32);
     for (o, &v) in out.iter_mut().zip(x) {
         let q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i32;
         *o = q as i8;
-        l1 += q.unsigned_abs() as i64;
-        sum += q as i64;
+        l1 += q.abs();
+        sum += q;
     }
-    QuantRow { s, l1, sum }
+    // |l1|, |sum| <= 127 d < 2^31 for d <= INT8_MAX_D (checked by the int8 callers).
+    QuantRow {
+        s,
+        l1: l1 as i64,
+        sum: sum as i64,
+    }
+}
+
+/// Quantizes `x` into `out` (same length) with a per-row scale (vectorized where the CPU allows;
+/// the result does not depend on the ISA).
+pub(crate) fn quantize_row(x: &[f32], out: &mut [i8]) -> QuantRow {
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512 {
+        // SAFETY: AVX-512F/BW/VL were detected on this CPU.
+        return unsafe { x86::quantize_row_avx512(x, out) };
+    }
+    quantize_row_impl(x, out)
+}
+
+/// `||x||_2` in f64 (8 partial sums; used for validation and error bounds only).
+#[inline(always)]
+fn norm_impl(x: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            acc[l] += c[l] as f64 * c[l] as f64;
+        }
+    }
+    for (l, v) in chunks.remainder().iter().enumerate() {
+        acc[l] += *v as f64 * *v as f64;
+    }
+    acc.iter().sum::<f64>().sqrt()
+}
+
+/// `||x||_2` in f64.
+pub(crate) fn norm(x: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512 {
+        // SAFETY: AVX-512F was detected on this CPU.
+        return unsafe { x86::norm_avx512(x) };
+    }
+    norm_impl(x)
 }
 
 /// Query side of the int8 pre-score: row-major `u8 = q + 128`, padded to `dp` (a multiple of 4)
@@ -645,7 +696,19 @@ fn topk_int8(queries: &[f32], corpus: &[f32], d: usize, kk: usize, qnorms: &[f64
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{PackedCorpus, QuantQueries, LANES, QT};
+    use super::{PackedCorpus, QuantQueries, QuantRow, LANES, QT};
+
+    /// [`super::quantize_row_impl`] compiled for AVX-512 (same result).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn quantize_row_avx512(x: &[f32], out: &mut [i8]) -> QuantRow {
+        super::quantize_row_impl(x, out)
+    }
+
+    /// [`super::norm_impl`] compiled for AVX-512 (same result).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn norm_avx512(x: &[f32]) -> f64 {
+        super::norm_impl(x)
+    }
 
     /// Copies the tail (`< 64` elements) into zero-padded lane buffers.
     #[inline(always)]
