@@ -509,8 +509,8 @@ pub(crate) const QT: usize = 8;
 
 /// Runs the int8 pre-score of up to [`QT`] queries (`qrows`, rows of `qz`) against groups
 /// `g0..g1` of `pk`. For every (query slot, corpus slot) whose pre-score is >= `thr[slot]`,
-/// `cand(slot, corpus_slot)` is called and returns the slot's new threshold (thresholds may only
-/// be raised by the callback to prune more; slots >= `qrows.len()` are ignored).
+/// `cand(slot, corpus_slot, prescore)` is called and returns the slot's new threshold (slots >=
+/// `qrows.len()` are ignored).
 pub(crate) fn scan_int8<F>(
     qz: &QuantQueries,
     qrows: &[usize],
@@ -520,7 +520,7 @@ pub(crate) fn scan_int8<F>(
     thr: &mut [f32; QT],
     cand: F,
 ) where
-    F: FnMut(usize, usize) -> f32,
+    F: FnMut(usize, usize, f32) -> f32,
 {
     assert!(!qrows.is_empty() && qrows.len() <= QT && g0 <= g1 && g1 <= pk.groups && qz.dp == pk.dp);
     assert!(qrows.iter().all(|&q| q < qz.s.len()));
@@ -673,7 +673,7 @@ fn topk_int8(queries: &[f32], corpus: &[f32], d: usize, kk: usize, qnorms: &[f64
                 eps[i] = bound.eps(qz.s[q], qz.l1[q], qnorms[q]);
                 thr[i] = lower_threshold(hs[i].kth() as f64, eps[i]);
             }
-            scan_int8(qz, &qrows, pk, 0, pk.groups, &mut thr, |slot, cs| {
+            scan_int8(qz, &qrows, pk, 0, pk.groups, &mut thr, |slot, cs, _| {
                 if cs < rows {
                     let q = q0 + slot;
                     let c = base + cs;
@@ -842,7 +842,7 @@ mod x86 {
         thr: &mut [f32; QT],
         mut cand: F,
     ) where
-        F: FnMut(usize, usize) -> f32,
+        F: FnMut(usize, usize, f32) -> f32,
     {
         const R: usize = 3;
         let nq = qrows.len();
@@ -870,10 +870,15 @@ mod x86 {
                         let sc = unsafe { _mm512_loadu_ps(pk.sc.as_ptr().add(slot0)) };
                         let v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps($acc[qi][r]), sc), sq[qi]);
                         let mut m = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, _mm512_set1_ps(thr[qi]));
-                        while m != 0 {
-                            let lane = m.trailing_zeros() as usize;
-                            m &= m - 1;
-                            thr[qi] = cand(qi, slot0 + lane);
+                        if m != 0 {
+                            let mut vals = [0.0f32; 16];
+                            // SAFETY: `vals` holds 16 f32s.
+                            unsafe { _mm512_storeu_ps(vals.as_mut_ptr(), v) };
+                            while m != 0 {
+                                let lane = m.trailing_zeros() as usize;
+                                m &= m - 1;
+                                thr[qi] = cand(qi, slot0 + lane, vals[lane]);
+                            }
                         }
                     }
                 }
@@ -1137,7 +1142,7 @@ pub(crate) mod tests {
         let mut thr = [f32::NEG_INFINITY; QT];
         let mut seen = 0;
         // with thr = -inf every pair is a candidate: check each one against the canonical score
-        scan_int8(&qz, &qrows, &pk, 0, pk.groups, &mut thr, |slot, cs| {
+        scan_int8(&qz, &qrows, &pk, 0, pk.groups, &mut thr, |slot, cs, got| {
             let exact = dot_scalar(&q[slot * d..(slot + 1) * d], &c[cs * d..(cs + 1) * d]) as f64;
             let eps = bound.eps(qz.s[slot], qz.l1[slot], qn[slot]);
             // recompute the pre-score the way the kernel does
@@ -1146,6 +1151,7 @@ pub(crate) mod tests {
             let qr = quantize_row(&c[cs * d..(cs + 1) * d], &mut tmp);
             let i: i64 = a.iter().zip(&tmp).map(|(&x, &y)| (x as i64 - 128) * y as i64).sum();
             let pre = (i as f32 * qr.s) * qz.s[slot];
+            assert_eq!(pre.to_bits(), got.to_bits());
             assert!((pre as f64 - exact).abs() <= eps, "pre {pre} exact {exact} eps {eps}");
             seen += 1;
             f32::NEG_INFINITY
