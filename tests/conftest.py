@@ -155,7 +155,9 @@ def _wordlevel(train: Sequence[str]) -> Tokenizer:
     tok.add_special_tokens(["[CLS]", "[SEP]", "[PAD]"])
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     return tok
 
@@ -167,10 +169,12 @@ def _wordpiece(train: Sequence[str]) -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(train, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=specials,
-                                                             show_progress=False))
+    tok.train_from_iterator(
+        train, trainers.WordPieceTrainer(vocab_size=2000, special_tokens=specials, show_progress=False)
+    )
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
     )
     return tok
@@ -183,8 +187,12 @@ def _bpe(train: Sequence[str]) -> Tokenizer:
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(
         train,
-        trainers.BpeTrainer(vocab_size=1500, special_tokens=["<s>", "</s>", "<pad>"],
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False),
+        trainers.BpeTrainer(
+            vocab_size=1500,
+            special_tokens=["<s>", "</s>", "<pad>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
     )
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", tok.token_to_id("<s>"))]
@@ -200,8 +208,9 @@ def _unigram(train: Sequence[str]) -> Tokenizer:
     tok.decoder = decoders.Metaspace()
     tok.train_from_iterator(
         train,
-        trainers.UnigramTrainer(vocab_size=1500, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
-                                show_progress=False),
+        trainers.UnigramTrainer(
+            vocab_size=1500, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
+        ),
     )
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B:1 </s>:1", special_tokens=[("</s>", tok.token_to_id("</s>"))]
@@ -254,8 +263,14 @@ class Reference:
         """Token ids as the Python tokenizer gives them (special tokens included)."""
         return [self.tokenizer.encode(t, add_special_tokens=self.add_special_tokens).ids for t in texts]
 
-    def embed(self, texts: Sequence[str], *, dim: int | None = None, normalize: bool | None = None,
-              max_length: int | None = None) -> np.ndarray:
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        dim: int | None = None,
+        normalize: bool | None = None,
+        max_length: int | None = None,
+    ) -> np.ndarray:
         """Mean of the rows of the non-skipped ids (times the per-token weight), first `dim` columns, L2-normalized."""
         normalize = self.normalize if normalize is None else normalize
         d = self.table.shape[1] if dim is None else dim
@@ -311,8 +326,14 @@ def encode_table(values: np.ndarray, dtype: str, rng: np.random.Generator) -> tu
     raise ValueError(dtype)
 
 
-_ST_DTYPE = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.float64): "F64",
-             np.dtype(np.int8): "I8", np.dtype(np.int32): "I32", np.dtype(np.int64): "I64"}
+_ST_DTYPE = {
+    np.dtype(np.float16): "F16",
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float64): "F64",
+    np.dtype(np.int8): "I8",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int64): "I64",
+}
 
 
 def save_tensors(path: Path, tensors: dict[str, np.ndarray | BF16]) -> None:
@@ -376,6 +397,7 @@ def write_model(
     if fmt == "model2vec" and mapping:
         rows = max(vocab // 3, 2)  # vocabulary quantization: several tokens share a row
     stored, values = encode_table(rng.standard_normal((rows, cols)).astype(np.float32), dtype, rng)
+
     # other tensors of a checkpoint, in the table's dtype
     def extra(*shape: int) -> np.ndarray | BF16:
         return encode_table(rng.standard_normal(shape).astype(np.float32), dtype, rng)[0]
@@ -385,8 +407,14 @@ def write_model(
     if fmt == "tokvec":
         save_tensors(root / "model.safetensors", {"embeddings": stored})
         (root / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-        cfg: dict[str, Any] = {"format": "tokvec", "format_version": 1, "dim": cols, "normalize": normalize,
-                               "pooling": "mean", "add_special_tokens": add_special_tokens}
+        cfg: dict[str, Any] = {
+            "format": "tokvec",
+            "format_version": 1,
+            "dim": cols,
+            "normalize": normalize,
+            "pooling": "mean",
+            "add_special_tokens": add_special_tokens,
+        }
         if skip_ids is not None:
             cfg["skip_ids"] = list(skip_ids)
             skip = set(skip_ids)
@@ -405,8 +433,16 @@ def write_model(
             ref_kw["mapping"] = mp
         save_tensors(root / "model.safetensors", tensors)
         (root / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-        cfg = {"model_type": "model2vec", "architectures": ["StaticModel"], "tokenizer_name": "test",
-               "apply_pca": None, "apply_zipf": True, "hidden_dim": cols, "seq_length": 1000000, "normalize": normalize}
+        cfg = {
+            "model_type": "model2vec",
+            "architectures": ["StaticModel"],
+            "tokenizer_name": "test",
+            "apply_pca": None,
+            "apply_zipf": True,
+            "hidden_dim": cols,
+            "seq_length": 1000000,
+            "normalize": normalize,
+        }
         (root / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
         u = unk_id(tok)
         if u is not None:
@@ -418,16 +454,23 @@ def write_model(
         (root / "tokenizers").mkdir()
         (root / "tokenizers" / "x_tokenizer_config.json").write_text(tokenizer_json, encoding="utf-8")
     elif fmt == "sentence-transformers":
-        modules = [{"idx": 0, "name": "0", "path": "0_StaticEmbedding",
-                    "type": "sentence_transformers.models.StaticEmbedding"}]
+        modules = [
+            {"idx": 0, "name": "0", "path": "0_StaticEmbedding", "type": "sentence_transformers.models.StaticEmbedding"}
+        ]
         (root / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
         (root / "config_sentence_transformers.json").write_text(json.dumps({"similarity_fn_name": "cosine"}))
         save_tensors(root / "0_StaticEmbedding" / "model.safetensors", {"embedding.weight": stored})
         (root / "0_StaticEmbedding" / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
         path = root
     elif fmt in ("transformer", "sharded"):
-        cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": rows, "hidden_size": cols,
-               "num_hidden_layers": 1, "torch_dtype": "float32"}
+        cfg = {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": rows,
+            "hidden_size": cols,
+            "num_hidden_layers": 1,
+            "torch_dtype": "float32",
+        }
         (root / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
         (root / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
         layer = {
@@ -443,8 +486,10 @@ def write_model(
             shards = {"model-00001-of-00002.safetensors": layer, "model-00002-of-00002.safetensors": head}
             for name, t in shards.items():
                 save_tensors(root / name, t)
-            index = {"metadata": {"total_size": sum((root / n).stat().st_size for n in shards)},
-                     "weight_map": {k: n for n, t in shards.items() for k in t}}
+            index = {
+                "metadata": {"total_size": sum((root / n).stat().st_size for n in shards)},
+                "weight_map": {k: n for n, t in shards.items() for k in t},
+            }
             (root / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
         path = root
     elif fmt == "table":

@@ -8,7 +8,6 @@ import socket
 
 import numpy as np
 import pytest
-
 import tokvec
 
 TOL = 1e-5
@@ -435,9 +434,7 @@ def test_default_model_stsb_dev(model, stsb_dev):
     # pairs rated near-paraphrases score higher than unrelated ones, on average
     assert cos[gold >= 4].mean() > cos[gold <= 1].mean() + 0.2
     # similarity() agrees with the embeddings
-    np.testing.assert_allclose(
-        [model.similarity(x, y) for x, y, _ in stsb_dev[:50]], cos[:50], atol=TOL
-    )
+    np.testing.assert_allclose([model.similarity(x, y) for x, y, _ in stsb_dev[:50]], cos[:50], atol=TOL)
 
 
 def test_rankdata_reference():

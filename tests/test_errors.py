@@ -10,23 +10,19 @@ import json
 import math
 import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tokvec
+from conftest import plain_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
-
-import tokvec
 from tokvec import FormatError, TokenizerError
 
-from conftest import plain_tokenizer
-
 DEFAULT = Path(tokvec.__file__).parent / "models" / "default"
-HYP = settings(max_examples=60, deadline=None, database=None,
-               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+HYP = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
@@ -69,17 +65,29 @@ MALFORMED = {
     "unknown dtype": ({"a": {"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}}, bytes(8), None, "Q7"),
     "shape/bytes mismatch": ({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8), None, "shape"),
     "negative shape": ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, bytes(8), None, "-2"),
-    "shape overflow": ({"a": {"dtype": "F32", "shape": [2**62, 2**62], "data_offsets": [0, 8]}}, bytes(8), None,
-                       "overflow"),
-    "offsets out of range": ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [100, 108]}}, bytes(8), None,
-                             "data_offsets"),
-    "offsets reversed": ({"a": {"dtype": "F32", "shape": [0], "data_offsets": [8, 0]}}, bytes(8), None, "\"a\""),
-    "offsets overlapping": ({**f32("a", 2), **f32("b", 2, 4)}, bytes(12), None, "\"b\""),
+    "shape overflow": (
+        {"a": {"dtype": "F32", "shape": [2**62, 2**62], "data_offsets": [0, 8]}},
+        bytes(8),
+        None,
+        "overflow",
+    ),
+    "offsets out of range": (
+        {"a": {"dtype": "F32", "shape": [2], "data_offsets": [100, 108]}},
+        bytes(8),
+        None,
+        "data_offsets",
+    ),
+    "offsets reversed": ({"a": {"dtype": "F32", "shape": [0], "data_offsets": [8, 0]}}, bytes(8), None, '"a"'),
+    "offsets overlapping": ({**f32("a", 2), **f32("b", 2, 4)}, bytes(12), None, '"b"'),
     "offsets leave a gap": ({**f32("a", 2), **f32("b", 2, 12)}, bytes(20), None, "data_offsets"),
     "truncated data": (f32("a", 4), bytes(10), None, "truncated"),
     "trailing bytes": (f32("a", 2), bytes(12), None, "cover"),
-    "duplicate keys": ('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
-                       '"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', bytes(8), None, "twice"),
+    "duplicate keys": (
+        '{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}',
+        bytes(8),
+        None,
+        "twice",
+    ),
     "metadata not strings": ({"__metadata__": {"k": 1}, **f32("a", 2)}, bytes(8), None, "JSON"),
     "missing data_offsets": ({"a": {"dtype": "F32", "shape": [2]}}, bytes(8), None, "data_offsets"),
 }
@@ -110,8 +118,11 @@ def test_file_shorter_than_the_length_prefix(tmp_path, size):
 
 def test_valid_header_reads_back(tmp_path):
     p = tmp_path / "ok.safetensors"
-    save_file({"b": np.arange(6, dtype=np.float16).reshape(2, 3), "a": np.arange(4, dtype=np.int64)}, str(p),
-              metadata={"format": "np"})
+    save_file(
+        {"b": np.arange(6, dtype=np.float16).reshape(2, 3), "a": np.arange(4, dtype=np.int64)},
+        str(p),
+        metadata={"format": "np"},
+    )
     f = tokvec.SafetensorsFile(p)
     assert f.tensors() == {"a": ("I64", [4]), "b": ("F16", [2, 3])}
     assert f.metadata() == {"format": "np"}
@@ -185,8 +196,13 @@ def test_other_file_types_refused(tmp_path):
 def test_several_tables_need_a_name(tmp_path, tokenizer_json):
     tok = plain_tokenizer(tokenizer_json["wordpiece"])
     v = tok.get_vocab_size()
-    save_file({"encoder.embed_tokens.weight": np.ones((v, 4), np.float32),
-               "decoder.embed_tokens.weight": np.eye(v, 4, dtype=np.float32) + 0.5}, str(tmp_path / "model.safetensors"))
+    save_file(
+        {
+            "encoder.embed_tokens.weight": np.ones((v, 4), np.float32),
+            "decoder.embed_tokens.weight": np.eye(v, 4, dtype=np.float32) + 0.5,
+        },
+        str(tmp_path / "model.safetensors"),
+    )
     (tmp_path / "tokenizer.json").write_text(tokenizer_json["wordpiece"], encoding="utf-8")
     with pytest.raises(FormatError, match="several embedding tables.*table="):
         tokvec.load(tmp_path)
@@ -255,8 +271,7 @@ def test_bad_model2vec_tensors(tmp_path):
         ({"embeddings": np.zeros((10, 8), np.float32), "mapping": np.full(30522, 10, np.int64)}, "mapping.*row 10"),
         ({"embeddings": np.zeros((10, 8), np.float32), "mapping": np.full(30522, -1, np.int32)}, "negative"),
         ({"embeddings": np.zeros((30522, 8), np.float32), "weights": np.ones(5, np.float32)}, "weights.*5 entries"),
-        ({"embeddings": np.zeros((30522, 8), np.float32), "weights": np.full(30522, np.nan, np.float32)},
-         "not finite"),
+        ({"embeddings": np.zeros((30522, 8), np.float32), "weights": np.full(30522, np.nan, np.float32)}, "not finite"),
         ({"embeddings": np.zeros((30522, 8), np.int32)}, "dtype I32"),
         ({"embeddings": np.zeros((30522, 0), np.float32)}, "empty"),
     ]
@@ -343,9 +358,13 @@ def test_bad_texts_in_other_methods(model):
 
 def test_a_single_str_is_not_a_list_of_docs(model):
     # iterating a str would silently treat every character as a document
-    for call in (lambda: model.rank("q", "a document"), lambda: model.topk("q", "a document"),
-                 lambda: model.filter("q", "a document"), lambda: model.deduplicate("a document"),
-                 lambda: model.encode_ids("a document")):
+    for call in (
+        lambda: model.rank("q", "a document"),
+        lambda: model.topk("q", "a document"),
+        lambda: model.filter("q", "a document"),
+        lambda: model.deduplicate("a document"),
+        lambda: model.encode_ids("a document"),
+    ):
         with pytest.raises(TypeError, match="str"):
             call()
 
@@ -390,13 +409,25 @@ def test_bad_k(model, k):
 
 @pytest.mark.parametrize(
     ("t", "exc"),
-    [(1.5, ValueError), (-1.01, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
-     (True, TypeError), (False, TypeError), ("0.5", TypeError), (None, TypeError)],
+    [
+        (1.5, ValueError),
+        (-1.01, ValueError),
+        (float("nan"), ValueError),
+        (float("inf"), ValueError),
+        (True, TypeError),
+        (False, TypeError),
+        ("0.5", TypeError),
+        (None, TypeError),
+    ],
 )
 def test_bad_threshold(model, t, exc):
     e = np.eye(3, 4, dtype=np.float32)
-    for call in (lambda: tokvec.duplicate_pairs(e, t), lambda: tokvec.dedup_indices(e, t),
-                 lambda: model.deduplicate(["a", "b"], t), lambda: model.filter("q", ["a"], t)):
+    for call in (
+        lambda: tokvec.duplicate_pairs(e, t),
+        lambda: tokvec.dedup_indices(e, t),
+        lambda: model.deduplicate(["a", "b"], t),
+        lambda: model.filter("q", ["a"], t),
+    ):
         with pytest.raises(exc, match="threshold"):
             call()
 
@@ -470,19 +501,22 @@ def test_non_contiguous_inputs_are_accepted():
 # ------------------------------------------------------------------------------------------ hypothesis: header parser
 ALLOWED = (FormatError, FileNotFoundError, OSError)
 _counter = itertools.count()
-_tmp = Path(tempfile.mkdtemp(prefix="tokvec-hyp-"))
 
 
-def _open_checked(data: bytes) -> None:
-    p = _tmp / f"h{next(_counter)}.safetensors"
+@pytest.fixture(scope="module")
+def hyp_dir(tmp_path_factory) -> Path:
+    """One folder for all generated files; each example writes a new file (a mapped file is never rewritten)."""
+    return tmp_path_factory.mktemp("hypothesis")
+
+
+def _open_checked(folder: Path, data: bytes) -> None:
+    p = folder / f"h{next(_counter)}.safetensors"
     p.write_bytes(data)
     try:
         f = tokvec.SafetensorsFile(p)
     except ALLOWED as e:
         assert str(p) in str(e)
         return
-    finally:
-        pass
     # whatever opens is self-consistent
     sizes = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I8": 1, "I32": 4, "I64": 8, "U32": 4}
     for name, (dtype, shape) in f.tensors().items():
@@ -496,32 +530,39 @@ def _open_checked(data: bytes) -> None:
 
 @HYP
 @given(st.binary(max_size=300))
-def test_random_bytes_never_crash(data):
-    _open_checked(data)
+def test_random_bytes_never_crash(hyp_dir, data):
+    _open_checked(hyp_dir, data)
 
 
 @HYP
 @given(st.binary(max_size=200), st.integers(min_value=0, max_value=2**64 - 1))
-def test_random_header_length_never_crashes(body, length):
-    _open_checked(struct.pack("<Q", length) + body)
+def test_random_header_length_never_crashes(hyp_dir, body, length):
+    _open_checked(hyp_dir, struct.pack("<Q", length) + body)
 
 
 DTYPE_NAMES = ["F16", "BF16", "F32", "F64", "I8", "I32", "I64", "U32", "U8", "BOOL", "F8_E4M3", "Q7", "", "f32"]
-json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False),
-                        st.text(max_size=5))
+json_scalar = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=5)
+)
 entry = st.fixed_dictionaries(
     {},
     optional={
         "dtype": st.one_of(st.sampled_from(DTYPE_NAMES), json_scalar),
-        "shape": st.one_of(st.lists(st.integers(-2, 70), max_size=3), st.lists(st.integers(0, 2**64 + 1), max_size=2),
-                           json_scalar),
-        "data_offsets": st.one_of(st.lists(st.integers(-1, 300), min_size=2, max_size=2),
-                                  st.lists(st.integers(0, 2**64 + 1), min_size=0, max_size=3), json_scalar),
+        "shape": st.one_of(
+            st.lists(st.integers(-2, 70), max_size=3), st.lists(st.integers(0, 2**64 + 1), max_size=2), json_scalar
+        ),
+        "data_offsets": st.one_of(
+            st.lists(st.integers(-1, 300), min_size=2, max_size=2),
+            st.lists(st.integers(0, 2**64 + 1), min_size=0, max_size=3),
+            json_scalar,
+        ),
         "extra": json_scalar,
     },
 )
 header = st.dictionaries(
-    st.one_of(st.sampled_from(["embeddings", "weights", "mapping", "__metadata__", "a\u0000b", "é"]), st.text(max_size=4)),
+    st.one_of(
+        st.sampled_from(["embeddings", "weights", "mapping", "__metadata__", "a\u0000b", "é"]), st.text(max_size=4)
+    ),
     st.one_of(entry, json_scalar, st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2)),
     max_size=4,
 )
@@ -529,16 +570,16 @@ header = st.dictionaries(
 
 @HYP
 @given(header, st.integers(0, 300), st.booleans())
-def test_random_headers_never_crash(hdr, data_len, pad):
+def test_random_headers_never_crash(hyp_dir, hdr, data_len, pad):
     h = json.dumps(hdr).encode()
     if pad:
         h += b" " * (-len(h) % 8)
-    _open_checked(struct.pack("<Q", len(h)) + h + bytes(data_len))
+    _open_checked(hyp_dir, struct.pack("<Q", len(h)) + h + bytes(data_len))
 
 
 @HYP
 @given(st.data())
-def test_random_valid_files_read_back(data):
+def test_random_valid_files_read_back(hyp_dir, data):
     # well-formed files built by the safetensors package always open, with the right shapes and bytes
     n = data.draw(st.integers(1, 4))
     tensors = {}
@@ -546,7 +587,7 @@ def test_random_valid_files_read_back(data):
         dtype = data.draw(st.sampled_from([np.float16, np.float32, np.float64, np.int8, np.int32, np.int64]))
         shape = data.draw(st.lists(st.integers(0, 5), max_size=3))
         tensors[f"t{i}"] = np.arange(math.prod(shape), dtype=dtype).reshape(shape)
-    p = _tmp / f"v{next(_counter)}.safetensors"
+    p = hyp_dir / f"v{next(_counter)}.safetensors"
     save_file(tensors, str(p))
     f = tokvec.SafetensorsFile(p)
     got = f.tensors()
@@ -557,16 +598,42 @@ def test_random_valid_files_read_back(data):
 
 
 # ------------------------------------------------------------------------------------------ hypothesis: texts
-SPECIAL_CHARS = ["\x00", "\u200d", "\u200b", "\u200e", "\u202e", "\u0301", "\u0308", "\ufeff", "\U0001f469",
-                 "\U0001f3fd", "\u2764\ufe0f", "\U0001f468\u200d\U0001f469\u200d\U0001f467", "\u05e9\u05dc\u05d5\u05dd",
-                 "\u0645\u0631\u062d\u0628\u0627", "\u4e2d\u6587", "\t", "\n", "\r\n", " ", "[CLS]", "[SEP]", "<s>",
-                 "</s>", "\uffff", "\U0010ffff", "e\u0301", "\u00e9"]
+SPECIAL_CHARS = [
+    "\x00",
+    "\u200d",
+    "\u200b",
+    "\u200e",
+    "\u202e",
+    "\u0301",
+    "\u0308",
+    "\ufeff",
+    "\U0001f469",
+    "\U0001f3fd",
+    "\u2764\ufe0f",
+    "\U0001f468\u200d\U0001f469\u200d\U0001f467",
+    "\u05e9\u05dc\u05d5\u05dd",
+    "\u0645\u0631\u062d\u0628\u0627",
+    "\u4e2d\u6587",
+    "\t",
+    "\n",
+    "\r\n",
+    " ",
+    "[CLS]",
+    "[SEP]",
+    "<s>",
+    "</s>",
+    "\uffff",
+    "\U0010ffff",
+    "e\u0301",
+    "\u00e9",
+]
 texts = st.lists(
     st.one_of(
         st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40),
         st.lists(st.sampled_from(SPECIAL_CHARS), max_size=8).map("".join),
-        st.lists(st.one_of(st.sampled_from(SPECIAL_CHARS), st.sampled_from(["the", "cat", "sat", "é", "42"])),
-                 max_size=12).map(" ".join),
+        st.lists(
+            st.one_of(st.sampled_from(SPECIAL_CHARS), st.sampled_from(["the", "cat", "sat", "é", "42"])), max_size=12
+        ).map(" ".join),
     ),
     max_size=8,
 )
@@ -588,8 +655,10 @@ def test_random_unicode_default_model(model, items):
 
 @pytest.fixture(scope="module")
 def fixture_models(make_model):
-    return [(mf, tokvec.load(mf.path)) for mf in
-            (make_model("wordllama", "BF16"), make_model("sharded", "F16"), make_model("model2vec", "I8"))]
+    return [
+        (mf, tokvec.load(mf.path))
+        for mf in (make_model("wordllama", "BF16"), make_model("sharded", "F16"), make_model("model2vec", "I8"))
+    ]
 
 
 @HYP

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import tokvec
+from conftest import DETECTED, DTYPES, FORMATS, TOKENIZER_KINDS
 from tokvec.formats import resolve
 from tokvec.model import Model
 from tokvec.tokenizer import load_tokenizer
-
-from conftest import DETECTED, DTYPES, FORMATS, TOKENIZER_KINDS, ModelFiles
 
 ATOL = 1e-5
 
@@ -24,7 +22,9 @@ def check_close(got: np.ndarray, want: np.ndarray, *, atol: float = ATOL, rtol: 
     bad = err > atol + rtol * np.abs(want)
     if bad.any():
         i, j = np.argwhere(bad)[0]
-        pytest.fail(f"{bad.sum()} values differ; first at [{i}, {j}]: {got[i, j]} vs {want[i, j]} (max err {err.max()})")
+        pytest.fail(
+            f"{bad.sum()} values differ; first at [{i}, {j}]: {got[i, j]} vs {want[i, j]} (max err {err.max()})"
+        )
 
 
 def build_scalar(path, **kw) -> Model:

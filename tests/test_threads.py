@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 import tokvec
 
 N_THREADS = 8
@@ -186,8 +185,14 @@ def _run_pool(tmp_path: Path, threads: str, spec: dict[str, Any]) -> dict[str, n
     spec_file.write_text(json.dumps(spec), encoding="utf-8")
     out = tmp_path / f"out-{threads}.npz"
     env = {**os.environ, "RAYON_NUM_THREADS": threads}
-    r = subprocess.run([sys.executable, "-c", SCRIPT, str(spec_file), str(out)], env=env, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(spec_file), str(out)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     with np.load(out) as z:
         return {k: z[k] for k in z.files}
@@ -197,8 +202,11 @@ def _spec(texts, minilm, make_model, search: bool) -> dict[str, Any]:
     m2v = make_model("model2vec", "I8", tokenizer="bpe")
     return {
         "texts": texts,
-        "models": {"default": str(tokvec.formats.DEFAULT_MODEL_DIR), "minilm": str(minilm.path),
-                   "model2vec": str(m2v.path)},
+        "models": {
+            "default": str(tokvec.formats.DEFAULT_MODEL_DIR),
+            "minilm": str(minilm.path),
+            "model2vec": str(m2v.path),
+        },
         "search": search,
     }
 
@@ -222,7 +230,17 @@ def test_rayon_thread_count_search(tmp_path, texts, minilm, make_model, threads)
     pi, pj, ps = tokvec.duplicate_pairs(e, 0.8, as_arrays=True)
     kept, dup_of, score = tokvec.dedup_indices(e, 0.9)
     sb, ib = tokvec.topk(b[:300], b, 10, bits=256)
-    want = {"topk_s": s, "topk_i": i, "pairs_i": pi, "pairs_j": pj, "pairs_s": ps, "kept": kept, "dup_of": dup_of,
-            "dup_score": score, "topk_b_s": sb, "topk_b_i": ib}
+    want = {
+        "topk_s": s,
+        "topk_i": i,
+        "pairs_i": pi,
+        "pairs_j": pj,
+        "pairs_s": ps,
+        "kept": kept,
+        "dup_of": dup_of,
+        "dup_score": score,
+        "topk_b_s": sb,
+        "topk_b_i": ib,
+    }
     for k, w in want.items():
         np.testing.assert_array_equal(got[k], w, err_msg=k)
