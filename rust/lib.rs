@@ -7,9 +7,11 @@
 //! (`hamming`). The PyO3 binding sits in `py/`, compiled only with the `python` feature.
 #![deny(missing_docs)]
 
+pub mod convert;
 pub mod dedup;
 pub mod error;
 pub mod gather;
+pub mod gguf;
 pub mod hamming;
 pub mod header;
 pub mod pool;

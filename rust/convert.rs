@@ -1,0 +1,895 @@
+//! Streaming extraction of one embedding table: rows are read in place from a memory-mapped
+//! safetensors or GGUF file, dequantized / converted to f32 (or straight to the output dtype) in
+//! chunks, and the source pages of each chunk are handed back to the OS once converted.
+//!
+//! Performance notes:
+//! - Only the table's byte range is ever touched: the header parsers read headers, and `Table`
+//!   reads rows `[r0, r1)` of one tensor. Nothing else of a multi-GB checkpoint is paged in.
+//! - After a chunk is converted its source pages are dropped from this process with
+//!   `madvise(MADV_DONTNEED)` (the map is read-only and shared, so the pages stay in the page cache
+//!   and a later read simply faults them back in). Peak RSS is then one chunk of input plus one
+//!   chunk of output, whatever the table's size, instead of the whole table.
+//! - When the output dtype equals the source dtype (F16 → F16, BF16 → BF16, F32 → F32) rows are
+//!   copied as bytes after an integer check for NaN/Inf; otherwise each row is decoded to f32 and
+//!   encoded with round-to-nearest-even. Rows are converted in parallel (rayon), one scratch row
+//!   per worker.
+//! - Dequantization follows ggml's reference kernels (`dequantize_row_*` in ggml-quants.c) with
+//!   the same float operation order, so the values equal llama.cpp's and the `gguf` package's.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use half::{bf16, f16};
+use memmap2::{Mmap, UncheckedAdvice};
+use rayon::prelude::*;
+
+use crate::error::{CoreError, Result};
+use crate::gguf::{map_file, GgmlType, GgufFile};
+use crate::header::{DType, SafetensorsFile};
+
+/// How the source stores one table element (or one block of elements).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// f32
+    F32,
+    /// IEEE half
+    F16,
+    /// bfloat16
+    BF16,
+    /// f64
+    F64,
+    /// ggml Q4_0: blocks of 32, f16 scale, 4-bit values offset by 8.
+    Q4_0,
+    /// ggml Q4_1: blocks of 32, f16 scale and min, 4-bit values.
+    Q4_1,
+    /// ggml Q5_0: blocks of 32, f16 scale, 5-bit values offset by 16.
+    Q5_0,
+    /// ggml Q5_1: blocks of 32, f16 scale and min, 5-bit values.
+    Q5_1,
+    /// ggml Q8_0: blocks of 32, f16 scale, int8 values.
+    Q8_0,
+    /// ggml Q4_K: super-blocks of 256, 8 sub-blocks with 6-bit scales and mins.
+    Q4K,
+    /// ggml Q5_K: super-blocks of 256, like Q4_K with a fifth bit.
+    Q5K,
+    /// ggml Q6_K: super-blocks of 256, 16 sub-blocks with int8 scales, 6-bit values offset by 32.
+    Q6K,
+}
+
+impl Codec {
+    /// The codec of a safetensors dtype, or None when it cannot hold an embedding table.
+    pub fn from_dtype(d: DType) -> Option<Codec> {
+        match d {
+            DType::F32 => Some(Codec::F32),
+            DType::F16 => Some(Codec::F16),
+            DType::BF16 => Some(Codec::BF16),
+            DType::F64 => Some(Codec::F64),
+            _ => None,
+        }
+    }
+
+    /// The codec of a ggml type, or None for types not dequantized here.
+    pub fn from_ggml(t: GgmlType) -> Option<Codec> {
+        Some(match t.name() {
+            "F32" => Codec::F32,
+            "F16" => Codec::F16,
+            "BF16" => Codec::BF16,
+            "F64" => Codec::F64,
+            "Q4_0" => Codec::Q4_0,
+            "Q4_1" => Codec::Q4_1,
+            "Q5_0" => Codec::Q5_0,
+            "Q5_1" => Codec::Q5_1,
+            "Q8_0" => Codec::Q8_0,
+            "Q4_K" => Codec::Q4K,
+            "Q5_K" => Codec::Q5K,
+            "Q6_K" => Codec::Q6K,
+            _ => return None,
+        })
+    }
+
+    /// The name as safetensors / ggml spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::F32 => "F32",
+            Codec::F16 => "F16",
+            Codec::BF16 => "BF16",
+            Codec::F64 => "F64",
+            Codec::Q4_0 => "Q4_0",
+            Codec::Q4_1 => "Q4_1",
+            Codec::Q5_0 => "Q5_0",
+            Codec::Q5_1 => "Q5_1",
+            Codec::Q8_0 => "Q8_0",
+            Codec::Q4K => "Q4_K",
+            Codec::Q5K => "Q5_K",
+            Codec::Q6K => "Q6_K",
+        }
+    }
+
+    /// (elements per block, bytes per block).
+    pub fn block(self) -> (usize, usize) {
+        match self {
+            Codec::F32 => (1, 4),
+            Codec::F16 | Codec::BF16 => (1, 2),
+            Codec::F64 => (1, 8),
+            Codec::Q4_0 => (32, 18),
+            Codec::Q4_1 => (32, 20),
+            Codec::Q5_0 => (32, 22),
+            Codec::Q5_1 => (32, 24),
+            Codec::Q8_0 => (32, 34),
+            Codec::Q4K => (256, 144),
+            Codec::Q5K => (256, 176),
+            Codec::Q6K => (256, 210),
+        }
+    }
+
+    /// Bytes of `n` elements (`n` a multiple of the block size), None on overflow.
+    pub fn bytes_for(self, n: usize) -> Option<usize> {
+        let (e, b) = self.block();
+        (n % e == 0).then(|| (n / e).checked_mul(b)).flatten()
+    }
+
+    /// Decodes whole blocks: `dst.len()` elements from `src`. Only complete blocks present in both
+    /// are written (callers pass matching lengths, checked by `Table`), so no read is out of bounds.
+    pub fn decode(self, src: &[u8], dst: &mut [f32]) {
+        let (e, b) = self.block();
+        for (s, d) in src.chunks_exact(b).zip(dst.chunks_exact_mut(e)) {
+            match self {
+                Codec::F32 => d[0] = f32::from_le_bytes([s[0], s[1], s[2], s[3]]),
+                Codec::F16 => d[0] = f16::from_le_bytes([s[0], s[1]]).to_f32(),
+                Codec::BF16 => d[0] = bf16::from_le_bytes([s[0], s[1]]).to_f32(),
+                Codec::F64 => d[0] = f64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]) as f32,
+                Codec::Q4_0 => dequant_q4_0(s, d),
+                Codec::Q4_1 => dequant_q4_1(s, d),
+                Codec::Q5_0 => dequant_q5_0(s, d),
+                Codec::Q5_1 => dequant_q5_1(s, d),
+                Codec::Q8_0 => dequant_q8_0(s, d),
+                Codec::Q4K => dequant_q4_k(s, d),
+                Codec::Q5K => dequant_q5_k(s, d),
+                Codec::Q6K => dequant_q6_k(s, d),
+            }
+        }
+    }
+}
+
+fn h(s: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([s[i], s[i + 1]]).to_f32()
+}
+
+fn dequant_q4_0(s: &[u8], y: &mut [f32]) {
+    let d = h(s, 0);
+    let qs = &s[2..18];
+    for j in 0..16 {
+        y[j] = ((qs[j] & 0x0F) as i32 - 8) as f32 * d;
+        y[j + 16] = ((qs[j] >> 4) as i32 - 8) as f32 * d;
+    }
+}
+
+fn dequant_q4_1(s: &[u8], y: &mut [f32]) {
+    let (d, m) = (h(s, 0), h(s, 2));
+    let qs = &s[4..20];
+    for j in 0..16 {
+        y[j] = (qs[j] & 0x0F) as f32 * d + m;
+        y[j + 16] = (qs[j] >> 4) as f32 * d + m;
+    }
+}
+
+fn dequant_q5_0(s: &[u8], y: &mut [f32]) {
+    let d = h(s, 0);
+    let qh = u32::from_le_bytes([s[2], s[3], s[4], s[5]]);
+    let qs = &s[6..22];
+    for j in 0..16 {
+        let xh0 = (((qh >> j) << 4) & 0x10) as u8;
+        let xh1 = ((qh >> (j + 12)) & 0x10) as u8;
+        y[j] = (((qs[j] & 0x0F) | xh0) as i32 - 16) as f32 * d;
+        y[j + 16] = (((qs[j] >> 4) | xh1) as i32 - 16) as f32 * d;
+    }
+}
+
+fn dequant_q5_1(s: &[u8], y: &mut [f32]) {
+    let (d, m) = (h(s, 0), h(s, 2));
+    let qh = u32::from_le_bytes([s[4], s[5], s[6], s[7]]);
+    let qs = &s[8..24];
+    for j in 0..16 {
+        let xh0 = (((qh >> j) << 4) & 0x10) as u8;
+        let xh1 = ((qh >> (j + 12)) & 0x10) as u8;
+        y[j] = ((qs[j] & 0x0F) | xh0) as f32 * d + m;
+        y[j + 16] = ((qs[j] >> 4) | xh1) as f32 * d + m;
+    }
+}
+
+fn dequant_q8_0(s: &[u8], y: &mut [f32]) {
+    let d = h(s, 0);
+    for (v, &q) in y.iter_mut().zip(&s[2..34]) {
+        *v = (q as i8) as f32 * d;
+    }
+}
+
+/// The 6-bit scale and min of sub-block `j` of a Q4_K / Q5_K super-block (`get_scale_min_k4`).
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+fn dequant_q4_k(s: &[u8], y: &mut [f32]) {
+    let (d, dmin) = (h(s, 0), h(s, 2));
+    let scales = &s[4..16];
+    let qs = &s[16..144];
+    for (k, (q, out)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+        let (sc1, m1) = scale_min_k4(2 * k, scales);
+        let (sc2, m2) = scale_min_k4(2 * k + 1, scales);
+        let (d1, mm1) = (d * sc1 as f32, dmin * m1 as f32);
+        let (d2, mm2) = (d * sc2 as f32, dmin * m2 as f32);
+        for l in 0..32 {
+            out[l] = d1 * (q[l] & 0x0F) as f32 - mm1;
+            out[l + 32] = d2 * (q[l] >> 4) as f32 - mm2;
+        }
+    }
+}
+
+fn dequant_q5_k(s: &[u8], y: &mut [f32]) {
+    let (d, dmin) = (h(s, 0), h(s, 2));
+    let scales = &s[4..16];
+    let qh = &s[16..48];
+    let qs = &s[48..176];
+    for (k, (ql, out)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+        let (sc1, m1) = scale_min_k4(2 * k, scales);
+        let (sc2, m2) = scale_min_k4(2 * k + 1, scales);
+        let (d1, mm1) = (d * sc1 as f32, dmin * m1 as f32);
+        let (d2, mm2) = (d * sc2 as f32, dmin * m2 as f32);
+        let (u1, u2) = (1u8 << (2 * k), 2u8 << (2 * k));
+        for l in 0..32 {
+            let hi1 = if qh[l] & u1 != 0 { 16 } else { 0 };
+            let hi2 = if qh[l] & u2 != 0 { 16 } else { 0 };
+            out[l] = d1 * ((ql[l] & 0x0F) + hi1) as f32 - mm1;
+            out[l + 32] = d2 * ((ql[l] >> 4) + hi2) as f32 - mm2;
+        }
+    }
+}
+
+fn dequant_q6_k(s: &[u8], y: &mut [f32]) {
+    let ql_all = &s[0..128];
+    let qh_all = &s[128..192];
+    let sc_all = &s[192..208];
+    let d = h(s, 208);
+    for n in 0..2 {
+        let ql = &ql_all[64 * n..64 * n + 64];
+        let qh = &qh_all[32 * n..32 * n + 32];
+        let sc = &sc_all[8 * n..8 * n + 8];
+        let out = &mut y[128 * n..128 * n + 128];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            out[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+            out[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+            out[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+            out[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+        }
+    }
+}
+
+/// The element types a tokvec table is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutDType {
+    /// IEEE half (tokvec's default for quantized sources).
+    F16,
+    /// bfloat16.
+    BF16,
+    /// f32.
+    F32,
+}
+
+impl OutDType {
+    /// Parses "F16" / "f16" / "BF16" / "F32" (any case).
+    pub fn parse(s: &str) -> Result<OutDType> {
+        match s.to_ascii_uppercase().as_str() {
+            "F16" | "FLOAT16" => Ok(OutDType::F16),
+            "BF16" | "BFLOAT16" => Ok(OutDType::BF16),
+            "F32" | "FLOAT32" => Ok(OutDType::F32),
+            _ => Err(CoreError::arg("dtype", format!("{s:?} is not one of f16, bf16, f32"))),
+        }
+    }
+
+    /// The safetensors spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutDType::F16 => "F16",
+            OutDType::BF16 => "BF16",
+            OutDType::F32 => "F32",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            OutDType::F16 | OutDType::BF16 => 2,
+            OutDType::F32 => 4,
+        }
+    }
+
+    fn same_as(self, c: Codec) -> bool {
+        matches!(
+            (self, c),
+            (OutDType::F16, Codec::F16) | (OutDType::BF16, Codec::BF16) | (OutDType::F32, Codec::F32)
+        )
+    }
+}
+
+/// Encodes f32 values as `dtype` (round to nearest even). Returns false when a finite input
+/// overflows the output type (e.g. above 65504 in F16).
+pub fn encode_row(src: &[f32], dtype: OutDType, dst: &mut [u8]) -> bool {
+    let mut ok = true;
+    match dtype {
+        OutDType::F32 => {
+            for (v, o) in src.iter().zip(dst.chunks_exact_mut(4)) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        OutDType::F16 => {
+            for (v, o) in src.iter().zip(dst.chunks_exact_mut(2)) {
+                let x = f16::from_f32(*v);
+                ok &= x.is_finite() || !v.is_finite();
+                o.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        OutDType::BF16 => {
+            for (v, o) in src.iter().zip(dst.chunks_exact_mut(2)) {
+                let x = bf16::from_f32(*v);
+                ok &= x.is_finite() || !v.is_finite();
+                o.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+    }
+    ok
+}
+
+/// Whether raw elements of a float codec hold NaN or Inf (all exponent bits set).
+fn raw_has_nonfinite(c: Codec, row: &[u8]) -> bool {
+    match c {
+        Codec::F16 => row
+            .chunks_exact(2)
+            .any(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7C00 == 0x7C00),
+        Codec::BF16 => row
+            .chunks_exact(2)
+            .any(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7F80 == 0x7F80),
+        Codec::F32 => row
+            .chunks_exact(4)
+            .any(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7F80_0000 == 0x7F80_0000),
+        _ => false,
+    }
+}
+
+/// One 2-D embedding table in a memory-mapped file, read row range by row range.
+#[derive(Debug)]
+pub struct Table {
+    path: String,
+    name: String,
+    mmap: Arc<Mmap>,
+    start: usize,
+    rows: usize,
+    cols: usize,
+    codec: Codec,
+    row_bytes: usize,
+}
+
+fn bad_rows_error(path: &str, name: &str, rows: &[usize], what: &str) -> CoreError {
+    let shown: Vec<String> = rows.iter().take(10).map(|r| r.to_string()).collect();
+    let more = if rows.len() > 10 { ", ..." } else { "" };
+    CoreError::format(
+        path,
+        format!(
+            "table {name:?}: {} row(s) {what} (row ids {}{more})",
+            rows.len(),
+            shown.join(", ")
+        ),
+    )
+}
+
+impl Table {
+    fn new(
+        path: String,
+        name: &str,
+        mmap: Arc<Mmap>,
+        start: usize,
+        end: usize,
+        shape: &[u64],
+        codec: Codec,
+    ) -> Result<Self> {
+        if shape.len() != 2 {
+            return Err(CoreError::format(
+                &path,
+                format!("tensor {name:?} has shape {shape:?}: an embedding table is 2-D [vocab, dim]"),
+            ));
+        }
+        let (rows, cols) = match (usize::try_from(shape[0]), usize::try_from(shape[1])) {
+            (Ok(r), Ok(c)) if r > 0 && c > 0 => (r, c),
+            _ => {
+                return Err(CoreError::format(
+                    &path,
+                    format!("tensor {name:?} has shape {shape:?}: an embedding table needs rows and columns"),
+                ))
+            }
+        };
+        let row_bytes = codec.bytes_for(cols).ok_or_else(|| {
+            CoreError::format(
+                &path,
+                format!(
+                    "tensor {name:?}: row length {cols} is not a whole number of {} blocks",
+                    codec.name()
+                ),
+            )
+        })?;
+        let total = row_bytes.checked_mul(rows);
+        if total != Some(end.wrapping_sub(start)) || end > mmap.len() || start > end {
+            return Err(CoreError::format(
+                &path,
+                format!(
+                    "tensor {name:?}: its byte range does not match shape {shape:?} in {}",
+                    codec.name()
+                ),
+            ));
+        }
+        Ok(Table {
+            path,
+            name: name.to_string(),
+            mmap,
+            start,
+            rows,
+            cols,
+            codec,
+            row_bytes,
+        })
+    }
+
+    /// Opens tensor `name` of a safetensors file (header validated by [`SafetensorsFile`]).
+    pub fn from_safetensors(path: impl AsRef<Path>, name: &str) -> Result<Self> {
+        let p = path.as_ref();
+        let f = SafetensorsFile::open(p)?;
+        let t = f.tensor(name)?.clone();
+        let codec = Codec::from_dtype(t.dtype).ok_or_else(|| {
+            CoreError::format(
+                f.path(),
+                format!(
+                    "tensor {name:?} has dtype {}, which is not an embedding table dtype (F16, BF16, F32, F64)",
+                    t.dtype.name()
+                ),
+            )
+        })?;
+        let len = f.len();
+        drop(f);
+        let mmap = map_file(p)?;
+        if mmap.len() != len {
+            return Err(CoreError::format(
+                p.display().to_string(),
+                "the file changed while it was being opened",
+            ));
+        }
+        let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+        Table::new(
+            p.display().to_string(),
+            name,
+            Arc::new(mmap),
+            t.start,
+            t.end,
+            &shape,
+            codec,
+        )
+    }
+
+    /// Opens tensor `name` of a GGUF file. Quantized types other than Q4_0, Q4_1, Q5_0, Q5_1,
+    /// Q8_0, Q4_K, Q5_K and Q6_K are refused with "unsupported quantization X".
+    pub fn from_gguf(path: impl AsRef<Path>, name: &str) -> Result<Self> {
+        let f = GgufFile::open(path)?;
+        Table::from_gguf_file(&f, name)
+    }
+
+    /// Like [`Table::from_gguf`], on an already opened file (shares its map).
+    pub fn from_gguf_file(f: &GgufFile, name: &str) -> Result<Self> {
+        let t = f.tensor(name)?;
+        let codec = Codec::from_ggml(t.ggml_type).ok_or_else(|| {
+            CoreError::format(
+                f.path(),
+                format!(
+                    "tensor {name:?}: unsupported quantization {} (tokvec dequantizes F32, F16, BF16, F64, Q4_0, Q4_1, \
+                     Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)",
+                    t.ggml_type.name()
+                ),
+            )
+        })?;
+        let mut shape = t.shape();
+        while shape.len() > 2 && shape[0] == 1 {
+            shape.remove(0);
+        }
+        Table::new(
+            f.path().to_string(),
+            name,
+            f.mmap().clone(),
+            t.start,
+            t.end,
+            &shape,
+            codec,
+        )
+    }
+
+    /// The file.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+    /// The tensor's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Row count.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Column count.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// The source element type.
+    pub fn codec(&self) -> Codec {
+        self.codec
+    }
+    /// The tensor's byte range in the file, `(start, end)`.
+    pub fn byte_range(&self) -> (usize, usize) {
+        (self.start, self.start + self.rows * self.row_bytes)
+    }
+
+    fn check_range(&self, r0: usize, r1: usize, out_len: usize, elem: usize) -> Result<&[u8]> {
+        if r0 > r1 || r1 > self.rows {
+            return Err(CoreError::arg(
+                "rows",
+                format!("row range {r0}..{r1} is outside the table's {} rows", self.rows),
+            ));
+        }
+        if out_len != (r1 - r0) * self.cols * elem {
+            return Err(CoreError::arg(
+                "out",
+                "output buffer length does not match the row range",
+            ));
+        }
+        Ok(&self.mmap[self.start + r0 * self.row_bytes..self.start + r1 * self.row_bytes])
+    }
+
+    /// Drops the source pages of rows `[r0, r1)` from this process (they stay in the page cache).
+    fn release(&self, r0: usize, r1: usize) {
+        let off = self.start + r0 * self.row_bytes;
+        let len = (r1 - r0) * self.row_bytes;
+        if len == 0 {
+            return;
+        }
+        // SAFETY: the map is read-only and shared (`Mmap::map`), so MADV_DONTNEED only unmaps the
+        // pages from this process: the next access reads the same bytes back from the page cache or
+        // the file. No reference observes different contents. The range lies inside the map
+        // (checked by `check_range` before every read that precedes a release). A failed advice is
+        // harmless (the pages simply stay mapped), so its error is ignored.
+        let _ = unsafe { self.mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, off, len) };
+    }
+
+    /// Decodes rows `[r0, r1)` to f32 into `out` (`(r1 - r0) * cols` values).
+    ///
+    /// Errors: `Format` listing the rows that hold NaN or Inf.
+    pub fn read_f32(&self, r0: usize, r1: usize, out: &mut [f32]) -> Result<()> {
+        let src = self.check_range(r0, r1, out.len(), 1)?;
+        let (cols, rb, codec) = (self.cols, self.row_bytes, self.codec);
+        let mut bad: Vec<usize> = out
+            .par_chunks_mut(cols)
+            .zip(src.par_chunks(rb))
+            .enumerate()
+            .filter_map(|(i, (o, s))| {
+                codec.decode(s, o);
+                (!o.iter().all(|v| v.is_finite())).then_some(r0 + i)
+            })
+            .collect();
+        self.release(r0, r1);
+        if !bad.is_empty() {
+            bad.sort_unstable();
+            return Err(bad_rows_error(&self.path, &self.name, &bad, "hold NaN or Inf values"));
+        }
+        Ok(())
+    }
+
+    /// Converts rows `[r0, r1)` to `dtype` little-endian bytes into `out`.
+    ///
+    /// Errors: `Format` listing the rows that hold NaN or Inf, or whose values overflow `dtype`.
+    pub fn read_as(&self, r0: usize, r1: usize, dtype: OutDType, out: &mut [u8]) -> Result<()> {
+        let src = self.check_range(r0, r1, out.len(), dtype.size())?;
+        let (cols, rb, codec) = (self.cols, self.row_bytes, self.codec);
+        let ob = cols * dtype.size();
+        let result: Vec<(usize, bool)> = if dtype.same_as(codec) {
+            out.par_chunks_mut(ob)
+                .zip(src.par_chunks(rb))
+                .enumerate()
+                .filter_map(|(i, (o, s))| {
+                    o.copy_from_slice(s);
+                    raw_has_nonfinite(codec, s).then_some((r0 + i, false))
+                })
+                .collect()
+        } else {
+            out.par_chunks_mut(ob)
+                .zip(src.par_chunks(rb))
+                .enumerate()
+                .map_init(
+                    || vec![0f32; cols],
+                    |buf, (i, (o, s))| {
+                        codec.decode(s, buf);
+                        if !buf.iter().all(|v| v.is_finite()) {
+                            return Some((r0 + i, false));
+                        }
+                        (!encode_row(buf, dtype, o)).then_some((r0 + i, true))
+                    },
+                )
+                .flatten()
+                .collect()
+        };
+        self.release(r0, r1);
+        let nonfinite: Vec<usize> = result.iter().filter(|r| !r.1).map(|r| r.0).collect();
+        if !nonfinite.is_empty() {
+            return Err(bad_rows_error(
+                &self.path,
+                &self.name,
+                &nonfinite,
+                "hold NaN or Inf values",
+            ));
+        }
+        let overflow: Vec<usize> = result.iter().filter(|r| r.1).map(|r| r.0).collect();
+        if !overflow.is_empty() {
+            return Err(bad_rows_error(
+                &self.path,
+                &self.name,
+                &overflow,
+                &format!("hold values too large for {} (pass dtype bf16 or f32)", dtype.name()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Encodes an f32 matrix (row-major, `cols` per row) as `dtype` bytes, checking for NaN/Inf and
+/// overflow. `row0` numbers the rows in error messages.
+pub fn encode_rows(src: &[f32], cols: usize, dtype: OutDType, row0: usize, out: &mut [u8]) -> Result<()> {
+    if cols == 0 || src.len() % cols != 0 || out.len() != src.len() * dtype.size() {
+        return Err(CoreError::arg("out", "input and output lengths do not match"));
+    }
+    let mut bad: Vec<usize> = src
+        .par_chunks(cols)
+        .zip(out.par_chunks_mut(cols * dtype.size()))
+        .enumerate()
+        .filter_map(|(i, (s, o))| (!s.iter().all(|v| v.is_finite()) || !encode_row(s, dtype, o)).then_some(row0 + i))
+        .collect();
+    if !bad.is_empty() {
+        bad.sort_unstable();
+        return Err(bad_rows_error(
+            "(converted table)",
+            "embeddings",
+            &bad,
+            &format!("hold NaN/Inf or values too large for {}", dtype.name()),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random bytes (xorshift), so tests need no extra crate.
+    fn bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Random blocks whose f16 scales are small finite values (random bits could be NaN).
+    fn blocks(c: Codec, n: usize, seed: u64) -> Vec<u8> {
+        let (_, b) = c.block();
+        let mut v = bytes(n * b, seed);
+        let scale_at: &[usize] = match c {
+            Codec::Q4_0 | Codec::Q5_0 | Codec::Q8_0 => &[0],
+            Codec::Q4_1 | Codec::Q5_1 | Codec::Q4K | Codec::Q5K => &[0, 2],
+            Codec::Q6K => &[208],
+            _ => &[],
+        };
+        for blk in v.chunks_exact_mut(b) {
+            for (k, &at) in scale_at.iter().enumerate() {
+                let s = f16::from_f32(0.01 + 0.003 * (blk[at + 1] as f32) - 0.2 * k as f32);
+                blk[at..at + 2].copy_from_slice(&s.to_le_bytes());
+            }
+        }
+        v
+    }
+
+    /// Scalar reference dequantization written from ggml's C kernels, element by element.
+    fn reference(c: Codec, s: &[u8]) -> Vec<f32> {
+        let hf = |i: usize| f16::from_le_bytes([s[i], s[i + 1]]).to_f32();
+        let mut y = Vec::new();
+        match c {
+            Codec::Q8_0 => {
+                for j in 0..32 {
+                    y.push(s[2 + j] as i8 as f32 * hf(0));
+                }
+            }
+            Codec::Q4_0 | Codec::Q4_1 => {
+                let (qs, m) = if c == Codec::Q4_0 { (2, None) } else { (4, Some(hf(2))) };
+                for j in 0..32 {
+                    let b = s[qs + j % 16];
+                    let q = if j < 16 { b & 15 } else { b >> 4 };
+                    y.push(match m {
+                        None => (q as f32 - 8.0) * hf(0),
+                        Some(m) => q as f32 * hf(0) + m,
+                    });
+                }
+            }
+            Codec::Q5_0 | Codec::Q5_1 => {
+                let (qh_at, m) = if c == Codec::Q5_0 { (2, None) } else { (4, Some(hf(2))) };
+                let qh = u32::from_le_bytes([s[qh_at], s[qh_at + 1], s[qh_at + 2], s[qh_at + 3]]);
+                for j in 0..32 {
+                    let b = s[qh_at + 4 + j % 16];
+                    let lo = if j < 16 { b & 15 } else { b >> 4 };
+                    let q = lo as u32 | (((qh >> j) & 1) << 4);
+                    y.push(match m {
+                        None => (q as f32 - 16.0) * hf(0),
+                        Some(m) => q as f32 * hf(0) + m,
+                    });
+                }
+            }
+            Codec::Q4K | Codec::Q5K => {
+                let qs_at = if c == Codec::Q4K { 16 } else { 48 };
+                for j in 0..256 {
+                    let sub = j / 32;
+                    let (sc, m) = scale_min_k4(sub, &s[4..16]);
+                    let b = s[qs_at + (j / 64) * 32 + j % 32];
+                    let mut q = if sub % 2 == 0 { b & 15 } else { b >> 4 };
+                    if c == Codec::Q5K && s[16 + j % 32] & (1 << sub) != 0 {
+                        q += 16;
+                    }
+                    y.push(hf(0) * sc as f32 * q as f32 - hf(2) * m as f32);
+                }
+            }
+            Codec::Q6K => {
+                for j in 0..256 {
+                    let (n, r) = (j / 128, j % 128);
+                    let (quarter, l) = (r / 32, r % 32);
+                    let ql = s[64 * n + l + if quarter % 2 == 1 { 32 } else { 0 }];
+                    let lo = if quarter < 2 { ql & 15 } else { ql >> 4 };
+                    let hi = (s[128 + 32 * n + l] >> (2 * quarter)) & 3;
+                    let q = (lo | (hi << 4)) as i32 - 32;
+                    let sc = s[192 + 8 * n + l / 16 + 2 * quarter] as i8;
+                    y.push(hf(208) * sc as f32 * q as f32);
+                }
+            }
+            _ => unreachable!(),
+        }
+        y
+    }
+
+    #[test]
+    fn dequantization_matches_scalar_reference() {
+        for c in [
+            Codec::Q4_0,
+            Codec::Q4_1,
+            Codec::Q5_0,
+            Codec::Q5_1,
+            Codec::Q8_0,
+            Codec::Q4K,
+            Codec::Q5K,
+            Codec::Q6K,
+        ] {
+            let (e, b) = c.block();
+            let src = blocks(c, 7, 42 + b as u64);
+            let mut got = vec![0f32; 7 * e];
+            c.decode(&src, &mut got);
+            let want: Vec<f32> = src.chunks_exact(b).flat_map(|blk| reference(c, blk)).collect();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+                    "{}: element {i}: {g} vs {w}",
+                    c.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn float_round_trips_and_rounding() {
+        let vals = [0.0f32, -1.5, 3.140625, 65504.0, 1e-8, -2.5e-3];
+        for dt in [OutDType::F16, OutDType::BF16, OutDType::F32] {
+            let mut out = vec![0u8; vals.len() * dt.size()];
+            assert!(encode_row(&vals, dt, &mut out));
+            let codec = match dt {
+                OutDType::F16 => Codec::F16,
+                OutDType::BF16 => Codec::BF16,
+                OutDType::F32 => Codec::F32,
+            };
+            let mut back = vec![0f32; vals.len()];
+            codec.decode(&out, &mut back);
+            for (v, b) in vals.iter().zip(&back) {
+                assert!((v - b).abs() <= v.abs() * 4e-3 + 6e-8, "{dt:?}: {v} -> {b}");
+            }
+        }
+        let mut out = vec![0u8; 2];
+        assert!(!encode_row(&[1e6], OutDType::F16, &mut out), "1e6 overflows f16");
+        assert!(encode_row(&[1e6], OutDType::BF16, &mut out));
+    }
+
+    #[test]
+    fn nonfinite_bits() {
+        assert!(raw_has_nonfinite(Codec::F16, &f16::INFINITY.to_le_bytes()));
+        assert!(raw_has_nonfinite(Codec::BF16, &bf16::NAN.to_le_bytes()));
+        assert!(raw_has_nonfinite(Codec::F32, &f32::NEG_INFINITY.to_le_bytes()));
+        assert!(!raw_has_nonfinite(Codec::F16, &f16::MAX.to_le_bytes()));
+        assert!(!raw_has_nonfinite(Codec::F32, &f32::MAX.to_le_bytes()));
+    }
+
+    fn write_st(dir: &Path, name: &str, dtype: &str, shape: [usize; 2], data: &[u8]) -> std::path::PathBuf {
+        let header = format!(
+            r#"{{"w":{{"dtype":"{dtype}","shape":[{},{}],"data_offsets":[0,{}]}}}}"#,
+            shape[0],
+            shape[1],
+            data.len()
+        );
+        let p = dir.join(name);
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.extend_from_slice(data);
+        std::fs::write(&p, b).unwrap();
+        p
+    }
+
+    #[test]
+    fn table_reads_rows_and_reports_bad_rows() {
+        let d = std::env::temp_dir().join(format!("tokvec-convert-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let vals: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 2.0).collect();
+        let data: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let p = write_st(&d, "ok.safetensors", "F32", [4, 3], &data);
+        let t = Table::from_safetensors(&p, "w").unwrap();
+        assert_eq!((t.rows(), t.cols()), (4, 3));
+        let mut out = vec![0f32; 6];
+        t.read_f32(1, 3, &mut out).unwrap();
+        assert_eq!(out, vals[3..9]);
+        let mut raw = vec![0u8; 12 * 4];
+        t.read_as(0, 4, OutDType::F32, &mut raw).unwrap();
+        assert_eq!(raw, data);
+        let mut h = vec![0u8; 12 * 2];
+        t.read_as(0, 4, OutDType::F16, &mut h).unwrap();
+        assert_eq!(f16::from_le_bytes([h[2], h[3]]).to_f32(), -1.5);
+        assert!(t.read_f32(3, 5, &mut vec![0f32; 6]).is_err());
+        assert!(t.read_f32(0, 1, &mut vec![0f32; 2]).is_err());
+
+        let mut bad = vals.clone();
+        bad[4] = f32::NAN;
+        bad[11] = f32::INFINITY;
+        let data: Vec<u8> = bad.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let p = write_st(&d, "nan.safetensors", "F32", [4, 3], &data);
+        let t = Table::from_safetensors(&p, "w").unwrap();
+        let e = t.read_f32(0, 4, &mut vec![0f32; 12]).unwrap_err().to_string();
+        assert!(e.contains("row ids 1, 3") && e.contains("nan.safetensors"), "{e}");
+        let e = t
+            .read_as(0, 4, OutDType::F32, &mut vec![0u8; 48])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("row ids 1, 3"), "{e}");
+
+        let p = write_st(&d, "i32.safetensors", "I32", [4, 3], &[0u8; 48]);
+        assert!(Table::from_safetensors(&p, "w")
+            .unwrap_err()
+            .to_string()
+            .contains("I32"));
+    }
+}

@@ -1,0 +1,715 @@
+//! GGUF files (llama.cpp): a bounds-checked header parser and the tensor types it describes.
+//!
+//! Layout (little endian, versions 2 and 3): magic `GGUF`, u32 version, u64 tensor count, u64
+//! metadata count, the metadata key/value pairs, one info record per tensor (name, n_dims, dims
+//! in ggml order — fastest-varying first —, ggml type, offset relative to the data section), then
+//! padding up to `general.alignment` (default 32) and the data section.
+//!
+//! Nothing in the header is trusted: every length, count and offset goes through checked
+//! arithmetic against the bytes that are actually there, string and array lengths are capped by
+//! the bytes left (and arrays by a nesting depth), n_dims is at most 4, every tensor's byte range
+//! must lie inside the file, and unknown ggml types, duplicate tensor names, a zero or non-power-
+//! of-two alignment, version 1 and big-endian files are errors naming the file. The parser works
+//! on a byte slice, so it is fuzzed and property-tested without files.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+use crate::error::{CoreError, Result};
+
+/// The file magic.
+pub const MAGIC: &[u8; 4] = b"GGUF";
+/// The largest n_dims a tensor may have (ggml's `GGML_MAX_DIMS`).
+pub const MAX_DIMS: u32 = 4;
+/// The deepest nesting of metadata arrays accepted.
+pub const MAX_ARRAY_DEPTH: u32 = 4;
+/// Alignment of the data section when `general.alignment` is absent.
+pub const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// A ggml tensor type, by its numeric id in the file. Types this crate does not know are refused
+/// by the parser, so every `GgmlType` has a name and a block layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GgmlType(pub u32);
+
+/// (id, name, elements per block, bytes per block) of every ggml type known here.
+const GGML_TYPES: &[(u32, &str, u64, u64)] = &[
+    (0, "F32", 1, 4),
+    (1, "F16", 1, 2),
+    (2, "Q4_0", 32, 18),
+    (3, "Q4_1", 32, 20),
+    (6, "Q5_0", 32, 22),
+    (7, "Q5_1", 32, 24),
+    (8, "Q8_0", 32, 34),
+    (9, "Q8_1", 32, 40),
+    (10, "Q2_K", 256, 84),
+    (11, "Q3_K", 256, 110),
+    (12, "Q4_K", 256, 144),
+    (13, "Q5_K", 256, 176),
+    (14, "Q6_K", 256, 210),
+    (15, "Q8_K", 256, 292),
+    (16, "IQ2_XXS", 256, 66),
+    (17, "IQ2_XS", 256, 74),
+    (18, "IQ3_XXS", 256, 98),
+    (19, "IQ1_S", 256, 50),
+    (20, "IQ4_NL", 32, 18),
+    (21, "IQ3_S", 256, 110),
+    (22, "IQ2_S", 256, 82),
+    (23, "IQ4_XS", 256, 136),
+    (24, "I8", 1, 1),
+    (25, "I16", 1, 2),
+    (26, "I32", 1, 4),
+    (27, "I64", 1, 8),
+    (28, "F64", 1, 8),
+    (29, "IQ1_M", 256, 56),
+    (30, "BF16", 1, 2),
+    (34, "TQ1_0", 256, 54),
+    (35, "TQ2_0", 256, 66),
+    (39, "MXFP4", 32, 17),
+];
+
+impl GgmlType {
+    /// The type's entry, or None for an id this crate does not know.
+    fn entry(self) -> Option<&'static (u32, &'static str, u64, u64)> {
+        GGML_TYPES.iter().find(|e| e.0 == self.0)
+    }
+
+    /// Whether the id is a type this crate knows (the parser refuses the others).
+    pub fn is_known(self) -> bool {
+        self.entry().is_some()
+    }
+
+    /// The type's name ("Q8_0", ...), or "unknown" for an id the parser would have refused.
+    pub fn name(self) -> &'static str {
+        self.entry().map(|e| e.1).unwrap_or("unknown")
+    }
+
+    /// (elements per block, bytes per block); (1, 0) for an unknown id.
+    pub fn layout(self) -> (u64, u64) {
+        self.entry().map(|e| (e.2, e.3)).unwrap_or((1, 0))
+    }
+
+    /// Looks a type up by name ("Q8_0").
+    pub fn from_name(name: &str) -> Option<GgmlType> {
+        GGML_TYPES.iter().find(|e| e.1 == name).map(|e| GgmlType(e.0))
+    }
+}
+
+/// A metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// uint8
+    U8(u8),
+    /// int8
+    I8(i8),
+    /// uint16
+    U16(u16),
+    /// int16
+    I16(i16),
+    /// uint32
+    U32(u32),
+    /// int32
+    I32(i32),
+    /// float32
+    F32(f32),
+    /// bool (a byte that must be 0 or 1)
+    Bool(bool),
+    /// a UTF-8 string
+    Str(String),
+    /// a string whose bytes are not valid UTF-8, kept as bytes
+    Bytes(Vec<u8>),
+    /// an array (elements all of one type)
+    Array(Vec<Value>),
+    /// uint64
+    U64(u64),
+    /// int64
+    I64(i64),
+    /// float64
+    F64(f64),
+}
+
+impl Value {
+    /// The value as an unsigned integer, if it is a non-negative integer of any width.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Value::U8(v) => Some(v as u64),
+            Value::U16(v) => Some(v as u64),
+            Value::U32(v) => Some(v as u64),
+            Value::U64(v) => Some(v),
+            Value::I8(v) => u64::try_from(v).ok(),
+            Value::I16(v) => u64::try_from(v).ok(),
+            Value::I32(v) => u64::try_from(v).ok(),
+            Value::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a string, if it is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// One tensor's info record, with its data range made absolute and checked against the file.
+#[derive(Debug, Clone)]
+pub struct GgufTensor {
+    /// The tensor's name.
+    pub name: String,
+    /// Its ggml type.
+    pub ggml_type: GgmlType,
+    /// Dimensions in ggml order: `dims[0]` is the row length (fastest varying).
+    pub dims: Vec<u64>,
+    /// First byte in the file.
+    pub start: usize,
+    /// One past the last byte in the file.
+    pub end: usize,
+}
+
+impl GgufTensor {
+    /// The shape in row-major (numpy) order: `dims` reversed, e.g. `[rows, cols]`.
+    pub fn shape(&self) -> Vec<u64> {
+        self.dims.iter().rev().copied().collect()
+    }
+
+    /// Bytes of data.
+    pub fn nbytes(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+/// A parsed, validated GGUF header.
+#[derive(Debug, Clone)]
+pub struct GgufHeader {
+    /// The format version (2 or 3).
+    pub version: u32,
+    /// Metadata in file order.
+    pub metadata: Vec<(String, Value)>,
+    /// Tensor infos in file order.
+    pub tensors: Vec<GgufTensor>,
+    /// The data section's alignment.
+    pub alignment: u64,
+    /// Offset of the data section in the file.
+    pub data_start: usize,
+}
+
+/// A bounds-checked little-endian reader over the header bytes.
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
+    path: &'a str,
+}
+
+impl<'a> Cursor<'a> {
+    fn err(&self, msg: impl Into<String>) -> CoreError {
+        CoreError::format(self.path, msg.into())
+    }
+
+    fn left(&self) -> usize {
+        self.b.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        if n > self.left() {
+            return Err(self.err(format!(
+                "{what} at byte {} needs {n} bytes but the file ends after {} more: truncated or not GGUF",
+                self.pos,
+                self.left()
+            )));
+        }
+        let s = &self.b[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+        let s = self.take(N, what)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    /// A u64 length or count that must fit in the bytes left, at `min_size` bytes per item.
+    fn count(&mut self, what: &str, min_size: usize) -> Result<usize> {
+        let at = self.pos;
+        let n = self.u64(what)?;
+        let need = usize::try_from(n).ok().and_then(|n| n.checked_mul(min_size.max(1)));
+        match need {
+            Some(need) if need <= self.left() => Ok(n as usize),
+            _ => Err(self.err(format!(
+                "{what} at byte {at} is {n}, more than the {} bytes left in the file can hold",
+                self.left()
+            ))),
+        }
+    }
+
+    fn string(&mut self, what: &str) -> Result<Value> {
+        let n = self.count(&format!("length of {what}"), 1)?;
+        let s = self.take(n, what)?;
+        Ok(match std::str::from_utf8(s) {
+            Ok(v) => Value::Str(v.to_string()),
+            Err(_) => Value::Bytes(s.to_vec()),
+        })
+    }
+
+    fn name(&mut self, what: &str) -> Result<String> {
+        let at = self.pos;
+        match self.string(what)? {
+            Value::Str(s) => Ok(s),
+            _ => Err(self.err(format!("{what} at byte {at} is not valid UTF-8"))),
+        }
+    }
+
+    /// The smallest encoding of one value of a metadata type (bounds array counts).
+    fn min_size(ty: u32) -> Option<usize> {
+        Some(match ty {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            8 => 8,
+            9 => 12,
+            10..=12 => 8,
+            _ => return None,
+        })
+    }
+
+    fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<Value> {
+        Ok(match ty {
+            0 => Value::U8(self.array::<1>(key)?[0]),
+            1 => Value::I8(self.array::<1>(key)?[0] as i8),
+            2 => Value::U16(u16::from_le_bytes(self.array(key)?)),
+            3 => Value::I16(i16::from_le_bytes(self.array(key)?)),
+            4 => Value::U32(self.u32(key)?),
+            5 => Value::I32(i32::from_le_bytes(self.array(key)?)),
+            6 => Value::F32(f32::from_le_bytes(self.array(key)?)),
+            7 => {
+                let at = self.pos;
+                match self.array::<1>(key)?[0] {
+                    0 => Value::Bool(false),
+                    1 => Value::Bool(true),
+                    v => return Err(self.err(format!("metadata {key:?}: bool at byte {at} is {v}, not 0 or 1"))),
+                }
+            }
+            8 => self.string(&format!("metadata {key:?}"))?,
+            9 => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(self.err(format!(
+                        "metadata {key:?}: arrays nested deeper than {MAX_ARRAY_DEPTH} levels"
+                    )));
+                }
+                let at = self.pos;
+                let ety = self.u32(key)?;
+                let min = Self::min_size(ety)
+                    .ok_or_else(|| self.err(format!("metadata {key:?}: array at byte {at} has unknown type {ety}")))?;
+                let n = self.count(&format!("metadata {key:?} array length"), min)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(self.value(ety, key, depth + 1)?);
+                }
+                Value::Array(v)
+            }
+            10 => Value::U64(self.u64(key)?),
+            11 => Value::I64(i64::from_le_bytes(self.array(key)?)),
+            12 => Value::F64(f64::from_le_bytes(self.array(key)?)),
+            other => {
+                return Err(self.err(format!(
+                    "metadata {key:?} has unknown value type {other} (at byte {})",
+                    self.pos
+                )))
+            }
+        })
+    }
+}
+
+/// Parses and validates a GGUF header. `bytes` is the whole file; `path` names it in errors.
+///
+/// Errors: `Format` naming the file and the problem; never panics, whatever the bytes.
+pub fn parse(bytes: &[u8], path: &str) -> Result<GgufHeader> {
+    let mut c = Cursor { b: bytes, pos: 0, path };
+    if bytes.len() < 4 || &bytes[..4] != MAGIC {
+        let got = &bytes[..bytes.len().min(4)];
+        return Err(c.err(format!("not a GGUF file: the magic is {got:?}, expected \"GGUF\"")));
+    }
+    c.pos = 4;
+    let version = c.u32("version")?;
+    match version {
+        2 | 3 => {}
+        1 => return Err(c.err("GGUF version 1 is not supported (only 2 and 3); re-convert the model")),
+        v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
+            return Err(c.err("big-endian GGUF files are not supported; use a little-endian conversion"))
+        }
+        v => return Err(c.err(format!("unknown GGUF version {v} (this reader knows 2 and 3)"))),
+    }
+    // min sizes: a tensor info is >= 8 (name len) + 4 (n_dims) + 4 (type) + 8 (offset) bytes;
+    // a key/value pair is >= 8 (key len) + 4 (type) + 1 bytes.
+    let n_tensors = c.count("tensor count", 24)?;
+    let n_kv = c.count("metadata count", 13)?;
+    let mut metadata = Vec::with_capacity(n_kv);
+    let mut alignment = DEFAULT_ALIGNMENT;
+    for i in 0..n_kv {
+        let key = c.name(&format!("metadata key #{i}"))?;
+        let ty = c.u32(&format!("type of metadata {key:?}"))?;
+        let v = c.value(ty, &key, 0)?;
+        if key == "general.alignment" {
+            alignment = match v {
+                Value::U32(a) if a > 0 && a.is_power_of_two() => a as u64,
+                ref other => return Err(c.err(format!("general.alignment must be a power of two u32, got {other:?}"))),
+            };
+        }
+        metadata.push((key, v));
+    }
+    let mut infos = Vec::with_capacity(n_tensors);
+    let mut seen = std::collections::HashSet::with_capacity(n_tensors);
+    for i in 0..n_tensors {
+        let name = c.name(&format!("name of tensor #{i}"))?;
+        if !seen.insert(name.clone()) {
+            return Err(c.err(format!("tensor {name:?} is listed twice")));
+        }
+        let nd = c.u32(&format!("n_dims of tensor {name:?}"))?;
+        if nd == 0 || nd > MAX_DIMS {
+            return Err(c.err(format!("tensor {name:?} has n_dims {nd}; expected 1 to {MAX_DIMS}")));
+        }
+        let mut dims = Vec::with_capacity(nd as usize);
+        for _ in 0..nd {
+            dims.push(c.u64(&format!("dims of tensor {name:?}"))?);
+        }
+        let ty = GgmlType(c.u32(&format!("type of tensor {name:?}"))?);
+        if !ty.is_known() {
+            return Err(c.err(format!("tensor {name:?} has unknown ggml type {}", ty.0)));
+        }
+        let off = c.u64(&format!("offset of tensor {name:?}"))?;
+        infos.push((name, dims, ty, off));
+    }
+    let header_end = c.pos as u64;
+    let data_start = header_end
+        .checked_add(alignment - 1)
+        .map(|x| x / alignment * alignment)
+        .filter(|&x| x <= bytes.len() as u64)
+        .ok_or_else(|| {
+            c.err(format!(
+                "the data section (after byte {header_end}) starts past the end of the file"
+            ))
+        })?;
+    let data_start = data_start as usize;
+    let mut tensors = Vec::with_capacity(infos.len());
+    for (name, dims, ty, off) in infos {
+        let (block, bsize) = ty.layout();
+        let bad = |msg: String| CoreError::format(path, format!("tensor {name:?} ({} {dims:?}): {msg}", ty.name()));
+        dims.iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| bad("its dimensions overflow when multiplied".into()))?;
+        if dims[0] % block != 0 {
+            return Err(bad(format!(
+                "row length {} is not a multiple of the block size {block}",
+                dims[0]
+            )));
+        }
+        let nbytes = (dims[0] / block)
+            .checked_mul(bsize)
+            .and_then(|row| dims[1..].iter().try_fold(row, |a, &d| a.checked_mul(d)))
+            .ok_or_else(|| bad("its byte size overflows".into()))?;
+        if off % alignment != 0 {
+            return Err(bad(format!(
+                "data offset {off} is not a multiple of the alignment {alignment}"
+            )));
+        }
+        let start = (data_start as u64).checked_add(off);
+        let end = start.and_then(|s| s.checked_add(nbytes));
+        match (start, end) {
+            (Some(s), Some(e)) if e <= bytes.len() as u64 => tensors.push(GgufTensor {
+                name,
+                ggml_type: ty,
+                dims,
+                start: s as usize,
+                end: e as usize,
+            }),
+            _ => {
+                return Err(bad(format!(
+                    "its data (offset {off}, {nbytes} bytes after the data section at byte {data_start}) lies past the \
+                     end of the file ({} bytes): truncated file or corrupt offset",
+                    bytes.len()
+                )))
+            }
+        }
+    }
+    Ok(GgufHeader {
+        version,
+        metadata,
+        tensors,
+        alignment,
+        data_start,
+    })
+}
+
+/// A validated, memory-mapped GGUF file.
+#[derive(Debug)]
+pub struct GgufFile {
+    path: String,
+    mmap: Arc<Mmap>,
+    header: GgufHeader,
+}
+
+/// Maps a file read-only; errors name the file.
+pub(crate) fn map_file(p: &Path) -> Result<Mmap> {
+    let ps = p.display().to_string();
+    let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => CoreError::NotFound { path: ps.clone() },
+        _ => CoreError::Io {
+            path: ps.clone(),
+            source: e,
+        },
+    })?;
+    if meta.is_dir() {
+        return Err(CoreError::format(&ps, "is a directory, expected a file"));
+    }
+    let file = File::open(p).map_err(|e| CoreError::Io {
+        path: ps.clone(),
+        source: e,
+    })?;
+    // SAFETY: a read-only shared map. As with every mmap-based reader, soundness assumes no other
+    // process truncates or rewrites the file while it is mapped; every read is bounds-checked
+    // against `mmap.len()` by the header validation before use.
+    unsafe { Mmap::map(&file) }.map_err(|e| CoreError::Io { path: ps, source: e })
+}
+
+impl GgufFile {
+    /// Maps and validates a GGUF file.
+    ///
+    /// Errors: `NotFound`, `Io`, or `Format` naming the file and the problem.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let p = path.as_ref();
+        let ps = p.display().to_string();
+        let mmap = map_file(p)?;
+        let header = parse(&mmap, &ps)?;
+        Ok(GgufFile {
+            path: ps,
+            mmap: Arc::new(mmap),
+            header,
+        })
+    }
+
+    /// The path the file was opened with.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The file's size in bytes.
+    pub fn len(&self) -> usize {
+        self.mmap.len()
+    }
+
+    /// Whether the file is empty (never true for an opened file).
+    pub fn is_empty(&self) -> bool {
+        self.mmap.is_empty()
+    }
+
+    /// The parsed header.
+    pub fn header(&self) -> &GgufHeader {
+        &self.header
+    }
+
+    /// The shared map (for readers that stream a tensor).
+    pub fn mmap(&self) -> &Arc<Mmap> {
+        &self.mmap
+    }
+
+    /// A metadata value by key.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.header.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Looks a tensor up by name; the error lists what the file has.
+    pub fn tensor(&self, name: &str) -> Result<&GgufTensor> {
+        self.header.tensors.iter().find(|t| t.name == name).ok_or_else(|| {
+            let mut names: Vec<&str> = self.header.tensors.iter().map(|t| t.name.as_str()).take(20).collect();
+            if self.header.tensors.len() > 20 {
+                names.push("...");
+            }
+            CoreError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+                available: names.join(", "),
+            }
+        })
+    }
+
+    /// The bytes of a tensor, in place in the map. Ranges were validated at open.
+    pub fn bytes(&self, t: &GgufTensor) -> &[u8] {
+        &self.mmap[t.start..t.end]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes GGUF bytes: `kv` as (key, type, encoded value), tensors as (name, dims, type, data).
+    pub(crate) fn build(kv: &[(&str, u32, Vec<u8>)], tensors: &[(&str, Vec<u64>, u32, Vec<u8>)]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"GGUF");
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+        b.extend_from_slice(&(kv.len() as u64).to_le_bytes());
+        for (k, ty, v) in kv {
+            b.extend_from_slice(&(k.len() as u64).to_le_bytes());
+            b.extend_from_slice(k.as_bytes());
+            b.extend_from_slice(&ty.to_le_bytes());
+            b.extend_from_slice(v);
+        }
+        let mut off = 0u64;
+        let mut offs = Vec::new();
+        for (name, dims, ty, data) in tensors {
+            b.extend_from_slice(&(name.len() as u64).to_le_bytes());
+            b.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            for d in dims {
+                b.extend_from_slice(&d.to_le_bytes());
+            }
+            b.extend_from_slice(&ty.to_le_bytes());
+            b.extend_from_slice(&off.to_le_bytes());
+            offs.push(off);
+            off += (data.len() as u64).div_ceil(32) * 32;
+        }
+        let data_start = b.len().div_ceil(32) * 32;
+        for (i, (_, _, _, data)) in tensors.iter().enumerate() {
+            b.resize(data_start + offs[i] as usize, 0);
+            b.extend_from_slice(data);
+        }
+        b.resize(b.len().max(data_start), 0);
+        b
+    }
+
+    fn s(v: &str) -> Vec<u8> {
+        let mut b = (v.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(v.as_bytes());
+        b
+    }
+
+    #[test]
+    fn parses_metadata_and_tensors() {
+        let mut arr = 8u32.to_le_bytes().to_vec();
+        arr.extend_from_slice(&2u64.to_le_bytes());
+        arr.extend(s("a"));
+        arr.extend(s("bc"));
+        let data: Vec<u8> = (0..2 * 32 * 4).map(|i| i as u8).collect();
+        let b = build(
+            &[
+                ("general.architecture", 8, s("llama")),
+                ("tokenizer.ggml.tokens", 9, arr),
+                ("x.u32", 4, 7u32.to_le_bytes().to_vec()),
+                ("x.bool", 7, vec![1]),
+            ],
+            &[("token_embd.weight", vec![32, 2], 0, data.clone())],
+        );
+        let h = parse(&b, "t.gguf").unwrap();
+        assert_eq!(h.version, 3);
+        assert_eq!(h.metadata[0].1, Value::Str("llama".into()));
+        assert_eq!(
+            h.metadata[1].1,
+            Value::Array(vec![Value::Str("a".into()), Value::Str("bc".into())])
+        );
+        assert_eq!(h.metadata[2].1.as_u64(), Some(7));
+        assert_eq!(h.metadata[3].1, Value::Bool(true));
+        let t = &h.tensors[0];
+        assert_eq!(t.shape(), vec![2, 32]);
+        assert_eq!(&b[t.start..t.end], &data[..]);
+        assert_eq!(t.ggml_type.name(), "F32");
+    }
+
+    #[test]
+    fn rejects_bad_headers() {
+        let good = build(&[], &[("t", vec![32, 2], 0, vec![0; 256])]);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("magic", b"GGUX\x03\0\0\0".to_vec()),
+            ("version 1", {
+                let mut b = good.clone();
+                b[4] = 1;
+                b
+            }),
+            ("big-endian", {
+                let mut b = good.clone();
+                b[4..8].copy_from_slice(&3u32.to_be_bytes());
+                b
+            }),
+            ("truncated data", good[..good.len() - 1].to_vec()),
+            ("tensor count", {
+                let mut b = good.clone();
+                b[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+                b
+            }),
+            ("n_dims", build(&[], &[("t", vec![1, 1, 1, 1, 1], 0, vec![0; 4])])),
+            ("unknown type", build(&[], &[("t", vec![32], 77, vec![0; 4])])),
+            ("block size", build(&[], &[("t", vec![31], 8, vec![0; 34])])),
+            ("overflow", build(&[], &[("t", vec![u64::MAX / 2, 4], 0, vec![0; 4])])),
+            (
+                "duplicate",
+                build(&[], &[("t", vec![1], 0, vec![0; 4]), ("t", vec![1], 0, vec![0; 4])]),
+            ),
+            (
+                "string past end",
+                build(&[("k", 8, (1u64 << 40).to_le_bytes().to_vec())], &[]),
+            ),
+            (
+                "alignment",
+                build(&[("general.alignment", 4, 3u32.to_le_bytes().to_vec())], &[]),
+            ),
+        ];
+        for (what, b) in cases {
+            let e = parse(&b, "bad.gguf").unwrap_err();
+            assert!(matches!(e, CoreError::Format { .. }), "{what}: {e}");
+            assert!(e.to_string().starts_with("bad.gguf: "), "{what}: {e}");
+        }
+    }
+
+    #[test]
+    fn known_types_have_layouts() {
+        for &(id, name, block, size) in GGML_TYPES {
+            assert_eq!(GgmlType::from_name(name), Some(GgmlType(id)));
+            assert!(block >= 1 && size >= 1);
+        }
+        assert_eq!(GgmlType(8).layout(), (32, 34));
+        assert!(!GgmlType(1000).is_known());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_random_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let mut b = b"GGUF\x03\0\0\0".to_vec();
+            b.extend_from_slice(&bytes);
+            let _ = parse(&b, "r.gguf");
+            let _ = parse(&bytes, "r.gguf");
+        }
+
+        #[test]
+        fn never_panics_on_mutated_files(pos in 0usize..400, val in proptest::prelude::any::<u8>(), cut in 0usize..400) {
+            let mut arr = 8u32.to_le_bytes().to_vec();
+            arr.extend_from_slice(&2u64.to_le_bytes());
+            arr.extend(s("a"));
+            arr.extend(s("bc"));
+            let mut b = build(
+                &[("tokenizer.ggml.tokens", 9, arr), ("general.alignment", 4, 32u32.to_le_bytes().to_vec())],
+                &[("w", vec![32, 2], 8, vec![0; 68]), ("v", vec![4], 1, vec![0; 8])],
+            );
+            let n = b.len();
+            b[pos % n] = val;
+            b.truncate(n - cut.min(n));
+            if let Ok(h) = parse(&b, "m.gguf") {
+                for t in &h.tensors {
+                    proptest::prop_assert!(t.start <= t.end && t.end <= b.len());
+                }
+            }
+        }
+    }
+}
