@@ -10,6 +10,7 @@
 pub mod convert;
 pub mod dedup;
 pub mod error;
+pub mod fasttok;
 pub mod gather;
 pub mod gguf;
 pub mod hamming;
