@@ -440,3 +440,113 @@ def test_default_model_stsb_dev(model, stsb_dev):
 def test_rankdata_reference():
     np.testing.assert_array_equal(rankdata(np.array([3.0, 1.0, 3.0, 2.0])), [3.5, 1.0, 3.5, 2.0])
     assert spearman(np.arange(10.0), np.arange(10.0) ** 3) == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------------ search at larger sizes
+# The kernels work in blocks and prune with bounds; sizes and dimensions that are not multiples of the block or the
+# vector width, and outputs with many pairs, are where such code goes wrong.
+def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("d", [1, 3, 17, 100, 384])
+def test_topk_random_sizes(d):
+    rng = np.random.default_rng(d)
+    c = unit_rows(rng, 5003, d)
+    q = np.concatenate([unit_rows(rng, 61, d), c[:3]])  # some queries are corpus rows
+    sim = q.astype(np.float64) @ c.T.astype(np.float64)
+    for k in (1, 10, 129):
+        s, i = tokvec.topk(q, c, k)
+        assert s.shape == (64, k)
+        for r in range(64):
+            check_topk(s[r], i[r], sim[r], k)
+
+
+@pytest.fixture(scope="module")
+def big_corpus(model, wiki_sentences) -> np.ndarray:
+    """4,000 consecutive Wikipedia sentences (template articles: many real near-duplicates) and edited copies."""
+    base = wiki_sentences[50_000:53_500]
+    copies = [" ".join(s.split()[1:]) for s in base[:500]]
+    return model.embed(base + copies)
+
+
+@pytest.mark.parametrize("threshold", [0.7, 0.9, 0.97])
+def test_duplicate_pairs_large(big_corpus, threshold):
+    e = big_corpus
+    sim = e.astype(np.float64) @ e.T.astype(np.float64)
+    iu, ju = np.triu_indices(len(e), 1)
+    sv = sim[iu, ju]
+    sure = sv > threshold + TOL
+    near = np.abs(sv - threshold) <= TOL
+    i, j, s = tokvec.duplicate_pairs(e, threshold, as_arrays=True)
+    got = set(zip(i.tolist(), j.tolist()))
+    want = set(zip(iu[sure].tolist(), ju[sure].tolist()))
+    allowed = want | set(zip(iu[near].tolist(), ju[near].tolist()))
+    assert want <= got <= allowed, (len(want - got), len(got - allowed))
+    order = np.lexsort((j, i))
+    np.testing.assert_array_equal(order, np.arange(len(i)))
+    np.testing.assert_allclose(s, sim[i, j], atol=TOL)
+
+
+def test_duplicate_pairs_dense_output():
+    # 3-D unit vectors: tens of thousands of pairs above 0.9
+    e = unit_rows(np.random.default_rng(5), 1500, 3)
+    sim = e.astype(np.float64) @ e.T.astype(np.float64)
+    iu, ju = np.triu_indices(len(e), 1)
+    sv = sim[iu, ju]
+    i, j, s = tokvec.duplicate_pairs(e, 0.9, as_arrays=True)
+    np.testing.assert_allclose(s, sim[i, j], atol=TOL)
+    got = set(zip(i.tolist(), j.tolist()))
+    sure = set(zip(iu[sv > 0.9 + TOL].tolist(), ju[sv > 0.9 + TOL].tolist()))
+    allowed = set(zip(iu[sv > 0.9 - TOL].tolist(), ju[sv > 0.9 - TOL].tolist()))
+    assert len(sure) > 20_000
+    assert sure <= got <= allowed
+
+
+@pytest.mark.parametrize("threshold", [0.8, 0.9, 0.95])
+def test_dedup_large(big_corpus, threshold):
+    e = big_corpus
+    sim = e.astype(np.float64) @ e.T.astype(np.float64)
+    want, margins = greedy_dedup(sim, threshold)
+    kept, dup_of, score = tokvec.dedup_indices(e, threshold)
+    if min(margins) > TOL:
+        assert kept.tolist() == want
+    else:  # a decision within float rounding of the threshold: only check the greedy invariants
+        assert len(kept) == pytest.approx(len(want), abs=5)
+    ks = kept.tolist()
+    assert (sim[np.ix_(ks, ks)] - np.eye(len(ks)) * 2 <= threshold + TOL).all(), "two kept items are duplicates"
+    dropped = np.flatnonzero(dup_of >= 0)
+    assert len(dropped) + len(ks) == len(e)
+    assert (dup_of[dropped] < dropped).all() and np.isin(dup_of[dropped], kept).all()
+    assert (score[dropped] > threshold).all()
+    np.testing.assert_allclose(score[dropped], sim[dropped, dup_of[dropped]], atol=TOL)
+
+
+@pytest.mark.parametrize("bits", [1, 64, 100, 384])
+def test_binary_search_random_sizes(bits):
+    rng = np.random.default_rng(bits)
+    words = -(-bits // 64)
+    raw = rng.integers(0, 2**63, size=(2001, words), dtype=np.int64).view(np.uint64) * np.uint64(2) + rng.integers(
+        0, 2, size=(2001, words), dtype=np.int64
+    ).view(np.uint64)
+    if bits % 64:
+        raw[:, -1] &= np.uint64((1 << (bits % 64)) - 1)
+    # plant near-duplicates: copies with a few flipped bits
+    raw[1000:1100] = raw[:100]
+    for r in range(1000, 1100):
+        b = int(rng.integers(bits))
+        raw[r, b // 64] ^= np.uint64(1) << np.uint64(b % 64)
+    sim = hamming_sim(raw, raw, bits)
+    s, i = tokvec.topk(raw[:50], raw, 7, bits=bits)
+    for r in range(50):
+        check_topk(s[r], i[r], sim[r], 7)
+    t = 0.5 if bits < 64 else 0.9
+    pi, pj, ps = tokvec.duplicate_pairs(raw, t, bits=bits, as_arrays=True)
+    iu, ju = np.triu_indices(len(raw), 1)
+    m = sim[iu, ju] > t
+    np.testing.assert_array_equal(pi, iu[m])
+    np.testing.assert_array_equal(pj, ju[m])
+    np.testing.assert_allclose(ps, sim[iu, ju][m], atol=1e-6)
+    kept, _, _ = tokvec.dedup_indices(raw, t, bits=bits)
+    assert kept.tolist() == greedy_dedup(sim, t)[0]
