@@ -26,7 +26,7 @@ from typing import Any
 from tokvec._core import FormatError, SafetensorsFile
 from tokvec.config import get_typed, read_json
 
-__all__ = ["Resolved", "resolve", "DEFAULT_MODEL_DIR", "EMBEDDING_NAMES"]
+__all__ = ["Resolved", "resolve", "DEFAULT_MODEL_DIR", "EMBEDDING_NAMES", "EMBEDDING_SUFFIXES", "LM_HEAD_NAMES"]
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
 
@@ -44,6 +44,8 @@ EMBEDDING_NAMES = (
     "model.tok_embeddings.weight",
     "token_embd.weight",
     "word_embeddings.weight",
+    "embeddings.weight",
+    "gpt_neox.embed_in.weight",
     "shared.weight",
 )
 #: Name endings that mark an input embedding table in other checkpoints.
@@ -54,7 +56,10 @@ EMBEDDING_SUFFIXES = (
     "tok_embeddings.weight",
     "token_embd.weight",
     "embedding.weight",
+    "embed_in.weight",
 )
+#: Output projections that are the input table when the weights are tied (used only as a last resort).
+LM_HEAD_NAMES = ("lm_head.weight", "output.weight", "embed_out.weight")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 

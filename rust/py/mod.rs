@@ -5,6 +5,7 @@
 use pyo3::prelude::*;
 
 mod errors;
+mod extract;
 mod model;
 mod search;
 
@@ -18,6 +19,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TokenizerError", py.get_type::<TokenizerError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("CPU_FEATURES", crate::simd::describe())?;
+    extract::register(m)?;
     model::register(m)?;
     search::register(m)?;
     Ok(())

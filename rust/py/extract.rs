@@ -1,0 +1,265 @@
+//! Bindings for extraction: GGUF headers, and streaming reads of one embedding table (safetensors
+//! or GGUF) converted chunk by chunk in Rust with the GIL released.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::IntoPyObjectExt;
+
+use crate::convert::{encode_rows, OutDType, Table};
+use crate::gguf::{GgufFile, Value};
+
+fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    match v {
+        Value::U8(x) => x.into_bound_py_any(py),
+        Value::I8(x) => x.into_bound_py_any(py),
+        Value::U16(x) => x.into_bound_py_any(py),
+        Value::I16(x) => x.into_bound_py_any(py),
+        Value::U32(x) => x.into_bound_py_any(py),
+        Value::I32(x) => x.into_bound_py_any(py),
+        Value::U64(x) => x.into_bound_py_any(py),
+        Value::I64(x) => x.into_bound_py_any(py),
+        Value::F32(x) => x.into_bound_py_any(py),
+        Value::F64(x) => x.into_bound_py_any(py),
+        Value::Bool(x) => x.into_bound_py_any(py),
+        Value::Str(s) => s.into_bound_py_any(py),
+        Value::Bytes(b) => Ok(PyBytes::new(py, b).into_any()),
+        Value::Array(items) => {
+            let l = PyList::empty(py);
+            for it in items {
+                l.append(value_to_py(py, it)?)?;
+            }
+            Ok(l.into_any())
+        }
+    }
+}
+
+/// A validated, memory-mapped GGUF file (llama.cpp): header inspection without reading tensor data.
+///
+/// Args:
+///     path: the `.gguf` file.
+///
+/// Raises:
+///     FileNotFoundError: the file does not exist.
+///     FormatError: the header is malformed (the message names the file and the problem).
+#[pyclass(name = "GgufFile", module = "tokvec._core", frozen)]
+pub struct PyGgufFile {
+    inner: Arc<GgufFile>,
+}
+
+#[pymethods]
+impl PyGgufFile {
+    #[new]
+    fn py_new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let inner = py.detach(|| GgufFile::open(&path))?;
+        Ok(PyGgufFile { inner: Arc::new(inner) })
+    }
+
+    /// The file's path.
+    #[getter]
+    fn path(&self) -> &str {
+        self.inner.path()
+    }
+
+    /// Size of the file in bytes.
+    #[getter]
+    fn size(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// The GGUF version (2 or 3).
+    #[getter]
+    fn version(&self) -> u32 {
+        self.inner.header().version
+    }
+
+    /// All tensors, in file order.
+    ///
+    /// Returns:
+    ///     dict mapping each tensor name to `(ggml type, shape, nbytes)`; the shape is in row-major
+    ///     order (ggml's dims reversed), e.g. `("Q8_0", [49152, 576], 30081024)`.
+    fn tensors<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for t in &self.inner.header().tensors {
+            d.set_item(&t.name, (t.ggml_type.name(), t.shape(), t.nbytes()))?;
+        }
+        Ok(d)
+    }
+
+    /// The metadata key/value pairs, in file order.
+    ///
+    /// Returns:
+    ///     dict mapping each key to an int, float, bool, str, bytes (a string that is not UTF-8) or
+    ///     list of those.
+    fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in &self.inner.header().metadata {
+            d.set_item(k, value_to_py(py, v)?)?;
+        }
+        Ok(d)
+    }
+
+    /// The byte range `(start, end)` of one tensor's data in the file.
+    ///
+    /// Args:
+    ///     name: the tensor's name.
+    fn byte_range(&self, name: &str) -> PyResult<(usize, usize)> {
+        let t = self.inner.tensor(name)?;
+        Ok((t.start, t.end))
+    }
+}
+
+/// One 2-D embedding table of a safetensors or GGUF file, read in row ranges and converted in
+/// Rust (GIL released). Source pages are released after each read, so streaming a table through
+/// it keeps memory flat.
+///
+/// Args:
+///     path: the `.safetensors` or `.gguf` file.
+///     name: the tensor's name.
+///     format: "safetensors" or "gguf".
+///
+/// Raises:
+///     FileNotFoundError: the file does not exist.
+///     FormatError: malformed file, tensor not 2-D, dtype not convertible, or unsupported quantization.
+#[pyclass(name = "Table", module = "tokvec._core", frozen)]
+pub struct PyTable {
+    inner: Table,
+}
+
+#[pymethods]
+impl PyTable {
+    #[new]
+    #[pyo3(signature = (path, name, format))]
+    fn py_new(py: Python<'_>, path: PathBuf, name: String, format: &str) -> PyResult<Self> {
+        let inner = match format {
+            "safetensors" => py.detach(|| Table::from_safetensors(&path, &name))?,
+            "gguf" => py.detach(|| Table::from_gguf(&path, &name))?,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "format must be 'safetensors' or 'gguf', got {other:?}"
+                )))
+            }
+        };
+        Ok(PyTable { inner })
+    }
+
+    /// The file.
+    #[getter]
+    fn path(&self) -> &str {
+        self.inner.path()
+    }
+    /// The tensor's name.
+    #[getter]
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    /// Row count.
+    #[getter]
+    fn rows(&self) -> usize {
+        self.inner.rows()
+    }
+    /// Column count.
+    #[getter]
+    fn cols(&self) -> usize {
+        self.inner.cols()
+    }
+    /// The source element type ("BF16", "Q8_0", ...).
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.inner.codec().name()
+    }
+    /// The tensor's byte range `(start, end)` in the file.
+    #[getter]
+    fn byte_range(&self) -> (usize, usize) {
+        self.inner.byte_range()
+    }
+
+    /// Rows `[start, end)` decoded to float32.
+    ///
+    /// Args:
+    ///     start: first row.
+    ///     end: one past the last row.
+    ///
+    /// Returns:
+    ///     float32 array (end - start, cols).
+    ///
+    /// Raises:
+    ///     FormatError: a row holds NaN or Inf (the message lists the row ids).
+    fn read_f32<'py>(&self, py: Python<'py>, start: usize, end: usize) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let cols = self.inner.cols();
+        let n = end.saturating_sub(start);
+        let mut out = vec![0f32; n.saturating_mul(cols)];
+        py.detach(|| self.inner.read_f32(start, end, &mut out))?;
+        Ok(Array2::from_shape_vec((n, cols), out)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?
+            .into_pyarray(py))
+    }
+
+    /// Rows `[start, end)` converted to `dtype`, as little-endian bytes.
+    ///
+    /// Args:
+    ///     start: first row.
+    ///     end: one past the last row.
+    ///     dtype: "F16", "BF16" or "F32".
+    ///
+    /// Returns:
+    ///     uint8 array of `(end - start) * cols * size(dtype)` bytes.
+    ///
+    /// Raises:
+    ///     FormatError: a row holds NaN/Inf or overflows `dtype` (the message lists the row ids).
+    fn read_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        start: usize,
+        end: usize,
+        dtype: &str,
+    ) -> PyResult<Bound<'py, PyArray1<u8>>> {
+        let dt = OutDType::parse(dtype)?;
+        let n = end.saturating_sub(start);
+        let mut out = vec![0u8; n.saturating_mul(self.inner.cols()).saturating_mul(dt.size())];
+        py.detach(|| self.inner.read_as(start, end, dt, &mut out))?;
+        Ok(out.into_pyarray(py))
+    }
+}
+
+/// Encodes a float32 matrix as F16 / BF16 / F32 little-endian bytes (round to nearest even).
+///
+/// Args:
+///     x: C-contiguous float32 array (n, d).
+///     dtype: "F16", "BF16" or "F32".
+///     row0: number of the first row, for error messages.
+///
+/// Returns:
+///     uint8 array of n * d * size(dtype) bytes.
+///
+/// Raises:
+///     FormatError: a row holds NaN/Inf or a value too large for `dtype`.
+#[pyfunction]
+#[pyo3(signature = (x, dtype, row0=0))]
+fn encode_table<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray2<'py, f32>,
+    dtype: &str,
+    row0: usize,
+) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let dt = OutDType::parse(dtype)?;
+    let cols = x.shape()[1];
+    let src = x.as_slice()?;
+    let mut out = vec![0u8; src.len() * dt.size()];
+    if !src.is_empty() {
+        py.detach(|| encode_rows(src, cols, dt, row0, &mut out))?;
+    }
+    Ok(out.into_pyarray(py))
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyGgufFile>()?;
+    m.add_class::<PyTable>()?;
+    m.add_function(wrap_pyfunction!(encode_table, m)?)?;
+    Ok(())
+}
