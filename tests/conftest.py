@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import itertools
 import json
 import warnings
 from collections import Counter
@@ -112,6 +113,22 @@ def stsb_sentences(stsb_dev: list[tuple[str, str, float]]) -> list[str]:
     """Every sentence of STS-B dev and test (messier text than Wikipedia: captions, forums, headlines)."""
     test = [(r["sentence1"], r["sentence2"]) for r in read_tsv(STSB_DIR / "sts-test.tsv")]
     out = [s for a, b, _ in stsb_dev for s in (a, b)] + [s for a, b in test for s in (a, b)]
+    return out
+
+
+@pytest.fixture(scope="session")
+def diverse_texts() -> list[str]:
+    """Other real text: SciFact abstracts (long, scientific notation and symbols), MRPC news sentences, SICK
+    captions and PAWS-Wiki sentences (tokenized with spaces before punctuation)."""
+    out: list[str] = []
+    with open(_need(DATA / "scifact" / "corpus.jsonl"), encoding="utf-8") as f:
+        for line in itertools.islice(f, 400):
+            doc = json.loads(line)
+            out.append(f"{doc['title']} {doc['text']}")
+    out += [r["sentence1"] for r in read_tsv(DATA / "mrpc" / "test.tsv")[:400]]
+    sick = read_tsv(DATA / "sick-r" / "sick-trial.tsv")
+    out += [r[k] for r in sick[:200] for k in r if k.lower().startswith("sentence")]
+    out += [r["sentence1"] for r in read_tsv(DATA / "paws-wiki" / "dev.tsv")[:300]]
     return out
 
 

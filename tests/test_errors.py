@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tokvec
-from conftest import plain_tokenizer
+from conftest import plain_tokenizer, wordllama_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
@@ -669,6 +669,28 @@ def test_random_unicode_fixture_models(fixture_models, items):
         _check_embeddings(e, len(items), m.dim)
         assert m.encode_ids(items) == mf.ref.ids(items)
         np.testing.assert_allclose(e, mf.ref.embed(items), atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def real_models(minilm):
+    """The real checkpoints' tokenizers (BERT WordPiece; Llama-2 SentencePiece BPE with byte fallback if wordllama
+    is installed)."""
+    out = [(minilm, tokvec.load(minilm.path))]
+    wl = wordllama_file()
+    if wl is not None:
+        out.append((None, tokvec.load(wl)))
+    return out
+
+
+@HYP
+@given(texts)
+def test_random_unicode_real_tokenizers(real_models, items):
+    for mf, m in real_models:
+        e = m.embed(items)
+        _check_embeddings(e, len(items), m.dim)
+        assert m.encode_ids(items) == [m.tokenizer.encode(t, add_special_tokens=False).ids for t in items]
+        if mf is not None:
+            np.testing.assert_allclose(e, mf.ref.embed(items), atol=1e-5, rtol=0)
 
 
 @HYP

@@ -171,6 +171,24 @@ def test_encode_ids_minilm(minilm, sample_sentences, stsb_sentences):
     assert m.encode_ids(texts) == minilm.ref.ids(texts)
 
 
+def test_encode_ids_diverse_text(make_model, minilm, diverse_texts):
+    assert len(diverse_texts) > 1000
+    m = tokvec.load(minilm.path)
+    assert m.encode_ids(diverse_texts) == minilm.ref.ids(diverse_texts)
+    check_close(m.embed(diverse_texts), minilm.ref.embed(diverse_texts))
+    for kind in TOKENIZER_KINDS:
+        mf = make_model("tokvec", "F16", tokenizer=kind)
+        mk = tokvec.load(mf.path)
+        assert mk.encode_ids(diverse_texts) == mf.ref.ids(diverse_texts), kind
+        check_close(mk.embed(diverse_texts), mf.ref.embed(diverse_texts))
+
+
+def test_encode_ids_diverse_text_wordllama(wordllama_model, diverse_texts):
+    m = tokvec.load(wordllama_model.path)
+    assert m.encode_ids(diverse_texts) == wordllama_model.ref.ids(diverse_texts)
+    check_close(m.embed(diverse_texts), wordllama_model.ref.embed(diverse_texts))
+
+
 def test_encode_ids_with_special_tokens(make_model, sample_sentences, stsb_sentences):
     mf = make_model("tokvec", "F16", tokenizer="unigram", add_special_tokens=True)
     m = tokvec.load(mf.path)
