@@ -125,7 +125,7 @@ impl Codec {
     /// Bytes of `n` elements (`n` a multiple of the block size), None on overflow.
     pub fn bytes_for(self, n: usize) -> Option<usize> {
         let (e, b) = self.block();
-        (n % e == 0).then(|| (n / e).checked_mul(b)).flatten()
+        n.is_multiple_of(e).then(|| (n / e).checked_mul(b)).flatten()
     }
 
     /// Decodes whole blocks: `dst.len()` elements from `src`. Only complete blocks present in both
@@ -657,7 +657,7 @@ impl Table {
 /// Encodes an f32 matrix (row-major, `cols` per row) as `dtype` bytes, checking for NaN/Inf and
 /// overflow. `row0` numbers the rows in error messages.
 pub fn encode_rows(src: &[f32], cols: usize, dtype: OutDType, row0: usize, out: &mut [u8]) -> Result<()> {
-    if cols == 0 || src.len() % cols != 0 || out.len() != src.len() * dtype.size() {
+    if cols == 0 || !src.len().is_multiple_of(cols) || out.len() != src.len() * dtype.size() {
         return Err(CoreError::arg("out", "input and output lengths do not match"));
     }
     let mut bad: Vec<usize> = src
@@ -754,7 +754,7 @@ mod tests {
                     let sub = j / 32;
                     let (sc, m) = scale_min_k4(sub, &s[4..16]);
                     let b = s[qs_at + (j / 64) * 32 + j % 32];
-                    let mut q = if sub % 2 == 0 { b & 15 } else { b >> 4 };
+                    let mut q = if sub.is_multiple_of(2) { b & 15 } else { b >> 4 };
                     if c == Codec::Q5K && s[16 + j % 32] & (1 << sub) != 0 {
                         q += 16;
                     }
@@ -869,8 +869,8 @@ mod tests {
         let mut h = vec![0u8; 12 * 2];
         t.read_as(0, 4, OutDType::F16, &mut h).unwrap();
         assert_eq!(f16::from_le_bytes([h[2], h[3]]).to_f32(), -1.5);
-        assert!(t.read_f32(3, 5, &mut vec![0f32; 6]).is_err());
-        assert!(t.read_f32(0, 1, &mut vec![0f32; 2]).is_err());
+        assert!(t.read_f32(3, 5, &mut [0f32; 6]).is_err());
+        assert!(t.read_f32(0, 1, &mut [0f32; 2]).is_err());
 
         let mut bad = vals.clone();
         bad[4] = f32::NAN;
@@ -878,12 +878,9 @@ mod tests {
         let data: Vec<u8> = bad.iter().flat_map(|v| v.to_le_bytes()).collect();
         let p = write_st(&d, "nan.safetensors", "F32", [4, 3], &data);
         let t = Table::from_safetensors(&p, "w").unwrap();
-        let e = t.read_f32(0, 4, &mut vec![0f32; 12]).unwrap_err().to_string();
+        let e = t.read_f32(0, 4, &mut [0f32; 12]).unwrap_err().to_string();
         assert!(e.contains("row ids 1, 3") && e.contains("nan.safetensors"), "{e}");
-        let e = t
-            .read_as(0, 4, OutDType::F32, &mut vec![0u8; 48])
-            .unwrap_err()
-            .to_string();
+        let e = t.read_as(0, 4, OutDType::F32, &mut [0u8; 48]).unwrap_err().to_string();
         assert!(e.contains("row ids 1, 3"), "{e}");
 
         let p = write_st(&d, "i32.safetensors", "I32", [4, 3], &[0u8; 48]);

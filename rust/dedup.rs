@@ -128,7 +128,7 @@ pub fn dedup_greedy_scalar(e: &[f32], n: usize, d: usize, threshold: f32) -> Res
 }
 
 /// The greedy pass over all pairs above the threshold.
-fn resolve(n: usize, mut pairs: Vec<Pair>) -> Dedup {
+pub(crate) fn resolve(n: usize, mut pairs: Vec<Pair>) -> Dedup {
     pairs.sort_unstable_by_key(|&(i, j, _)| (j, i));
     let mut is_kept = vec![true; n];
     let mut dup_of = vec![-1i64; n];
@@ -287,14 +287,14 @@ impl Slots {
     }
 }
 
-/// A block of query slots `q0..q1` against corpus groups `g0..g1`; `tri`: same rows on both
-/// sides, only slot pairs `a < b` count.
+/// A block of query slots `q0..q1` against corpus slots `c0..c1`; `tri`: same rows on both
+/// sides, only slot pairs `a < c` count.
 #[derive(Clone, Copy, Debug)]
 struct Task {
     q0: usize,
     q1: usize,
-    g0: usize,
-    g1: usize,
+    c0: usize,
+    c1: usize,
     tri: bool,
 }
 
@@ -323,10 +323,10 @@ fn run_tasks(
                         for (i, &q) in qrows.iter().enumerate() {
                             thr[i] = if qs.valid(q) { qthr[q] } else { f32::INFINITY };
                         }
-                        let g0 = if t.tri { (a0 / 16).max(t.g0) } else { t.g0 };
-                        scan_int8(qz, &qrows, pk, g0, t.g1, &mut thr, |slot, c, _| {
+                        let lo = if t.tri { a0.max(t.c0) } else { t.c0 };
+                        scan_int8(qz, &qrows, pk, lo / 16, t.c1.div_ceil(16), &mut thr, |slot, c, _| {
                             let a = a0 + slot;
-                            if cs.valid(c) && (!t.tri || a < c) {
+                            if c >= t.c0 && c < t.c1 && cs.valid(c) && (!t.tri || a < c) {
                                 let s = dot(Isa::Avx512, qs.row(a), cs.row(c));
                                 if s > threshold {
                                     out.push((a, c, s));
@@ -338,12 +338,12 @@ fn run_tasks(
                     }
                 }
                 Path::Exact(level) => {
-                    let c_end = (t.g1 * 16).min(cs.orig.len());
+                    let c_end = t.c1.min(cs.orig.len());
                     for a in t.q0..t.q1 {
                         if !qs.valid(a) {
                             continue;
                         }
-                        let c0 = if t.tri { (a + 1).max(t.g0 * 16) } else { t.g0 * 16 };
+                        let c0 = if t.tri { (a + 1).max(t.c0) } else { t.c0 };
                         for c in c0..c_end {
                             if cs.valid(c) {
                                 let s = dot(level, qs.row(a), cs.row(c));
@@ -360,186 +360,276 @@ fn run_tasks(
         .collect()
 }
 
-/// A cluster of slots `start..end` (`start` a multiple of 16).
-struct Cluster {
+/// A node of the ball tree: the rows of slots `start..end` (leaves padded to 16-row groups) lie
+/// within `radius` radians of the unit `center` and have norms <= `max_norm`.
+struct Node {
     start: usize,
     end: usize,
     center: Vec<f64>,
+    /// `center` rounded to f32, for the fast cosine in [`may_pair`].
+    center32: Vec<f32>,
+    /// Sum of the members' unit directions (the center before normalization).
+    dir_sum: Vec<f64>,
     radius: f64,
     max_norm: f64,
+    children: Option<(usize, usize)>,
+    /// Rows of a leaf, ascending.
+    members: Vec<u32>,
 }
 
-/// Row count below which no clustering is done (one cluster, every pair scanned).
-const MIN_CLUSTER_N: usize = 2048;
+/// Rows per leaf of the ball tree: a node is split while it has more than `LEAF_MAX` rows, or
+/// more than `LEAF_MIN` rows and an angular radius above the target (see [`target_radius`]).
+const LEAF_MAX: usize = 256;
+const LEAF_MIN: usize = 32;
 
-/// Assigns every row to a cluster and lays the clusters out in slot order.
-fn cluster(e: &[f32], d: usize, norms: &[f64], path: Path) -> (Vec<u32>, Vec<Cluster>) {
-    let n = norms.len();
-    let one = |n: usize| {
-        let orig: Vec<u32> = (0..n.div_ceil(16) * 16)
-            .map(|i| if i < n { i as u32 } else { u32::MAX })
-            .collect();
-        let max_norm = norms.iter().fold(0.0f64, |m, &v| m.max(v));
-        let c = Cluster {
-            start: 0,
-            end: orig.len(),
-            center: vec![0.0; d],
-            radius: std::f64::consts::PI,
-            max_norm,
-        };
-        (orig, vec![c])
-    };
-    if n < MIN_CLUSTER_N {
-        return one(n);
-    }
-    let ncl = ((2.0 * (n as f64).sqrt()) as usize).clamp(16, 4096);
-    // initial centers: rows at a fixed stride (deterministic), skipping zero rows
-    let mut centers: Vec<f32> = Vec::with_capacity(ncl * d);
-    for k in 0..ncl {
-        let i = k * n / ncl;
-        if norms[i] > 0.0 {
-            centers.extend(e[i * d..(i + 1) * d].iter().map(|&v| (v as f64 / norms[i]) as f32));
-        }
-    }
-    let mut assign = assign_rows(e, d, &centers, path);
-    // one Lloyd step: mean direction of the members
-    let k = centers.len() / d;
-    let mut sums = vec![0.0f64; k * d];
-    let mut counts = vec![0usize; k];
-    for (i, &a) in assign.iter().enumerate() {
-        if a != u32::MAX {
-            counts[a as usize] += 1;
-            let inv = 1.0 / norms[i];
-            for (s, &v) in sums[a as usize * d..(a as usize + 1) * d]
-                .iter_mut()
-                .zip(&e[i * d..(i + 1) * d])
-            {
-                *s += v as f64 * inv;
-            }
-        }
-    }
-    centers.clear();
-    for c in 0..k {
-        let s = &sums[c * d..(c + 1) * d];
-        let nn = s.iter().map(|v| v * v).sum::<f64>().sqrt();
-        if counts[c] > 0 && nn > 0.0 {
-            centers.extend(s.iter().map(|v| (v / nn) as f32));
-        }
-    }
-    assign = assign_rows(e, d, &centers, path);
-    let k = centers.len() / d;
-    // members per cluster (ascending row order); zero rows get their own cluster at the end
-    let mut members: Vec<Vec<u32>> = vec![Vec::new(); k + 1];
-    for (i, &a) in assign.iter().enumerate() {
-        members[if a == u32::MAX { k } else { a as usize }].push(i as u32);
-    }
-    let mut orig = Vec::with_capacity(n + 16 * (k + 1));
-    let mut clusters = Vec::new();
-    for (c, m) in members.iter().enumerate() {
-        if m.is_empty() {
-            continue;
-        }
-        let start = orig.len();
-        orig.extend_from_slice(m);
-        orig.resize(orig.len().div_ceil(16) * 16, u32::MAX);
-        let end = orig.len();
-        let center: Vec<f64> = if c < k {
-            let v: Vec<f64> = centers[c * d..(c + 1) * d].iter().map(|&v| v as f64).collect();
-            let nn = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-            v.iter().map(|x| x / nn).collect()
+/// The leaf radius worth splitting for: two balls of radius `r` whose centers are 90 degrees
+/// apart (unrelated rows in high dimension) are pruned when `90 - 2 r > acos(threshold)`.
+fn target_radius(threshold: f32) -> f64 {
+    if threshold <= 0.0 || threshold >= 1.0 {
+        return if threshold >= 1.0 {
+            std::f64::consts::FRAC_PI_4
         } else {
-            vec![0.0; d]
+            std::f64::consts::PI
         };
-        let (radius, max_norm) = if c < k {
-            m.par_iter()
-                .map(|&i| {
-                    let i = i as usize;
-                    let cos = e[i * d..(i + 1) * d]
-                        .iter()
-                        .zip(&center)
-                        .map(|(&x, &y)| x as f64 * y)
-                        .sum::<f64>()
-                        / norms[i];
-                    (cos.clamp(-1.0, 1.0).acos(), norms[i])
-                })
-                .reduce(|| (0.0, 0.0), |a, b| (a.0.max(b.0), a.1.max(b.1)))
-        } else {
-            (std::f64::consts::PI, 0.0)
-        };
-        // margin for the f64 rounding of the dot and acos
-        clusters.push(Cluster {
-            start,
-            end,
-            center,
-            radius: radius + 1e-9,
-            max_norm,
-        });
     }
-    (orig, clusters)
+    ((std::f64::consts::FRAC_PI_2 - (threshold as f64).acos()) / 2.0).max(0.02)
 }
 
-/// The nearest center (highest dot) of every non-zero row (`u32::MAX` for zero rows).
-fn assign_rows(e: &[f32], d: usize, centers: &[f32], path: Path) -> Vec<u32> {
-    let n = e.len() / d;
-    let k = centers.len() / d;
-    let mut out = vec![u32::MAX; n];
-    if path == Path::Int8 {
-        let qz = QuantQueries::new(e, d);
-        let mut pk = PackedCorpus::empty(d);
-        pk.fill(k, d, |s| (s < k).then(|| &centers[s * d..(s + 1) * d]));
-        out.par_chunks_mut(QT).enumerate().for_each(|(t, o)| {
-            let qrows: Vec<usize> = (t * QT..t * QT + o.len()).collect();
-            let mut best = [f32::NEG_INFINITY; QT];
-            let mut thr = [f32::NEG_INFINITY; QT];
-            scan_int8(&qz, &qrows, &pk, 0, pk.groups, &mut thr, |slot, c, v| {
-                if c < k && v > best[slot] {
-                    best[slot] = v;
-                    o[slot] = c as u32;
-                }
-                best[slot].next_up()
-            });
-        });
+fn unit(v: &[f64]) -> Vec<f64> {
+    let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if n > 0.0 {
+        v.iter().map(|x| x / n).collect()
     } else {
-        let level = match path {
-            Path::Exact(l) => l,
-            Path::Int8 => isa(),
-        };
-        out.par_iter_mut().enumerate().with_min_len(64).for_each(|(i, o)| {
-            let r = &e[i * d..(i + 1) * d];
-            let mut best = f32::NEG_INFINITY;
-            for c in 0..k {
-                let s = dot(level, r, &centers[c * d..(c + 1) * d]);
-                if s > best {
-                    best = s;
-                    *o = c as u32;
-                }
-            }
-        });
+        v.to_vec()
     }
-    // zero rows have no direction
-    out.par_iter_mut().zip(e.par_chunks(d)).for_each(|(o, r)| {
-        if r.iter().all(|&v| v == 0.0) {
-            *o = u32::MAX;
-        }
-    });
-    out
 }
 
-/// Whether the clusters can contain a pair with canonical score above `threshold`.
-fn may_pair(a: &Cluster, b: &Cluster, rel: f64, threshold: f32) -> bool {
+fn angle(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>().clamp(-1.0, 1.0).acos()
+}
+
+/// Splits `m` in two by 2-means on unit directions (seeds: the row farthest from the mean
+/// direction, then the row farthest from that one); halves if one side would be empty.
+fn split(e: &[f32], d: usize, norms: &[f64], m: &[u32], level: Isa) -> (Vec<u32>, Vec<u32>) {
+    let row = |i: u32| &e[i as usize * d..(i as usize + 1) * d];
+    let cos_to = |c: &[f32], i: u32| dot(level, c, row(i)) as f64 / norms[i as usize];
+    let unit_row = |i: u32| -> Vec<f32> { row(i).iter().map(|&v| (v as f64 / norms[i as usize]) as f32).collect() };
+    let mean = |ms: &[u32]| -> Vec<f32> {
+        let mut s = vec![0.0f64; d];
+        for &i in ms {
+            let inv = 1.0 / norms[i as usize];
+            for (a, &v) in s.iter_mut().zip(row(i)) {
+                *a += v as f64 * inv;
+            }
+        }
+        unit(&s).into_iter().map(|v| v as f32).collect()
+    };
+    let far = |c: &[f32]| -> u32 {
+        let cs: Vec<f64> = m.par_iter().with_min_len(1024).map(|&i| cos_to(c, i)).collect();
+        let k = (0..m.len()).fold(0, |k, t| if cs[t] < cs[k] { t } else { k });
+        m[k]
+    };
+    let p = far(&mean(m));
+    let q = far(&unit_row(p));
+    let (mut ca, mut cb) = (unit_row(p), unit_row(q));
+    let parts = |ca: &[f32], cb: &[f32]| -> (Vec<u32>, Vec<u32>) {
+        let side: Vec<bool> = m
+            .par_iter()
+            .with_min_len(1024)
+            .map(|&i| cos_to(cb, i) > cos_to(ca, i))
+            .collect();
+        let (mut l, mut r) = (Vec::new(), Vec::new());
+        for (&i, &s) in m.iter().zip(&side) {
+            if s {
+                r.push(i);
+            } else {
+                l.push(i);
+            }
+        }
+        (l, r)
+    };
+    let mut lr = parts(&ca, &cb);
+    for _ in 0..2 {
+        if lr.0.is_empty() || lr.1.is_empty() {
+            break;
+        }
+        ca = mean(&lr.0);
+        cb = mean(&lr.1);
+        lr = parts(&ca, &cb);
+    }
+    if lr.0.is_empty() || lr.1.is_empty() {
+        let h = m.len() / 2;
+        return (m[..h].to_vec(), m[h..].to_vec());
+    }
+    lr
+}
+
+/// A leaf for rows `m` (ascending); `zero`: rows without direction (radius pi).
+fn leaf(e: &[f32], d: usize, norms: &[f64], m: Vec<u32>, zero: bool) -> Node {
+    let max_norm = m.iter().fold(0.0f64, |a, &i| a.max(norms[i as usize]));
+    let mut dir_sum = vec![0.0f64; d];
+    let (center, radius) = if zero {
+        (vec![0.0; d], std::f64::consts::PI)
+    } else {
+        for &i in &m {
+            let inv = 1.0 / norms[i as usize];
+            for (a, &v) in dir_sum.iter_mut().zip(&e[i as usize * d..(i as usize + 1) * d]) {
+                *a += v as f64 * inv;
+            }
+        }
+        let center = unit(&dir_sum);
+        let radius = m
+            .iter()
+            .map(|&i| {
+                let r = &e[i as usize * d..(i as usize + 1) * d];
+                let cos = r.iter().zip(&center).map(|(&x, &y)| x as f64 * y).sum::<f64>() / norms[i as usize];
+                cos.clamp(-1.0, 1.0).acos()
+            })
+            .fold(0.0f64, f64::max);
+        // margin for the f64 rounding of the dot and acos
+        (center, radius + 1e-9)
+    };
+    let center32 = center.iter().map(|&v| v as f32).collect();
+    Node {
+        start: 0,
+        end: 0,
+        center,
+        center32,
+        dir_sum,
+        radius,
+        max_norm,
+        children: None,
+        members: m,
+    }
+}
+
+/// The parent of nodes `a` and `b`: mean direction, radius from the children's balls.
+fn parent(nodes: &[Node], a: usize, b: usize) -> Node {
+    let (na, nb) = (&nodes[a], &nodes[b]);
+    let dir_sum: Vec<f64> = na.dir_sum.iter().zip(&nb.dir_sum).map(|(x, y)| x + y).collect();
+    let center = unit(&dir_sum);
+    let pi = std::f64::consts::PI;
+    let r = |n: &Node| {
+        if n.radius >= pi {
+            pi
+        } else {
+            (angle(&center, &n.center) + n.radius + 1e-9).min(pi)
+        }
+    };
+    Node {
+        start: 0,
+        end: 0,
+        radius: r(na).max(r(nb)),
+        max_norm: na.max_norm.max(nb.max_norm),
+        center32: center.iter().map(|&v| v as f32).collect(),
+        center,
+        dir_sum,
+        children: Some((a, b)),
+        members: Vec::new(),
+    }
+}
+
+/// Builds the subtree of rows `m`; returns its nodes, root last, child indices local.
+fn build(e: &[f32], d: usize, norms: &[f64], m: Vec<u32>, level: Isa, target: f64) -> Vec<Node> {
+    if m.len() <= LEAF_MIN {
+        return vec![leaf(e, d, norms, m, false)];
+    }
+    if m.len() <= LEAF_MAX {
+        let node = leaf(e, d, norms, m, false);
+        if node.radius <= target {
+            return vec![node];
+        }
+        let (l, r) = split(e, d, norms, &node.members, level);
+        return join_children(e, d, norms, l, r, level, target);
+    }
+    let (l, r) = split(e, d, norms, &m, level);
+    join_children(e, d, norms, l, r, level, target)
+}
+
+fn join_children(e: &[f32], d: usize, norms: &[f64], l: Vec<u32>, r: Vec<u32>, level: Isa, target: f64) -> Vec<Node> {
+    let big = l.len() + r.len() > 4 * LEAF_MAX;
+    let (mut ln, rn) = if big {
+        rayon::join(
+            || build(e, d, norms, l, level, target),
+            || build(e, d, norms, r, level, target),
+        )
+    } else {
+        (
+            build(e, d, norms, l, level, target),
+            build(e, d, norms, r, level, target),
+        )
+    };
+    let off = ln.len();
+    let (li, ri) = (off - 1, off + rn.len() - 1);
+    ln.extend(rn.into_iter().map(|mut n| {
+        n.children = n.children.map(|(a, b)| (a + off, b + off));
+        n
+    }));
+    let p = parent(&ln, li, ri);
+    ln.push(p);
+    ln
+}
+
+/// Assigns slots to the leaves in depth-first order (no padding between leaves).
+fn layout(nodes: &mut [Node], i: usize, orig: &mut Vec<u32>) {
+    match nodes[i].children {
+        None => {
+            nodes[i].start = orig.len();
+            orig.extend_from_slice(&nodes[i].members);
+            nodes[i].end = orig.len();
+        }
+        Some((a, b)) => {
+            layout(nodes, a, orig);
+            layout(nodes, b, orig);
+            nodes[i].start = nodes[a].start.min(nodes[b].start);
+            nodes[i].end = nodes[a].end.max(nodes[b].end);
+        }
+    }
+}
+
+/// The ball tree over all rows (zero rows in a leaf of their own) and the slot order.
+fn tree(e: &[f32], d: usize, norms: &[f64], level: Isa, threshold: f32) -> (Vec<Node>, usize, Vec<u32>) {
+    let n = norms.len();
+    let (nz, zero): (Vec<u32>, Vec<u32>) = (0..n as u32).partition(|&i| norms[i as usize] > 0.0);
+    let mut nodes = Vec::new();
+    let mut roots = Vec::new();
+    if !nz.is_empty() {
+        nodes = build(e, d, norms, nz, level, target_radius(threshold));
+        roots.push(nodes.len() - 1);
+    }
+    if !zero.is_empty() {
+        nodes.push(leaf(e, d, norms, zero, true));
+        roots.push(nodes.len() - 1);
+    }
+    let root = if roots.len() == 2 {
+        let p = parent(&nodes, roots[0], roots[1]);
+        nodes.push(p);
+        nodes.len() - 1
+    } else {
+        roots[0]
+    };
+    let mut orig = Vec::with_capacity(n + 16 * (n / LEAF_MIN + 2));
+    layout(&mut nodes, root, &mut orig);
+    orig.resize(orig.len().div_ceil(16) * 16, u32::MAX);
+    (nodes, root, orig)
+}
+
+/// Whether two balls can contain a pair with canonical score above `threshold`:
+/// every pair is at least `angle(c_a, c_b) - r_a - r_b` apart, so `x.y <= |x| |y| cos(that)`,
+/// and the canonical dot is within `rel |x| |y|` of the real one.
+///
+/// The center cosine is the canonical f32 dot of the f32-rounded unit centers; it is within
+/// `cos_err` of the real cosine of the f64 centers (f32 rounding of the centers: `2^-24` per
+/// element, and the dot's own rounding), so `acos(cos + cos_err)` is a lower bound on the angle.
+fn may_pair(a: &Node, b: &Node, rel: f64, cos_err: f64, threshold: f32) -> bool {
     let mm = a.max_norm * b.max_norm;
-    let phi = if a.radius >= std::f64::consts::PI || b.radius >= std::f64::consts::PI {
+    let pi = std::f64::consts::PI;
+    let lb = if a.radius >= pi || b.radius >= pi {
         0.0
     } else {
-        a.center
-            .iter()
-            .zip(&b.center)
-            .map(|(x, y)| x * y)
-            .sum::<f64>()
-            .clamp(-1.0, 1.0)
-            .acos()
+        let cos = dot(isa(), &a.center32, &b.center32) as f64 + cos_err;
+        cos.min(1.0).acos() - a.radius - b.radius - 1e-9
     };
-    let lb = phi - a.radius - b.radius - 1e-9;
     let real = if lb <= 0.0 {
         mm
     } else if lb >= std::f64::consts::FRAC_PI_2 {
@@ -547,9 +637,37 @@ fn may_pair(a: &Cluster, b: &Cluster, rel: f64, threshold: f32) -> bool {
     } else {
         mm * lb.cos()
     };
-    // canonical <= real + rel * |x| |y|
     let bound = real * (1.0 + 1e-9) + (rel + 1e-9) * mm + 1e-37;
     bound > threshold as f64
+}
+
+/// Dual-tree traversal: every pair of leaves (each unordered pair once) that may hold a pair.
+fn leaf_pairs(nodes: &[Node], a: usize, b: usize, rel: f64, cos_err: f64, threshold: f32) -> Vec<(usize, usize)> {
+    if !may_pair(&nodes[a], &nodes[b], rel, cos_err, threshold) {
+        return Vec::new();
+    }
+    let size = |i: usize| nodes[i].end - nodes[i].start;
+    let go = |x: usize, y: usize| leaf_pairs(nodes, x, y, rel, cos_err, threshold);
+    let both = |x: (usize, usize), y: (usize, usize)| {
+        let (mut l, r) = if size(a) * size(b) > 1 << 22 {
+            rayon::join(|| go(x.0, x.1), || go(y.0, y.1))
+        } else {
+            (go(x.0, x.1), go(y.0, y.1))
+        };
+        l.extend(r);
+        l
+    };
+    match (nodes[a].children, nodes[b].children) {
+        (None, None) => vec![(a, b)],
+        (Some((a1, a2)), _) if a == b => {
+            let mut v = both((a1, a1), (a2, a2));
+            v.extend(go(a1, a2));
+            v
+        }
+        (Some((a1, a2)), None) => both((a1, b), (a2, b)),
+        (Some((a1, a2)), Some(_)) if size(a) >= size(b) => both((a1, b), (a2, b)),
+        (_, Some((b1, b2))) => both((a, b1), (a, b2)),
+    }
 }
 
 /// Splits a slot range into tasks of at most `QB` query slots x `CB` corpus slots.
@@ -564,40 +682,86 @@ fn pairs_with(e: &[f32], n: usize, d: usize, threshold: f32, path: Path) -> Resu
         return Ok(Vec::new());
     }
     let path = effective(path, d);
-    let (orig, clusters) = cluster(e, d, &norms, path);
+    let level = match path {
+        Path::Exact(l) => l,
+        Path::Int8 => Isa::Avx512,
+    };
+    let (nodes, root, orig) = tree(e, d, &norms, level, threshold);
     let slots = Slots::new(e, d, orig, &norms, path);
     let rel = canonical_rel_err(d);
-    // surviving cluster pairs
-    let nc = clusters.len();
-    let cpairs: Vec<(usize, usize)> = (0..nc)
-        .into_par_iter()
-        .flat_map_iter(|a| {
-            let clusters = &clusters;
-            (a..nc)
-                .filter(move |&b| may_pair(&clusters[a], &clusters[b], rel, threshold))
-                .map(move |b| (a, b))
+    // f32 centers: each element off by <= 2^-24 relative, so the dot of the f32 centers is
+    // within 2^-23 (|a| |b| <= 1) of the f64 one, plus the canonical dot's own rounding
+    let cos_err = 2.0 * canonical_rel_err(d) + 4.0 * crate::topk::U32_ERR + 1e-12;
+    let lp = leaf_pairs(&nodes, root, root, rel, cos_err, threshold);
+    // orient by slot order, group by the query leaf, merge runs of adjacent corpus leaves
+    let mut lp: Vec<(usize, usize)> = lp
+        .into_iter()
+        .map(|(a, b)| {
+            if nodes[a].start <= nodes[b].start {
+                (a, b)
+            } else {
+                (b, a)
+            }
         })
         .collect();
+    lp.sort_unstable_by_key(|&(a, b)| (nodes[a].start, nodes[b].start));
     let mut tasks = Vec::new();
-    for &(a, b) in &cpairs {
-        let (ca, cb) = (&clusters[a], &clusters[b]);
-        let mut q0 = ca.start;
-        while q0 < ca.end {
-            let q1 = (q0 + QB).min(ca.end);
-            let mut c0 = if a == b { q0 } else { cb.start };
-            while c0 < cb.end {
-                let c1 = (c0 + CB).min(cb.end);
-                tasks.push(Task {
-                    q0,
-                    q1,
-                    g0: c0 / 16,
-                    g1: c1 / 16,
-                    tri: a == b && c0 < q1,
-                });
-                c0 = c1;
+    let mut p = 0;
+    while p < lp.len() {
+        let a = lp[p].0;
+        let (q0, q1) = (nodes[a].start, nodes[a].end);
+        while p < lp.len() && lp[p].0 == a {
+            let (c0, mut c1) = (nodes[lp[p].1].start, nodes[lp[p].1].end);
+            p += 1;
+            while p < lp.len() && lp[p].0 == a && nodes[lp[p].1].start == c1 {
+                c1 = nodes[lp[p].1].end;
+                p += 1;
             }
-            q0 = q1;
+            let mut s0 = q0;
+            while s0 < q1 {
+                let s1 = (s0 + QB).min(q1);
+                let mut c = c0;
+                while c < c1 {
+                    let ce = (c + CB).min(c1);
+                    tasks.push(Task {
+                        q0: s0,
+                        q1: s1,
+                        c0: c,
+                        c1: ce,
+                        tri: c0 == q0 && c < s1,
+                    });
+                    c = ce;
+                }
+                s0 = s1;
+            }
         }
+    }
+    if std::env::var_os("DBG_DEDUP").is_some() {
+        let work: usize = tasks
+            .iter()
+            .map(|t| (t.q1 - t.q0) * (t.c1.div_ceil(16) - t.c0 / 16) * 16)
+            .sum();
+        let lr: Vec<f64> = nodes
+            .iter()
+            .filter(|x| x.children.is_none())
+            .map(|x| x.radius.to_degrees())
+            .collect();
+        let mut srt = lr.clone();
+        srt.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        eprintln!(
+            "leaf radius p10 {:.1} p50 {:.1} p90 {:.1}; root {:.1}",
+            srt[srt.len() / 10],
+            srt[srt.len() / 2],
+            srt[srt.len() * 9 / 10],
+            nodes[root].radius.to_degrees()
+        );
+        eprintln!(
+            "nodes {} leafpairs {} tasks {} work {:.3} of all-pairs",
+            nodes.len(),
+            lp.len(),
+            tasks.len(),
+            work as f64 / (n as f64 * n as f64 / 2.0)
+        );
     }
     let qthr = match slots.bound() {
         Some(b) => slots.thresholds(&b, threshold),
@@ -639,8 +803,8 @@ fn cross_with(a: &[f32], na: usize, b: &[f32], nb: usize, d: usize, threshold: f
             tasks.push(Task {
                 q0,
                 q1,
-                g0: c0 / 16,
-                g1: c1 / 16,
+                c0,
+                c1,
                 tri: false,
             });
         }

@@ -410,7 +410,7 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<GgufHeader> {
         dims.iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d))
             .ok_or_else(|| bad("its dimensions overflow when multiplied".into()))?;
-        if dims[0] % block != 0 {
+        if !dims[0].is_multiple_of(block) {
             return Err(bad(format!(
                 "row length {} is not a multiple of the block size {block}",
                 dims[0]
@@ -420,7 +420,7 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<GgufHeader> {
             .checked_mul(bsize)
             .and_then(|row| dims[1..].iter().try_fold(row, |a, &d| a.checked_mul(d)))
             .ok_or_else(|| bad("its byte size overflows".into()))?;
-        if off % alignment != 0 {
+        if !off.is_multiple_of(alignment) {
             return Err(bad(format!(
                 "data offset {off} is not a multiple of the alignment {alignment}"
             )));

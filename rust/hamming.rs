@@ -1,1 +1,759 @@
-//! (in progress)
+//! Search over packed sign bits: top-k, all pairs above a threshold and greedy deduplication with
+//! the similarity `1 - 2 * hamming / bits`.
+//!
+//! A vector of `bits` signs is `words` u64 words: bit `j` is bit `j % 64` of word `j / 64`; bits at
+//! and past `bits` must be zero (checked). The similarity of Hamming distance `h` is
+//! [`similarity`]`(h, bits)`, one f32 division of exact integers, so it is the same on every path;
+//! it is non-increasing in `h`, and the kernels filter on integer distances derived from it.
+//!
+//! # Performance notes
+//!
+//! * With AVX-512 VPOPCNTDQ the corpus is packed in blocks of 8 rows, interleaved by word, so one
+//!   `vpxorq` + `vpopcntq` + `vpaddq` advances 8 distances by one word; the micro-kernel keeps a
+//!   4-query x 32-row tile of accumulators. Otherwise `u64::count_ones` is compiled twice, with and
+//!   without the `popcnt` target feature, and chosen at run time.
+//! * Top-k sweeps the corpus in super-blocks (packed just before use, small enough for L2) with
+//!   all query tiles in parallel and a bounded heap per query; pairs are found in blocked tasks
+//!   (only the upper triangle) and sorted at the end. Results are independent of the thread count.
+//! * Distances are exact integers, so there is no pre-score: a candidate passes iff its distance
+//!   is <= the largest distance whose similarity still qualifies.
+
+use rayon::prelude::*;
+
+use crate::dedup::{resolve, Dedup, Pair};
+use crate::error::{CoreError, Result};
+use crate::simd::{extensions, isa, Isa};
+use crate::topk::{flatten, TopK};
+
+/// The similarity of Hamming distance `h` over `bits` bits: `(bits - 2h) / bits` in f32.
+#[inline]
+pub fn similarity(h: u64, bits: usize) -> f32 {
+    (bits as i64 - 2 * h as i64) as f32 / bits as f32
+}
+
+/// The largest distance `h <= bits` with `similarity(h) >= s` (`strict`: `> s`), or `None`.
+fn max_distance(s: f32, bits: usize, strict: bool) -> Option<u64> {
+    let ok = |h: u64| {
+        if strict {
+            similarity(h, bits) > s
+        } else {
+            similarity(h, bits) >= s
+        }
+    };
+    // `ok` is true on a prefix of 0..=bits: binary search for its length
+    let (mut lo, mut hi) = (0u64, bits as u64 + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if ok(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo > 0).then(|| lo - 1)
+}
+
+/// Which popcount implementation to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Level {
+    /// `count_ones` for the baseline target (bit tricks).
+    Portable,
+    /// `count_ones` compiled with the `popcnt` instruction.
+    Popcnt,
+    /// AVX-512 VPOPCNTDQ micro-kernel.
+    Vpopcnt,
+}
+
+fn popcnt_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        isa() != Isa::Scalar && std::arch::is_x86_feature_detected!("popcnt")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+fn vpopcnt_available() -> bool {
+    cfg!(target_arch = "x86_64") && isa() == Isa::Avx512 && extensions().vpopcntdq
+}
+
+fn best_level() -> Level {
+    if vpopcnt_available() {
+        Level::Vpopcnt
+    } else if popcnt_available() {
+        Level::Popcnt
+    } else {
+        Level::Portable
+    }
+}
+
+/// The levels this CPU supports (for tests).
+#[cfg(test)]
+fn levels() -> Vec<Level> {
+    [Level::Portable, Level::Popcnt, Level::Vpopcnt]
+        .into_iter()
+        .filter(|&l| l <= best_level())
+        .collect()
+}
+
+#[inline(always)]
+fn hamming_impl(a: &[u64], b: &[u64]) -> u64 {
+    a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones() as u64).sum()
+}
+
+/// The Hamming distance of two rows (portable).
+pub fn hamming_scalar(a: &[u64], b: &[u64]) -> u64 {
+    hamming_impl(a, b)
+}
+
+#[inline]
+fn hamming(level: Level, a: &[u64], b: &[u64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if level >= Level::Popcnt && popcnt_available() {
+        // SAFETY: the CPU reports popcnt.
+        return unsafe { x86::hamming_popcnt(a, b) };
+    }
+    let _ = level;
+    hamming_impl(a, b)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------------
+
+fn check_layout(words: usize, bits: usize) -> Result<()> {
+    if words == 0 {
+        return Err(CoreError::arg("words", "must be at least 1"));
+    }
+    if bits == 0 || bits > 64 * words {
+        return Err(CoreError::arg(
+            "bits",
+            format!("must be in 1..={} for {words} words per row, got {bits}", 64 * words),
+        ));
+    }
+    Ok(())
+}
+
+fn check_rows(x: &[u64], n: usize, words: usize, bits: usize, what: &'static str) -> Result<()> {
+    if n.checked_mul(words) != Some(x.len()) {
+        return Err(CoreError::arg(
+            what,
+            format!("length {} is not {n} rows x {words} words", x.len()),
+        ));
+    }
+    if n > u32::MAX as usize {
+        return Err(CoreError::arg(
+            what,
+            format!("{n} rows is more than the supported 2^32 - 1"),
+        ));
+    }
+    // bits at and past `bits` must be zero
+    let full = bits / 64;
+    let rem = bits % 64;
+    let bad = x.par_chunks(words).position_first(|r| {
+        (rem != 0 && r[full] >> rem != 0) || r[full + (rem != 0) as usize..].iter().any(|&w| w != 0)
+    });
+    if let Some(i) = bad {
+        return Err(CoreError::arg(
+            what,
+            format!("row {i} has bits set at or past bit {bits} (padding must be zero)"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_threshold(threshold: f32) -> Result<()> {
+    if !threshold.is_finite() {
+        return Err(CoreError::arg(
+            "threshold",
+            format!("must be a finite number, got {threshold}"),
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packing
+// ---------------------------------------------------------------------------------------------
+
+/// Rows in blocks of 8, interleaved by word: `[block][word][8 rows]`; missing rows are zero.
+struct Packed {
+    words: usize,
+    blocks: usize,
+    data: Vec<u64>,
+}
+
+impl Packed {
+    fn new(x: &[u64], words: usize) -> Self {
+        let n = x.len() / words;
+        let blocks = n.div_ceil(8);
+        let mut data = vec![0u64; blocks * words * 8];
+        data.par_chunks_mut(words * 8)
+            .enumerate()
+            .with_min_len(64)
+            .for_each(|(b, out)| {
+                for lane in 0..8 {
+                    let r = b * 8 + lane;
+                    if r < n {
+                        for w in 0..words {
+                            out[w * 8 + lane] = x[r * words + w];
+                        }
+                    }
+                }
+            });
+        Packed { words, blocks, data }
+    }
+}
+
+/// Query tile height of the VPOPCNTDQ micro-kernel.
+const HQ: usize = 4;
+
+/// Distances of up to [`HQ`] query rows (`qrows` of `q`) against blocks `b0..b1` of `pk`. For
+/// every pair with distance <= `hthr[slot]`, `cand(slot, corpus_row, h)` returns the new bound.
+fn scan_vpopcnt<F>(q: &[u64], qrows: &[usize], pk: &Packed, b0: usize, b1: usize, hthr: &mut [u64; HQ], cand: F)
+where
+    F: FnMut(usize, usize, u64) -> u64,
+{
+    let w = pk.words;
+    assert!(!qrows.is_empty() && qrows.len() <= HQ && b0 <= b1 && b1 <= pk.blocks);
+    assert!(qrows.iter().all(|&r| (r + 1) * w <= q.len()));
+    assert!(vpopcnt_available());
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F + VPOPCNTDQ were detected; the asserts bound every query row and block read.
+    unsafe {
+        x86::scan_vpopcnt(q, qrows, pk, b0, b1, hthr, cand)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (q, qrows, pk, b0, b1, hthr, cand);
+        unreachable!("VPOPCNTDQ is x86-64 only")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Top-k
+// ---------------------------------------------------------------------------------------------
+
+/// Corpus rows per super-block of the Hamming top-k.
+const H_SUPER_BLOCK: usize = 16384;
+
+/// Top-k by similarity `1 - 2 h / bits` of every query row against the corpus rows (packed bits,
+/// `words` u64 per row). Returns `nq * k'` scores and indices, `k' = min(k, nc)`, best first, ties
+/// broken by the lower index; identical to [`topk_scalar`].
+///
+/// Errors on `k == 0`, `words == 0`, `bits` outside `1..=64 * words`, length mismatches and
+/// non-zero padding bits.
+pub fn topk(
+    q: &[u64],
+    nq: usize,
+    c: &[u64],
+    nc: usize,
+    words: usize,
+    bits: usize,
+    k: usize,
+) -> Result<(Vec<f32>, Vec<u32>)> {
+    topk_with(q, nq, c, nc, words, bits, k, best_level())
+}
+
+/// The reference for [`topk`]: every similarity, fully sorted.
+pub fn topk_scalar(
+    q: &[u64],
+    nq: usize,
+    c: &[u64],
+    nc: usize,
+    words: usize,
+    bits: usize,
+    k: usize,
+) -> Result<(Vec<f32>, Vec<u32>)> {
+    check_topk_args(q, nq, c, nc, words, bits, k)?;
+    let kk = k.min(nc);
+    let mut scores = Vec::with_capacity(nq * kk);
+    let mut idx = Vec::with_capacity(nq * kk);
+    for qr in q.chunks(words) {
+        let mut all: Vec<(f32, u32)> = c
+            .chunks(words)
+            .enumerate()
+            .map(|(j, cr)| (similarity(hamming_scalar(qr, cr), bits), j as u32))
+            .collect();
+        all.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for &(s, i) in &all[..kk] {
+            scores.push(s);
+            idx.push(i);
+        }
+    }
+    Ok((scores, idx))
+}
+
+fn check_topk_args(q: &[u64], nq: usize, c: &[u64], nc: usize, words: usize, bits: usize, k: usize) -> Result<()> {
+    if k == 0 {
+        return Err(CoreError::arg("k", "must be at least 1"));
+    }
+    check_layout(words, bits)?;
+    check_rows(q, nq, words, bits, "queries")?;
+    check_rows(c, nc, words, bits, "corpus")
+}
+
+fn topk_with(
+    q: &[u64],
+    nq: usize,
+    c: &[u64],
+    nc: usize,
+    words: usize,
+    bits: usize,
+    k: usize,
+    level: Level,
+) -> Result<(Vec<f32>, Vec<u32>)> {
+    check_topk_args(q, nq, c, nc, words, bits, k)?;
+    let kk = k.min(nc);
+    if nq == 0 || kk == 0 {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let level = level.min(best_level());
+    let mut heaps: Vec<TopK> = (0..nq).map(|_| TopK::new(kk)).collect();
+    let bound = |h: &TopK| {
+        let kth = h.kth();
+        if kth == f32::NEG_INFINITY {
+            u64::MAX
+        } else {
+            max_distance(kth, bits, false).unwrap_or(0)
+        }
+    };
+    let mut base = 0;
+    while base < nc {
+        let rows = H_SUPER_BLOCK.min(nc - base);
+        let block = &c[base * words..(base + rows) * words];
+        if level == Level::Vpopcnt {
+            let pk = Packed::new(block, words);
+            heaps.par_chunks_mut(HQ).enumerate().for_each(|(t, hs)| {
+                let qrows: Vec<usize> = (t * HQ..t * HQ + hs.len()).collect();
+                let mut hthr = [0u64; HQ];
+                for (i, h) in hs.iter().enumerate() {
+                    hthr[i] = bound(h);
+                }
+                scan_vpopcnt(q, &qrows, &pk, 0, pk.blocks, &mut hthr, |slot, r, h| {
+                    if r < rows {
+                        hs[slot].push(similarity(h, bits), (base + r) as u32);
+                    }
+                    bound(&hs[slot])
+                });
+            });
+        } else {
+            heaps
+                .par_iter_mut()
+                .zip(q.par_chunks(words))
+                .with_min_len(4)
+                .for_each(|(h, qr)| {
+                    let mut hthr = bound(h);
+                    for (r, cr) in block.chunks(words).enumerate() {
+                        let d = hamming(level, qr, cr);
+                        if d <= hthr {
+                            h.push(similarity(d, bits), (base + r) as u32);
+                            hthr = bound(h);
+                        }
+                    }
+                });
+        }
+        base += rows;
+    }
+    Ok(flatten(heaps, kk))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pairs and greedy deduplication
+// ---------------------------------------------------------------------------------------------
+
+/// All pairs `i < j` with `similarity(hamming(e_i, e_j)) > threshold`, sorted by `(i, j)`.
+/// Errors as [`topk`], plus a non-finite threshold.
+pub fn pairs_above(e: &[u64], n: usize, words: usize, bits: usize, threshold: f32) -> Result<Vec<Pair>> {
+    pairs_with(e, n, words, bits, threshold, best_level())
+}
+
+/// The naive reference for [`pairs_above`].
+pub fn pairs_above_scalar(e: &[u64], n: usize, words: usize, bits: usize, threshold: f32) -> Result<Vec<Pair>> {
+    check_layout(words, bits)?;
+    check_rows(e, n, words, bits, "e")?;
+    check_threshold(threshold)?;
+    let mut out = Vec::new();
+    for i in 0..n {
+        for j in i + 1..n {
+            let s = similarity(
+                hamming_scalar(&e[i * words..(i + 1) * words], &e[j * words..(j + 1) * words]),
+                bits,
+            );
+            if s > threshold {
+                out.push((i as u32, j as u32, s));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Greedy deduplication in input order with the Hamming similarity; same semantics as
+/// [`crate::dedup::dedup_greedy`].
+pub fn dedup_greedy(e: &[u64], n: usize, words: usize, bits: usize, threshold: f32) -> Result<Dedup> {
+    Ok(resolve(n, pairs_above(e, n, words, bits, threshold)?))
+}
+
+/// The naive reference for [`dedup_greedy`].
+pub fn dedup_greedy_scalar(e: &[u64], n: usize, words: usize, bits: usize, threshold: f32) -> Result<Dedup> {
+    check_layout(words, bits)?;
+    check_rows(e, n, words, bits, "e")?;
+    check_threshold(threshold)?;
+    let mut kept: Vec<u32> = Vec::new();
+    let mut dup_of = vec![-1i64; n];
+    let mut score = vec![f32::NAN; n];
+    for j in 0..n {
+        let mut best: Option<(u32, f32)> = None;
+        for &i in &kept {
+            let iu = i as usize;
+            let s = similarity(
+                hamming_scalar(&e[iu * words..(iu + 1) * words], &e[j * words..(j + 1) * words]),
+                bits,
+            );
+            if s > threshold && best.is_none_or(|(_, b)| s > b) {
+                best = Some((i, s));
+            }
+        }
+        match best {
+            Some((i, s)) => {
+                dup_of[j] = i as i64;
+                score[j] = s;
+            }
+            None => kept.push(j as u32),
+        }
+    }
+    Ok(Dedup { kept, dup_of, score })
+}
+
+/// Query rows per task and corpus rows per task of the blocked pair search.
+const PQ: usize = 256;
+const PC: usize = 4096;
+
+fn pairs_with(e: &[u64], n: usize, words: usize, bits: usize, threshold: f32, level: Level) -> Result<Vec<Pair>> {
+    check_layout(words, bits)?;
+    check_rows(e, n, words, bits, "e")?;
+    check_threshold(threshold)?;
+    let Some(hmax) = max_distance(threshold, bits, true) else {
+        return Ok(Vec::new());
+    };
+    let level = level.min(best_level());
+    let pk = (level == Level::Vpopcnt).then(|| Packed::new(e, words));
+    let mut tasks = Vec::new();
+    for q0 in (0..n).step_by(PQ) {
+        // corpus blocks start at the query block (upper triangle); PC and PQ are multiples of 8
+        for c0 in (q0 - q0 % PC..n).step_by(PC) {
+            tasks.push((q0, (q0 + PQ).min(n), c0.max(q0), (c0 + PC).min(n)));
+        }
+    }
+    let mut out: Vec<Pair> = tasks
+        .par_iter()
+        .flat_map_iter(|&(q0, q1, c0, c1)| {
+            let mut found = Vec::new();
+            match &pk {
+                Some(pk) => {
+                    let mut a0 = q0;
+                    while a0 < q1 {
+                        let a1 = (a0 + HQ).min(q1);
+                        let qrows: Vec<usize> = (a0..a1).collect();
+                        let mut hthr = [hmax; HQ];
+                        let b0 = c0.max(a0) / 8;
+                        scan_vpopcnt(e, &qrows, pk, b0, c1.div_ceil(8), &mut hthr, |slot, r, h| {
+                            let a = a0 + slot;
+                            if a < r && r < c1 {
+                                found.push((a as u32, r as u32, similarity(h, bits)));
+                            }
+                            hmax
+                        });
+                        a0 = a1;
+                    }
+                }
+                None => {
+                    for a in q0..q1 {
+                        let qa = &e[a * words..(a + 1) * words];
+                        for r in c0.max(a + 1)..c1 {
+                            let h = hamming(level, qa, &e[r * words..(r + 1) * words]);
+                            if h <= hmax {
+                                found.push((a as u32, r as u32, similarity(h, bits)));
+                            }
+                        }
+                    }
+                }
+            }
+            found
+        })
+        .collect();
+    out.par_sort_unstable_by_key(|&(i, j, _)| (i, j));
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// x86-64 kernels
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{Packed, HQ};
+
+    /// [`super::hamming_impl`] compiled with `popcnt`.
+    #[target_feature(enable = "popcnt")]
+    pub(super) unsafe fn hamming_popcnt(a: &[u64], b: &[u64]) -> u64 {
+        super::hamming_impl(a, b)
+    }
+
+    /// `Q` query rows x `R` blocks of 8 corpus rows: distance accumulators.
+    ///
+    /// # Safety
+    /// AVX-512F + VPOPCNTDQ; each `q[i]` has `words` readable u64s; `g + r * words * 8 + 8 * words`
+    /// readable for every `r < R`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vpopcntdq")]
+    unsafe fn tile<const Q: usize, const R: usize>(
+        q: &[*const u64; Q],
+        g: *const u64,
+        words: usize,
+    ) -> [[__m512i; R]; Q] {
+        let mut acc = [[_mm512_setzero_si512(); R]; Q];
+        for w in 0..words {
+            let mut c = [_mm512_setzero_si512(); R];
+            for (r, cr) in c.iter_mut().enumerate() {
+                // SAFETY: in bounds per the function contract.
+                *cr = unsafe { _mm512_loadu_si512(g.add((r * words + w) * 8) as *const _) };
+            }
+            for (qi, a) in acc.iter_mut().enumerate() {
+                // SAFETY: in bounds per the function contract.
+                let b = _mm512_set1_epi64(unsafe { q[qi].add(w).read() } as i64);
+                for r in 0..R {
+                    a[r] = _mm512_add_epi64(a[r], _mm512_popcnt_epi64(_mm512_xor_si512(b, c[r])));
+                }
+            }
+        }
+        acc
+    }
+
+    /// See [`super::scan_vpopcnt`].
+    ///
+    /// # Safety
+    /// AVX-512F + VPOPCNTDQ; `1 <= qrows.len() <= HQ`; every query row within `q`;
+    /// `b0 <= b1 <= pk.blocks`.
+    #[target_feature(enable = "avx512f,avx512vpopcntdq")]
+    pub(super) unsafe fn scan_vpopcnt<F>(
+        q: &[u64],
+        qrows: &[usize],
+        pk: &Packed,
+        b0: usize,
+        b1: usize,
+        hthr: &mut [u64; HQ],
+        mut cand: F,
+    ) where
+        F: FnMut(usize, usize, u64) -> u64,
+    {
+        const R: usize = 4;
+        let words = pk.words;
+        let nq = qrows.len();
+        let mut qp = [std::ptr::null::<u64>(); HQ];
+        for (i, p) in qp.iter_mut().enumerate() {
+            *p = q[qrows[i.min(nq - 1)] * words..].as_ptr();
+            if i >= nq {
+                hthr[i] = 0;
+            }
+        }
+        let live = |i: usize| i < nq;
+        let base = pk.data.as_ptr();
+        let bw = words * 8;
+        let mut b = b0;
+        macro_rules! finish {
+            ($acc:expr, $rr:expr) => {
+                for qi in 0..HQ {
+                    if !live(qi) {
+                        continue;
+                    }
+                    for r in 0..$rr {
+                        let mut m = _mm512_cmple_epu64_mask($acc[qi][r], _mm512_set1_epi64(hthr[qi] as i64));
+                        if m != 0 {
+                            let mut vals = [0u64; 8];
+                            // SAFETY: `vals` holds 8 u64s.
+                            unsafe { _mm512_storeu_si512(vals.as_mut_ptr() as *mut _, $acc[qi][r]) };
+                            while m != 0 {
+                                let lane = m.trailing_zeros() as usize;
+                                m &= m - 1;
+                                if vals[lane] <= hthr[qi] {
+                                    hthr[qi] = cand(qi, (b + r) * 8 + lane, vals[lane]);
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+        }
+        while b + R <= b1 {
+            // SAFETY: blocks b..b+R are within `pk.data`; query rows hold `words` u64s.
+            let acc = unsafe { tile::<HQ, R>(&qp, base.add(b * bw), words) };
+            finish!(acc, R);
+            b += R;
+        }
+        while b < b1 {
+            // SAFETY: block b is within `pk.data`; query rows hold `words` u64s.
+            let acc = unsafe { tile::<HQ, 1>(&qp, base.add(b * bw), words) };
+            finish!(acc, 1);
+            b += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topk::tests::Rng;
+    use proptest::prelude::*;
+
+    /// Random rows with `bits` valid bits; every 3rd row a copy of an earlier one with a few flips.
+    fn rows(n: usize, words: usize, bits: usize, flips: usize, seed: u64) -> Vec<u64> {
+        let mut rng = Rng(seed | 1);
+        let mut x: Vec<u64> = Vec::with_capacity(n * words);
+        for i in 0..n {
+            if i > 0 && i % 3 == 0 {
+                let j = (rng.next_u64() as usize) % i;
+                let mut r: Vec<u64> = x[j * words..(j + 1) * words].to_vec();
+                for _ in 0..(rng.next_u64() as usize % (flips + 1)) {
+                    let b = rng.next_u64() as usize % bits;
+                    r[b / 64] ^= 1 << (b % 64);
+                }
+                x.extend(r);
+            } else {
+                x.extend((0..words).map(|_| rng.next_u64()));
+            }
+            let row = &mut x[i * words..];
+            for (w, v) in row.iter_mut().enumerate() {
+                let lo = w * 64;
+                if lo >= bits {
+                    *v = 0;
+                } else if bits - lo < 64 {
+                    *v &= (1u64 << (bits - lo)) - 1;
+                }
+            }
+        }
+        x
+    }
+
+    #[test]
+    fn similarity_and_max_distance() {
+        assert_eq!(similarity(0, 256), 1.0);
+        assert_eq!(similarity(256, 256), -1.0);
+        assert_eq!(similarity(64, 256), 0.5);
+        assert_eq!(max_distance(0.5, 256, false), Some(64));
+        assert_eq!(max_distance(0.5, 256, true), Some(63));
+        assert_eq!(max_distance(1.0, 256, true), None);
+        assert_eq!(max_distance(-1.0, 256, true), Some(255));
+        assert_eq!(max_distance(-2.0, 256, true), Some(256));
+    }
+
+    fn check(q: &[u64], nq: usize, c: &[u64], nc: usize, words: usize, bits: usize, k: usize, thr: f32) {
+        let want = topk_scalar(q, nq, c, nc, words, bits, k).unwrap();
+        for l in levels() {
+            assert_eq!(topk_with(q, nq, c, nc, words, bits, k, l).unwrap(), want, "topk {l:?}");
+        }
+        let bitsv = |p: &[Pair]| p.iter().map(|&(i, j, s)| (i, j, s.to_bits())).collect::<Vec<_>>();
+        let want = pairs_above_scalar(c, nc, words, bits, thr).unwrap();
+        for l in levels() {
+            assert_eq!(
+                bitsv(&pairs_with(c, nc, words, bits, thr, l).unwrap()),
+                bitsv(&want),
+                "pairs {l:?}"
+            );
+        }
+        let g = dedup_greedy(c, nc, words, bits, thr).unwrap();
+        let w = dedup_greedy_scalar(c, nc, words, bits, thr).unwrap();
+        assert_eq!((g.kept, g.dup_of), (w.kept, w.dup_of));
+        assert_eq!(
+            g.score.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            w.score.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn matches_reference() {
+        for (nq, nc, words, bits, k, thr) in [
+            (1, 1, 1, 1, 1, 0.0),
+            (5, 40, 1, 64, 3, 0.5),
+            (9, 700, 4, 256, 10, 0.8),
+            (3, 300, 3, 150, 7, 0.6),
+        ] {
+            let c = rows(nc, words, bits, 12, nc as u64);
+            let q = rows(nq, words, bits, 12, 17);
+            check(&q, nq, &c, nc, words, bits, k, thr);
+        }
+    }
+
+    #[test]
+    fn large_blocks_and_threads() {
+        // more than one super-block and many pair tasks
+        let (nc, words, bits) = (20_000, 2, 128);
+        let c = rows(nc, words, bits, 6, 3);
+        let q = rows(7, words, bits, 6, 4);
+        let want = topk_scalar(&q, 7, &c, nc, words, bits, 5).unwrap();
+        let run = |t: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build()
+                .unwrap()
+                .install(|| {
+                    (
+                        topk(&q, 7, &c, nc, words, bits, 5).unwrap(),
+                        pairs_above(&c[..6000 * words], 6000, words, bits, 0.9).unwrap(),
+                    )
+                })
+        };
+        let (a, b) = (run(1), run(2));
+        assert_eq!(a.0, want);
+        assert_eq!(a, b);
+        assert!(!a.1.is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        let c = rows(4, 2, 100, 3, 1);
+        assert!(matches!(
+            topk(&c, 4, &c, 4, 2, 100, 0),
+            Err(CoreError::InvalidArgument { arg: "k", .. })
+        ));
+        assert!(matches!(
+            topk(&c, 4, &c, 4, 2, 129, 1),
+            Err(CoreError::InvalidArgument { arg: "bits", .. })
+        ));
+        assert!(matches!(
+            topk(&c, 4, &c, 4, 2, 0, 1),
+            Err(CoreError::InvalidArgument { arg: "bits", .. })
+        ));
+        assert!(matches!(
+            topk(&c, 3, &c, 4, 2, 100, 1),
+            Err(CoreError::InvalidArgument { arg: "queries", .. })
+        ));
+        assert!(matches!(
+            topk(&c, 4, &c, 4, 0, 100, 1),
+            Err(CoreError::InvalidArgument { arg: "words", .. })
+        ));
+        let mut bad = c.clone();
+        bad[3] |= 1 << 40; // row 1, word 1, bit 104 >= 100
+        let e = pairs_above(&bad, 4, 2, 100, 0.5).unwrap_err();
+        assert!(e.to_string().contains("row 1"), "{e}");
+        assert!(matches!(
+            dedup_greedy(&c, 4, 2, 100, f32::INFINITY),
+            Err(CoreError::InvalidArgument { arg: "threshold", .. })
+        ));
+        assert!(topk(&c, 4, &[], 0, 2, 100, 3).unwrap().0.is_empty());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn hamming_prop(nq in 0usize..9, nc in 0usize..90, words in 1usize..5, bits_frac in 0.0f64..1.0, k in 1usize..12,
+                        thr in -1.1f32..1.0, seed in any::<u64>()) {
+            let bits = ((64 * words) as f64 * bits_frac) as usize + 1;
+            let c = rows(nc, words, bits, bits / 8 + 1, seed);
+            let q = rows(nq, words, bits, bits / 8 + 1, seed ^ 9);
+            check(&q, nq, &c, nc, words, bits, k, thr);
+        }
+    }
+}

@@ -56,15 +56,30 @@ impl HfEncoder {
         // Largest id: the model's ids are 0..vocab_size for every HF model type; added tokens may
         // sit anywhere above (or inside) that range.
         let model_limit = tok.get_vocab_size(false) as u64;
-        let added_limit = tok.get_added_tokens_decoder().keys().map(|&k| k as u64 + 1).max().unwrap_or(0);
+        let added_limit = tok
+            .get_added_tokens_decoder()
+            .keys()
+            .map(|&k| k as u64 + 1)
+            .max()
+            .unwrap_or(0);
         let id_limit = model_limit.max(added_limit);
-        Ok(HfEncoder { tok, add_special_tokens, id_limit, json: json.to_string() })
+        Ok(HfEncoder {
+            tok,
+            add_special_tokens,
+            id_limit,
+            json: json.to_string(),
+        })
     }
 
     /// Ids of the added tokens marked `special` (BOS/EOS/CLS/SEP/pad/unk...), ascending.
     pub fn special_ids(&self) -> Vec<u32> {
-        let mut v: Vec<u32> =
-            self.tok.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(i, _)| i).collect();
+        let mut v: Vec<u32> = self
+            .tok
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(i, _)| i)
+            .collect();
         v.sort_unstable();
         v
     }
@@ -82,7 +97,9 @@ impl HfEncoder {
                 if let Some(u) = m.get("unk_token").and_then(|u| u.as_str()) {
                     return self.tok.token_to_id(u);
                 }
-                m.get("unk_id").and_then(|u| u.as_u64()).and_then(|u| u32::try_from(u).ok())
+                m.get("unk_id")
+                    .and_then(|u| u.as_u64())
+                    .and_then(|u| u32::try_from(u).ok())
             }
         }
     }
@@ -623,7 +640,7 @@ mod tests {
         let e = m.embed_ids(&[1, 30], &[0, 2], &mut out).unwrap_err();
         assert!(matches!(e, CoreError::IdOutOfRange { id: 30, .. }));
         assert!(m.embed_ids(&[1], &[0, 2], &mut out).is_err());
-        assert!(m.embed_ids(&[1, 2], &[0, 2, 1], &mut vec![0f32; 16]).is_err());
+        assert!(m.embed_ids(&[1, 2], &[0, 2, 1], &mut [0f32; 16]).is_err());
     }
 
     #[test]

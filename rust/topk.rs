@@ -54,6 +54,8 @@ pub const MAX_NORM: f64 = 1e18;
 
 /// Unit roundoff of f32.
 pub(crate) const U32: f64 = 1.0 / (1u64 << 24) as f64;
+/// Alias of [`U32`] for other modules.
+pub(crate) const U32_ERR: f64 = U32;
 
 // ---------------------------------------------------------------------------------------------
 // Canonical dot product
@@ -111,7 +113,7 @@ pub(crate) fn rows_of(x: &[f32], d: usize, what: &'static str) -> Result<usize> 
     if d == 0 {
         return Err(CoreError::arg("d", "the dimension must be at least 1"));
     }
-    if x.len() % d != 0 {
+    if !x.len().is_multiple_of(d) {
         return Err(CoreError::arg(
             what,
             format!("length {} is not a multiple of the dimension {d}", x.len()),
@@ -131,7 +133,7 @@ pub(crate) fn rows_of(x: &[f32], d: usize, what: &'static str) -> Result<usize> 
 /// above [`MAX_NORM`], so that no canonical score can be NaN or infinite.
 pub(crate) fn row_norms(x: &[f32], d: usize, what: &'static str) -> Result<Vec<f64>> {
     let norms: Vec<f64> = x.par_chunks(d).with_min_len(256).map(norm).collect();
-    if let Some(i) = norms.iter().position(|n| !(*n <= MAX_NORM)) {
+    if let Some(i) = norms.iter().position(|n| n.is_nan() || *n > MAX_NORM) {
         return Err(CoreError::arg(
             what,
             format!("row {i} contains NaN or infinity, or its norm is above {MAX_NORM:e}"),
@@ -946,7 +948,7 @@ pub(crate) mod tests {
         let mut x = Vec::with_capacity(n * d);
         for i in 0..n {
             let r = rng.next_u64() as usize;
-            if i > 0 && r % 10 == 0 {
+            if i > 0 && r.is_multiple_of(10) {
                 // a near duplicate of an earlier row
                 let j = (rng.next_u64() as usize) % i;
                 let src: Vec<f32> = x[j * d..(j + 1) * d].to_vec();

@@ -4,9 +4,11 @@
     >>> m = tokvec.load()                      # the bundled default model, offline
     >>> E = m.embed(["a text", "another"])     # float32 (2, dim), L2-normalized
     >>> m.deduplicate(docs, threshold=0.9)     # greedy, exact
+    >>> tokvec.extract("path/to/llm", "my-model")  # the token table of any checkpoint (safetensors, GGUF)
 """
 
 from tokvec._core import CPU_FEATURES, FormatError, SafetensorsFile, TokenizerError, __version__
+from tokvec.extract import extract, inspect
 from tokvec.model import Model, load
 from tokvec.search import dedup_indices, duplicate_pairs, topk
 
@@ -19,6 +21,8 @@ __all__ = [
     "__version__",
     "dedup_indices",
     "duplicate_pairs",
+    "extract",
+    "inspect",
     "load",
     "topk",
 ]

@@ -1,4 +1,4 @@
-"""Command line: `tokvec embed | dedup | rank | info`. Errors are one line on stderr and exit 2."""
+"""Command line: `tokvec embed | dedup | rank | info | extract`. Errors are one line on stderr and exit 2."""
 
 from __future__ import annotations
 
@@ -127,10 +127,40 @@ def cmd_rank(args: argparse.Namespace) -> None:
 
 def cmd_info(args: argparse.Namespace) -> None:
     import tokvec
+    from tokvec.extract import inspect
+    from tokvec.formats import DEFAULT_MODEL_DIR
 
-    m = _load(args)
-    print(m)
+    info = inspect(args.path or DEFAULT_MODEL_DIR, key=args.key, tokenizer=args.tokenizer)
+    if args.json:
+        print(json.dumps(info.to_dict(), indent=2, ensure_ascii=False, default=str))
+        return
+    print(info)
     print(f"cpu features: {tokvec.CPU_FEATURES}")
+
+
+def cmd_extract(args: argparse.Namespace) -> None:
+    from tokvec.extract import extract
+
+    if len(args.paths) < 2:
+        raise UsageError("give a source and an output folder: tokvec extract SRC OUT")
+    *srcs, out = args.paths
+    if len(srcs) > 1 and not args.concat:
+        raise UsageError(f"{len(srcs)} sources given: pass --concat to concatenate their tables (supercat)")
+    if args.concat and len(srcs) < 2:
+        raise UsageError("--concat needs at least two sources")
+    if args.pca and args.dim is None:
+        raise UsageError("--pca needs --dim N")
+    if args.dim is not None and not args.pca:
+        raise UsageError("--dim N needs --pca (tokvec load --dim truncates columns instead)")
+    t = time.perf_counter()
+    path = extract(srcs if len(srcs) > 1 else srcs[0], out, key=args.key, dtype=args.dtype, dim=args.dim,
+                   pca=args.pca, center=args.center, trim=args.trim, tokenizer=args.tokenizer)
+    cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    ex = cfg["extract"]
+    src = cfg["source"]
+    keys = ", ".join(s["key"] for s in src["concat"]) if "concat" in src else src["key"]
+    print(f"wrote {path}: {ex['rows']} x {cfg['dim']} {ex['dtype']} from {keys} in {time.perf_counter() - t:.2f} s",
+          file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,16 +195,35 @@ def main(argv: list[str] | None = None) -> int:
     common(p)
     p.set_defaults(fn=cmd_rank)
 
-    p = sub.add_parser("info", help="describe a model")
-    common(p, with_input=False)
+    p = sub.add_parser("info", help="describe a checkpoint or model from its headers (tensors, table, tokenizer)")
+    p.add_argument("path", nargs="?", default=None,
+                   help="model folder, .safetensors / .gguf file or shard index (default: bundled model)")
+    p.add_argument("--key", default=None, help="the embedding table's tensor name (checked instead of detected)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer JSON to use instead of the one found")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(fn=cmd_info)
+
+    p = sub.add_parser("extract", help="extract the token-embedding table of a checkpoint into a tokvec model",
+                       description="tokvec extract SRC OUT, or tokvec extract SRC1 SRC2 ... OUT --concat")
+    p.add_argument("paths", nargs="+", metavar="SRC... OUT",
+                   help="model folder, .safetensors / .gguf file or shard index; then the output folder")
+    p.add_argument("--key", default=None, help="the embedding table's tensor name, when detection is ambiguous")
+    p.add_argument("--dtype", default=None, choices=["f16", "bf16", "f32"],
+                   help="output dtype (default: the source's; f16 for quantized GGUF)")
+    p.add_argument("--dim", type=int, default=None, help="with --pca: number of principal components to keep")
+    p.add_argument("--pca", action="store_true", help="project the centered table on its top --dim components")
+    p.add_argument("--center", action="store_true", help="subtract the mean row")
+    p.add_argument("--trim", action="store_true", help="drop rows beyond the tokenizer's vocabulary")
+    p.add_argument("--concat", action="store_true", help="concatenate the tables of several sources (one tokenizer)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer JSON (default: next to SRC, or from GGUF metadata)")
+    p.set_defaults(fn=cmd_extract)
 
     args = ap.parse_args(argv)
     from tokvec._core import FormatError, TokenizerError
 
     try:
         args.fn(args)
-    except (UsageError, FormatError, TokenizerError, FileNotFoundError, ValueError, TypeError) as e:
+    except (UsageError, FormatError, TokenizerError, FileNotFoundError, FileExistsError, ValueError, TypeError) as e:
         print(f"tokvec {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:

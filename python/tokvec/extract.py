@@ -52,7 +52,7 @@ __all__ = ["inspect", "extract", "SourceInfo", "TensorInfo"]
 
 INDEX_NAME = "model.safetensors.index.json"
 #: Bytes of converted output per chunk (plain conversion) / of float32 per chunk (PCA, concat, center).
-CHUNK_BYTES = 64 << 20
+CHUNK_BYTES = 32 << 20
 F32_CHUNK_BYTES = 32 << 20
 #: Rows above the tokenizer's vocabulary still counted as "close to it" when matching by shape.
 PADDING_SLACK = 1024

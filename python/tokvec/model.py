@@ -42,6 +42,7 @@ def load(
     binary: bool = False,
     normalize: bool | None = None,
     max_length: int | None = None,
+    fast_tokenizer: bool = True,
 ) -> Model:
     """Loads a static embedding model. The table is memory-mapped and read in place (no copy, no
     conversion): loading costs a header parse, whatever the table's size.
@@ -58,6 +59,9 @@ def load(
             with h the Hamming distance.
         normalize: L2-normalize embeddings; default from the model's config, else True.
         max_length: pool at most this many tokens per text (default: no cap).
+        fast_tokenizer: tokenize with tokvec's ids-only fast encoder when the tokenizer JSON is a
+            family it implements exactly (WordPiece, SentencePiece-style BPE, byte-level BPE); the ids
+            are those of HF `tokenizers`. False always runs the `tokenizers` crate.
 
     Returns:
         The model.
@@ -75,7 +79,7 @@ def load(
     dim = _positive_int(dim, "dim")
     max_length = _positive_int(max_length, "max_length")
     r = resolve(path, tokenizer=tokenizer, table=table)
-    tok = load_tokenizer(r.tokenizer, add_special_tokens=r.add_special_tokens)
+    tok = load_tokenizer(r.tokenizer, add_special_tokens=r.add_special_tokens, fast=fast_tokenizer)
     return Model._build(r, tok, dim=dim, binary=binary, normalize=normalize, max_length=max_length)
 
 

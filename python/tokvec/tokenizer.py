@@ -1,10 +1,12 @@
 """Tokenizer loading and configuration.
 
 Python decides which tokenizer a model uses, how it is called (`add_special_tokens`) and which ids
-are never pooled; the tokenizer JSON is parsed once, by the Rust core (the HF `tokenizers` crate,
-truncation and padding off), which runs it inside its parallel embedding pass. The Python
-`tokenizers.Tokenizer` object is only built when asked for (`LoadedTokenizer.tokenizer`), so
-loading a model does not parse the JSON twice.
+are never pooled; the tokenizer JSON is parsed by the Rust core (the HF `tokenizers` crate,
+truncation and padding off), which runs it inside its parallel embedding pass. When the JSON is a
+family the core implements exactly (WordPiece, SentencePiece-style BPE, byte-level BPE), an ids-only
+fast encoder runs instead, with the same ids (`LoadedTokenizer.kind`; `fast=False` forces the
+`tokenizers` crate). The Python `tokenizers.Tokenizer` object is only built when asked for
+(`LoadedTokenizer.tokenizer`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class LoadedTokenizer:
         special_ids: ids of special tokens (BOS/EOS/CLS/SEP/pad/unk...), never pooled.
         unk_id: the id of the unknown token, if the model has one.
         id_limit: one past the largest id the tokenizer can produce.
+        kind: the encoder the core runs: "wordpiece-fast", "spm-bpe-fast", "bytelevel-bpe-fast" or "hf".
     """
 
     def __init__(self, core: _core.Tokenizer, path: Path, add_special_tokens: bool) -> None:
@@ -41,6 +44,7 @@ class LoadedTokenizer:
         self.special_ids: tuple[int, ...] = tuple(core.special_ids)
         self.unk_id: int | None = core.unk_id
         self.id_limit: int = int(core.id_limit)
+        self.kind: str = str(core.kind)
 
     @property
     def json(self) -> str:
@@ -58,12 +62,14 @@ class LoadedTokenizer:
         return tok
 
 
-def load_tokenizer(path: str | Path, *, add_special_tokens: bool = False) -> LoadedTokenizer:
+def load_tokenizer(path: str | Path, *, add_special_tokens: bool = False, fast: bool = True) -> LoadedTokenizer:
     """Loads a `tokenizer.json` (HF tokenizers format).
 
     Args:
         path: the tokenizer JSON file.
         add_special_tokens: whether encoding adds the model's special tokens (they are never pooled).
+        fast: use the core's fast encoder when the JSON qualifies (same ids); False always runs the
+            `tokenizers` crate.
 
     Returns:
         The loaded tokenizer.
@@ -72,6 +78,8 @@ def load_tokenizer(path: str | Path, *, add_special_tokens: bool = False) -> Loa
         FileNotFoundError: the file does not exist.
         TokenizerError: the file is not a tokenizer JSON that `tokenizers` can load.
     """
+    if not isinstance(fast, bool):
+        raise TypeError(f"fast must be a bool, got {type(fast).__name__}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: tokenizer file not found")
@@ -80,7 +88,7 @@ def load_tokenizer(path: str | Path, *, add_special_tokens: bool = False) -> Loa
     except UnicodeDecodeError:
         raise TokenizerError(f"{path}: not a UTF-8 text file, so not a tokenizer JSON") from None
     try:
-        core = _core.Tokenizer(raw, add_special_tokens)
+        core = _core.Tokenizer(raw, add_special_tokens, fast)
     except TokenizerError as e:
         raise TokenizerError(f"{path}: {e}") from None
     return LoadedTokenizer(core, path, add_special_tokens)

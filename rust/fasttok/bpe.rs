@@ -110,7 +110,9 @@ impl Bpe {
     #[inline]
     pub(crate) fn get(&self, a: u32, b: u32) -> Option<(u32, u32)> {
         let pair = pair_key(a, b);
-        self.merges.find(pair_hash(pair), |m| m.pair == pair).map(|m| (m.rank, m.new_id))
+        self.merges
+            .find(pair_hash(pair), |m| m.pair == pair)
+            .map(|m| (m.rank, m.new_id))
     }
 
     /// Appends the symbols of one unit to `syms`, following `tokenizers`' unknown-token rules.
@@ -312,7 +314,14 @@ mod tests {
     fn unknown_units_follow_tokenizers() {
         let fused = Bpe::new([], Some(0), true);
         let unfused = Bpe::new([], Some(0), false);
-        let units = [Init::Unk, Init::Unk, Init::Bytes([7, 8, 0, 0], 2), Init::Unk, Init::Id(5), Init::Unk];
+        let units = [
+            Init::Unk,
+            Init::Unk,
+            Init::Bytes([7, 8, 0, 0], 2),
+            Init::Unk,
+            Init::Id(5),
+            Init::Unk,
+        ];
         let run = |b: &Bpe| {
             let (mut syms, mut pending) = (Vec::new(), None);
             for u in units {

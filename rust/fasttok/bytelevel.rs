@@ -284,12 +284,20 @@ impl ByteLevelBpe {
         let vocab = VocabMap::new(j.vocab.iter().map(|(k, id)| (k.as_bytes(), *id)));
         let unk = match &j.unk_token {
             None => None,
-            Some(u) => Some(vocab.get(u.as_bytes()).ok_or("the unknown token is not in the vocabulary")?),
+            Some(u) => Some(
+                vocab
+                    .get(u.as_bytes())
+                    .ok_or("the unknown token is not in the vocabulary")?,
+            ),
         };
         let mut triples = Vec::with_capacity(j.merges.len());
         for (a, b) in &j.merges {
-            let ia = vocab.get(a.as_bytes()).ok_or("a merge token is not in the vocabulary")?;
-            let ib = vocab.get(b.as_bytes()).ok_or("a merge token is not in the vocabulary")?;
+            let ia = vocab
+                .get(a.as_bytes())
+                .ok_or("a merge token is not in the vocabulary")?;
+            let ib = vocab
+                .get(b.as_bytes())
+                .ok_or("a merge token is not in the vocabulary")?;
             let inew = vocab
                 .get(format!("{a}{b}").as_bytes())
                 .ok_or("a merge result is not in the vocabulary")?;
@@ -416,9 +424,10 @@ mod tests {
     fn gpt2_matcher_follows_the_regex() {
         let c = classes().unwrap();
         let re = onig::Regex::new(GPT2_PATTERN).unwrap();
-        let alphabet: Vec<char> = " \t\n\r\u{b}\u{c}\u{1c}\u{85}\u{a0}\u{3000}\u{2028}'aZsdtlrevmé日1٣½.,!-–🙂\u{301}\u{200d}\u{0}"
-            .chars()
-            .collect();
+        let alphabet: Vec<char> =
+            " \t\n\r\u{b}\u{c}\u{1c}\u{85}\u{a0}\u{3000}\u{2028}'aZsdtlrevmé日1٣½.,!-–🙂\u{301}\u{200d}\u{0}"
+                .chars()
+                .collect();
         // every string of length ≤ 3 over the alphabet, plus pseudo-random longer ones
         let mut texts: Vec<String> = Vec::new();
         for &a in &alphabet {

@@ -68,10 +68,9 @@ impl WordCache {
         }
         let h = self.hash(key);
         let keys = &self.keys;
-        match self
-            .table
-            .find(h, |e| e.hash == h && &keys[e.key as usize..(e.key + e.key_len) as usize] == key)
-        {
+        match self.table.find(h, |e| {
+            e.hash == h && &keys[e.key as usize..(e.key + e.key_len) as usize] == key
+        }) {
             Some(e) => {
                 out.extend_from_slice(&self.ids[e.val as usize..(e.val + e.val_len) as usize]);
                 true

@@ -155,7 +155,10 @@ impl AddedGuard {
         if let Some(list) = v.get("added_tokens") {
             let list = list.as_array().ok_or("added_tokens is not a list")?;
             for t in list {
-                let c = t.get("content").and_then(Value::as_str).ok_or("an added token has no content")?;
+                let c = t
+                    .get("content")
+                    .and_then(Value::as_str)
+                    .ok_or("an added token has no content")?;
                 if c.is_empty() {
                     continue; // `tokenizers` ignores empty added tokens
                 }
@@ -255,10 +258,16 @@ pub fn encode_batch(enc: &dyn Encoder, texts: &[&str]) -> Result<(Vec<u32>, Vec<
 
 /// The vocabulary of `model.vocab` (token → id); a repeated key keeps its last id, as in `tokenizers`.
 pub(crate) fn vocab_of(model: &Value) -> std::result::Result<Vec<(String, u32)>, String> {
-    let obj = model.get("vocab").and_then(Value::as_object).ok_or("model.vocab is not a map")?;
+    let obj = model
+        .get("vocab")
+        .and_then(Value::as_object)
+        .ok_or("model.vocab is not a map")?;
     obj.iter()
         .map(|(k, v)| {
-            let id = v.as_u64().and_then(|x| u32::try_from(x).ok()).ok_or("a vocab id is not a u32")?;
+            let id = v
+                .as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .ok_or("a vocab id is not a u32")?;
             Ok((k.clone(), id))
         })
         .collect()
@@ -341,7 +350,7 @@ pub(crate) struct VocabMap {
 impl VocabMap {
     pub(crate) fn new<'a>(items: impl IntoIterator<Item = (&'a [u8], u32)>) -> Self {
         use std::hash::BuildHasher;
-        let hasher = foldhash::fast::FixedState::with_seed(0x766f_6361_62);
+        let hasher = foldhash::fast::FixedState::with_seed(0x0076_6f63_6162);
         let mut table: hashbrown::HashTable<(Box<[u8]>, u32)> = hashbrown::HashTable::new();
         let mut max_len = 0;
         for (k, id) in items {
@@ -364,7 +373,9 @@ impl VocabMap {
         if key.len() > self.max_len {
             return None;
         }
-        self.table.find(self.hasher.hash_one(key), |e| &*e.0 == key).map(|e| e.1)
+        self.table
+            .find(self.hasher.hash_one(key), |e| &*e.0 == key)
+            .map(|e| e.1)
     }
 }
 

@@ -80,7 +80,11 @@ impl SpmBpe {
                     return Err("the unknown token starts or ends with \u{2581}".into());
                 }
                 // `tokenizers` errors when it needs an unknown token that is not in the vocabulary.
-                Some(vocab.get(u.as_bytes()).ok_or("the unknown token is not in the vocabulary")?)
+                Some(
+                    vocab
+                        .get(u.as_bytes())
+                        .ok_or("the unknown token is not in the vocabulary")?,
+                )
             }
         };
         let mut triples = Vec::with_capacity(j.merges.len());
@@ -90,10 +94,16 @@ impl SpmBpe {
                     "the merge {a:?} + {b:?} crosses a \u{2581} boundary: pieces cannot be merged separately"
                 ));
             }
-            let ia = vocab.get(a.as_bytes()).ok_or("a merge token is not in the vocabulary")?;
-            let ib = vocab.get(b.as_bytes()).ok_or("a merge token is not in the vocabulary")?;
+            let ia = vocab
+                .get(a.as_bytes())
+                .ok_or("a merge token is not in the vocabulary")?;
+            let ib = vocab
+                .get(b.as_bytes())
+                .ok_or("a merge token is not in the vocabulary")?;
             let ab = format!("{a}{b}");
-            let inew = vocab.get(ab.as_bytes()).ok_or("a merge result is not in the vocabulary")?;
+            let inew = vocab
+                .get(ab.as_bytes())
+                .ok_or("a merge result is not in the vocabulary")?;
             triples.push((ia, ib, inew));
         }
         let mut byte_ids = [None; 256];
@@ -240,10 +250,28 @@ mod tests {
         for b in 0..256 {
             vocab.push(format!("<0x{b:02X}>"));
         }
-        for c in ["\u{2581}", "a", "b", "c", ",", "\u{2581}a", "\u{2581}\u{2581}", "ab", "\u{2581}ab", "b,", "é"] {
+        for c in [
+            "\u{2581}",
+            "a",
+            "b",
+            "c",
+            ",",
+            "\u{2581}a",
+            "\u{2581}\u{2581}",
+            "ab",
+            "\u{2581}ab",
+            "b,",
+            "é",
+        ] {
             vocab.push(c.into());
         }
-        let mut merges = vec![("\u{2581}", "a"), ("a", "b"), ("\u{2581}", "\u{2581}"), ("\u{2581}a", "b"), ("b", ",")];
+        let mut merges = vec![
+            ("\u{2581}", "a"),
+            ("a", "b"),
+            ("\u{2581}", "\u{2581}"),
+            ("\u{2581}a", "b"),
+            ("b", ","),
+        ];
         for m in extra_merges {
             let t = format!("{}{}", m.0, m.1);
             if !vocab.contains(&t) {
@@ -251,9 +279,15 @@ mod tests {
             }
             merges.push(*m);
         }
-        let v: Vec<String> =
-            vocab.iter().enumerate().map(|(i, t)| format!("{}:{i}", serde_json::to_string(t).unwrap())).collect();
-        let m: Vec<String> = merges.iter().map(|(a, b)| serde_json::to_string(&format!("{a} {b}")).unwrap()).collect();
+        let v: Vec<String> = vocab
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("{}:{i}", serde_json::to_string(t).unwrap()))
+            .collect();
+        let m: Vec<String> = merges
+            .iter()
+            .map(|(a, b)| serde_json::to_string(&format!("{a} {b}")).unwrap())
+            .collect();
         format!(
             r#"{{"version":"1.0","truncation":null,"padding":null,
             "added_tokens":[{{"id":0,"content":"<unk>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}},
@@ -286,8 +320,26 @@ mod tests {
     #[test]
     fn tiny_vocab_matches_tokenizers() {
         let texts = [
-            "", " ", "  ", "a", "ab", "ab, ab", "a  b", "  ab", "ab  ", "\u{2581}ab", "a\u{2581}\u{2581}b", "é", "ü",
-            "a\nb c", "日本", "ab,ab,ab, ,", "b, b,b", "\u{2581}", "x\u{2581} \u{2581}y", "\u{2500}a",
+            "",
+            " ",
+            "  ",
+            "a",
+            "ab",
+            "ab, ab",
+            "a  b",
+            "  ab",
+            "ab  ",
+            "\u{2581}ab",
+            "a\u{2581}\u{2581}b",
+            "é",
+            "ü",
+            "a\nb c",
+            "日本",
+            "ab,ab,ab, ,",
+            "b, b,b",
+            "\u{2581}",
+            "x\u{2581} \u{2581}y",
+            "\u{2500}a",
         ];
         check(&tiny(&[]), &texts);
     }

@@ -48,7 +48,11 @@ pub(crate) struct WordPiece {
 impl WordPiece {
     /// Builds the fast path, or says why it does not apply.
     pub(crate) fn from_json(v: &Value) -> std::result::Result<Self, String> {
-        if v.get("pre_tokenizer").and_then(|p| p.get("type")).and_then(Value::as_str) != Some("BertPreTokenizer") {
+        if v.get("pre_tokenizer")
+            .and_then(|p| p.get("type"))
+            .and_then(Value::as_str)
+            != Some("BertPreTokenizer")
+        {
             return Err("WordPiece without BertPreTokenizer".into());
         }
         let (normalizer, clean_text, lowercase) = match v.get("normalizer") {
@@ -85,7 +89,9 @@ impl WordPiece {
                 .map(|(k, id)| (&k.as_bytes()[prefix.len()..], *id)),
         );
         // `tokenizers` errors when it needs the unknown token and it is not in the vocabulary.
-        let unk = vocab.get(unk_token.as_bytes()).ok_or("the unknown token is not in the vocabulary")?;
+        let unk = vocab
+            .get(unk_token.as_bytes())
+            .ok_or("the unknown token is not in the vocabulary")?;
         let mut class = [WORD; 128];
         for (b, c) in class.iter_mut().enumerate() {
             let ch = b as u8 as char;
@@ -280,7 +286,11 @@ mod tests {
     fn other_normalizer_flags_match_tokenizers() {
         let base = include_str!("../../python/tokvec/models/default/tokenizer.json");
         let mut v: Value = serde_json::from_str(base).unwrap();
-        for (clean, lower, strip) in [(false, false, Value::Null), (true, false, Value::Bool(true)), (false, true, Value::Bool(false))] {
+        for (clean, lower, strip) in [
+            (false, false, Value::Null),
+            (true, false, Value::Bool(true)),
+            (false, true, Value::Bool(false)),
+        ] {
             v["normalizer"]["clean_text"] = Value::Bool(clean);
             v["normalizer"]["lowercase"] = Value::Bool(lower);
             v["normalizer"]["strip_accents"] = strip.clone();

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::error::CoreError;
+use crate::fasttok::{self, Kind};
 use crate::header::SafetensorsFile;
 use crate::pool::{EmbedModel, Encoder, HfEncoder, ModelSpec};
 use crate::simd::Isa;
@@ -86,50 +87,97 @@ impl PySafetensorsFile {
     }
 }
 
-/// A tokenizer built from its JSON by the HF `tokenizers` crate, with truncation and padding off.
+/// A tokenizer built from its JSON: the HF `tokenizers` crate (truncation and padding off), plus an
+/// ids-only fast encoder when the JSON is one a fast path implements exactly.
 ///
 /// Args:
 ///     json: the tokenizer JSON (the contents of a `tokenizer.json`).
-///     add_special_tokens: passed to every encode.
+///     add_special_tokens: passed to every encode (True always runs the `tokenizers` crate).
+///     fast: use a fast encoder when the JSON qualifies ("wordpiece-fast", "spm-bpe-fast",
+///         "bytelevel-bpe-fast"); False always runs the `tokenizers` crate ("hf"). Both give the
+///         same ids.
 ///
 /// Raises:
 ///     TokenizerError: the JSON is not a tokenizer `tokenizers` can build.
 #[pyclass(name = "Tokenizer", module = "tokvec._core", frozen)]
 pub struct PyTokenizer {
-    inner: Arc<HfEncoder>,
+    /// The encoder that runs (fast path or `hf`); `PyModel` pools with it.
+    inner: Arc<dyn Encoder>,
+    hf: Arc<HfEncoder>,
+    kind: Kind,
+    fallback_reason: Option<String>,
 }
 
 #[pymethods]
 impl PyTokenizer {
     #[new]
-    #[pyo3(signature = (json, add_special_tokens=false))]
-    fn py_new(py: Python<'_>, json: String, add_special_tokens: bool) -> PyResult<Self> {
-        let inner = py.detach(|| HfEncoder::from_json(&json, add_special_tokens))?;
-        Ok(PyTokenizer { inner: Arc::new(inner) })
+    #[pyo3(signature = (json, add_special_tokens=false, fast=true))]
+    fn py_new(py: Python<'_>, json: String, add_special_tokens: bool, fast: bool) -> PyResult<Self> {
+        let s = py.detach(|| fasttok::select(&json, add_special_tokens, fast))?;
+        Ok(PyTokenizer {
+            inner: s.encoder,
+            hf: s.hf,
+            kind: s.kind,
+            fallback_reason: s.fallback_reason,
+        })
+    }
+
+    /// Which encoder runs: "wordpiece-fast", "spm-bpe-fast", "bytelevel-bpe-fast" or "hf".
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    /// Why no fast encoder runs (None when one does).
+    #[getter]
+    fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
     }
 
     /// Ids of the special added tokens, ascending.
     #[getter]
     fn special_ids(&self) -> Vec<u32> {
-        self.inner.special_ids()
+        self.hf.special_ids()
     }
 
     /// The unknown token's id, or None.
     #[getter]
     fn unk_id(&self) -> Option<u32> {
-        self.inner.unk_id()
+        self.hf.unk_id()
     }
 
     /// One past the largest id the tokenizer can produce.
     #[getter]
     fn id_limit(&self) -> u64 {
-        self.inner.id_limit()
+        self.hf.id_limit()
     }
 
     /// The JSON the tokenizer was built from.
     #[getter]
     fn json(&self) -> &str {
-        self.inner.json()
+        self.hf.json()
+    }
+
+    /// Token ids of many texts with the encoder that runs, in parallel (GIL released).
+    ///
+    /// Args:
+    ///     texts: a list of str.
+    ///
+    /// Returns:
+    ///     (ids uint32, offsets uint64) in CSR form: text i is ids[offsets[i]:offsets[i+1]].
+    ///
+    /// Raises:
+    ///     TypeError: an item is not a str.
+    ///     ValueError: an item holds a lone surrogate.
+    fn encode<'py>(
+        &self,
+        py: Python<'py>,
+        texts: &Bound<'py, PyList>,
+    ) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u64>>)> {
+        let items = collect_strings(texts)?;
+        let strs = borrow_texts(&items)?;
+        let (ids, offsets) = py.detach(|| fasttok::encode_batch(&*self.inner, &strs))?;
+        Ok((ids.into_pyarray(py), offsets.into_pyarray(py)))
     }
 }
 

@@ -1,6 +1,294 @@
-//! (in progress) similarity search bindings.
+//! Bindings for similarity search: exact top-k, all pairs above a threshold and greedy
+//! deduplication, over float32 rows (`topk`, `dedup`) or packed uint64 sign bits (`hamming`).
+//!
+//! Inputs are C-contiguous numpy arrays borrowed read-only with the GIL held (`as_slice` rejects
+//! other layouts; the Python layer calls `np.ascontiguousarray` first). The kernels run with the
+//! GIL released: another Python thread could write to a borrowed input meanwhile, which gives
+//! unspecified (but memory-safe) results for that call, as with any numpy reader. Outputs are
+//! moved into new arrays without a copy.
+
+use numpy::ndarray::{Array1, Array2};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-pub(crate) fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use crate::dedup::{self, Dedup, Pair};
+use crate::{hamming, topk};
+
+type TopkOut<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>);
+type PairsOut<'py> = (
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<f32>>,
+);
+
+fn check_k(k: i64) -> PyResult<usize> {
+    if k < 1 {
+        return Err(PyValueError::new_err(format!("k must be >= 1, got {k}")));
+    }
+    usize::try_from(k).map_err(|_| PyValueError::new_err(format!("k is too large: {k}")))
+}
+
+fn check_threshold(threshold: f64) -> PyResult<f32> {
+    if !threshold.is_finite() {
+        return Err(PyValueError::new_err(format!(
+            "threshold must be a finite number, got {threshold}"
+        )));
+    }
+    Ok(threshold as f32)
+}
+
+fn check_bits(bits: i64, words: usize) -> PyResult<usize> {
+    if words == 0 {
+        return Err(PyValueError::new_err(
+            "packed arrays need at least one uint64 word per row",
+        ));
+    }
+    let max = 64 * words as i64;
+    if bits < 1 || bits > max {
+        return Err(PyValueError::new_err(format!(
+            "bits must be in 1..={max} for arrays of {words} uint64 words per row, got {bits}"
+        )));
+    }
+    Ok(bits as usize)
+}
+
+fn same_width(a: usize, b: usize, what: &str) -> PyResult<()> {
+    if a != b {
+        return Err(PyValueError::new_err(format!(
+            "{what}: the arrays have {a} and {b} columns; they must match"
+        )));
+    }
+    Ok(())
+}
+
+fn topk_out<'py>(py: Python<'py>, nq: usize, kk: usize, scores: Vec<f32>, idx: Vec<u32>) -> PyResult<TopkOut<'py>> {
+    let s = Array2::from_shape_vec((nq, kk), scores).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let idx: Vec<i64> = idx.into_iter().map(i64::from).collect();
+    let i = Array2::from_shape_vec((nq, kk), idx).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok((s.into_pyarray(py), i.into_pyarray(py)))
+}
+
+fn pairs_out(py: Python<'_>, pairs: Vec<Pair>) -> PairsOut<'_> {
+    let i: Vec<i64> = pairs.iter().map(|p| p.0 as i64).collect();
+    let j: Vec<i64> = pairs.iter().map(|p| p.1 as i64).collect();
+    let s: Vec<f32> = pairs.iter().map(|p| p.2).collect();
+    (
+        Array1::from(i).into_pyarray(py),
+        Array1::from(j).into_pyarray(py),
+        Array1::from(s).into_pyarray(py),
+    )
+}
+
+fn dedup_out(py: Python<'_>, d: Dedup) -> PairsOut<'_> {
+    let kept: Vec<i64> = d.kept.into_iter().map(i64::from).collect();
+    (
+        Array1::from(kept).into_pyarray(py),
+        Array1::from(d.dup_of).into_pyarray(py),
+        Array1::from(d.score).into_pyarray(py),
+    )
+}
+
+/// Exact inner-product top-k (cosine for L2-normalized rows), GIL released.
+///
+/// Args:
+///     queries: C-contiguous float32 array (nq, d).
+///     corpus: C-contiguous float32 array (nc, d).
+///     k: neighbours per query, >= 1 (clipped to nc).
+///
+/// Returns:
+///     (scores float32 (nq, min(k, nc)), indices int64 (nq, min(k, nc))), best first, ties broken
+///     by the lower index. Scores are bit-identical on every CPU and thread count.
+///
+/// Raises:
+///     ValueError: k < 1, mismatched columns, a non-contiguous array, NaN/inf or huge rows.
+#[pyfunction]
+#[pyo3(name = "topk")]
+fn py_topk<'py>(
+    py: Python<'py>,
+    queries: PyReadonlyArray2<'py, f32>,
+    corpus: PyReadonlyArray2<'py, f32>,
+    k: i64,
+) -> PyResult<TopkOut<'py>> {
+    let k = check_k(k)?;
+    let [nq, d]: [usize; 2] = queries.shape().try_into().unwrap_or([0, 0]);
+    let [nc, dc]: [usize; 2] = corpus.shape().try_into().unwrap_or([0, 0]);
+    same_width(d, dc, "queries and corpus")?;
+    let (q, c) = (queries.as_slice()?, corpus.as_slice()?);
+    let (s, i) = py.detach(|| topk::topk(q, c, d, k))?;
+    topk_out(py, nq, k.min(nc), s, i)
+}
+
+/// All pairs (i, j), i < j, with dot(e[i], e[j]) > threshold, sorted by (i, j); GIL released.
+///
+/// Args:
+///     e: C-contiguous float32 array (n, d).
+///     threshold: a finite float.
+///
+/// Returns:
+///     (i int64 (m,), j int64 (m,), score float32 (m,)).
+///
+/// Raises:
+///     ValueError: a non-finite threshold, a non-contiguous array, NaN/inf or huge rows.
+#[pyfunction]
+#[pyo3(name = "duplicate_pairs")]
+fn py_duplicate_pairs<'py>(py: Python<'py>, e: PyReadonlyArray2<'py, f32>, threshold: f64) -> PyResult<PairsOut<'py>> {
+    let t = check_threshold(threshold)?;
+    let [n, d]: [usize; 2] = e.shape().try_into().unwrap_or([0, 0]);
+    let x = e.as_slice()?;
+    let pairs = py.detach(|| dedup::pairs_above(x, n, d, t))?;
+    Ok(pairs_out(py, pairs))
+}
+
+/// All pairs (i in a, j in b) with dot(a[i], b[j]) > threshold, sorted by (i, j); GIL released.
+///
+/// Args:
+///     a: C-contiguous float32 array (na, d).
+///     b: C-contiguous float32 array (nb, d).
+///     threshold: a finite float.
+///
+/// Returns:
+///     (i int64 (m,), j int64 (m,), score float32 (m,)).
+///
+/// Raises:
+///     ValueError: mismatched columns, a non-finite threshold, a non-contiguous array, NaN/inf rows.
+#[pyfunction]
+#[pyo3(name = "duplicate_pairs_cross")]
+fn py_duplicate_pairs_cross<'py>(
+    py: Python<'py>,
+    a: PyReadonlyArray2<'py, f32>,
+    b: PyReadonlyArray2<'py, f32>,
+    threshold: f64,
+) -> PyResult<PairsOut<'py>> {
+    let t = check_threshold(threshold)?;
+    let [na, d]: [usize; 2] = a.shape().try_into().unwrap_or([0, 0]);
+    let [nb, db]: [usize; 2] = b.shape().try_into().unwrap_or([0, 0]);
+    same_width(d, db, "a and b")?;
+    let (xa, xb) = (a.as_slice()?, b.as_slice()?);
+    let pairs = py.detach(|| dedup::pairs_above_cross(xa, na, xb, nb, d, t))?;
+    Ok(pairs_out(py, pairs))
+}
+
+/// Greedy deduplication in input order: row i is dropped when dot(e[i], e[j]) > threshold for an
+/// earlier *kept* row j. GIL released.
+///
+/// Args:
+///     e: C-contiguous float32 array (n, d).
+///     threshold: a finite float.
+///
+/// Returns:
+///     (kept int64 ascending, dup_of int64 (n,) — the earlier kept row with the highest score, -1
+///     for kept rows —, score float32 (n,), NaN for kept rows).
+///
+/// Raises:
+///     ValueError: a non-finite threshold, a non-contiguous array, NaN/inf or huge rows.
+#[pyfunction]
+#[pyo3(name = "dedup")]
+fn py_dedup<'py>(py: Python<'py>, e: PyReadonlyArray2<'py, f32>, threshold: f64) -> PyResult<PairsOut<'py>> {
+    let t = check_threshold(threshold)?;
+    let [n, d]: [usize; 2] = e.shape().try_into().unwrap_or([0, 0]);
+    let x = e.as_slice()?;
+    let r = py.detach(|| dedup::dedup_greedy(x, n, d, t))?;
+    Ok(dedup_out(py, r))
+}
+
+/// Top-k over packed sign bits by similarity 1 - 2 * hamming / bits; GIL released.
+///
+/// Args:
+///     q: C-contiguous uint64 array (nq, words); bit j is word j // 64, bit j % 64.
+///     c: C-contiguous uint64 array (nc, words).
+///     k: neighbours per query, >= 1 (clipped to nc).
+///     bits: meaningful bits per row, 1..=64 * words; bits past it must be zero.
+///
+/// Returns:
+///     (scores float32 (nq, min(k, nc)), indices int64 (nq, min(k, nc))), best first, ties broken
+///     by the lower index.
+///
+/// Raises:
+///     ValueError: k < 1, bits out of range, mismatched words, non-zero padding bits.
+#[pyfunction]
+#[pyo3(name = "topk_binary")]
+fn py_topk_binary<'py>(
+    py: Python<'py>,
+    q: PyReadonlyArray2<'py, u64>,
+    c: PyReadonlyArray2<'py, u64>,
+    k: i64,
+    bits: i64,
+) -> PyResult<TopkOut<'py>> {
+    let k = check_k(k)?;
+    let [nq, w]: [usize; 2] = q.shape().try_into().unwrap_or([0, 0]);
+    let [nc, wc]: [usize; 2] = c.shape().try_into().unwrap_or([0, 0]);
+    same_width(w, wc, "q and c")?;
+    let bits = check_bits(bits, w)?;
+    let (qs, cs) = (q.as_slice()?, c.as_slice()?);
+    let (s, i) = py.detach(|| hamming::topk(qs, nq, cs, nc, w, bits, k))?;
+    topk_out(py, nq, k.min(nc), s, i)
+}
+
+/// All pairs (i, j), i < j, with 1 - 2 * hamming / bits > threshold, sorted by (i, j); GIL released.
+///
+/// Args:
+///     e: C-contiguous uint64 array (n, words).
+///     threshold: a finite float.
+///     bits: meaningful bits per row, 1..=64 * words.
+///
+/// Returns:
+///     (i int64 (m,), j int64 (m,), score float32 (m,)).
+///
+/// Raises:
+///     ValueError: bits out of range, a non-finite threshold, non-zero padding bits.
+#[pyfunction]
+#[pyo3(name = "duplicate_pairs_binary")]
+fn py_duplicate_pairs_binary<'py>(
+    py: Python<'py>,
+    e: PyReadonlyArray2<'py, u64>,
+    threshold: f64,
+    bits: i64,
+) -> PyResult<PairsOut<'py>> {
+    let t = check_threshold(threshold)?;
+    let [n, w]: [usize; 2] = e.shape().try_into().unwrap_or([0, 0]);
+    let bits = check_bits(bits, w)?;
+    let x = e.as_slice()?;
+    let pairs = py.detach(|| hamming::pairs_above(x, n, w, bits, t))?;
+    Ok(pairs_out(py, pairs))
+}
+
+/// Greedy deduplication over packed sign bits (similarity 1 - 2 * hamming / bits); GIL released.
+///
+/// Args:
+///     e: C-contiguous uint64 array (n, words).
+///     threshold: a finite float.
+///     bits: meaningful bits per row, 1..=64 * words.
+///
+/// Returns:
+///     (kept int64 ascending, dup_of int64 (n,), -1 for kept rows, score float32 (n,), NaN for
+///     kept rows).
+///
+/// Raises:
+///     ValueError: bits out of range, a non-finite threshold, non-zero padding bits.
+#[pyfunction]
+#[pyo3(name = "dedup_binary")]
+fn py_dedup_binary<'py>(
+    py: Python<'py>,
+    e: PyReadonlyArray2<'py, u64>,
+    threshold: f64,
+    bits: i64,
+) -> PyResult<PairsOut<'py>> {
+    let t = check_threshold(threshold)?;
+    let [n, w]: [usize; 2] = e.shape().try_into().unwrap_or([0, 0]);
+    let bits = check_bits(bits, w)?;
+    let x = e.as_slice()?;
+    let r = py.detach(|| hamming::dedup_greedy(x, n, w, bits, t))?;
+    Ok(dedup_out(py, r))
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(py_topk, m)?)?;
+    m.add_function(wrap_pyfunction!(py_duplicate_pairs, m)?)?;
+    m.add_function(wrap_pyfunction!(py_duplicate_pairs_cross, m)?)?;
+    m.add_function(wrap_pyfunction!(py_dedup, m)?)?;
+    m.add_function(wrap_pyfunction!(py_topk_binary, m)?)?;
+    m.add_function(wrap_pyfunction!(py_duplicate_pairs_binary, m)?)?;
+    m.add_function(wrap_pyfunction!(py_dedup_binary, m)?)?;
     Ok(())
 }
