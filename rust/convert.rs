@@ -598,6 +598,47 @@ impl Table {
         Ok(())
     }
 
+    /// The ids of the rows in `[r0, r1)` that hold NaN or Inf, ascending. Decodes in chunks of
+    /// rows (bounded memory), so it can scan a whole table after a chunked read found a bad row.
+    pub fn nonfinite_rows(&self, r0: usize, r1: usize) -> Result<Vec<usize>> {
+        if r0 > r1 || r1 > self.rows {
+            return Err(CoreError::arg(
+                "rows",
+                format!("row range {r0}..{r1} is outside the table's {} rows", self.rows),
+            ));
+        }
+        let (cols, rb, codec) = (self.cols, self.row_bytes, self.codec);
+        // ~16 MB of source bytes per chunk, so pages can be released as the scan goes
+        let step = ((16usize << 20) / rb.max(1)).max(1);
+        let mut bad = Vec::new();
+        let mut a = r0;
+        while a < r1 {
+            let b = (a + step).min(r1);
+            let src = &self.mmap[self.start + a * rb..self.start + b * rb];
+            let found: Vec<usize> = src
+                .par_chunks(rb)
+                .enumerate()
+                .map_init(
+                    || vec![0f32; cols],
+                    |buf, (i, s)| {
+                        let nonfinite = if matches!(codec, Codec::F16 | Codec::BF16 | Codec::F32) {
+                            raw_has_nonfinite(codec, s)
+                        } else {
+                            codec.decode(s, buf);
+                            !buf.iter().all(|v| v.is_finite())
+                        };
+                        nonfinite.then_some(a + i)
+                    },
+                )
+                .flatten()
+                .collect();
+            bad.extend(found);
+            self.release(a, b);
+            a = b;
+        }
+        Ok(bad)
+    }
+
     /// Converts rows `[r0, r1)` to `dtype` little-endian bytes into `out`.
     ///
     /// Errors: `Format` listing the rows that hold NaN or Inf, or whose values overflow `dtype`.

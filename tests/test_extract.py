@@ -615,7 +615,7 @@ def test_bad_checkpoints(tmp_path, minilm_path, minilm_tensors, minilm_tokenizer
     with pytest.raises(FormatError, match=f"{other}: the index says this shard holds"):
         extract(d, tmp_path / "o")
     idx.write_text('{"weight_map": {"%s": "%s", "%s": "%s"}}' % (KEY, wm[KEY], KEY, other))
-    with pytest.raises(FormatError, match="listed twice .* two shards claim it"):
+    with pytest.raises(FormatError, match=r"listed twice .*two shards claim it"):
         extract(d, tmp_path / "o")
     idx.write_text(json.dumps({"weight_map": {KEY: "../outside.safetensors"}}))
     with pytest.raises(FormatError, match="outside the model folder"):
@@ -629,7 +629,7 @@ def test_bad_checkpoints(tmp_path, minilm_path, minilm_tensors, minilm_tokenizer
         extract(bad, tmp_path / "o")
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*")), "no half-written output"
     # dtype not convertible
-    ints = _folder(tmp_path / "int", {KEY: t.astype(np.int32)}, minilm_tokenizer_json)
+    ints = _folder(tmp_path / "int", {KEY: minilm_tensors[KEY].astype(np.int32)}, minilm_tokenizer_json)
     with pytest.raises(FormatError, match="dtype I32"):
         extract(ints, tmp_path / "o")
     # values beyond f16

@@ -609,10 +609,14 @@ def extract(
         info: dict[str, Any] = {}
         with open(tmp / "model.safetensors", "wb") as fh:
             _write_header(fh, rows, cols_out, out_dtype)
-            if len(opened) == 1 and not (pca or center):
-                _copy_rows(fh, first.table, rows, out_dtype)
-            else:
-                info = _transform_rows(fh, opened, rows, out_dtype, dim if pca else None, center or pca)
+            try:
+                if len(opened) == 1 and not (pca or center):
+                    _copy_rows(fh, first.table, rows, out_dtype)
+                else:
+                    info = _transform_rows(fh, opened, rows, out_dtype, dim if pca else None, center or pca)
+            except FormatError as e:
+                _raise_all_nonfinite(opened, rows, e)
+                raise
         for t in threads:
             t.join()
         if errs:
@@ -665,6 +669,20 @@ def _write_header(fh: Any, rows: int, cols: int, dtype: str) -> None:
     h += b" " * (-len(h) % 8)
     fh.write(len(h).to_bytes(8, "little"))
     fh.write(h)
+
+
+def _raise_all_nonfinite(opened: list[_Opened], rows: int, err: FormatError) -> None:
+    """A chunked read stops at the first chunk with NaN/Inf rows; rescan so the error lists them all."""
+    if "NaN or Inf" not in str(err):
+        return
+    for o in opened:
+        bad = o.table.nonfinite_rows(0, rows)
+        if bad:
+            shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+            raise FormatError(
+                f'{o.file}: table "{o.table.name}": {len(bad)} row(s)'
+                f" hold NaN or Inf values (row ids {shown})"
+            ) from None
 
 
 def _copy_rows(fh: Any, table: Any, rows: int, dtype: str) -> None:

@@ -97,11 +97,13 @@ def resolve(path: str | Path | None, *, tokenizer: str | Path | None = None, tab
         if path is None:
             raise FileNotFoundError(f"{p}: the bundled default model is missing; reinstall tokvec")
         raise FileNotFoundError(f"{p}: no such file or folder")
-    r = _resolve_dir(p) if p.is_dir() else _resolve_file(p)
-    if table is not None:
-        r.table = table
+    if table is not None and not isinstance(table, str):
+        raise TypeError(f"table must be a tensor name (str), got {type(table).__name__}")
+    r = _resolve_dir(p, table) if p.is_dir() else _resolve_file(p, table)
     if tokenizer is not None:
         r.tokenizer = Path(tokenizer).expanduser()
+        if not r.tokenizer.is_file():
+            raise FileNotFoundError(f"{r.tokenizer}: tokenizer file not found (passed as tokenizer=)")
     if not r.tokenizer or not Path(r.tokenizer).is_file():
         raise FormatError(f"{p}: no tokenizer JSON found; pass tokenizer='path/to/tokenizer.json'")
     return r
@@ -141,7 +143,14 @@ def _tensors(st: Path) -> dict[str, tuple[str, list[int]]]:
     return SafetensorsFile(st).tensors()
 
 
-def _pick_table(st: Path, tensors: dict[str, tuple[str, list[int]]]) -> str:
+def _pick_table(st: Path, tensors: dict[str, tuple[str, list[int]]], table: str | None = None) -> str:
+    if table is not None:
+        if table not in tensors:
+            listed = ", ".join(sorted(tensors)[:12]) + (", ..." if len(tensors) > 12 else "")
+            raise FormatError(f"{st}: no tensor named {table!r} (the file has: {listed or 'no tensors'})")
+        if len(tensors[table][1]) != 2:
+            raise FormatError(f"{st}: tensor {table!r} has shape {tensors[table][1]}, expected a 2-D table")
+        return table
     two_d = {k: v for k, v in tensors.items() if len(v[1]) == 2}
     for name in EMBEDDING_NAMES:
         if name in two_d:
@@ -160,34 +169,35 @@ def _pick_table(st: Path, tensors: dict[str, tuple[str, list[int]]]) -> str:
     )
 
 
-def _resolve_file(st: Path) -> Resolved:
+def _resolve_file(st: Path, table: str | None) -> Resolved:
     _check_suffix(st)
     tensors = _tensors(st)
-    name = _pick_table(st, tensors)
+    name = _pick_table(st, tensors, table)
     fmt = "wordllama" if name == "embedding.weight" else "table"
     tok = _find_tokenizer_near(st)
     return Resolved(fmt, st, name, tok or Path(""))
 
 
-def _resolve_dir(d: Path) -> Resolved:
+def _resolve_dir(d: Path, table: str | None) -> Resolved:
     # sentence-transformers StaticEmbedding
     static = d / "0_StaticEmbedding"
     if (d / "modules.json").is_file() and static.is_dir():
         st = static / "model.safetensors"
-        if not st.is_file():
+        if not st.exists():
             raise FormatError(f"{static}: StaticEmbedding folder without model.safetensors")
         tensors = _tensors(st)
-        name = "embedding.weight" if "embedding.weight" in tensors else _pick_table(st, tensors)
+        name = "embedding.weight" if table is None and "embedding.weight" in tensors else _pick_table(st, tensors, table)
         tok = static / "tokenizer.json"
         return Resolved("sentence-transformers", st, name, tok if tok.is_file() else Path(""))
 
     cfg_path = d / "config.json"
-    cfg: dict[str, Any] = read_json(cfg_path) if cfg_path.is_file() else {}
+    # exists(), not is_file(): a folder named config.json is an error (read_json says so), not "no config"
+    cfg: dict[str, Any] = read_json(cfg_path) if cfg_path.exists() else {}
     st = d / "model.safetensors"
-    if not st.is_file():
+    if not st.exists():
         st_index = d / "model.safetensors.index.json"
-        if st_index.is_file():
-            return _resolve_sharded(d, st_index)
+        if st_index.exists():
+            return _resolve_sharded(d, st_index, table)
         files = sorted(d.glob("*.safetensors"))
         if len(files) == 1:
             st = files[0]
@@ -202,8 +212,11 @@ def _resolve_dir(d: Path) -> Resolved:
     tok_path = tok if tok.is_file() else (_find_tokenizer_near(st) or Path(""))
 
     if cfg.get("format") == "tokvec":
-        return _resolve_tokvec(d, st, tensors, tok_path, cfg, cfg_path)
-    if "embeddings" in tensors and len(tensors["embeddings"][1]) == 2:
+        r = _resolve_tokvec(d, st, tensors, tok_path, cfg, cfg_path)
+        if table is not None:
+            r.table = _pick_table(st, tensors, table)
+        return r
+    if table is None and "embeddings" in tensors and len(tensors["embeddings"][1]) == 2:
         # model2vec (config has model_type "model2vec" or at least a normalize flag)
         normalize = get_typed(cfg, "normalize", bool, True, cfg_path)
         return Resolved(
@@ -217,7 +230,7 @@ def _resolve_dir(d: Path) -> Resolved:
             skip_unk=True,
             config=cfg,
         )
-    name = _pick_table(st, tensors)
+    name = _pick_table(st, tensors, table)
     fmt = "wordllama" if name == "embedding.weight" else ("transformer" if len(tensors) > 1 else "table")
     return Resolved(fmt, st, name, tok_path, config=cfg)
 
@@ -248,12 +261,16 @@ def _resolve_tokvec(
     )
 
 
-def _resolve_sharded(d: Path, index: Path) -> Resolved:
+def _resolve_sharded(d: Path, index: Path, table: str | None) -> Resolved:
     idx = read_json(index)
     wm = idx.get("weight_map")
     if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
         raise FormatError(f"{index}: 'weight_map' must map tensor names to shard file names")
-    names = [n for n in EMBEDDING_NAMES if n in wm] or sorted(k for k in wm if k.endswith(EMBEDDING_SUFFIXES))
+    if table is not None and table not in wm:
+        raise FormatError(f"{index}: no tensor named {table!r} in weight_map")
+    names = [table] if table is not None else (
+        [n for n in EMBEDDING_NAMES if n in wm] or sorted(k for k in wm if k.endswith(EMBEDDING_SUFFIXES))
+    )
     if not names:
         raise FormatError(f"{index}: no input embedding table in weight_map; pass table='<name>'")
     if len(names) > 1 and names[0] not in EMBEDDING_NAMES:

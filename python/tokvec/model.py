@@ -173,6 +173,9 @@ class Model:
             raise TypeError(f"{name} must be a list of str, got None")
         if isinstance(texts, (bytes, bytearray)):
             raise TypeError(f"{name} must be str or a list of str, got bytes; decode it first")
+        if isinstance(texts, str):
+            # iterating a str would silently make every character a document
+            raise TypeError(f"{name} must be a list of str, got a single str; wrap it in a list: [{name}]")
         if isinstance(texts, list):
             return texts
         if isinstance(texts, np.ndarray):

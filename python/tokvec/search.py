@@ -24,6 +24,12 @@ def _matrix(x: Any, name: str) -> np.ndarray:
     if arr.dtype == np.uint64:
         pass
     elif arr.dtype.kind == "f":
+        if arr.dtype != np.float32:
+            if arr.size and not np.isfinite(arr).all():
+                raise ValueError(f"{name} contains NaN or infinity")
+            big = float(np.abs(arr).max()) if arr.size else 0.0
+            if big > float(np.finfo(np.float32).max):
+                raise ValueError(f"{name} contains NaN or infinity once cast to float32 (|value| up to {big:.3g})")
         arr = arr.astype(np.float32, copy=False)
     else:
         raise TypeError(

@@ -8,14 +8,14 @@ use pyo3::PyErr;
 use crate::error::CoreError;
 
 create_exception!(
-    _core,
+    tokvec._core,
     FormatError,
     PyValueError,
     "A model file or folder is malformed or not in a format tokvec reads. The message names the file and the problem."
 );
 
 create_exception!(
-    _core,
+    tokvec._core,
     TokenizerError,
     PyValueError,
     "The tokenizer JSON could not be loaded, does not match the table, or could not encode a text."

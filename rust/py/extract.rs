@@ -200,6 +200,18 @@ impl PyTable {
             .into_pyarray(py))
     }
 
+    /// The ids of the rows in `[start, end)` holding NaN or Inf, ascending (a bounded-memory scan).
+    ///
+    /// Args:
+    ///     start: first row.
+    ///     end: one past the last row.
+    ///
+    /// Returns:
+    ///     list of row ids.
+    fn nonfinite_rows(&self, py: Python<'_>, start: usize, end: usize) -> PyResult<Vec<usize>> {
+        Ok(py.detach(|| self.inner.nonfinite_rows(start, end))?)
+    }
+
     /// Rows `[start, end)` converted to `dtype`, as little-endian bytes.
     ///
     /// Args:
