@@ -327,7 +327,7 @@ fn run_tasks(
                         scan_int8(qz, &qrows, pk, lo / 16, t.c1.div_ceil(16), &mut thr, |slot, c, _| {
                             let a = a0 + slot;
                             if c >= t.c0 && c < t.c1 && cs.valid(c) && (!t.tri || a < c) {
-                                let s = dot(Isa::Avx512, qs.row(a), cs.row(c));
+                                let s = dot(isa(), qs.row(a), cs.row(c));
                                 if s > threshold {
                                     out.push((a, c, s));
                                 }
@@ -684,7 +684,7 @@ fn pairs_with(e: &[f32], n: usize, d: usize, threshold: f32, path: Path) -> Resu
     let path = effective(path, d);
     let level = match path {
         Path::Exact(l) => l,
-        Path::Int8 => Isa::Avx512,
+        Path::Int8 => isa(),
     };
     let (nodes, root, orig) = tree(e, d, &norms, level, threshold);
     let slots = Slots::new(e, d, orig, &norms, path);

@@ -32,7 +32,10 @@
 //!   f32 corpus is read once, the int8 copy of a super-block stays in L2), and all query tiles sweep
 //!   one super-block in parallel. The full `nq x nc` score matrix never exists; each query keeps a
 //!   bounded heap of `k` entries.
-//! * Without VNNI, the pre-score is the canonical dot itself (`eps = 0`).
+//! * On AVX2 CPUs without VNNI the same packed data is scored by an AVX2 kernel (`vpsignb` +
+//!   `vpmaddubsw` + `vpmaddwd`, 32 multiply-adds per three instructions) that produces the same
+//!   exact integers, so pre-scores and results are bit-identical to the VNNI path.
+//! * Without AVX2, the pre-score is the canonical dot itself (`eps = 0`).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -454,9 +457,35 @@ impl PackedCorpus {
 /// Largest `d` for which the int8 accumulators cannot overflow: `d * 255 * 127 < 2^31`.
 pub(crate) const INT8_MAX_D: usize = 65_536;
 
-/// Whether the int8 VNNI pre-score is available on this CPU.
+/// The micro-kernel that computes the int8 pre-score. Both give the same i32 dot products (exact
+/// integers), hence bit-identical pre-scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Int8Kernel {
+    /// AVX-512 VNNI `vpdpbusd`: 64 u8 x i8 multiply-adds per instruction.
+    Vnni,
+    /// AVX2 `vpsignb` + `vpmaddubsw` + `vpmaddwd`: 32 multiply-adds per three instructions. With
+    /// `|q|, |c| <= 127` (the quantizer never produces -128), a pair sum is at most
+    /// `2 * 127 * 127 < 2^15`, so `vpmaddubsw` never saturates and the result is exact.
+    Avx2,
+}
+
+/// The best int8 kernel of this CPU, if any.
+pub(crate) fn int8_kernel() -> Option<Int8Kernel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match isa() {
+            Isa::Avx512 if extensions().vnni => return Some(Int8Kernel::Vnni),
+            Isa::Avx2 => return Some(Int8Kernel::Avx2),
+            Isa::Avx512 if is_x86_feature_detected!("avx2") => return Some(Int8Kernel::Avx2),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Whether an int8 pre-score kernel is available on this CPU.
 pub(crate) fn int8_available() -> bool {
-    cfg!(target_arch = "x86_64") && isa() == Isa::Avx512 && extensions().vnni
+    int8_kernel().is_some()
 }
 
 /// The error bound of the int8 pre-score against the canonical dot, for one query (or row)
@@ -524,19 +553,43 @@ pub(crate) fn scan_int8<F>(
 ) where
     F: FnMut(usize, usize, f32) -> f32,
 {
+    let kernel = int8_kernel().expect("callers check int8_available() first");
+    scan_int8_using(kernel, qz, qrows, pk, g0, g1, thr, cand)
+}
+
+/// [`scan_int8`] with a given kernel (tests compare the kernels). Panics if the CPU lacks it.
+pub(crate) fn scan_int8_using<F>(
+    kernel: Int8Kernel,
+    qz: &QuantQueries,
+    qrows: &[usize],
+    pk: &PackedCorpus,
+    g0: usize,
+    g1: usize,
+    thr: &mut [f32; QT],
+    cand: F,
+) where
+    F: FnMut(usize, usize, f32) -> f32,
+{
     assert!(!qrows.is_empty() && qrows.len() <= QT && g0 <= g1 && g1 <= pk.groups && qz.dp == pk.dp);
     assert!(qrows.iter().all(|&q| q < qz.s.len()));
-    assert!(int8_available());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `int8_available()` checked AVX-512F/BW/VL + VNNI on this CPU; the asserts above
-    // guarantee every query row and group index is in bounds of `qz` and `pk` (which is what the
-    // kernel's raw pointer reads rely on).
-    unsafe {
-        x86::scan_int8(qz, qrows, pk, g0, g1, thr, cand)
+    match kernel {
+        Int8Kernel::Vnni => {
+            assert!(int8_kernel() == Some(Int8Kernel::Vnni));
+            // SAFETY: checked AVX-512F/BW/VL + VNNI on this CPU just above; the asserts above
+            // guarantee every query row and group index is in bounds of `qz` and `pk` (which is
+            // what the kernel's raw pointer reads rely on).
+            unsafe { x86::scan_int8(qz, qrows, pk, g0, g1, thr, cand) }
+        }
+        Int8Kernel::Avx2 => {
+            assert!(is_x86_feature_detected!("avx2"));
+            // SAFETY: AVX2 checked just above; bounds as for the VNNI kernel.
+            unsafe { x86::scan_int8_avx2(qz, qrows, pk, g0, g1, thr, cand) }
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (qz, qrows, pk, g0, g1, thr, cand);
+        let _ = (kernel, qz, qrows, pk, g0, g1, thr, cand);
         unreachable!("int8 pre-score is x86-64 only")
     }
 }
@@ -624,7 +677,7 @@ pub(crate) fn topk_with(
     }
     let heaps = match path {
         Path::Int8 if int8_available() && d <= INT8_MAX_D => topk_int8(queries, corpus, d, kk, &qnorms, &cnorms),
-        Path::Int8 => topk_exact(queries, corpus, d, kk, Isa::Avx512),
+        Path::Int8 => topk_exact(queries, corpus, d, kk, isa()),
         Path::Exact(level) => topk_exact(queries, corpus, d, kk, level),
     };
     Ok(flatten(heaps, kk))
@@ -679,7 +732,7 @@ fn topk_int8(queries: &[f32], corpus: &[f32], d: usize, kk: usize, qnorms: &[f64
                 if cs < rows {
                     let q = q0 + slot;
                     let c = base + cs;
-                    let s = dot(Isa::Avx512, &queries[q * d..(q + 1) * d], &corpus[c * d..(c + 1) * d]);
+                    let s = dot(isa(), &queries[q * d..(q + 1) * d], &corpus[c * d..(c + 1) * d]);
                     hs[slot].push(s, c as u32);
                 }
                 lower_threshold(hs[slot].kth() as f64, eps[slot])
@@ -906,6 +959,134 @@ mod x86 {
             g += 1;
         }
     }
+
+    /// The AVX2 micro-kernel: `Q` queries x one group of 16 corpus rows (two 8-row halves),
+    /// `steps` x 4 dimensions. `qs` are the signed query bytes, `qa` their absolute values;
+    /// `vpsignb` moves each query sign onto the corpus byte, so `vpmaddubsw(|q|, sign(c, q))` sums
+    /// `q * c` over byte pairs (exact, see [`super::Int8Kernel::Avx2`]) and `vpmaddwd` with ones
+    /// widens to one i32 per row and 4 dimensions, like `vpdpbusd`. Returns `sum(q * c)` per row.
+    ///
+    /// # Safety
+    /// Each `qs[i]`, `qa[i]` must have `4 * steps` readable bytes; `g + 64 * steps` must be
+    /// readable; the CPU must have AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn tile_avx2<const Q: usize>(
+        qs: &[*const i8; Q],
+        qa: &[*const i8; Q],
+        g: *const i8,
+        steps: usize,
+    ) -> [[__m256i; 2]; Q] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); 2]; Q];
+        for t in 0..steps {
+            // SAFETY: in bounds per the function contract.
+            let (c0, c1) = unsafe {
+                (
+                    _mm256_loadu_si256(g.add(t * 64) as *const __m256i),
+                    _mm256_loadu_si256(g.add(t * 64 + 32) as *const __m256i),
+                )
+            };
+            for (qi, a) in acc.iter_mut().enumerate() {
+                // SAFETY: in bounds per the function contract.
+                let (ws, wa) = unsafe {
+                    (
+                        (qs[qi].add(t * 4) as *const i32).read_unaligned(),
+                        (qa[qi].add(t * 4) as *const i32).read_unaligned(),
+                    )
+                };
+                let (bs, ba) = (_mm256_set1_epi32(ws), _mm256_set1_epi32(wa));
+                let p0 = _mm256_maddubs_epi16(ba, _mm256_sign_epi8(c0, bs));
+                let p1 = _mm256_maddubs_epi16(ba, _mm256_sign_epi8(c1, bs));
+                a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(p0, ones));
+                a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(p1, ones));
+            }
+        }
+        acc
+    }
+
+    /// See [`super::scan_int8`]: the AVX2 twin of [`scan_int8`], with bit-identical pre-scores
+    /// (`fl(fl(I * s_c) * s_q)` from the same integer `I`).
+    ///
+    /// # Safety
+    /// AVX2; every `qrows` entry a row of `qz`; `g0 <= g1 <= pk.groups`; `qz.dp == pk.dp`;
+    /// `1 <= qrows.len() <= QT`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn scan_int8_avx2<F>(
+        qz: &QuantQueries,
+        qrows: &[usize],
+        pk: &PackedCorpus,
+        g0: usize,
+        g1: usize,
+        thr: &mut [f32; QT],
+        mut cand: F,
+    ) where
+        F: FnMut(usize, usize, f32) -> f32,
+    {
+        /// Queries per tile: 8 accumulators + 2 corpus + 2 query registers + temporaries fit
+        /// the 16 ymm registers.
+        const Q: usize = 4;
+        let nq = qrows.len();
+        let dp = qz.dp;
+        // Signed bytes (`u8 ^ 0x80 = q`) and their absolute values, once per call.
+        let mut signed = vec![0i8; QT * dp];
+        let mut absval = vec![0i8; QT * dp];
+        for i in 0..QT {
+            let q = qrows[i.min(nq - 1)];
+            for (j, &b) in qz.row(q).iter().enumerate() {
+                let v = (b ^ 0x80) as i8;
+                signed[i * dp + j] = v;
+                // |v| <= 127: the quantizer's range is [-127, 127]
+                absval[i * dp + j] = v.unsigned_abs() as i8;
+            }
+            if i >= nq {
+                thr[i] = f32::INFINITY;
+            }
+        }
+        let gb = pk.group_bytes();
+        let steps = dp / 4;
+        let base = pk.data.as_ptr();
+        let tiles = nq.div_ceil(Q);
+        for g in g0..g1 {
+            for tq in 0..tiles {
+                let q0 = tq * Q;
+                let mut ps = [std::ptr::null::<i8>(); Q];
+                let mut pa = [std::ptr::null::<i8>(); Q];
+                for i in 0..Q {
+                    ps[i] = signed[(q0 + i) * dp..].as_ptr();
+                    pa[i] = absval[(q0 + i) * dp..].as_ptr();
+                }
+                // SAFETY: group g < g1 <= pk.groups is within `pk.data`; query buffers hold
+                // `QT * dp >= (q0 + Q) * dp` bytes (q0 + Q <= 8 = QT).
+                let acc = unsafe { tile_avx2::<Q>(&ps, &pa, base.add(g * gb), steps) };
+                for (i, a) in acc.iter().enumerate() {
+                    let qi = q0 + i;
+                    if qi >= nq {
+                        break;
+                    }
+                    let sq = _mm256_set1_ps(qz.s[qrows[qi]]);
+                    for (h, &ah) in a.iter().enumerate() {
+                        let slot0 = g * 16 + h * 8;
+                        // SAFETY: `g < pk.groups`, so 8 slots of `sc` from `slot0` are in bounds.
+                        let sc = unsafe { _mm256_loadu_ps(pk.sc.as_ptr().add(slot0)) };
+                        let v = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(ah), sc), sq);
+                        let ge = _mm256_cmp_ps::<_CMP_GE_OQ>(v, _mm256_set1_ps(thr[qi]));
+                        let mut m = _mm256_movemask_ps(ge) as u32;
+                        if m != 0 {
+                            let mut vals = [0.0f32; 8];
+                            // SAFETY: `vals` holds 8 f32s.
+                            unsafe { _mm256_storeu_ps(vals.as_mut_ptr(), v) };
+                            while m != 0 {
+                                let lane = m.trailing_zeros() as usize;
+                                m &= m - 1;
+                                thr[qi] = cand(qi, slot0 + lane, vals[lane]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1117,6 +1298,64 @@ pub(crate) mod tests {
         };
         assert_eq!(run(1), run(2));
         assert_eq!(run(1), run(3));
+    }
+
+    /// Every int8 kernel this CPU has gives the same pre-scores as the integer dot product of the
+    /// quantized rows computed here in plain Rust (so the AVX2 and VNNI kernels agree bit for bit).
+    #[test]
+    fn int8_kernels_match_integer_reference() {
+        let mut kernels = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if int8_kernel() == Some(Int8Kernel::Vnni) {
+                kernels.push(Int8Kernel::Vnni);
+            }
+            if int8_kernel().is_some() && is_x86_feature_detected!("avx2") {
+                kernels.push(Int8Kernel::Avx2);
+            }
+        }
+        for &(d, nq, nc) in &[(77usize, 8usize, 70usize), (256, 5, 48), (3, 1, 17), (64, 3, 16)] {
+            let mut rng = Rng(d as u64 * 31 + 7);
+            let c: Vec<f32> = (0..nc * d).map(|_| rng.normal()).collect();
+            let q: Vec<f32> = (0..nq * d).map(|_| rng.normal()).collect();
+            let qz = QuantQueries::new(&q, d);
+            let mut pk = PackedCorpus::empty(d);
+            pk.fill(nc, d, |s| (s < nc).then(|| &c[s * d..(s + 1) * d]));
+            // reference: integer dot of the quantized rows, scaled as the kernels do
+            let mut want = vec![vec![f32::NAN; pk.groups * 16]; nq];
+            for (qi, w) in want.iter_mut().enumerate() {
+                let qrow: Vec<i32> = qz.row(qi).iter().map(|&b| b as i32 - 128).collect();
+                for (slot, ws) in w.iter_mut().enumerate() {
+                    let (g, lane) = (slot / 16, slot % 16);
+                    let mut acc = 0i32;
+                    for t in 0..pk.dp / 4 {
+                        for b in 0..4 {
+                            let cb = pk.data[g * pk.group_bytes() + t * 64 + lane * 4 + b] as i32;
+                            acc += qrow[t * 4 + b] * cb;
+                        }
+                    }
+                    *ws = (acc as f32 * pk.sc[slot]) * qz.s[qi];
+                }
+            }
+            for &k in &kernels {
+                let qrows: Vec<usize> = (0..nq).collect();
+                let mut got = vec![vec![f32::NAN; pk.groups * 16]; nq];
+                let mut thr = [f32::NEG_INFINITY; QT];
+                scan_int8_using(k, &qz, &qrows, &pk, 0, pk.groups, &mut thr, |qi, slot, v| {
+                    got[qi][slot] = v;
+                    f32::NEG_INFINITY
+                });
+                for qi in 0..nq {
+                    for slot in 0..pk.groups * 16 {
+                        assert_eq!(
+                            got[qi][slot].to_bits(),
+                            want[qi][slot].to_bits(),
+                            "{k:?} d={d} q{qi} s{slot}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
