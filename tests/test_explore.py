@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors import safe_open
-
 import tokvec
+from safetensors import safe_open
 from tokvec import TokenError, explore
 
 

@@ -57,8 +57,16 @@ def _explorer(model: Model) -> _Explorer:
     ex = model.__dict__.get("_explorer")
     if ex is None:
         r = model._resolved
-        raw = _core.Model(str(r.safetensors), r.table, weights=r.weights, mapping=r.mapping, tokenizer=None,
-                          skip_ids=[], dim=model.dim, normalize=False)
+        raw = _core.Model(
+            str(r.safetensors),
+            r.table,
+            weights=r.weights,
+            mapping=r.mapping,
+            tokenizer=None,
+            skip_ids=[],
+            dim=model.dim,
+            normalize=False,
+        )
         limit = model.vocab_size
         vocab = {t: i for t, i in model.tokenizer.get_vocab(with_added_tokens=True).items() if 0 <= i < limit}
         tokens: list[str | None] = [None] * limit
@@ -108,8 +116,9 @@ def token_id(model: Model, token: str | int) -> int:
         hint = f"it splits into {len(pieces)} tokens {pieces}"
     else:
         hint = "it encodes to no token"
-    raise TokenError(f"{token!r} is not a single token of this model's vocabulary: {hint}; "
-                     "pass one of those tokens, or an int id")
+    raise TokenError(
+        f"{token!r} is not a single token of this model's vocabulary: {hint}; pass one of those tokens, or an int id"
+    )
 
 
 def token_vector(model: Model, token: str | int) -> np.ndarray:
@@ -140,8 +149,10 @@ def _query(model: Model, token_or_vector: Any) -> tuple[np.ndarray, list[int]]:
         return _unit(token_vector(model, i)), [i]
     v = np.asarray(token_or_vector)
     if v.dtype.kind not in "fiu" or v.shape != (model.dim,):
-        raise ValueError(f"expected a token (str or int id) or a float vector of shape ({model.dim},), "
-                         f"got {type(token_or_vector).__name__} with shape {getattr(v, 'shape', None)}")
+        raise ValueError(
+            f"expected a token (str or int id) or a float vector of shape ({model.dim},), "
+            f"got {type(token_or_vector).__name__} with shape {getattr(v, 'shape', None)}"
+        )
     v = v.astype(np.float32)
     if not np.isfinite(v).all():
         raise ValueError("the query vector contains NaN or infinity")
@@ -180,8 +191,9 @@ def analogy(model: Model, a: str | int, b: str | int, c: str | int, k: int = 10)
     return nearest(model, _unit(ua - ub + uc), ids, k)
 
 
-def plot_tokens(model: Model, words: list[str | int], path: str | os.PathLike[str], *,
-                title: str | None = None) -> Path:
+def plot_tokens(
+    model: Model, words: list[str | int], path: str | os.PathLike[str], *, title: str | None = None
+) -> Path:
     """Draws the tokens' rows projected on their first two principal components, labelled, as a PNG.
 
     The rows are L2-normalized, centred and projected with an SVD (PCA fitted on these tokens only).
@@ -220,12 +232,55 @@ def plot_tokens(model: Model, words: list[str | int], path: str | os.PathLike[st
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
     try:
         ax.scatter(xy[:, 0], xy[:, 1], s=18, color="#3b6ea8")
-        for (px, py), w in zip(xy, words):
-            ax.annotate(str(w), (px, py), xytext=(4, 3), textcoords="offset points", fontsize=9)
+        # labels: the first of eight positions around its point whose box (in pixels, ~6 px per character)
+        # overlaps no label placed so far and no other point
+        ax.margins(0.12)
+        fig.canvas.draw()
+        pix = ax.transData.transform(xy)
+        boxes: list[tuple[float, float, float, float]] = []
+        for n, ((px, py), w) in enumerate(zip(pix, words)):
+            label = str(w)
+            wid, hei = 6.0 * len(label) + 2, 11.0
+            best = None
+            for dx, dy in (
+                (5, 2),
+                (5, -12),
+                (-5 - wid, 2),
+                (-5 - wid, -12),
+                (-wid / 2, 6),
+                (-wid / 2, -17),
+                (8, -5),
+                (-8 - wid, -5),
+            ):
+                box = (px + dx, py + dy, px + dx + wid, py + dy + hei)
+                hits = sum(not (box[2] < q[0] or q[2] < box[0] or box[3] < q[1] or q[3] < box[1]) for q in boxes)
+                hits += sum(
+                    box[0] - 3 < ox < box[2] + 3 and box[1] - 3 < oy < box[3] + 3
+                    for m, (ox, oy) in enumerate(pix)
+                    if m != n
+                )
+                if best is None or hits < best[0]:
+                    best = (hits, dx, dy, box)
+                if hits == 0:
+                    break
+            assert best is not None  # the loop above ran
+            boxes.append(best[3])
+            # offsets are in points; at 100 dpi one point is 100 / 72 pixels
+            ax.annotate(
+                label,
+                (xy[n, 0], xy[n, 1]),
+                xytext=(best[1] * 0.72, best[2] * 0.72),
+                textcoords="offset points",
+                fontsize=9,
+                ha="left",
+                va="bottom",
+            )
         ax.set_xlabel(f"PC1 ({var[0]:.0%} of variance)")
         ax.set_ylabel(f"PC2 ({var[1] if len(var) > 1 else 0:.0%})")
-        ax.set_title(title if title is not None else f"{model._core.table} ({model.dim}-d), PCA of {len(ids)} tokens",
-                     fontsize=10)
+        ax.set_title(
+            title if title is not None else f"{model._core.table} ({model.dim}-d), PCA of {len(ids)} tokens",
+            fontsize=10,
+        )
         ax.grid(alpha=0.3)
         fig.tight_layout()
         out = Path(path)
