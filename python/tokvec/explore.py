@@ -5,7 +5,8 @@
 
 The rows are read through the Rust core exactly as the model pools a one-token text (the table row
 after `mapping`, times its `weight` when the model has weights, first `dim` columns), so what is
-explored is what the model averages.
+explored is what the model averages. The normalized rows are built on first use and kept on the
+model (threads that make that first call at the same moment may each build them; one copy is kept).
 """
 
 from __future__ import annotations
