@@ -6,6 +6,7 @@ compared with a brute-force numpy cosine over the rows read with safetensors' ow
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,11 @@ def test_plot_tokens_writes_png(tmp_path, minilm_model):
         tokvec.plot_tokens(minilm_model, ["king", "tokenization"], tmp_path / "x.png")
     with pytest.raises(ValueError, match="at least two"):
         tokvec.plot_tokens(minilm_model, ["king"], tmp_path / "x.png")
+
+
+def test_plot_tokens_without_matplotlib_names_the_extra(tmp_path, minilm_model, monkeypatch):
+    # a None entry in sys.modules makes `import matplotlib` raise ImportError, as when it is not installed
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"pip install tokvec\[plot\]"):
+        tokvec.plot_tokens(minilm_model, ["king", "queen"], tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
