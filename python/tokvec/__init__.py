@@ -8,6 +8,7 @@
 """
 
 from tokvec._core import CPU_FEATURES, FormatError, SafetensorsFile, TokenizerError, __version__
+from tokvec.explore import TokenError, plot_tokens
 from tokvec.extract import extract, inspect
 from tokvec.model import Model, load
 from tokvec.search import dedup_indices, duplicate_pairs, topk
@@ -17,6 +18,7 @@ __all__ = [
     "FormatError",
     "Model",
     "SafetensorsFile",
+    "TokenError",
     "TokenizerError",
     "__version__",
     "dedup_indices",
@@ -24,5 +26,6 @@ __all__ = [
     "extract",
     "inspect",
     "load",
+    "plot_tokens",
     "topk",
 ]
