@@ -11,15 +11,19 @@ from tokvec._core import CPU_FEATURES, FormatError, SafetensorsFile, TokenizerEr
 from tokvec.extract import extract, inspect
 from tokvec.model import Model, load
 from tokvec.search import dedup_indices, duplicate_pairs, topk
+from tokvec.dedup import DedupIndex, DedupResult, dedup_sweep
 
 __all__ = [
     "CPU_FEATURES",
+    "DedupIndex",
+    "DedupResult",
     "FormatError",
     "Model",
     "SafetensorsFile",
     "TokenizerError",
     "__version__",
     "dedup_indices",
+    "dedup_sweep",
     "duplicate_pairs",
     "extract",
     "inspect",
