@@ -11,6 +11,7 @@ from tokvec._core import CPU_FEATURES, FormatError, SafetensorsFile, TokenizerEr
 from tokvec.extract import extract, inspect
 from tokvec.model import Model, load
 from tokvec.search import dedup_indices, duplicate_pairs, topk
+from tokvec.cluster import KMeansResult, kmeans
 from tokvec.dedup import DedupIndex, DedupResult, dedup_sweep
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "DedupIndex",
     "DedupResult",
     "FormatError",
+    "KMeansResult",
     "Model",
     "SafetensorsFile",
     "TokenizerError",
@@ -27,6 +29,7 @@ __all__ = [
     "duplicate_pairs",
     "extract",
     "inspect",
+    "kmeans",
     "load",
     "topk",
 ]

@@ -228,6 +228,45 @@ def cmd_rank(args: argparse.Namespace) -> None:
                 print((f"{qi}\t" if many else "") + f"{h['score']:.4f}\t{h['index']}\t{h['text']}")
 
 
+def _save_npy(path, arr) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, arr)
+
+
+def cmd_cluster(args: argparse.Namespace) -> None:
+    from tokvec.cluster import kmeans
+    from tokvec.textio import output_format, write_atomic, write_lines
+
+    if args.k < 1:
+        raise UsageError(f"-k must be >= 1, got {args.k}")
+    fmt = output_format(args.output, ("txt", "npy", "jsonl"))
+    m = _load(args)
+    t0 = time.perf_counter()
+    texts, E = _embed_file(m, args.input, args, "embed", keep_texts=fmt == "jsonl")
+    n = len(E)
+    if args.k > n:
+        raise UsageError(f"-k {args.k} is more than the {n} texts of {args.input}")
+    t1 = time.perf_counter()
+    r = kmeans(E, args.k, n_init=args.n_init, max_iter=args.max_iter, seed=args.seed)
+    t_cluster = time.perf_counter() - t1
+    if fmt == "npy":
+        write_atomic(args.output, lambda tmp: _save_npy(tmp, r.labels))
+    elif fmt == "txt":
+        write_lines(args.output, [f"{v}\n" for v in r.labels.tolist()])
+    else:
+        write_lines(args.output, [json.dumps({"index": i, "label": v, "text": t}, ensure_ascii=False) + "\n"
+                                  for i, (v, t) in enumerate(zip(r.labels.tolist(), texts))])
+    if args.centroids:
+        write_atomic(args.centroids, lambda tmp: _save_npy(tmp, r.centroids))
+    sizes = np.bincount(r.labels, minlength=args.k)
+    dt = time.perf_counter() - t0
+    _summary(args, {"command": "cluster", "input": args.input, "texts": n, "k": args.k, "inertia": r.inertia,
+                    "iterations": r.n_iter, "sizes": sizes.tolist(), "seconds": round(dt, 3),
+                    "cluster_seconds": round(t_cluster, 3)},
+             f"clustered {n} texts into {args.k} clusters (sizes {sizes.min()}..{sizes.max()}, inertia "
+             f"{r.inertia:.2f}) in {dt:.2f} s (k-means {t_cluster:.2f} s); labels in {args.output}")
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     import tokvec
     from tokvec.extract import inspect
@@ -319,6 +358,18 @@ def main(argv: list[str] | None = None) -> int:
     common(p)
     io_opts(p)
     p.set_defaults(fn=cmd_rank)
+
+    p = sub.add_parser("cluster", help="k-means clusters of texts (labels to .txt, .npy or .jsonl)")
+    p.add_argument("input")
+    p.add_argument("-k", type=int, required=True, help="number of clusters")
+    p.add_argument("-o", "--output", required=True, help="LABELS.txt (a label a line), .npy or .jsonl")
+    p.add_argument("--centroids", default=None, help="also write the (k, dim) centers to this .npy")
+    p.add_argument("--n-init", type=int, default=3, help="k-means++ restarts (the lowest inertia wins)")
+    p.add_argument("--max-iter", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    common(p)
+    io_opts(p)
+    p.set_defaults(fn=cmd_cluster)
 
     p = sub.add_parser("info", help="describe a checkpoint or model from its headers (tensors, table, tokenizer)")
     p.add_argument("path", nargs="?", default=None,

@@ -411,6 +411,24 @@ class Model:
             return kept.tolist()
         return [items[i] for i in kept]
 
+    def cluster(self, docs: Sequence[str], k: int, **kwargs: Any) -> Any:
+        """Clusters docs with k-means on their embeddings (see `tokvec.kmeans` for the options:
+        n_init, max_iter, tol, seed).
+
+        Args:
+            docs: the texts.
+            k: number of clusters.
+            **kwargs: passed to `tokvec.kmeans`.
+
+        Returns:
+            a `tokvec.KMeansResult` (labels per doc, centroids, inertia).
+        """
+        from tokvec.cluster import kmeans
+
+        if self._binary:
+            raise ValueError("cluster needs a float model (binary=False)")
+        return kmeans(self.embed(self._texts(docs, "docs")), k, **kwargs)
+
     # ---------------------------------------------------------------- saving
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Writes the model as a tokvec folder: `model.safetensors` (`embeddings`, and `weights` /

@@ -320,7 +320,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Path:
         raise FileNotFoundError(f"{out}: folder {parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
     os.close(fd)
+    # mkstemp creates the file 0600; the final file gets the usual permissions (0666 minus the umask)
+    os.chmod(tmp, 0o666 & ~_umask())
     return Path(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def output_format(path: str, allowed: tuple[str, ...] = OUTPUT_FORMATS) -> str:
