@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import tokvec
 from tokvec.cli import main
 from tokvec.dedup import DedupIndex, dedup, dedup_sweep, parse_thresholds
@@ -65,7 +64,7 @@ def test_explain_matches_bruteforce(model, near_dup_corpus: list[str]) -> None:
     E = model.embed(docs)
     res = model.deduplicate(docs, 0.9, explain=True)
     assert isinstance(res, tokvec.DedupResult)
-    kept, dup_of, _ = greedy_ref(E, 0.9)
+    kept, _dup_of, _ = greedy_ref(E, 0.9)
     if _close_enough(E, 0.9):
         np.testing.assert_array_equal(res.kept, kept)
     # agrees with the plain API
@@ -99,7 +98,7 @@ def test_against_reference_decontamination(model) -> None:
     # the reference set is not deduplicated: only the items are in the result
     assert res.n == len(train)
     only = dedup(E, t, reference=R, self_dedup=False)
-    k2, _, s2 = greedy_ref(E, t, R, self_dedup=False)
+    k2, _, _s2 = greedy_ref(E, t, R, self_dedup=False)
     np.testing.assert_array_equal(only.kept, k2)
     assert (only.source == 0).sum() == 0
     # through the Model

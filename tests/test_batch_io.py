@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import tokvec
 from tokvec.cli import main
 from tokvec.textio import EmbeddingWriter, InputError, count_texts, iter_texts, read_all
@@ -69,8 +68,7 @@ def test_read_every_format_same_texts(tmp_path: Path, stsb_s1: list[str]) -> Non
     texts = stsb_s1
     (tmp_path / "a.txt").write_text("".join(t + "\n" for t in texts), encoding="utf-8")
     with open(tmp_path / "a.jsonl", "w", encoding="utf-8") as f:
-        for i, t in enumerate(texts):
-            f.write(json.dumps({"id": i, "body": t}) + "\n")
+        f.writelines(json.dumps({"id": i, "body": t}) + "\n" for i, t in enumerate(texts))
     with open(tmp_path / "a.csv", "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "text"])
@@ -226,7 +224,7 @@ def test_embed_user_mistakes(tmp_path: Path, capsys, case: str, argv: list[str],
     paths = {k: str(v) for k, v in _bad(tmp_path).items()}
     paths.update(STSB=str(STSB_TSV), tmp=str(tmp_path))
     argv = [a.format(**paths) for a in argv]
-    rc, out, err = _run(["embed", *argv, "-o", str(tmp_path / "o.npy")], capsys)
+    rc, _out, err = _run(["embed", *argv, "-o", str(tmp_path / "o.npy")], capsys)
     assert rc == 2, case
     assert needle in err, (case, err)
     assert err.count("\n") == 1 and "Traceback" not in err

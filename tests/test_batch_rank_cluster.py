@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import tokvec
 from tokvec.cli import main
 from tokvec.textio import read_all

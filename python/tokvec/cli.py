@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -267,6 +268,56 @@ def cmd_cluster(args: argparse.Namespace) -> None:
              f"{r.inertia:.2f}) in {dt:.2f} s (k-means {t_cluster:.2f} s); labels in {args.output}")
 
 
+def cmd_split(args: argparse.Namespace) -> None:
+    from tokvec.textio import _text_stream, input_format, iter_texts, output_format, write_lines
+
+    if args.target_size < 1:
+        raise UsageError(f"--target-size must be >= 1, got {args.target_size}")
+    if args.output:
+        output_format(args.output, ("jsonl", "txt"))
+    fmt, comp = input_format(args.input, args.format)
+    m = _load(args)
+    t0 = time.perf_counter()
+    if fmt == "txt":
+        # a text file (or stdin) is one document
+        if args.input != "-" and not Path(args.input).is_file():
+            raise FileNotFoundError(f"{args.input}: no such file")
+        fh = _text_stream(args.input, comp)
+        try:
+            docs = iter([[fh.read()]])
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{args.input}: not valid UTF-8 ({e.reason})") from None
+        finally:
+            if args.input != "-":
+                fh.close()
+    else:
+        docs = iter_texts(args.input, chunk_size=args.batch_size, **_input_kw(args))
+    rows = []
+    n_docs = 0
+    for chunk in docs:
+        for text in chunk:
+            for j, c in enumerate(m.split(text, args.target_size)):
+                rows.append({"doc": n_docs, "chunk": j, "chars": len(c), "text": c})
+            n_docs += 1
+    if args.output and args.output.endswith(".txt"):
+        lines = [r["text"].replace("\n", " ").strip() + "\n" for r in rows]
+    else:
+        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+    if args.output:
+        write_lines(args.output, lines)
+    else:
+        sys.stdout.writelines(lines)
+    dt = time.perf_counter() - t0
+    sizes = [r["chars"] for r in rows] or [0]
+    info = {"command": "split", "input": args.input, "documents": n_docs, "chunks": len(rows),
+            "max_chars": max(sizes), "mean_chars": round(sum(sizes) / max(len(rows), 1), 1), "seconds": round(dt, 3)}
+    if args.json and args.output:
+        print(json.dumps(info))
+    if not args.quiet:
+        print(f"split {n_docs} document(s) into {len(rows)} chunks (max {max(sizes)} chars, target "
+              f"{args.target_size}) in {dt:.2f} s", file=sys.stderr)
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     import tokvec
     from tokvec.extract import inspect
@@ -370,6 +421,14 @@ def main(argv: list[str] | None = None) -> int:
     common(p)
     io_opts(p)
     p.set_defaults(fn=cmd_cluster)
+
+    p = sub.add_parser("split", help="semantic chunking of documents (a .txt file is one document)")
+    p.add_argument("input", help="a .txt document (or -), or .jsonl/.csv/.tsv/.parquet with one document a row")
+    p.add_argument("-o", "--output", default=None, help="chunks as .jsonl (doc, chunk, chars, text) or .txt")
+    p.add_argument("--target-size", type=int, default=1536, help="maximum chunk length in characters")
+    common(p)
+    io_opts(p)
+    p.set_defaults(fn=cmd_split)
 
     p = sub.add_parser("info", help="describe a checkpoint or model from its headers (tensors, table, tokenizer)")
     p.add_argument("path", nargs="?", default=None,

@@ -144,6 +144,16 @@ def dedup(embeddings: Any, threshold: float = 0.9, *, reference: Any = None, sel
         raise TypeError("dedup with explanations takes float vectors; use tokvec.dedup_indices for packed bits")
     t = _threshold(threshold)
     n = e.shape[0]
+    if reference is None and self_dedup:
+        # the plain case: pairs found and resolved inside Rust, no pair list crosses into Python
+        if n < 2:
+            dup_of = np.full(n, -1, np.int64)
+            score = np.full(n, np.nan, np.float32)
+        else:
+            _, dup_of, score = _core.dedup(e, t)
+        source = np.where(dup_of < 0, -1, 0).astype(np.int8)
+        kept = np.flatnonzero(dup_of < 0).astype(np.int64)
+        return DedupResult(kept=kept, dup_of=dup_of, score=score, source=source, threshold=t)
     if reference is None:
         m = 0
         parts = []

@@ -411,6 +411,27 @@ class Model:
             return kept.tolist()
         return [items[i] for i in kept]
 
+    def split(self, text: str, target_size: int = 1536, *, unit_size: int | None = None) -> list[str]:
+        """Semantic chunking: the text is cut into lines, then sentences (for lines longer than
+        `unit_size`), then word groups (for sentences still longer); the pieces are embedded and
+        neighbouring segments are merged, the most similar pair first, while the merged segment stays
+        within `target_size` characters. Topic shifts therefore tend to fall between chunks.
+
+        Args:
+            text: the text to split.
+            target_size: maximum chunk length in characters (a chunk is longer only if a single
+                character sequence without whitespace is, which is then cut hard).
+            unit_size: maximum length of the initial pieces (default target_size // 4).
+
+        Returns:
+            the chunks in order; `"".join(chunks) == text`. An empty text gives [].
+        """
+        from tokvec.split import semantic_split
+
+        if self._binary:
+            raise ValueError("split needs a float model (binary=False)")
+        return semantic_split(self, text, target_size, unit_size)
+
     def cluster(self, docs: Sequence[str], k: int, **kwargs: Any) -> Any:
         """Clusters docs with k-means on their embeddings (see `tokvec.kmeans` for the options:
         n_init, max_iter, tol, seed).
