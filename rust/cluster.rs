@@ -366,7 +366,7 @@ mod tests {
         for c in centers.iter() {
             for _ in 0..n_per {
                 for j in 0..d {
-                    let base = if j < 2 { c[j] } else { 0.0 };
+                    let base = c.get(j).copied().unwrap_or(0.0);
                     x.push(base + (rng.next_f64() as f32 - 0.5));
                 }
             }

@@ -195,7 +195,9 @@ def cmd_dedup(args: argparse.Namespace) -> None:
     info.update(kept=st["kept"], removed=st["removed"], removed_self=st["removed_self"],
                 removed_reference=st["removed_reference"], threshold=threshold, output=args.output,
                 seconds=round(dt, 3), embed_seconds=round(t_embed, 3), dedup_seconds=round(t_dedup, 3))
-    extra = f", {st['removed_reference']} matching the reference" if ref is not None else ""
+    extra = ""
+    if ref is not None:
+        extra = f", {st['removed_reference']} matching the {'index' if index is not None else 'reference'}"
     _summary(args, info, f"kept {st['kept']} of {len(texts)} texts (removed {st['removed']}{extra}) at threshold "
              f"{threshold:g} in {dt:.2f} s (embedding {t_embed:.2f} s, dedup {t_dedup:.2f} s)")
 
