@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from wordllama.algorithms import kmeans_clustering
-
 import tokvec
+from wordllama.algorithms import kmeans_clustering
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -44,8 +43,9 @@ def main() -> None:
     res = tokvec.kmeans(X, k, n_init=n_init, max_iter=100, seed=0)
     t_tv = time.perf_counter() - t
     t = time.perf_counter()
-    wl_labels, _ = kmeans_clustering(X, k, n_init=n_init, max_iterations=100, tolerance=1e-4,
-                                     random_state=np.random.RandomState(0))
+    wl_labels, _ = kmeans_clustering(
+        X, k, n_init=n_init, max_iterations=100, tolerance=1e-4, random_state=np.random.RandomState(0)
+    )
     t_wl = time.perf_counter() - t
     wl = np.asarray(wl_labels)
     print(f"n={n} d={X.shape[1]} k={k} n_init={n_init}")

@@ -144,8 +144,21 @@ def test_sweep_matches_separate_runs(model, near_dup_corpus: list[str]) -> None:
 # ------------------------------------------------------------------------------------------------ CLI
 def test_cli_dedup_report_and_json(tmp_path: Path, capsys, model) -> None:
     src = str(STSB / "sts-dev.tsv")
-    rc = main(["dedup", src, "--column", "sentence2", "-o", str(tmp_path / "kept.txt"), "--threshold", "0.9",
-               "--report", str(tmp_path / "pairs.jsonl"), "--json"])
+    rc = main(
+        [
+            "dedup",
+            src,
+            "--column",
+            "sentence2",
+            "-o",
+            str(tmp_path / "kept.txt"),
+            "--threshold",
+            "0.9",
+            "--report",
+            str(tmp_path / "pairs.jsonl"),
+            "--json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 0, err
     info = json.loads(out)
@@ -162,8 +175,22 @@ def test_cli_dedup_against_and_index(tmp_path: Path, capsys, model) -> None:
     train = tmp_path / "train.txt"
     texts = _col(STSB / "sts-test.tsv", "sentence1")[:400] + _col(STSB / "sts-dev.tsv", "sentence2")[:100]
     train.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
-    rc = main(["dedup", str(train), "--against", str(STSB / "sts-dev.tsv"), "--column", "sentence1", "-o",
-               str(tmp_path / "clean.jsonl"), "--threshold", "0.92", "--json", "-q"])
+    rc = main(
+        [
+            "dedup",
+            str(train),
+            "--against",
+            str(STSB / "sts-dev.tsv"),
+            "--column",
+            "sentence1",
+            "-o",
+            str(tmp_path / "clean.jsonl"),
+            "--threshold",
+            "0.92",
+            "--json",
+            "-q",
+        ]
+    )
     out, err = capsys.readouterr()
     # --column applies to both IN (a .txt, which has no columns) and REF
     assert rc == 0, err
@@ -178,8 +205,20 @@ def test_cli_dedup_against_and_index(tmp_path: Path, capsys, model) -> None:
     (tmp_path / "b.txt").write_text("".join(t + "\n" for t in texts[250:]), encoding="utf-8")
     kept_lines = []
     for part in ("a", "b"):
-        assert main(["dedup", str(tmp_path / f"{part}.txt"), "--index", str(idx), "-o",
-                     str(tmp_path / f"{part}.kept.txt"), "-q"]) == 0
+        assert (
+            main(
+                [
+                    "dedup",
+                    str(tmp_path / f"{part}.txt"),
+                    "--index",
+                    str(idx),
+                    "-o",
+                    str(tmp_path / f"{part}.kept.txt"),
+                    "-q",
+                ]
+            )
+            == 0
+        )
         kept_lines += (tmp_path / f"{part}.kept.txt").read_text(encoding="utf-8").splitlines()
     assert kept_lines == model.deduplicate(texts, 0.9)
 
@@ -219,7 +258,17 @@ def test_cli_dedup_mistakes(tmp_path: Path, capsys, argv: list[str], needle: str
 def test_index_dimension_mismatch(tmp_path: Path, capsys, model) -> None:
     idx = DedupIndex(np.ones((2, 8), np.float32) / np.sqrt(8))
     idx.save(tmp_path / "i.safetensors")
-    rc = main(["dedup", str(STSB / "sts-dev.tsv"), "--column", "sentence1", "--index",
-               str(tmp_path / "i.safetensors"), "-o", str(tmp_path / "k.txt")])
+    rc = main(
+        [
+            "dedup",
+            str(STSB / "sts-dev.tsv"),
+            "--column",
+            "sentence1",
+            "--index",
+            str(tmp_path / "i.safetensors"),
+            "-o",
+            str(tmp_path / "k.txt"),
+        ]
+    )
     _, err = capsys.readouterr()
     assert rc == 2 and "index vectors have 8 dimensions" in err

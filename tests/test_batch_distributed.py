@@ -8,7 +8,6 @@ import pickle
 
 import numpy as np
 import pytest
-
 import tokvec
 from tokvec.distributed import PartitionResult, global_pass, partition_dedup
 
@@ -34,8 +33,14 @@ def test_unpicklable_without_path(make_model) -> None:
 
     files = make_model("tokvec")
     r = resolve(files.path)
-    m = Model._build(r, load_tokenizer(r.tokenizer, add_special_tokens=r.add_special_tokens), dim=None,
-                     binary=False, normalize=None, max_length=None)
+    m = Model._build(
+        r,
+        load_tokenizer(r.tokenizer, add_special_tokens=r.add_special_tokens),
+        dim=None,
+        binary=False,
+        normalize=None,
+        max_length=None,
+    )
     with pytest.raises(TypeError, match="only models made by tokvec.load"):
         pickle.dumps(m)
 
@@ -80,14 +85,15 @@ def test_global_pass_empty_partitions() -> None:
 def test_dask_cluster_embed_and_two_level_dedup(model, near_dup_corpus: list[str], wiki_sentences) -> None:
     distributed = pytest.importorskip("dask.distributed")
     import dask.bag as db
-
     from tokvec.distributed import dask_deduplicate
 
     # real near-duplicates spread over partitions, plus template sentences from Wikipedia
     texts = near_dup_corpus + wiki_sentences[:1500] + near_dup_corpus[::3]
     parts = [texts[i : i + 300] for i in range(0, len(texts), 300)]
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
-            distributed.Client(lc) as client:
+    with (
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc,
+        distributed.Client(lc) as client,
+    ):
         # embeddings computed on workers (the model pickled by path) equal local ones
         futs = [client.submit(model.embed, p) for p in parts]
         remote = np.concatenate(client.gather(futs))

@@ -113,8 +113,9 @@ def test_embed_outputs_match_model(tmp_path: Path, suffix: str, model: tokvec.Mo
     from safetensors.numpy import load_file
 
     out = tmp_path / f"e.{suffix}"
-    rc, stdout, _ = _run(["embed", str(SCIFACT), "--field", "title", "-o", str(out), "--batch-size", "1000",
-                          "--json"], capsys)
+    rc, stdout, _ = _run(
+        ["embed", str(SCIFACT), "--field", "title", "-o", str(out), "--batch-size", "1000", "--json"], capsys
+    )
     assert rc == 0
     summary = json.loads(stdout)
     assert summary["texts"] == 5183 and summary["dim"] == model.dim
@@ -147,23 +148,37 @@ def test_embed_stdin_gzip_and_python_m(tmp_path: Path, wiki_head: tuple[list[str
     texts, p = wiki_head
     env = {**os.environ, "PYTHONWARNINGS": "error"}
     data = gzip.compress(p.read_bytes())
-    r = subprocess.run([sys.executable, "-m", "tokvec", "embed", "-", "-o", str(tmp_path / "s.npy"), "--json"],
-                       input=data, capture_output=True, env=env, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "tokvec", "embed", "-", "-o", str(tmp_path / "s.npy"), "--json"],
+        input=data,
+        capture_output=True,
+        env=env,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["texts"] == 3000
     np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), model.embed(texts))
     # plain stdin as JSONL with --format
     lines = "".join(json.dumps({"text": t}) + "\n" for t in texts[:50]).encode()
-    r = subprocess.run([sys.executable, "-m", "tokvec", "embed", "-", "--format", "jsonl", "-o",
-                        str(tmp_path / "j.npy"), "-q"], input=lines, capture_output=True, env=env, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "tokvec", "embed", "-", "--format", "jsonl", "-o", str(tmp_path / "j.npy"), "-q"],
+        input=lines,
+        capture_output=True,
+        env=env,
+        check=False,
+    )
     assert r.returncode == 0 and r.stderr == b""
     np.testing.assert_array_equal(np.load(tmp_path / "j.npy"), model.embed(texts[:50]))
 
 
 def test_no_progress_bar_when_not_a_tty(wiki_head, tmp_path: Path) -> None:
     _, p = wiki_head
-    r = subprocess.run([sys.executable, "-m", "tokvec", "embed", str(p), "-o", str(tmp_path / "x.npy")],
-                       capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "tokvec", "embed", str(p), "-o", str(tmp_path / "x.npy")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 0
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("embedded 3000 texts")  # one summary line, no bar
     assert r.stdout == ""
@@ -240,12 +255,20 @@ def test_bad_output_suffix_and_folder(tmp_path: Path, capsys) -> None:
 
 
 def test_no_traceback_in_subprocess(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "tokvec", "dedup", str(STSB_TSV), "--column", "sentence1",
-                        "--threshold", "1.5"], capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "tokvec", "dedup", str(STSB_TSV), "--column", "sentence1", "--threshold", "1.5"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 2
     assert r.stderr.strip() == "tokvec dedup: error: --threshold must be a number in [-1, 1] or auto, got '1.5'"
-    r = subprocess.run([sys.executable, "-m", "tokvec", "embed", str(tmp_path / "x.txt"), "-o",
-                        str(tmp_path / "o.npy")], capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "tokvec", "embed", str(tmp_path / "x.txt"), "-o", str(tmp_path / "o.npy")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and "no such file" in r.stderr
 
 

@@ -44,8 +44,22 @@ def test_rank_one_query(capsys, model, titles: list[str]) -> None:
 
 def test_rank_many_queries_json(tmp_path: Path, capsys, model, titles: list[str]) -> None:
     queries = read_all(str(SCIFACT / "queries.jsonl"))[:40]
-    assert main(["rank", "--queries", str(SCIFACT / "queries.jsonl"), str(SCIFACT / "corpus.jsonl"),
-                 "--field", "title", "-k", "3", "--json"]) == 0
+    assert (
+        main(
+            [
+                "rank",
+                "--queries",
+                str(SCIFACT / "queries.jsonl"),
+                str(SCIFACT / "corpus.jsonl"),
+                "--field",
+                "title",
+                "-k",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     all_q = read_all(str(SCIFACT / "queries.jsonl"))
     assert len(rows) == len(all_q) and [r["query"] for r in rows[:40]] == queries
@@ -54,7 +68,8 @@ def test_rank_many_queries_json(tmp_path: Path, capsys, model, titles: list[str]
         idx = [h["index"] for h in r["results"]]
         # best first and the true top 3 (ties aside)
         assert idx == np.argsort(-srow, kind="stable")[:3].tolist() or np.allclose(
-            np.sort(srow[idx])[::-1], np.sort(srow)[::-1][:3], atol=1e-5)
+            np.sort(srow[idx])[::-1], np.sort(srow)[::-1][:3], atol=1e-5
+        )
 
 
 def test_rank_mistakes(capsys) -> None:
@@ -118,12 +133,24 @@ def test_kmeans_plus_plus_beats_random_and_is_deterministic(wiki_vectors: np.nda
 
 def test_kmeans_independent_of_thread_count(tmp_path: Path, wiki_vectors: np.ndarray) -> None:
     np.save(tmp_path / "x.npy", wiki_vectors[:2000])
-    code = ("import sys, numpy as np, tokvec; X = np.load(sys.argv[1]); r = tokvec.kmeans(X, 12, n_init=2, seed=9);"
-            "np.save(sys.argv[2], r.labels); np.save(sys.argv[3], r.centroids)")
+    code = (
+        "import sys, numpy as np, tokvec; X = np.load(sys.argv[1]); r = tokvec.kmeans(X, 12, n_init=2, seed=9);"
+        "np.save(sys.argv[2], r.labels); np.save(sys.argv[3], r.centroids)"
+    )
     for t in ("1", "2", "4"):
         env = {**os.environ, "RAYON_NUM_THREADS": t}
-        subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.npy"), str(tmp_path / f"l{t}.npy"),
-                        str(tmp_path / f"c{t}.npy")], env=env, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                code,
+                str(tmp_path / "x.npy"),
+                str(tmp_path / f"l{t}.npy"),
+                str(tmp_path / f"c{t}.npy"),
+            ],
+            env=env,
+            check=True,
+        )
     for t in ("2", "4"):
         np.testing.assert_array_equal(np.load(tmp_path / "l1.npy"), np.load(tmp_path / f"l{t}.npy"))
         np.testing.assert_array_equal(np.load(tmp_path / "c1.npy"), np.load(tmp_path / f"c{t}.npy"))
@@ -160,8 +187,25 @@ def test_model_cluster_and_cli(tmp_path: Path, capsys, model, titles: list[str])
     assert r.labels.shape == (1500,) and r.centroids.shape == (8, model.dim)
     src = tmp_path / "t.txt"
     src.write_text("".join(t + "\n" for t in docs), encoding="utf-8")
-    assert main(["cluster", str(src), "-k", "8", "--seed", "1", "-o", str(tmp_path / "labels.txt"),
-                 "--centroids", str(tmp_path / "c.npy"), "--json", "-q"]) == 0
+    assert (
+        main(
+            [
+                "cluster",
+                str(src),
+                "-k",
+                "8",
+                "--seed",
+                "1",
+                "-o",
+                str(tmp_path / "labels.txt"),
+                "--centroids",
+                str(tmp_path / "c.npy"),
+                "--json",
+                "-q",
+            ]
+        )
+        == 0
+    )
     info = json.loads(capsys.readouterr().out)
     labels = [int(v) for v in (tmp_path / "labels.txt").read_text().split()]
     assert labels == r.labels.tolist() and info["inertia"] == pytest.approx(r.inertia)

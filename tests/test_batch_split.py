@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 import tokvec
 from tokvec.cli import main
 from tokvec.split import split_units

@@ -36,10 +36,14 @@ class Progress:
     """A tqdm bar on stderr (texts done, texts/s, ETA when the total is known), shown only when stderr
     is a terminal and --quiet is not given."""
 
-    def __init__(self, args: argparse.Namespace, total: int | None, desc: str) -> None:
+    def __init__(self, args: argparse.Namespace, path: str, desc: str) -> None:
         self.bar = None
         if not getattr(args, "quiet", False) and sys.stderr.isatty():
             from tqdm import tqdm
+
+            from tokvec.textio import count_texts
+
+            total = count_texts(path, fmt=args.format)  # None when not cheap to know: no ETA then
 
             self.bar = tqdm(total=total, desc=desc, unit=" texts", unit_scale=True, file=sys.stderr,
                             dynamic_ncols=True, smoothing=0.1)
@@ -59,9 +63,9 @@ def _input_kw(args: argparse.Namespace) -> dict:
 
 def _embed_file(m, path: str, args: argparse.Namespace, desc: str, keep_texts: bool = True):
     """Embeds a whole input in chunks; returns (texts or None, float32 embeddings)."""
-    from tokvec.textio import count_texts, iter_texts
+    from tokvec.textio import iter_texts
 
-    prog = Progress(args, count_texts(path, fmt=args.format) if not getattr(args, "quiet", False) else None, desc)
+    prog = Progress(args, path, desc)
     texts: list[str] = []
     parts = []
     try:
@@ -84,13 +88,12 @@ def _summary(args: argparse.Namespace, info: dict, human: str) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    from tokvec.textio import EmbeddingWriter, count_texts, iter_texts
+    from tokvec.textio import EmbeddingWriter, iter_texts
 
     m = _load(args)
     t = time.perf_counter()
     meta = {"model": str(args.model or "default"), "dim": str(m.dim), "input": args.input}
-    total = None if args.quiet else count_texts(args.input, fmt=args.format)
-    prog = Progress(args, total, "embed")
+    prog = Progress(args, args.input, "embed")
     try:
         with EmbeddingWriter(args.output, m.dim, metadata=meta) as w:
             for chunk in iter_texts(args.input, chunk_size=args.batch_size, **_input_kw(args)):

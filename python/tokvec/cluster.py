@@ -41,7 +41,13 @@ def _count(v: Any, name: str, lo: int) -> int:
 
 
 def kmeans(
-    x: Any, k: int, *, n_init: int = 3, max_iter: int = 100, tol: float = 1e-4, seed: int = 0,
+    x: Any,
+    k: int,
+    *,
+    n_init: int = 3,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    seed: int = 0,
     init: Any = None,
 ) -> KMeansResult:
     """k-means (Euclidean) with k-means++ seeding and restarts.
