@@ -272,3 +272,18 @@ def test_index_dimension_mismatch(tmp_path: Path, capsys, model) -> None:
     )
     _, err = capsys.readouterr()
     assert rc == 2 and "index vectors have 8 dimensions" in err
+
+
+def test_dedup_resolve_checks_pairs() -> None:
+    from tokvec import _core
+
+    i = np.array([0, 1], np.int64)
+    s = np.array([0.95, 0.95], np.float32)
+    kept, dup_of, _ = _core.dedup_resolve(3, i, np.array([1, 2], np.int64), s, 0.9)
+    assert kept.tolist() == [0, 2] and dup_of.tolist() == [-1, 0, -1]  # 1 dropped by 0, so 2 stays
+    with pytest.raises(ValueError, match="pairs need 0 <= i < j < n"):
+        _core.dedup_resolve(3, i, np.array([1, 1], np.int64), s, 0.9)
+    with pytest.raises(ValueError, match="pairs need"):
+        _core.dedup_resolve(2, i, np.array([1, 2], np.int64), s, 0.9)
+    with pytest.raises(ValueError, match="same length"):
+        _core.dedup_resolve(3, i, np.array([1], np.int64), s, 0.9)
