@@ -7,9 +7,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install "maturin>=1.7,<2.0" "ziglang>=0.11" "auditwheel>=6"
+# maturin looks for `zig` on PATH; the PyPI ziglang package provides it as `python3 -m ziglang`
+if ! command -v zig >/dev/null; then
+    zigdir=$(mktemp -d)
+    printf '#!/bin/sh\nexec %s -m ziglang "$@"\n' "$(command -v python3)" > "$zigdir/zig"
+    chmod +x "$zigdir/zig"
+    export PATH="$zigdir:$PATH"
+fi
 rm -rf target/wheels
-python3 -m maturin build --release --zig --compatibility manylinux2014 --out target/wheels
+maturin build --release --zig --compatibility manylinux2014 --out target/wheels
 wheel=$(ls target/wheels/tokvec-*.whl)
-python3 -m auditwheel show "$wheel"
+auditwheel show "$wheel"
 ls -l "$wheel"
 echo "wheel: $wheel ($(du -h "$wheel" | cut -f1))"

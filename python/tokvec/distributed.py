@@ -113,8 +113,10 @@ def dask_deduplicate(client: Any, model: Any, partitions: Any, threshold: float 
     if hasattr(partitions, "to_delayed"):
         parts_fut = client.compute(partitions.to_delayed())
     else:
-        parts_fut = client.scatter([list(p) for p in partitions])
-    model_fut = client.scatter(model, broadcast=True)
+        # hash=False: content-hashed keys are shared between calls with the same data, and one call releasing
+        # them can cancel the other's tasks ("lost dependencies")
+        parts_fut = client.scatter([list(p) for p in partitions], hash=False)
+    model_fut = client.scatter(model, broadcast=True, hash=False)
     results = client.gather([client.submit(partition_dedup, model_fut, p, t, pure=False) for p in parts_fut])
 
     def fetch(p: int, rows: np.ndarray) -> np.ndarray:
