@@ -7,6 +7,7 @@
 //! (`hamming`). The PyO3 binding sits in `py/`, compiled only with the `python` feature.
 #![deny(missing_docs)]
 
+pub mod cluster;
 pub mod convert;
 pub mod dedup;
 pub mod error;

@@ -12,19 +12,26 @@ from tokvec.explore import TokenError, plot_tokens
 from tokvec.extract import extract, inspect
 from tokvec.model import Model, load
 from tokvec.search import dedup_indices, duplicate_pairs, topk
+from tokvec.cluster import KMeansResult, kmeans
+from tokvec.dedup import DedupIndex, DedupResult, dedup_sweep
 
 __all__ = [
     "CPU_FEATURES",
+    "DedupIndex",
+    "DedupResult",
     "FormatError",
+    "KMeansResult",
     "Model",
     "SafetensorsFile",
     "TokenError",
     "TokenizerError",
     "__version__",
     "dedup_indices",
+    "dedup_sweep",
     "duplicate_pairs",
     "extract",
     "inspect",
+    "kmeans",
     "load",
     "plot_tokens",
     "topk",

@@ -97,6 +97,18 @@ def duplicate_pairs_binary(
 def dedup_binary(
     e: npt.NDArray[np.uint64], threshold: float, bits: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+def dedup_resolve(
+    n: int, i: npt.NDArray[np.int64], j: npt.NDArray[np.int64], score: npt.NDArray[np.float32], threshold: float
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+def kmeans(
+    x: npt.NDArray[np.float32],
+    k: int,
+    n_init: int = 3,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    seed: int = 0,
+    init: npt.NDArray[np.float32] | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], float, int]: ...
 
 class GgufFile:
     def __new__(cls, path: str | os.PathLike[str]) -> GgufFile: ...

@@ -1,13 +1,12 @@
-"""Command line: `tokvec embed | dedup | rank | info | extract`. Errors are one line on stderr and exit 2."""
+"""Command line: `tokvec embed | dedup | rank | cluster | split | info | extract`. Errors are one line on stderr
+and exit 2."""
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,50 +19,11 @@ class UsageError(Exception):
     """A user mistake: reported as one line, no traceback."""
 
 
-def read_texts(path: str, column: str | None) -> list[str]:
-    """Reads texts: `.txt` one per line, `.tsv`/`.csv` a named column, `.jsonl` a named field, `-` stdin."""
-    if path == "-":
-        return [line.rstrip("\n") for line in sys.stdin]
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"{path}: no such file")
-    suffix = p.suffix.lower()
-    with open(p, encoding="utf-8", newline="") as fh:
-        if suffix in (".tsv", ".csv"):
-            reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",", quoting=csv.QUOTE_NONE
-                                    if suffix == ".tsv" else csv.QUOTE_MINIMAL)
-            fields = reader.fieldnames or []
-            col = column or (fields[-1] if fields else None)
-            if col not in fields:
-                raise UsageError(f"{path}: no column {col!r} (columns: {', '.join(fields)}); pass --column")
-            return [row[col] or "" for row in reader]
-        if suffix == ".jsonl":
-            out = []
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UsageError(f"{path}:{n}: not JSON ({e})") from None
-                key = column or "text"
-                if not isinstance(obj, dict) or not isinstance(obj.get(key), str):
-                    raise UsageError(f"{path}:{n}: no string field {key!r}; pass --column")
-                out.append(obj[key])
-            return out
-        return [line.rstrip("\n") for line in fh]
+def read_texts(path: str, column: str | None, field: str | None = None, fmt: str | None = None) -> list[str]:
+    """All texts of an input (see `tokvec.textio.iter_texts`)."""
+    from tokvec.textio import read_all
 
-
-def _write_atomic(path: str, write) -> None:
-    out = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else ".")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return read_all(path, column=column, field=field, fmt=fmt)
 
 
 def _load(args: argparse.Namespace):
@@ -72,57 +32,295 @@ def _load(args: argparse.Namespace):
     return tokvec.load(args.model, dim=args.dim)
 
 
+class Progress:
+    """A tqdm bar on stderr (texts done, texts/s, ETA when the total is known), shown only when stderr
+    is a terminal and --quiet is not given."""
+
+    def __init__(self, args: argparse.Namespace, path: str, desc: str) -> None:
+        self.bar = None
+        if not getattr(args, "quiet", False) and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            from tokvec.textio import count_texts
+
+            total = count_texts(path, fmt=args.format)  # None when not cheap to know: no ETA then
+
+            self.bar = tqdm(total=total, desc=desc, unit=" texts", unit_scale=True, file=sys.stderr,
+                            dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _input_kw(args: argparse.Namespace) -> dict:
+    return {"column": args.column, "field": args.field, "fmt": args.format}
+
+
+def _embed_file(m, path: str, args: argparse.Namespace, desc: str, keep_texts: bool = True):
+    """Embeds a whole input in chunks; returns (texts or None, float32 embeddings)."""
+    from tokvec.textio import iter_texts
+
+    prog = Progress(args, path, desc)
+    texts: list[str] = []
+    parts = []
+    try:
+        for chunk in iter_texts(path, chunk_size=args.batch_size, **_input_kw(args)):
+            parts.append(m.embed(chunk))
+            if keep_texts:
+                texts.extend(chunk)
+            prog.update(len(chunk))
+    finally:
+        prog.close()
+    E = np.concatenate(parts) if parts else np.zeros((0, m.dim), np.float32)
+    return (texts if keep_texts else None), E
+
+
+def _summary(args: argparse.Namespace, info: dict, human: str) -> None:
+    if args.json:
+        print(json.dumps(info, ensure_ascii=False))
+    if not args.quiet:
+        print(human, file=sys.stderr)
+
+
 def cmd_embed(args: argparse.Namespace) -> None:
-    texts = read_texts(args.input, args.column)
+    from tokvec.textio import EmbeddingWriter, iter_texts
+
     m = _load(args)
     t = time.perf_counter()
-    E = m.embed(texts)
+    meta = {"model": str(args.model or "default"), "dim": str(m.dim), "input": args.input}
+    prog = Progress(args, args.input, "embed")
+    try:
+        with EmbeddingWriter(args.output, m.dim, metadata=meta) as w:
+            for chunk in iter_texts(args.input, chunk_size=args.batch_size, **_input_kw(args)):
+                w.write(m.embed(chunk), chunk)
+                prog.update(len(chunk))
+    finally:
+        prog.close()
     dt = time.perf_counter() - t
+    _summary(args, {"command": "embed", "input": args.input, "output": args.output, "texts": w.n, "dim": m.dim,
+                    "seconds": round(dt, 3), "texts_per_second": round(w.n / max(dt, 1e-9), 1)},
+             f"embedded {w.n} texts to {args.output} ({w.n} x {m.dim}) in {dt:.2f} s "
+             f"({w.n / max(dt, 1e-9):,.0f} texts/s)")
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.save(fh, E)
 
-    _write_atomic(args.output, write)
-    print(f"embedded {len(texts)} texts to {args.output} {E.shape} in {dt:.2f} s "
-          f"({len(texts) / max(dt, 1e-9):,.0f} texts/s)", file=sys.stderr)
+def _write_kept(path: str | None, texts: list[str], kept) -> None:
+    from tokvec.textio import output_format, write_lines
+
+    fmt = "txt" if path is None or path.endswith(".txt") else output_format(path, ("txt", "jsonl"))
+    if fmt == "txt":
+        for i in kept:
+            if "\n" in texts[i] or "\r" in texts[i]:
+                raise UsageError(f"text {i} contains a line break; write the kept texts to a .jsonl file instead")
+        lines = [texts[i] + "\n" for i in kept]
+    else:
+        lines = [json.dumps({"index": int(i), "text": texts[i]}, ensure_ascii=False) + "\n" for i in kept]
+    if path is None:
+        sys.stdout.writelines(lines)
+    else:
+        write_lines(path, lines)
 
 
 def cmd_dedup(args: argparse.Namespace) -> None:
-    from tokvec.search import dedup_indices
+    from tokvec.dedup import DedupIndex, dedup, dedup_sweep, parse_thresholds
+    from tokvec.search import _threshold
+    from tokvec.textio import write_lines
 
-    texts = read_texts(args.input, args.column)
-    m = _load(args)
-    t = time.perf_counter()
-    E = m.embed(texts)
-    t_embed = time.perf_counter() - t
-    kept, dup_of, score = dedup_indices(E, args.threshold)
-    dt = time.perf_counter() - t
-    lines = [texts[i] + "\n" for i in kept]
-    if args.output:
-        _write_atomic(args.output, lambda tmp: Path(tmp).write_text("".join(lines), encoding="utf-8"))
+    sweep = None
+    if args.threshold == "auto" or args.sweep:
+        sweep = parse_thresholds(args.sweep or "auto")
+        for v in sweep:
+            _threshold(v)
+    if args.threshold == "auto":
+        if args.output or args.report or args.index:
+            raise UsageError("--threshold auto only prints the sweep; pick a threshold to write -o/--report/--index")
+        threshold = None
     else:
-        sys.stdout.writelines(lines)
+        try:
+            threshold = _threshold(float(args.threshold))
+        except ValueError:
+            raise UsageError(f"--threshold must be a number in [-1, 1] or auto, got {args.threshold!r}") from None
+    if args.json and args.output is None and threshold is not None:
+        raise UsageError("--json prints the summary on stdout: give -o KEPT for the kept texts")
+    if args.against and args.index:
+        raise UsageError("use either --against REF or --index PATH, not both")
+    if args.no_self and not (args.against or args.index):
+        raise UsageError("--no-self needs --against REF or --index PATH")
+    m = _load(args)
+    t0 = time.perf_counter()
+    texts, E = _embed_file(m, args.input, args, "embed")
+    t_embed = time.perf_counter() - t0
+    info: dict = {"command": "dedup", "input": args.input, "texts": len(texts)}
+    if sweep is not None:
+        rows = dedup_sweep(E, sweep) if len(E) else [{"threshold": v, "kept": 0, "removed": 0, "pairs": 0}
+                                                     for v in sorted(set(sweep))]
+        info["sweep"] = rows
+        if not args.quiet or threshold is None:
+            out = sys.stderr if args.json or (threshold is not None and args.output is None) else sys.stdout
+            print("threshold\tkept\tremoved\tpairs", file=out)
+            for r in rows:
+                print(f"{r['threshold']:g}\t{r['kept']}\t{r['removed']}\t{r['pairs']}", file=out)
+        if threshold is None:
+            info["seconds"] = round(time.perf_counter() - t0, 3)
+            if args.json:
+                print(json.dumps(info))
+            return
+    ref = ref_texts = None
+    index = None
+    if args.against:
+        ref_texts, ref = _embed_file(m, args.against, args, "embed reference")
+    elif args.index:
+        index = DedupIndex.load(args.index, dim=m.dim)
+        ref = index.embeddings
+    t1 = time.perf_counter()
+    res = dedup(E, threshold, reference=ref, self_dedup=not args.no_self)
+    t_dedup = time.perf_counter() - t1
+    res.texts, res.reference_texts = texts, ref_texts
+    _write_kept(args.output, texts, res.kept)
     if args.report:
-        removed = np.flatnonzero(dup_of >= 0)
-        rows = [json.dumps({"index": int(i), "duplicate_of": int(dup_of[i]), "score": round(float(score[i]), 6),
-                            "text": texts[i], "kept_text": texts[dup_of[i]]}, ensure_ascii=False) + "\n"
-                for i in removed]
-        _write_atomic(args.report, lambda tmp: Path(tmp).write_text("".join(rows), encoding="utf-8"))
-    print(f"kept {len(kept)} of {len(texts)} texts (removed {len(texts) - len(kept)} at threshold {args.threshold}) "
-          f"in {dt:.2f} s (embedding {t_embed:.2f} s)", file=sys.stderr)
+        rows = res.explain()
+        for r in rows:
+            if r["against"] == "reference" and ref_texts is None:
+                r["kept_text"] = None  # an index holds vectors only
+            r["score"] = round(r["score"], 6)
+        write_lines(args.report, [json.dumps(r, ensure_ascii=False) + "\n" for r in rows])
+    if index is not None:
+        index.metadata.update(threshold=str(threshold), model=str(args.model or "default"), dim=str(m.dim))
+        index.add(E[res.kept])
+        index.save(args.index)
+        info["index_size"] = index.size
+    dt = time.perf_counter() - t0
+    st = res.summary()
+    info.update(kept=st["kept"], removed=st["removed"], removed_self=st["removed_self"],
+                removed_reference=st["removed_reference"], threshold=threshold, output=args.output,
+                seconds=round(dt, 3), embed_seconds=round(t_embed, 3), dedup_seconds=round(t_dedup, 3))
+    extra = ""
+    if ref is not None:
+        extra = f", {st['removed_reference']} matching the {'index' if index is not None else 'reference'}"
+    _summary(args, info, f"kept {st['kept']} of {len(texts)} texts (removed {st['removed']}{extra}) at threshold "
+             f"{threshold:g} in {dt:.2f} s (embedding {t_embed:.2f} s, dedup {t_dedup:.2f} s)")
 
 
 def cmd_rank(args: argparse.Namespace) -> None:
     import tokvec
 
-    texts = read_texts(args.input, args.column)
+    if args.k < 1:
+        raise UsageError(f"-k must be >= 1, got {args.k}")
+    if (args.query is None) == (args.queries is None):
+        raise UsageError("give either a QUERY or --queries QFILE")
     m = _load(args)
-    if not texts:
+    texts, E = _embed_file(m, args.input, args, "embed")
+    if args.queries:
+        qtexts = read_texts(args.queries, args.query_column, args.query_field)
+    else:
+        qtexts = [args.query]
+    if not texts or not qtexts:
+        if args.json:
+            print(json.dumps({"command": "rank", "queries": len(qtexts), "texts": len(texts), "results": []}))
         return
-    scores, idx = tokvec.topk(m.embed([args.query]), m.embed(texts), k=args.k)
-    for s, i in zip(scores[0], idx[0]):
-        print(f"{s:.4f}\t{texts[i]}")
+    scores, idx = tokvec.topk(m.embed(qtexts), E, k=args.k)
+    many = args.queries is not None
+    for qi, q in enumerate(qtexts):
+        hits = [{"rank": r + 1, "index": int(i), "score": round(float(s), 6), "text": texts[i]}
+                for r, (s, i) in enumerate(zip(scores[qi], idx[qi]))]
+        if args.json:
+            print(json.dumps({"query_index": qi, "query": q, "results": hits}, ensure_ascii=False))
+        else:
+            for h in hits:
+                print((f"{qi}\t" if many else "") + f"{h['score']:.4f}\t{h['index']}\t{h['text']}")
+
+
+def _save_npy(path, arr) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, arr)
+
+
+def cmd_cluster(args: argparse.Namespace) -> None:
+    from tokvec.cluster import kmeans
+    from tokvec.textio import output_format, write_atomic, write_lines
+
+    if args.k < 1:
+        raise UsageError(f"-k must be >= 1, got {args.k}")
+    fmt = output_format(args.output, ("txt", "npy", "jsonl"))
+    m = _load(args)
+    t0 = time.perf_counter()
+    texts, E = _embed_file(m, args.input, args, "embed", keep_texts=fmt == "jsonl")
+    n = len(E)
+    if args.k > n:
+        raise UsageError(f"-k {args.k} is more than the {n} texts of {args.input}")
+    t1 = time.perf_counter()
+    r = kmeans(E, args.k, n_init=args.n_init, max_iter=args.max_iter, seed=args.seed)
+    t_cluster = time.perf_counter() - t1
+    if fmt == "npy":
+        write_atomic(args.output, lambda tmp: _save_npy(tmp, r.labels))
+    elif fmt == "txt":
+        write_lines(args.output, [f"{v}\n" for v in r.labels.tolist()])
+    else:
+        write_lines(args.output, [json.dumps({"index": i, "label": v, "text": t}, ensure_ascii=False) + "\n"
+                                  for i, (v, t) in enumerate(zip(r.labels.tolist(), texts))])
+    if args.centroids:
+        write_atomic(args.centroids, lambda tmp: _save_npy(tmp, r.centroids))
+    sizes = np.bincount(r.labels, minlength=args.k)
+    dt = time.perf_counter() - t0
+    _summary(args, {"command": "cluster", "input": args.input, "texts": n, "k": args.k, "inertia": r.inertia,
+                    "iterations": r.n_iter, "sizes": sizes.tolist(), "seconds": round(dt, 3),
+                    "cluster_seconds": round(t_cluster, 3)},
+             f"clustered {n} texts into {args.k} clusters (sizes {sizes.min()}..{sizes.max()}, inertia "
+             f"{r.inertia:.2f}) in {dt:.2f} s (k-means {t_cluster:.2f} s); labels in {args.output}")
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from tokvec.textio import _text_stream, input_format, iter_texts, output_format, write_lines
+
+    if args.target_size < 1:
+        raise UsageError(f"--target-size must be >= 1, got {args.target_size}")
+    if args.output:
+        output_format(args.output, ("jsonl", "txt"))
+    fmt, comp = input_format(args.input, args.format)
+    m = _load(args)
+    t0 = time.perf_counter()
+    if fmt == "txt":
+        # a text file (or stdin) is one document
+        if args.input != "-" and not Path(args.input).is_file():
+            raise FileNotFoundError(f"{args.input}: no such file")
+        fh = _text_stream(args.input, comp)
+        try:
+            docs = iter([[fh.read()]])
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{args.input}: not valid UTF-8 ({e.reason})") from None
+        finally:
+            if args.input != "-":
+                fh.close()
+    else:
+        docs = iter_texts(args.input, chunk_size=args.batch_size, **_input_kw(args))
+    rows = []
+    n_docs = 0
+    for chunk in docs:
+        for text in chunk:
+            for j, c in enumerate(m.split(text, args.target_size)):
+                rows.append({"doc": n_docs, "chunk": j, "chars": len(c), "text": c})
+            n_docs += 1
+    if args.output and args.output.endswith(".txt"):
+        lines = [r["text"].replace("\n", " ").strip() + "\n" for r in rows]
+    else:
+        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+    if args.output:
+        write_lines(args.output, lines)
+    else:
+        sys.stdout.writelines(lines)
+    dt = time.perf_counter() - t0
+    sizes = [r["chars"] for r in rows] or [0]
+    info = {"command": "split", "input": args.input, "documents": n_docs, "chunks": len(rows),
+            "max_chars": max(sizes), "mean_chars": round(sum(sizes) / max(len(rows), 1), 1), "seconds": round(dt, 3)}
+    if args.json and args.output:
+        print(json.dumps(info))
+    if not args.quiet:
+        print(f"split {n_docs} document(s) into {len(rows)} chunks (max {max(sizes)} chars, target "
+              f"{args.target_size}) in {dt:.2f} s", file=sys.stderr)
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -174,26 +372,68 @@ def main(argv: list[str] | None = None) -> int:
         if with_input:
             p.add_argument("--column", default=None, help="column (.tsv/.csv) or field (.jsonl) holding the text")
 
-    p = sub.add_parser("embed", help="embed texts to a .npy file")
-    p.add_argument("input")
-    p.add_argument("-o", "--output", required=True)
+    def io_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--field", default=None, help="JSON field holding the text (.jsonl; default: text)")
+        p.add_argument("--format", default=None, choices=["txt", "jsonl", "csv", "tsv", "parquet"],
+                       help="input format instead of the file suffix (e.g. for stdin)")
+        p.add_argument("--batch-size", type=int, default=32768, help="texts read and embedded per chunk")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary line on stderr")
+        p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
+
+    p = sub.add_parser("embed", help="embed texts to .npy, .safetensors, .parquet or .jsonl (streamed)")
+    p.add_argument("input", help="texts: .txt, .jsonl, .csv, .tsv, .parquet (optionally .gz/.zst), or - for stdin")
+    p.add_argument("-o", "--output", required=True, help="OUT.npy | OUT.safetensors | OUT.parquet | OUT.jsonl")
     common(p)
+    io_opts(p)
     p.set_defaults(fn=cmd_embed)
 
     p = sub.add_parser("dedup", help="remove near-duplicate texts (greedy, exact)")
     p.add_argument("input")
-    p.add_argument("-o", "--output", default=None, help="kept texts (default: stdout)")
-    p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("-o", "--output", default=None, help="kept texts, .txt or .jsonl (default: stdout)")
+    p.add_argument("--threshold", default="0.9", help="cosine threshold in [-1, 1], or auto for a sweep")
+    p.add_argument("--sweep", default=None, metavar="LIST",
+                   help="also print how many texts each threshold keeps: 0.8,0.9 or 0.8:0.98:0.02 or auto")
     p.add_argument("--report", default=None, help="JSONL file: each removed text, the kept text it duplicates, score")
+    p.add_argument("--against", default=None, metavar="REF",
+                   help="also remove texts that duplicate a text of REF (REF itself is not deduplicated)")
+    p.add_argument("--index", default=None, metavar="PATH",
+                   help="safetensors index of kept vectors: dedup against it, then add the kept texts to it")
+    p.add_argument("--no-self", action="store_true",
+                   help="with --against/--index: only remove matches of REF/the index, not duplicates within IN")
     common(p)
+    io_opts(p)
     p.set_defaults(fn=cmd_dedup)
 
-    p = sub.add_parser("rank", help="the texts most similar to a query")
-    p.add_argument("query")
+    p = sub.add_parser("rank", help="the texts most similar to a query (or to each query of a file)")
+    p.add_argument("query", nargs="?", default=None, help="the query text (or use --queries)")
     p.add_argument("input")
     p.add_argument("-k", type=int, default=10)
+    p.add_argument("--queries", default=None, metavar="QFILE", help="many queries, one result block each")
+    p.add_argument("--query-column", default=None, help="column of QFILE holding the query")
+    p.add_argument("--query-field", default=None, help="JSON field of QFILE holding the query")
     common(p)
+    io_opts(p)
     p.set_defaults(fn=cmd_rank)
+
+    p = sub.add_parser("cluster", help="k-means clusters of texts (labels to .txt, .npy or .jsonl)")
+    p.add_argument("input")
+    p.add_argument("-k", type=int, required=True, help="number of clusters")
+    p.add_argument("-o", "--output", required=True, help="LABELS.txt (a label a line), .npy or .jsonl")
+    p.add_argument("--centroids", default=None, help="also write the (k, dim) centers to this .npy")
+    p.add_argument("--n-init", type=int, default=3, help="k-means++ restarts (the lowest inertia wins)")
+    p.add_argument("--max-iter", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    common(p)
+    io_opts(p)
+    p.set_defaults(fn=cmd_cluster)
+
+    p = sub.add_parser("split", help="semantic chunking of documents (a .txt file is one document)")
+    p.add_argument("input", help="a .txt document (or -), or .jsonl/.csv/.tsv/.parquet with one document a row")
+    p.add_argument("-o", "--output", default=None, help="chunks as .jsonl (doc, chunk, chars, text) or .txt")
+    p.add_argument("--target-size", type=int, default=1536, help="maximum chunk length in characters")
+    common(p)
+    io_opts(p)
+    p.set_defaults(fn=cmd_split)
 
     p = sub.add_parser("info", help="describe a checkpoint or model from its headers (tensors, table, tokenizer)")
     p.add_argument("path", nargs="?", default=None,
@@ -221,13 +461,26 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from tokvec._core import FormatError, TokenizerError
 
+    if getattr(args, "batch_size", 1) < 1:
+        print(f"tokvec {args.cmd}: error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
+        return 2
     try:
         args.fn(args)
+    except BrokenPipeError:
+        # the reader of stdout went away (e.g. `| head`): not an error; silence the flush at exit
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        return 0
     except (UsageError, FormatError, TokenizerError, FileNotFoundError, FileExistsError, ValueError, TypeError) as e:
         print(f"tokvec {args.cmd}: error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        return 0
+    except OSError as e:
+        # unreadable/unwritable files: permission denied, a folder given as a file, disk full
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"tokvec {args.cmd}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tokvec {args.cmd}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

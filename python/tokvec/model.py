@@ -80,7 +80,19 @@ def load(
     max_length = _positive_int(max_length, "max_length")
     r = resolve(path, tokenizer=tokenizer, table=table)
     tok = load_tokenizer(r.tokenizer, add_special_tokens=r.add_special_tokens, fast=fast_tokenizer)
-    return Model._build(r, tok, dim=dim, binary=binary, normalize=normalize, max_length=max_length)
+    m = Model._build(r, tok, dim=dim, binary=binary, normalize=normalize, max_length=max_length)
+    # what `pickle` needs to re-open the model elsewhere: paths and options, never the table
+    m._load_args = {
+        "path": None if path is None else os.fspath(Path(path).resolve()),
+        "tokenizer": None if tokenizer is None else os.fspath(Path(tokenizer).resolve()),
+        "table": table, "dim": dim, "binary": binary, "normalize": normalize, "max_length": max_length,
+        "fast_tokenizer": fast_tokenizer,
+    }
+    return m
+
+
+def _reload(args: dict[str, Any]) -> Model:
+    return load(**args)
 
 
 class Model:
@@ -102,6 +114,14 @@ class Model:
         self._binary = binary
         self._max_length = max_length
         self._skip_ids = skip_ids
+        self._load_args: dict[str, Any] | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickles by path: a worker re-opens (memory-maps) the same files, so nothing large crosses the
+        # wire. The files must be readable at the same path where the model is unpickled.
+        if self._load_args is None:
+            raise TypeError("only models made by tokvec.load() can be pickled (they are re-opened by path)")
+        return (_reload, (self._load_args,))
 
     @classmethod
     def _build(cls, r: Resolved, tok: LoadedTokenizer, *, dim: int | None, binary: bool,
@@ -354,8 +374,9 @@ class Model:
         return _key
 
     def deduplicate(
-        self, docs: Sequence[str], threshold: float = 0.9, *, return_indices: bool = False
-    ) -> list[str] | list[int]:
+        self, docs: Sequence[str], threshold: float = 0.9, *, return_indices: bool = False, explain: bool = False,
+        reference: Sequence[str] | None = None,
+    ) -> Any:
         """Removes near-duplicates, greedily in input order: a doc is dropped when its similarity
         with an earlier *kept* doc is > threshold. Exact (no approximate search).
 
@@ -363,12 +384,28 @@ class Model:
             docs: the texts.
             threshold: in [-1, 1].
             return_indices: return the indices of the *kept* docs (ascending) instead of the texts.
+            explain: return a `tokvec.DedupResult` instead: kept indices, and for every removed doc
+                the kept doc it duplicates and the score (`.explain()`), plus `.summary()`.
+            reference: docs of a reference set (e.g. a test set): any doc above the threshold with
+                one of them is removed too; the reference set is not deduplicated. Implies nothing
+                about `explain`; without it the kept docs (or indices) are returned as usual.
 
         Returns:
-            the kept docs in input order, or their indices.
+            the kept docs in input order, or their indices, or a `DedupResult`.
         """
         t = _threshold(threshold)
         items = self._texts(docs, "docs")
+        if explain or reference is not None:
+            from tokvec.dedup import dedup as _dedup
+
+            if self._binary:
+                raise ValueError("explain= and reference= need a float model (binary=False)")
+            ref = None if reference is None else self._texts(reference, "reference")
+            res = _dedup(self.embed(items), t, reference=None if ref is None else self.embed(ref))
+            res.texts, res.reference_texts = items, ref
+            if explain:
+                return res
+            return res.kept.tolist() if return_indices else res.kept_texts()
         kept, _, _ = dedup_indices(self.embed(items), t, bits=self.dim if self._binary else None)
         if return_indices:
             return kept.tolist()
@@ -434,6 +471,45 @@ class Model:
         from tokvec import explore
 
         return explore.analogy(self, a, b, c, k)
+
+    def split(self, text: str, target_size: int = 1536, *, unit_size: int | None = None) -> list[str]:
+        """Semantic chunking: the text is cut into lines, then sentences (for lines longer than
+        `unit_size`), then word groups (for sentences still longer); the pieces are embedded and
+        neighbouring segments are merged, the most similar pair first, while the merged segment stays
+        within `target_size` characters. Topic shifts therefore tend to fall between chunks.
+
+        Args:
+            text: the text to split.
+            target_size: maximum chunk length in characters (a chunk is longer only if a single
+                character sequence without whitespace is, which is then cut hard).
+            unit_size: maximum length of the initial pieces (default target_size // 4).
+
+        Returns:
+            the chunks in order; `"".join(chunks) == text`. An empty text gives [].
+        """
+        from tokvec.split import semantic_split
+
+        if self._binary:
+            raise ValueError("split needs a float model (binary=False)")
+        return semantic_split(self, text, target_size, unit_size)
+
+    def cluster(self, docs: Sequence[str], k: int, **kwargs: Any) -> Any:
+        """Clusters docs with k-means on their embeddings (see `tokvec.kmeans` for the options:
+        n_init, max_iter, tol, seed).
+
+        Args:
+            docs: the texts.
+            k: number of clusters.
+            **kwargs: passed to `tokvec.kmeans`.
+
+        Returns:
+            a `tokvec.KMeansResult` (labels per doc, centroids, inertia).
+        """
+        from tokvec.cluster import kmeans
+
+        if self._binary:
+            raise ValueError("cluster needs a float model (binary=False)")
+        return kmeans(self.embed(self._texts(docs, "docs")), k, **kwargs)
 
     # ---------------------------------------------------------------- saving
     def save(self, path: str | os.PathLike[str]) -> Path:

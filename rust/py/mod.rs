@@ -4,6 +4,7 @@
 
 use pyo3::prelude::*;
 
+mod cluster;
 mod errors;
 mod extract;
 mod model;
@@ -22,5 +23,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     extract::register(m)?;
     model::register(m)?;
     search::register(m)?;
+    cluster::register(m)?;
     Ok(())
 }

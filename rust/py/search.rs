@@ -8,7 +8,7 @@
 //! moved into new arrays without a copy.
 
 use numpy::ndarray::{Array1, Array2};
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -282,6 +282,63 @@ fn py_dedup_binary<'py>(
     Ok(dedup_out(py, r))
 }
 
+/// Greedy resolution of precomputed pairs: row j is dropped when a pair (i, j), i < j, with score
+/// > threshold has a kept i. Pairs computed once at a low threshold can be resolved at any higher
+/// threshold (a threshold sweep), and pairs from several sources (an on-disk index of kept rows,
+/// cross pairs, pairs within a batch) can be combined. GIL released.
+///
+/// Args:
+///     n: number of rows.
+///     i: int64 (m,) first rows of the pairs.
+///     j: int64 (m,) second rows, i < j < n.
+///     score: float32 (m,) pair scores.
+///     threshold: only pairs with score > threshold count.
+///
+/// Returns:
+///     (kept int64 ascending, dup_of int64 (n,), -1 for kept rows, score float32 (n,), NaN for kept
+///     rows), as `dedup`.
+///
+/// Raises:
+///     ValueError: arrays of different lengths, a pair with i >= j or j >= n, a non-finite threshold.
+#[pyfunction]
+#[pyo3(name = "dedup_resolve")]
+fn py_dedup_resolve<'py>(
+    py: Python<'py>,
+    n: usize,
+    i: PyReadonlyArray1<'py, i64>,
+    j: PyReadonlyArray1<'py, i64>,
+    score: PyReadonlyArray1<'py, f32>,
+    threshold: f64,
+) -> PyResult<PairsOut<'py>> {
+    let t = check_threshold(threshold)?;
+    if n > u32::MAX as usize {
+        return Err(PyValueError::new_err(format!("n must be below 2**32, got {n}")));
+    }
+    let (a, b, s) = (i.as_slice()?, j.as_slice()?, score.as_slice()?);
+    if a.len() != b.len() || a.len() != s.len() {
+        return Err(PyValueError::new_err(format!(
+            "i, j and score must have the same length, got {}, {} and {}",
+            a.len(),
+            b.len(),
+            s.len()
+        )));
+    }
+    let mut pairs: Vec<Pair> = Vec::with_capacity(a.len());
+    for k in 0..a.len() {
+        let (x, y) = (a[k], b[k]);
+        if x < 0 || x >= y || y as u64 >= n as u64 {
+            return Err(PyValueError::new_err(format!(
+                "pair {k} is ({x}, {y}): pairs need 0 <= i < j < n = {n}"
+            )));
+        }
+        if s[k] > t {
+            pairs.push((x as u32, y as u32, s[k]));
+        }
+    }
+    let r = py.detach(|| dedup::resolve(n, pairs));
+    Ok(dedup_out(py, r))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_topk, m)?)?;
     m.add_function(wrap_pyfunction!(py_duplicate_pairs, m)?)?;
@@ -290,5 +347,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_topk_binary, m)?)?;
     m.add_function(wrap_pyfunction!(py_duplicate_pairs_binary, m)?)?;
     m.add_function(wrap_pyfunction!(py_dedup_binary, m)?)?;
+    m.add_function(wrap_pyfunction!(py_dedup_resolve, m)?)?;
     Ok(())
 }
