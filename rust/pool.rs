@@ -271,9 +271,13 @@ impl EmbedModel {
                 ));
             }
         }
-        let max_skip = spec.skip_ids.iter().copied().max().map_or(0, |m| m as usize + 1);
+        // Skip ids at or past the id limit can never match a valid id (those are refused), so the
+        // bitmap stops at the limit: a stray huge id (e.g. u32::MAX in a config) must not allocate
+        // half a gigabyte.
+        let in_range = || spec.skip_ids.iter().copied().filter(|&s| (s as usize) < id_limit);
+        let max_skip = in_range().max().map_or(0, |m| m as usize + 1);
         let mut skip = vec![0u64; max_skip.div_ceil(64)];
-        for &s in &spec.skip_ids {
+        for s in in_range() {
             skip[s as usize / 64] |= 1u64 << (s % 64);
         }
         if spec.max_length == Some(0) {
@@ -674,5 +678,24 @@ mod tests {
             assert_eq!((out[j / 64] >> (j % 64)) & 1 == 1, j % 3 == 0);
         }
         assert_eq!(out[1] >> 6, 0, "padding bits are zero");
+    }
+
+    #[test]
+    fn huge_skip_ids_do_not_allocate_and_are_ignored() {
+        // A config's skip_ids may hold any u32: the bitmap is bounded by the id limit.
+        let spec = ModelSpec {
+            table: "emb".into(),
+            skip_ids: vec![u32::MAX, 3, 1 << 31],
+            normalize: false,
+            ..Default::default()
+        };
+        let m = model(10, 4, spec, 9).unwrap();
+        assert!(m.skip.len() <= 1, "bitmap of {} words", m.skip.len());
+        assert!(m.is_skipped(3) && !m.is_skipped(4));
+        let mut out = vec![0f32; 4];
+        assert!(matches!(
+            m.embed_ids(&[u32::MAX], &[0, 1], &mut out),
+            Err(CoreError::IdOutOfRange { .. })
+        ));
     }
 }
