@@ -229,8 +229,7 @@ pub fn validate(bytes: &[u8], ps: &str) -> Result<(Vec<TensorMeta>, Vec<(String,
         })
         .collect::<Result<_>>()?;
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut metadata: Vec<(String, String)> =
-        md.metadata().clone().unwrap_or_else(HashMap::new).into_iter().collect();
+    let mut metadata: Vec<(String, String)> = md.metadata().clone().unwrap_or_else(HashMap::new).into_iter().collect();
     metadata.sort();
     Ok((tensors, metadata))
 }
@@ -511,6 +510,30 @@ mod tests {
         assert_eq!(duplicate_key(r#"{"a":{"x":1,"x":2},"b":1}"#), None);
         assert_eq!(duplicate_key(r#"{"a":1,"b":{"a":1},"a":2}"#), Some("a".into()));
         assert_eq!(duplicate_key(r#"{"a\"b":1,"c":[{"a\"b":1}]}"#), None);
+    }
+
+    #[test]
+    fn from_bytes_agrees_with_open() {
+        let d = tmp();
+        let header = r#"{"__metadata__":{"k":"v"},"b":{"dtype":"I32","shape":[2],"data_offsets":[12,20]},"a":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]}}"#;
+        let p = write_st(&d, "agree.safetensors", header, &[7; 20]);
+        let bytes = std::fs::read(&p).unwrap();
+        let (a, b) = (
+            SafetensorsFile::open(&p).unwrap(),
+            SafetensorsFile::from_bytes(&bytes, "mem").unwrap(),
+        );
+        assert_eq!(a.metadata(), b.metadata());
+        assert_eq!(a.tensors().len(), 2);
+        for (x, y) in a.tensors().iter().zip(b.tensors()) {
+            assert_eq!((&x.name, x.start, x.end, &x.shape), (&y.name, y.start, y.end, &y.shape));
+            assert_eq!(a.bytes(x), b.bytes(y));
+        }
+        for short in 0..8 {
+            match SafetensorsFile::from_bytes(&bytes[..short], "mem") {
+                Err(CoreError::Format { path, msg }) => assert!(path == "mem" && msg.contains("8-byte"), "{msg}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     proptest::proptest! {

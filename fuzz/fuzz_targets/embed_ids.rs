@@ -11,7 +11,15 @@ use tokvec::pool::{EmbedModel, ModelSpec};
 use tokvec::simd::Isa;
 use tokvec::SafetensorsFile;
 
-const DTYPES: [(&str, usize); 7] = [("F16", 2), ("BF16", 2), ("F32", 4), ("F64", 8), ("I8", 1), ("I32", 4), ("U8", 1)];
+const DTYPES: [(&str, usize); 7] = [
+    ("F16", 2),
+    ("BF16", 2),
+    ("F32", 4),
+    ("F64", 8),
+    ("I8", 1),
+    ("I32", 4),
+    ("U8", 1),
+];
 
 struct Bytes<'a>(&'a [u8]);
 
@@ -79,7 +87,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(st) = SafetensorsFile::from_bytes(&file, "fuzz.safetensors") else {
         return;
     };
-    let dim = if flags & 4 != 0 { Some((b.u8() as usize) % (cols + 2)) } else { None };
+    let dim = if flags & 4 != 0 {
+        Some((b.u8() as usize) % (cols + 2))
+    } else {
+        None
+    };
     let spec = ModelSpec {
         table: "table".into(),
         weights: with_weights.then(|| "weights".into()),
@@ -87,7 +99,11 @@ fuzz_target!(|data: &[u8]| {
         skip_ids: (0..(b.u8() % 4)).map(|_| b.u8() as u32 % 24).collect(),
         dim,
         normalize: flags & 8 != 0,
-        max_length: if flags & 64 != 0 { Some(b.u8() as usize % 5) } else { None },
+        max_length: if flags & 64 != 0 {
+            Some(b.u8() as usize % 5)
+        } else {
+            None
+        },
     };
     let Ok(model) = EmbedModel::new(Arc::new(st), &spec, None) else {
         return;
@@ -107,7 +123,10 @@ fuzz_target!(|data: &[u8]| {
         .fold(0f32, f32::max);
     if with_weights {
         let w = &payload[off..];
-        bound *= w.chunks_exact(4).map(|c| max_abs(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).fold(0f32, f32::max);
+        bound *= w
+            .chunks_exact(4)
+            .map(|c| max_abs(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .fold(0f32, f32::max);
     }
     // ids: each byte is an id (some beyond the id limit); a 0xFF byte ends a text.
     let mut ids = Vec::new();

@@ -11,7 +11,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(h) => {
             assert!(h.data_start <= data.len());
             for t in &h.tensors {
-                assert!(t.start >= h.data_start && t.start <= t.end && t.end <= data.len(), "{t:?}");
+                assert!(
+                    t.start >= h.data_start && t.start <= t.end && t.end <= data.len(),
+                    "{t:?}"
+                );
                 assert!(!t.dims.is_empty());
                 let _ = t.shape();
                 let _ = &data[t.start..t.end];

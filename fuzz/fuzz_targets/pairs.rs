@@ -20,7 +20,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let rest = &data[3..];
     // Rows from bytes: few distinct values so that near-duplicates and exact ties are common.
-    let mut e: Vec<f32> = (0..n * d).map(|i| (rest.get(i).copied().unwrap_or(1) % 5) as f32 - 2.0).collect();
+    let mut e: Vec<f32> = (0..n * d)
+        .map(|i| (rest.get(i).copied().unwrap_or(1) % 5) as f32 - 2.0)
+        .collect();
     if data[3] == 0xFE && !e.is_empty() {
         e[0] = f32::NAN;
     }
@@ -67,7 +69,11 @@ fuzz_target!(|data: &[u8]| {
             }
             let v = u64::from_le_bytes(w);
             let keep = bits - 64 * (words - 1);
-            if i % words == words - 1 && keep < 64 { v & ((1u64 << keep) - 1) } else { v }
+            if i % words == words - 1 && keep < 64 {
+                v & ((1u64 << keep) - 1)
+            } else {
+                v
+            }
         })
         .collect();
     let fast = hamming::pairs_above(&h, n, words, bits, threshold);

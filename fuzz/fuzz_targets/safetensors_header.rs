@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
     match validate(data, "fuzz.safetensors") {
         Ok((tensors, _metadata)) => {
             for t in &tensors {
-                assert!(t.start <= t.end && t.end <= data.len(), "{t:?} outside {} bytes", data.len());
+                assert!(
+                    t.start <= t.end && t.end <= data.len(),
+                    "{t:?} outside {} bytes",
+                    data.len()
+                );
                 let size = t.dtype.size();
                 if size > 0 {
                     let n: usize = t.shape.iter().product();

@@ -63,7 +63,11 @@ fuzz_target!(|data: &[u8]| {
                 let last = words > 0 && i % words == words - 1;
                 if last && bits > 0 && bits < 64 * words && data[2] & 1 == 0 {
                     let keep = bits - 64 * (words - 1);
-                    if keep >= 64 { v } else { v & ((1u64 << keep) - 1) }
+                    if keep >= 64 {
+                        v
+                    } else {
+                        v & ((1u64 << keep) - 1)
+                    }
                 } else {
                     v
                 }
