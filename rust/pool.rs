@@ -388,6 +388,12 @@ impl EmbedModel {
                 if norm > 0.0 && norm.is_finite() {
                     let inv = 1.0 / norm;
                     acc.iter_mut().for_each(|x| *x *= inv);
+                } else if acc.iter().all(|x| x.is_finite()) && acc.iter().any(|&x| x != 0.0) {
+                    // The f32 sum of squares overflowed (values above ~1e19) or underflowed to 0
+                    // (values below ~1e-23): redo it in f64, which holds the square of any f32, so
+                    // the vector is still unit length. The usual case above keeps its exact bits.
+                    let norm = acc.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+                    acc.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
                 }
             }
         }
@@ -697,5 +703,38 @@ mod tests {
             m.embed_ids(&[u32::MAX], &[0, 1], &mut out),
             Err(CoreError::IdOutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn normalization_survives_f32_overflow_and_underflow() {
+        // Rows whose squared norm overflows or underflows f32 still come out unit length (found by
+        // the embed_ids fuzz target: 1e21-sized values were returned unnormalized).
+        for scale in [1e21f32, 3e37, 1e-25, 1e-38] {
+            let vals: Vec<f32> = [1.0f32, -2.0, 2.0, 0.5].iter().map(|v| v * scale).collect();
+            let mut data: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let header = format!(
+                r#"{{"t":{{"dtype":"F32","shape":[1,4],"data_offsets":[0,{}]}}}}"#,
+                data.len()
+            );
+            let mut file = (header.len() as u64).to_le_bytes().to_vec();
+            file.extend_from_slice(header.as_bytes());
+            file.append(&mut data);
+            let st = Arc::new(SafetensorsFile::from_bytes(&file, "big.safetensors").unwrap());
+            let spec = ModelSpec {
+                table: "t".into(),
+                normalize: true,
+                ..Default::default()
+            };
+            for isa_level in [Isa::Scalar, isa()] {
+                let mut m = EmbedModel::new(st.clone(), &spec, None).unwrap();
+                m.set_isa(isa_level);
+                let mut out = vec![0f32; 4];
+                m.embed_ids(&[0, 0], &[0, 2], &mut out).unwrap();
+                let norm = out.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+                assert!((norm - 1.0).abs() < 1e-5, "scale {scale}: {out:?}");
+                let want = [1.0 / 9.25f64.sqrt(), -2.0 / 9.25f64.sqrt()];
+                assert!((out[0] as f64 - want[0]).abs() < 1e-5 && (out[1] as f64 - want[1]).abs() < 1e-5);
+            }
+        }
     }
 }
