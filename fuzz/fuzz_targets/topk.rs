@@ -62,7 +62,7 @@ fuzz_target!(|data: &[u8]| {
                 // Mostly valid padding (bits past `bits` cleared), sometimes not.
                 let last = words > 0 && i % words == words - 1;
                 if last && bits > 0 && bits < 64 * words && data[2] & 1 == 0 {
-                    let keep = bits - 64 * (words - 1);
+                    let keep = bits.saturating_sub(64 * (words - 1)); // 0: the last word is all padding
                     if keep >= 64 {
                         v
                     } else {

@@ -10,8 +10,9 @@ Each input drives one of:
   ints, bool, complex, object), shapes (0-d to 3-d, empty), strides (transposed, sliced, negative), NaN/inf, any k
   and threshold; results are checked against numpy where the input is valid.
 
-Allowed outcomes: a result, or TypeError / ValueError (FormatError and TokenizerError are ValueErrors). Anything
-else (PanicException, SystemError, MemoryError, a crash) is a finding.
+Allowed outcomes: a result, or TypeError / ValueError / IndexError (FormatError and TokenizerError are ValueErrors;
+IndexError is a token id past the table in `embed_ids`). Anything else (PanicException, SystemError, MemoryError,
+a crash) is a finding.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ with atheris.instrument_imports():
 
 MODEL = tokvec.load()
 BMODEL = tokvec.load(binary=True)
-ALLOWED = (TypeError, ValueError)
+# IndexError: a token id past the table in embed_ids (a documented, specific error)
+ALLOWED = (TypeError, ValueError, IndexError)
 DTYPES = [np.float32, np.float64, np.float16, np.int8, np.int32, np.int64, np.uint8, np.bool_, np.complex64, object]
 
 
