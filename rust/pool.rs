@@ -384,13 +384,14 @@ impl EmbedModel {
             let inv = 1.0 / count as f32;
             acc.iter_mut().for_each(|x| *x *= inv);
             if self.normalize {
-                let norm = acc.iter().map(|x| x * x).sum::<f32>().sqrt();
-                if norm > 0.0 && norm.is_finite() {
-                    let inv = 1.0 / norm;
+                let squares = acc.iter().map(|x| x * x).sum::<f32>();
+                if squares.is_finite() && squares >= 1e-30 {
+                    let inv = 1.0 / squares.sqrt();
                     acc.iter_mut().for_each(|x| *x *= inv);
                 } else if acc.iter().all(|x| x.is_finite()) && acc.iter().any(|&x| x != 0.0) {
-                    // The f32 sum of squares overflowed (values above ~1e19) or underflowed to 0
-                    // (values below ~1e-23): redo it in f64, which holds the square of any f32, so
+                    // The f32 sum of squares overflowed (values above ~1e19) or came near the
+                    // subnormal range (values below ~1e-15), where squares lose their precision or
+                    // vanish: redo it in f64, which holds the square of any f32 exactly enough, so
                     // the vector is still unit length. The usual case above keeps its exact bits.
                     let norm = acc.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
                     acc.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
@@ -709,7 +710,7 @@ mod tests {
     fn normalization_survives_f32_overflow_and_underflow() {
         // Rows whose squared norm overflows or underflows f32 still come out unit length (found by
         // the embed_ids fuzz target: 1e21-sized values were returned unnormalized).
-        for scale in [1e21f32, 3e37, 1e-25, 1e-38] {
+        for scale in [1e21f32, 3e37, 1e-17, 1e-20, 1e-25, 1e-38] {
             let vals: Vec<f32> = [1.0f32, -2.0, 2.0, 0.5].iter().map(|v| v * scale).collect();
             let mut data: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
             let header = format!(
