@@ -188,6 +188,52 @@ fn duplicate_key(header: &str) -> Option<String> {
     None
 }
 
+/// Validates a whole safetensors file held in `bytes` (header and offsets; tensor data is not
+/// read) and returns its tensors, sorted by name, with absolute offsets, and its `__metadata__`.
+///
+/// This is what [`SafetensorsFile::open`] runs on the mapped file; it never reads outside `bytes`
+/// and never panics, whatever the bytes (fuzzed by `fuzz/fuzz_targets/safetensors_header.rs`).
+///
+/// Errors: `Format` naming `ps` and the problem.
+pub fn validate(bytes: &[u8], ps: &str) -> Result<(Vec<TensorMeta>, Vec<(String, String)>)> {
+    let len = bytes.len();
+    if len < 8 {
+        return Err(CoreError::format(ps, describe(SafeTensorError::HeaderTooSmall, len)));
+    }
+    let (n, md) = SafeTensors::read_metadata(bytes).map_err(|e| CoreError::format(ps, describe(e, len)))?;
+    // read_metadata checked 8 + n <= len and that the header is UTF-8.
+    let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap_or("");
+    if !header.trim_start().starts_with('{') {
+        return Err(CoreError::format(ps, "header is not a JSON object"));
+    }
+    if let Some(k) = duplicate_key(header) {
+        return Err(CoreError::format(ps, format!("header names tensor {k:?} twice")));
+    }
+    let data_start = 8 + n;
+    let mut tensors: Vec<TensorMeta> = md
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| {
+            let start = data_start.checked_add(info.data_offsets.0);
+            let end = data_start.checked_add(info.data_offsets.1);
+            match (start, end) {
+                (Some(s), Some(e)) if s <= e && e <= len => Ok(TensorMeta {
+                    name,
+                    dtype: DType::from_st(info.dtype),
+                    shape: info.shape.clone(),
+                    start: s,
+                    end: e,
+                }),
+                _ => Err(CoreError::format(ps, format!("tensor {name:?} lies outside the file"))),
+            }
+        })
+        .collect::<Result<_>>()?;
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut metadata: Vec<(String, String)> = md.metadata().clone().unwrap_or_else(HashMap::new).into_iter().collect();
+    metadata.sort();
+    Ok((tensors, metadata))
+}
+
 impl SafetensorsFile {
     /// Maps and validates a safetensors file.
     ///
@@ -221,40 +267,32 @@ impl SafetensorsFile {
             path: ps.clone(),
             source: e,
         })?;
-        let (n, md) = SafeTensors::read_metadata(&mmap).map_err(|e| CoreError::format(&ps, describe(e, len)))?;
-        // read_metadata checked 8 + n <= len and that the header is UTF-8.
-        let header = std::str::from_utf8(&mmap[8..8 + n]).unwrap_or("");
-        if !header.trim_start().starts_with('{') {
-            return Err(CoreError::format(&ps, "header is not a JSON object"));
-        }
-        if let Some(k) = duplicate_key(header) {
-            return Err(CoreError::format(&ps, format!("header names tensor {k:?} twice")));
-        }
-        let data_start = 8 + n;
-        let mut tensors: Vec<TensorMeta> = md
-            .tensors()
-            .into_iter()
-            .map(|(name, info)| {
-                let start = data_start.checked_add(info.data_offsets.0);
-                let end = data_start.checked_add(info.data_offsets.1);
-                match (start, end) {
-                    (Some(s), Some(e)) if s <= e && e <= len => Ok(TensorMeta {
-                        name,
-                        dtype: DType::from_st(info.dtype),
-                        shape: info.shape.clone(),
-                        start: s,
-                        end: e,
-                    }),
-                    _ => Err(CoreError::format(&ps, format!("tensor {name:?} lies outside the file"))),
-                }
-            })
-            .collect::<Result<_>>()?;
-        tensors.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut metadata: Vec<(String, String)> =
-            md.metadata().clone().unwrap_or_else(HashMap::new).into_iter().collect();
-        metadata.sort();
+        let (tensors, metadata) = validate(&mmap, &ps)?;
         Ok(SafetensorsFile {
             path: ps,
+            mmap,
+            tensors,
+            metadata,
+        })
+    }
+
+    /// Validates `bytes` as a safetensors file and holds a private read-only copy of them, as if
+    /// they had been read from `path` (which is used only in messages). Used by the fuzz targets and
+    /// tests that build files in memory; real files go through [`SafetensorsFile::open`].
+    ///
+    /// Errors: `Format` naming `path` and the problem; `Io` if the anonymous map cannot be made.
+    pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Self> {
+        let (tensors, metadata) = validate(bytes, path)?;
+        let io = |e| CoreError::Io {
+            path: path.to_string(),
+            source: e,
+        };
+        // validate() refused fewer than 8 bytes, so the map is never empty.
+        let mut anon = memmap2::MmapOptions::new().len(bytes.len()).map_anon().map_err(io)?;
+        anon.copy_from_slice(bytes);
+        let mmap = anon.make_read_only().map_err(io)?;
+        Ok(SafetensorsFile {
+            path: path.to_string(),
             mmap,
             tensors,
             metadata,
@@ -472,6 +510,30 @@ mod tests {
         assert_eq!(duplicate_key(r#"{"a":{"x":1,"x":2},"b":1}"#), None);
         assert_eq!(duplicate_key(r#"{"a":1,"b":{"a":1},"a":2}"#), Some("a".into()));
         assert_eq!(duplicate_key(r#"{"a\"b":1,"c":[{"a\"b":1}]}"#), None);
+    }
+
+    #[test]
+    fn from_bytes_agrees_with_open() {
+        let d = tmp();
+        let header = r#"{"__metadata__":{"k":"v"},"b":{"dtype":"I32","shape":[2],"data_offsets":[12,20]},"a":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]}}"#;
+        let p = write_st(&d, "agree.safetensors", header, &[7; 20]);
+        let bytes = std::fs::read(&p).unwrap();
+        let (a, b) = (
+            SafetensorsFile::open(&p).unwrap(),
+            SafetensorsFile::from_bytes(&bytes, "mem").unwrap(),
+        );
+        assert_eq!(a.metadata(), b.metadata());
+        assert_eq!(a.tensors().len(), 2);
+        for (x, y) in a.tensors().iter().zip(b.tensors()) {
+            assert_eq!((&x.name, x.start, x.end, &x.shape), (&y.name, y.start, y.end, &y.shape));
+            assert_eq!(a.bytes(x), b.bytes(y));
+        }
+        for short in 0..8 {
+            match SafetensorsFile::from_bytes(&bytes[..short], "mem") {
+                Err(CoreError::Format { path, msg }) => assert!(path == "mem" && msg.contains("8-byte"), "{msg}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     proptest::proptest! {

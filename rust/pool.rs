@@ -271,9 +271,13 @@ impl EmbedModel {
                 ));
             }
         }
-        let max_skip = spec.skip_ids.iter().copied().max().map_or(0, |m| m as usize + 1);
+        // Skip ids at or past the id limit can never match a valid id (those are refused), so the
+        // bitmap stops at the limit: a stray huge id (e.g. u32::MAX in a config) must not allocate
+        // half a gigabyte.
+        let in_range = || spec.skip_ids.iter().copied().filter(|&s| (s as usize) < id_limit);
+        let max_skip = in_range().max().map_or(0, |m| m as usize + 1);
         let mut skip = vec![0u64; max_skip.div_ceil(64)];
-        for &s in &spec.skip_ids {
+        for s in in_range() {
             skip[s as usize / 64] |= 1u64 << (s % 64);
         }
         if spec.max_length == Some(0) {
@@ -380,10 +384,17 @@ impl EmbedModel {
             let inv = 1.0 / count as f32;
             acc.iter_mut().for_each(|x| *x *= inv);
             if self.normalize {
-                let norm = acc.iter().map(|x| x * x).sum::<f32>().sqrt();
-                if norm > 0.0 && norm.is_finite() {
-                    let inv = 1.0 / norm;
+                let squares = acc.iter().map(|x| x * x).sum::<f32>();
+                if squares.is_finite() && squares >= 1e-30 {
+                    let inv = 1.0 / squares.sqrt();
                     acc.iter_mut().for_each(|x| *x *= inv);
+                } else if acc.iter().all(|x| x.is_finite()) && acc.iter().any(|&x| x != 0.0) {
+                    // The f32 sum of squares overflowed (values above ~1e19) or came near the
+                    // subnormal range (values below ~1e-15), where squares lose their precision or
+                    // vanish: redo it in f64, which holds the square of any f32 exactly enough, so
+                    // the vector is still unit length. The usual case above keeps its exact bits.
+                    let norm = acc.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+                    acc.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
                 }
             }
         }
@@ -674,5 +685,57 @@ mod tests {
             assert_eq!((out[j / 64] >> (j % 64)) & 1 == 1, j % 3 == 0);
         }
         assert_eq!(out[1] >> 6, 0, "padding bits are zero");
+    }
+
+    #[test]
+    fn huge_skip_ids_do_not_allocate_and_are_ignored() {
+        // A config's skip_ids may hold any u32: the bitmap is bounded by the id limit.
+        let spec = ModelSpec {
+            table: "emb".into(),
+            skip_ids: vec![u32::MAX, 3, 1 << 31],
+            normalize: false,
+            ..Default::default()
+        };
+        let m = model(10, 4, spec, 9).unwrap();
+        assert!(m.skip.len() <= 1, "bitmap of {} words", m.skip.len());
+        assert!(m.is_skipped(3) && !m.is_skipped(4));
+        let mut out = vec![0f32; 4];
+        assert!(matches!(
+            m.embed_ids(&[u32::MAX], &[0, 1], &mut out),
+            Err(CoreError::IdOutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn normalization_survives_f32_overflow_and_underflow() {
+        // Rows whose squared norm overflows or underflows f32 still come out unit length (found by
+        // the embed_ids fuzz target: 1e21-sized values were returned unnormalized).
+        for scale in [1e21f32, 3e37, 1e-17, 1e-20, 1e-25, 1e-38] {
+            let vals: Vec<f32> = [1.0f32, -2.0, 2.0, 0.5].iter().map(|v| v * scale).collect();
+            let mut data: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let header = format!(
+                r#"{{"t":{{"dtype":"F32","shape":[1,4],"data_offsets":[0,{}]}}}}"#,
+                data.len()
+            );
+            let mut file = (header.len() as u64).to_le_bytes().to_vec();
+            file.extend_from_slice(header.as_bytes());
+            file.append(&mut data);
+            let st = Arc::new(SafetensorsFile::from_bytes(&file, "big.safetensors").unwrap());
+            let spec = ModelSpec {
+                table: "t".into(),
+                normalize: true,
+                ..Default::default()
+            };
+            for isa_level in [Isa::Scalar, isa()] {
+                let mut m = EmbedModel::new(st.clone(), &spec, None).unwrap();
+                m.set_isa(isa_level);
+                let mut out = vec![0f32; 4];
+                m.embed_ids(&[0, 0], &[0, 2], &mut out).unwrap();
+                let norm = out.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+                assert!((norm - 1.0).abs() < 1e-5, "scale {scale}: {out:?}");
+                let want = [1.0 / 9.25f64.sqrt(), -2.0 / 9.25f64.sqrt()];
+                assert!((out[0] as f64 - want[0]).abs() < 1e-5 && (out[1] as f64 - want[1]).abs() < 1e-5);
+            }
+        }
     }
 }

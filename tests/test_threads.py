@@ -244,3 +244,86 @@ def test_rayon_thread_count_search(tmp_path, texts, minilm, make_model, threads)
     }
     for k, w in want.items():
         np.testing.assert_array_equal(got[k], w, err_msg=k)
+
+
+# ------------------------------------------------------------------------------------------ mixed work, lifetimes
+def test_threads_mixed_embed_rank_dedup_identical(models, texts, near_dup_corpus):
+    # 8 threads at once, each doing a different kind of work (embedding, ranking, deduplicating, searching) on
+    # the same shared models: every result equals the one-thread result.
+    m, mb = models["default"], models["binary"]
+    docs = texts[:1200]
+    e = m.embed(docs)
+    jobs: list[Callable[[], Any]] = [
+        lambda: m.embed(texts),
+        lambda: m.rank(texts[5], docs),
+        lambda: m.deduplicate(near_dup_corpus, 0.9, return_indices=True),
+        lambda: mb.embed(texts),
+        lambda: tokvec.duplicate_pairs(e, 0.8, as_arrays=True),
+        lambda: models["minilm"].embed(texts),
+        lambda: mb.deduplicate(near_dup_corpus, 0.8, return_indices=True),
+        lambda: tokvec.topk(e[:100], e, 7),
+    ]
+    want = [job() for job in jobs]
+
+    def same(a: Any, b: Any) -> None:
+        if isinstance(a, tuple):
+            for x, y in zip(a, b, strict=True):
+                same(x, y)
+        elif isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert a == b
+
+    for _ in range(2):
+        got = run_threads(lambda i: [jobs[(i + r) % len(jobs)]() for r in range(3)])
+        for i, res in enumerate(got):
+            for r, g in enumerate(res):
+                same(g, want[(i + r) % len(jobs)])
+
+
+def _drop_while_in_use(texts: list[str], want: np.ndarray) -> None:
+    import gc
+    import weakref
+
+    holder = {"m": tokvec.load()}
+    refs: list[Any] = [holder["m"]] * 7
+    gone = weakref.ref(holder["m"])
+    barrier = threading.Barrier(8)
+    results: list[Any] = [None] * 7
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            m = refs[i]
+            barrier.wait()
+            out = [m.embed(texts[:500]) for _ in range(3)]
+            del m
+            refs[i] = None
+            results[i] = out
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(7)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    del holder["m"]
+    gc.collect()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for out in results:
+        for got in out:
+            np.testing.assert_array_equal(got, want)
+    gc.collect()
+    assert gone() is None, "the model outlived its last reference"
+
+
+def test_model_dropped_by_one_thread_while_others_use_it(texts):
+    # The main thread drops its reference (and collects) while 7 threads embed with their own; the last worker to
+    # finish drops the last reference, so the model (and its memory map) is freed on a worker thread while others
+    # may still be returning. Every result is right, the model is freed, and a fresh load of the same files works.
+    want = tokvec.load().embed(texts[:500])
+    for _ in range(5):
+        _drop_while_in_use(texts, want)
+    np.testing.assert_array_equal(tokvec.load().embed(texts[:500]), want)

@@ -192,6 +192,8 @@ def _is_gguf(p: Path) -> bool:
 def _locate(path: str | os.PathLike[str], tokenizer: str | os.PathLike[str] | None = None) -> _Source:
     p = Path(path).expanduser()
     if not p.exists():
+        if p.is_symlink():
+            raise FileNotFoundError(f"{p}: a symbolic link that leads nowhere (dangling, or a loop of links)")
         raise FileNotFoundError(f"{p}: no such file or folder")
     src: _Source
     if p.is_dir():

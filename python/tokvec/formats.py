@@ -94,6 +94,7 @@ def resolve(path: str | Path | None, *, tokenizer: str | Path | None = None, tab
     """
     p = DEFAULT_MODEL_DIR if path is None else Path(path).expanduser()
     if not p.exists():
+        _check_link(p)
         if path is None:
             raise FileNotFoundError(f"{p}: the bundled default model is missing; reinstall tokvec")
         raise FileNotFoundError(f"{p}: no such file or folder")
@@ -107,6 +108,12 @@ def resolve(path: str | Path | None, *, tokenizer: str | Path | None = None, tab
     if not r.tokenizer or not Path(r.tokenizer).is_file():
         raise FormatError(f"{p}: no tokenizer JSON found; pass tokenizer='path/to/tokenizer.json'")
     return r
+
+
+def _check_link(p: Path) -> None:
+    """Raises FileNotFoundError naming the problem when `p` is a symbolic link that resolves to nothing."""
+    if p.is_symlink() and not p.exists():
+        raise FileNotFoundError(f"{p}: a symbolic link that leads nowhere (dangling, or a loop of links)")
 
 
 def _check_suffix(p: Path) -> None:
@@ -207,6 +214,7 @@ def _resolve_dir(d: Path, table: str | None) -> Resolved:
             pickles = [f.name for f in d.iterdir() if f.suffix.lower() in PICKLE_SUFFIXES]
             hint = f" (found {', '.join(pickles)}: pickles are never loaded; convert to safetensors)" if pickles else ""
             raise FormatError(f"{d}: no model.safetensors in this folder{hint}")
+    _check_link(st)
     tensors = _tensors(st)
     tok = d / "tokenizer.json"
     tok_path = tok if tok.is_file() else (_find_tokenizer_near(st) or Path(""))
@@ -243,7 +251,7 @@ def _resolve_tokvec(
         raise FormatError(f"{cfg_path}: format_version {version} is newer than this tokvec reads (1); upgrade tokvec")
     table = get_typed(cfg, "table", str, "embeddings", cfg_path)
     if table not in tensors:
-        raise FormatError(f"{st}: tokvec model without its table {table!r}")
+        raise FormatError(f"{st}: tokvec model without its table {table!r} (named by {cfg_path})")
     skip = get_typed(cfg, "skip_ids", list, None, cfg_path)
     if skip is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in skip):
         raise FormatError(f"{cfg_path}: key 'skip_ids' must be a list of non-negative ints")

@@ -143,6 +143,11 @@ class Model:
             raise ValueError(f"dim={dim} is larger than the table's {shape[1]} columns")
         id_limit = info[r.mapping][1][0] if r.mapping and r.mapping in info else shape[0]
         check_fits(tok, id_limit, r.safetensors)
+        if r.skip_ids and max(r.skip_ids) >= id_limit:
+            raise _core.FormatError(
+                f"{r.safetensors.parent / 'config.json'}: key 'skip_ids' holds id {max(r.skip_ids)}, "
+                f"past the table's {id_limit} token ids"
+            )
         core = _core.Model(
             str(r.safetensors), r.table, weights=r.weights, mapping=r.mapping, tokenizer=tok.core,
             skip_ids=list(skip), dim=dim,
