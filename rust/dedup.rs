@@ -95,9 +95,73 @@ pub fn pairs_above_scalar(e: &[f32], n: usize, d: usize, threshold: f32) -> Resu
 
 /// Greedy deduplication in input order: row `i` is dropped when its score with an earlier *kept*
 /// row is above `threshold`. See [`Dedup`]. Same errors as [`pairs_above`].
+///
+/// Rows are processed in blocks of [`DEDUP_BLOCK`] in input order: a block is scored against the
+/// rows kept so far ([`pairs_above_cross`]) and against itself, then resolved in order. Removed rows
+/// are never scored again, and only one block's pairs exist at a time, so memory is bounded by
+/// the kept rows plus one block's pairs (all pairs above the threshold at once took 4.5 GB for 320k
+/// sentences with many near-duplicates). The result equals the all-pairs greedy pass.
 pub fn dedup_greedy(e: &[f32], n: usize, d: usize, threshold: f32) -> Result<Dedup> {
-    let pairs = pairs_above(e, n, d, threshold)?;
-    Ok(resolve(n, pairs))
+    dedup_blocked(e, n, d, threshold, default_path(), DEDUP_BLOCK)
+}
+
+/// Rows per block of [`dedup_greedy`].
+pub const DEDUP_BLOCK: usize = 8192;
+
+fn dedup_blocked(e: &[f32], n: usize, d: usize, threshold: f32, path: Path, block: usize) -> Result<Dedup> {
+    check_n(e, n, d, "e")?;
+    check_threshold(threshold)?;
+    row_norms(e, d, "e")?;
+    let mut kept: Vec<u32> = Vec::new();
+    let mut kept_rows: Vec<f32> = Vec::new();
+    let mut dup_of = vec![-1i64; n];
+    let mut score = vec![f32::NAN; n];
+    let mut b0 = 0;
+    while b0 < n {
+        let b1 = (b0 + block.max(1)).min(n);
+        let nb = b1 - b0;
+        let blk = &e[b0 * d..b1 * d];
+        // Best earlier kept row of each block row: (global index, score).
+        let mut best: Vec<Option<(u32, f32)>> = vec![None; nb];
+        if !kept.is_empty() {
+            // (kept position, block row, score), ascending kept position = ascending global index,
+            // so strict `>` keeps the lowest index on ties.
+            for (ki, j, sc) in cross_with(&kept_rows, kept.len(), blk, nb, d, threshold, path)? {
+                let b = &mut best[j as usize];
+                if b.is_none_or(|(_, bs)| sc > bs) {
+                    *b = Some((kept[ki as usize], sc));
+                }
+            }
+        }
+        let mut inner = pairs_with(blk, nb, d, threshold, path)?;
+        inner.sort_unstable_by_key(|&(i, j, _)| (j, i));
+        let mut p = 0;
+        for j in 0..nb {
+            let mut bj = best[j];
+            // block pairs (i < j), ascending in i: after every earlier block's row
+            while p < inner.len() && inner[p].1 as usize == j {
+                let (i, _, sc) = inner[p];
+                let gi = b0 + i as usize;
+                if dup_of[gi] < 0 && bj.is_none_or(|(_, bs)| sc > bs) {
+                    bj = Some((gi as u32, sc));
+                }
+                p += 1;
+            }
+            let g = b0 + j;
+            match bj {
+                Some((i, sc)) => {
+                    dup_of[g] = i as i64;
+                    score[g] = sc;
+                }
+                None => {
+                    kept.push(g as u32);
+                    kept_rows.extend_from_slice(&e[g * d..(g + 1) * d]);
+                }
+            }
+        }
+        b0 = b1;
+    }
+    Ok(Dedup { kept, dup_of, score })
 }
 
 /// The naive reference for [`dedup_greedy`]: each row against every earlier kept row.
@@ -854,6 +918,16 @@ mod tests {
         }
         let g = dedup_greedy(e, n, d, thr).unwrap();
         let w = dedup_greedy_scalar(e, n, d, thr).unwrap();
+        for block in [1usize, 7, 64] {
+            for p in paths() {
+                let b = dedup_blocked(e, n, d, thr, p, block).unwrap();
+                assert_eq!((&b.kept, &b.dup_of), (&w.kept, &w.dup_of), "block {block} {p:?}");
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&b.score), bits(&w.score), "block {block} {p:?}");
+            }
+        }
+        let all = resolve(n, pairs_above(e, n, d, thr).unwrap());
+        assert_eq!((&all.kept, &all.dup_of), (&w.kept, &w.dup_of));
         assert_eq!(g.kept, w.kept);
         assert_eq!(g.dup_of, w.dup_of);
         let sb = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
