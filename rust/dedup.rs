@@ -136,8 +136,8 @@ fn dedup_blocked(e: &[f32], n: usize, d: usize, threshold: f32, path: Path, bloc
         let mut inner = pairs_with(blk, nb, d, threshold, path)?;
         inner.sort_unstable_by_key(|&(i, j, _)| (j, i));
         let mut p = 0;
-        for j in 0..nb {
-            let mut bj = best[j];
+        for (j, &b) in best.iter().enumerate() {
+            let mut bj = b;
             // block pairs (i < j), ascending in i: after every earlier block's row
             while p < inner.len() && inner[p].1 as usize == j {
                 let (i, _, sc) = inner[p];
