@@ -372,15 +372,17 @@ def evaluate(
     if data is None:
         data = load_eval_data(data_dir, split=split, tasks=tasks, limit=limit)
     enc = as_encoder(model, dim=dim)
-    texts = data.texts()
-    vecs = enc(texts) if texts else np.zeros((0, 1), dtype=np.float32)
-    index = {t: i for i, t in enumerate(texts)}
-
-    def rows(ts: list[str]) -> np.ndarray:
-        return vecs[[index[t] for t in ts]]
-
     out: dict[str, float] = {}
     for name, s in data.sets.items():
+        # one encoder pass per set over its distinct texts (a teacher caches each set's vectors on its own, so a
+        # later run with other tasks reuses them)
+        texts = list(dict.fromkeys([*s.a, *s.b] if isinstance(s, PairTask) else [*s.queries, *s.docs]))
+        vecs = enc(texts)
+        index = {t: i for i, t in enumerate(texts)}
+
+        def rows(ts: list[str], vecs: np.ndarray = vecs, index: dict[str, int] = index) -> np.ndarray:
+            return vecs[[index[t] for t in ts]]
+
         if isinstance(s, PairTask):
             cos = (rows(s.a) * rows(s.b)).sum(axis=1)
             out[name] = spearman(cos, s.gold) if name in ("stsb", "sick") else best_f1(cos, s.gold)[0]

@@ -46,6 +46,7 @@ class TuneConfig:
     temperature: float = 0.05
     seed: int = 0
     max_texts: int | None = None
+    center_targets: bool = False
 
 
 class Student:
@@ -343,6 +344,8 @@ def tune(
         tv = tv[keep]
     if len(keep) == 0:
         raise ValueError(f"{corpus}: no text has a token the model pools")
+    if cfg.center_targets:  # compare with the teacher's vectors minus their corpus mean (its common component)
+        tv = tv - tv.mean(axis=0, dtype=np.float64).astype(np.float32)
     basis = target_basis(tv, d)
     targets = np.ascontiguousarray(tv @ basis)
     # rotate the table onto the target axes (cosines unchanged); scale rows so a typical pooled vector has norm ~1
