@@ -68,6 +68,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
         temperature=args.temperature,
         seed=args.seed,
         max_texts=args.max_texts,
+        center_targets=not args.no_center,
     )
     t0 = time.time()
     out = tune(
@@ -161,6 +162,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-texts", type=int, default=None, help="first N texts of the corpus")
+    p.add_argument("--no-center", action="store_true", help="targets: the teacher's vectors as they are, not centred")
     p.add_argument("--cache", default=None, help="teacher-vector cache folder (default ~/.cache/tokvec)")
     p.add_argument("--data", default=None, help="evaluation data folder for dev selection (default ../shared/data)")
     p.add_argument("--no-select", action="store_true", help="keep the last epoch instead of the best on dev")

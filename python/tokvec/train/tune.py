@@ -1,8 +1,9 @@
 """`tokvec tune`: fit a static table so that its pooled sentence vectors match a teacher's, on real sentences.
 
 The student is tokvec's own pooling: ``s = sum_i w[t_i] E[t_i] / n`` over a text's non-special tokens, compared by
-cosine. The targets are the teacher's (cached) sentence vectors ``T`` expressed in the student's dimension ``d``:
-``Y = T B`` with ``B`` the top-``d`` right singular vectors of ``T`` (uncentred, sign-fixed). The table is first
+cosine. The targets are the teacher's (cached) sentence vectors ``T``, minus their mean over the corpus (the
+component every sentence shares; ``center_targets``), expressed in the student's dimension ``d``: ``Y = T B`` with
+``B`` the top-``d`` right singular vectors of that matrix (sign-fixed). The table is first
 rotated by the orthogonal ``R`` that best maps its pooled vectors onto ``Y`` (Procrustes); a rotation changes no
 cosine, so the starting quality is kept, and the table's leading columns now line up with the teacher's leading
 directions.
@@ -16,7 +17,8 @@ of a pooled vector reaches each of its tokens' rows times ``w[t] / n`` (a scatte
 ids). Adam updates only the rows a batch touched (lazy/sparse Adam with the global step for bias correction).
 Everything runs in float32 numpy with a fixed seed: the same inputs give the same table.
 
-The epoch kept is the one with the best mean of STS-B dev and SICK-R trial Spearman (dev splits only).
+The epoch kept is the one with the best mean of STS-B dev and SICK-R trial Spearman and SciFact nDCG@10 on the
+train qrels (dev splits only).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class TuneConfig:
     temperature: float = 0.05
     seed: int = 0
     max_texts: int | None = None
-    center_targets: bool = False
+    center_targets: bool = True
 
 
 class Student:
@@ -262,21 +264,24 @@ def _load_student(model: str | os.PathLike[str]) -> tuple[Any, Student]:
 
 
 def _dev_validator(m: Any, student: Student, data_dir: str | os.PathLike[str] | None) -> Callable[[Student], float]:
-    """Mean of STS-B dev and SICK-R trial Spearman of the student (numpy pooling, tokvec's tokenizer)."""
-    from tokvec.train.evaluate import load_eval_data, spearman
+    """Mean of STS-B dev Spearman, SICK-R trial Spearman and SciFact nDCG@10 on the train qrels (all dev splits)
+    of the student (numpy pooling with tokvec's tokenizer, the same vectors tokvec computes)."""
+    from tokvec.train.evaluate import PairTask, load_eval_data, ndcg_at_k, spearman
 
-    data = load_eval_data(data_dir, split="dev", tasks=("sts", "sick"))
+    data = load_eval_data(data_dir, split="dev", tasks=("sts", "sick", "retrieval"))
     sets = []
     for s in data.sets.values():
-        ia, oa = student.csr(*m._core.encode(s.a))
-        ib, ob = student.csr(*m._core.encode(s.b))
-        sets.append((ia, oa, ib, ob, s.gold))
+        a, b = (s.a, s.b) if isinstance(s, PairTask) else (s.queries, s.docs)
+        sets.append((student.csr(*m._core.encode(a)), student.csr(*m._core.encode(b)), s))
 
     def validate(st: Student) -> float:
         scores = []
-        for ia, oa, ib, ob, gold in sets:
-            cos = (st.pool(ia, oa) * st.pool(ib, ob)).sum(axis=1)
-            scores.append(spearman(cos, gold))
+        for (ia, oa), (ib, ob), s in sets:
+            va, vb = st.pool(ia, oa), st.pool(ib, ob)
+            if isinstance(s, PairTask):
+                scores.append(spearman((va * vb).sum(axis=1), s.gold))
+            else:
+                scores.append(ndcg_at_k(va @ vb.T, s.qrels, 10))
         return float(np.mean(scores))
 
     return validate
@@ -305,7 +310,8 @@ def tune(
         out: the output folder (must not exist or be empty).
         config: hyper-parameters (`TuneConfig`).
         cache_dir: where teacher vectors are cached (default ``~/.cache/tokvec``).
-        data_dir: evaluation data for the dev-split selection (default `evaluate.default_data_dir()`).
+        data_dir: evaluation data for the dev-split selection (default `evaluate.default_data_dir()`): STS-B dev,
+            SICK-R trial and SciFact train qrels.
         select: keep the epoch with the best dev score (needs the dev files); False keeps the last.
         dtype: "f32" or "f16" output table.
         progress: progress bars on stderr.
@@ -364,14 +370,15 @@ def tune(
         "corpus": Path(corpus).name,
         "corpus_texts": len(texts),
         "corpus_sha256": _sha256_texts(texts),
-        "targets": f"teacher vectors (mean pooling, normalized) projected on their top {d} singular directions",
+        "targets": f"teacher vectors (mean pooling, normalized){' minus their corpus mean' if cfg.center_targets else ''}"
+        f" projected on their top {d} singular directions",
         "loss": "cosine"
         + (f" on dims {[d, *[k for k in cfg.matryoshka if k < d]]}")
         + (f" + {cfg.contrastive} x in-batch InfoNCE (tau {cfg.temperature})" if cfg.contrastive > 0 else ""),
         "optimizer": "sparse Adam",
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "best_epoch": hist.get("best_epoch"),
-        "dev_sts_sick_mean": hist.get("best_dev"),
+        "dev_mean_sts_sick_scifact": hist.get("best_dev"),
         "train_seconds": hist["seconds"],
     }
     tok_json = m._tok.json
