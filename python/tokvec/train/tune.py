@@ -49,6 +49,7 @@ class TuneConfig:
     seed: int = 0
     max_texts: int | None = None
     center_targets: bool = True
+    token_examples: bool = False
 
 
 class Student:
@@ -241,6 +242,30 @@ def tune_table(
     return history
 
 
+def token_teacher_vectors(teacher: Any, *, cache_dir: str | os.PathLike[str] | None = None, progress: bool = False):
+    """The teacher's normalized vector of ``[CLS] t [SEP]`` for every id t, cached as ``tokens.npy`` next to the
+    sentence chunks."""
+    import tempfile
+
+    from tokvec.train.cache import default_cache_dir
+    from tokvec.train.distill import token_vectors
+
+    folder = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "teacher" / teacher.fingerprint()
+    path = folder / "tokens.npy"
+    if path.is_file():
+        arr = np.load(path)
+        if arr.shape == (teacher.tokenizer.get_vocab_size(with_added_tokens=True), teacher.dim):
+            return arr
+    v = token_vectors(teacher, progress=progress)
+    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), np.float32(1e-12))
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tokens.", suffix=".npy", dir=folder)
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, v)
+    os.replace(tmp, path)
+    return v
+
+
 def _load_student(model: str | os.PathLike[str]) -> tuple[Any, Student]:
     import tokvec
     from tokvec import _core
@@ -350,8 +375,10 @@ def tune(
         tv = tv[keep]
     if len(keep) == 0:
         raise ValueError(f"{corpus}: no text has a token the model pools")
+    mu = np.zeros(tv.shape[1], dtype=np.float32)
     if cfg.center_targets:  # compare with the teacher's vectors minus their corpus mean (its common component)
-        tv = tv - tv.mean(axis=0, dtype=np.float64).astype(np.float32)
+        mu = tv.mean(axis=0, dtype=np.float64).astype(np.float32)
+        tv = tv - mu
     basis = target_basis(tv, d)
     targets = np.ascontiguousarray(tv @ basis)
     # rotate the table onto the target axes (cosines unchanged); scale rows so a typical pooled vector has norm ~1
@@ -362,6 +389,18 @@ def tune(
     scale = float(np.median(np.linalg.norm(s0, axis=1)))
     if scale > 0:
         student.E /= np.float32(scale)
+    n_sentences = len(offsets) - 1
+    if cfg.token_examples:
+        # every pooled token alone is one more example, its target the teacher's vector of [CLS] t [SEP]: rows that
+        # the corpus never or rarely touches are pulled into the same space as the tuned ones
+        if t.tokenizer.get_vocab_size(with_added_tokens=True) != student.E.shape[0]:
+            raise ValueError("token_examples needs the model to share the teacher's vocabulary")
+        tokv = token_teacher_vectors(t, cache_dir=cache_dir, progress=progress)
+        tok_ids = np.flatnonzero(student.keep)
+        ids = np.concatenate([ids, tok_ids])
+        offsets = np.concatenate([offsets, offsets[-1] + np.arange(1, len(tok_ids) + 1)])
+        targets = np.concatenate([targets, (tokv[tok_ids] - mu) @ basis])
+        say(f"token examples: {len(tok_ids)} single-token texts added to {n_sentences} sentences")
     validate = _dev_validator(m, student, data_dir) if select else None
     hist = tune_table(student, ids, offsets, targets, cfg, validate=validate, log=say, progress=progress)
     recipe = {
