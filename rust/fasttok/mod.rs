@@ -84,21 +84,43 @@ pub struct Selected {
 /// Errors only when `tokenizers` itself cannot build the JSON; a JSON the fast paths do not cover
 /// gives `Kind::Hf` with a reason.
 pub fn select(json: &str, add_special_tokens: bool, fast: bool) -> Result<Selected> {
-    let hf = Arc::new(HfEncoder::from_json(json, add_special_tokens)?);
-    let built = if !fast {
-        Err("fast tokenizers were switched off (fast=False)".to_string())
+    let (hf, prepared) = if !fast {
+        (
+            HfEncoder::from_json(json, add_special_tokens)?,
+            Err("fast tokenizers were switched off (fast=False)".to_string()),
+        )
     } else if add_special_tokens {
-        Err("add_special_tokens=True is only served by the tokenizers crate".to_string())
+        (
+            HfEncoder::from_json(json, add_special_tokens)?,
+            Err("add_special_tokens=True is only served by the tokenizers crate".to_string()),
+        )
     } else {
-        build(json, &hf)
+        // Load time: building the reference tokenizer and the fast encoder are two independent
+        // parses of the same JSON (each ~20 ms for a 30k-token WordPiece vocabulary), so they run on
+        // two threads. A panic in either becomes a Tokenizer error, never an abort.
+        std::thread::scope(|s| {
+            let h = s.spawn(|| HfEncoder::from_json(json, add_special_tokens));
+            let p = catch_unwind(AssertUnwindSafe(|| prepare(json)))
+                .unwrap_or_else(|_| Err("the fast tokenizer builder panicked".to_string()));
+            let hf = h.join().unwrap_or_else(|_| {
+                Err(CoreError::Tokenizer {
+                    msg: "cannot build the tokenizer from its JSON: the tokenizers crate panicked".to_string(),
+                })
+            });
+            hf.map(|hf| (hf, p))
+        })?
     };
-    Ok(match built {
-        Ok((encoder, kind)) => Selected {
-            encoder,
-            hf,
-            kind,
-            fallback_reason: None,
-        },
+    let hf = Arc::new(hf);
+    Ok(match prepared {
+        Ok(p) => {
+            let (encoder, kind) = p.finish(hf.clone());
+            Selected {
+                encoder,
+                hf,
+                kind,
+                fallback_reason: None,
+            }
+        }
         Err(reason) => Selected {
             encoder: hf.clone(),
             hf,
@@ -108,7 +130,26 @@ pub fn select(json: &str, add_special_tokens: bool, fast: bool) -> Result<Select
     })
 }
 
-fn build(json: &str, hf: &Arc<HfEncoder>) -> std::result::Result<(Arc<dyn Encoder>, Kind), String> {
+/// A fast encoder built from the JSON, waiting for its `HfEncoder` fallback. Built once per
+/// tokenizer and moved once, so the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Prepared {
+    WordPiece(wordpiece::WordPiece, AddedGuard),
+    SpmBpe(spm::SpmBpe, AddedGuard),
+    ByteLevelBpe(bytelevel::ByteLevelBpe, AddedGuard),
+}
+
+impl Prepared {
+    fn finish(self, hf: Arc<HfEncoder>) -> (Arc<dyn Encoder>, Kind) {
+        match self {
+            Prepared::WordPiece(f, g) => (Arc::new(FastEncoder::new(f, g, hf)), Kind::WordPiece),
+            Prepared::SpmBpe(f, g) => (Arc::new(FastEncoder::new(f, g, hf)), Kind::SpmBpe),
+            Prepared::ByteLevelBpe(f, g) => (Arc::new(FastEncoder::new(f, g, hf)), Kind::ByteLevelBpe),
+        }
+    }
+}
+
+fn prepare(json: &str) -> std::result::Result<Prepared, String> {
     let v: Value = serde_json::from_str(json).map_err(|e| format!("cannot parse the JSON: {e}"))?;
     let guard = AddedGuard::from_json(&v)?;
     let model = v.get("model").ok_or("no model")?;
@@ -117,21 +158,18 @@ fn build(json: &str, hf: &Arc<HfEncoder>) -> std::result::Result<(Arc<dyn Encode
             if guard.any_normalized {
                 return Err("an added token is matched after normalization (normalized=true)".into());
             }
-            let f = wordpiece::WordPiece::from_json(&v)?;
-            Ok((Arc::new(FastEncoder::new(f, guard, hf.clone())), Kind::WordPiece))
+            Ok(Prepared::WordPiece(wordpiece::WordPiece::from_json(&v)?, guard))
         }
         Some("BPE") => {
             if spm::applies(&v) {
                 if guard.any_normalized {
                     return Err("an added token is matched after normalization (normalized=true)".into());
                 }
-                let f = spm::SpmBpe::from_json(&v)?;
-                Ok((Arc::new(FastEncoder::new(f, guard, hf.clone())), Kind::SpmBpe))
+                Ok(Prepared::SpmBpe(spm::SpmBpe::from_json(&v)?, guard))
             } else if bytelevel::applies(&v) {
                 // The byte-level path requires no normalizer, so normalized added tokens are matched
                 // on the raw text, which the guard scans.
-                let f = bytelevel::ByteLevelBpe::from_json(&v)?;
-                Ok((Arc::new(FastEncoder::new(f, guard, hf.clone())), Kind::ByteLevelBpe))
+                Ok(Prepared::ByteLevelBpe(bytelevel::ByteLevelBpe::from_json(&v)?, guard))
             } else {
                 Err("BPE with a normalizer / pre-tokenizer that no fast path implements".into())
             }
