@@ -361,6 +361,37 @@ def cmd_extract(args: argparse.Namespace) -> None:
           file=sys.stderr)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from tokvec import bench
+
+    for opt, val in (("--n", args.n), ("--queries", args.queries), ("-k", args.k), ("--repeat", args.repeat)):
+        if val < 1:
+            raise UsageError(f"{opt} must be >= 1, got {val}")
+    if not -1 <= args.threshold <= 1:
+        raise UsageError(f"--threshold must be in [-1, 1], got {args.threshold}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        if os.environ.get("RAYON_NUM_THREADS") != str(args.threads):
+            # rayon sizes its pool once per process: rerun in a child with the variable set
+            rc = bench.rerun_child(args, args.threads)
+            if rc != 0:
+                raise UsageError(f"the run with RAYON_NUM_THREADS={args.threads} failed (exit status {rc})")
+            return
+    m = _load(args)
+    if args.input:
+        texts = read_texts(args.input, args.column, args.field, args.format)[: args.n]
+        source = args.input
+    else:
+        texts = bench.generate_texts(m, args.n, seed=args.seed)
+        source = f"generated from the vocabulary, seed {args.seed}"
+    if not texts:
+        raise UsageError(f"{args.input}: no texts")
+    r = bench.run_bench(m, texts, source=source, queries=args.queries, k=args.k, threshold=args.threshold,
+                        repeat=args.repeat)
+    print(json.dumps(r) if args.json else bench.format_report(r))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tokvec` command."""
     ap = argparse.ArgumentParser(prog="tokvec", description="Fast static text embeddings.")
@@ -457,6 +488,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concat", action="store_true", help="concatenate the tables of several sources (one tokenizer)")
     p.add_argument("--tokenizer", default=None, help="tokenizer JSON (default: next to SRC, or from GGUF metadata)")
     p.set_defaults(fn=cmd_extract)
+
+    p = sub.add_parser("bench", help="texts/s on this machine per stage (tokenize, pool, embed, top-k, dedup)")
+    p.add_argument("input", nargs="?", default=None,
+                   help="texts to time (.txt, .jsonl, .csv, .tsv, .parquet); default: generated from the vocabulary")
+    p.add_argument("--n", type=int, default=20000, help="number of texts (with an input: its first N)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="run with RAYON_NUM_THREADS=N (in a child process: rayon reads it once, at start)")
+    p.add_argument("--queries", type=int, default=1000, help="top-k queries (over all N vectors)")
+    p.add_argument("-k", type=int, default=10, help="neighbours per top-k query")
+    p.add_argument("--threshold", type=float, default=0.9, help="dedup threshold")
+    p.add_argument("--repeat", type=int, default=3, help="runs per stage at most (the fastest is reported)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated texts")
+    p.add_argument("--field", default=None, help="JSON field holding the text (.jsonl; default: text)")
+    p.add_argument("--format", default=None, choices=["txt", "jsonl", "csv", "tsv", "parquet"],
+                   help="input format instead of the file suffix")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    common(p)
+    p.set_defaults(fn=cmd_bench)
 
     from tokvec.train.cli import add_parsers as _train_parsers
 
