@@ -148,6 +148,10 @@ def cmd_dedup(args: argparse.Namespace) -> None:
         raise UsageError("--json prints the summary on stdout: give -o KEPT for the kept texts")
     if args.against and args.index:
         raise UsageError("use either --against REF or --index PATH, not both")
+    if args.approx and sweep is not None:
+        raise UsageError("--approx does not apply to --threshold auto / --sweep (they are exact)")
+    if args.neighbors < 1:
+        raise UsageError(f"--neighbors must be >= 1, got {args.neighbors}")
     if args.no_self and not (args.against or args.index):
         raise UsageError("--no-self needs --against REF or --index PATH")
     m = _load(args)
@@ -177,7 +181,8 @@ def cmd_dedup(args: argparse.Namespace) -> None:
         index = DedupIndex.load(args.index, dim=m.dim)
         ref = index.embeddings
     t1 = time.perf_counter()
-    res = dedup(E, threshold, reference=ref, self_dedup=not args.no_self)
+    res = dedup(E, threshold, reference=ref, self_dedup=not args.no_self, approx=args.approx,
+                neighbors=args.neighbors, ann_dtype=args.ann_dtype)
     t_dedup = time.perf_counter() - t1
     res.texts, res.reference_texts = texts, ref_texts
     _write_kept(args.output, texts, res.kept)
@@ -198,6 +203,8 @@ def cmd_dedup(args: argparse.Namespace) -> None:
     info.update(kept=st["kept"], removed=st["removed"], removed_self=st["removed_self"],
                 removed_reference=st["removed_reference"], threshold=threshold, output=args.output,
                 seconds=round(dt, 3), embed_seconds=round(t_embed, 3), dedup_seconds=round(t_dedup, 3))
+    if args.approx:
+        info.update(approx=True, neighbors=args.neighbors, ann_dtype=args.ann_dtype)
     extra = ""
     if ref is not None:
         extra = f", {st['removed_reference']} matching the {'index' if index is not None else 'reference'}"
@@ -431,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="safetensors index of kept vectors: dedup against it, then add the kept texts to it")
     p.add_argument("--no-self", action="store_true",
                    help="with --against/--index: only remove matches of REF/the index, not duplicates within IN")
+    p.add_argument("--approx", action="store_true",
+                   help="candidate pairs from a usearch index (very large inputs; pip install 'tokvec[ann]'), "
+                   "re-scored exactly; pairs the index misses are not seen")
+    p.add_argument("--neighbors", type=int, default=32, help="with --approx: neighbours searched per text")
+    p.add_argument("--ann-dtype", default="i8", choices=["i8", "f16", "f32"],
+                   help="with --approx: how usearch stores the vectors")
     common(p)
     io_opts(p)
     p.set_defaults(fn=cmd_dedup)

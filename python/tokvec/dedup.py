@@ -124,7 +124,16 @@ def _cross(a: np.ndarray, b: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarr
     return _core.duplicate_pairs_cross(a, b, t)
 
 
-def dedup(embeddings: Any, threshold: float = 0.9, *, reference: Any = None, self_dedup: bool = True) -> DedupResult:
+def dedup(
+    embeddings: Any,
+    threshold: float = 0.9,
+    *,
+    reference: Any = None,
+    self_dedup: bool = True,
+    approx: bool = False,
+    neighbors: int = 32,
+    ann_dtype: str = "i8",
+) -> DedupResult:
     """Greedy exact deduplication with an explanation for every removed item.
 
     Args:
@@ -135,6 +144,11 @@ def dedup(embeddings: Any, threshold: float = 0.9, *, reference: Any = None, sel
             not deduplicated and is not part of the result.
         self_dedup: also remove items duplicating an earlier kept item of `embeddings` (default).
             False only removes reference matches (pure decontamination).
+        approx: candidate pairs from a usearch index (`tokvec.ann`: each item's `neighbors` nearest items,
+            and nearest reference items) instead of the exact pair search; scores stay exact and the greedy
+            pass is the same, but missed pairs are not seen (no item is removed without a true duplicate).
+        neighbors: with approx, neighbours searched per item.
+        ann_dtype: with approx, usearch's storage type ("i8", "f16" or "f32").
 
     Returns:
         a `DedupResult`.
@@ -144,7 +158,10 @@ def dedup(embeddings: Any, threshold: float = 0.9, *, reference: Any = None, sel
         raise TypeError("dedup with explanations takes float vectors; use tokvec.dedup_indices for packed bits")
     t = _threshold(threshold)
     n = e.shape[0]
-    if reference is None and self_dedup:
+    akw = {"neighbors": neighbors, "dtype": ann_dtype}
+    if approx:
+        from tokvec import ann
+    if reference is None and self_dedup and not approx:
         # the plain case: pairs found and resolved inside Rust, no pair list crosses into Python
         if n < 2:
             dup_of = np.full(n, -1, np.int64)
@@ -160,10 +177,12 @@ def dedup(embeddings: Any, threshold: float = 0.9, *, reference: Any = None, sel
     else:
         r = _matrix(reference, "reference")
         m = r.shape[0]
-        ci, cj, cs = _cross(r, e, t)
+        if r.shape[0] and r.shape[1] != e.shape[1]:
+            raise ValueError(f"the reference vectors have {r.shape[1]} dimensions, the items {e.shape[1]}")
+        ci, cj, cs = ann.approx_pairs_cross(r, e, t, **akw) if approx else _cross(r, e, t)
         parts = [(ci, cj + m, cs)]
     if self_dedup:
-        pi, pj, ps = _pairs(e, t)
+        pi, pj, ps = ann.approx_pairs(e, t, **akw) if approx else _pairs(e, t)
         parts.append((pi + m, pj + m, ps))
     if parts:
         i = np.concatenate([p[0] for p in parts])

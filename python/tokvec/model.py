@@ -380,10 +380,10 @@ class Model:
 
     def deduplicate(
         self, docs: Sequence[str], threshold: float = 0.9, *, return_indices: bool = False, explain: bool = False,
-        reference: Sequence[str] | None = None,
+        reference: Sequence[str] | None = None, approx: bool = False, neighbors: int = 32, ann_dtype: str = "i8",
     ) -> Any:
         """Removes near-duplicates, greedily in input order: a doc is dropped when its similarity
-        with an earlier *kept* doc is > threshold. Exact (no approximate search).
+        with an earlier *kept* doc is > threshold. Exact unless `approx=True`.
 
         Args:
             docs: the texts.
@@ -394,6 +394,12 @@ class Model:
             reference: docs of a reference set (e.g. a test set): any doc above the threshold with
                 one of them is removed too; the reference set is not deduplicated. Implies nothing
                 about `explain`; without it the kept docs (or indices) are returned as usual.
+            approx: for very large sets: candidate pairs from a usearch index (each doc's `neighbors`
+                nearest docs), re-scored exactly and resolved by the same greedy pass. A removed doc always
+                has a kept doc above the threshold, but pairs the index misses are not seen (`tokvec.ann`;
+                `pip install 'tokvec[ann]'`).
+            neighbors: with approx, neighbours searched per doc.
+            ann_dtype: with approx, usearch's storage type ("i8", "f16" or "f32").
 
         Returns:
             the kept docs in input order, or their indices, or a `DedupResult`.
@@ -406,12 +412,16 @@ class Model:
             if self._binary:
                 raise ValueError("explain= and reference= need a float model (binary=False)")
             ref = None if reference is None else self._texts(reference, "reference")
-            res = _dedup(self.embed(items), t, reference=None if ref is None else self.embed(ref))
+            res = _dedup(self.embed(items), t, reference=None if ref is None else self.embed(ref), approx=approx,
+                         neighbors=neighbors, ann_dtype=ann_dtype)
             res.texts, res.reference_texts = items, ref
             if explain:
                 return res
             return res.kept.tolist() if return_indices else res.kept_texts()
-        kept, _, _ = dedup_indices(self.embed(items), t, bits=self.dim if self._binary else None)
+        if approx and self._binary:
+            raise ValueError("approx=True needs a float model (binary=False)")
+        kept, _, _ = dedup_indices(self.embed(items), t, bits=self.dim if self._binary else None, approx=approx,
+                                   neighbors=neighbors, ann_dtype=ann_dtype)
         if return_indices:
             return kept.tolist()
         return [items[i] for i in kept]

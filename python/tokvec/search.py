@@ -133,7 +133,13 @@ def duplicate_pairs(
 
 
 def dedup_indices(
-    embeddings: Any, threshold: float = 0.9, *, bits: int | None = None
+    embeddings: Any,
+    threshold: float = 0.9,
+    *,
+    bits: int | None = None,
+    approx: bool = False,
+    neighbors: int = 32,
+    ann_dtype: str = "i8",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy deduplication in input order: item i is dropped when its similarity with an earlier
     *kept* item is > threshold.
@@ -142,6 +148,13 @@ def dedup_indices(
         embeddings: (n, d) float array or packed uint64 sign bits.
         threshold: in [-1, 1].
         bits: for uint64 inputs, the number of meaningful bits.
+        approx: find candidate pairs with a usearch HNSW index (each item's `neighbors` nearest
+            items) instead of the exact all-pairs search, for very large sets; candidates are re-scored
+            exactly and resolved by the same greedy pass. Every removed item is above the threshold
+            with a kept item, but pairs the index misses are not seen. See `tokvec.ann`. Float vectors
+            only; needs `pip install 'tokvec[ann]'`.
+        neighbors: with approx, the neighbours searched per item.
+        ann_dtype: with approx, how usearch stores the vectors: "i8", "f16" or "f32".
 
     Returns:
         (kept int64 indices ascending, dup_of int64 [n] — the kept item each dropped item
@@ -150,6 +163,12 @@ def dedup_indices(
     e = _matrix(embeddings, "embeddings")
     t = _threshold(threshold)
     n = e.shape[0]
+    if approx:
+        from tokvec.ann import approx_dedup
+
+        if e.dtype == np.uint64:
+            raise ValueError("approx=True takes float vectors, not packed sign bits")
+        return approx_dedup(e, t, neighbors=neighbors, dtype=ann_dtype)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     if n == 1:
