@@ -111,9 +111,12 @@ pub const DEDUP_BLOCK: usize = 8192;
 fn dedup_blocked(e: &[f32], n: usize, d: usize, threshold: f32, path: Path, block: usize) -> Result<Dedup> {
     check_n(e, n, d, "e")?;
     check_threshold(threshold)?;
-    row_norms(e, d, "e")?;
+    let norms = row_norms(e, d, "e")?;
+    let path = effective(path, d);
     let mut kept: Vec<u32> = Vec::new();
-    let mut kept_rows: Vec<f32> = Vec::new();
+    // The kept rows as query slots (rows, norms, int8 codes), grown by each block's kept rows, so
+    // no kept row is copied or quantized twice (re-building them for every block cost O(n^2 / block)).
+    let mut ks = Slots::queries(d, path);
     let mut dup_of = vec![-1i64; n];
     let mut score = vec![f32::NAN; n];
     let mut b0 = 0;
@@ -126,7 +129,7 @@ fn dedup_blocked(e: &[f32], n: usize, d: usize, threshold: f32, path: Path, bloc
         if !kept.is_empty() {
             // (kept position, block row, score), ascending kept position = ascending global index,
             // so strict `>` keeps the lowest index on ties.
-            for (ki, j, sc) in cross_with(&kept_rows, kept.len(), blk, nb, d, threshold, path)? {
+            for (ki, j, sc) in cross_kept(&ks, blk, nb, &norms[b0..b1], threshold, path) {
                 let b = &mut best[j as usize];
                 if b.is_none_or(|(_, bs)| sc > bs) {
                     *b = Some((kept[ki as usize], sc));
@@ -134,6 +137,7 @@ fn dedup_blocked(e: &[f32], n: usize, d: usize, threshold: f32, path: Path, bloc
             }
         }
         let mut inner = pairs_with(blk, nb, d, threshold, path)?;
+        let mut new_kept: Vec<u32> = Vec::new();
         inner.sort_unstable_by_key(|&(i, j, _)| (j, i));
         let mut p = 0;
         for (j, &b) in best.iter().enumerate() {
@@ -155,10 +159,11 @@ fn dedup_blocked(e: &[f32], n: usize, d: usize, threshold: f32, path: Path, bloc
                 }
                 None => {
                     kept.push(g as u32);
-                    kept_rows.extend_from_slice(&e[g * d..(g + 1) * d]);
+                    new_kept.push(g as u32);
                 }
             }
         }
+        ks.append(e, &new_kept, &norms);
         b0 = b1;
     }
     Ok(Dedup { kept, dup_of, score })
@@ -325,6 +330,36 @@ impl Slots {
             norms: sn,
             qz,
             pk,
+        }
+    }
+
+    /// Empty query-side slots (no padding, no packed corpus), grown with [`Slots::append`].
+    fn queries(d: usize, path: Path) -> Self {
+        Slots {
+            d,
+            orig: Vec::new(),
+            x: Vec::new(),
+            norms: Vec::new(),
+            qz: (path == Path::Int8).then(|| QuantQueries::new(&[], d)),
+            pk: None,
+        }
+    }
+
+    /// Appends rows `rows` of `e` (query side only), `orig` numbering them by their position.
+    fn append(&mut self, e: &[f32], rows: &[u32], norms: &[f64]) {
+        let d = self.d;
+        let start = self.x.len();
+        self.x.resize(start + rows.len() * d, 0.0);
+        self.x[start..]
+            .par_chunks_mut(d)
+            .zip(rows.par_iter())
+            .with_min_len(256)
+            .for_each(|(row, &o)| row.copy_from_slice(&e[o as usize * d..(o as usize + 1) * d]));
+        let first = self.orig.len() as u32;
+        self.orig.extend(first..first + rows.len() as u32);
+        self.norms.extend(rows.iter().map(|&o| norms[o as usize]));
+        if let Some(qz) = self.qz.as_mut() {
+            qz.append(&self.x[start..], d);
         }
     }
 
@@ -886,6 +921,45 @@ fn cross_with(a: &[f32], na: usize, b: &[f32], nb: usize, d: usize, threshold: f
     let mut out: Vec<Pair> = found.into_iter().map(|(x, y, s)| (qs.orig[x], cs.orig[y], s)).collect();
     out.par_sort_unstable_by_key(|&(i, j, _)| (i, j));
     Ok(out)
+}
+
+/// Pairs `(kept position, block row, score)` with canonical score above `threshold`, sorted, for
+/// the kept slots `ks` against the block `b` (`nb` rows, norms `bn`). Inputs were checked by the caller.
+fn cross_kept(ks: &Slots, b: &[f32], nb: usize, bn: &[f64], threshold: f32, path: Path) -> Vec<Pair> {
+    let d = ks.d;
+    if ks.orig.is_empty() || nb == 0 {
+        return Vec::new();
+    }
+    let pad: Vec<u32> = (0..nb.div_ceil(16) * 16)
+        .map(|i| if i < nb { i as u32 } else { u32::MAX })
+        .collect();
+    let cs = Slots::new(b, d, pad, bn, path);
+    let mut tasks = Vec::new();
+    for q0 in (0..ks.orig.len()).step_by(QB) {
+        for c0 in (0..cs.orig.len()).step_by(CB) {
+            let (q1, c1) = ((q0 + QB).min(ks.orig.len()), (c0 + CB).min(cs.orig.len()));
+            tasks.push(Task {
+                q0,
+                q1,
+                c0,
+                c1,
+                tri: false,
+            });
+        }
+    }
+    let qthr = match cs.bound() {
+        Some(bd) => {
+            let qz = ks.qz.as_ref().expect("int8");
+            (0..ks.orig.len())
+                .map(|s| lower_threshold(threshold as f64, bd.eps(qz.s[s], qz.l1[s], ks.norms[s])))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let found = run_tasks(ks, &cs, &tasks, threshold, path, &qthr);
+    let mut out: Vec<Pair> = found.into_iter().map(|(x, y, s)| (ks.orig[x], cs.orig[y], s)).collect();
+    out.par_sort_unstable_by_key(|&(i, j, _)| (i, j));
+    out
 }
 
 #[cfg(test)]

@@ -360,17 +360,27 @@ impl QuantQueries {
             .par_chunks_mut(dp)
             .zip(x.par_chunks(d))
             .with_min_len(64)
-            .map(|(o, r)| {
-                let mut tmp = vec![0i8; d];
-                let q = quantize_row(r, &mut tmp);
-                for (b, &v) in o.iter_mut().zip(&tmp) {
-                    *b = (v as i16 + 128) as u8;
-                }
-                (q.s, r.iter().map(|v| v.abs() as f64).sum())
-            })
+            .map_init(
+                || vec![0i8; d],
+                |tmp, (o, r)| {
+                    let q = quantize_row(r, tmp);
+                    for (b, &v) in o.iter_mut().zip(tmp.iter()) {
+                        *b = (v as i16 + 128) as u8;
+                    }
+                    (q.s, r.iter().map(|v| v.abs() as f64).sum())
+                },
+            )
             .collect();
         let (s, l1) = meta.into_iter().unzip();
         QuantQueries { dp, data, s, l1 }
+    }
+
+    /// Appends the rows of `x` (quantized exactly as [`QuantQueries::new`] would).
+    pub(crate) fn append(&mut self, x: &[f32], d: usize) {
+        let more = QuantQueries::new(x, d);
+        self.data.extend_from_slice(&more.data);
+        self.s.extend_from_slice(&more.s);
+        self.l1.extend_from_slice(&more.l1);
     }
 
     #[inline]
