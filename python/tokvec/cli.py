@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     io_opts(p)
     p.set_defaults(fn=cmd_embed)
 
-    p = sub.add_parser("dedup", help="remove near-duplicate texts (greedy, exact)")
+    p = sub.add_parser("dedup", help="remove near-duplicate texts (greedy; exact unless --approx)")
     p.add_argument("input")
     p.add_argument("-o", "--output", default=None, help="kept texts, .txt or .jsonl (default: stdout)")
     p.add_argument("--threshold", default="0.9", help="cosine threshold in [-1, 1], or auto for a sweep")
