@@ -125,6 +125,11 @@ def test_approx_small_and_bad_inputs(model) -> None:
         tokvec.dedup_indices(E, T, approx=True, ann_dtype="f64")
     with pytest.raises(ValueError, match="float"):
         tokvec.dedup_indices(np.zeros((2, 4), np.uint64), T, approx=True)
+    with pytest.raises(ValueError, match="normalized"):
+        tokvec.dedup_indices(E * 100, T, approx=True)
+    big = E * 100  # inner products up to 10^4: f16 storage works, the result is the exact one
+    exact = tokvec.dedup_indices(big, T)[0].tolist()
+    assert tokvec.dedup_indices(big, T, approx=True, ann_dtype="f16")[0].tolist() == exact
     b = tokvec.load(binary=True)
     with pytest.raises(ValueError, match="float model"):
         b.deduplicate(["a", "b"], approx=True)

@@ -114,6 +114,9 @@ def canonical_dot_pairs(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarr
 def _index(vectors: np.ndarray, dtype: str, threads: int, connectivity: int | None, expansion_add: int | None,
            expansion_search: int | None) -> Any:
     Index = _usearch()
+    if dtype == "i8" and vectors.size and float(np.abs(vectors).max()) > 1.0:
+        # usearch maps [-1, 1] to [-127, 127] and clips the rest: the graph would be built on wrong vectors
+        raise ValueError("dtype='i8' needs components in [-1, 1] (L2-normalized vectors); use dtype='f16' or 'f32'")
     kw: dict[str, Any] = {}
     if connectivity is not None:
         kw["connectivity"] = connectivity
