@@ -8,8 +8,8 @@ lightly perturbed copies of random sentences (one of: a word dropped, two neighb
 a word repeated), all shuffled with a fixed seed. Embeddings: the bundled default model (`tokvec.load()`).
 
 Reported (one JSON line): approximate timings (index build, search, exact re-scoring, greedy pass), and
-- with the exact runs: their times, the recall (with `--exact all`) of the exact pairs above the threshold, the share of the items exact
-  removes that the approximate run removes too, and the kept-set differences;
+- with the exact runs: their times, the recall of the exact pairs above the threshold (with `--exact all`), the
+  share of the items exact removes that the approximate run removes too, and the kept-set differences;
 - always, from `--sample` random rows whose exact pairs with every row are found by the exact cross kernel:
   the sampled pair recall, and the share of sampled kept rows that still have an exact duplicate among the earlier
   kept rows (duplicates the approximate run left in).
