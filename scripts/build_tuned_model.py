@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build_default_model as base
 
 NAME = "tokvec-base-256"
-TEXTS = 61_440
+TEXTS = 75_776
 EPOCHS = 6
 LR = 1e-2
 SEED = 0
