@@ -50,7 +50,7 @@ def teacher_vectors(
     Args:
         teacher: a `Teacher` (anything with ``encode(texts)``, ``dim`` and ``fingerprint()``).
         texts: the texts, in order.
-        cache_dir: the cache root (default `default_cache_dir()`); False-like ``""`` is not allowed, use a path.
+        cache_dir: the cache root (default `default_cache_dir()`).
         progress: show a tqdm bar (texts, texts/s, ETA) on stderr.
         desc: the bar's label.
 
