@@ -329,6 +329,12 @@ def test_distill_tune_save_load_embed(tmp_path, tiny_teacher, corpus_file, corpu
     e1 = mt.embed(corpus_texts[:20])
     assert e1.shape == (20, 8) and np.isfinite(e1).all() and not np.allclose(e1, e0)
     assert tokvec.load(tuned, dim=4).embed(["a text"]).shape == (1, 4)
+    # what tune trains is what tokvec computes: its numpy pooling equals the Rust core's embeddings
+    from tokvec.train.tune import _load_student
+
+    core, student = _load_student(tuned)
+    some = [*corpus_texts[:50], "", "[CLS] [SEP]"]
+    np.testing.assert_allclose(student.pool(*student.csr(*core._core.encode(some))), mt.embed(some), atol=1e-5)
     # the teacher vectors were cached: a second run reads them and gives the same table, bit for bit
     again = tune(out, tiny_teacher, corpus_file, tmp_path / "tuned2", **kw)
     assert (again / "model.safetensors").read_bytes() == (tuned / "model.safetensors").read_bytes()
