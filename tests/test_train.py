@@ -490,3 +490,31 @@ def test_bundled_model_names():
     # a path that does not exist is still reported as a path
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         tokvec.load("./no-such-model")
+
+
+def test_cli_distill_tune(tmp_path, tiny_teacher, corpus_file):
+    d, t = tmp_path / "d", tmp_path / "t"
+    assert (
+        main(
+            [
+                "distill",
+                str(tiny_teacher),
+                str(d),
+                "--dim",
+                "8",
+                "--weights",
+                "zipf",
+                "--corpus",
+                str(corpus_file),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    argv = ["tune", str(d), str(tiny_teacher), str(corpus_file), str(t), "--epochs", "1", "--no-select", "-q"]
+    assert main([*argv, "--cache", str(tmp_path / "cache"), "--matryoshka", "4", "--dtype", "f16"]) == 0
+    cfg = json.loads((t / "config.json").read_text())
+    assert cfg["source"]["tune"]["loss"] == "cosine on dims [8, 4]"
+    assert tokvec.load(t).embed(["a text"]).shape == (1, 8)
+    # the output folder is never overwritten
+    assert main([*argv, "--cache", str(tmp_path / "cache")]) == 2
