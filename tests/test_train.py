@@ -452,6 +452,7 @@ def test_eval_on_real_slice_matches_reference(capsys):
     m = tokvec.load()
     data = load_eval_data(DATA, split="test", limit=40)
     got = evaluate(m, data=data)
+    assert tokvec.evaluate is evaluate  # also exported at the top level
     assert set(got) == {"stsb", "sick", "paws", "mrpc", "scifact"}
     for name in ("stsb", "sick", "paws", "mrpc"):
         s = data.sets[name]

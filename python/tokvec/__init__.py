@@ -5,6 +5,7 @@
     >>> E = m.embed(["a text", "another"])     # float32 (2, dim), L2-normalized
     >>> m.deduplicate(docs, threshold=0.9)     # greedy, exact
     >>> tokvec.extract("path/to/llm", "my-model")  # the token table of any checkpoint (safetensors, GGUF)
+    >>> tokvec.evaluate(m, split="dev")        # STS-B, SICK-R, PAWS/MRPC F1, SciFact nDCG@10 (tokvec.train)
 """
 
 from tokvec._core import CPU_FEATURES, FormatError, SafetensorsFile, TokenizerError, __version__
@@ -14,6 +15,7 @@ from tokvec.model import Model, load
 from tokvec.search import dedup_indices, duplicate_pairs, topk
 from tokvec.cluster import KMeansResult, kmeans
 from tokvec.dedup import DedupIndex, DedupResult, dedup_sweep
+from tokvec.train.evaluate import evaluate
 
 __all__ = [
     "CPU_FEATURES",
@@ -29,6 +31,7 @@ __all__ = [
     "dedup_indices",
     "dedup_sweep",
     "duplicate_pairs",
+    "evaluate",
     "extract",
     "inspect",
     "kmeans",
