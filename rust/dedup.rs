@@ -884,47 +884,15 @@ fn cross_with(a: &[f32], na: usize, b: &[f32], nb: usize, d: usize, threshold: f
     check_threshold(threshold)?;
     let an = row_norms(a, d, "a")?;
     let bn = row_norms(b, d, "b")?;
-    if na == 0 || nb == 0 {
-        return Ok(Vec::new());
-    }
     let path = effective(path, d);
-    let pad = |n: usize| {
-        (0..n.div_ceil(16) * 16)
-            .map(|i| if i < n { i as u32 } else { u32::MAX })
-            .collect()
-    };
-    let qs = Slots::new(a, d, pad(na), &an, path);
-    let cs = Slots::new(b, d, pad(nb), &bn, path);
-    let mut tasks = Vec::new();
-    for q0 in (0..qs.orig.len()).step_by(QB) {
-        for c0 in (0..cs.orig.len()).step_by(CB) {
-            let (q1, c1) = ((q0 + QB).min(qs.orig.len()), (c0 + CB).min(cs.orig.len()));
-            tasks.push(Task {
-                q0,
-                q1,
-                c0,
-                c1,
-                tri: false,
-            });
-        }
-    }
-    let qthr = match cs.bound() {
-        Some(bd) => {
-            let qz = qs.qz.as_ref().expect("int8");
-            (0..qs.orig.len())
-                .map(|s| lower_threshold(threshold as f64, bd.eps(qz.s[s], qz.l1[s], qs.norms[s])))
-                .collect()
-        }
-        None => Vec::new(),
-    };
-    let found = run_tasks(&qs, &cs, &tasks, threshold, path, &qthr);
-    let mut out: Vec<Pair> = found.into_iter().map(|(x, y, s)| (qs.orig[x], cs.orig[y], s)).collect();
-    out.par_sort_unstable_by_key(|&(i, j, _)| (i, j));
-    Ok(out)
+    let mut qs = Slots::queries(d, path);
+    qs.append(a, &(0..na as u32).collect::<Vec<u32>>(), &an);
+    Ok(cross_kept(&qs, b, nb, &bn, threshold, path))
 }
 
-/// Pairs `(kept position, block row, score)` with canonical score above `threshold`, sorted, for
-/// the kept slots `ks` against the block `b` (`nb` rows, norms `bn`). Inputs were checked by the caller.
+/// Pairs `(query slot, row of b, score)` with canonical score above `threshold`, sorted, for the
+/// query slots `ks` (in dedup: the kept rows) against `b` (`nb` rows, norms `bn`). Inputs were
+/// checked by the caller.
 fn cross_kept(ks: &Slots, b: &[f32], nb: usize, bn: &[f64], threshold: f32, path: Path) -> Vec<Pair> {
     let d = ks.d;
     if ks.orig.is_empty() || nb == 0 {
