@@ -24,10 +24,12 @@ What this guarantees and what it does not:
 - usearch builds its graph with several threads, so the candidates (and, rarely, the result) can change from
   one run to the next; with `threads=1` a run is repeatable.
 
-Performance notes: usearch's i8 storage (vectors scaled by 127) builds and searches about 2.5x faster than
-f32 on the default model's unit vectors with the same recall in our measurements, and the exact re-scoring
-makes the storage precision irrelevant to the scores. Non-normalized vectors should use f32 or f16 (i8
-clips components outside [-1, 1]).
+Performance notes: usearch's i8 storage (vectors scaled by 127) is the default: on the default model's vectors
+of 20,000 Wikipedia sentences it found 1,245 of the 1,246 pairs above 0.9 in 7.7 s, against 1,246 in 10.2 s
+for f16 and 23.4 s for f32 (2 busy cores), and the exact re-scoring makes the storage precision irrelevant to
+the scores. Non-normalized vectors need f16 or f32 (i8 clips components outside [-1, 1], so it is refused).
+The index build and search dominate the time (README.md, "Deduplication"); re-scoring gathers both rows of
+every candidate pair in blocks of about 16 MB.
 """
 
 from __future__ import annotations
