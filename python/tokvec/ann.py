@@ -149,6 +149,30 @@ def _stats(stats: dict[str, Any] | None, t0: float, t1: float, t2: float, candid
                      rescore_seconds=round(time.perf_counter() - t2, 3), candidates=candidates, pairs=pairs)
 
 
+def _neighbours(
+    base: np.ndarray,
+    queries: np.ndarray,
+    kk: int,
+    dtype: str,
+    threads: int | None,
+    connectivity: int | None,
+    expansion_add: int | None,
+    expansion_search: int | None,
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Indexes `base`, searches the `kk` nearest rows of `base` for every row of `queries` and frees the index.
+
+    Returns (query row, base row) int64 of the found pairs and the times (start, index built, search done).
+    """
+    th = _threads(threads)
+    es = max(kk, expansion_search or 0) if expansion_search is not None or kk > 64 else None
+    t0 = time.perf_counter()
+    index = _index(base, dtype, th, connectivity, expansion_add, es)
+    t1 = time.perf_counter()
+    q, c = _search(index, queries, kk, th, base.shape[0])
+    del index
+    return q, c, (t0, t1, time.perf_counter())
+
+
 def _empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     z = np.zeros(0, np.int64)
     return z, z.copy(), np.zeros(0, np.float32)
@@ -188,15 +212,8 @@ def approx_pairs(
     n = e.shape[0]
     if n < 2:
         return _empty()
-    th = _threads(threads)
     kk = min(k + 1, n)  # +1: a row normally finds itself first
-    es = max(kk, expansion_search or 0) if expansion_search is not None or kk > 64 else None
-    t0 = time.perf_counter()
-    index = _index(e, dtype, th, connectivity, expansion_add, es)
-    t1 = time.perf_counter()
-    q, c = _search(index, e, kk, th, n)
-    del index
-    t2 = time.perf_counter()
+    q, c, (t0, t1, t2) = _neighbours(e, e, kk, dtype, threads, connectivity, expansion_add, expansion_search)
     keep = q != c
     a, b = np.minimum(q[keep], c[keep]), np.maximum(q[keep], c[keep])
     code = np.unique(a * n + b)  # each unordered pair once, sorted by (i, j)
@@ -229,15 +246,8 @@ def approx_pairs_cross(
     k = _check(neighbors, dtype)
     if a.shape[0] == 0 or b.shape[0] == 0:
         return _empty()
-    th = _threads(threads)
     kk = min(k, a.shape[0])
-    es = max(kk, expansion_search or 0) if expansion_search is not None or kk > 64 else None
-    t0 = time.perf_counter()
-    index = _index(a, dtype, th, connectivity, expansion_add, es)
-    t1 = time.perf_counter()
-    qb, ia = _search(index, b, kk, th, a.shape[0])
-    del index
-    t2 = time.perf_counter()
+    qb, ia, (t0, t1, t2) = _neighbours(a, b, kk, dtype, threads, connectivity, expansion_add, expansion_search)
     code = np.unique(ia * b.shape[0] + qb)
     i, j = code // b.shape[0], code % b.shape[0]
     s = canonical_dot_pairs(a, b, i, j)
