@@ -37,10 +37,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build_default_model as base
 
 NAME = "tokvec-base-256"
-TEXTS = 75_776
-EPOCHS = 6
+TEXTS = None  # every sentence of wikipedia-sentences (320,000)
+PASSAGES = None  # every passage made from them by `wikipedia_passages` (83,892)
+EPOCHS = 3
 LR = 1e-2
 SEED = 0
+
+
+def wikipedia_passages(path: Path, *, per_passage: int = 4, max_chars: int = 1000) -> list[str]:
+    """Passages of the sentence corpus: runs of consecutive sentences of one article (the file is in document
+    order), up to `per_passage` sentences and `max_chars` characters, joined by a space; runs of one sentence
+    are dropped (the sentence itself is already a training text). Deterministic: same file, same passages."""
+    out: list[str] = []
+    cur: list[str] = []
+    doc = None
+    size = 0
+    with open(path, encoding="utf-8", newline="") as f:
+        next(f)  # header: doc_id, sentence
+        for line in f:
+            d, _, sent = line.rstrip("\r\n").partition("\t")
+            if d != doc or len(cur) == per_passage or size + len(sent) > max_chars:
+                if len(cur) >= 2:
+                    out.append(" ".join(cur))
+                cur, doc, size = [], d, 0
+            cur.append(sent)
+            size += len(sent) + 1
+    if len(cur) >= 2:
+        out.append(" ".join(cur))
+    return out
 
 
 def notice_text(source_sha: str, recipe: str) -> str:
@@ -72,14 +96,15 @@ The tuning sentences are English Wikipedia text (CC BY-SA 3.0); no text is inclu
 def build(
     out_dir: Path,
     *,
-    texts: int = TEXTS,
+    texts: int | None = TEXTS,
+    passages: int | None = PASSAGES,
     epochs: int = EPOCHS,
     lr: float = LR,
     seed: int = SEED,
     cache: Path | None = None,
     quiet: bool = False,
 ) -> dict:
-    from tokvec.train.distill import distill
+    from tokvec.train.distill import distill, read_corpus
     from tokvec.train.teacher import Teacher
     from tokvec.train.tune import TuneConfig, tune
 
@@ -97,11 +122,20 @@ def build(
     try:
         distilled = distill(teacher, work / "distilled", dim=256, weighting="sif", corpus=corpus, corpus_limit=100_000)
         say(f"distilled in {time.time() - t0:.0f} s")
-        cfg = TuneConfig(epochs=epochs, lr=lr, seed=seed, max_texts=texts)
+        cfg = TuneConfig(epochs=epochs, lr=lr, seed=seed)
+        sentences_file = work / "sentences.txt"
+        sentences = read_corpus(corpus, limit=texts)
+        sentences_file.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+        passages_file = work / "passages.txt"
+        chunks = wikipedia_passages(corpus)[:passages]
+        if not chunks:
+            sys.exit("error: --passages 0: at least one passage is needed (or drop the option)")
+        passages_file.write_text("\n".join(chunks) + "\n", encoding="utf-8")
+        say(f"corpus: {len(sentences)} sentences, {len(chunks)} passages")
         tuned = tune(
             distilled,
             teacher,
-            corpus,
+            [sentences_file, passages_file],
             work / "tuned",
             config=cfg,
             cache_dir=cache,
@@ -118,11 +152,13 @@ def build(
         tune_info = tcfg["source"]["tune"]
         tune_info["teacher"] = base.SOURCE_MODEL
         tune_info["init"] = "tokvec distill (below)"
+        tune_info["teacher_backend"] = teacher.backend
         init = tcfg["source"].get("init_source", {})
         init["teacher"] = base.SOURCE_MODEL
         recipe = (
             "tokvec distill (MiniLM output of [CLS] t [SEP] per id, PCA 384->256, SIF weights a=1e-3 from the first "
-            f"100000 wikipedia-sentences rows), then tokvec tune on the first {texts} wikipedia-sentences rows "
+            f"100000 wikipedia-sentences rows), then tokvec tune on {len(sentences)} wikipedia-sentences rows and "
+            f"{len(chunks)} passages of up to 4 consecutive sentences of one article "
             f"(cosine to MiniLM's centred sentence vectors on 256/128/64 dims, sparse Adam lr {lr}, seed {seed}, "
             f"best of {epochs} epochs on STS-B dev + SICK-R trial + SciFact train: epoch {tune_info.get('best_epoch')}), "
             "stored F16"
@@ -181,7 +217,8 @@ def build(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=base.DEFAULT_OUT)
-    ap.add_argument("--texts", type=int, default=TEXTS, help="Wikipedia sentences for tuning")
+    ap.add_argument("--texts", type=int, default=TEXTS, help="first N Wikipedia sentences for tuning (default all)")
+    ap.add_argument("--passages", type=int, default=PASSAGES, help="first N passages for tuning (default all)")
     ap.add_argument("--epochs", type=int, default=EPOCHS)
     ap.add_argument("--lr", type=float, default=LR)
     ap.add_argument("--seed", type=int, default=SEED)
@@ -189,7 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     build(
-        args.out, texts=args.texts, epochs=args.epochs, lr=args.lr, seed=args.seed, cache=args.cache, quiet=args.quiet
+        args.out,
+        texts=args.texts,
+        passages=args.passages,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        cache=args.cache,
+        quiet=args.quiet,
     )
     return 0
 

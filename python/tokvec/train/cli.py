@@ -69,12 +69,14 @@ def cmd_tune(args: argparse.Namespace) -> None:
         seed=args.seed,
         max_texts=args.max_texts,
         center_targets=not args.no_center,
+        decay=args.decay,
+        schedule=args.schedule,
     )
     t0 = time.time()
     out = tune(
         args.model,
         _default_teacher(args.teacher),
-        args.corpus,
+        [args.corpus, *args.also] if args.also else args.corpus,
         args.out,
         config=cfg,
         cache_dir=args.cache,
@@ -161,7 +163,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--contrastive", type=float, default=0.0, help="weight of an in-batch InfoNCE term")
     p.add_argument("--temperature", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-texts", type=int, default=None, help="first N texts of the corpus")
+    p.add_argument("--also", action="append", default=[], metavar="CORPUS", help="one more corpus file (repeatable)")
+    p.add_argument("--max-texts", type=int, default=None, help="first N texts of each corpus")
+    p.add_argument("--schedule", default="constant", choices=["constant", "linear"], help="learning-rate schedule")
+    p.add_argument("--decay", type=float, default=0.0, help="pull of the trained rows toward the starting table")
     p.add_argument("--no-center", action="store_true", help="targets: the teacher's vectors as they are, not centred")
     p.add_argument("--cache", default=None, help="teacher-vector cache folder (default ~/.cache/tokvec)")
     p.add_argument("--data", default=None, help="evaluation data folder for dev selection (default ../shared/data)")

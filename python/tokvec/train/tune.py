@@ -50,6 +50,8 @@ class TuneConfig:
     max_texts: int | None = None
     center_targets: bool = True
     token_examples: bool = False
+    decay: float = 0.0
+    schedule: str = "constant"
 
 
 class Student:
@@ -177,7 +179,11 @@ def tune_table(
     m1 = np.zeros_like(student.E)
     m2 = np.zeros_like(student.E)
     b1, b2, eps = 0.9, 0.999, 1e-8
+    start = student.E.copy() if cfg.decay > 0 else None
     step = 0
+    if cfg.schedule not in ("constant", "linear"):
+        raise ValueError(f"schedule must be 'constant' or 'linear', not {cfg.schedule!r}")
+    total_steps = max(1, cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size))
     lens = np.diff(offsets)
     history: dict[str, Any] = {"epochs": []}
     best = (-np.inf, -1, student.E.copy())
@@ -222,8 +228,11 @@ def tune_table(
                 step += 1
                 m1[uniq] = b1 * m1[uniq] + (1 - b1) * grad
                 m2[uniq] = b2 * m2[uniq] + (1 - b2) * grad * grad
-                lr_t = cfg.lr * np.sqrt(1 - b2**step) / (1 - b1**step)
+                lr_s = cfg.lr * (1.0 - (step - 1) / total_steps if cfg.schedule == "linear" else 1.0)
+                lr_t = lr_s * np.sqrt(1 - b2**step) / (1 - b1**step)
                 student.E[uniq] -= np.float32(lr_t) * m1[uniq] / (np.sqrt(m2[uniq]) + np.float32(eps))
+                if start is not None:  # decoupled pull of the touched rows toward the starting table
+                    student.E[uniq] -= np.float32(lr_s * cfg.decay) * (student.E[uniq] - start[uniq])
                 if bar is not None:
                     bar.update(1)
             rec: dict[str, Any] = {"epoch": epoch, "loss": total / n, "seconds": round(time.time() - t0, 1)}
@@ -320,7 +329,7 @@ def _dev_validator(m: Any, student: Student, data_dir: str | os.PathLike[str] | 
 def tune(
     model: str | os.PathLike[str],
     teacher: Any,
-    corpus: str | os.PathLike[str],
+    corpus: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     *,
     config: TuneConfig | None = None,
@@ -336,7 +345,8 @@ def tune(
     Args:
         model: the starting model (e.g. the output of `distill`), any folder `tokvec.load` reads.
         teacher: the teacher folder or a `Teacher`.
-        corpus: a text file (``.txt`` one text a line, ``.tsv`` with a ``sentence``/``text`` column, ...).
+        corpus: a text file (``.txt`` one text a line, ``.tsv`` with a ``sentence``/``text`` column, ...), or a
+            list of them (texts of each, in order; ``max_texts`` applies to each file).
         out: the output folder (must not exist or be empty).
         config: hyper-parameters (`TuneConfig`).
         cache_dir: where teacher vectors are cached (default ``~/.cache/tokvec``).
@@ -366,9 +376,16 @@ def tune(
     d = student.E.shape[1]
     if d > t.dim:
         raise ValueError(f"the model is {d}-d, larger than the teacher's {t.dim}")
-    texts = read_corpus(corpus, limit=cfg.max_texts)
+    corpora = [corpus] if isinstance(corpus, (str, os.PathLike)) else list(corpus)
+    if not corpora:
+        raise ValueError("no corpus given")
+    parts = [read_corpus(c, limit=cfg.max_texts) for c in corpora]
+    texts = [x for part in parts for x in part]
     t0 = time.time()
-    tv = teacher_vectors(t, texts, cache_dir=cache_dir, progress=progress, desc="teacher")
+    # one cache run per file, so each file's chunks are the same whatever it is combined with
+    tv = np.concatenate(
+        [teacher_vectors(t, part, cache_dir=cache_dir, progress=progress, desc="teacher") for part in parts]
+    )
     teacher_s = time.time() - t0
     say(f"teacher vectors: {len(texts)} texts, {teacher_s:.1f} s (cached chunks are read, not recomputed)")
     ids, offsets = student.csr(*m._core.encode(texts))
@@ -379,7 +396,7 @@ def tune(
         offsets = np.r_[0, np.cumsum(lens)].astype(np.int64)
         tv = tv[keep]
     if len(keep) == 0:
-        raise ValueError(f"{corpus}: no text has a token the model pools")
+        raise ValueError(f"{', '.join(map(str, corpora))}: no text has a token the model pools")
     mu = np.zeros(tv.shape[1], dtype=np.float32)
     if cfg.center_targets:  # compare with the teacher's vectors minus their corpus mean (its common component)
         mu = tv.mean(axis=0, dtype=np.float64).astype(np.float32)
@@ -411,15 +428,16 @@ def tune(
     recipe = {
         "teacher": str(t.path),
         "init": str(model),
-        "corpus": Path(corpus).name,
-        "corpus_texts": len(texts),
+        "corpus": [Path(c).name for c in corpora] if len(corpora) > 1 else Path(corpora[0]).name,
+        "corpus_texts": len(texts) if len(corpora) == 1 else [len(part) for part in parts],
         "corpus_sha256": _sha256_texts(texts),
         "targets": f"teacher vectors (mean pooling, normalized){' minus their corpus mean' if cfg.center_targets else ''}"
         f" projected on their top {d} singular directions",
         "loss": "cosine"
         + (f" on dims {[d, *[k for k in cfg.matryoshka if k < d]]}")
-        + (f" + {cfg.contrastive} x in-batch InfoNCE (tau {cfg.temperature})" if cfg.contrastive > 0 else ""),
-        "optimizer": "sparse Adam",
+        + (f" + {cfg.contrastive} x in-batch InfoNCE (tau {cfg.temperature})" if cfg.contrastive > 0 else "")
+        + (f", rows pulled toward the start by {cfg.decay} x lr" if cfg.decay > 0 else ""),
+        "optimizer": "sparse Adam" + (", learning rate decayed linearly to 0" if cfg.schedule == "linear" else ""),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "best_epoch": hist.get("best_epoch"),
         "dev_mean_sts_sick_scifact": hist.get("best_dev"),
