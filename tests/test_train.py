@@ -381,6 +381,48 @@ def test_distill_tune_save_load_embed(tmp_path, tiny_teacher, corpus_file, corpu
     assert list((tmp_path / "cache" / "teacher").glob("*/*.npy"))
 
 
+def test_tune_options(tmp_path, tiny_teacher, corpus_file, corpus_texts):
+    out = distill(tiny_teacher, tmp_path / "distilled", dim=8, weighting="sif", corpus=corpus_file)
+    second = tmp_path / "second.txt"
+    second.write_text("\n".join(corpus_texts[::-1][:100]) + "\n", encoding="utf-8")
+    cfg = TuneConfig(epochs=3, batch_size=64, lr=1e-2, matryoshka=(4,), schedule="linear", decay=0.5, average=True)
+    kw = {"config": cfg, "cache_dir": tmp_path / "cache", "data_dir": DATA}
+    tuned = tune(out, tiny_teacher, [corpus_file, second], tmp_path / "tuned", **kw)
+    hist = json.loads((tuned / "tune_history.json").read_text())
+    assert [e["epoch"] for e in hist["epochs"]] == [0, 1, 2, 3]
+    assert [a["last_epochs"] for a in hist["averages"]] == [2, 3]
+    every = [e["dev"] for e in hist["epochs"]] + [a["dev"] for a in hist["averages"]]
+    assert hist["best_dev"] == max(every)
+    rec = json.loads((tuned / "config.json").read_text())["source"]["tune"]
+    assert rec["corpus"] == ["corpus.txt", "second.txt"] and rec["corpus_texts"] == [600, 100]
+    assert "linearly" in rec["optimizer"] and "pulled toward the start" in rec["loss"]
+    # each file is cached on its own: the first file's chunks are the ones a one-file run wrote
+    single = tune(
+        out,
+        tiny_teacher,
+        corpus_file,
+        tmp_path / "single",
+        config=TuneConfig(epochs=0),
+        select=False,
+        cache_dir=tmp_path / "cache",
+    )
+    assert single.is_dir()
+    n_chunks = len(list((tmp_path / "cache" / "teacher").glob("*/*.npy")))
+    assert n_chunks == 2  # corpus.txt (600 texts) and second.txt (100 texts): one chunk each, nothing re-encoded
+    with pytest.raises(ValueError, match="schedule"):
+        tune(
+            out,
+            tiny_teacher,
+            corpus_file,
+            tmp_path / "bad",
+            config=TuneConfig(epochs=1, schedule="cosine"),
+            cache_dir=tmp_path / "cache",
+            select=False,
+        )
+    with pytest.raises(ValueError, match="no corpus"):
+        tune(out, tiny_teacher, [], tmp_path / "bad2", cache_dir=tmp_path / "cache", select=False)
+
+
 def test_tune_gradient_matches_finite_differences():
     from tokvec.train.tune import batch_loss_grad
 

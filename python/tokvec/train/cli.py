@@ -71,6 +71,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
         center_targets=not args.no_center,
         decay=args.decay,
         schedule=args.schedule,
+        average=args.average,
     )
     t0 = time.time()
     out = tune(
@@ -166,6 +167,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--also", action="append", default=[], metavar="CORPUS", help="one more corpus file (repeatable)")
     p.add_argument("--max-texts", type=int, default=None, help="first N texts of each corpus")
     p.add_argument("--schedule", default="constant", choices=["constant", "linear"], help="learning-rate schedule")
+    p.add_argument("--average", action="store_true", help="also try averages of the last epochs' tables (on dev)")
     p.add_argument("--decay", type=float, default=0.0, help="pull of the trained rows toward the starting table")
     p.add_argument("--no-center", action="store_true", help="targets: the teacher's vectors as they are, not centred")
     p.add_argument("--cache", default=None, help="teacher-vector cache folder (default ~/.cache/tokvec)")

@@ -395,7 +395,10 @@ def _onnx_graph(t: Teacher) -> Any:
     ms = "com.microsoft"
     length = op("Shape", ["input_ids"], start=1, end=2)
     x = op("Gather", [const("word", t.word), "input_ids"])
-    pos = op("Slice", [const("pos", t.pos), const("zero", np.array([0], np.int64)), length, const("axis0", np.array([0], np.int64))])
+    pos = op(
+        "Slice",
+        [const("pos", t.pos), const("zero", np.array([0], np.int64)), length, const("axis0", np.array([0], np.int64))],
+    )
     x = op("Add", [op("Add", [x, pos]), const("type0", t.type0[None, :])])
     x = op("LayerNormalization", [x, const("emb_g", t.emb_ln[0]), const("emb_b", t.emb_ln[1])], axis=-1, epsilon=t.eps)
     mask_i32 = op("Cast", ["attention_mask"], to=TensorProto.INT32)

@@ -52,6 +52,7 @@ class TuneConfig:
     token_examples: bool = False
     decay: float = 0.0
     schedule: str = "constant"
+    average: bool = False
 
 
 class Student:
@@ -187,6 +188,7 @@ def tune_table(
     lens = np.diff(offsets)
     history: dict[str, Any] = {"epochs": []}
     best = (-np.inf, -1, student.E.copy())
+    snapshots: list[np.ndarray] = []
     if validate is not None:
         score = validate(student)
         history["epochs"].append({"epoch": 0, "dev": score})
@@ -245,9 +247,20 @@ def tune_table(
                     best = (score, epoch, student.E.copy())
             history["epochs"].append(rec)
             say(msg + f" ({time.time() - t0:.0f} s)")
+            if cfg.average:
+                snapshots.append(student.E.copy())
     finally:
         if bar is not None:
             bar.close()
+    if validate is not None and len(snapshots) > 1:
+        # averages of the last k epochs' tables (k >= 2) are candidates too (weight averaging, as in SWA)
+        for k in range(2, len(snapshots) + 1):
+            student.E[:] = np.mean(snapshots[-k:], axis=0)
+            score = validate(student)
+            history.setdefault("averages", []).append({"last_epochs": k, "dev": score})
+            say(f"mean of the last {k} epochs: dev {score:.4f}")
+            if score > best[0]:
+                best = (score, f"mean of epochs {len(snapshots) - k + 1}-{len(snapshots)}", student.E.copy())
     if validate is not None:
         student.E[:] = best[2]
         history["best_epoch"] = best[1]
