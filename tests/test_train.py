@@ -565,6 +565,9 @@ def test_bundled_model_names():
     names = bundled_models()
     assert "default" in names
     assert tokvec.load("default").dim == tokvec.load().dim
+    # the default's own name loads the same folder
+    assert "tokvec-base-256" in names and names["tokvec-base-256"] == names["default"]
+    assert tokvec.load("tokvec-base-256").embed(["a text"]).tolist() == tokvec.load().embed(["a text"]).tolist()
     for name, folder in names.items():
         cfg = json.loads((folder / "config.json").read_text())
         assert name in (folder.name, cfg.get("name"))

@@ -387,7 +387,8 @@ class Model:
 
         Args:
             docs: the texts.
-            threshold: in [-1, 1].
+            threshold: in [-1, 1]. Scores are float32: identical texts can score a few ulps above 1, so at
+                1.0 repeats of a text may still be removed while every distinct text is kept.
             return_indices: return the indices of the *kept* docs (ascending) instead of the texts.
             explain: return a `tokvec.DedupResult` instead: kept indices, and for every removed doc
                 the kept doc it duplicates and the score (`.explain()`), plus `.summary()`.
