@@ -116,9 +116,6 @@ def canonical_dot_pairs(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarr
 def _index(vectors: np.ndarray, dtype: str, threads: int, connectivity: int | None, expansion_add: int | None,
            expansion_search: int | None) -> Any:
     Index = _usearch()
-    if dtype == "i8" and vectors.size and float(np.abs(vectors).max()) > 1.0:
-        # usearch maps [-1, 1] to [-127, 127] and clips the rest: the graph would be built on wrong vectors
-        raise ValueError("dtype='i8' needs components in [-1, 1] (L2-normalized vectors); use dtype='f16' or 'f32'")
     kw: dict[str, Any] = {}
     if connectivity is not None:
         kw["connectivity"] = connectivity
@@ -163,9 +160,20 @@ def _neighbours(
 
     Returns (query row, base row) int64 of the found pairs and the times (start, index built, search done).
     """
+    t0 = time.perf_counter()
+    _usearch()  # the same inputs need the same extra, whatever their size
+    if dtype == "i8" and base.size and float(np.abs(base).max()) > 1.0:
+        # usearch maps [-1, 1] to [-127, 127] and clips the rest: the graph would be built on wrong vectors
+        raise ValueError("dtype='i8' needs components in [-1, 1] (L2-normalized vectors); use dtype='f16' or 'f32'")
+    nb, nq = base.shape[0], queries.shape[0]
+    if kk >= nb:
+        # as many neighbours as rows: every pair is a candidate. HNSW's graph search does not promise to return every
+        # row even then (near-identical rows crowd each other out), so the pairs are listed instead of searched.
+        q = np.repeat(np.arange(nq, dtype=np.int64), nb)
+        c = np.tile(np.arange(nb, dtype=np.int64), nq)
+        return q, c, (t0, t0, time.perf_counter())
     th = _threads(threads)
     es = max(kk, expansion_search or 0) if expansion_search is not None or kk > 64 else None
-    t0 = time.perf_counter()
     index = _index(base, dtype, th, connectivity, expansion_add, es)
     t1 = time.perf_counter()
     q, c = _search(index, queries, kk, th, base.shape[0])
