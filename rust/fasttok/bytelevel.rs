@@ -344,6 +344,7 @@ impl ByteLevelBpe {
             let inew = vocab
                 .get(format!("{a}{b}").as_bytes())
                 .ok_or("a merge result is not in the vocabulary")?;
+            super::bpe::check_merge(ia, ib, inew)?;
             triples.push((ia, ib, inew));
         }
         let chars = bytes_char();

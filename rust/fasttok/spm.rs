@@ -104,6 +104,7 @@ impl SpmBpe {
             let inew = vocab
                 .get(ab.as_bytes())
                 .ok_or("a merge result is not in the vocabulary")?;
+            super::bpe::check_merge(ia, ib, inew)?;
             triples.push((ia, ib, inew));
         }
         let mut byte_ids = [None; 256];
