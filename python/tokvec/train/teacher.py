@@ -247,8 +247,7 @@ class Teacher:
                 if backend == "onnxruntime":
                     raise TeacherError(f"backend 'onnxruntime' needs onnxruntime and onnx installed ({e})") from None
             else:
-                self._session = _onnx_session(self)
-                self.backend = "onnxruntime"
+                self.backend = "onnxruntime"  # the session is built at the first forward pass (`_forward_pooled`)
 
     @property
     def dim(self) -> int:
@@ -292,6 +291,16 @@ class Teacher:
             x = _layer_norm(h @ blk["f_w"] + blk["f_b"] + x, blk["ln2_g"], blk["ln2_b"], self.eps)
         return x.reshape(bsz, length, self.hidden)
 
+    def _forward_pooled(self, batch: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Masked mean of the last hidden states of a padded batch (not normalized), by `backend`. The onnxruntime
+        session is built on first use, so a teacher whose vectors all come from the cache costs no session."""
+        if self.backend == "onnxruntime":
+            if self._session is None:
+                self._session = _onnx_session(self)
+            return self._session.run(None, {"input_ids": batch, "attention_mask": mask})[0]
+        hidden = self.forward(batch, mask)
+        return np.einsum("bld,bl->bd", hidden, mask) / mask.sum(axis=1, keepdims=True)
+
     def encode_ids(
         self,
         ids: Sequence[Sequence[int]],
@@ -334,11 +343,7 @@ class Teacher:
                 t = ids[i]
                 batch[r, : len(t)] = t
                 mask[r, : len(t)] = 1.0
-            if self._session is not None:
-                pooled = self._session.run(None, {"input_ids": batch, "attention_mask": mask})[0]
-            else:
-                hidden = self.forward(batch, mask)
-                pooled = np.einsum("bld,bl->bd", hidden, mask) / mask.sum(axis=1, keepdims=True)
+            pooled = self._forward_pooled(batch, mask)
             if normalize:
                 pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), np.float32(1e-12))
             out[rows] = pooled
