@@ -159,6 +159,14 @@ def batch_loss_grad(
     return loss, g
 
 
+def _check_config(cfg: TuneConfig) -> None:
+    """Raises ValueError for hyper-parameters `tune_table` cannot run with."""
+    if cfg.epochs < 0 or cfg.batch_size < 1 or not cfg.lr > 0:
+        raise ValueError("epochs must be >= 0, batch_size >= 1 and lr > 0")
+    if cfg.schedule not in ("constant", "linear"):
+        raise ValueError(f"schedule must be 'constant' or 'linear', not {cfg.schedule!r}")
+
+
 def tune_table(
     student: Student,
     ids: np.ndarray,
@@ -182,8 +190,7 @@ def tune_table(
     b1, b2, eps = 0.9, 0.999, 1e-8
     start = student.E.copy() if cfg.decay > 0 else None
     step = 0
-    if cfg.schedule not in ("constant", "linear"):
-        raise ValueError(f"schedule must be 'constant' or 'linear', not {cfg.schedule!r}")
+    _check_config(cfg)
     total_steps = max(1, cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size))
     lens = np.diff(offsets)
     history: dict[str, Any] = {"epochs": []}
@@ -247,7 +254,7 @@ def tune_table(
                     best = (score, epoch, student.E.copy())
             history["epochs"].append(rec)
             say(msg + f" ({time.time() - t0:.0f} s)")
-            if cfg.average:
+            if cfg.average and validate is not None:  # averages are only kept when dev can choose them
                 snapshots.append(student.E.copy())
     finally:
         if bar is not None:
@@ -378,8 +385,7 @@ def tune(
     from tokvec.train.teacher import Teacher
 
     cfg = config or TuneConfig()
-    if cfg.epochs < 0 or cfg.batch_size < 1 or not cfg.lr > 0:
-        raise ValueError("epochs must be >= 0, batch_size >= 1 and lr > 0")
+    _check_config(cfg)  # before the teacher runs, not after
     dst = Path(out)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise FileExistsError(f"{dst}: exists and is not an empty folder")
