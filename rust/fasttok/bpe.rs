@@ -7,12 +7,17 @@
 //!   the unknown id, fused with a pending one when `fuse_unk`. As in `tokenizers`, a pending unknown
 //!   is flushed before the next in-vocabulary unit but *not* before byte-fallback ids.
 //! - merging: `tokenizers` pops merges from a heap ordered by (rank, position) and skips stale
-//!   entries. Every adjacent pair that has a merge is in the heap with its current rank, and a stale
-//!   entry is never accepted (a stale entry that still names the same new id would need the same
-//!   two strings at the same place), so the result is the classic rule: repeatedly merge the
-//!   adjacent pair of lowest rank, leftmost first. `merge` does exactly that, by a linear scan for
-//!   short words (the common case: a word of ≤ 64 symbols) and with a heap for longer ones.
-//!   Both are checked against each other and against `tokenizers` in the tests.
+//!   entries, checking a popped entry only by the id its pair merges into now. Every adjacent pair
+//!   that has a merge is in the heap with its current rank, so if no stale entry is ever accepted the
+//!   result is the classic rule: repeatedly merge the adjacent pair of lowest rank, leftmost first.
+//!   No stale entry is accepted when ids stand for strings, as the builders ensure (a merge's result
+//!   is the id of the two strings joined, and no two vocabulary strings share an id, `check_ids`):
+//!   then a symbol's id names the exact span of units it covers, a left symbol only grows by
+//!   swallowing its whole right neighbour, so the pair at a position merges into the id of the same
+//!   span only while it is the same two symbols. (Two merges may give one result, "ab"+"c" and
+//!   "a"+"bc"; that is fine.) `merge` applies the classic rule by a linear scan for short words (the
+//!   common case: a word of <= 64 symbols) and with a heap, a copy of `tokenizers`' loop, for longer
+//!   ones. The tests check both against each other, a written-out reference and `tokenizers` itself.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -262,40 +267,115 @@ pub fn check_merge(a: u32, b: u32, merged: u32) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Two vocabulary strings with one id: the fast paths' merging is exact only when an id names one string
+/// (module docs; `tokenizers`' heap can then accept a stale entry where the classic rule would not). Such a
+/// tokenizer gets the `tokenizers` crate instead of the fast path.
+pub fn check_ids(ids: impl IntoIterator<Item = u32>) -> Result<(), &'static str> {
+    let mut ids: Vec<u32> = ids.into_iter().collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|w| w[0] == w[1]) {
+        return Err("two vocabulary entries share an id");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A small random merge table: words are ids 0..13, the result of each distinct pair is a new id from 13 up
-    /// (results are ids again, so merges chain), a pair listed twice keeps its last rank, and no result is one of
-    /// its parts (`check_merge`, which the builders apply). Results are unique per pair on purpose: when two
-    /// merges give the same id (legal: "ab"+"c" and "a"+"bc"), `tokenizers`' heap can apply a stale entry whose
-    /// position now holds the other pair (it checks only the new id), and the textbook rule can differ from it;
-    /// `merge_heap` follows `tokenizers` there and `merge_scan` the textbook rule (an open parity risk for short
-    /// words, not seen in the real-tokenizer equality runs).
-    fn table(pairs: &[(u32, u32)]) -> Bpe {
-        let mut result = std::collections::HashMap::new();
-        let triples: Vec<(u32, u32, u32)> = pairs
+    /// A random merge table made the way a tokenizer JSON makes one: the units are the strings "a".."e" (ids
+    /// 0..5), each merge joins two strings already in the vocabulary (picked by index), and its result is the id
+    /// of the joined string, a new one the first time. So merges chain, a pair can be listed twice (the last rank
+    /// counts) and different merges can give one result ("ab"+"c" and "a"+"bc"). Returns the table, the
+    /// vocabulary (id -> string) and the merges as strings.
+    fn string_table(picks: &[(usize, usize)]) -> (Bpe, Vec<String>, Vec<(String, String)>) {
+        let mut vocab: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        let mut id: std::collections::HashMap<String, u32> =
+            vocab.iter().enumerate().map(|(i, s)| (s.clone(), i as u32)).collect();
+        let mut merges = Vec::new();
+        for &(i, j) in picks {
+            let (a, b) = (vocab[i % vocab.len()].clone(), vocab[j % vocab.len()].clone());
+            let ab = format!("{a}{b}");
+            if ab.len() > 8 {
+                continue;
+            }
+            if !id.contains_key(&ab) {
+                id.insert(ab.clone(), vocab.len() as u32);
+                vocab.push(ab);
+            }
+            merges.push((a, b));
+        }
+        let triples: Vec<(u32, u32, u32)> = merges
             .iter()
-            .map(|&(a, b)| {
-                let next = 13 + result.len() as u32;
-                (a, b, *result.entry((a, b)).or_insert(next))
-            })
-            .filter(|&(a, b, n)| check_merge(a, b, n).is_ok())
+            .map(|(a, b)| (id[a], id[b], id[&format!("{a}{b}")]))
             .collect();
-        Bpe::new(triples, None, false)
+        check_ids(id.values().copied()).unwrap();
+        assert!(triples.iter().all(|&(a, b, n)| check_merge(a, b, n).is_ok()));
+        (Bpe::new(triples, None, false), vocab, merges)
+    }
+
+    /// `tokenizers`' own BPE on the same vocabulary and merges, one word.
+    fn hf_ids(vocab: &[String], merges: &[(String, String)], word: &str) -> Vec<u32> {
+        use tokenizers::models::bpe::BPE;
+        use tokenizers::Model;
+        let v: serde_json::Map<String, serde_json::Value> =
+            vocab.iter().enumerate().map(|(i, s)| (s.clone(), i.into())).collect();
+        let m: Vec<[&str; 2]> = merges.iter().map(|(a, b)| [a.as_str(), b.as_str()]).collect();
+        let json = serde_json::json!({"type": "BPE", "dropout": null, "unk_token": null,
+            "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
+            "byte_fallback": false, "ignore_merges": false, "vocab": v, "merges": m});
+        let bpe: BPE = serde_json::from_str(&json.to_string()).unwrap();
+        bpe.tokenize(word).unwrap().iter().map(|t| t.id).collect()
     }
 
     #[test]
     fn the_case_that_needs_check_merge() {
-        // (0,8) -> 8 makes a merged symbol indistinguishable from the one it replaced; found by the proptest
-        // below before `check_merge` existed. The builders refuse such tables; the reference shows why.
+        // (0,8) -> 8 makes a merged symbol indistinguishable from the one it replaced; found by a proptest before
+        // `check_merge` existed. The builders refuse such tables.
         assert!(check_merge(0, 8, 8).is_err() && check_merge(8, 0, 8).is_err() && check_merge(0, 1, 9).is_ok());
-        // (0, 1) -> 13, then (13, 14) -> 14, its own right part: dropped
-        let t = table(&[(0, 1), (13, 14)]);
-        assert_eq!(t.get(0, 1).map(|(_, n)| n), Some(13));
-        assert_eq!(t.get(13, 14), None);
+    }
+
+    #[test]
+    fn the_case_that_needs_check_ids() {
+        // Ids that do not stand for strings: 10 is both "01" (0+1) and "012" (0 + "12"). On [0,1,2,3] the heap
+        // merges 1+2 (rank 0), then pops the stale (0,1) entry at rank 2, whose position now holds (0, 11), which
+        // also merges into 10, and applies it, as `tokenizers` does: [10, 3]. The classic rule merges (11, 3) at
+        // rank 3 first: [0, 12]. A vocabulary where two strings share an id is therefore refused by the builders.
+        let bpe = Bpe::new(
+            [(1, 2, 11), (9, 9, 99), (0, 1, 10), (11, 3, 12), (9, 8, 98), (0, 11, 10)],
+            None,
+            false,
+        );
+        let mut heap = vec![0, 1, 2, 3];
+        bpe.merge_heap(&mut heap, &mut Vec::new(), &mut BinaryHeap::new());
+        let mut scan = vec![0, 1, 2, 3];
+        bpe.merge_scan(&mut scan, &mut Vec::new());
+        assert_eq!((heap, scan), (vec![10, 3], vec![0, 12]));
+        assert!(check_ids([0, 1, 10, 11, 12, 10]).is_err());
+        assert!(check_ids([0, 1, 10, 11, 12]).is_ok());
+        assert!(check_ids([]).is_ok());
+    }
+
+    #[test]
+    fn shared_results_agree_with_tokenizers() {
+        // "ab"+"c" and "a"+"bc" both give "abc": the case the stale-entry check is about, on a string table
+        let picks = [(0, 1), (1, 2), (5, 2), (0, 6), (7, 3), (3, 4)];
+        let (bpe, vocab, merges) = string_table(&picks);
+        assert_eq!(
+            bpe.get(5, 2).map(|r| r.1),
+            bpe.get(0, 6).map(|r| r.1),
+            "two merges, one result"
+        );
+        for word in ["abc", "abcd", "aabcbc", "bcabcde", "cbabcab"] {
+            let ids: Vec<u32> = word.bytes().map(|b| (b - b'a') as u32).collect();
+            let mut a = ids.clone();
+            bpe.merge_scan(&mut a, &mut Vec::new());
+            let mut b = ids.clone();
+            bpe.merge_heap(&mut b, &mut Vec::new(), &mut BinaryHeap::new());
+            let hf = hf_ids(&vocab, &merges, word);
+            assert_eq!((&a, &b), (&hf, &hf), "{word}");
+        }
     }
 
     /// The textbook rule, written independently: find the lowest-rank pair, leftmost, merge, repeat.
@@ -317,11 +397,12 @@ mod tests {
 
     proptest! {
         #[test]
-        fn scan_heap_and_reference_agree(
-            pairs in prop::collection::vec((0u32..30, 0u32..30), 0..60),
-            ids in prop::collection::vec(0u32..13, 0..150),
+        fn scan_heap_reference_and_tokenizers_agree(
+            picks in prop::collection::vec((0usize..40, 0usize..40), 0..80),
+            word in prop::collection::vec(0u8..5, 0..150),
         ) {
-            let bpe = table(&pairs);
+            let (bpe, vocab, merges) = string_table(&picks);
+            let ids: Vec<u32> = word.iter().map(|&b| b as u32).collect();
             let want = reference(&bpe, &ids);
             let mut a = ids.clone();
             bpe.merge_scan(&mut a, &mut Vec::new());
@@ -329,6 +410,10 @@ mod tests {
             bpe.merge_heap(&mut b, &mut Vec::new(), &mut BinaryHeap::new());
             prop_assert_eq!(&a, &want);
             prop_assert_eq!(&b, &want);
+            if !word.is_empty() {
+                let text: String = word.iter().map(|&b| (b'a' + b) as char).collect();
+                prop_assert_eq!(&hf_ids(&vocab, &merges, &text), &want);
+            }
         }
     }
 

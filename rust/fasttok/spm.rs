@@ -70,6 +70,7 @@ impl SpmBpe {
         let model = v.get("model").ok_or("no model")?;
         let j = BpeJson::from_json(model)?;
         let vocab = VocabMap::new(j.vocab.iter().map(|(k, id)| (k.as_bytes(), *id)));
+        super::bpe::check_ids(j.vocab.iter().map(|(_, id)| *id))?;
         if vocab.get(SP_STR.as_bytes()).is_none() {
             return Err("\u{2581} is not in the vocabulary: pieces cannot be cut before it".into());
         }
@@ -353,6 +354,19 @@ mod tests {
         // but ending in ▁ on the left is fine
         let v: Value = serde_json::from_str(&tiny(&[("a\u{2581}", "\u{2581}")])).unwrap();
         assert!(SpmBpe::from_json(&v).is_err(), "a\u{2581} is not in the vocabulary");
+    }
+
+    #[test]
+    fn two_strings_with_one_id_refuse_the_fast_path() {
+        let mut v: Value = serde_json::from_str(&tiny(&[])).unwrap();
+        let vocab = v["model"]["vocab"].as_object_mut().unwrap();
+        let id = vocab["ab"].clone();
+        vocab.insert("\u{2581}ab".into(), id);
+        let e = SpmBpe::from_json(&v).err().unwrap();
+        assert!(e.contains("share an id"), "{e}");
+        // the crate still encodes it: `select` falls back
+        let s = super::super::select(&serde_json::to_string(&v).unwrap(), false, true).unwrap();
+        assert_ne!(s.kind, super::super::Kind::SpmBpe);
     }
 
     #[test]
