@@ -712,3 +712,46 @@ def test_peak_memory_stays_below_table_size(tmp_path, minilm_tokenizer_json):
     table_bytes = rows * cols * 2
     assert grew < table_bytes * 0.6, f"peak RSS grew by {grew / 1e6:.0f} MB for a {table_bytes / 1e6:.0f} MB table"
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+def test_weighted_source_keeps_its_weights(tmp_path, minilm_path, texts):
+    """The bundled default carries per-token SIF weights: extracting it keeps them (the output embeds exactly as
+    the source), and in a concatenation they are multiplied into its rows (each part pools as its source)."""
+    default = Path(tokvec.__file__).parent / "models" / "default"
+    with safe_open(str(default / "model.safetensors"), framework="numpy") as f:
+        source_w = f.get_tensor("weights")
+    assert source_w.std() > 0  # really weighted
+    src = tokvec.load(default, normalize=False).embed(texts)
+
+    one = extract(default, tmp_path / "one")
+    with safe_open(str(one / "model.safetensors"), framework="numpy") as f:
+        assert sorted(f.keys()) == ["embeddings", "weights"]
+        np.testing.assert_array_equal(f.get_tensor("weights"), source_w)
+    np.testing.assert_array_equal(tokvec.load(one, normalize=False).embed(texts), src)
+    assert json.loads((one / "config.json").read_text())["extract"]["weights"].startswith("kept")
+
+    pca = extract(default, tmp_path / "pca", dim=64, pca=True)
+    with safe_open(str(pca / "model.safetensors"), framework="numpy") as f:
+        np.testing.assert_array_equal(f.get_tensor("weights"), source_w)
+
+    cat = extract([default, minilm_path], tmp_path / "cat", dtype="f32")
+    with safe_open(str(cat / "model.safetensors"), framework="numpy") as f:
+        assert list(f.keys()) == ["embeddings"]
+    assert "multiplied into the rows of 0" in json.loads((cat / "config.json").read_text())["extract"]["weights"]
+    raw = tokvec.load(extract(minilm_path, tmp_path / "raw", dtype="f32"), normalize=False).embed(texts)
+    c = tokvec.load(cat, normalize=False).embed(texts)
+    # (with the weights dropped, the first part would pool the unweighted rows: the weights vary, so it differs)
+    np.testing.assert_allclose(c, np.hstack([src, raw]), rtol=1e-5, atol=1e-6)
+
+
+def test_mapped_source_is_refused(tmp_path, minilm_table, minilm_tokenizer_json):
+    d = tmp_path / "m2v"
+    d.mkdir()
+    rows = minilm_table[:1000].copy()
+    mapping = (np.arange(minilm_table.shape[0]) % 1000).astype(np.int32)
+    save_file({"embeddings": rows, "mapping": mapping}, str(d / "model.safetensors"))
+    (d / "tokenizer.json").write_text(minilm_tokenizer_json)
+    (d / "config.json").write_text(json.dumps({"model_type": "model2vec", "normalize": True}))
+    with pytest.raises(FormatError, match="mapping.*tokvec.load"):
+        extract(d, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

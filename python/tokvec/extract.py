@@ -485,6 +485,8 @@ class _Opened:
     file: Path
     table: Any  # _core.Table
     tok: _Tok
+    #: per-token weights of a tokvec / model2vec source (its `weights` tensor), float32 [rows], or None
+    weights: np.ndarray | None = None
 
 
 def _open_table(path: str | os.PathLike[str], key: str | None, tokenizer: str | os.PathLike[str] | None) -> _Opened:
@@ -493,12 +495,41 @@ def _open_table(path: str | os.PathLike[str], key: str | None, tokenizer: str | 
     assert tok is not None  # required=True raises instead
     k, f = _find_key(src, tok.id_limit, key)
     table = _core.Table(f, k, "gguf" if src.format == "gguf" else "safetensors")
+    weights = _source_weights(f, k, int(table.rows), src.format)
     if tok.id_limit > table.rows:
         raise FormatError(
             f"{f}: the tokenizer ({tok.origin}) has ids up to {tok.id_limit - 1} but table {k!r} has {table.rows} rows: "
             "this tokenizer does not belong to this table (pass the matching tokenizer.json)"
         )
-    return _Opened(src, k, f, table, tok)
+    return _Opened(src, k, f, table, tok, weights)
+
+
+def _source_weights(f: Path, key: str, rows: int, fmt: str) -> np.ndarray | None:
+    """The `weights` tensor of a tokvec / model2vec model (SIF-style per-token weights that pooling multiplies
+    each row by), so extraction keeps what the source embeds; a `mapping` (model2vec's vocabulary quantization,
+    rows shared by several ids) is refused rather than extracted as if rows were ids."""
+    if fmt == "gguf" or key != "embeddings":
+        return None
+    sf = _core.SafetensorsFile(f)
+    info = sf.tensors()
+    if "mapping" in info:
+        raise FormatError(
+            f"{f}: the model maps token ids to shared rows (a 'mapping' tensor); extract reads rows as token ids, "
+            "so it cannot convert this model: use tokvec.load(path).save(out) to copy it"
+        )
+    if "weights" not in info:
+        return None
+    dt, shape = info["weights"]
+    if list(shape) != [rows] or dt not in _NP_WEIGHTS:
+        raise FormatError(f"{f}: tensor 'weights' has dtype {dt} and shape {list(shape)}; expected float [{rows}]")
+    w = np.frombuffer(sf.tensor_bytes("weights"), dtype=np.dtype(_NP_WEIGHTS[dt]).newbyteorder("<"))
+    w = w.astype(np.float32)
+    if not np.isfinite(w).all():
+        raise FormatError(f"{f}: tensor 'weights' holds NaN or Inf values")
+    return w
+
+
+_NP_WEIGHTS = {"F16": "f2", "F32": "f4", "F64": "f8"}
 
 
 def _provenance(o: _Opened, sha: str) -> dict[str, Any]:
@@ -540,6 +571,8 @@ def extract(
         src: a model folder, `.safetensors` / `.gguf` file or shard index; a list of several
             ("supercat") concatenates their tables along the dimension: they must share one
             tokenizer (same token -> id map, checked), and the output keeps the smallest row count.
+            A tokvec / model2vec source's per-token `weights` are kept as they are (one source) or
+            multiplied into that source's rows (several sources), so the output embeds as the sources did.
         out: the folder to create (must not exist, or be empty): `model.safetensors`
             (`embeddings`), `tokenizer.json`, `config.json` with provenance.
         key: the table's tensor name, when detection is ambiguous (applies to every source).
@@ -594,6 +627,12 @@ def extract(
         raise ValueError(f"dim={dim} is larger than the table's {cols_in} columns")
     out_dtype = dtype or _default_dtype(first.table.dtype)
     cols_out = dim if pca else cols_in
+    # Per-token weights: one source keeps them as its `weights` tensor; several sources each have their own,
+    # which one vector cannot hold, so each source's rows are multiplied by its weights (pooling is
+    # sum(w[t] * row[t]) / n, so each part then pools as its source did) and the output has none.
+    weighted = [o.weights is not None for o in opened]
+    carry = first.weights[:rows] if len(opened) == 1 and first.weights is not None else None
+    bake = len(opened) > 1 and any(weighted)
 
     # sha256 of each source tensor's bytes, in background threads (hashlib releases the GIL)
     shas: list[list[str]] = [[] for _ in opened]
@@ -610,12 +649,14 @@ def extract(
     try:
         info: dict[str, Any] = {}
         with open(tmp / "model.safetensors", "wb") as fh:
-            _write_header(fh, rows, cols_out, out_dtype)
+            _write_header(fh, rows, cols_out, out_dtype, weights=carry is not None)
             try:
                 if len(opened) == 1 and not (pca or center):
                     _copy_rows(fh, first.table, rows, out_dtype)
                 else:
-                    info = _transform_rows(fh, opened, rows, out_dtype, dim if pca else None, center or pca)
+                    info = _transform_rows(fh, opened, rows, out_dtype, dim if pca else None, center or pca, bake)
+                if carry is not None:
+                    fh.write(np.ascontiguousarray(carry, dtype="<f4").tobytes())
             except FormatError as e:
                 _raise_all_nonfinite(opened, rows, e)
                 raise
@@ -644,6 +685,15 @@ def extract(
                 "trim": trim,
                 "center": center or pca,
                 "pca": info.get("pca"),
+                "weights": (
+                    "kept (the source's per-token weights)"
+                    if carry is not None
+                    else "multiplied into the rows of "
+                    + ", ".join(str(i) for i, w in enumerate(weighted) if w)
+                    + " (sources by position)"
+                    if bake
+                    else None
+                ),
             },
         }
         lic = next((p.get("general.license") for p in prov if p.get("general.license")), None)
@@ -661,12 +711,16 @@ def extract(
     return out_path
 
 
-def _write_header(fh: Any, rows: int, cols: int, dtype: str) -> None:
+def _write_header(fh: Any, rows: int, cols: int, dtype: str, *, weights: bool = False) -> None:
+    """The safetensors header: `embeddings` [rows, cols], then (with `weights`) `weights` F32 [rows] after it."""
     size = {"F16": 2, "BF16": 2, "F32": 4}[dtype]
-    header = {
+    end = rows * cols * size
+    header: dict[str, Any] = {
         "__metadata__": {"format": "tokvec"},
-        "embeddings": {"dtype": dtype, "shape": [rows, cols], "data_offsets": [0, rows * cols * size]},
+        "embeddings": {"dtype": dtype, "shape": [rows, cols], "data_offsets": [0, end]},
     }
+    if weights:
+        header["weights"] = {"dtype": "F32", "shape": [rows], "data_offsets": [end, end + 4 * rows]}
     h = json.dumps(header, separators=(",", ":")).encode()
     h += b" " * (-len(h) % 8)
     fh.write(len(h).to_bytes(8, "little"))
@@ -696,13 +750,16 @@ def _copy_rows(fh: Any, table: Any, rows: int, dtype: str) -> None:
         fh.write(table.read_bytes(a, b, dtype))
 
 
-def _read_concat(opened: list[_Opened], a: int, b: int) -> np.ndarray:
+def _read_concat(opened: list[_Opened], a: int, b: int, bake: bool = False) -> np.ndarray:
+    """Rows a..b of the sources side by side, float32; with `bake`, each source's rows times its weights."""
     parts = [o.table.read_f32(a, b) for o in opened]
+    if bake:
+        parts = [p if o.weights is None else p * o.weights[a:b, None] for p, o in zip(parts, opened)]
     return parts[0] if len(parts) == 1 else np.ascontiguousarray(np.hstack(parts))
 
 
 def _transform_rows(
-    fh: Any, opened: list[_Opened], rows: int, dtype: str, pca_dim: int | None, center: bool
+    fh: Any, opened: list[_Opened], rows: int, dtype: str, pca_dim: int | None, center: bool, bake: bool = False
 ) -> dict[str, Any]:
     cols = sum(int(o.table.cols) for o in opened)
     step = max(1, F32_CHUNK_BYTES // (cols * 4))
@@ -711,7 +768,7 @@ def _transform_rows(
     if center:
         acc = np.zeros(cols, np.float64)
         for a in range(0, rows, step):
-            acc += _read_concat(opened, a, min(rows, a + step)).sum(axis=0, dtype=np.float64)
+            acc += _read_concat(opened, a, min(rows, a + step), bake).sum(axis=0, dtype=np.float64)
         mean = (acc / max(rows, 1)).astype(np.float32)
     proj = None
     if pca_dim is not None:
@@ -720,7 +777,7 @@ def _transform_rows(
         # float64 accumulation); never a V x V matrix.
         cov = np.zeros((cols, cols), np.float64)
         for a in range(0, rows, step):
-            x = _read_concat(opened, a, min(rows, a + step)) - mean
+            x = _read_concat(opened, a, min(rows, a + step), bake) - mean
             cov += x.T @ x
         cov /= max(rows - 1, 1)
         evals, evecs = np.linalg.eigh(cov)
@@ -734,7 +791,7 @@ def _transform_rows(
         info["pca"] = {"dim": pca_dim, "from_dim": cols, "explained_variance": round(kept / total, 6) if total else 1.0}
     for a in range(0, rows, step):
         b = min(rows, a + step)
-        x = _read_concat(opened, a, b)
+        x = _read_concat(opened, a, b, bake)
         if mean is not None:
             x = x - mean
         if proj is not None:
