@@ -297,7 +297,10 @@ class Model:
             raise TypeError(f"query must be str, got {type(query).__name__}")
         if not docs:
             return np.zeros(0, np.float32)
-        return self._sim_matrix(self.embed([query]), self.embed(docs))[0]
+        q, d = self.embed([query]), self.embed(docs)
+        if self._binary:
+            return self._sim_matrix(q, d)[0]
+        return _row_dots(d, q[0])
 
     def rank(self, query: str, docs: Sequence[str], *, sort: bool = True) -> list[tuple[str, float]]:
         """Scores every doc against the query.
@@ -580,6 +583,18 @@ class Model:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return out
+
+
+def _row_dots(m: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``m @ v`` with every row's dot product computed the same way: exact elementwise products, then numpy's
+    fixed-order pairwise sum along the row, so identical rows get identical scores (ties stay ties for the
+    stable sort of `rank`). BLAS gemv takes other code paths for tail rows and can differ in the last bit.
+    Chunked, so the temporary stays small (4 MiB)."""
+    out = np.empty(len(m), np.float32)
+    step = max(1, (1 << 22) // max(1, m.shape[1] * 4))
+    for a in range(0, len(m), step):
+        np.sum(m[a : a + step] * v, axis=1, out=out[a : a + step])
+    return out
 
 
 def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int], bytes]],
