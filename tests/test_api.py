@@ -173,6 +173,11 @@ def test_rank_is_stable_on_ties(model):
     for d, v in model.rank("blue sky", many, sort=False):
         scores.setdefault(d, set()).add(v)
     assert all(len(v) == 1 for v in scores.values()), scores
+    # one text against many: the same exact scores as rank, either way round
+    sim = model.similarity("blue sky", many)
+    assert sim.shape == (1, len(many)) and sim.dtype == np.float32
+    assert sim[0].tolist() == [v for _, v in model.rank("blue sky", many, sort=False)]
+    assert model.similarity(many, "blue sky")[:, 0].tolist() == sim[0].tolist()
     tie = next(iter(scores["the blue sky"]))
     assert model.filter("blue sky", many, threshold=tie) == []  # strictly above: all or none of the repeats
     assert model.filter("blue sky", many, threshold=tie - 1e-6) == ["the blue sky"] * 15

@@ -287,7 +287,12 @@ class Model:
         """
         ea = self.embed([a] if isinstance(a, str) else self._texts(a, "a"))
         eb = self.embed([b] if isinstance(b, str) else self._texts(b, "b"))
-        m = self._sim_matrix(ea, eb)
+        if self._binary or not (isinstance(a, str) or isinstance(b, str)):
+            m = self._sim_matrix(ea, eb)
+        elif isinstance(a, str):  # one text against many: the same exact row scores as `rank`
+            m = _row_dots(eb, ea[0])[None, :]
+        else:
+            m = _row_dots(ea, eb[0])[:, None]
         if isinstance(a, str) and isinstance(b, str):
             return float(m[0, 0])
         return m.astype(np.float32, copy=False)
