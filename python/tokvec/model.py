@@ -270,6 +270,11 @@ class Model:
     # ---------------------------------------------------------------- similarity
     def _sim_matrix(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if not self._binary:
+            # one text against many (rank, filter, key, similarity(text, texts)): exact row scores, so repeats tie
+            if len(a) == 1:
+                return _row_dots(b, a[0])[None, :]
+            if len(b) == 1:
+                return _row_dots(a, b[0])[:, None]
             return a @ b.T
         ua = np.unpackbits(a.view(np.uint8), axis=1, bitorder="little")[:, : self.dim].astype(np.float32) * 2 - 1
         ub = np.unpackbits(b.view(np.uint8), axis=1, bitorder="little")[:, : self.dim].astype(np.float32) * 2 - 1
@@ -287,12 +292,7 @@ class Model:
         """
         ea = self.embed([a] if isinstance(a, str) else self._texts(a, "a"))
         eb = self.embed([b] if isinstance(b, str) else self._texts(b, "b"))
-        if self._binary or not (isinstance(a, str) or isinstance(b, str)):
-            m = self._sim_matrix(ea, eb)
-        elif isinstance(a, str):  # one text against many: the same exact row scores as `rank`
-            m = _row_dots(eb, ea[0])[None, :]
-        else:
-            m = _row_dots(ea, eb[0])[:, None]
+        m = self._sim_matrix(ea, eb)
         if isinstance(a, str) and isinstance(b, str):
             return float(m[0, 0])
         return m.astype(np.float32, copy=False)
@@ -302,10 +302,7 @@ class Model:
             raise TypeError(f"query must be str, got {type(query).__name__}")
         if not docs:
             return np.zeros(0, np.float32)
-        q, d = self.embed([query]), self.embed(docs)
-        if self._binary:
-            return self._sim_matrix(q, d)[0]
-        return _row_dots(d, q[0])
+        return self._sim_matrix(self.embed([query]), self.embed(docs))[0]
 
     def rank(self, query: str, docs: Sequence[str], *, sort: bool = True) -> list[tuple[str, float]]:
         """Scores every doc against the query.
