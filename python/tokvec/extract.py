@@ -47,6 +47,7 @@ from tokvec import _core
 from tokvec._core import FormatError
 from tokvec.config import FORMAT_VERSION
 from tokvec.formats import EMBEDDING_NAMES, EMBEDDING_SUFFIXES, LM_HEAD_NAMES, PICKLE_SUFFIXES
+from tokvec.model import _NP_DTYPES
 
 __all__ = ["inspect", "extract", "SourceInfo", "TensorInfo"]
 
@@ -520,16 +521,14 @@ def _source_weights(f: Path, key: str, rows: int, fmt: str) -> np.ndarray | None
     if "weights" not in info:
         return None
     dt, shape = info["weights"]
-    if list(shape) != [rows] or dt not in _NP_WEIGHTS:
+    if list(shape) != [rows] or dt not in ("F16", "F32", "F64"):
         raise FormatError(f"{f}: tensor 'weights' has dtype {dt} and shape {list(shape)}; expected float [{rows}]")
-    w = np.frombuffer(sf.tensor_bytes("weights"), dtype=np.dtype(_NP_WEIGHTS[dt]).newbyteorder("<"))
+    w = np.frombuffer(sf.tensor_bytes("weights"), dtype=np.dtype(_NP_DTYPES[dt]).newbyteorder("<"))
     w = w.astype(np.float32)
     if not np.isfinite(w).all():
         raise FormatError(f"{f}: tensor 'weights' holds NaN or Inf values")
     return w
 
-
-_NP_WEIGHTS = {"F16": "f2", "F32": "f4", "F64": "f8"}
 
 
 def _provenance(o: _Opened, sha: str) -> dict[str, Any]:
@@ -630,9 +629,15 @@ def extract(
     # Per-token weights: one source keeps them as its `weights` tensor; several sources each have their own,
     # which one vector cannot hold, so each source's rows are multiplied by its weights (pooling is
     # sum(w[t] * row[t]) / n, so each part then pools as its source did) and the output has none.
-    weighted = [o.weights is not None for o in opened]
-    carry = first.weights[:rows] if len(opened) == 1 and first.weights is not None else None
-    bake = len(opened) > 1 and any(weighted)
+    weighted = [i for i, o in enumerate(opened) if o.weights is not None]
+    carry = first.weights[:rows] if len(opened) == 1 and weighted else None
+    bake = len(opened) > 1 and bool(weighted)
+    if carry is not None:
+        weights_note = "kept (the source's per-token weights)"
+    elif bake:
+        weights_note = f"multiplied into the rows of {', '.join(map(str, weighted))} (sources by position)"
+    else:
+        weights_note = None
 
     # sha256 of each source tensor's bytes, in background threads (hashlib releases the GIL)
     shas: list[list[str]] = [[] for _ in opened]
@@ -685,15 +690,7 @@ def extract(
                 "trim": trim,
                 "center": center or pca,
                 "pca": info.get("pca"),
-                "weights": (
-                    "kept (the source's per-token weights)"
-                    if carry is not None
-                    else "multiplied into the rows of "
-                    + ", ".join(str(i) for i, w in enumerate(weighted) if w)
-                    + " (sources by position)"
-                    if bake
-                    else None
-                ),
+                "weights": weights_note,
             },
         }
         lic = next((p.get("general.license") for p in prov if p.get("general.license")), None)
