@@ -325,7 +325,6 @@ impl ByteLevelBpe {
         let model = v.get("model").ok_or("no model")?;
         let j = BpeJson::from_json(model)?;
         let vocab = VocabMap::new(j.vocab.iter().map(|(k, id)| (k.as_bytes(), *id)));
-        super::bpe::check_ids(j.vocab.iter().map(|(_, id)| *id))?;
         let unk = match &j.unk_token {
             None => None,
             Some(u) => Some(

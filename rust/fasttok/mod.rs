@@ -366,8 +366,11 @@ impl BpeJson {
                 out
             }
         };
+        let vocab = vocab_of(model)?;
+        // the BPE merge loops are exact only when an id names one string
+        bpe::check_ids(vocab.iter().map(|(_, id)| *id))?;
         Ok(BpeJson {
-            vocab: vocab_of(model)?,
+            vocab,
             merges,
             unk_token,
             fuse_unk: get_bool("fuse_unk"),
