@@ -384,18 +384,7 @@ impl EmbedModel {
             let inv = 1.0 / count as f32;
             acc.iter_mut().for_each(|x| *x *= inv);
             if self.normalize {
-                let squares = acc.iter().map(|x| x * x).sum::<f32>();
-                if squares.is_finite() && squares >= 1e-30 {
-                    let inv = 1.0 / squares.sqrt();
-                    acc.iter_mut().for_each(|x| *x *= inv);
-                } else if acc.iter().all(|x| x.is_finite()) && acc.iter().any(|&x| x != 0.0) {
-                    // The f32 sum of squares overflowed (values above ~1e19) or came near the
-                    // subnormal range (values below ~1e-15), where squares lose their precision or
-                    // vanish: redo it in f64, which holds the square of any f32 exactly enough, so
-                    // the vector is still unit length. The usual case above keeps its exact bits.
-                    let norm = acc.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
-                    acc.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
-                }
+                l2_normalize(acc);
             }
         }
         Ok(())
@@ -516,6 +505,24 @@ fn check_offsets(n_ids: usize, offsets: &[u64]) -> Result<usize> {
         ));
     }
     Ok(offsets.len() - 1)
+}
+
+/// Scales `row` to unit L2 norm in place, exactly as pooling does for a normalized model: so a
+/// model that says `normalize: false`, normalized afterwards, gives the normalized model's bits.
+/// A zero row (or one holding NaN/inf) is left as it is.
+pub fn l2_normalize(row: &mut [f32]) {
+    let squares = row.iter().map(|x| x * x).sum::<f32>();
+    if squares.is_finite() && squares >= 1e-30 {
+        let inv = 1.0 / squares.sqrt();
+        row.iter_mut().for_each(|x| *x *= inv);
+    } else if row.iter().all(|x| x.is_finite()) && row.iter().any(|&x| x != 0.0) {
+        // The f32 sum of squares overflowed (values above ~1e19) or came near the subnormal range
+        // (values below ~1e-15), where squares lose their precision or vanish: redo it in f64,
+        // which holds the square of any f32 exactly enough, so the vector is still unit length.
+        // The usual case above keeps its exact bits.
+        let norm = row.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
+        row.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
+    }
 }
 
 #[cfg(test)]

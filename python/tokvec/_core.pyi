@@ -100,6 +100,7 @@ def dedup_binary(
 def dedup_resolve(
     n: int, i: npt.NDArray[np.int64], j: npt.NDArray[np.int64], score: npt.NDArray[np.float32], threshold: float
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
+def normalize_rows(e: npt.NDArray[np.float32]) -> None: ...
 def kmeans(
     x: npt.NDArray[np.float32],
     k: int,

@@ -8,9 +8,12 @@
 //! moved into new arrays without a copy.
 
 use numpy::ndarray::{Array1, Array2};
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods,
+};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use rayon::prelude::*;
 
 use crate::dedup::{self, Dedup, Pair};
 use crate::{hamming, topk};
@@ -339,7 +342,32 @@ fn py_dedup_resolve<'py>(
     Ok(dedup_out(py, r))
 }
 
+/// Scales every row to unit L2 norm in place, with the arithmetic of a normalized model's pooling
+/// (so the rows of a `normalize: false` model become, bit for bit, those of the same model
+/// normalized); zero rows stay zero. GIL released.
+///
+/// Args:
+///     e: C-contiguous, writable float32 array (n, d).
+///
+/// Raises:
+///     ValueError: a non-contiguous or read-only array.
+#[pyfunction]
+#[pyo3(name = "normalize_rows")]
+fn py_normalize_rows(py: Python<'_>, mut e: PyReadwriteArray2<'_, f32>) -> PyResult<()> {
+    let d = e.shape()[1];
+    let x = e.as_slice_mut()?;
+    if d > 0 {
+        py.detach(|| {
+            x.par_chunks_mut(d)
+                .with_min_len(256)
+                .for_each(crate::pool::l2_normalize)
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(py_normalize_rows, m)?)?;
     m.add_function(wrap_pyfunction!(py_topk, m)?)?;
     m.add_function(wrap_pyfunction!(py_duplicate_pairs, m)?)?;
     m.add_function(wrap_pyfunction!(py_duplicate_pairs_cross, m)?)?;
