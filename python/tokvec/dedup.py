@@ -1,17 +1,27 @@
-"""Deduplication workflows on vectors: explained results, deduplication against a reference set
-(decontamination), an on-disk index of kept vectors extended batch after batch, and threshold
-sweeps from one pass.
+"""Deduplication workflows: texts (identical texts first, then vectors), explained results,
+deduplication against a reference set (decontamination), an on-disk index of kept vectors extended
+batch after batch, and threshold sweeps from one pass.
 
-All of them are the same exact greedy rule as `tokvec.dedup_indices`: rows are visited in order
-and a row is dropped when its similarity with an earlier *kept* row (or with any reference / index
-row) is > threshold. Pairs above the threshold are found once in Rust (never an n x n matrix) and
-resolved greedily in Rust (`_core.dedup_resolve`).
+All of them are the same exact greedy rule as `tokvec.dedup_indices`: items are visited in order
+and an item is dropped when its similarity with an earlier *kept* item (or with any reference /
+index item) is > threshold. Pairs above the threshold are found once in Rust (never an n x n
+matrix) and resolved greedily in Rust (`_core.dedup_resolve`).
+
+Texts (`plan_texts` + `resolve_texts`, used by `Model.deduplicate` and `tokvec dedup`) get an exact
+pass first, as semhash does: a text identical to an earlier text (or to a reference text) is a
+duplicate at every threshold, whatever its vector (texts of unknown tokens or emoji embed to the
+zero vector), and an identical-text group costs O(group), not O(group^2) pairs. Only the first
+occurrence of each text is embedded and goes through the vector pass, so a threshold of 1.0 means
+"identical texts only". Empty texts (no characters, or whitespace only) are kept, each of them,
+and counted, unless `drop_empty`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +29,14 @@ from typing import Any
 import numpy as np
 
 from tokvec import _core
+from tokvec.formats import write_safetensors
 from tokvec.search import _matrix, _threshold
 
-__all__ = ["DedupIndex", "DedupResult", "dedup", "dedup_sweep"]
+__all__ = ["DedupIndex", "DedupResult", "TextPlan", "dedup", "dedup_sweep", "plan_texts", "resolve_texts", "text_keys"]
+
+
+# DedupResult.source values
+KEPT, SELF, REFERENCE, EMPTY = -1, 0, 1, 2
 
 
 @dataclass
@@ -30,14 +45,20 @@ class DedupResult:
 
     Attributes:
         kept: int64 indices of the kept items, ascending.
-        dup_of: int64 (n,): for a removed item, the index of the item it duplicates (in this set,
-            or in the reference / index set when `source` says so); -1 for kept items.
-        score: float32 (n,): similarity with `dup_of`; NaN for kept items.
-        source: int8 (n,): 0 when `dup_of` is an item of this set, 1 when it is a reference (or
-            index) item, -1 for kept items.
+        dup_of: int64 (n,): for a removed item, the index of the kept item it duplicates (in this
+            set, or in the reference / index set when `source` says so); -1 for kept items and
+            dropped empty texts.
+        score: float32 (n,): similarity with `dup_of` (1.0 for an identical text); NaN for kept
+            items and dropped empty texts.
+        source: int8 (n,): -1 kept, 0 when `dup_of` is an item of this set, 1 when it is a
+            reference (or index) item, 2 for an empty text dropped by `drop_empty`.
         threshold: the threshold used.
+        exact: bool (n,): the item was removed for an identical text (not by its vector).
         texts: the texts, when the result came from `Model.deduplicate(..., explain=True)`.
         reference_texts: the reference texts, when known.
+        rows: the items' input row numbers (`tokvec dedup` sets them), used by `explain`; None
+            means the item indices.
+        reference_rows: the same for the reference items.
     """
 
     kept: np.ndarray
@@ -45,8 +66,15 @@ class DedupResult:
     score: np.ndarray
     source: np.ndarray
     threshold: float
+    exact: np.ndarray | None = field(default=None, repr=False)
     texts: list[str] | None = field(default=None, repr=False)
     reference_texts: list[str] | None = field(default=None, repr=False)
+    rows: Sequence[int] | None = field(default=None, repr=False)
+    reference_rows: Sequence[int] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.exact is None:
+            self.exact = np.zeros(self.dup_of.shape[0], bool)
 
     @property
     def n(self) -> int:
@@ -56,7 +84,7 @@ class DedupResult:
     @property
     def removed(self) -> np.ndarray:
         """int64 indices of the removed items, ascending."""
-        return np.flatnonzero(self.dup_of >= 0)
+        return np.flatnonzero(self.source >= 0)
 
     def kept_texts(self) -> list[str]:
         """The kept texts in input order (needs `texts`)."""
@@ -65,22 +93,31 @@ class DedupResult:
         return [self.texts[i] for i in self.kept]
 
     def explain(self) -> list[dict[str, Any]]:
-        """One dict per removed item: `index`, `duplicate_of`, `score`, `against` (`self` or
-        `reference`) and, when texts are known, `text` and `kept_text`."""
+        """One dict per removed item: `index` (its row number when `rows` is set), `duplicate_of`
+        (the kept item's index or row; None for an empty text), `score` (None for an empty text),
+        `against` (`self`, `reference` or `empty`), `match` (`text` for an identical text,
+        `vector`, or `empty`) and, when texts are known, `text` and `kept_text`."""
         out = []
+        exact = self.exact if self.exact is not None else np.zeros(self.n, bool)
         for i in self.removed.tolist():
+            src = int(self.source[i])
             j = int(self.dup_of[i])
-            ref = bool(self.source[i] == 1)
-            row: dict[str, Any] = {
-                "index": i,
-                "duplicate_of": j,
-                "score": float(self.score[i]),
-                "against": "reference" if ref else "self",
-            }
+            ref = src == REFERENCE
+            nums = self.reference_rows if ref else self.rows
+            row: dict[str, Any] = {"index": i if self.rows is None else int(self.rows[i])}
+            if src == EMPTY:
+                row.update(duplicate_of=None, score=None, against="empty", match="empty")
+            else:
+                row.update(
+                    duplicate_of=j if nums is None else int(nums[j]),
+                    score=float(self.score[i]),
+                    against="reference" if ref else "self",
+                    match="text" if exact[i] else "vector",
+                )
             if self.texts is not None:
                 row["text"] = self.texts[i]
                 pool = self.reference_texts if ref else self.texts
-                if pool is not None:
+                if pool is not None and src != EMPTY:
                     row["kept_text"] = pool[j]
             out.append(row)
         return out
@@ -88,16 +125,20 @@ class DedupResult:
     def summary(self) -> dict[str, Any]:
         """Counts and score statistics of the removed items."""
         rem = self.removed
-        s = self.score[rem].astype(np.float64)
+        exact = self.exact if self.exact is not None else np.zeros(self.n, bool)
+        by_vector = rem[(self.source[rem] != EMPTY) & ~exact[rem]]
+        s = self.score[by_vector].astype(np.float64)
         out: dict[str, Any] = {
             "n": self.n,
             "kept": int(self.kept.shape[0]),
             "removed": int(rem.shape[0]),
-            "removed_self": int((self.source == 0).sum()),
-            "removed_reference": int((self.source == 1).sum()),
+            "removed_self": int((self.source == SELF).sum()),
+            "removed_reference": int((self.source == REFERENCE).sum()),
+            "removed_identical": int(exact.sum()),
+            "removed_empty": int((self.source == EMPTY).sum()),
             "threshold": self.threshold,
         }
-        if rem.size:
+        if by_vector.size:
             out.update(score_min=float(s.min()), score_mean=float(s.mean()), score_max=float(s.max()))
         return out
 
@@ -230,18 +271,211 @@ def dedup_sweep(embeddings: Any, thresholds: Any) -> list[dict[str, float | int]
     return out
 
 
+def text_keys(texts: Sequence[str]) -> list[bytes]:
+    """The 16-byte BLAKE2b digest of each text's UTF-8 bytes: how identical texts are found in a
+    reference set or an index without keeping the texts."""
+    return [hashlib.blake2b(t.encode("utf-8", "surrogatepass"), digest_size=16).digest() for t in texts]
+
+
+def is_empty(text: str) -> bool:
+    """Whether a text counts as empty: no characters, or whitespace only."""
+    return not text or text.isspace()
+
+
+@dataclass
+class TextPlan:
+    """The exact pass of a text deduplication (`plan_texts`): what identical texts decide, and
+    which items still need a vector.
+
+    Attributes:
+        n: number of items.
+        first: int64 (n,): the earlier item with the identical text, -1 if none (or if self
+            deduplication is off).
+        ref: int64 (n,): a reference item with the identical text, -1 if none.
+        empty: bool (n,): the text is empty or whitespace only.
+        vector_items: int64, ascending: the items that need a vector (neither empty, nor a copy,
+            nor identical to a reference text), in the order of the vectors `resolve_texts` takes.
+        self_dedup: duplicates within the items are removed.
+        drop_empty: empty texts are removed.
+    """
+
+    n: int
+    first: np.ndarray
+    ref: np.ndarray
+    empty: np.ndarray
+    vector_items: np.ndarray
+    self_dedup: bool = True
+    drop_empty: bool = False
+
+
+def plan_texts(
+    texts: Sequence[str],
+    *,
+    reference_keys: Sequence[bytes] | None = None,
+    self_dedup: bool = True,
+    drop_empty: bool = False,
+) -> TextPlan:
+    """The exact pass: identical texts and empty texts, found in O(n) with a hash table.
+
+    Args:
+        texts: the items, in priority order.
+        reference_keys: `text_keys` of a reference set (or an index), if any.
+        self_dedup: an item identical to an earlier item is a duplicate of it.
+        drop_empty: empty texts are removed instead of kept.
+
+    Returns:
+        a `TextPlan`; embed `[texts[i] for i in plan.vector_items]` and pass the vectors to
+        `resolve_texts`.
+    """
+    n = len(texts)
+    first = np.full(n, -1, np.int64)
+    ref = np.full(n, -1, np.int64)
+    empty = np.zeros(n, bool)
+    refmap: dict[bytes, int] = {}
+    if reference_keys:
+        for r, k in enumerate(reference_keys):
+            refmap.setdefault(k, r)
+    seen: dict[str, int] = {}
+    ref_of: dict[str, int] = {}
+    vec: list[int] = []
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] must be str, got {type(t).__name__}")
+        if is_empty(t):
+            empty[i] = True
+            continue
+        if refmap:
+            r = ref_of.get(t)
+            if r is None:
+                r = ref_of[t] = refmap.get(text_keys([t])[0], -1)
+            if r >= 0:
+                ref[i] = r
+                continue
+        if self_dedup:
+            j = seen.setdefault(t, i)
+            if j != i:
+                first[i] = j
+                continue
+        vec.append(i)
+    return TextPlan(n, first, ref, empty, np.array(vec, np.int64), self_dedup, drop_empty)
+
+
+def resolve_texts(
+    plan: TextPlan,
+    vectors: Any,
+    threshold: float = 0.9,
+    *,
+    reference: Any = None,
+    bits: int | None = None,
+    approx: bool = False,
+    neighbors: int = 32,
+    ann_dtype: str = "i8",
+) -> DedupResult:
+    """The vector pass over `plan.vector_items`, then the exact pass's decisions, as one result.
+
+    Identical texts are duplicates at every threshold (score 1.0, `exact`); the vector pass runs
+    below a threshold of 1.0 only, so 1.0 means identical texts only. A copy of a text that the
+    vector pass removed is removed the same way (same vector, same kept item, same score). The kept
+    set is that of the greedy rule over all items with identical texts counted as duplicates.
+
+    Args:
+        plan: from `plan_texts`.
+        vectors: the vectors of `plan.vector_items` (L2-normalized float rows, or packed sign bits
+            with `bits`).
+        threshold: in [-1, 1].
+        reference: the reference set's vectors (rows matching `reference_keys`), or None.
+        bits: for packed sign bits, the number of meaningful bits.
+        approx: candidate pairs from a usearch index (see `dedup`).
+        neighbors: with approx, neighbours searched per item.
+        ann_dtype: with approx, usearch's storage type.
+
+    Returns:
+        a `DedupResult` over the plan's n items.
+    """
+    t = _threshold(threshold)
+    n, v = plan.n, plan.vector_items
+    dup_of = np.full(n, -1, np.int64)
+    score = np.full(n, np.nan, np.float32)
+    source = np.full(n, KEPT, np.int8)
+    exact = np.zeros(n, bool)
+    e = _matrix(vectors, "vectors") if len(v) else None
+    if e is not None and e.shape[0] != len(v):
+        raise ValueError(f"got {e.shape[0]} vectors for the plan's {len(v)} vector items")
+    if e is not None and t < 1.0:
+        if e.dtype == np.uint64:
+            if reference is not None or approx:
+                raise ValueError("a reference set and approx=True need float vectors, not packed sign bits")
+            from tokvec.search import dedup_indices
+
+            _, d, sc = dedup_indices(e, t, bits=bits)
+            src = np.where(d < 0, KEPT, SELF).astype(np.int8)
+        else:
+            r = dedup(e, t, reference=reference, self_dedup=plan.self_dedup, approx=approx, neighbors=neighbors,
+                      ann_dtype=ann_dtype)
+            d, sc, src = r.dup_of, r.score, r.source
+        own = src == SELF
+        d = d.copy()
+        d[own] = v[d[own]]  # a vector item's index -> the item's; reference indices stay
+        dup_of[v] = d
+        score[v], source[v] = sc, src
+    hit = plan.ref >= 0
+    dup_of[hit], score[hit], source[hit], exact[hit] = plan.ref[hit], 1.0, REFERENCE, True
+    if plan.drop_empty:
+        source[plan.empty] = EMPTY
+    c = np.flatnonzero(plan.first >= 0)
+    if c.size:
+        f = plan.first[c]
+        kept_f = source[f] == KEPT
+        dup_of[c] = np.where(kept_f, f, dup_of[f])
+        score[c] = np.where(kept_f, np.float32(1.0), score[f])
+        source[c] = np.where(kept_f, SELF, source[f])
+        exact[c] = np.where(kept_f, True, exact[f])
+    kept = np.flatnonzero(source == KEPT).astype(np.int64)
+    return DedupResult(kept=kept, dup_of=dup_of, score=score, source=source, threshold=t, exact=exact)
+
+
+def sweep_texts(plan: TextPlan, vectors: Any, thresholds: Any) -> list[dict[str, float | int]]:
+    """`dedup_sweep` for texts: how many items `resolve_texts` keeps at each threshold, from one pass
+    (identical texts removed at every threshold, empty texts as the plan says; no reference set).
+
+    Returns:
+        one dict per threshold, ascending: `threshold`, `kept`, `removed`, `pairs` (vector pairs
+        above it among the vector items).
+    """
+    ts = sorted({_threshold(t) for t in thresholds})
+    if not ts:
+        raise ValueError("thresholds is empty")
+    m = len(plan.vector_items)
+    below = [x for x in ts if x < 1.0]
+    rows = {r["threshold"]: r for r in dedup_sweep(vectors, below)} if below and m else {}
+    empties = 0 if plan.drop_empty else int(plan.empty.sum())
+    out = []
+    for x in ts:
+        r = rows.get(x, {"kept": m, "pairs": 0})
+        kept = int(r["kept"]) + empties
+        out.append({"threshold": x, "kept": kept, "removed": plan.n - kept, "pairs": int(r["pairs"])})
+    return out
+
+
 class DedupIndex:
-    """The vectors kept so far by an incremental deduplication, stored as a safetensors file
-    (tensor `embeddings` F32 [n, d]; metadata `threshold`, `model`, `count`).
+    """The vectors kept so far by an incremental deduplication, stored as a safetensors file:
+    tensors `embeddings` F32 [n, d] (the kept items' unit vectors) and, when known, `text_keys` U8
+    [n, 16] (`text_keys` of the kept texts, so identical texts are found across batches);
+    metadata `format`, `count`, `threshold`, `model`, `model_fingerprint`, `dim`.
 
     Deduplicating batch after batch against the index keeps exactly what one greedy pass over all
     batches concatenated would keep: index rows are earlier kept rows, so a new row is dropped when it
-    is above the threshold with an index row or with an earlier kept row of its own batch.
+    is above the threshold with (or identical to) an index row or an earlier kept row of its own
+    batch. That holds only for the same model and threshold, which `check` verifies.
     """
 
-    def __init__(self, embeddings: np.ndarray, metadata: dict[str, str] | None = None) -> None:
+    def __init__(self, embeddings: np.ndarray, metadata: dict[str, str] | None = None,
+                 keys: Sequence[bytes] | None = None) -> None:
         self.embeddings = np.ascontiguousarray(embeddings, np.float32)
         self.metadata = dict(metadata or {})
+        self.keys: list[bytes] | None = None if keys is None else list(keys)
+        if self.keys is not None and len(self.keys) != self.size:
+            raise ValueError(f"{len(self.keys)} text keys for {self.size} vectors")
 
     @property
     def size(self) -> int:
@@ -253,7 +487,7 @@ class DedupIndex:
         """Opens an index file; a missing file gives an empty index of dimension `dim`.
 
         Raises:
-            FormatError: the file is not a tokvec dedup index.
+            FormatError: the file is not a tokvec dedup index, or its vectors have another dimension.
         """
         p = Path(path)
         if not p.exists():
@@ -267,30 +501,83 @@ class DedupIndex:
         shape = info["embeddings"][1]
         if dim is not None and shape[1] != dim:
             raise _core.FormatError(f"{p}: index vectors have {shape[1]} dimensions, the model gives {dim}")
+        keys = None
+        if "text_keys" in info:
+            kt, ks = info["text_keys"]
+            if kt != "U8" or ks != [shape[0], 16]:
+                raise _core.FormatError(f"{p}: tensor 'text_keys' must be U8 [{shape[0]}, 16], is {kt} {ks}")
+            raw = f.tensor_bytes("text_keys")
+            keys = [raw[i : i + 16] for i in range(0, len(raw), 16)]
         E = np.frombuffer(f.tensor_bytes("embeddings"), dtype="<f4").reshape(shape)
-        return cls(E, f.metadata())
+        return cls(E, f.metadata(), keys)
+
+    def check(self, path: str | os.PathLike[str], *, fingerprint: str, threshold: float) -> None:
+        """Refuses to extend an index made with another model or threshold (an empty new index
+        passes).
+
+        Args:
+            path: the index file (for messages).
+            fingerprint: `Model.fingerprint` of the model in use.
+            threshold: the threshold in use.
+
+        Raises:
+            FormatError: naming what differs, or saying the index predates fingerprints.
+        """
+        if self.size == 0 and not self.metadata:
+            return
+        meta = self.metadata
+        if "model_fingerprint" not in meta or self.keys is None:
+            raise _core.FormatError(
+                f"{path}: this index has no model fingerprint or text keys (it was written by an older tokvec), so "
+                "tokvec cannot check it was built with this model; rebuild it (delete it and rerun the batches)"
+            )
+        diffs = []
+        if meta["model_fingerprint"] != fingerprint:
+            diffs.append(
+                f"model (the index was built with {meta.get('model', '?')}, fingerprint "
+                f"{meta['model_fingerprint'][:12]}; this model's is {fingerprint[:12]})"
+            )
+        try:
+            old = float(meta.get("threshold", "nan"))
+        except ValueError:
+            old = math.nan
+        if old != float(threshold):
+            diffs.append(f"threshold (the index was built at {meta.get('threshold')}, this run uses {threshold:g})")
+        if diffs:
+            raise _core.FormatError(
+                f"{path}: made with another " + " and another ".join(diffs)
+                + "; use the same model and threshold, or start a new index"
+            )
 
     def dedup(self, embeddings: Any, threshold: float) -> DedupResult:
-        """Deduplicates a batch against the index and within itself (does not add it)."""
+        """Deduplicates a batch of vectors against the index and within itself (does not add it)."""
         return dedup(embeddings, threshold, reference=self.embeddings)
 
-    def add(self, embeddings: Any) -> None:
-        """Appends vectors (normally the kept rows of a batch)."""
+    def add(self, embeddings: Any, keys: Sequence[bytes] | None = None) -> None:
+        """Appends vectors (normally the kept rows of a batch) and, when the index keeps them, their
+        `text_keys`."""
         e = np.ascontiguousarray(embeddings, np.float32)
         if e.ndim != 2 or (self.size and e.shape[1] != self.embeddings.shape[1]):
             raise ValueError(f"expected (n, {self.embeddings.shape[1]}) vectors, got {e.shape}")
+        if self.keys is not None:
+            if keys is None or len(keys) != len(e):
+                raise ValueError(f"this index keeps text keys: pass {len(e)} keys with the vectors")
+            self.keys.extend(keys)
         self.embeddings = np.concatenate([self.embeddings, e]) if self.size else e
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Writes the index atomically (temporary file + rename)."""
-        from tokvec.model import write_safetensors
         from tokvec.textio import write_atomic
 
+        return write_atomic(path, self.write)
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        """Writes the index to `path` (not atomically: `save` does that)."""
         meta = {**self.metadata, "count": str(self.size), "format": "tokvec-dedup-index"}
-        data = self.embeddings.astype("<f4", copy=False).tobytes()
-        return write_atomic(
-            path, lambda tmp: write_safetensors(tmp, {"embeddings": ("F32", list(self.embeddings.shape), data)}, meta)
-        )
+        tensors = {"embeddings": ("F32", list(self.embeddings.shape), self.embeddings.astype("<f4", copy=False).tobytes())}
+        if self.keys is not None:
+            tensors["text_keys"] = ("U8", [self.size, 16], b"".join(self.keys))
+        write_safetensors(Path(path), tensors, meta)
 
 
 def parse_thresholds(spec: str) -> list[float]:

@@ -320,3 +320,29 @@ def _resolve_sharded(d: Path, index: Path, table: str | None) -> Resolved:
         raise FormatError(f"{index}: shard {wm[names[0]]!r} lies outside the model folder")
     tok = d / "tokenizer.json"
     return Resolved("transformer", shard, names[0], tok if tok.is_file() else Path(""))
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int], bytes]],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Writes a safetensors file: tensors in name order, header padded to 8 bytes.
+
+    Args:
+        path: the file to write.
+        tensors: name -> (dtype "F16"/..., shape, little-endian bytes).
+        metadata: optional `__metadata__` strings.
+    """
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = metadata
+    off = 0
+    for name in sorted(tensors):
+        dt, shape, data = tensors[name]
+        header[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [off, off + len(data)]}
+        off += len(data)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(h).to_bytes(8, "little"))
+        fh.write(h)
+        for name in sorted(tensors):
+            fh.write(tensors[name][2])

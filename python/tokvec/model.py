@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,8 +15,9 @@ import numpy as np
 
 from tokvec import _core
 from tokvec.config import FORMAT_VERSION
-from tokvec.formats import Resolved, resolve
-from tokvec.search import _threshold, dedup_indices
+from tokvec.dedup import plan_texts, resolve_texts
+from tokvec.formats import Resolved, resolve, write_safetensors
+from tokvec.search import _threshold
 from tokvec.search import topk as _topk
 from tokvec.tokenizer import LoadedTokenizer, check_fits, load_tokenizer
 
@@ -115,6 +117,7 @@ class Model:
         self._max_length = max_length
         self._skip_ids = skip_ids
         self._load_args: dict[str, Any] | None = None
+        self._fingerprint: str | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickles by path: a worker re-opens (memory-maps) the same files, so nothing large crosses the
@@ -231,6 +234,36 @@ class Model:
             return self._core.embed_binary(items)
         return self._core.embed(items)
 
+    def _unit_embed(self, texts: list[str]) -> np.ndarray:
+        """Embeddings for scoring: similarity, search and dedup are cosine even when the model's
+        config says `normalize: false` (the rows are then normalized here, with the arithmetic a
+        normalized model's pooling uses, so the scores are bit for bit the normalized model's)."""
+        e = self.embed(texts)
+        if not self._binary and not self.normalize and len(e):
+            _core.normalize_rows(e)
+        return e
+
+    @property
+    def fingerprint(self) -> str:
+        """A SHA-256 hex digest of everything that decides this model's vectors for scoring: the
+        table (the kept columns), per-token weights, mapping, tokenizer JSON and pooling settings.
+        Computed once, on first use (it reads the whole table). `tokvec.DedupIndex` records it."""
+        if self._fingerprint is None:
+            r = self._resolved
+            f = _core.SafetensorsFile(r.safetensors)
+            info = f.tensors()
+            h = hashlib.sha256()
+            dt, shape = info[r.table]
+            settings = {"dim": self.dim, "binary": self._binary, "max_length": self._max_length,
+                        "skip_ids": list(self._skip_ids), "table": [dt, shape]}
+            h.update(json.dumps(settings, sort_keys=True).encode())
+            for name in (r.table, r.weights, r.mapping):
+                if name:
+                    h.update(f.tensor_bytes(name))
+            h.update(self._tok.json.encode("utf-8", "surrogatepass"))
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
     def encode_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text as the Rust core tokenizes it (special tokens still included).
 
@@ -290,8 +323,8 @@ class Model:
         Returns:
             a float for two str; otherwise a float32 (len(a), len(b)) matrix.
         """
-        ea = self.embed([a] if isinstance(a, str) else self._texts(a, "a"))
-        eb = self.embed([b] if isinstance(b, str) else self._texts(b, "b"))
+        ea = self._unit_embed([a] if isinstance(a, str) else self._texts(a, "a"))
+        eb = self._unit_embed([b] if isinstance(b, str) else self._texts(b, "b"))
         m = self._sim_matrix(ea, eb)
         if isinstance(a, str) and isinstance(b, str):
             return float(m[0, 0])
@@ -302,7 +335,7 @@ class Model:
             raise TypeError(f"query must be str, got {type(query).__name__}")
         if not docs:
             return np.zeros(0, np.float32)
-        return self._sim_matrix(self.embed([query]), self.embed(docs))[0]
+        return self._sim_matrix(self._unit_embed([query]), self._unit_embed(docs))[0]
 
     def rank(self, query: str, docs: Sequence[str], *, sort: bool = True) -> list[tuple[str, float]]:
         """Scores every doc against the query.
@@ -342,7 +375,7 @@ class Model:
             return [items[i] for i in order]
         if not isinstance(query, str):
             raise TypeError(f"query must be str, got {type(query).__name__}")
-        _, idx = _topk(self.embed([query]), self.embed(items), k)
+        _, idx = _topk(self._unit_embed([query]), self._unit_embed(items), k)
         return [items[i] for i in idx[0]]
 
     def filter(self, query: str, docs: Sequence[str], threshold: float = 0.3) -> list[str]:
@@ -372,34 +405,44 @@ class Model:
         Returns:
             a function str -> float.
         """
-        q = self.embed([query])
+        q = self._unit_embed([query])
         cache: dict[str, float] = {}
 
         def _key(text: str) -> float:
             v = cache.get(text)
             if v is None:
-                v = cache[text] = -float(self._sim_matrix(q, self.embed([text]))[0, 0])
+                v = cache[text] = -float(self._sim_matrix(q, self._unit_embed([text]))[0, 0])
             return v
 
         return _key
 
     def deduplicate(
         self, docs: Sequence[str], threshold: float = 0.9, *, return_indices: bool = False, explain: bool = False,
-        reference: Sequence[str] | None = None, approx: bool = False, neighbors: int = 32, ann_dtype: str = "i8",
+        reference: Sequence[str] | None = None, drop_empty: bool = False, approx: bool = False, neighbors: int = 32,
+        ann_dtype: str = "i8",
     ) -> Any:
-        """Removes near-duplicates, greedily in input order: a doc is dropped when its similarity
-        with an earlier *kept* doc is > threshold. Exact unless `approx=True`.
+        """Removes duplicates, greedily in input order: a doc is dropped when it is identical to an
+        earlier doc, or when its cosine similarity with an earlier *kept* doc is > threshold. Exact
+        unless `approx=True`.
+
+        Identical texts go first, by a hash pass (as semhash does): they are duplicates at every
+        threshold, whatever their vectors (a text of emoji or unknown tokens embeds to the zero
+        vector), and only the first occurrence of each text is embedded. Similarity is cosine even
+        for a model whose config says `normalize: false`.
 
         Args:
             docs: the texts.
-            threshold: in [-1, 1]. Scores are float32: identical texts can score a few ulps above 1, so at
-                1.0 repeats of a text may still be removed while every distinct text is kept.
+            threshold: in [-1, 1]. 1.0 keeps one copy of each identical text and nothing else is
+                removed (scores never decide at 1.0).
             return_indices: return the indices of the *kept* docs (ascending) instead of the texts.
             explain: return a `tokvec.DedupResult` instead: kept indices, and for every removed doc
-                the kept doc it duplicates and the score (`.explain()`), plus `.summary()`.
-            reference: docs of a reference set (e.g. a test set): any doc above the threshold with
-                one of them is removed too; the reference set is not deduplicated. Implies nothing
-                about `explain`; without it the kept docs (or indices) are returned as usual.
+                the kept doc it duplicates, the score and whether the text was identical
+                (`.explain()`), plus `.summary()`.
+            reference: docs of a reference set (e.g. a test set): any doc identical to one of them
+                or above the threshold with one of them is removed too; the reference set is not
+                deduplicated.
+            drop_empty: remove empty docs (no characters, or whitespace only). By default every
+                empty doc is kept, none is a duplicate of another, and `.summary()` counts them.
             approx: for very large sets: candidate pairs from a usearch index (each doc's `neighbors`
                 nearest docs), re-scored exactly and resolved by the same greedy pass. A removed doc always
                 has a kept doc above the threshold, but pairs the index misses are not seen (`tokvec.ann`;
@@ -410,27 +453,23 @@ class Model:
         Returns:
             the kept docs in input order, or their indices, or a `DedupResult`.
         """
+        from tokvec.dedup import text_keys
+
         t = _threshold(threshold)
         items = self._texts(docs, "docs")
-        if explain or reference is not None:
-            from tokvec.dedup import dedup as _dedup
-
-            if self._binary:
-                raise ValueError("explain= and reference= need a float model (binary=False)")
-            ref = None if reference is None else self._texts(reference, "reference")
-            res = _dedup(self.embed(items), t, reference=None if ref is None else self.embed(ref), approx=approx,
-                         neighbors=neighbors, ann_dtype=ann_dtype)
-            res.texts, res.reference_texts = items, ref
-            if explain:
-                return res
-            return res.kept.tolist() if return_indices else res.kept_texts()
-        if approx and self._binary:
-            raise ValueError("approx=True needs a float model (binary=False)")
-        kept, _, _ = dedup_indices(self.embed(items), t, bits=self.dim if self._binary else None, approx=approx,
-                                   neighbors=neighbors, ann_dtype=ann_dtype)
-        if return_indices:
-            return kept.tolist()
-        return [items[i] for i in kept]
+        ref = None if reference is None else self._texts(reference, "reference")
+        if self._binary and (ref is not None or approx):
+            raise ValueError("reference= and approx=True need a float model (binary=False)")
+        plan = plan_texts(items, reference_keys=None if ref is None else text_keys(ref), drop_empty=drop_empty)
+        vectors = self._unit_embed([items[i] for i in plan.vector_items.tolist()])
+        res = resolve_texts(
+            plan, vectors, t, reference=None if ref is None else self._unit_embed(ref),
+            bits=self.dim if self._binary else None, approx=approx, neighbors=neighbors, ann_dtype=ann_dtype,
+        )
+        res.texts, res.reference_texts = items, ref
+        if explain:
+            return res
+        return res.kept.tolist() if return_indices else res.kept_texts()
 
     # ---------------------------------------------------------------- token explorer
     def token_vector(self, token: str | int) -> np.ndarray:
@@ -597,29 +636,3 @@ def _row_dots(m: np.ndarray, v: np.ndarray) -> np.ndarray:
     for a in range(0, len(m), step):
         np.sum(m[a : a + step] * v, axis=1, out=out[a : a + step])
     return out
-
-
-def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int], bytes]],
-                      metadata: dict[str, str] | None = None) -> None:
-    """Writes a safetensors file: tensors in name order, header padded to 8 bytes.
-
-    Args:
-        path: the file to write.
-        tensors: name -> (dtype "F16"/..., shape, little-endian bytes).
-        metadata: optional `__metadata__` strings.
-    """
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = metadata
-    off = 0
-    for name in sorted(tensors):
-        dt, shape, data = tensors[name]
-        header[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [off, off + len(data)]}
-        off += len(data)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as fh:
-        fh.write(len(h).to_bytes(8, "little"))
-        fh.write(h)
-        for name in sorted(tensors):
-            fh.write(tensors[name][2])

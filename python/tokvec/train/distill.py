@@ -146,7 +146,7 @@ def save_model(
     """Writes a tokvec model folder (``model.safetensors`` with ``embeddings`` [V, d] and optional ``weights`` [V],
     ``tokenizer.json``, ``config.json``), byte-reproducibly (tensors and header keys in sorted order)."""
     from tokvec.config import FORMAT_VERSION
-    from tokvec.model import write_safetensors
+    from tokvec.formats import write_safetensors
 
     dst = Path(out)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
