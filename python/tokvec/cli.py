@@ -4,11 +4,13 @@ and exit 2."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 
@@ -20,7 +22,7 @@ class UsageError(Exception):
 
 
 def read_texts(path: str, column: str | None, field: str | None = None, fmt: str | None = None) -> list[str]:
-    """All texts of an input (see `tokvec.textio.iter_texts`)."""
+    """All texts of an input (see `tokvec.textio.Input`)."""
     from tokvec.textio import read_all
 
     return read_all(path, column=column, field=field, fmt=fmt)
@@ -34,19 +36,15 @@ def _load(args: argparse.Namespace):
 
 class Progress:
     """A tqdm bar on stderr (texts done, texts/s, ETA when the total is known), shown only when stderr
-    is a terminal and --quiet is not given."""
+    is a terminal and --quiet is not given. `total` may be a function, called only when the bar shows."""
 
-    def __init__(self, args: argparse.Namespace, path: str, desc: str) -> None:
+    def __init__(self, args: argparse.Namespace, desc: str, total: int | Callable[[], int | None] | None = None) -> None:
         self.bar = None
         if not getattr(args, "quiet", False) and sys.stderr.isatty():
             from tqdm import tqdm
 
-            from tokvec.textio import count_texts
-
-            total = count_texts(path, fmt=args.format)  # None when not cheap to know: no ETA then
-
-            self.bar = tqdm(total=total, desc=desc, unit=" texts", unit_scale=True, file=sys.stderr,
-                            dynamic_ncols=True, smoothing=0.1)
+            self.bar = tqdm(total=total() if callable(total) else total, desc=desc, unit=" texts", unit_scale=True,
+                            file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
     def update(self, n: int) -> None:
         if self.bar is not None:
@@ -57,27 +55,44 @@ class Progress:
             self.bar.close()
 
 
-def _input_kw(args: argparse.Namespace) -> dict:
-    return {"column": args.column, "field": args.field, "fmt": args.format}
+def _input(args: argparse.Namespace, path: str, *, keep: bool = False):
+    """An input of the command, checked (file, header, column) before any work."""
+    from tokvec.textio import Input
+
+    src = Input(path, column=args.column, field=args.field, fmt=args.format,
+                encoding_errors=getattr(args, "encoding_errors", "strict"), keep=keep)
+    src.check()
+    return src
 
 
-def _embed_file(m, path: str, args: argparse.Namespace, desc: str, keep_texts: bool = True):
-    """Embeds a whole input in chunks; returns (texts or None, float32 embeddings)."""
-    from tokvec.textio import iter_texts
+def _read(src, args: argparse.Namespace, desc: str) -> tuple[list[int], list[str]]:
+    """Every text of an input with its row number."""
+    from tokvec.textio import count_texts
 
-    prog = Progress(args, path, desc)
+    prog = Progress(args, desc, lambda: count_texts(src.path, fmt=args.format))
+    rows: list[int] = []
     texts: list[str] = []
-    parts = []
     try:
-        for chunk in iter_texts(path, chunk_size=args.batch_size, **_input_kw(args)):
-            parts.append(m.embed(chunk))
-            if keep_texts:
-                texts.extend(chunk)
-            prog.update(len(chunk))
+        for r, t in src.chunks(args.batch_size):
+            rows.extend(r)
+            texts.extend(t)
+            prog.update(len(t))
     finally:
         prog.close()
-    E = np.concatenate(parts) if parts else np.zeros((0, m.dim), np.float32)
-    return (texts if keep_texts else None), E
+    return rows, texts
+
+
+def _embed(m, texts: list[str], args: argparse.Namespace, desc: str) -> np.ndarray:
+    """Unit vectors of texts (cosine even for a `normalize: false` model), embedded in batches."""
+    prog = Progress(args, desc, len(texts))
+    parts = []
+    try:
+        for a in range(0, len(texts), args.batch_size):
+            parts.append(m._unit_embed(texts[a : a + args.batch_size]))
+            prog.update(len(parts[-1]))
+    finally:
+        prog.close()
+    return np.concatenate(parts) if parts else np.zeros((0, m.dim), np.float32)
 
 
 def _summary(args: argparse.Namespace, info: dict, human: str) -> None:
@@ -87,16 +102,83 @@ def _summary(args: argparse.Namespace, info: dict, human: str) -> None:
         print(human, file=sys.stderr)
 
 
-def cmd_embed(args: argparse.Namespace) -> None:
-    from tokvec.textio import EmbeddingWriter, iter_texts
+def _needs(module: str, what: str, extra: str) -> None:
+    """Refuses, before any work, an option whose optional package is not installed."""
+    import importlib.util
 
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"{what} needs the {module} package: pip install 'tokvec[{extra}]'")
+
+
+def _rows_output(flag: str, path: str, src) -> str:
+    """How an output that selects input rows is written: "records" (the rows whole, in the input's format),
+    "txt" (the texts, one a line) or "jsonl" (row number and text). Checked before any work."""
+    from tokvec.textio import output_format
+
+    fmt = output_format(path, ("txt", "jsonl", "csv", "tsv", "parquet"), compressed=True)
+    if path.endswith((".gz", ".zst", ".zstd")):
+        if fmt == "parquet":
+            raise UsageError(f"{flag} {path}: Parquet is compressed internally; drop the .gz/.zst suffix")
+        if not path.endswith(".gz"):
+            _needs("zstandard", f"{flag} {path}", "zstd")
+    if fmt == src.format:
+        mode = "records"
+    elif fmt in ("txt", "jsonl"):
+        mode = fmt
+    else:
+        raise UsageError(
+            f"{flag} {path}: rows of a .{src.format} input are written whole as .{src.format}, or as texts to .txt / "
+            ".jsonl"
+        )
+    if fmt == "parquet":
+        _needs("pyarrow", f"{flag} {path}", "parquet")
+    return mode
+
+
+def _text_lines(texts, what: str = "text") -> list[str]:
+    """Texts as the lines of a .txt output; a text holding a line break is refused (it would become two)."""
+    lines = []
+    for r, t in texts:
+        if "\n" in t or "\r" in t:
+            raise UsageError(f"{what} of row {r} contains a line break; write the output to a .jsonl file instead")
+        lines.append(t + "\n")
+    return lines
+
+
+def _write_rows(outs, path: str | None, mode: str, src, rows: list[int], texts: list[str], extra=None) -> None:
+    """Writes selected rows (`rows`, with their `texts`, in output order) as `mode` says; stdout when no path.
+
+    `extra(k)` adds fields to the k-th .jsonl line (e.g. rank and score)."""
+    if path is not None and mode == "records":
+        with outs.open(path) as fh:
+            src.copy_rows(rows, fh)
+        return
+    if mode == "txt":
+        lines = _text_lines(zip(rows, texts))
+    else:
+        lines = [json.dumps({**(extra(k) if extra else {}), "index": r, "text": t}, ensure_ascii=False) + "\n"
+                 for k, (r, t) in enumerate(zip(rows, texts))]
+    if path is None:
+        sys.stdout.writelines(lines)
+    else:
+        outs.write_lines(path, lines)
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from tokvec.textio import EmbeddingWriter, check_distinct, output_format
+
+    output_format(args.output)
+    if args.output.endswith(".parquet"):
+        _needs("pyarrow", f"-o {args.output}", "parquet")
+    check_distinct({"-o": args.output}, {"input": args.input})
+    src = _input(args, args.input)
     m = _load(args)
     t = time.perf_counter()
     meta = {"model": str(args.model or "default"), "dim": str(m.dim), "input": args.input}
-    prog = Progress(args, args.input, "embed")
+    prog = Progress(args, "embed")
     try:
         with EmbeddingWriter(args.output, m.dim, metadata=meta) as w:
-            for chunk in iter_texts(args.input, chunk_size=args.batch_size, **_input_kw(args)):
+            for _rows, chunk in src.chunks(args.batch_size):
                 w.write(m.embed(chunk), chunk)
                 prog.update(len(chunk))
     finally:
@@ -108,27 +190,21 @@ def cmd_embed(args: argparse.Namespace) -> None:
              f"({w.n / max(dt, 1e-9):,.0f} texts/s)")
 
 
-def _write_kept(path: str | None, texts: list[str], kept) -> None:
-    from tokvec.textio import output_format, write_lines
-
-    fmt = "txt" if path is None or path.endswith(".txt") else output_format(path, ("txt", "jsonl"))
-    if fmt == "txt":
-        for i in kept:
-            if "\n" in texts[i] or "\r" in texts[i]:
-                raise UsageError(f"text {i} contains a line break; write the kept texts to a .jsonl file instead")
-        lines = [texts[i] + "\n" for i in kept]
-    else:
-        lines = [json.dumps({"index": int(i), "text": texts[i]}, ensure_ascii=False) + "\n" for i in kept]
-    if path is None:
-        sys.stdout.writelines(lines)
-    else:
-        write_lines(path, lines)
+def _input_notes(src) -> str:
+    """What a read skipped or replaced, for the summary line."""
+    st = src.stats
+    notes = []
+    if st.blank:
+        notes.append(f"{st.blank} blank line{'s' * (st.blank != 1)} without a record")
+    if st.replaced:
+        notes.append(f"{st.replaced} row{'s' * (st.replaced != 1)} with invalid UTF-8 replaced")
+    return "; ".join(notes)
 
 
 def cmd_dedup(args: argparse.Namespace) -> None:
-    from tokvec.dedup import DedupIndex, dedup, dedup_sweep, parse_thresholds
+    from tokvec.dedup import DedupIndex, parse_thresholds, plan_texts, resolve_texts, sweep_texts, text_keys
     from tokvec.search import _threshold
-    from tokvec.textio import write_lines
+    from tokvec.textio import Outputs, check_distinct
 
     sweep = None
     if args.threshold == "auto" or args.sweep:
@@ -148,97 +224,171 @@ def cmd_dedup(args: argparse.Namespace) -> None:
         raise UsageError("--json prints the summary on stdout: give -o KEPT for the kept texts")
     if args.against and args.index:
         raise UsageError("use either --against REF or --index PATH, not both")
+    if sweep is not None and (args.against or args.index):
+        raise UsageError("--sweep / --threshold auto count duplicates within IN; they do not apply with "
+                         "--against/--index")
     if args.approx and sweep is not None:
         raise UsageError("--approx does not apply to --threshold auto / --sweep (they are exact)")
     if args.neighbors < 1:
         raise UsageError(f"--neighbors must be >= 1, got {args.neighbors}")
     if args.no_self and not (args.against or args.index):
         raise UsageError("--no-self needs --against REF or --index PATH")
-    m = _load(args)
-    t0 = time.perf_counter()
-    texts, E = _embed_file(m, args.input, args, "embed")
-    t_embed = time.perf_counter() - t0
-    info: dict = {"command": "dedup", "input": args.input, "texts": len(texts)}
-    if sweep is not None:
-        rows = dedup_sweep(E, sweep) if len(E) else [{"threshold": v, "kept": 0, "removed": 0, "pairs": 0}
-                                                     for v in sorted(set(sweep))]
-        info["sweep"] = rows
-        if not args.quiet or threshold is None:
-            out = sys.stderr if args.json or (threshold is not None and args.output is None) else sys.stdout
-            print("threshold\tkept\tremoved\tpairs", file=out)
-            for r in rows:
-                print(f"{r['threshold']:g}\t{r['kept']}\t{r['removed']}\t{r['pairs']}", file=out)
-        if threshold is None:
-            info["seconds"] = round(time.perf_counter() - t0, 3)
-            if args.json:
-                print(json.dumps(info))
-            return
-    ref = ref_texts = None
-    index = None
-    if args.against:
-        ref_texts, ref = _embed_file(m, args.against, args, "embed reference")
-    elif args.index:
-        index = DedupIndex.load(args.index, dim=m.dim)
-        ref = index.embeddings
-    t1 = time.perf_counter()
-    res = dedup(E, threshold, reference=ref, self_dedup=not args.no_self, approx=args.approx,
-                neighbors=args.neighbors, ann_dtype=args.ann_dtype)
-    t_dedup = time.perf_counter() - t1
-    res.texts, res.reference_texts = texts, ref_texts
-    _write_kept(args.output, texts, res.kept)
+    # everything the run needs, before the work: inputs, outputs, packages, the index
+    src = _input(args, args.input, keep=args.output is not None)
+    ref_src = _input(args, args.against) if args.against else None
+    mode = _rows_output("-o", args.output, src) if args.output else "txt"
     if args.report:
-        rows = res.explain()
-        for r in rows:
-            if r["against"] == "reference" and ref_texts is None:
-                r["kept_text"] = None  # an index holds vectors only
-            r["score"] = round(r["score"], 6)
-        write_lines(args.report, [json.dumps(r, ensure_ascii=False) + "\n" for r in rows])
-    if index is not None:
-        index.metadata.update(threshold=str(threshold), model=str(args.model or "default"), dim=str(m.dim))
-        index.add(E[res.kept])
-        index.save(args.index)
-        info["index_size"] = index.size
+        from tokvec.textio import output_format
+
+        output_format(args.report, ("jsonl",))
+    if args.index:
+        from tokvec.textio import output_format
+
+        output_format(args.index, ("safetensors",))
+    check_distinct({"-o": args.output, "--report": args.report, "--index": args.index},
+                   {"input": args.input, "--against": args.against})
+    if args.approx:
+        _needs("usearch", "--approx", "ann")
+    m = _load(args)
+    if m.binary and (args.approx or args.against or args.index):
+        raise UsageError("--approx, --against and --index need a float model")
+    index = None
+    if args.index:
+        index = DedupIndex.load(args.index, dim=m.dim)
+        index.check(args.index, fingerprint=m.fingerprint, threshold=threshold)
+        if index.size == 0:
+            index.keys = []
+    t0 = time.perf_counter()
+    with Outputs() as outs:
+        for p in (args.output, args.report, args.index):
+            outs.add(p)
+        rows, texts = _read(src, args, "read")
+        ref_rows = ref_texts = ref_keys = None
+        if ref_src is not None:
+            ref_rows, ref_texts = _read(ref_src, args, "read reference")
+            ref_keys = text_keys(ref_texts)
+        elif index is not None:
+            ref_keys = index.keys
+        plan = plan_texts(texts, reference_keys=ref_keys, self_dedup=not args.no_self, drop_empty=args.drop_empty)
+        E = _embed(m, [texts[i] for i in plan.vector_items.tolist()], args, "embed")
+        R = _embed(m, ref_texts, args, "embed reference") if ref_texts is not None else None
+        if index is not None:
+            R = index.embeddings
+        t_embed = time.perf_counter() - t0
+        info: dict = {"command": "dedup", "input": args.input, "texts": len(texts), "rows": src.stats.rows,
+                      "blank_lines": src.stats.blank, "replaced": src.stats.replaced}
+        if sweep is not None:
+            info["sweep"] = sweep_rows = sweep_texts(plan, E, sweep)
+            if not args.quiet or threshold is None:
+                out = sys.stderr if args.json or (threshold is not None and args.output is None) else sys.stdout
+                print("threshold\tkept\tremoved\tpairs", file=out)
+                for r in sweep_rows:
+                    print(f"{r['threshold']:g}\t{r['kept']}\t{r['removed']}\t{r['pairs']}", file=out)
+            if threshold is None:
+                info["seconds"] = round(time.perf_counter() - t0, 3)
+                if args.json:
+                    print(json.dumps(info))
+                return
+        t1 = time.perf_counter()
+        bits = m.dim if m.binary else None
+        res = resolve_texts(plan, E, threshold, reference=R, bits=bits, approx=args.approx,
+                            neighbors=args.neighbors, ann_dtype=args.ann_dtype)
+        t_dedup = time.perf_counter() - t1
+        res.texts, res.reference_texts, res.rows, res.reference_rows = texts, ref_texts, rows, ref_rows
+        kept = res.kept.tolist()
+        _write_rows(outs, args.output, mode, src, [rows[i] for i in kept], [texts[i] for i in kept])
+        if args.report:
+            lines = []
+            for r in res.explain():
+                if r["score"] is not None:
+                    r["score"] = round(r["score"], 6)
+                lines.append(json.dumps(r, ensure_ascii=False) + "\n")
+            outs.write_lines(args.report, lines)
+        if index is not None:
+            index.metadata.update(threshold=str(threshold), model=str(args.model or "default"), dim=str(m.dim),
+                                  model_fingerprint=m.fingerprint)
+            pos = np.full(len(texts), -1, np.int64)
+            pos[plan.vector_items] = np.arange(len(plan.vector_items))
+            vec = np.zeros((len(kept), m.dim), np.float32)
+            has = pos[res.kept] >= 0
+            vec[has] = E[pos[res.kept][has]]  # kept empty texts keep the zero vector
+            index.add(vec, text_keys([texts[i] for i in kept]))
+            with outs.writing(args.index) as tmp:
+                index.write(tmp)
+            info["index_size"] = index.size
+    src.close()
     dt = time.perf_counter() - t0
     st = res.summary()
     info.update(kept=st["kept"], removed=st["removed"], removed_self=st["removed_self"],
-                removed_reference=st["removed_reference"], threshold=threshold, output=args.output,
-                seconds=round(dt, 3), embed_seconds=round(t_embed, 3), dedup_seconds=round(t_dedup, 3))
+                removed_reference=st["removed_reference"], removed_identical=st["removed_identical"],
+                removed_empty=st["removed_empty"], empty=int(plan.empty.sum()), threshold=threshold,
+                output=args.output, seconds=round(dt, 3), embed_seconds=round(t_embed, 3),
+                dedup_seconds=round(t_dedup, 3))
     if args.approx:
         info.update(approx=True, neighbors=args.neighbors, ann_dtype=args.ann_dtype)
     extra = ""
-    if ref is not None:
+    if ref_src is not None or index is not None:
         extra = f", {st['removed_reference']} matching the {'index' if index is not None else 'reference'}"
-    _summary(args, info, f"kept {st['kept']} of {len(texts)} texts (removed {st['removed']}{extra}) at threshold "
-             f"{threshold:g} in {dt:.2f} s (embedding {t_embed:.2f} s, dedup {t_dedup:.2f} s)")
+    notes = "; ".join(x for x in (_input_notes(src), f"{info['empty']} empty texts kept" * bool(
+        info["empty"] and not args.drop_empty)) if x)
+    _summary(args, info, f"kept {st['kept']} of {len(texts)} texts (removed {st['removed']}: "
+             f"{st['removed_identical']} identical{extra}) at threshold {threshold:g} in {dt:.2f} s "
+             f"(embedding {t_embed:.2f} s, dedup {t_dedup:.2f} s)" + (f"; {notes}" if notes else ""))
 
 
 def cmd_rank(args: argparse.Namespace) -> None:
     import tokvec
+    from tokvec.textio import Outputs, check_distinct, output_format
 
     if args.k < 1:
         raise UsageError(f"-k must be >= 1, got {args.k}")
     if (args.query is None) == (args.queries is None):
         raise UsageError("give either a QUERY or --queries QFILE")
-    m = _load(args)
-    texts, E = _embed_file(m, args.input, args, "embed")
-    if args.queries:
-        qtexts = read_texts(args.queries, args.query_column, args.query_field)
-    else:
-        qtexts = [args.query]
-    if not texts or not qtexts:
-        if args.json:
-            print(json.dumps({"command": "rank", "queries": len(qtexts), "texts": len(texts), "results": []}))
-        return
-    scores, idx = tokvec.topk(m.embed(qtexts), E, k=args.k)
     many = args.queries is not None
-    for qi, q in enumerate(qtexts):
-        hits = [{"rank": r + 1, "index": int(i), "score": round(float(s), 6), "text": texts[i]}
-                for r, (s, i) in enumerate(zip(scores[qi], idx[qi]))]
-        if args.json:
-            print(json.dumps({"query_index": qi, "query": q, "results": hits}, ensure_ascii=False))
+    src = _input(args, args.input, keep=args.output is not None)
+    mode = None
+    if args.output:
+        if many:
+            output_format(args.output, ("jsonl",))
         else:
-            for h in hits:
-                print((f"{qi}\t" if many else "") + f"{h['score']:.4f}\t{h['index']}\t{h['text']}")
+            mode = _rows_output("-o", args.output, src)
+        check_distinct({"-o": args.output}, {"input": args.input, "--queries": args.queries})
+    qsrc = None
+    if many:
+        from tokvec.textio import Input
+
+        qsrc = Input(args.queries, column=args.query_column, field=args.query_field)
+        qsrc.check()
+    m = _load(args)
+    with Outputs() as outs:
+        outs.add(args.output)
+        rows, texts = _read(src, args, "read")
+        E = _embed(m, texts, args, "embed")
+        qtexts = [t for _, c in qsrc.chunks() for t in c] if qsrc is not None else [args.query]
+        if not texts or not qtexts:
+            if args.output:
+                outs.write_lines(args.output, [])
+            if args.json:
+                print(json.dumps({"command": "rank", "queries": len(qtexts), "texts": len(texts), "results": []}))
+            return
+        scores, idx = tokvec.topk(m._unit_embed(qtexts), E, k=args.k)
+        blocks = []
+        for qi, q in enumerate(qtexts):
+            hits = [{"rank": r + 1, "index": rows[i], "score": round(float(s), 6), "text": texts[i]}
+                    for r, (s, i) in enumerate(zip(scores[qi].tolist(), idx[qi].tolist()))]
+            blocks.append({"query_index": qi, "query": q, "results": hits})
+            if args.json:
+                print(json.dumps(blocks[-1], ensure_ascii=False))
+            elif not args.output:
+                for h in hits:
+                    print((f"{qi}\t" if many else "") + f"{h['score']:.4f}\t{h['index']}\t{h['text']}")
+        if args.output and many:
+            outs.write_lines(args.output, [json.dumps(b, ensure_ascii=False) + "\n" for b in blocks])
+        elif args.output:
+            hits = blocks[0]["results"]
+            _write_rows(outs, args.output, mode, src, [h["index"] for h in hits], [h["text"] for h in hits],
+                        extra=lambda k: {"rank": hits[k]["rank"], "score": hits[k]["score"]})
+    src.close()
 
 
 def _save_npy(path, arr) -> None:
@@ -248,29 +398,41 @@ def _save_npy(path, arr) -> None:
 
 def cmd_cluster(args: argparse.Namespace) -> None:
     from tokvec.cluster import kmeans
-    from tokvec.textio import output_format, write_atomic, write_lines
+    from tokvec.textio import Outputs, check_distinct, output_format
 
     if args.k < 1:
         raise UsageError(f"-k must be >= 1, got {args.k}")
     fmt = output_format(args.output, ("txt", "npy", "jsonl"))
-    m = _load(args)
-    t0 = time.perf_counter()
-    texts, E = _embed_file(m, args.input, args, "embed", keep_texts=fmt == "jsonl")
-    n = len(E)
-    if args.k > n:
-        raise UsageError(f"-k {args.k} is more than the {n} texts of {args.input}")
-    t1 = time.perf_counter()
-    r = kmeans(E, args.k, n_init=args.n_init, max_iter=args.max_iter, seed=args.seed)
-    t_cluster = time.perf_counter() - t1
-    if fmt == "npy":
-        write_atomic(args.output, lambda tmp: _save_npy(tmp, r.labels))
-    elif fmt == "txt":
-        write_lines(args.output, [f"{v}\n" for v in r.labels.tolist()])
-    else:
-        write_lines(args.output, [json.dumps({"index": i, "label": v, "text": t}, ensure_ascii=False) + "\n"
-                                  for i, (v, t) in enumerate(zip(r.labels.tolist(), texts))])
     if args.centroids:
-        write_atomic(args.centroids, lambda tmp: _save_npy(tmp, r.centroids))
+        output_format(args.centroids, ("npy",))
+    check_distinct({"-o": args.output, "--centroids": args.centroids}, {"input": args.input})
+    src = _input(args, args.input)
+    m = _load(args)
+    if m.binary:
+        raise UsageError("cluster needs a float model")
+    t0 = time.perf_counter()
+    with Outputs() as outs:
+        outs.add(args.output)
+        outs.add(args.centroids)
+        rows, texts = _read(src, args, "read")
+        E = _embed(m, texts, args, "embed")
+        n = len(E)
+        if args.k > n:
+            raise UsageError(f"-k {args.k} is more than the {n} texts of {args.input}")
+        t1 = time.perf_counter()
+        r = kmeans(E, args.k, n_init=args.n_init, max_iter=args.max_iter, seed=args.seed)
+        t_cluster = time.perf_counter() - t1
+        if fmt == "npy":
+            with outs.writing(args.output) as tmp:
+                _save_npy(tmp, r.labels)
+        elif fmt == "txt":
+            outs.write_lines(args.output, [f"{v}\n" for v in r.labels.tolist()])
+        else:
+            outs.write_lines(args.output, [json.dumps({"index": i, "label": v, "text": t}, ensure_ascii=False) + "\n"
+                                           for i, v, t in zip(rows, r.labels.tolist(), texts)])
+        if args.centroids:
+            with outs.writing(args.centroids) as tmp:
+                _save_npy(tmp, r.centroids)
     sizes = np.bincount(r.labels, minlength=args.k)
     dt = time.perf_counter() - t0
     _summary(args, {"command": "cluster", "input": args.input, "texts": n, "k": args.k, "inertia": r.inertia,
@@ -281,52 +443,46 @@ def cmd_cluster(args: argparse.Namespace) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    from tokvec.textio import _text_stream, input_format, iter_texts, output_format, write_lines
+    from tokvec.textio import Outputs, check_distinct, output_format
 
     if args.target_size < 1:
         raise UsageError(f"--target-size must be >= 1, got {args.target_size}")
     if args.output:
         output_format(args.output, ("jsonl", "txt"))
-    fmt, comp = input_format(args.input, args.format)
+        check_distinct({"-o": args.output}, {"input": args.input})
+    src = _input(args, args.input)
     m = _load(args)
     t0 = time.perf_counter()
-    if fmt == "txt":
-        # a text file (or stdin) is one document
-        if args.input != "-" and not Path(args.input).is_file():
-            raise FileNotFoundError(f"{args.input}: no such file")
-        fh = _text_stream(args.input, comp)
-        try:
-            docs = iter([[fh.read()]])
-        except UnicodeDecodeError as e:
-            raise UsageError(f"{args.input}: not valid UTF-8 ({e.reason})") from None
-        finally:
-            if args.input != "-":
-                fh.close()
+    if src.format == "txt":
+        docs = iter([([0], [src.read_whole()])])  # a text file (or stdin) is one document
     else:
-        docs = iter_texts(args.input, chunk_size=args.batch_size, **_input_kw(args))
-    rows = []
-    n_docs = 0
-    for chunk in docs:
-        for text in chunk:
-            for j, c in enumerate(m.split(text, args.target_size)):
-                rows.append({"doc": n_docs, "chunk": j, "chars": len(c), "text": c})
-            n_docs += 1
-    if args.output and args.output.endswith(".txt"):
-        lines = [r["text"].replace("\n", " ").strip() + "\n" for r in rows]
-    else:
-        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
-    if args.output:
-        write_lines(args.output, lines)
-    else:
-        sys.stdout.writelines(lines)
+        docs = src.chunks(args.batch_size)
+    with Outputs() as outs:
+        outs.add(args.output)
+        out_rows = []
+        n_docs = 0
+        for rows, chunk in docs:
+            for row, text in zip(rows, chunk):
+                for j, c in enumerate(m.split(text, args.target_size)):
+                    out_rows.append({"doc": row, "chunk": j, "chars": len(c), "text": c})
+                n_docs += 1
+        if args.output and args.output.endswith(".txt"):
+            lines = [r["text"].replace("\n", " ").strip() + "\n" for r in out_rows]
+        else:
+            lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows]
+        if args.output:
+            outs.write_lines(args.output, lines)
+        else:
+            sys.stdout.writelines(lines)
     dt = time.perf_counter() - t0
-    sizes = [r["chars"] for r in rows] or [0]
-    info = {"command": "split", "input": args.input, "documents": n_docs, "chunks": len(rows),
-            "max_chars": max(sizes), "mean_chars": round(sum(sizes) / max(len(rows), 1), 1), "seconds": round(dt, 3)}
+    sizes = [r["chars"] for r in out_rows] or [0]
+    info = {"command": "split", "input": args.input, "documents": n_docs, "chunks": len(out_rows),
+            "max_chars": max(sizes), "mean_chars": round(sum(sizes) / max(len(out_rows), 1), 1),
+            "seconds": round(dt, 3)}
     if args.json and args.output:
         print(json.dumps(info))
     if not args.quiet:
-        print(f"split {n_docs} document(s) into {len(rows)} chunks (max {max(sizes)} chars, target "
+        print(f"split {n_docs} document(s) into {len(out_rows)} chunks (max {max(sizes)} chars, target "
               f"{args.target_size}) in {dt:.2f} s", file=sys.stderr)
 
 
@@ -415,6 +571,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--format", default=None, choices=["txt", "jsonl", "csv", "tsv", "parquet"],
                        help="input format instead of the file suffix (e.g. for stdin)")
         p.add_argument("--batch-size", type=int, default=32768, help="texts read and embedded per chunk")
+        p.add_argument("--encoding-errors", default="strict", choices=["strict", "replace"],
+                       help="invalid UTF-8 in the input: an error naming file and line (strict), or U+FFFD and a "
+                       "count (replace)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary line on stderr")
         p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
 
@@ -427,11 +586,16 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("dedup", help="remove near-duplicate texts (greedy; exact unless --approx)")
     p.add_argument("input")
-    p.add_argument("-o", "--output", default=None, help="kept texts, .txt or .jsonl (default: stdout)")
+    p.add_argument("-o", "--output", default=None,
+                   help="kept rows: in the input's format (.jsonl, .csv, .tsv, .parquet, .txt) they are written whole; "
+                   ".txt / .jsonl of another input hold the texts (default: the texts on stdout)")
     p.add_argument("--threshold", default="0.9", help="cosine threshold in [-1, 1], or auto for a sweep")
     p.add_argument("--sweep", default=None, metavar="LIST",
                    help="also print how many texts each threshold keeps: 0.8,0.9 or 0.8:0.98:0.02 or auto")
-    p.add_argument("--report", default=None, help="JSONL file: each removed text, the kept text it duplicates, score")
+    p.add_argument("--report", default=None,
+                   help="JSONL file: each removed row, the kept row it duplicates (0-based input rows), score, match")
+    p.add_argument("--drop-empty", action="store_true",
+                   help="remove empty texts (blank or whitespace only); by default every one is kept and counted")
     p.add_argument("--against", default=None, metavar="REF",
                    help="also remove texts that duplicate a text of REF (REF itself is not deduplicated)")
     p.add_argument("--index", default=None, metavar="PATH",
@@ -455,6 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", default=None, metavar="QFILE", help="many queries, one result block each")
     p.add_argument("--query-column", default=None, help="column of QFILE holding the query")
     p.add_argument("--query-field", default=None, help="JSON field of QFILE holding the query")
+    p.add_argument("-o", "--output", default=None,
+                   help="the k best rows, best first: whole in the input's format, or texts as .txt / .jsonl "
+                   "(with --queries: .jsonl, one line per query)")
     common(p)
     io_opts(p)
     p.set_defaults(fn=cmd_rank)
@@ -530,24 +697,59 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "batch_size", 1) < 1:
         print(f"tokvec {args.cmd}: error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
         return 2
-    try:
-        args.fn(args)
-    except BrokenPipeError:
-        # the reader of stdout went away (e.g. `| head`): not an error; silence the flush at exit
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-        return 0
-    except (UsageError, FormatError, TokenizerError, FileNotFoundError, FileExistsError, ValueError, TypeError) as e:
-        print(f"tokvec {args.cmd}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        # unreadable/unwritable files: permission denied, a folder given as a file, disk full
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"tokvec {args.cmd}: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"tokvec {args.cmd}: interrupted", file=sys.stderr)
-        return 130
+    with _signals_as_exceptions():
+        try:
+            args.fn(args)
+        except BrokenPipeError:
+            # the reader of stdout went away (e.g. `| head`): not an error; silence the flush at exit
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+            return 0
+        except (UsageError, FormatError, TokenizerError, FileNotFoundError, FileExistsError, ValueError, TypeError) as e:
+            print(f"tokvec {args.cmd}: error: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:
+            # unreadable/unwritable files: permission denied, a folder given as a file, disk full
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"tokvec {args.cmd}: error: {where}{e.strerror or e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"tokvec {args.cmd}: interrupted; no output written", file=sys.stderr)
+            return 130
+        except Terminated as e:
+            print(f"tokvec {args.cmd}: stopped by {signal.Signals(e.signum).name}; no output written", file=sys.stderr)
+            return 128 + e.signum
     return 0
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised where the program is (as KeyboardInterrupt is for SIGINT), so the
+    outputs' temporary files are removed on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_as_exceptions():
+    """SIGTERM and SIGHUP raise `Terminated` for the duration (main thread only), then the previous
+    handlers come back."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated(signum)
+
+    sigs = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    old = {s: signal.signal(s, raise_terminated) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 if __name__ == "__main__":
