@@ -111,7 +111,12 @@ def band_examples(
         sc = np.minimum(score, 1.0)  # NaN (kept items) stays NaN and fails both comparisons below
         upper = sc <= hi if k == len(e) - 2 else sc < hi
         idx = np.flatnonzero((dup_of >= 0) & (sc >= lo) & upper)
-        pick = idx[np.linspace(0, idx.size - 1, per_band).round().astype(np.int64)] if idx.size > per_band else idx
+        if idx.size > per_band:
+            # evenly spaced, first and last included, rounded half up in integers (no float ties to break)
+            d = max(per_band - 1, 1)
+            pick = idx[(2 * np.arange(per_band, dtype=np.int64) * (idx.size - 1) + d) // (2 * d)]
+        else:
+            pick = idx
         examples = [{"index": int(x), "duplicate_of": int(dup_of[x]), "score": float(score[x])} for x in pick.tolist()]
         out.append({"lo": lo, "hi": hi, "count": int(idx.size), "examples": examples})
     return out
@@ -305,7 +310,8 @@ class _Plot:
     def marker(self, t: float, label: str) -> list[str]:
         """The run's threshold: a dashed vertical line with a label above the plot."""
         x = self.x(t)
-        anchor = "end" if x > self.w - 160 else "start"
+        # 13px semibold digits and letters are under 8 units wide: flip the label left when it would overflow
+        anchor = "end" if x + 6 + 8 * len(label) > self.w else "start"
         dx = -6 if anchor == "end" else 6
         return [
             f'<line class="thr" x1="{x:.1f}" x2="{x:.1f}" y1="{self.top - 6}" y2="{self.h - self.bottom}"/>',
