@@ -320,3 +320,16 @@ def test_report_stays_small_with_millions_of_pairs(run: dict, corpus: list[str],
     print(f"3,000,000 scores: {size:,} bytes in {dt:.3f} s", file=sys.stderr)
     assert size < 150_000 and dt < 5.0
     assert "3,000,000 pairs in 40 bins of 0.005" in page.read_text(encoding="utf-8")
+
+
+def test_report_ranges(run: dict, corpus: list[str], tmp_path: Path) -> None:
+    """The histogram covers the curve's range even when the pairs were found lower; a threshold between grid points
+    is marked without a count, one outside the grid is said to be outside."""
+    s = tokvec.duplicate_pairs(run["E"], 0.5, as_arrays=True)[2]
+    kw = {"summary": {"texts": len(corpus)}, "curve": run["curve"], "scores": s, "bands": run["bands"], "texts": corpus}
+    page = write_html_report(tmp_path / "r.html", threshold=0.9225, **kw).read_text(encoding="utf-8")
+    assert f"{int((np.minimum(s, 1.0) >= GRID[0]).sum()):,} pairs in 40 bins of 0.005" in page
+    assert len(s) > int((s >= GRID[0]).sum())
+    assert "threshold 0.9225</text>" in page and 'class="thr-pt"' not in page
+    page = write_html_report(tmp_path / "r.html", threshold=0.7, **kw).read_text(encoding="utf-8")
+    assert "threshold 0.7 lies outside the swept range 0.8 to 1" in page

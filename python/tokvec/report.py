@@ -156,7 +156,8 @@ def write_html_report(
     row_of = (lambda x: x) if rows is None else rows.__getitem__
     t = float(threshold)
     n = summary.get("texts")
-    head = html.escape(f"tokvec dedup report: {summary.get('input', '')}".rstrip(": "))
+    inp = str(summary.get("input", ""))
+    head = html.escape(_HIDDEN.sub("\ufffd", f"tokvec dedup report: {inp}" if inp else "tokvec dedup report"))
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -164,7 +165,7 @@ def write_html_report(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{head}</title><style>{_CSS}</style></head><body><main>",
         _summary_html(summary, t),
-        _curve_html(curve, t, n if isinstance(n, int) else None, summary.get("kept")),
+        _curve_html(curve, t, int(n) if isinstance(n, (int, np.integer)) else None),
         _hist_html(np.asarray(scores), curve, bands, t),
         _bands_html(bands, t, text_of, row_of),
         (
@@ -226,7 +227,7 @@ def _summary_html(summary: dict[str, Any], t: float) -> str:
         for k, v in summary.items()
         if k not in _LABELS and not isinstance(v, (dict, list, tuple))
     ]
-    dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in meta)
+    dl = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in meta)
     return (
         '<header><h1>Deduplication report</h1><p class="lead">What the threshold does to this input: how many '
         "texts each threshold keeps, how pair scores are spread, and what gets removed in each score band.</p>"
@@ -340,7 +341,7 @@ def _legend(items: list[tuple[str, str]]) -> str:
     )
 
 
-def _curve_html(curve: list[dict[str, Any]], t: float, n: int | None, kept_run: Any) -> str:
+def _curve_html(curve: list[dict[str, Any]], t: float, n: int | None) -> str:
     intro = (
         '<section><h2>Kept texts by threshold</h2><p class="help">Each point is a full greedy run at that '
         "threshold. Where the curve is flat, few texts have a near-copy scoring there and moving the threshold "
@@ -373,12 +374,14 @@ def _curve_html(curve: list[dict[str, Any]], t: float, n: int | None, kept_run: 
         body.append(f'<circle class="pt" cx="{a:.1f}" cy="{b:.1f}" r="2.2"><title>{tip}</title></circle>')
     note = ""
     if x0 <= t <= x1:
+        # the point of the curve at the run's threshold, when the grid has it (the summary has the run's counts)
         at = np.flatnonzero(np.isclose(th, t, rtol=0, atol=1e-9))
-        k = kept_run if isinstance(kept_run, (int, np.integer)) else (int(kept[at[0]]) if at.size else None)
-        label = f"threshold {t:g}" + (f": {k:,} kept" if k is not None else "")
-        body += p.marker(t, label)
-        if k is not None:
+        if at.size:
+            k = int(kept[at[0]])
+            body += p.marker(t, f"threshold {t:g}: {k:,} kept")
             body.append(f'<circle class="thr-pt" cx="{p.x(t):.1f}" cy="{p.y(k):.1f}" r="4.5"/>')
+        else:
+            body += p.marker(t, f"threshold {t:g}")
     else:
         note = f'<p class="empty">The run\'s threshold {t:g} lies outside the swept range {x0:g} to {x1:g}.</p>'
     table = "".join(
@@ -430,7 +433,7 @@ def _hist_svg(edges: np.ndarray, counts: np.ndarray, t: float, log: bool, width:
 
 def _hist_html(scores: np.ndarray, curve: list[dict[str, Any]], bands: list[dict[str, Any]], t: float) -> str:
     s = scores.astype(np.float32, copy=False).ravel()
-    s = np.minimum(s[np.isfinite(s)], 1.0)
+    s = np.minimum(s[np.isfinite(s)], 1.0)  # an exact copy can score 1.0000001
     if curve:
         lo = float(curve[0]["threshold"])
     elif bands:
@@ -438,6 +441,7 @@ def _hist_html(scores: np.ndarray, curve: list[dict[str, Any]], bands: list[dict
     else:
         lo = float(s.min()) if s.size else 0.8
     lo = min(lo, 1.0 - _BIN_WIDTH)
+    s = s[s >= lo]  # pairs found at a lower threshold (for the bands) are outside the curve's range
     intro = (
         '<section><h2>Pair scores</h2><p class="help">Every pair of texts whose cosine is above '
         f"{lo:g}. Bars right of the threshold are the pairs this run counts as duplicates; a valley is a natural "
@@ -450,7 +454,7 @@ def _hist_html(scores: np.ndarray, curve: list[dict[str, Any]], bands: list[dict
         width *= 2
     nb = math.ceil((1.0 - lo) / width - 1e-9)
     edges = np.linspace(1.0 - nb * width, 1.0, nb + 1)
-    counts, _ = np.histogram(np.clip(s, edges[0], 1.0), bins=edges)
+    counts, _ = np.histogram(s, bins=edges)
     nz = counts[counts > 0]
     log_first = bool(nz.size and nz.max() / nz.min() >= 100)
     above = int((s > t).sum())
