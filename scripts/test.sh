@@ -11,7 +11,8 @@ python3 -m pip install ".[test]"
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ]; then as_root=(); else as_root=(sudo); fi
     apt_install() { "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
-    apt_install || { "${as_root[@]}" apt-get update && apt_install; }
+    apt_install || { "${as_root[@]}" apt-get update && apt_install; } ||
+        echo "scripts/test.sh: could not install chromium; tests/test_report_html.py will fail" >&2
 fi
 # pytest exit code 5 means "no tests collected": that is a failure here.
 set +e
