@@ -227,6 +227,9 @@ def cmd_dedup(args: argparse.Namespace) -> None:
     if sweep is not None and (args.against or args.index):
         raise UsageError("--sweep / --threshold auto count duplicates within IN; they do not apply with "
                          "--against/--index")
+    if args.report_html and (threshold is None or args.against or args.index or args.approx):
+        raise UsageError("--report-html shows duplicates within IN at a threshold: give --threshold (not auto), "
+                         "without --against/--index/--approx")
     if args.approx and sweep is not None:
         raise UsageError("--approx does not apply to --threshold auto / --sweep (they are exact)")
     if args.neighbors < 1:
@@ -245,13 +248,17 @@ def cmd_dedup(args: argparse.Namespace) -> None:
         from tokvec.textio import output_format
 
         output_format(args.index, ("safetensors",))
-    check_distinct({"-o": args.output, "--report": args.report, "--index": args.index},
+    if args.report_html:
+        from tokvec.textio import output_format
+
+        output_format(args.report_html, ("html",))
+    check_distinct({"-o": args.output, "--report": args.report, "--index": args.index, "--report-html": args.report_html},
                    {"input": args.input, "--against": args.against})
     if args.approx:
         _needs("usearch", "--approx", "ann")
     m = _load(args)
-    if m.binary and (args.approx or args.against or args.index):
-        raise UsageError("--approx, --against and --index need a float model")
+    if m.binary and (args.approx or args.against or args.index or sweep is not None or args.report_html):
+        raise UsageError("--approx, --against, --index, --sweep and --report-html need a float model")
     index = None
     if args.index:
         index = DedupIndex.load(args.index, dim=m.dim)
@@ -260,7 +267,7 @@ def cmd_dedup(args: argparse.Namespace) -> None:
             index.keys = []
     t0 = time.perf_counter()
     with Outputs() as outs:
-        for p in (args.output, args.report, args.index):
+        for p in (args.output, args.report, args.index, args.report_html):
             outs.add(p)
         rows, texts = _read(src, args, "read")
         ref_rows = ref_texts = ref_keys = None
@@ -316,6 +323,8 @@ def cmd_dedup(args: argparse.Namespace) -> None:
             with outs.writing(args.index) as tmp:
                 index.write(tmp)
             info["index_size"] = index.size
+        if args.report_html:
+            _report_html(outs, args, m, plan, E, rows, texts, res, time.perf_counter() - t0)
     src.close()
     dt = time.perf_counter() - t0
     st = res.summary()
@@ -334,6 +343,30 @@ def cmd_dedup(args: argparse.Namespace) -> None:
     _summary(args, info, f"kept {st['kept']} of {len(texts)} texts (removed {st['removed']}: "
              f"{st['removed_identical']} identical{extra}) at threshold {threshold:g} in {dt:.2f} s "
              f"(embedding {t_embed:.2f} s, dedup {t_dedup:.2f} s)" + (f"; {notes}" if notes else ""))
+
+
+def _report_html(outs, args: argparse.Namespace, m, plan, E: np.ndarray, rows: list[int], texts: list[str], res,
+                 seconds: float) -> None:
+    """`--report-html`: the kept-vs-threshold curve, the pair-score histogram and examples per band, all from one
+    pass over the pairs of the embedded (distinct, non-empty) texts."""
+    from tokvec.dedup import sweep_texts
+    from tokvec.report import DEFAULT_EDGES, band_examples, write_html_report
+    from tokvec.search import duplicate_pairs
+
+    grid = sorted({round(0.80 + 0.005 * k, 3) for k in range(41)} | {res.threshold})
+    lo = min(grid[0], DEFAULT_EDGES[0])
+    i, j, s = duplicate_pairs(E, lo, as_arrays=True)
+    v = plan.vector_items
+    st = res.summary()
+    summary = {"input": args.input, "model": str(args.model or "default"), "texts": plan.n,
+               "threshold": res.threshold, "kept": st["kept"], "removed": st["removed"],
+               "exact_duplicates": st["removed_identical"], "seconds": round(seconds, 2)}
+    if plan.empty.any():
+        summary["empty texts"] = f"{int(plan.empty.sum())} ({'removed' if plan.drop_empty else 'kept'})"
+    with outs.writing(args.report_html) as tmp:
+        write_html_report(tmp, summary=summary, curve=sweep_texts(plan, E, grid, pairs=(i, j, s)), scores=s,
+                          bands=band_examples(len(v), i, j, s), texts=lambda k: texts[v[k]],
+                          rows=[rows[x] for x in v.tolist()], threshold=res.threshold)
 
 
 def cmd_rank(args: argparse.Namespace) -> None:
@@ -594,6 +627,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also print how many texts each threshold keeps: 0.8,0.9 or 0.8:0.98:0.02 or auto")
     p.add_argument("--report", default=None,
                    help="JSONL file: each removed row, the kept row it duplicates (0-based input rows), score, match")
+    p.add_argument("--report-html", default=None, metavar="HTML",
+                   help="one self-contained page to choose the threshold by: kept-vs-threshold curve, pair-score "
+                   "histogram, examples per similarity band (docs/dedup-report.md)")
     p.add_argument("--drop-empty", action="store_true",
                    help="remove empty texts (blank or whitespace only); by default every one is kept and counted")
     p.add_argument("--against", default=None, metavar="REF",

@@ -253,21 +253,24 @@ def dedup_sweep(embeddings: Any, thresholds: Any) -> list[dict[str, float | int]
         one dict per threshold, ascending: `threshold`, `kept`, `removed`, `pairs` (pairs above it).
     """
     e = _matrix(embeddings, "embeddings")
+    ts = _thresholds(thresholds)
+    return _sweep(e.shape[0], *_pairs(e, ts[0]), ts)
+
+
+def _thresholds(thresholds: Any) -> list[float]:
     ts = sorted({_threshold(t) for t in thresholds})
     if not ts:
         raise ValueError("thresholds is empty")
-    i, j, s = _pairs(e, ts[0])
+    return ts
+
+
+def _sweep(n: int, i: np.ndarray, j: np.ndarray, s: np.ndarray, ts: list[float]) -> list[dict[str, float | int]]:
+    """`dedup_sweep` from pairs found at (or below) the lowest threshold."""
     out = []
     for t in ts:
-        kept, _, _ = _resolve(e.shape[0], i, j, s, t)
-        out.append(
-            {
-                "threshold": t,
-                "kept": int(kept.shape[0]),
-                "removed": int(e.shape[0] - kept.shape[0]),
-                "pairs": int((s > t).sum()),
-            }
-        )
+        kept, _, _ = _resolve(n, i, j, s, t)
+        out.append({"threshold": t, "kept": int(kept.shape[0]), "removed": int(n - kept.shape[0]),
+                    "pairs": int((s > t).sum())})
     return out
 
 
@@ -434,20 +437,30 @@ def resolve_texts(
     return DedupResult(kept=kept, dup_of=dup_of, score=score, source=source, threshold=t, exact=exact)
 
 
-def sweep_texts(plan: TextPlan, vectors: Any, thresholds: Any) -> list[dict[str, float | int]]:
+def sweep_texts(
+    plan: TextPlan, vectors: Any, thresholds: Any, *, pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+) -> list[dict[str, float | int]]:
     """`dedup_sweep` for texts: how many items `resolve_texts` keeps at each threshold, from one pass
     (identical texts removed at every threshold, empty texts as the plan says; no reference set).
+
+    Args:
+        plan: from `plan_texts`.
+        vectors: the vectors of `plan.vector_items`.
+        thresholds: thresholds in [-1, 1].
+        pairs: the vector items' pairs (i, j, score) above a threshold at most the lowest one, if
+            already found (e.g. for a report); otherwise they are found here.
 
     Returns:
         one dict per threshold, ascending: `threshold`, `kept`, `removed`, `pairs` (vector pairs
         above it among the vector items).
     """
-    ts = sorted({_threshold(t) for t in thresholds})
-    if not ts:
-        raise ValueError("thresholds is empty")
+    ts = _thresholds(thresholds)
     m = len(plan.vector_items)
-    below = [x for x in ts if x < 1.0]
-    rows = {r["threshold"]: r for r in dedup_sweep(vectors, below)} if below and m else {}
+    below = [x for x in ts if x < 1.0]  # at 1.0 only identical texts are duplicates
+    rows: dict[float, dict[str, float | int]] = {}
+    if below and m:
+        e = _matrix(vectors, "vectors")
+        rows = {r["threshold"]: r for r in _sweep(m, *(pairs if pairs is not None else _pairs(e, below[0])), below)}
     empties = 0 if plan.drop_empty else int(plan.empty.sum())
     out = []
     for x in ts:

@@ -758,7 +758,8 @@ def _named(path: str | os.PathLike[str], tmp: Path | None) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if tmp is not None and e.filename is not None and os.fspath(e.filename) == os.fspath(tmp):
+        # a write error (disk full) has no file name; an error on the temporary file names it
+        if e.filename is None or (tmp is not None and os.fspath(e.filename) == os.fspath(tmp)):
             raise OSError(e.errno, e.strerror, os.fspath(path)) from None
         raise
 
