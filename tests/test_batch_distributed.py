@@ -64,7 +64,7 @@ def test_global_pass_handles_orphans() -> None:
     class M:
         dim = 3
 
-        def embed(self, rows):
+        def _unit_embed(self, rows):
             return X[np.array(rows, np.int64)]
 
     res = [partition_dedup(M(), rows, 0.9) for rows in parts_rows]
@@ -88,7 +88,8 @@ def test_dask_cluster_embed_and_two_level_dedup(model, near_dup_corpus: list[str
     from tokvec.distributed import dask_deduplicate
 
     # real near-duplicates spread over partitions, plus template sentences from Wikipedia
-    texts = near_dup_corpus + wiki_sentences[:1500] + near_dup_corpus[::3]
+    # identical texts across partitions, zero-vector texts and empty texts are decided as Model.deduplicate does
+    texts = near_dup_corpus + wiki_sentences[:1500] + near_dup_corpus[::3] + ["😀", "", "😀", " ", "🎉"] * 3
     parts = [texts[i : i + 300] for i in range(0, len(texts), 300)]
     with (
         distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc,
@@ -100,10 +101,10 @@ def test_dask_cluster_embed_and_two_level_dedup(model, near_dup_corpus: list[str
         np.testing.assert_array_equal(remote, model.embed(texts))
         pids = client.run(lambda: __import__("os").getpid())
         assert len(set(pids.values())) == 2
-        for t in (0.85, 0.9):
+        for t in (0.85, 0.9, 1.0):
             want = model.deduplicate(texts, t, return_indices=True)
             kept, rounds = dask_deduplicate(client, model, parts, t)
-            assert kept.tolist() == want and rounds >= 1
+            assert kept.tolist() == want and rounds >= (t < 1.0)  # at 1.0 only identical texts: no vector pass
         bag = db.from_sequence(texts, npartitions=5)
         kept, _ = dask_deduplicate(client, model, bag, 0.9)
         assert kept.tolist() == model.deduplicate(texts, 0.9, return_indices=True)

@@ -1,8 +1,11 @@
 """Distributed deduplication in two levels, with Dask or any executor.
 
-1. Per partition (on workers): embed, greedy-dedup locally; return the kept rows' local indices,
-   every dropped row's local dropper, and the kept rows' vectors (nothing else crosses the wire;
-   the model travels as a path, see `Model.__reduce__`).
+0. Exact pass (texts): every worker sends the 16-byte `text_keys` of its partition's texts and which
+   are empty; the client finds identical texts across all partitions (first occurrence wins) as
+   `Model.deduplicate` does, and tells each worker which of its texts need a vector.
+1. Per partition (on workers): embed those texts, greedy-dedup locally; return the kept rows' local
+   indices, every dropped row's local dropper, and the kept rows' vectors (nothing else crosses the
+   wire; the model travels as a path, see `Model.__reduce__`).
 2. Global pass (on the client): greedy dedup over the survivors of all partitions, in global order.
 
 Level 2 alone is not exact: a row dropped locally by a row that the global pass then drops may have
@@ -11,7 +14,7 @@ exact greedy keeps a and c; the local pass drops c because of b). So the global 
 fixpoint: every row dropped locally whose dropper did not survive globally is fetched (its vector
 re-embedded on a worker) and joins the candidates. At the fixpoint every row outside the candidates
 is dropped by an earlier globally kept row, and the result equals the single-machine exact greedy
-(`tokvec.dedup_indices` over all rows in order). Usually one or two rounds suffice.
+(`Model.deduplicate` over all texts in order). Usually one or two rounds suffice.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import numpy as np
 
 from tokvec.search import _threshold, dedup_indices
 
-__all__ = ["PartitionResult", "dask_deduplicate", "embed_rows", "global_pass", "partition_dedup"]
+__all__ = ["PartitionResult", "dask_deduplicate", "embed_rows", "exact_pass", "global_pass", "partition_dedup",
+           "partition_keys"]
 
 
 @dataclass
@@ -37,20 +41,49 @@ class PartitionResult:
     vectors: np.ndarray  # embeddings of the kept rows
 
 
-def partition_dedup(model: Any, texts: Sequence[str], threshold: float) -> PartitionResult:
-    """Level 1: embeds one partition and deduplicates it locally (runs on a worker)."""
+def partition_keys(texts: Sequence[str]) -> tuple[list[bytes], np.ndarray]:
+    """Level 0: the text keys of one partition and which texts are empty (runs on a worker)."""
+    from tokvec.dedup import is_empty, text_keys
+
     texts = list(texts)
+    return text_keys(texts), np.array([is_empty(t) for t in texts], bool)
+
+
+def partition_dedup(model: Any, texts: Sequence[str], threshold: float, rows: Sequence[int] | None = None
+                    ) -> PartitionResult:
+    """Level 1: embeds one partition's rows (all, or `rows`: the texts that need a vector) and
+    deduplicates them locally (runs on a worker). Indices in the result count those rows only."""
+    texts = list(texts)
+    if rows is not None:
+        texts = [texts[int(i)] for i in rows]
     if not texts:
         return PartitionResult(0, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, model.dim), np.float32))
-    E = model.embed(texts)
+    E = model._unit_embed(texts)
     kept, dup_of, _ = dedup_indices(E, threshold)
     return PartitionResult(len(texts), kept, dup_of, E[kept])
 
 
 def embed_rows(model: Any, texts: Sequence[str], rows: Sequence[int]) -> np.ndarray:
-    """The embeddings of some rows of a partition (runs on a worker)."""
+    """The unit vectors of some rows of a partition (runs on a worker)."""
     texts = list(texts)
-    return model.embed([texts[int(i)] for i in rows])
+    return model._unit_embed([texts[int(i)] for i in rows])
+
+
+def exact_pass(keys: Sequence[tuple[Sequence[bytes], np.ndarray]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Level 0 on the client: from each partition's (text keys, empty flags), the local rows that need a
+    vector (the first occurrence of each non-empty text over all partitions, in global order) and the
+    local rows of empty texts (kept, as `Model.deduplicate` keeps them)."""
+    seen: set[bytes] = set()
+    vec, empty = [], []
+    for ks, em in keys:
+        rows = []
+        for i, k in enumerate(ks):
+            if not em[i] and k not in seen:
+                seen.add(k)
+                rows.append(i)
+        vec.append(np.array(rows, np.int64))
+        empty.append(np.flatnonzero(em).astype(np.int64))
+    return vec, empty
 
 
 def global_pass(
@@ -117,9 +150,21 @@ def dask_deduplicate(client: Any, model: Any, partitions: Any, threshold: float 
         # them can cancel the other's tasks ("lost dependencies")
         parts_fut = client.scatter([list(p) for p in partitions], hash=False)
     model_fut = client.scatter(model, broadcast=True, hash=False)
-    results = client.gather([client.submit(partition_dedup, model_fut, p, t, pure=False) for p in parts_fut])
+    keys = client.gather([client.submit(partition_keys, p, pure=False) for p in parts_fut])
+    vec, empty = exact_pass(keys)
+    offsets = np.cumsum([0] + [len(k) for k, _ in keys])
+    if t >= 1.0:  # identical texts only, as Model.deduplicate
+        kept_v = np.arange(sum(len(v) for v in vec))
+        rounds = 0
+    else:
+        results = client.gather(
+            [client.submit(partition_dedup, model_fut, p, t, vec[i], pure=False) for i, p in enumerate(parts_fut)]
+        )
 
-    def fetch(p: int, rows: np.ndarray) -> np.ndarray:
-        return client.submit(embed_rows, model_fut, parts_fut[p], rows, pure=False).result()
+        def fetch(p: int, rows: np.ndarray) -> np.ndarray:
+            return client.submit(embed_rows, model_fut, parts_fut[p], vec[p][rows], pure=False).result()
 
-    return global_pass(results, t, fetch)
+        kept_v, rounds = global_pass(results, t, fetch)
+    vec_global = np.concatenate([offsets[p] + v for p, v in enumerate(vec)] + [np.zeros(0, np.int64)])
+    empties = np.concatenate([offsets[p] + e for p, e in enumerate(empty)] + [np.zeros(0, np.int64)])
+    return np.sort(np.concatenate([vec_global[kept_v], empties])).astype(np.int64), rounds
