@@ -912,7 +912,8 @@ class EmbeddingWriter:
                 import pyarrow.parquet as pq
             except ImportError:
                 raise InputError(f"{path}: writing Parquet needs pyarrow: pip install 'tokvec[parquet]'") from None
-        self._tmp = atomic_path(path)
+        self._outs = Outputs()
+        self._tmp = self._outs.add(path)
         with _named(self.path, self._tmp):
             if self.format in ("npy", "safetensors", "jsonl"):
                 self._fh = open(self._tmp, "wb")  # noqa: SIM115
@@ -965,8 +966,7 @@ class EmbeddingWriter:
                 self._fh.close()
             if self._pq is not None:
                 self._pq.close()
-            with _signals_held():
-                os.replace(self._tmp, _destination(self.path))
+        self._outs.commit()
         return self.path
 
     def abort(self) -> None:
@@ -977,7 +977,7 @@ class EmbeddingWriter:
             if self._pq is not None:
                 self._pq.close()
         finally:
-            self._tmp.unlink(missing_ok=True)
+            self._outs.abort()
 
     def __enter__(self) -> EmbeddingWriter:  # noqa: PYI034
         return self
