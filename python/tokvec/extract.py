@@ -48,6 +48,7 @@ from tokvec._core import FormatError
 from tokvec.config import FORMAT_VERSION
 from tokvec.formats import EMBEDDING_NAMES, EMBEDDING_SUFFIXES, LM_HEAD_NAMES, PICKLE_SUFFIXES
 from tokvec.model import _NP_DTYPES
+from tokvec.tokenizer import core_reason, read_tokenizer
 
 __all__ = ["inspect", "extract", "SourceInfo", "TensorInfo"]
 
@@ -86,6 +87,8 @@ class SourceInfo:
     tokenizer: str | None = None
     vocab_size: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: why the tokenizer found (or given) cannot be used, naming its file; None when it can, or when there is none
+    tokenizer_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict."""
@@ -112,6 +115,8 @@ class SourceInfo:
                 elif rows < self.vocab_size:
                     extra = f" (MORE ids than the table's {rows} rows: this tokenizer does not match)"
             lines.append(f"tokenizer:  {self.tokenizer}, {self.vocab_size} ids{extra}")
+        elif self.tokenizer_error is not None:
+            lines.append(f"tokenizer:  found but unusable: {self.tokenizer_error}")
         else:
             lines.append("tokenizer:  none found (pass --tokenizer path/to/tokenizer.json)")
         w = max([len(t.name) for t in self.tensors] + [4])
@@ -235,9 +240,11 @@ def _locate(path: str | os.PathLike[str], tokenizer: str | os.PathLike[str] | No
         src.gguf = _core.GgufFile(src.files[0])
     if tokenizer is not None:
         src.tokenizer_path = Path(tokenizer).expanduser()
+        if src.tokenizer_path.is_dir():
+            raise IsADirectoryError(f"{src.tokenizer_path}: a folder, not a tokenizer JSON file")
         if not src.tokenizer_path.is_file():
             raise FileNotFoundError(f"{src.tokenizer_path}: tokenizer file not found")
-    elif (folder / "tokenizer.json").is_file():
+    elif (folder / "tokenizer.json").is_file() or (folder / "tokenizer.json").is_dir():  # a folder is reported
         src.tokenizer_path = folder / "tokenizer.json"
     return src
 
@@ -264,22 +271,21 @@ class _Tok:
 
 def _tokenizer(src: _Source, required: bool) -> _Tok | None:
     if src.tokenizer_path is not None:
-        try:
-            raw = src.tokenizer_path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise _core.TokenizerError(f"{src.tokenizer_path}: not a UTF-8 text file, so not a tokenizer JSON") from None
-        try:
-            core = _core.Tokenizer(raw, False)
-        except _core.TokenizerError as e:
-            raise _core.TokenizerError(f"{src.tokenizer_path}: {e}") from None
-        return _Tok(raw, str(src.tokenizer_path), int(core.id_limit))
+        core = read_tokenizer(src.tokenizer_path)
+        return _Tok(str(core.json), str(src.tokenizer_path), int(core.id_limit))
     if src.gguf is not None:
         from tokvec.gguf_tokenizer import tokenizer_json_from_gguf
 
         md = src.gguf.metadata()
         if "tokenizer.ggml.model" in md or required:
             js = tokenizer_json_from_gguf(md, source=str(src.files[0]))
-            core = _core.Tokenizer(js, False)
+            try:
+                core = _core.Tokenizer(js, False)
+            except _core.TokenizerError as e:
+                raise _core.TokenizerError(
+                    f"{src.files[0]}: its tokenizer metadata does not make a valid tokenizer "
+                    f"({core_reason(str(e), position=False)}); pass the model's tokenizer.json with tokenizer='...'"
+                ) from None
             model, pre = md.get("tokenizer.ggml.model"), md.get("tokenizer.ggml.pre")
             origin = f"GGUF metadata ({model}{f', pre={pre}' if pre else ''})"
             return _Tok(js, origin, int(core.id_limit))
@@ -394,6 +400,9 @@ def inspect(
     Raises:
         FileNotFoundError: the path does not exist.
         FormatError: a malformed file or index, or a pickle checkpoint.
+
+    A tokenizer that is found (or given) but cannot be read or built does not raise: the report says why, naming
+    the file (`SourceInfo.tokenizer_error`).
     """
     src = _locate(path, tokenizer)
     tensors = src.tensors()
@@ -403,6 +412,8 @@ def inspect(
         tok = _tokenizer(src, required=False)
     except (FormatError, _core.TokenizerError) as e:
         tok_err = str(e)
+    except OSError as e:  # a tokenizer.json that is a folder or cannot be read: the rest can still be described
+        tok_err = f"{e.filename}: {e.strerror}" if e.filename else str(e)
     vocab = tok.id_limit if tok is not None else None
     found, err = None, None
     try:
@@ -420,14 +431,10 @@ def inspect(
     if src.gguf is not None:
         md = {k: v for k, v in src.gguf.metadata().items() if not isinstance(v, list)}
         md["gguf.version"] = src.gguf.version
-    info = SourceInfo(
+    return SourceInfo(
         str(src.path), src.format, [str(f) for f in src.files], tensors, found, err,
-        tok.origin if tok is not None else None, vocab, md,
+        tok.origin if tok is not None else None, vocab, md, tok_err,
     )
-    if tok_err is not None and tok is None:
-        info.tokenizer = None
-        info.key_error = (info.key_error + "; " if info.key_error else "") + f"tokenizer: {tok_err}"
-    return info
 
 
 # ------------------------------------------------------------------------------------------------ extract
