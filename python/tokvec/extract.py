@@ -595,8 +595,10 @@ def extract(
         the output folder; `tokvec.load(out)` opens it.
 
     Raises:
-        FileNotFoundError: a source does not exist.
+        FileNotFoundError: a source, or the folder `out` is to be made in, does not exist.
         FileExistsError: `out` exists and is not an empty folder.
+        NotADirectoryError: the parent of `out` is a file.
+        PermissionError: no permission to create a folder beside `out`.
         FormatError: malformed or truncated files, an ambiguous or missing table, a tokenizer that
             does not fit the table, NaN/Inf rows (listed), an unsupported quantization.
         ValueError: inconsistent options.
@@ -605,8 +607,6 @@ def extract(
     if not srcs:
         raise ValueError("no source given")
     out_path = Path(out).expanduser()
-    if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())):
-        raise FileExistsError(f"{out_path}: exists and is not an empty folder")
     dtype = _check_dtype(dtype)
     if not isinstance(pca, bool) or not isinstance(center, bool) or not isinstance(trim, bool):
         raise TypeError("pca, center and trim must be bools")
@@ -617,48 +617,47 @@ def extract(
     if dim is not None and not pca:
         raise ValueError("dim=N needs pca=True (to keep the first N columns instead, use tokvec.load(path, dim=N))")
 
-    opened = [_open_table(s, key, tokenizer) for s in srcs]
-    first = opened[0]
-    for o in opened[1:]:
-        diff = _same_vocab(first.tok.json, o.tok.json)
-        if diff is not None:
-            raise FormatError(
-                f"{o.src.path}: its tokenizer differs from {first.src.path}'s ({diff}); "
-                "concatenated tables must share one tokenizer"
-            )
-    vocab = first.tok.id_limit
-    rows = vocab if trim else min(int(o.table.rows) for o in opened)
-    cols_in = sum(int(o.table.cols) for o in opened)
-    if dim is not None and dim > cols_in:
-        raise ValueError(f"dim={dim} is larger than the table's {cols_in} columns")
-    out_dtype = dtype or _default_dtype(first.table.dtype)
-    cols_out = dim if pca else cols_in
-    # Per-token weights: one source keeps them as its `weights` tensor; several sources each have their own,
-    # which one vector cannot hold, so each source's rows are multiplied by its weights (pooling is
-    # sum(w[t] * row[t]) / n, so each part then pools as its source did) and the output has none.
-    weighted = [i for i, o in enumerate(opened) if o.weights is not None]
-    carry = first.weights[:rows] if len(opened) == 1 and weighted else None
-    bake = len(opened) > 1 and bool(weighted)
-    if carry is not None:
-        weights_note = "kept (the source's per-token weights)"
-    elif bake:
-        weights_note = f"multiplied into the rows of {', '.join(map(str, weighted))} (sources by position)"
-    else:
-        weights_note = None
-
-    # sha256 of each source tensor's bytes, in background threads (hashlib releases the GIL)
-    shas: list[list[str]] = [[] for _ in opened]
-    errs: list[BaseException] = []
-    threads = []
-    for o, box in zip(opened, shas):
-        a, b = o.table.byte_range
-        t = threading.Thread(target=_sha256_range, args=(str(o.file), a, b, box, errs), daemon=True)
-        t.start()
-        threads.append(t)
-
-    parent = out_path.parent if str(out_path.parent) else Path(".")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=parent))
+    tmp = _output_folder(out_path)
+    threads: list[threading.Thread] = []
     try:
+        opened = [_open_table(s, key, tokenizer) for s in srcs]
+        first = opened[0]
+        for o in opened[1:]:
+            diff = _same_vocab(first.tok.json, o.tok.json)
+            if diff is not None:
+                raise FormatError(
+                    f"{o.src.path}: its tokenizer differs from {first.src.path}'s ({diff}); "
+                    "concatenated tables must share one tokenizer"
+                )
+        vocab = first.tok.id_limit
+        rows = vocab if trim else min(int(o.table.rows) for o in opened)
+        cols_in = sum(int(o.table.cols) for o in opened)
+        if dim is not None and dim > cols_in:
+            raise ValueError(f"dim={dim} (--dim) is larger than the table's {cols_in} columns")
+        out_dtype = dtype or _default_dtype(first.table.dtype)
+        cols_out = dim if pca else cols_in
+        # Per-token weights: one source keeps them as its `weights` tensor; several sources each have their own,
+        # which one vector cannot hold, so each source's rows are multiplied by its weights (pooling is
+        # sum(w[t] * row[t]) / n, so each part then pools as its source did) and the output has none.
+        weighted = [i for i, o in enumerate(opened) if o.weights is not None]
+        carry = first.weights[:rows] if len(opened) == 1 and weighted else None
+        bake = len(opened) > 1 and bool(weighted)
+        if carry is not None:
+            weights_note = "kept (the source's per-token weights)"
+        elif bake:
+            weights_note = f"multiplied into the rows of {', '.join(map(str, weighted))} (sources by position)"
+        else:
+            weights_note = None
+
+        # sha256 of each source tensor's bytes, in background threads (hashlib releases the GIL)
+        shas: list[list[str]] = [[] for _ in opened]
+        errs: list[BaseException] = []
+        for o, box in zip(opened, shas):
+            a, b = o.table.byte_range
+            t = threading.Thread(target=_sha256_range, args=(str(o.file), a, b, box, errs), daemon=True)
+            t.start()
+            threads.append(t)
+
         info: dict[str, Any] = {}
         with open(tmp / "model.safetensors", "wb") as fh:
             _write_header(fh, rows, cols_out, out_dtype, weights=carry is not None)
@@ -704,15 +703,45 @@ def extract(
         if lic:
             cfg["license"] = lic
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if out_path.exists():
-            out_path.rmdir()
-        os.replace(tmp, out_path)
+        try:
+            if out_path.exists():
+                out_path.rmdir()
+            os.replace(tmp, out_path)
+        except OSError as e:  # something else wrote to OUT meanwhile: the error would name the hidden folder
+            raise FileExistsError(f"{out_path}: filled by something else during the extraction ({e.strerror})") from None
     except BaseException:
         for t in threads:
             t.join()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_path
+
+
+def _output_folder(out: Path) -> Path:
+    """Checks, before any work, that the output folder `out` can be made, and makes the hidden sibling folder it
+    is written in (renamed to `out` at the end, so an interrupted run leaves no half-written model). Errors name
+    `out` and its parent folder, never the hidden one.
+
+    Raises:
+        FileExistsError: `out` exists and is not an empty folder.
+        FileNotFoundError: the parent folder does not exist.
+        NotADirectoryError: the parent is a file.
+        PermissionError: no permission to create a folder in the parent.
+        OSError: the parent does not take a new folder for another reason (read-only file system, ...).
+    """
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: exists and is not an empty folder")
+    parent = out.parent
+    if not parent.exists():
+        raise FileNotFoundError(f"{out}: folder {parent} does not exist")
+    if not parent.is_dir():
+        raise NotADirectoryError(f"{out}: {parent} is a file, not a folder")
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    except PermissionError:
+        raise PermissionError(f"{out}: no permission to create a folder in {parent}") from None
+    except OSError as e:
+        raise OSError(f"{out}: cannot create a folder in {parent} ({e.strerror or e})") from None
 
 
 def _write_header(fh: Any, rows: int, cols: int, dtype: str, *, weights: bool = False) -> None:
