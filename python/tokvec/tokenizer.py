@@ -161,7 +161,8 @@ def _why_not(raw: str, core_msg: str) -> str:
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
         return f"not a tokenizer JSON (the top level is {kind}, not an object)"
     if not isinstance(data.get("model"), dict):
-        has = "no \"model\"" if "model" not in data else f'"model": {json.dumps(data["model"])[:40]}'
+        shown = json.dumps(data.get("model"))
+        has = "no \"model\"" if "model" not in data else f'"model": {shown if len(shown) <= 40 else shown[:37] + "..."}'
         return f'not a tokenizer JSON (it has {has}; a tokenizer has a "model" object, e.g. {{"type": "BPE", ...}})'
     return f"not a tokenizer JSON the tokenizers library can build ({core_reason(core_msg)})"
 
