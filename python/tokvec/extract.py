@@ -48,6 +48,7 @@ from tokvec._core import FormatError
 from tokvec.config import FORMAT_VERSION
 from tokvec.formats import EMBEDDING_NAMES, EMBEDDING_SUFFIXES, LM_HEAD_NAMES, PICKLE_SUFFIXES
 from tokvec.model import _NP_DTYPES
+from tokvec.tokenizer import core_reason, read_tokenizer
 
 __all__ = ["inspect", "extract", "SourceInfo", "TensorInfo"]
 
@@ -86,6 +87,8 @@ class SourceInfo:
     tokenizer: str | None = None
     vocab_size: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: why the tokenizer found (or given) cannot be used, naming its file; None when it can, or when there is none
+    tokenizer_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict."""
@@ -112,6 +115,8 @@ class SourceInfo:
                 elif rows < self.vocab_size:
                     extra = f" (MORE ids than the table's {rows} rows: this tokenizer does not match)"
             lines.append(f"tokenizer:  {self.tokenizer}, {self.vocab_size} ids{extra}")
+        elif self.tokenizer_error is not None:
+            lines.append(f"tokenizer:  found but unusable: {self.tokenizer_error}")
         else:
             lines.append("tokenizer:  none found (pass --tokenizer path/to/tokenizer.json)")
         w = max([len(t.name) for t in self.tensors] + [4])
@@ -235,9 +240,11 @@ def _locate(path: str | os.PathLike[str], tokenizer: str | os.PathLike[str] | No
         src.gguf = _core.GgufFile(src.files[0])
     if tokenizer is not None:
         src.tokenizer_path = Path(tokenizer).expanduser()
+        if src.tokenizer_path.is_dir():
+            raise IsADirectoryError(f"{src.tokenizer_path}: a folder, not a tokenizer JSON file")
         if not src.tokenizer_path.is_file():
             raise FileNotFoundError(f"{src.tokenizer_path}: tokenizer file not found")
-    elif (folder / "tokenizer.json").is_file():
+    elif (folder / "tokenizer.json").is_file() or (folder / "tokenizer.json").is_dir():  # a folder is reported
         src.tokenizer_path = folder / "tokenizer.json"
     return src
 
@@ -264,22 +271,21 @@ class _Tok:
 
 def _tokenizer(src: _Source, required: bool) -> _Tok | None:
     if src.tokenizer_path is not None:
-        try:
-            raw = src.tokenizer_path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise _core.TokenizerError(f"{src.tokenizer_path}: not a UTF-8 text file, so not a tokenizer JSON") from None
-        try:
-            core = _core.Tokenizer(raw, False)
-        except _core.TokenizerError as e:
-            raise _core.TokenizerError(f"{src.tokenizer_path}: {e}") from None
-        return _Tok(raw, str(src.tokenizer_path), int(core.id_limit))
+        core = read_tokenizer(src.tokenizer_path)
+        return _Tok(str(core.json), str(src.tokenizer_path), int(core.id_limit))
     if src.gguf is not None:
         from tokvec.gguf_tokenizer import tokenizer_json_from_gguf
 
         md = src.gguf.metadata()
         if "tokenizer.ggml.model" in md or required:
             js = tokenizer_json_from_gguf(md, source=str(src.files[0]))
-            core = _core.Tokenizer(js, False)
+            try:
+                core = _core.Tokenizer(js, False)
+            except _core.TokenizerError as e:
+                raise _core.TokenizerError(
+                    f"{src.files[0]}: its tokenizer metadata does not make a valid tokenizer "
+                    f"({core_reason(str(e), position=False)}); pass the model's tokenizer.json with tokenizer='...'"
+                ) from None
             model, pre = md.get("tokenizer.ggml.model"), md.get("tokenizer.ggml.pre")
             origin = f"GGUF metadata ({model}{f', pre={pre}' if pre else ''})"
             return _Tok(js, origin, int(core.id_limit))
@@ -394,6 +400,9 @@ def inspect(
     Raises:
         FileNotFoundError: the path does not exist.
         FormatError: a malformed file or index, or a pickle checkpoint.
+
+    A tokenizer that is found (or given) but cannot be read or built does not raise: the report says why, naming
+    the file (`SourceInfo.tokenizer_error`).
     """
     src = _locate(path, tokenizer)
     tensors = src.tensors()
@@ -403,6 +412,8 @@ def inspect(
         tok = _tokenizer(src, required=False)
     except (FormatError, _core.TokenizerError) as e:
         tok_err = str(e)
+    except OSError as e:  # a tokenizer.json that is a folder or cannot be read: the rest can still be described
+        tok_err = f"{e.filename}: {e.strerror}" if e.filename else str(e)
     vocab = tok.id_limit if tok is not None else None
     found, err = None, None
     try:
@@ -420,14 +431,10 @@ def inspect(
     if src.gguf is not None:
         md = {k: v for k, v in src.gguf.metadata().items() if not isinstance(v, list)}
         md["gguf.version"] = src.gguf.version
-    info = SourceInfo(
+    return SourceInfo(
         str(src.path), src.format, [str(f) for f in src.files], tensors, found, err,
-        tok.origin if tok is not None else None, vocab, md,
+        tok.origin if tok is not None else None, vocab, md, tok_err,
     )
-    if tok_err is not None and tok is None:
-        info.tokenizer = None
-        info.key_error = (info.key_error + "; " if info.key_error else "") + f"tokenizer: {tok_err}"
-    return info
 
 
 # ------------------------------------------------------------------------------------------------ extract
@@ -588,8 +595,10 @@ def extract(
         the output folder; `tokvec.load(out)` opens it.
 
     Raises:
-        FileNotFoundError: a source does not exist.
+        FileNotFoundError: a source, or the folder `out` is to be made in, does not exist.
         FileExistsError: `out` exists and is not an empty folder.
+        NotADirectoryError: the parent of `out` is a file.
+        PermissionError: no permission to create a folder beside `out`.
         FormatError: malformed or truncated files, an ambiguous or missing table, a tokenizer that
             does not fit the table, NaN/Inf rows (listed), an unsupported quantization.
         ValueError: inconsistent options.
@@ -598,8 +607,6 @@ def extract(
     if not srcs:
         raise ValueError("no source given")
     out_path = Path(out).expanduser()
-    if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())):
-        raise FileExistsError(f"{out_path}: exists and is not an empty folder")
     dtype = _check_dtype(dtype)
     if not isinstance(pca, bool) or not isinstance(center, bool) or not isinstance(trim, bool):
         raise TypeError("pca, center and trim must be bools")
@@ -610,48 +617,47 @@ def extract(
     if dim is not None and not pca:
         raise ValueError("dim=N needs pca=True (to keep the first N columns instead, use tokvec.load(path, dim=N))")
 
-    opened = [_open_table(s, key, tokenizer) for s in srcs]
-    first = opened[0]
-    for o in opened[1:]:
-        diff = _same_vocab(first.tok.json, o.tok.json)
-        if diff is not None:
-            raise FormatError(
-                f"{o.src.path}: its tokenizer differs from {first.src.path}'s ({diff}); "
-                "concatenated tables must share one tokenizer"
-            )
-    vocab = first.tok.id_limit
-    rows = vocab if trim else min(int(o.table.rows) for o in opened)
-    cols_in = sum(int(o.table.cols) for o in opened)
-    if dim is not None and dim > cols_in:
-        raise ValueError(f"dim={dim} is larger than the table's {cols_in} columns")
-    out_dtype = dtype or _default_dtype(first.table.dtype)
-    cols_out = dim if pca else cols_in
-    # Per-token weights: one source keeps them as its `weights` tensor; several sources each have their own,
-    # which one vector cannot hold, so each source's rows are multiplied by its weights (pooling is
-    # sum(w[t] * row[t]) / n, so each part then pools as its source did) and the output has none.
-    weighted = [i for i, o in enumerate(opened) if o.weights is not None]
-    carry = first.weights[:rows] if len(opened) == 1 and weighted else None
-    bake = len(opened) > 1 and bool(weighted)
-    if carry is not None:
-        weights_note = "kept (the source's per-token weights)"
-    elif bake:
-        weights_note = f"multiplied into the rows of {', '.join(map(str, weighted))} (sources by position)"
-    else:
-        weights_note = None
-
-    # sha256 of each source tensor's bytes, in background threads (hashlib releases the GIL)
-    shas: list[list[str]] = [[] for _ in opened]
-    errs: list[BaseException] = []
-    threads = []
-    for o, box in zip(opened, shas):
-        a, b = o.table.byte_range
-        t = threading.Thread(target=_sha256_range, args=(str(o.file), a, b, box, errs), daemon=True)
-        t.start()
-        threads.append(t)
-
-    parent = out_path.parent if str(out_path.parent) else Path(".")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=parent))
+    tmp = _output_folder(out_path)
+    threads: list[threading.Thread] = []
     try:
+        opened = [_open_table(s, key, tokenizer) for s in srcs]
+        first = opened[0]
+        for o in opened[1:]:
+            diff = _same_vocab(first.tok.json, o.tok.json)
+            if diff is not None:
+                raise FormatError(
+                    f"{o.src.path}: its tokenizer differs from {first.src.path}'s ({diff}); "
+                    "concatenated tables must share one tokenizer"
+                )
+        vocab = first.tok.id_limit
+        rows = vocab if trim else min(int(o.table.rows) for o in opened)
+        cols_in = sum(int(o.table.cols) for o in opened)
+        if dim is not None and dim > cols_in:
+            raise ValueError(f"dim={dim} (--dim) is larger than the table's {cols_in} columns")
+        out_dtype = dtype or _default_dtype(first.table.dtype)
+        cols_out = dim if pca else cols_in
+        # Per-token weights: one source keeps them as its `weights` tensor; several sources each have their own,
+        # which one vector cannot hold, so each source's rows are multiplied by its weights (pooling is
+        # sum(w[t] * row[t]) / n, so each part then pools as its source did) and the output has none.
+        weighted = [i for i, o in enumerate(opened) if o.weights is not None]
+        carry = first.weights[:rows] if len(opened) == 1 and weighted else None
+        bake = len(opened) > 1 and bool(weighted)
+        if carry is not None:
+            weights_note = "kept (the source's per-token weights)"
+        elif bake:
+            weights_note = f"multiplied into the rows of {', '.join(map(str, weighted))} (sources by position)"
+        else:
+            weights_note = None
+
+        # sha256 of each source tensor's bytes, in background threads (hashlib releases the GIL)
+        shas: list[list[str]] = [[] for _ in opened]
+        errs: list[BaseException] = []
+        for o, box in zip(opened, shas):
+            a, b = o.table.byte_range
+            t = threading.Thread(target=_sha256_range, args=(str(o.file), a, b, box, errs), daemon=True)
+            t.start()
+            threads.append(t)
+
         info: dict[str, Any] = {}
         with open(tmp / "model.safetensors", "wb") as fh:
             _write_header(fh, rows, cols_out, out_dtype, weights=carry is not None)
@@ -697,15 +703,45 @@ def extract(
         if lic:
             cfg["license"] = lic
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if out_path.exists():
-            out_path.rmdir()
-        os.replace(tmp, out_path)
+        try:
+            if out_path.exists():
+                out_path.rmdir()
+            os.replace(tmp, out_path)
+        except OSError as e:  # something else wrote to OUT meanwhile: the error would name the hidden folder
+            raise FileExistsError(f"{out_path}: filled by something else during the extraction ({e.strerror})") from None
     except BaseException:
         for t in threads:
             t.join()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_path
+
+
+def _output_folder(out: Path) -> Path:
+    """Checks, before any work, that the output folder `out` can be made, and makes the hidden sibling folder it
+    is written in (renamed to `out` at the end, so an interrupted run leaves no half-written model). Errors name
+    `out` and its parent folder, never the hidden one.
+
+    Raises:
+        FileExistsError: `out` exists and is not an empty folder.
+        FileNotFoundError: the parent folder does not exist.
+        NotADirectoryError: the parent is a file.
+        PermissionError: no permission to create a folder in the parent.
+        OSError: the parent does not take a new folder for another reason (read-only file system, ...).
+    """
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: exists and is not an empty folder")
+    parent = out.parent
+    if not parent.exists():
+        raise FileNotFoundError(f"{out}: folder {parent} does not exist")
+    if not parent.is_dir():
+        raise NotADirectoryError(f"{out}: {parent} is a file, not a folder")
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    except PermissionError:
+        raise PermissionError(f"{out}: no permission to create a folder in {parent}") from None
+    except OSError as e:
+        raise OSError(f"{out}: cannot create a folder in {parent} ({e.strerror or e})") from None
 
 
 def _write_header(fh: Any, rows: int, cols: int, dtype: str, *, weights: bool = False) -> None:

@@ -11,9 +11,10 @@ fast encoder runs instead, with the same ids (`LoadedTokenizer.kind`; `fast=Fals
 
 from __future__ import annotations
 
+import json
+import re
 from functools import cached_property
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from tokvec import _core
@@ -22,7 +23,23 @@ from tokvec._core import FormatError, TokenizerError
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-__all__ = ["LoadedTokenizer", "load_tokenizer", "check_fits"]
+__all__ = ["LoadedTokenizer", "check_fits", "core_reason", "load_tokenizer", "read_tokenizer"]
+
+
+# the core's message is "tokenizer: cannot build the tokenizer from its JSON: <the tokenizers crate's serde error>"
+_CORE_PREFIX = re.compile(r"^(tokenizer: )?(cannot build the tokenizer from its JSON: )?")
+# serde names the Rust enum a section failed to match, e.g. "untagged enum ModelUntagged" for "model"
+_UNTAGGED = re.compile(r"data did not match any variant of untagged enum (\w+)")
+# where in the JSON the error is
+_POSITION = re.compile(r" at line \d+ column \d+$")
+_SECTIONS = {
+    "ModelUntagged": '"model"',
+    "NormalizerUntagged": '"normalizer"',
+    "PreTokenizerUntagged": '"pre_tokenizer"',
+    "PostProcessorUntagged": '"post_processor"',
+    "DecoderUntagged": '"decoder"',
+    "MergeType": '"merges"',
+}
 
 
 class LoadedTokenizer:
@@ -83,15 +100,71 @@ def load_tokenizer(path: str | Path, *, add_special_tokens: bool = False, fast: 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: tokenizer file not found")
+    core = read_tokenizer(path, add_special_tokens=add_special_tokens, fast=fast)
+    return LoadedTokenizer(core, path, add_special_tokens)
+
+
+def read_tokenizer(path: Path, *, add_special_tokens: bool = False, fast: bool = True) -> _core.Tokenizer:
+    """Reads a tokenizer JSON file and builds it in the core (the one reader `load` and `extract` share).
+
+    Args:
+        path: the file.
+        add_special_tokens: see `load_tokenizer`.
+        fast: see `load_tokenizer`.
+
+    Returns:
+        the `_core.Tokenizer` (its `json` is the file's text).
+
+    Raises:
+        OSError: the file cannot be read (the error names it); IsADirectoryError for a folder.
+        TokenizerError: the file is not a tokenizer JSON: the message names the file and says what is wrong in
+            one line (not valid JSON and where, no "model" section, a section in an unknown form).
+    """
     try:
         raw = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise TokenizerError(f"{path}: not a UTF-8 text file, so not a tokenizer JSON") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{path}: a folder, not a tokenizer JSON file") from None
     try:
-        core = _core.Tokenizer(raw, add_special_tokens, fast)
+        return _core.Tokenizer(raw, add_special_tokens, fast)
     except TokenizerError as e:
-        raise TokenizerError(f"{path}: {e}") from None
-    return LoadedTokenizer(core, path, add_special_tokens)
+        raise TokenizerError(f"{path}: {_why_not(raw, str(e))}") from None
+
+
+def core_reason(msg: str, *, position: bool = True) -> str:
+    """The reason in a core TokenizerError's message, without the core's prefixes ("tokenizer: cannot build the
+    tokenizer from its JSON: "), with the sections the tokenizers crate names by its Rust types ("untagged enum
+    ModelUntagged") named by their JSON keys, and, without `position`, without the line and column (of a JSON
+    the user never saw, e.g. one rebuilt from GGUF metadata)."""
+    msg = _CORE_PREFIX.sub("", msg)
+    m = _UNTAGGED.search(msg)
+    if m:
+        section = _SECTIONS.get(m.group(1), "a section")
+        msg = f"{msg[: m.start()]}the {section} section is in no form the tokenizers library reads{msg[m.end() :]}"
+    return msg if position else _POSITION.sub("", msg)
+
+
+def _why_not(raw: str, core_msg: str) -> str:
+    """Why the core could not build a tokenizer from `raw`, in the words of a user of the file: whether it is
+    JSON at all (with the parser's line and column), a top level or "model" of the wrong kind by name, and the
+    sections the tokenizers crate names by its Rust types ("untagged enum ModelUntagged") by their JSON keys.
+    Runs only after a failure, so a valid file is parsed once."""
+    if not raw.strip():
+        return "the file is empty, so not a tokenizer JSON"
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        # serde's own words are clear for syntax ("EOF while parsing a string at line 1 column 200")
+        return f"not valid JSON ({core_reason(core_msg)})"
+    if not isinstance(data, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
+        return f"not a tokenizer JSON (the top level is {kind}, not an object)"
+    if not isinstance(data.get("model"), dict):
+        shown = json.dumps(data.get("model"))
+        has = "no \"model\"" if "model" not in data else f'"model": {shown if len(shown) <= 40 else shown[:37] + "..."}'
+        return f'not a tokenizer JSON (it has {has}; a tokenizer has a "model" object, e.g. {{"type": "BPE", ...}})'
+    return f"not a tokenizer JSON the tokenizers library can build ({core_reason(core_msg)})"
 
 
 def check_fits(tok: LoadedTokenizer, id_limit: int, table_path: Path) -> None:
