@@ -19,8 +19,6 @@ from tokvec.split import _BLOCK, _merge, semantic_split, split_units
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-# the last commit with the one global merge (every piece embedded at once), before blocks
-GLOBAL_MERGE_COMMIT = "b8f1a2d"
 
 
 @pytest.fixture(scope="module")
@@ -64,24 +62,18 @@ def _global_merge(model: tokvec.Model, text: str, target: int) -> list[str]:
     return ["".join(units[a:b]) for a, b in zip(starts, [*starts[1:], len(units)])]
 
 
-def _before_blocks(tmp_path: Path):
-    """`tokvec/split.py` as it was before blocks, from the repository's history."""
-    try:
-        src = subprocess.run(["git", "-C", str(REPO), "show", f"{GLOBAL_MERGE_COMMIT}:python/tokvec/split.py"],
-                             capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip(f"commit {GLOBAL_MERGE_COMMIT} is not in this checkout's history")
-    path = tmp_path / "split_before_blocks.py"
-    path.write_text(src, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("split_before_blocks", path)
+def _before_blocks():
+    """`tokvec/split.py` as it was before blocks (one global merge), kept verbatim as a test fixture."""
+    spec = importlib.util.spec_from_file_location("split_before_blocks", REPO / "tests" / "fixtures" /
+                                                  "split_before_blocks.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 @pytest.mark.parametrize("target", [256, 512, 1536, 4096])
-def test_same_chunks_as_before_blocks(model, scifact, wikipedia, tmp_path, target: int) -> None:
-    before = _before_blocks(tmp_path)
+def test_same_chunks_as_before_blocks(model, scifact, wikipedia, target: int) -> None:
+    before = _before_blocks()
     for text in (scifact, wikipedia):
         assert len(split_units(text, target // 4)) <= _BLOCK  # documents of normal size are one block
         assert semantic_split(model, text, target) == before.semantic_split(model, text, target)

@@ -490,32 +490,37 @@ def cmd_split(args: argparse.Namespace) -> None:
         docs = iter([([0], [src.read_whole()])])  # a text file (or stdin) is one document
     else:
         docs = src.chunks(args.batch_size)
-    with Outputs() as outs:
-        outs.add(args.output)
-        out_rows = []
-        n_docs = 0
+    stats = {"docs": 0, "chunks": 0, "max": 0, "chars": 0}
+
+    def lines():
+        # streamed: a long document at a tiny target size gives millions of chunks
+        as_txt = args.output is not None and args.output.endswith(".txt")
         for rows, chunk in docs:
             for row, text in zip(rows, chunk):
                 for j, c in enumerate(m.split(text, args.target_size)):
-                    out_rows.append({"doc": row, "chunk": j, "chars": len(c), "text": c})
-                n_docs += 1
-        if args.output and args.output.endswith(".txt"):
-            lines = [r["text"].replace("\n", " ").strip() + "\n" for r in out_rows]
-        else:
-            lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows]
+                    stats["chunks"] += 1
+                    stats["max"] = max(stats["max"], len(c))
+                    stats["chars"] += len(c)
+                    if as_txt:
+                        yield c.replace("\n", " ").strip() + "\n"
+                    else:
+                        yield json.dumps({"doc": row, "chunk": j, "chars": len(c), "text": c}, ensure_ascii=False) + "\n"
+                stats["docs"] += 1
+
+    with Outputs() as outs:
+        outs.add(args.output)
         if args.output:
-            outs.write_lines(args.output, lines)
+            outs.write_lines(args.output, lines())
         else:
-            sys.stdout.writelines(lines)
+            sys.stdout.writelines(lines())
     dt = time.perf_counter() - t0
-    sizes = [r["chars"] for r in out_rows] or [0]
-    info = {"command": "split", "input": args.input, "documents": n_docs, "chunks": len(out_rows),
-            "max_chars": max(sizes), "mean_chars": round(sum(sizes) / max(len(out_rows), 1), 1),
+    info = {"command": "split", "input": args.input, "documents": stats["docs"], "chunks": stats["chunks"],
+            "max_chars": stats["max"], "mean_chars": round(stats["chars"] / max(stats["chunks"], 1), 1),
             "seconds": round(dt, 3)}
     if args.json and args.output:
         print(json.dumps(info))
     if not args.quiet:
-        print(f"split {n_docs} document(s) into {len(out_rows)} chunks (max {max(sizes)} chars, target "
+        print(f"split {stats['docs']} document(s) into {stats['chunks']} chunks (max {stats['max']} chars, target "
               f"{args.target_size}) in {dt:.2f} s", file=sys.stderr)
 
 

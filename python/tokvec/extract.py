@@ -34,7 +34,6 @@ import json
 import mmap
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,6 +47,7 @@ from tokvec._core import FormatError
 from tokvec.config import FORMAT_VERSION
 from tokvec.formats import EMBEDDING_NAMES, EMBEDDING_SUFFIXES, LM_HEAD_NAMES, PICKLE_SUFFIXES
 from tokvec.model import _NP_DTYPES
+from tokvec.textio import atomic_folder
 from tokvec.tokenizer import core_reason, read_tokenizer
 
 __all__ = ["inspect", "extract", "SourceInfo", "TensorInfo"]
@@ -617,7 +617,7 @@ def extract(
     if dim is not None and not pca:
         raise ValueError("dim=N needs pca=True (to keep the first N columns instead, use tokvec.load(path, dim=N))")
 
-    tmp = _output_folder(out_path)
+    tmp = atomic_folder(out_path)
     threads: list[threading.Thread] = []
     try:
         opened = [_open_table(s, key, tokenizer) for s in srcs]
@@ -715,33 +715,6 @@ def extract(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_path
-
-
-def _output_folder(out: Path) -> Path:
-    """Checks, before any work, that the output folder `out` can be made, and makes the hidden sibling folder it
-    is written in (renamed to `out` at the end, so an interrupted run leaves no half-written model). Errors name
-    `out` and its parent folder, never the hidden one.
-
-    Raises:
-        FileExistsError: `out` exists and is not an empty folder.
-        FileNotFoundError: the parent folder does not exist.
-        NotADirectoryError: the parent is a file.
-        PermissionError: no permission to create a folder in the parent.
-        OSError: the parent does not take a new folder for another reason (read-only file system, ...).
-    """
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out}: exists and is not an empty folder")
-    parent = out.parent
-    if not parent.exists():
-        raise FileNotFoundError(f"{out}: folder {parent} does not exist")
-    if not parent.is_dir():
-        raise NotADirectoryError(f"{out}: {parent} is a file, not a folder")
-    try:
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-    except PermissionError:
-        raise PermissionError(f"{out}: no permission to create a folder in {parent}") from None
-    except OSError as e:
-        raise OSError(f"{out}: cannot create a folder in {parent} ({e.strerror or e})") from None
 
 
 def _write_header(fh: Any, rows: int, cols: int, dtype: str, *, weights: bool = False) -> None:

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from tokvec.dedup import plan_texts, resolve_texts
 from tokvec.formats import Resolved, resolve, write_safetensors
 from tokvec.search import _threshold
 from tokvec.search import topk as _topk
+from tokvec.textio import atomic_folder
 from tokvec.tokenizer import LoadedTokenizer, check_fits, load_tokenizer
 
 __all__ = ["Model", "load"]
@@ -540,8 +540,8 @@ class Model:
 
         Args:
             text: the text to split.
-            target_size: maximum chunk length in characters (a chunk is longer only if a single
-                character sequence without whitespace is, which is then cut hard).
+            target_size: maximum chunk length in characters (a run without whitespace longer than that is
+                cut hard).
             unit_size: maximum length of the initial pieces (default target_size // 4).
 
         Returns:
@@ -585,8 +585,6 @@ class Model:
             the folder's path.
         """
         out = Path(path)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise FileExistsError(f"{out}: exists and is not an empty folder")
         r = self._resolved
         f = _core.SafetensorsFile(r.safetensors)
         info = f.tensors()
@@ -612,7 +610,7 @@ class Model:
         for k in ("license", "source"):
             if k in r.config and r.format == "tokvec":
                 cfg[k] = r.config[k]
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else "."))
+        tmp = atomic_folder(out)  # errors name `out` and its folder, never the hidden one
         try:
             write_safetensors(tmp / "model.safetensors", tensors, {"format": "tokvec"})
             (tmp / "tokenizer.json").write_text(self._tok.json, encoding="utf-8")

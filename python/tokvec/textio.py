@@ -57,6 +57,7 @@ __all__ = [
     "Input",
     "InputError",
     "Outputs",
+    "atomic_folder",
     "atomic_path",
     "check_distinct",
     "count_texts",
@@ -728,22 +729,62 @@ def check_distinct(outputs: dict[str, str | None], inputs: dict[str, str | None]
                 raise InputError(f"{k} {v} and {k2} {v2} are the same file; give each output its own path")
 
 
+def _parent(path: str | os.PathLike[str], out: Path) -> Path:
+    """The folder an output goes in, checked: it exists and is a folder (errors name `path`)."""
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.exists():
+        raise FileNotFoundError(f"{path}: folder {parent} does not exist")
+    if not parent.is_dir():
+        raise NotADirectoryError(f"{path}: {parent} is a file, not a folder")
+    return parent
+
+
+@contextmanager
+def _creating_in(path: str | os.PathLike[str], parent: Path, what: str) -> Iterator[None]:
+    """Errors while creating a temporary file or folder in `parent` name `path` and `parent`, never the temporary."""
+    try:
+        yield
+    except PermissionError:
+        raise PermissionError(f"{path}: no permission to create a {what} in {parent}") from None
+    except OSError as e:
+        raise OSError(f"{path}: cannot create a {what} in {parent} ({e.strerror or e})") from None
+
+
 def atomic_path(path: str | os.PathLike[str]) -> Path:
     """A new, empty temporary file beside `path`'s destination (same folder, so the final rename is
-    atomic), with the usual permissions (0666 minus the umask)."""
+    atomic), with the usual permissions (0666 minus the umask).
+
+    Raises:
+        FileNotFoundError / NotADirectoryError: the folder does not exist / is a file.
+        InputError: `path` is a folder.
+        PermissionError / OSError: the folder does not take a new file (naming `path`).
+    """
     out = _destination(path)
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"{path}: folder {parent} does not exist")
+    parent = _parent(path, out)
     if out.is_dir():
         raise InputError(f"{path}: is a folder; give a file name")
-    try:
+    with _creating_in(path, parent, "file"):
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
-    except PermissionError:
-        raise PermissionError(13, f"cannot write in folder {parent}", str(path)) from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())
     return Path(tmp)
+
+
+def atomic_folder(out: Path) -> Path:
+    """Checks, before any work, that the output folder `out` can be made, and makes the hidden sibling folder it
+    is written in (renamed to `out` at the end, so an interrupted run leaves no half-written model). Errors name
+    `out` and its parent folder, never the hidden one.
+
+    Raises:
+        FileExistsError: `out` exists and is not an empty folder.
+        FileNotFoundError / NotADirectoryError: the parent folder does not exist / is a file.
+        PermissionError / OSError: the parent does not take a new folder (read-only file system, ...).
+    """
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: exists and is not an empty folder")
+    parent = _parent(out, out)
+    with _creating_in(out, parent, "folder"):
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
 
 
 def _umask() -> int:
