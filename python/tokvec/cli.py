@@ -785,7 +785,8 @@ def _signals_as_exceptions():
         raise Terminated(signum)
 
     sigs = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
-    old = {s: signal.signal(s, raise_terminated) for s in sigs}
+    # a signal the caller ignores stays ignored (`nohup tokvec ...` must survive the terminal's SIGHUP)
+    old = {s: signal.signal(s, raise_terminated) for s in sigs if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:

@@ -547,16 +547,19 @@ class Input:
             picked: dict[int, bytes] = {}
             wanted = set(order)
             k = 0
+            eol = None  # the line ending a last line without one gets: the file's first line's
             for row, raw, _ in self._records(parse=False):
+                if eol is None:
+                    eol = b"\r\n" if (self._header_raw or raw).endswith(b"\r\n") else b"\n"
                 if row in wanted:
                     if ascending:
-                        out.write(_with_newline(raw))
+                        out.write(_with_newline(raw, eol))
                         k += 1
                     else:
                         picked[row] = raw
             if not ascending and len(picked) == len(wanted):
                 for r in order:
-                    out.write(_with_newline(picked[r]))
+                    out.write(_with_newline(picked[r], eol or b"\n"))
                 k = len(order)
             if self.stats.rows != stats.rows or k != len(order):
                 raise changed
@@ -608,9 +611,9 @@ class _Tee:
             yield line
 
 
-def _with_newline(raw: bytes) -> bytes:
-    """A record as copied to an output: the input's last line may lack its newline."""
-    return raw if raw.endswith(b"\n") else raw + b"\n"
+def _with_newline(raw: bytes, eol: bytes = b"\n") -> bytes:
+    """A record as copied to an output: the input's last line may lack its line ending (it gets the file's)."""
+    return raw if raw.endswith(b"\n") else raw + eol
 
 
 def iter_texts(
