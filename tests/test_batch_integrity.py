@@ -208,7 +208,8 @@ def test_txt_dedup_is_byte_for_byte_and_other_kinds_refused(tmp_path: Path, caps
     src.write_bytes(b"alpha beta\r\ncarriage\rreturn inside\nalpha beta\n\n\nlast line without newline")
     rc, _, err = _run(["dedup", str(src), "-o", str(tmp_path / "k.txt")], capsys)
     assert rc == 0, err
-    assert (tmp_path / "k.txt").read_bytes() == b"alpha beta\r\ncarriage\rreturn inside\n\n\nlast line without newline\n"
+    # the last line gets the line ending of the file's first line
+    assert (tmp_path / "k.txt").read_bytes() == b"alpha beta\r\ncarriage\rreturn inside\n\n\nlast line without newline\r\n"
     rc, _, err = _run(["dedup", str(src), "-o", str(tmp_path / "k.parquet")], capsys)
     assert rc == 2 and "written whole as .txt" in err
     # a .jsonl of a .txt input holds row numbers and texts
