@@ -479,6 +479,33 @@ def test_bad_dedup_arrays(e, exc, fragment):
         tokvec.dedup_indices(e, 0.5)
 
 
+def test_kernel_errors_name_the_users_arguments():
+    """Errors found in Rust (a row whose norm overflows scores, padding bits set) name the argument as the user
+    passed it, not the core's internal name."""
+    ok = np.eye(3, 4, dtype=np.float32)
+    huge = ok.copy()
+    huge[1, 0] = 1e30  # finite, but its norm is above the 1e18 that keeps every score finite
+    cases = [
+        (lambda: tokvec.duplicate_pairs(huge, 0.5), "embeddings"),
+        (lambda: tokvec.dedup_indices(huge, 0.5), "embeddings"),
+        (lambda: tokvec.dedup.dedup(huge, 0.5), "embeddings"),
+        (lambda: tokvec.dedup.dedup(ok, 0.5, reference=huge), "reference"),
+        (lambda: tokvec.dedup.dedup(huge, 0.5, reference=ok), "embeddings"),
+        (lambda: tokvec.topk(huge, ok, 2), "queries"),
+        (lambda: tokvec.topk(ok, huge, 2), "corpus"),
+    ]
+    padded = np.zeros((3, 1), np.uint64)
+    padded[1, 0] = 1 << 62  # past bits=60
+    cases += [
+        (lambda: tokvec.duplicate_pairs(padded, 0.5, bits=60), "embeddings"),
+        (lambda: tokvec.dedup_indices(padded, 0.5, bits=60), "embeddings"),
+        (lambda: tokvec.topk(padded, np.zeros((2, 1), np.uint64), 1, bits=60), "queries"),
+    ]
+    for call, name in cases:
+        with pytest.raises(ValueError, match=rf"^{name}: row 1 "):
+            call()
+
+
 @pytest.mark.parametrize("bits", [0, 128, 257, True, 2.0])
 def test_bad_bits(bits):
     b = np.zeros((3, 4), np.uint64)
