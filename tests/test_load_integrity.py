@@ -1,9 +1,15 @@
 """A loaded model never bends data: a table or weights holding NaN/Inf are refused at load (naming the file, the
-tensor and the rows)."""
+tensor and the rows), and `mmap=False` keeps the table in private memory, so a model file overwritten or
+truncated in place afterwards changes nothing (while a mapped one would read the new bytes, or die of SIGBUS,
+shown in a child process)."""
 
 from __future__ import annotations
 
+import pickle
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +134,56 @@ def test_int8_tables_need_no_scan(tmp_path):
     shutil.copy(DEFAULT / "tokenizer.json", d)
     save_file({"embeddings": t}, str(d / "model.safetensors"))
     assert np.isfinite(tokvec.load(d).embed(TEXTS)).all()
+
+
+# ------------------------------------------------------------------------------------------ mmap=False
+@pytest.fixture
+def default_copy(tmp_path) -> Path:
+    d = tmp_path / "default"
+    shutil.copytree(DEFAULT, d)
+    return d
+
+
+def test_mmap_false_survives_the_file_being_overwritten_and_truncated(default_copy):
+    f = default_copy / "model.safetensors"
+    want = tokvec.load(default_copy).embed(TEXTS)
+    m = tokvec.load(default_copy, mmap=False)
+    np.testing.assert_array_equal(m.embed(TEXTS), want)
+    size = f.stat().st_size
+    # other bytes of the same size, written in place (same inode)
+    with open(f, "r+b") as fh:
+        fh.write(np.random.default_rng(3).integers(0, 256, size, dtype=np.uint8).tobytes())
+    assert f.stat().st_size == size
+    np.testing.assert_array_equal(m.embed(TEXTS), want)
+    with open(f, "r+b") as fh:
+        fh.truncate(0)
+    np.testing.assert_array_equal(m.embed(TEXTS), want)
+    f.unlink()
+    np.testing.assert_array_equal(m.embed(TEXTS), want)
+
+
+def test_mmap_false_is_kept_by_pickle(default_copy):
+    m = tokvec.load(default_copy, mmap=False)
+    again = pickle.loads(pickle.dumps(m))
+    assert again._load_args is not None and again._load_args["mmap"] is False
+    np.testing.assert_array_equal(again.embed(TEXTS), m.embed(TEXTS))
+
+
+def test_mmap_must_be_a_bool():
+    with pytest.raises(TypeError, match="mmap must be a bool"):
+        tokvec.load(mmap="no")  # type: ignore[arg-type]
+
+
+def test_mapped_model_dies_of_sigbus_when_its_file_is_truncated(default_copy):
+    """Why `mmap=False` exists: shown in a child, since the signal kills the process."""
+    child = f"""
+import tokvec
+m = tokvec.load({str(default_copy)!r})
+m.embed(["warm"])
+open({str(default_copy / "model.safetensors")!r}, "r+b").truncate(0)
+m.embed({TEXTS!r} * 1000)
+print("survived")
+"""
+    r = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == -signal.SIGBUS, (r.returncode, r.stdout, r.stderr)
+    assert "survived" not in r.stdout

@@ -52,6 +52,7 @@ class Model:
         normalize: bool = True,
         max_length: int | None = None,
         scalar: bool = False,
+        mmap: bool = True,
     ) -> Model: ...
     @property
     def dim(self) -> int: ...
