@@ -24,8 +24,8 @@ use memmap2::{Mmap, UncheckedAdvice};
 use rayon::prelude::*;
 
 use crate::error::{CoreError, Result};
-use crate::gguf::{map_file, GgmlType, GgufFile};
-use crate::header::{DType, SafetensorsFile};
+use crate::gguf::{GgmlType, GgufFile};
+use crate::header::{map_file, DType, SafetensorsFile};
 use crate::simd::{isa, Isa};
 
 /// How the source stores one table element (or one block of elements).

@@ -235,9 +235,9 @@ pub fn validate(bytes: &[u8], ps: &str) -> Result<(Vec<TensorMeta>, Vec<(String,
     Ok((tensors, metadata))
 }
 
-/// Opens a file that should be a safetensors file: its path for messages, the open file and its
-/// length (at least 8 bytes).
-fn open_regular(p: &Path) -> Result<(String, File, usize)> {
+/// Opens `p` for reading and returns its path for messages, the file and its length. Errors name
+/// the file; `expected` says what it should have been ("a file"), for a directory or a FIFO.
+fn open_file(p: &Path, expected: &str) -> Result<(String, File, usize)> {
     let ps = p.display().to_string();
     let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => CoreError::NotFound { path: ps.clone() },
@@ -247,16 +247,46 @@ fn open_regular(p: &Path) -> Result<(String, File, usize)> {
         },
     })?;
     if meta.is_dir() {
-        return Err(CoreError::format(&ps, "is a directory, expected a .safetensors file"));
+        return Err(CoreError::format(&ps, format!("is a directory, expected {expected}")));
     }
-    let len = meta.len() as usize;
-    if len < 8 {
-        return Err(CoreError::format(&ps, describe(SafeTensorError::HeaderTooSmall, len)));
+    // checked before opening: opening a FIFO for reading blocks until something writes to it
+    if !meta.is_file() {
+        return Err(CoreError::format(
+            &ps,
+            format!("is not a regular file (a pipe, socket or device), expected {expected}"),
+        ));
     }
     let file = File::open(p).map_err(|e| CoreError::Io {
         path: ps.clone(),
         source: e,
     })?;
+    Ok((ps, file, meta.len() as usize))
+}
+
+/// Maps an open file read-only; errors name `ps`.
+fn map(file: &File, ps: &str) -> Result<Mmap> {
+    // SAFETY: a read-only shared map. As with every mmap-based reader (safetensors' own
+    // `safe_open` included), soundness assumes no other process truncates or rewrites the file
+    // while it is mapped (see `SafetensorsFile::open`; `SafetensorsFile::read` avoids the map);
+    // every read is bounds-checked against the map's length by the header validation before use.
+    unsafe { Mmap::map(file) }.map_err(|e| CoreError::Io {
+        path: ps.to_string(),
+        source: e,
+    })
+}
+
+/// Maps a file read-only (GGUF files and extract's tables); errors name the file.
+pub(crate) fn map_file(p: &Path) -> Result<Mmap> {
+    let (ps, file, _) = open_file(p, "a file")?;
+    map(&file, &ps)
+}
+
+/// Opens a file that should be a safetensors file: at least 8 bytes long.
+fn open_safetensors(p: &Path) -> Result<(String, File, usize)> {
+    let (ps, file, len) = open_file(p, "a .safetensors file")?;
+    if len < 8 {
+        return Err(CoreError::format(&ps, describe(SafeTensorError::HeaderTooSmall, len)));
+    }
     Ok((ps, file, len))
 }
 
@@ -270,15 +300,8 @@ impl SafetensorsFile {
     ///
     /// Errors: `NotFound`, `Io`, or `Format` naming the file and the problem.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let (ps, file, _) = open_regular(path.as_ref())?;
-        // SAFETY: the map is read-only and private to this object. As with every mmap-based reader
-        // (safetensors' own `safe_open` included), soundness assumes no other process truncates or
-        // rewrites the file while it is mapped; all reads below stay within `mmap.len()`, which is
-        // checked against every tensor's offsets before use.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| CoreError::Io {
-            path: ps.clone(),
-            source: e,
-        })?;
+        let (ps, file, _) = open_safetensors(path.as_ref())?;
+        let mmap = map(&file, &ps)?;
         let (tensors, metadata) = validate(&mmap, &ps)?;
         Ok(SafetensorsFile {
             path: ps,
@@ -296,12 +319,12 @@ impl SafetensorsFile {
     /// Errors: `NotFound`, `Io`, or `Format` naming the file and the problem (including a file that
     /// got shorter while it was read).
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
-        let (ps, mut file, len) = open_regular(path.as_ref())?;
+        let (ps, mut file, len) = open_safetensors(path.as_ref())?;
         let io = |e: std::io::Error| CoreError::Io {
             path: ps.clone(),
             source: e,
         };
-        // open_regular() refused fewer than 8 bytes, so the map is never empty.
+        // open_safetensors() refused fewer than 8 bytes, so the map is never empty.
         let mut anon = memmap2::MmapOptions::new().len(len).map_anon().map_err(io)?;
         file.read_exact(&mut anon).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => CoreError::format(
