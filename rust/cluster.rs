@@ -20,6 +20,7 @@
 
 use rayon::prelude::*;
 
+use crate::cancel::Cancel;
 use crate::error::{CoreError, Result};
 use crate::simd::isa;
 use crate::topk::{dot, rows_of};
@@ -98,7 +99,16 @@ fn dist2(xx: f32, xc: f32, cc: f32) -> f32 {
 }
 
 /// k-means++ seeding (D^2 sampling), one candidate per step.
-fn seed_plus_plus(x: &[f32], xx: &[f32], n: usize, d: usize, k: usize, rng: &mut SplitMix64) -> Vec<f32> {
+/// Stops early (centers incomplete) once `cancel` is set; the caller then returns `Interrupted`.
+fn seed_plus_plus(
+    x: &[f32],
+    xx: &[f32],
+    n: usize,
+    d: usize,
+    k: usize,
+    rng: &mut SplitMix64,
+    cancel: &Cancel,
+) -> Vec<f32> {
     let level = isa();
     let mut centers = Vec::with_capacity(k * d);
     let first = rng.below(n);
@@ -113,6 +123,9 @@ fn seed_plus_plus(x: &[f32], xx: &[f32], n: usize, d: usize, k: usize, rng: &mut
         })
         .collect();
     for _ in 1..k {
+        if cancel.is_cancelled() {
+            break;
+        }
         let total: f64 = best.iter().map(|&v| v as f64).sum();
         let pick = if total > 0.0 {
             let target = rng.next_f64() * total;
@@ -147,7 +160,8 @@ fn seed_plus_plus(x: &[f32], xx: &[f32], n: usize, d: usize, k: usize, rng: &mut
 }
 
 /// Assigns every point to its nearest center (lowest index on ties); returns the squared distance.
-fn assign(x: &[f32], xx: &[f32], d: usize, centers: &[f32], labels: &mut [u32], dist: &mut [f32]) {
+/// Points are skipped once `cancel` is set (polled per point: one point is `k` dot products).
+fn assign(x: &[f32], xx: &[f32], d: usize, centers: &[f32], labels: &mut [u32], dist: &mut [f32], cancel: &Cancel) {
     let level = isa();
     let cc = sq_norms(centers, d);
     labels
@@ -156,6 +170,9 @@ fn assign(x: &[f32], xx: &[f32], d: usize, centers: &[f32], labels: &mut [u32], 
         .zip(x.par_chunks(d).zip(xx.par_iter()))
         .with_min_len(64)
         .for_each(|((l, dd), (r, &rr))| {
+            if cancel.is_cancelled() {
+                return;
+            }
             let mut bl = 0u32;
             let mut bd = f32::INFINITY;
             for (c, (cen, &ccv)) in centers.chunks_exact(d).zip(cc.iter()).enumerate() {
@@ -236,6 +253,7 @@ fn lloyd(
     mut centers: Vec<f32>,
     opts: &KMeansOptions,
     tol_abs: f64,
+    cancel: &Cancel,
 ) -> KMeans {
     let mut labels = vec![0u32; n];
     let mut dist = vec![0f32; n];
@@ -244,7 +262,16 @@ fn lloyd(
     // true when `labels`/`dist` were computed against the current centers
     let mut fresh = false;
     for it in 0..opts.max_iter.max(1) {
-        assign(x, xx, d, &centers, &mut labels, &mut dist);
+        if cancel.is_cancelled() {
+            return KMeans {
+                labels,
+                centroids: centers,
+                inertia: f64::NAN,
+                n_iter,
+                best_restart: 0,
+            };
+        }
+        assign(x, xx, d, &centers, &mut labels, &mut dist, cancel);
         n_iter = it + 1;
         if labels == prev {
             // the centers are already the means of these labels
@@ -268,7 +295,7 @@ fn lloyd(
     }
     if !fresh {
         // final labels and inertia against the final centers (as scikit-learn)
-        assign(x, xx, d, &centers, &mut labels, &mut dist);
+        assign(x, xx, d, &centers, &mut labels, &mut dist, cancel);
     }
     let inertia = dist.iter().map(|&v| v as f64).sum();
     KMeans {
@@ -287,6 +314,19 @@ fn lloyd(
 /// Errors: `d == 0`, a length mismatch, `k == 0` or `k > n`, non-finite values, `n_init == 0`,
 /// an `init` of the wrong length, a negative or non-finite `tol`.
 pub fn kmeans(x: &[f32], d: usize, k: usize, opts: KMeansOptions, init: Option<&[f32]>) -> Result<KMeans> {
+    kmeans_cancellable(x, d, k, opts, init, Cancel::never())
+}
+
+/// [`kmeans`] that stops with [`CoreError::Interrupted`] soon after `cancel` is set (polled per
+/// restart, seeding step, Lloyd iteration and point); otherwise the same result.
+pub fn kmeans_cancellable(
+    x: &[f32],
+    d: usize,
+    k: usize,
+    opts: KMeansOptions,
+    init: Option<&[f32]>,
+    cancel: &Cancel,
+) -> Result<KMeans> {
     let n = rows_of(x, d, "x")?;
     if k == 0 || k > n {
         return Err(CoreError::arg(
@@ -338,14 +378,18 @@ pub fn kmeans(x: &[f32], d: usize, k: usize, opts: KMeansOptions, init: Option<&
     }
     let tol_abs = opts.tol * var / (n as f64 * d as f64);
     if let Some(c) = init {
-        return Ok(lloyd(x, &xx, n, d, k, c.to_vec(), &opts, tol_abs));
+        let res = lloyd(x, &xx, n, d, k, c.to_vec(), &opts, tol_abs, cancel);
+        cancel.check()?;
+        return Ok(res);
     }
     let mut best: Option<KMeans> = None;
     for r in 0..opts.n_init {
         let mut rng = SplitMix64(opts.seed ^ (r as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
         rng.next_u64();
-        let centers = seed_plus_plus(x, &xx, n, d, k, &mut rng);
-        let mut res = lloyd(x, &xx, n, d, k, centers, &opts, tol_abs);
+        let centers = seed_plus_plus(x, &xx, n, d, k, &mut rng, cancel);
+        cancel.check()?;
+        let mut res = lloyd(x, &xx, n, d, k, centers, &opts, tol_abs, cancel);
+        cancel.check()?;
         res.best_restart = r;
         if best.as_ref().is_none_or(|b| res.inertia < b.inertia) {
             best = Some(res);
@@ -372,6 +416,29 @@ mod tests {
             }
         }
         (x, 3 * n_per)
+    }
+
+    #[test]
+    fn a_set_flag_interrupts_kmeans() {
+        let d = 8;
+        let (x, _) = blobs(200, d, 3);
+        let stop = Cancel::new();
+        stop.cancel();
+        let opts = KMeansOptions::default();
+        assert!(matches!(
+            kmeans_cancellable(&x, d, 4, opts, None, &stop),
+            Err(CoreError::Interrupted)
+        ));
+        let init = x[..4 * d].to_vec();
+        assert!(matches!(
+            kmeans_cancellable(&x, d, 4, opts, Some(&init), &stop),
+            Err(CoreError::Interrupted)
+        ));
+        let go = Cancel::new();
+        assert_eq!(
+            kmeans_cancellable(&x, d, 4, opts, None, &go).unwrap(),
+            kmeans(&x, d, 4, opts, None).unwrap()
+        );
     }
 
     #[test]

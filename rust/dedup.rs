@@ -25,6 +25,7 @@
 
 use rayon::prelude::*;
 
+use crate::cancel::Cancel;
 use crate::error::{CoreError, Result};
 use crate::simd::{isa, Isa};
 use crate::topk::{
@@ -73,7 +74,13 @@ fn check_n(x: &[f32], n: usize, d: usize, what: &'static str) -> Result<()> {
 /// `e` is row-major `n x d`. Errors on a length mismatch, `d == 0`, a non-finite threshold and rows
 /// with NaN, infinity or a norm above [`crate::topk::MAX_NORM`].
 pub fn pairs_above(e: &[f32], n: usize, d: usize, threshold: f32) -> Result<Vec<Pair>> {
-    pairs_with(e, n, d, threshold, default_path())
+    pairs_with(e, n, d, threshold, default_path(), Cancel::never())
+}
+
+/// [`pairs_above`] that stops with [`CoreError::Interrupted`] soon after `cancel` is set (polled
+/// per node of the tree and per task of the search); otherwise the same result.
+pub fn pairs_above_cancellable(e: &[f32], n: usize, d: usize, threshold: f32, cancel: &Cancel) -> Result<Vec<Pair>> {
+    pairs_with(e, n, d, threshold, default_path(), cancel)
 }
 
 /// The naive reference for [`pairs_above`]: every pair's canonical score.
@@ -102,13 +109,27 @@ pub fn pairs_above_scalar(e: &[f32], n: usize, d: usize, threshold: f32) -> Resu
 /// the kept rows plus one block's pairs (all pairs above the threshold at once took 4.5 GB for 320k
 /// sentences with many near-duplicates). The result equals the all-pairs greedy pass.
 pub fn dedup_greedy(e: &[f32], n: usize, d: usize, threshold: f32) -> Result<Dedup> {
-    dedup_blocked(e, n, d, threshold, default_path(), DEDUP_BLOCK)
+    dedup_blocked(e, n, d, threshold, default_path(), DEDUP_BLOCK, Cancel::never())
+}
+
+/// [`dedup_greedy`] that stops with [`CoreError::Interrupted`] soon after `cancel` is set (polled
+/// per block, per node of the tree and per task of the search); otherwise the same result.
+pub fn dedup_greedy_cancellable(e: &[f32], n: usize, d: usize, threshold: f32, cancel: &Cancel) -> Result<Dedup> {
+    dedup_blocked(e, n, d, threshold, default_path(), DEDUP_BLOCK, cancel)
 }
 
 /// Rows per block of [`dedup_greedy`].
 pub const DEDUP_BLOCK: usize = 8192;
 
-fn dedup_blocked(e: &[f32], n: usize, d: usize, threshold: f32, path: Path, block: usize) -> Result<Dedup> {
+fn dedup_blocked(
+    e: &[f32],
+    n: usize,
+    d: usize,
+    threshold: f32,
+    path: Path,
+    block: usize,
+    cancel: &Cancel,
+) -> Result<Dedup> {
     check_n(e, n, d, "e")?;
     check_threshold(threshold)?;
     let norms = row_norms(e, d, "e")?;
@@ -121,6 +142,7 @@ fn dedup_blocked(e: &[f32], n: usize, d: usize, threshold: f32, path: Path, bloc
     let mut score = vec![f32::NAN; n];
     let mut b0 = 0;
     while b0 < n {
+        cancel.check()?;
         let b1 = (b0 + block.max(1)).min(n);
         let nb = b1 - b0;
         let blk = &e[b0 * d..b1 * d];
@@ -129,14 +151,14 @@ fn dedup_blocked(e: &[f32], n: usize, d: usize, threshold: f32, path: Path, bloc
         if !kept.is_empty() {
             // (kept position, block row, score), ascending kept position = ascending global index,
             // so strict `>` keeps the lowest index on ties.
-            for (ki, j, sc) in cross_kept(&ks, blk, nb, &norms[b0..b1], threshold, path) {
+            for (ki, j, sc) in cross_kept(&ks, blk, nb, &norms[b0..b1], threshold, path, cancel)? {
                 let b = &mut best[j as usize];
                 if b.is_none_or(|(_, bs)| sc > bs) {
                     *b = Some((kept[ki as usize], sc));
                 }
             }
         }
-        let mut inner = pairs_with(blk, nb, d, threshold, path)?;
+        let mut inner = pairs_with(blk, nb, d, threshold, path, cancel)?;
         let mut new_kept: Vec<u32> = Vec::new();
         inner.sort_unstable_by_key(|&(i, j, _)| (j, i));
         let mut p = 0;
@@ -227,7 +249,21 @@ pub(crate) fn resolve(n: usize, mut pairs: Vec<Pair>) -> Dedup {
 /// All pairs `(i, j)`, `i` a row of `a` and `j` a row of `b`, with `dot(a_i, b_j) > threshold`,
 /// sorted by `(i, j)`. Same errors as [`pairs_above`] (for `a` and `b`).
 pub fn pairs_above_cross(a: &[f32], na: usize, b: &[f32], nb: usize, d: usize, threshold: f32) -> Result<Vec<Pair>> {
-    cross_with(a, na, b, nb, d, threshold, default_path())
+    cross_with(a, na, b, nb, d, threshold, default_path(), Cancel::never())
+}
+
+/// [`pairs_above_cross`] that stops with [`CoreError::Interrupted`] soon after `cancel` is set
+/// (polled per task); otherwise the same result.
+pub fn pairs_above_cross_cancellable(
+    a: &[f32],
+    na: usize,
+    b: &[f32],
+    nb: usize,
+    d: usize,
+    threshold: f32,
+    cancel: &Cancel,
+) -> Result<Vec<Pair>> {
+    cross_with(a, na, b, nb, d, threshold, default_path(), cancel)
 }
 
 /// The naive reference for [`pairs_above_cross`].
@@ -398,7 +434,8 @@ struct Task {
 }
 
 /// Runs `tasks` and returns the pairs `(query slot, corpus slot, score)` with canonical score
-/// above `threshold`.
+/// above `threshold`. A task (at most `QB x CB` slot pairs, a few milliseconds) is the unit of
+/// cancellation: once `cancel` is set, the remaining tasks are skipped.
 fn run_tasks(
     qs: &Slots,
     cs: &Slots,
@@ -406,11 +443,15 @@ fn run_tasks(
     threshold: f32,
     path: Path,
     qthr: &[f32],
-) -> Vec<(usize, usize, f32)> {
-    tasks
+    cancel: &Cancel,
+) -> Result<Vec<(usize, usize, f32)>> {
+    let found = tasks
         .par_iter()
         .flat_map_iter(|t| {
             let mut out = Vec::new();
+            if cancel.is_cancelled() {
+                return out;
+            }
             match path {
                 Path::Int8 => {
                     let (qz, pk) = (qs.qz.as_ref().expect("int8"), cs.pk.as_ref().expect("int8"));
@@ -456,7 +497,9 @@ fn run_tasks(
             }
             out
         })
-        .collect()
+        .collect();
+    cancel.check()?;
+    Ok(found)
 }
 
 /// A node of the ball tree: the rows of slots `start..end` (leaves padded to 16-row groups) lie
@@ -628,8 +671,13 @@ fn parent(nodes: &[Node], a: usize, b: usize) -> Node {
     }
 }
 
-/// Builds the subtree of rows `m`; returns its nodes, root last, child indices local.
-fn build(e: &[f32], d: usize, norms: &[f64], m: Vec<u32>, level: Isa, target: f64) -> Vec<Node> {
+/// Builds the subtree of rows `m`; returns its nodes, root last, child indices local. Once `cancel`
+/// is set, the rest of the tree is a cheap leaf per pending node (the caller then returns
+/// `Interrupted`, so the tree is never searched).
+fn build(e: &[f32], d: usize, norms: &[f64], m: Vec<u32>, level: Isa, target: f64, cancel: &Cancel) -> Vec<Node> {
+    if cancel.is_cancelled() {
+        return vec![leaf(e, d, norms, m, true)];
+    }
     if m.len() <= LEAF_MIN {
         return vec![leaf(e, d, norms, m, false)];
     }
@@ -639,23 +687,32 @@ fn build(e: &[f32], d: usize, norms: &[f64], m: Vec<u32>, level: Isa, target: f6
             return vec![node];
         }
         let (l, r) = split(e, d, norms, &node.members, level);
-        return join_children(e, d, norms, l, r, level, target);
+        return join_children(e, d, norms, l, r, level, target, cancel);
     }
     let (l, r) = split(e, d, norms, &m, level);
-    join_children(e, d, norms, l, r, level, target)
+    join_children(e, d, norms, l, r, level, target, cancel)
 }
 
-fn join_children(e: &[f32], d: usize, norms: &[f64], l: Vec<u32>, r: Vec<u32>, level: Isa, target: f64) -> Vec<Node> {
+fn join_children(
+    e: &[f32],
+    d: usize,
+    norms: &[f64],
+    l: Vec<u32>,
+    r: Vec<u32>,
+    level: Isa,
+    target: f64,
+    cancel: &Cancel,
+) -> Vec<Node> {
     let big = l.len() + r.len() > 4 * LEAF_MAX;
     let (mut ln, rn) = if big {
         rayon::join(
-            || build(e, d, norms, l, level, target),
-            || build(e, d, norms, r, level, target),
+            || build(e, d, norms, l, level, target, cancel),
+            || build(e, d, norms, r, level, target, cancel),
         )
     } else {
         (
-            build(e, d, norms, l, level, target),
-            build(e, d, norms, r, level, target),
+            build(e, d, norms, l, level, target, cancel),
+            build(e, d, norms, r, level, target, cancel),
         )
     };
     let off = ln.len();
@@ -687,13 +744,20 @@ fn layout(nodes: &mut [Node], i: usize, orig: &mut Vec<u32>) {
 }
 
 /// The ball tree over all rows (zero rows in a leaf of their own) and the slot order.
-fn tree(e: &[f32], d: usize, norms: &[f64], level: Isa, threshold: f32) -> (Vec<Node>, usize, Vec<u32>) {
+fn tree(
+    e: &[f32],
+    d: usize,
+    norms: &[f64],
+    level: Isa,
+    threshold: f32,
+    cancel: &Cancel,
+) -> (Vec<Node>, usize, Vec<u32>) {
     let n = norms.len();
     let (nz, zero): (Vec<u32>, Vec<u32>) = (0..n as u32).partition(|&i| norms[i as usize] > 0.0);
     let mut nodes = Vec::new();
     let mut roots = Vec::new();
     if !nz.is_empty() {
-        nodes = build(e, d, norms, nz, level, target_radius(threshold));
+        nodes = build(e, d, norms, nz, level, target_radius(threshold), cancel);
         roots.push(nodes.len() - 1);
     }
     if !zero.is_empty() {
@@ -740,13 +804,22 @@ fn may_pair(a: &Node, b: &Node, rel: f64, cos_err: f64, threshold: f32) -> bool 
     bound > threshold as f64
 }
 
-/// Dual-tree traversal: every pair of leaves (each unordered pair once) that may hold a pair.
-fn leaf_pairs(nodes: &[Node], a: usize, b: usize, rel: f64, cos_err: f64, threshold: f32) -> Vec<(usize, usize)> {
-    if !may_pair(&nodes[a], &nodes[b], rel, cos_err, threshold) {
+/// Dual-tree traversal: every pair of leaves (each unordered pair once) that may hold a pair
+/// (nothing more once `cancel` is set).
+fn leaf_pairs(
+    nodes: &[Node],
+    a: usize,
+    b: usize,
+    rel: f64,
+    cos_err: f64,
+    threshold: f32,
+    cancel: &Cancel,
+) -> Vec<(usize, usize)> {
+    if cancel.is_cancelled() || !may_pair(&nodes[a], &nodes[b], rel, cos_err, threshold) {
         return Vec::new();
     }
     let size = |i: usize| nodes[i].end - nodes[i].start;
-    let go = |x: usize, y: usize| leaf_pairs(nodes, x, y, rel, cos_err, threshold);
+    let go = |x: usize, y: usize| leaf_pairs(nodes, x, y, rel, cos_err, threshold, cancel);
     let both = |x: (usize, usize), y: (usize, usize)| {
         let (mut l, r) = if size(a) * size(b) > 1 << 22 {
             rayon::join(|| go(x.0, x.1), || go(y.0, y.1))
@@ -773,7 +846,7 @@ fn leaf_pairs(nodes: &[Node], a: usize, b: usize, rel: f64, cos_err: f64, thresh
 const QB: usize = 256;
 const CB: usize = 1024;
 
-fn pairs_with(e: &[f32], n: usize, d: usize, threshold: f32, path: Path) -> Result<Vec<Pair>> {
+fn pairs_with(e: &[f32], n: usize, d: usize, threshold: f32, path: Path, cancel: &Cancel) -> Result<Vec<Pair>> {
     check_n(e, n, d, "e")?;
     check_threshold(threshold)?;
     let norms = row_norms(e, d, "e")?;
@@ -785,13 +858,15 @@ fn pairs_with(e: &[f32], n: usize, d: usize, threshold: f32, path: Path) -> Resu
         Path::Exact(l) => l,
         Path::Int8 => isa(),
     };
-    let (nodes, root, orig) = tree(e, d, &norms, level, threshold);
+    let (nodes, root, orig) = tree(e, d, &norms, level, threshold, cancel);
+    cancel.check()?;
     let slots = Slots::new(e, d, orig, &norms, path);
     let rel = canonical_rel_err(d);
     // f32 centers: each element off by <= 2^-24 relative, so the dot of the f32 centers is
     // within 2^-23 (|a| |b| <= 1) of the f64 one, plus the canonical dot's own rounding
     let cos_err = 2.0 * canonical_rel_err(d) + 4.0 * crate::topk::U32_ERR + 1e-12;
-    let lp = leaf_pairs(&nodes, root, root, rel, cos_err, threshold);
+    let lp = leaf_pairs(&nodes, root, root, rel, cos_err, threshold, cancel);
+    cancel.check()?;
     // orient by slot order, group by the query leaf, merge runs of adjacent corpus leaves
     let mut lp: Vec<(usize, usize)> = lp
         .into_iter()
@@ -866,7 +941,7 @@ fn pairs_with(e: &[f32], n: usize, d: usize, threshold: f32, path: Path) -> Resu
         Some(b) => slots.thresholds(&b, threshold),
         None => Vec::new(),
     };
-    let found = run_tasks(&slots, &slots, &tasks, threshold, path, &qthr);
+    let found = run_tasks(&slots, &slots, &tasks, threshold, path, &qthr, cancel)?;
     let mut out: Vec<Pair> = found
         .into_iter()
         .map(|(a, c, s)| {
@@ -878,7 +953,16 @@ fn pairs_with(e: &[f32], n: usize, d: usize, threshold: f32, path: Path) -> Resu
     Ok(out)
 }
 
-fn cross_with(a: &[f32], na: usize, b: &[f32], nb: usize, d: usize, threshold: f32, path: Path) -> Result<Vec<Pair>> {
+fn cross_with(
+    a: &[f32],
+    na: usize,
+    b: &[f32],
+    nb: usize,
+    d: usize,
+    threshold: f32,
+    path: Path,
+    cancel: &Cancel,
+) -> Result<Vec<Pair>> {
     check_n(a, na, d, "a")?;
     check_n(b, nb, d, "b")?;
     check_threshold(threshold)?;
@@ -887,16 +971,24 @@ fn cross_with(a: &[f32], na: usize, b: &[f32], nb: usize, d: usize, threshold: f
     let path = effective(path, d);
     let mut qs = Slots::queries(d, path);
     qs.append(a, &(0..na as u32).collect::<Vec<u32>>(), &an);
-    Ok(cross_kept(&qs, b, nb, &bn, threshold, path))
+    cross_kept(&qs, b, nb, &bn, threshold, path, cancel)
 }
 
 /// Pairs `(query slot, row of b, score)` with canonical score above `threshold`, sorted, for the
 /// query slots `ks` (in dedup: the kept rows) against `b` (`nb` rows, norms `bn`). Inputs were
 /// checked by the caller.
-fn cross_kept(ks: &Slots, b: &[f32], nb: usize, bn: &[f64], threshold: f32, path: Path) -> Vec<Pair> {
+fn cross_kept(
+    ks: &Slots,
+    b: &[f32],
+    nb: usize,
+    bn: &[f64],
+    threshold: f32,
+    path: Path,
+    cancel: &Cancel,
+) -> Result<Vec<Pair>> {
     let d = ks.d;
     if ks.orig.is_empty() || nb == 0 {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     let pad: Vec<u32> = (0..nb.div_ceil(16) * 16)
         .map(|i| if i < nb { i as u32 } else { u32::MAX })
@@ -924,10 +1016,10 @@ fn cross_kept(ks: &Slots, b: &[f32], nb: usize, bn: &[f64], threshold: f32, path
         }
         None => Vec::new(),
     };
-    let found = run_tasks(ks, &cs, &tasks, threshold, path, &qthr);
+    let found = run_tasks(ks, &cs, &tasks, threshold, path, &qthr, cancel)?;
     let mut out: Vec<Pair> = found.into_iter().map(|(x, y, s)| (ks.orig[x], cs.orig[y], s)).collect();
     out.par_sort_unstable_by_key(|&(i, j, _)| (i, j));
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -955,14 +1047,14 @@ mod tests {
     fn check(e: &[f32], n: usize, d: usize, thr: f32) {
         let want = pairs_above_scalar(e, n, d, thr).unwrap();
         for p in paths() {
-            let got = pairs_with(e, n, d, thr, p).unwrap();
+            let got = pairs_with(e, n, d, thr, p, Cancel::never()).unwrap();
             assert_eq!(bits(&got), bits(&want), "path {p:?} n={n} d={d} thr={thr}");
         }
         let g = dedup_greedy(e, n, d, thr).unwrap();
         let w = dedup_greedy_scalar(e, n, d, thr).unwrap();
         for block in [1usize, 7, 64] {
             for p in paths() {
-                let b = dedup_blocked(e, n, d, thr, p, block).unwrap();
+                let b = dedup_blocked(e, n, d, thr, p, block, Cancel::never()).unwrap();
                 assert_eq!((&b.kept, &b.dup_of), (&w.kept, &w.dup_of), "block {block} {p:?}");
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&b.score), bits(&w.score), "block {block} {p:?}");
@@ -1039,7 +1131,7 @@ mod tests {
             let want = pairs_above_cross_scalar(&a, 300, &b, 500, d, thr).unwrap();
             for p in paths() {
                 assert_eq!(
-                    bits(&cross_with(&a, 300, &b, 500, d, thr, p).unwrap()),
+                    bits(&cross_with(&a, 300, &b, 500, d, thr, p, Cancel::never()).unwrap()),
                     bits(&want),
                     "{p:?}"
                 );
@@ -1087,6 +1179,61 @@ mod tests {
         };
         assert_eq!(run(1), run(2));
         assert_eq!(run(1), run(3));
+    }
+
+    #[test]
+    fn a_set_flag_interrupts_every_kernel() {
+        let (n, d) = (3000, 32);
+        let e = clustered(n, d, 30, 0.4, 5);
+        let stop = Cancel::new();
+        stop.cancel();
+        let interrupted = |r: Result<()>| matches!(r, Err(CoreError::Interrupted));
+        for p in paths() {
+            assert!(interrupted(pairs_with(&e, n, d, 0.8, p, &stop).map(drop)), "{p:?}");
+            assert!(
+                interrupted(dedup_blocked(&e, n, d, 0.8, p, 512, &stop).map(drop)),
+                "{p:?}"
+            );
+            assert!(
+                interrupted(cross_with(&e, n, &e, n, d, 0.8, p, &stop).map(drop)),
+                "{p:?}"
+            );
+        }
+        assert!(interrupted(pairs_above_cancellable(&e, n, d, 0.8, &stop).map(drop)));
+        assert!(interrupted(dedup_greedy_cancellable(&e, n, d, 0.8, &stop).map(drop)));
+        assert!(interrupted(
+            pairs_above_cross_cancellable(&e, n, &e, n, d, 0.8, &stop).map(drop)
+        ));
+        // an unset flag changes nothing
+        let go = Cancel::new();
+        assert_eq!(
+            bits(&pairs_above_cancellable(&e, n, d, 0.8, &go).unwrap()),
+            bits(&pairs_above(&e, n, d, 0.8).unwrap())
+        );
+        let (x, y) = (
+            dedup_greedy_cancellable(&e, n, d, 0.8, &go).unwrap(),
+            dedup_greedy(&e, n, d, 0.8).unwrap(),
+        );
+        assert_eq!((&x.kept, &x.dup_of), (&y.kept, &y.dup_of));
+        let sb = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(sb(&x.score), sb(&y.score));
+    }
+
+    #[test]
+    fn a_flag_set_midway_interrupts_the_tree_and_the_search() {
+        // the tree build and the traversal stop on their own once the flag is set
+        let (n, d) = (6000, 16);
+        let e = clustered(n, d, 50, 0.3, 8);
+        let norms = row_norms(&e, d, "e").unwrap();
+        let stop = Cancel::new();
+        stop.cancel();
+        let (nodes, _, _) = tree(&e, d, &norms, isa(), 0.9, &stop);
+        assert_eq!(nodes.len(), 1, "a set flag builds no tree");
+        let go = Cancel::new();
+        let (nodes, root, _) = tree(&e, d, &norms, isa(), 0.9, &go);
+        assert!(nodes.len() > 1);
+        assert!(leaf_pairs(&nodes, root, root, 1e-6, 1e-6, 0.9, &stop).is_empty());
+        assert!(!leaf_pairs(&nodes, root, root, 1e-6, 1e-6, 0.9, &go).is_empty());
     }
 
     proptest! {

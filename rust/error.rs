@@ -55,6 +55,8 @@ pub enum CoreError {
         /// What is wrong.
         msg: String,
     },
+    /// The caller stopped the kernel through its [`crate::cancel::Cancel`] flag (e.g. Ctrl-C).
+    Interrupted,
 }
 
 impl fmt::Display for CoreError {
@@ -72,6 +74,7 @@ impl fmt::Display for CoreError {
                 "token id {id} is out of range for the {what} ({limit} rows): the tokenizer does not match this table"
             ),
             CoreError::InvalidArgument { arg, msg } => write!(f, "{arg}: {msg}"),
+            CoreError::Interrupted => write!(f, "interrupted"),
         }
     }
 }
@@ -97,6 +100,18 @@ impl CoreError {
     /// Shorthand for a [`CoreError::InvalidArgument`].
     pub fn arg(arg: &'static str, msg: impl Into<String>) -> Self {
         CoreError::InvalidArgument { arg, msg: msg.into() }
+    }
+
+    /// Renames the argument of an [`CoreError::InvalidArgument`] by the `(core name, caller's
+    /// name)` pairs, so that a binding reports the names its users pass (`e` -> `embeddings`).
+    pub fn with_arg_names(self, names: &[(&'static str, &'static str)]) -> Self {
+        match self {
+            CoreError::InvalidArgument { arg, msg } => {
+                let arg = names.iter().find(|(from, _)| *from == arg).map_or(arg, |(_, to)| *to);
+                CoreError::InvalidArgument { arg, msg }
+            }
+            other => other,
+        }
     }
 }
 

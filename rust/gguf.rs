@@ -12,13 +12,13 @@
 //! of-two alignment, version 1 and big-endian files are errors naming the file. The parser works
 //! on a byte slice, so it is fuzzed and property-tested without files.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
 use memmap2::Mmap;
 
 use crate::error::{CoreError, Result};
+use crate::header::map_file;
 
 /// The file magic.
 pub const MAGIC: &[u8; 4] = b"GGUF";
@@ -459,29 +459,6 @@ pub struct GgufFile {
     path: String,
     mmap: Arc<Mmap>,
     header: GgufHeader,
-}
-
-/// Maps a file read-only; errors name the file.
-pub(crate) fn map_file(p: &Path) -> Result<Mmap> {
-    let ps = p.display().to_string();
-    let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => CoreError::NotFound { path: ps.clone() },
-        _ => CoreError::Io {
-            path: ps.clone(),
-            source: e,
-        },
-    })?;
-    if meta.is_dir() {
-        return Err(CoreError::format(&ps, "is a directory, expected a file"));
-    }
-    let file = File::open(p).map_err(|e| CoreError::Io {
-        path: ps.clone(),
-        source: e,
-    })?;
-    // SAFETY: a read-only shared map. As with every mmap-based reader, soundness assumes no other
-    // process truncates or rewrites the file while it is mapped; every read is bounds-checked
-    // against `mmap.len()` by the header validation before use.
-    unsafe { Mmap::map(&file) }.map_err(|e| CoreError::Io { path: ps, source: e })
 }
 
 impl GgufFile {

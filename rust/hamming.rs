@@ -20,6 +20,7 @@
 
 use rayon::prelude::*;
 
+use crate::cancel::Cancel;
 use crate::dedup::{resolve, Dedup, Pair};
 use crate::error::{CoreError, Result};
 use crate::simd::{extensions, isa, Isa};
@@ -252,7 +253,22 @@ pub fn topk(
     bits: usize,
     k: usize,
 ) -> Result<(Vec<f32>, Vec<u32>)> {
-    topk_with(q, nq, c, nc, words, bits, k, best_level())
+    topk_with(q, nq, c, nc, words, bits, k, best_level(), Cancel::never())
+}
+
+/// [`topk`] that stops with [`CoreError::Interrupted`] soon after `cancel` is set (polled per
+/// corpus super-block and per query tile); otherwise the same result.
+pub fn topk_cancellable(
+    q: &[u64],
+    nq: usize,
+    c: &[u64],
+    nc: usize,
+    words: usize,
+    bits: usize,
+    k: usize,
+    cancel: &Cancel,
+) -> Result<(Vec<f32>, Vec<u32>)> {
+    topk_with(q, nq, c, nc, words, bits, k, best_level(), cancel)
 }
 
 /// The reference for [`topk`]: every similarity, fully sorted.
@@ -302,6 +318,7 @@ fn topk_with(
     bits: usize,
     k: usize,
     level: Level,
+    cancel: &Cancel,
 ) -> Result<(Vec<f32>, Vec<u32>)> {
     check_topk_args(q, nq, c, nc, words, bits, k)?;
     let kk = k.min(nc);
@@ -319,12 +336,16 @@ fn topk_with(
         }
     };
     let mut base = 0;
-    while base < nc {
+    // cancellation: polled per super-block and per query tile (or query row)
+    while base < nc && !cancel.is_cancelled() {
         let rows = H_SUPER_BLOCK.min(nc - base);
         let block = &c[base * words..(base + rows) * words];
         if level == Level::Vpopcnt {
             let pk = Packed::new(block, words);
             heaps.par_chunks_mut(HQ).enumerate().for_each(|(t, hs)| {
+                if cancel.is_cancelled() {
+                    return;
+                }
                 let qrows: Vec<usize> = (t * HQ..t * HQ + hs.len()).collect();
                 let mut hthr = [0u64; HQ];
                 for (i, h) in hs.iter().enumerate() {
@@ -343,6 +364,9 @@ fn topk_with(
                 .zip(q.par_chunks(words))
                 .with_min_len(4)
                 .for_each(|(h, qr)| {
+                    if cancel.is_cancelled() {
+                        return;
+                    }
                     let mut hthr = bound(h);
                     for (r, cr) in block.chunks(words).enumerate() {
                         let d = hamming(level, qr, cr);
@@ -355,6 +379,7 @@ fn topk_with(
         }
         base += rows;
     }
+    cancel.check()?;
     Ok(flatten(heaps, kk))
 }
 
@@ -365,7 +390,20 @@ fn topk_with(
 /// All pairs `i < j` with `similarity(hamming(e_i, e_j)) > threshold`, sorted by `(i, j)`.
 /// Errors as [`topk`], plus a non-finite threshold.
 pub fn pairs_above(e: &[u64], n: usize, words: usize, bits: usize, threshold: f32) -> Result<Vec<Pair>> {
-    pairs_with(e, n, words, bits, threshold, best_level())
+    pairs_with(e, n, words, bits, threshold, best_level(), Cancel::never())
+}
+
+/// [`pairs_above`] that stops with [`CoreError::Interrupted`] soon after `cancel` is set (polled
+/// per task); otherwise the same result.
+pub fn pairs_above_cancellable(
+    e: &[u64],
+    n: usize,
+    words: usize,
+    bits: usize,
+    threshold: f32,
+    cancel: &Cancel,
+) -> Result<Vec<Pair>> {
+    pairs_with(e, n, words, bits, threshold, best_level(), cancel)
 }
 
 /// The naive reference for [`pairs_above`].
@@ -391,7 +429,23 @@ pub fn pairs_above_scalar(e: &[u64], n: usize, words: usize, bits: usize, thresh
 /// Greedy deduplication in input order with the Hamming similarity; same semantics as
 /// [`crate::dedup::dedup_greedy`].
 pub fn dedup_greedy(e: &[u64], n: usize, words: usize, bits: usize, threshold: f32) -> Result<Dedup> {
-    Ok(resolve(n, pairs_above(e, n, words, bits, threshold)?))
+    dedup_greedy_cancellable(e, n, words, bits, threshold, Cancel::never())
+}
+
+/// [`dedup_greedy`] that stops with [`CoreError::Interrupted`] soon after `cancel` is set;
+/// otherwise the same result.
+pub fn dedup_greedy_cancellable(
+    e: &[u64],
+    n: usize,
+    words: usize,
+    bits: usize,
+    threshold: f32,
+    cancel: &Cancel,
+) -> Result<Dedup> {
+    Ok(resolve(
+        n,
+        pairs_above_cancellable(e, n, words, bits, threshold, cancel)?,
+    ))
 }
 
 /// The naive reference for [`dedup_greedy`].
@@ -429,7 +483,16 @@ pub fn dedup_greedy_scalar(e: &[u64], n: usize, words: usize, bits: usize, thres
 const PQ: usize = 256;
 const PC: usize = 4096;
 
-fn pairs_with(e: &[u64], n: usize, words: usize, bits: usize, threshold: f32, level: Level) -> Result<Vec<Pair>> {
+/// Cancellation: polled per task (at most `PQ x PC` distances).
+fn pairs_with(
+    e: &[u64],
+    n: usize,
+    words: usize,
+    bits: usize,
+    threshold: f32,
+    level: Level,
+    cancel: &Cancel,
+) -> Result<Vec<Pair>> {
     check_layout(words, bits)?;
     check_rows(e, n, words, bits, "e")?;
     check_threshold(threshold)?;
@@ -449,6 +512,9 @@ fn pairs_with(e: &[u64], n: usize, words: usize, bits: usize, threshold: f32, le
         .par_iter()
         .flat_map_iter(|&(q0, q1, c0, c1)| {
             let mut found = Vec::new();
+            if cancel.is_cancelled() {
+                return found;
+            }
             match &pk {
                 Some(pk) => {
                     let mut a0 = q0;
@@ -482,6 +548,7 @@ fn pairs_with(e: &[u64], n: usize, words: usize, bits: usize, threshold: f32, le
             found
         })
         .collect();
+    cancel.check()?;
     out.par_sort_unstable_by_key(|&(i, j, _)| (i, j));
     Ok(out)
 }
@@ -652,13 +719,17 @@ mod tests {
     fn check(q: &[u64], nq: usize, c: &[u64], nc: usize, words: usize, bits: usize, k: usize, thr: f32) {
         let want = topk_scalar(q, nq, c, nc, words, bits, k).unwrap();
         for l in levels() {
-            assert_eq!(topk_with(q, nq, c, nc, words, bits, k, l).unwrap(), want, "topk {l:?}");
+            assert_eq!(
+                topk_with(q, nq, c, nc, words, bits, k, l, Cancel::never()).unwrap(),
+                want,
+                "topk {l:?}"
+            );
         }
         let bitsv = |p: &[Pair]| p.iter().map(|&(i, j, s)| (i, j, s.to_bits())).collect::<Vec<_>>();
         let want = pairs_above_scalar(c, nc, words, bits, thr).unwrap();
         for l in levels() {
             assert_eq!(
-                bitsv(&pairs_with(c, nc, words, bits, thr, l).unwrap()),
+                bitsv(&pairs_with(c, nc, words, bits, thr, l, Cancel::never()).unwrap()),
                 bitsv(&want),
                 "pairs {l:?}"
             );
@@ -669,6 +740,40 @@ mod tests {
         assert_eq!(
             g.score.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             w.score.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_set_flag_interrupts_every_kernel() {
+        let (n, words, bits) = (3000, 4, 250);
+        let e = rows(n, words, bits, 20, 7);
+        let stop = Cancel::new();
+        stop.cancel();
+        let q = &e[..50 * words];
+        let interrupted = |r: Result<()>| matches!(r, Err(CoreError::Interrupted));
+        for l in levels() {
+            assert!(
+                interrupted(topk_with(q, 50, &e, n, words, bits, 5, l, &stop).map(drop)),
+                "{l:?}"
+            );
+            assert!(
+                interrupted(pairs_with(&e, n, words, bits, 0.5, l, &stop).map(drop)),
+                "{l:?}"
+            );
+        }
+        assert!(interrupted(
+            topk_cancellable(q, 50, &e, n, words, bits, 5, &stop).map(drop)
+        ));
+        assert!(interrupted(
+            pairs_above_cancellable(&e, n, words, bits, 0.5, &stop).map(drop)
+        ));
+        assert!(interrupted(
+            dedup_greedy_cancellable(&e, n, words, bits, 0.5, &stop).map(drop)
+        ));
+        let go = Cancel::new();
+        assert_eq!(
+            topk_cancellable(q, 50, &e, n, words, bits, 5, &go).unwrap(),
+            topk(q, 50, &e, n, words, bits, 5).unwrap()
         );
     }
 

@@ -9,9 +9,10 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 
-use memmap2::Mmap;
+use memmap2::{Mmap, MmapMut};
 use safetensors::tensor::{Dtype as StDtype, SafeTensorError};
 use safetensors::SafeTensors;
 
@@ -234,39 +235,73 @@ pub fn validate(bytes: &[u8], ps: &str) -> Result<(Vec<TensorMeta>, Vec<(String,
     Ok((tensors, metadata))
 }
 
+/// Opens `p` for reading and returns its path for messages, the file and its length. Errors name
+/// the file; `expected` says what it should have been ("a file"), for a directory or a FIFO.
+fn open_file(p: &Path, expected: &str) -> Result<(String, File, usize)> {
+    let ps = p.display().to_string();
+    let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => CoreError::NotFound { path: ps.clone() },
+        _ => CoreError::Io {
+            path: ps.clone(),
+            source: e,
+        },
+    })?;
+    if meta.is_dir() {
+        return Err(CoreError::format(&ps, format!("is a directory, expected {expected}")));
+    }
+    // checked before opening: opening a FIFO for reading blocks until something writes to it
+    if !meta.is_file() {
+        return Err(CoreError::format(
+            &ps,
+            format!("is not a regular file (a pipe, socket or device), expected {expected}"),
+        ));
+    }
+    let file = File::open(p).map_err(|e| CoreError::Io {
+        path: ps.clone(),
+        source: e,
+    })?;
+    Ok((ps, file, meta.len() as usize))
+}
+
+/// Maps an open file read-only; errors name `ps`.
+fn map(file: &File, ps: &str) -> Result<Mmap> {
+    // SAFETY: a read-only shared map. As with every mmap-based reader (safetensors' own
+    // `safe_open` included), soundness assumes no other process truncates or rewrites the file
+    // while it is mapped (see `SafetensorsFile::open`; `SafetensorsFile::read` avoids the map);
+    // every read is bounds-checked against the map's length by the header validation before use.
+    unsafe { Mmap::map(file) }.map_err(|e| CoreError::Io {
+        path: ps.to_string(),
+        source: e,
+    })
+}
+
+/// Maps a file read-only (GGUF files and extract's tables); errors name the file.
+pub(crate) fn map_file(p: &Path) -> Result<Mmap> {
+    let (ps, file, _) = open_file(p, "a file")?;
+    map(&file, &ps)
+}
+
+/// Opens a file that should be a safetensors file: at least 8 bytes long.
+fn open_safetensors(p: &Path) -> Result<(String, File, usize)> {
+    let (ps, file, len) = open_file(p, "a .safetensors file")?;
+    if len < 8 {
+        return Err(CoreError::format(&ps, describe(SafeTensorError::HeaderTooSmall, len)));
+    }
+    Ok((ps, file, len))
+}
+
 impl SafetensorsFile {
     /// Maps and validates a safetensors file.
     ///
+    /// The map is shared with the file: replacing the file's contents in place (rather than
+    /// writing a new file and renaming it over the old one, or deleting it) changes what a loaded
+    /// model reads, and truncating it makes the next read of a lost page raise SIGBUS. Use
+    /// [`SafetensorsFile::read`] for files that may be rewritten.
+    ///
     /// Errors: `NotFound`, `Io`, or `Format` naming the file and the problem.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let p = path.as_ref();
-        let ps = p.display().to_string();
-        let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => CoreError::NotFound { path: ps.clone() },
-            _ => CoreError::Io {
-                path: ps.clone(),
-                source: e,
-            },
-        })?;
-        if meta.is_dir() {
-            return Err(CoreError::format(&ps, "is a directory, expected a .safetensors file"));
-        }
-        let len = meta.len() as usize;
-        if len < 8 {
-            return Err(CoreError::format(&ps, describe(SafeTensorError::HeaderTooSmall, len)));
-        }
-        let file = File::open(p).map_err(|e| CoreError::Io {
-            path: ps.clone(),
-            source: e,
-        })?;
-        // SAFETY: the map is read-only and private to this object. As with every mmap-based reader
-        // (safetensors' own `safe_open` included), soundness assumes no other process truncates or
-        // rewrites the file while it is mapped; all reads below stay within `mmap.len()`, which is
-        // checked against every tensor's offsets before use.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| CoreError::Io {
-            path: ps.clone(),
-            source: e,
-        })?;
+        let (ps, file, _) = open_safetensors(path.as_ref())?;
+        let mmap = map(&file, &ps)?;
         let (tensors, metadata) = validate(&mmap, &ps)?;
         Ok(SafetensorsFile {
             path: ps,
@@ -276,23 +311,60 @@ impl SafetensorsFile {
         })
     }
 
+    /// Reads a whole safetensors file into private memory and validates it: nothing stays shared
+    /// with the file, so it may then be rewritten, truncated or deleted without effect on this
+    /// object. Costs memory of the file's size (the bytes are read once, straight into an
+    /// anonymous map, never held twice) and the time to read it.
+    ///
+    /// Errors: `NotFound`, `Io`, or `Format` naming the file and the problem (including a file that
+    /// got shorter while it was read).
+    pub fn read(path: impl AsRef<Path>) -> Result<Self> {
+        let (ps, mut file, len) = open_safetensors(path.as_ref())?;
+        let io = |e: std::io::Error| CoreError::Io {
+            path: ps.clone(),
+            source: e,
+        };
+        // open_safetensors() refused fewer than 8 bytes, so the map is never empty.
+        let mut anon = memmap2::MmapOptions::new().len(len).map_anon().map_err(io)?;
+        file.read_exact(&mut anon).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => CoreError::format(
+                &ps,
+                format!("the file got shorter than {len} bytes while it was being read"),
+            ),
+            _ => io(e),
+        })?;
+        Self::from_anon(anon, ps)
+    }
+
     /// Validates `bytes` as a safetensors file and holds a private read-only copy of them, as if
     /// they had been read from `path` (which is used only in messages). Used by the fuzz targets and
-    /// tests that build files in memory; real files go through [`SafetensorsFile::open`].
+    /// tests that build files in memory; real files go through [`SafetensorsFile::open`] or
+    /// [`SafetensorsFile::read`].
     ///
     /// Errors: `Format` naming `path` and the problem; `Io` if the anonymous map cannot be made.
     pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Self> {
-        let (tensors, metadata) = validate(bytes, path)?;
-        let io = |e| CoreError::Io {
-            path: path.to_string(),
-            source: e,
-        };
+        validate(bytes, path)?;
         // validate() refused fewer than 8 bytes, so the map is never empty.
-        let mut anon = memmap2::MmapOptions::new().len(bytes.len()).map_anon().map_err(io)?;
+        let mut anon = memmap2::MmapOptions::new()
+            .len(bytes.len())
+            .map_anon()
+            .map_err(|e| CoreError::Io {
+                path: path.to_string(),
+                source: e,
+            })?;
         anon.copy_from_slice(bytes);
-        let mmap = anon.make_read_only().map_err(io)?;
+        Self::from_anon(anon, path.to_string())
+    }
+
+    /// Validates the bytes of a private anonymous map and keeps them, read-only.
+    fn from_anon(anon: MmapMut, path: String) -> Result<Self> {
+        let (tensors, metadata) = validate(&anon, &path)?;
+        let mmap = anon.make_read_only().map_err(|e| CoreError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
         Ok(SafetensorsFile {
-            path: path.to_string(),
+            path,
             mmap,
             tensors,
             metadata,
@@ -534,6 +606,37 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn read_holds_a_private_copy() {
+        let d = tmp();
+        let header = r#"{"a":{"dtype":"F16","shape":[2,3],"data_offsets":[0,12]}}"#;
+        let p = write_st(&d, "private.safetensors", header, &[7; 12]);
+        let (mapped, read) = (SafetensorsFile::open(&p).unwrap(), SafetensorsFile::read(&p).unwrap());
+        let t = read.tensor("a").unwrap().clone();
+        assert_eq!(read.bytes(&t), mapped.bytes(&t));
+        assert_eq!((read.len(), read.path()), (mapped.len(), mapped.path()));
+        drop(mapped);
+        // rewritten in place with other bytes of the same size, then truncated: the copy is unchanged
+        let mut raw = std::fs::read(&p).unwrap();
+        let n = raw.len();
+        raw[n - 12..].fill(9);
+        std::fs::write(&p, &raw).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(8)
+            .unwrap();
+        assert_eq!(read.bytes(&t), &[7; 12]);
+        // the errors of `open`
+        assert!(matches!(
+            SafetensorsFile::read(d.join("missing")),
+            Err(CoreError::NotFound { .. })
+        ));
+        assert!(matches!(SafetensorsFile::read(&d), Err(CoreError::Format { .. })));
+        assert!(matches!(SafetensorsFile::read(&p), Err(CoreError::Format { .. })));
     }
 
     proptest::proptest! {

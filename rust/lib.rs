@@ -7,6 +7,7 @@
 //! (`hamming`). The PyO3 binding sits in `py/`, compiled only with the `python` feature.
 #![deny(missing_docs)]
 
+pub mod cancel;
 pub mod cluster;
 pub mod convert;
 pub mod dedup;
@@ -23,5 +24,6 @@ pub mod topk;
 #[cfg(feature = "python")]
 mod py;
 
+pub use cancel::Cancel;
 pub use error::{CoreError, Result};
 pub use header::{DType, SafetensorsFile, TensorMeta};

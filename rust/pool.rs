@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::convert::{bad_rows_error, nonfinite_raw_rows, Codec};
 use crate::error::{CoreError, Result};
 use crate::gather::{accumulate, RowType};
 use crate::header::{SafetensorsFile, TensorMeta};
@@ -219,6 +220,22 @@ impl EmbedModel {
                 format!("must be between 1 and the table's {cols} columns, got {dim}"),
             ));
         }
+        // NaN/Inf in the columns in use would turn every text that touches the row into NaN (and a
+        // rank into all-NaN scores), so such a table is refused here, as `tokvec extract` refuses
+        // it. The scan tests bits in parallel (I8 cannot hold them); a truncated model only reads
+        // its first `dim` columns.
+        if let Some(codec) = Codec::from_dtype(table.dtype) {
+            let size = ty.size();
+            let bad = nonfinite_raw_rows(codec, file.bytes(&table), cols * size, dim * size, 0);
+            if !bad.is_empty() {
+                let what = if dim < cols {
+                    format!("hold NaN or Inf values in the first {dim} columns (the ones in use)")
+                } else {
+                    "hold NaN or Inf values".to_string()
+                };
+                return Err(bad_rows_error(&path, &format!("table {:?}", table.name), &bad, &what));
+            }
+        }
         let mapping = match &spec.mapping {
             None => None,
             Some(name) => {
@@ -250,11 +267,19 @@ impl EmbedModel {
                         ),
                     ));
                 }
-                if let Some(i) = w.iter().position(|x| !x.is_finite()) {
-                    return Err(CoreError::format(
-                        &path,
-                        format!("weights {name:?} entry {i} is not finite"),
-                    ));
+                // the same scan as the table's, one weight per row (F64 beyond the f32 range included)
+                let t = file.tensor(name)?;
+                if let Some(codec) = Codec::from_dtype(t.dtype) {
+                    let size = t.dtype.size();
+                    let bad = nonfinite_raw_rows(codec, file.bytes(t), size, size, 0);
+                    if !bad.is_empty() {
+                        return Err(bad_rows_error(
+                            &path,
+                            &format!("weights {name:?}"),
+                            &bad,
+                            "hold NaN or Inf values",
+                        ));
+                    }
                 }
                 Some(w)
             }
@@ -635,6 +660,46 @@ mod tests {
         for (a, b) in fast.iter().zip(&slow) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn nonfinite_rows_in_use_are_refused_at_load() {
+        // a 4 x 4 F16 table: row 1 has Inf in column 3, row 2 NaN in column 0
+        let mut vals = [half::f16::from_f32(0.5); 16];
+        vals[4 + 3] = half::f16::INFINITY;
+        vals[8] = half::f16::NAN;
+        let data: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let header = r#"{"emb":{"dtype":"F16","shape":[4,4],"data_offsets":[0,32]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(&data);
+        let file = Arc::new(SafetensorsFile::from_bytes(&bytes, "t.safetensors").unwrap());
+        let spec = |dim| ModelSpec {
+            table: "emb".into(),
+            dim,
+            ..Default::default()
+        };
+        let e = EmbedModel::new(file.clone(), &spec(None), None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.safetensors: table \"emb\": 2 row(s) hold NaN or Inf values (row ids 1, 2)"
+        );
+        let e = EmbedModel::new(file.clone(), &spec(Some(2)), None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("1 row(s) hold NaN or Inf values in the first 2 columns"),
+            "{e}"
+        );
+        // row 2's NaN is in column 0, row 1's Inf past the first 3 columns
+        assert!(EmbedModel::new(file.clone(), &spec(Some(3)), None).is_err());
+        let mut fine = vals;
+        fine[8] = half::f16::ONE;
+        let data: Vec<u8> = fine.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let n = bytes.len();
+        bytes[n - 32..].copy_from_slice(&data);
+        let file = Arc::new(SafetensorsFile::from_bytes(&bytes, "t.safetensors").unwrap());
+        assert!(EmbedModel::new(file.clone(), &spec(Some(3)), None).is_ok());
+        assert!(EmbedModel::new(file, &spec(None), None).is_err());
     }
 
     #[test]

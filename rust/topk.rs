@@ -42,6 +42,7 @@ use std::collections::BinaryHeap;
 
 use rayon::prelude::*;
 
+use crate::cancel::Cancel;
 use crate::error::{CoreError, Result};
 use crate::simd::{extensions, isa, Isa};
 
@@ -624,12 +625,24 @@ fn check_k(k: usize) -> Result<()> {
 /// Errors on `d == 0`, `k == 0`, a length that is not a multiple of `d`, and rows with NaN,
 /// infinity or a norm above [`MAX_NORM`].
 pub fn topk(queries: &[f32], corpus: &[f32], d: usize, k: usize) -> Result<(Vec<f32>, Vec<u32>)> {
+    topk_cancellable(queries, corpus, d, k, Cancel::never())
+}
+
+/// [`topk`] that stops with [`CoreError::Interrupted`] soon after `cancel` is set (polled per
+/// corpus super-block and per query tile); otherwise the same result.
+pub fn topk_cancellable(
+    queries: &[f32],
+    corpus: &[f32],
+    d: usize,
+    k: usize,
+    cancel: &Cancel,
+) -> Result<(Vec<f32>, Vec<u32>)> {
     let path = if int8_available() && d <= INT8_MAX_D {
         Path::Int8
     } else {
         Path::Exact(isa())
     };
-    topk_with(queries, corpus, d, k, path)
+    topk_with(queries, corpus, d, k, path, cancel)
 }
 
 /// The simple reference for [`topk`]: every canonical score, fully sorted. Same contract.
@@ -675,6 +688,7 @@ pub(crate) fn topk_with(
     d: usize,
     k: usize,
     path: Path,
+    cancel: &Cancel,
 ) -> Result<(Vec<f32>, Vec<u32>)> {
     check_k(k)?;
     let nq = rows_of(queries, d, "queries")?;
@@ -686,23 +700,35 @@ pub(crate) fn topk_with(
         return Ok((Vec::new(), Vec::new()));
     }
     let heaps = match path {
-        Path::Int8 if int8_available() && d <= INT8_MAX_D => topk_int8(queries, corpus, d, kk, &qnorms, &cnorms),
-        Path::Int8 => topk_exact(queries, corpus, d, kk, isa()),
-        Path::Exact(level) => topk_exact(queries, corpus, d, kk, level),
+        Path::Int8 if int8_available() && d <= INT8_MAX_D => {
+            topk_int8(queries, corpus, d, kk, &qnorms, &cnorms, cancel)
+        }
+        Path::Int8 => topk_exact(queries, corpus, d, kk, isa(), cancel),
+        Path::Exact(level) => topk_exact(queries, corpus, d, kk, level, cancel),
     };
+    // the kernels skip their remaining work once the flag is set: their heaps are then partial
+    cancel.check()?;
     Ok(flatten(heaps, kk))
 }
 
 /// Canonical score for every pair, query tiles in parallel over corpus super-blocks.
-fn topk_exact(queries: &[f32], corpus: &[f32], d: usize, kk: usize, level: Isa) -> Vec<TopK> {
+/// Cancellation: polled per super-block and per query tile (one tile x one super-block is at most
+/// `QT x SUPER_BLOCK` dot products); once set, the heaps are left partial and the caller errors.
+fn topk_exact(queries: &[f32], corpus: &[f32], d: usize, kk: usize, level: Isa, cancel: &Cancel) -> Vec<TopK> {
     let nq = queries.len() / d;
     let mut heaps: Vec<TopK> = (0..nq).map(|_| TopK::new(kk)).collect();
     for (b, block) in corpus.chunks(SUPER_BLOCK * d).enumerate() {
+        if cancel.is_cancelled() {
+            break;
+        }
         let base = b * SUPER_BLOCK;
         heaps
             .par_chunks_mut(QT)
             .zip(queries.par_chunks(QT * d))
             .for_each(|(hs, qs)| {
+                if cancel.is_cancelled() {
+                    return;
+                }
                 for (h, q) in hs.iter_mut().zip(qs.chunks(d)) {
                     for (j, c) in block.chunks(d).enumerate() {
                         h.push(dot(level, q, c), (base + j) as u32);
@@ -714,14 +740,23 @@ fn topk_exact(queries: &[f32], corpus: &[f32], d: usize, kk: usize, level: Isa) 
 }
 
 /// Int8 pre-score + canonical re-scoring, query tiles in parallel over corpus super-blocks.
-fn topk_int8(queries: &[f32], corpus: &[f32], d: usize, kk: usize, qnorms: &[f64], cnorms: &[f64]) -> Vec<TopK> {
+/// Cancellation as [`topk_exact`].
+fn topk_int8(
+    queries: &[f32],
+    corpus: &[f32],
+    d: usize,
+    kk: usize,
+    qnorms: &[f64],
+    cnorms: &[f64],
+    cancel: &Cancel,
+) -> Vec<TopK> {
     let nq = queries.len() / d;
     let nc = corpus.len() / d;
     let qz = QuantQueries::new(queries, d);
     let mut heaps: Vec<TopK> = (0..nq).map(|_| TopK::new(kk)).collect();
     let mut pk = PackedCorpus::empty(d);
     let mut base = 0;
-    while base < nc {
+    while base < nc && !cancel.is_cancelled() {
         let rows = SUPER_BLOCK.min(nc - base);
         pk.fill(rows, d, |s| {
             (s < rows).then(|| &corpus[(base + s) * d..(base + s + 1) * d])
@@ -730,6 +765,9 @@ fn topk_int8(queries: &[f32], corpus: &[f32], d: usize, kk: usize, qnorms: &[f64
         let pk = &pk;
         let qz = &qz;
         heaps.par_chunks_mut(QT).enumerate().for_each(|(t, hs)| {
+            if cancel.is_cancelled() {
+                return;
+            }
             let q0 = t * QT;
             let qrows: Vec<usize> = (q0..q0 + hs.len()).collect();
             let mut eps = [0.0f64; QT];
@@ -1201,10 +1239,32 @@ pub(crate) mod tests {
         p
     }
 
+    #[test]
+    fn a_set_flag_interrupts_topk() {
+        let (d, nq, nc) = (40, 20, 5000);
+        let (q, c) = (gaussian(nq, d, 1), gaussian(nc, d, 2));
+        let stop = Cancel::new();
+        stop.cancel();
+        for p in paths() {
+            assert!(
+                matches!(topk_with(&q, &c, d, 3, p, &stop), Err(CoreError::Interrupted)),
+                "{p:?}"
+            );
+        }
+        assert!(matches!(
+            topk_cancellable(&q, &c, d, 3, &stop),
+            Err(CoreError::Interrupted)
+        ));
+        assert_eq!(
+            topk_cancellable(&q, &c, d, 3, &Cancel::new()).unwrap(),
+            topk(&q, &c, d, 3).unwrap()
+        );
+    }
+
     fn check_all_paths(q: &[f32], c: &[f32], d: usize, k: usize) {
         let want = topk_scalar(q, c, d, k).unwrap();
         for p in paths() {
-            let got = topk_with(q, c, d, k, p).unwrap();
+            let got = topk_with(q, c, d, k, p, Cancel::never()).unwrap();
             assert_eq!(got.1, want.1, "indices, path {p:?}, d={d} k={k}");
             let gb: Vec<u32> = got.0.iter().map(|v| v.to_bits()).collect();
             let wb: Vec<u32> = want.0.iter().map(|v| v.to_bits()).collect();

@@ -271,7 +271,10 @@ def test_bad_model2vec_tensors(tmp_path):
         ({"embeddings": np.zeros((10, 8), np.float32), "mapping": np.full(30522, 10, np.int64)}, "mapping.*row 10"),
         ({"embeddings": np.zeros((10, 8), np.float32), "mapping": np.full(30522, -1, np.int32)}, "negative"),
         ({"embeddings": np.zeros((30522, 8), np.float32), "weights": np.ones(5, np.float32)}, "weights.*5 entries"),
-        ({"embeddings": np.zeros((30522, 8), np.float32), "weights": np.full(30522, np.nan, np.float32)}, "not finite"),
+        (
+            {"embeddings": np.zeros((30522, 8), np.float32), "weights": np.full(30522, np.nan, np.float32)},
+            "weights.*30522 row.*hold NaN or Inf.*row ids 0, 1, 2",
+        ),
         ({"embeddings": np.zeros((30522, 8), np.int32)}, "dtype I32"),
         ({"embeddings": np.zeros((30522, 0), np.float32)}, "empty"),
     ]
@@ -477,6 +480,33 @@ def test_bad_dedup_arrays(e, exc, fragment):
         tokvec.duplicate_pairs(e, 0.5)
     with pytest.raises(exc, match=fragment):
         tokvec.dedup_indices(e, 0.5)
+
+
+def test_kernel_errors_name_the_users_arguments():
+    """Errors found in Rust (a row whose norm overflows scores, padding bits set) name the argument as the user
+    passed it, not the core's internal name."""
+    ok = np.eye(3, 4, dtype=np.float32)
+    huge = ok.copy()
+    huge[1, 0] = 1e30  # finite, but its norm is above the 1e18 that keeps every score finite
+    cases = [
+        (lambda: tokvec.duplicate_pairs(huge, 0.5), "embeddings"),
+        (lambda: tokvec.dedup_indices(huge, 0.5), "embeddings"),
+        (lambda: tokvec.dedup.dedup(huge, 0.5), "embeddings"),
+        (lambda: tokvec.dedup.dedup(ok, 0.5, reference=huge), "reference"),
+        (lambda: tokvec.dedup.dedup(huge, 0.5, reference=ok), "embeddings"),
+        (lambda: tokvec.topk(huge, ok, 2), "queries"),
+        (lambda: tokvec.topk(ok, huge, 2), "corpus"),
+    ]
+    padded = np.zeros((3, 1), np.uint64)
+    padded[1, 0] = 1 << 62  # past bits=60
+    cases += [
+        (lambda: tokvec.duplicate_pairs(padded, 0.5, bits=60), "embeddings"),
+        (lambda: tokvec.dedup_indices(padded, 0.5, bits=60), "embeddings"),
+        (lambda: tokvec.topk(padded, np.zeros((2, 1), np.uint64), 1, bits=60), "queries"),
+    ]
+    for call, name in cases:
+        with pytest.raises(ValueError, match=rf"^{name}: row 1 "):
+            call()
 
 
 @pytest.mark.parametrize("bits", [0, 128, 257, True, 2.0])

@@ -52,6 +52,7 @@ class Model:
         normalize: bool = True,
         max_length: int | None = None,
         scalar: bool = False,
+        mmap: bool = True,
     ) -> Model: ...
     @property
     def dim(self) -> int: ...
@@ -80,22 +81,22 @@ def topk(
     queries: npt.NDArray[np.float32], corpus: npt.NDArray[np.float32], k: int
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
 def duplicate_pairs(
-    e: npt.NDArray[np.float32], threshold: float
+    embeddings: npt.NDArray[np.float32], threshold: float
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 def duplicate_pairs_cross(
-    a: npt.NDArray[np.float32], b: npt.NDArray[np.float32], threshold: float
+    reference: npt.NDArray[np.float32], embeddings: npt.NDArray[np.float32], threshold: float
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 def dedup(
-    e: npt.NDArray[np.float32], threshold: float
+    embeddings: npt.NDArray[np.float32], threshold: float
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 def topk_binary(
-    q: npt.NDArray[np.uint64], c: npt.NDArray[np.uint64], k: int, bits: int
+    queries: npt.NDArray[np.uint64], corpus: npt.NDArray[np.uint64], k: int, bits: int
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
 def duplicate_pairs_binary(
-    e: npt.NDArray[np.uint64], threshold: float, bits: int
+    embeddings: npt.NDArray[np.uint64], threshold: float, bits: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 def dedup_binary(
-    e: npt.NDArray[np.uint64], threshold: float, bits: int
+    embeddings: npt.NDArray[np.uint64], threshold: float, bits: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]: ...
 def dedup_resolve(
     n: int, i: npt.NDArray[np.int64], j: npt.NDArray[np.int64], score: npt.NDArray[np.float32], threshold: float

@@ -45,9 +45,10 @@ def load(
     normalize: bool | None = None,
     max_length: int | None = None,
     fast_tokenizer: bool = True,
+    mmap: bool = True,
 ) -> Model:
     """Loads a static embedding model. The table is memory-mapped and read in place (no copy, no
-    conversion): loading costs a header parse, whatever the table's size.
+    conversion): loading costs a header parse and a parallel scan of the table for NaN/Inf values.
 
     Args:
         path: a model folder or a `.safetensors` file; None loads the bundled default model
@@ -64,31 +65,39 @@ def load(
         fast_tokenizer: tokenize with tokvec's ids-only fast encoder when the tokenizer JSON is a
             family it implements exactly (WordPiece, SentencePiece-style BPE, byte-level BPE); the ids
             are those of HF `tokenizers`. False always runs the `tokenizers` crate.
+        mmap: True (default) maps the model file: no copy, pages shared between processes. A
+            mapped file must not be rewritten in place while the model is loaded (replacing it by
+            a rename, or deleting it, is fine): the model would read the new bytes, and a truncated
+            file kills the process with SIGBUS. False reads the file into private memory (memory
+            of the table's size, and the time to read it), after which the file may change freely.
 
     Returns:
         The model.
 
     Raises:
         FileNotFoundError: the path does not exist.
-        FormatError: the files are malformed or not a format tokvec reads (a ValueError).
+        FormatError: the files are malformed or not a format tokvec reads, or the table's columns in
+            use or the weights hold NaN/Inf values (a ValueError).
         TokenizerError: the tokenizer JSON cannot be loaded (a ValueError).
         ValueError: an option is out of range (e.g. `dim` larger than the table).
     """
     if not isinstance(binary, bool):
         raise TypeError(f"binary must be a bool, got {type(binary).__name__}")
+    if not isinstance(mmap, bool):
+        raise TypeError(f"mmap must be a bool, got {type(mmap).__name__}")
     if normalize is not None and not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool or None, got {type(normalize).__name__}")
     dim = _positive_int(dim, "dim")
     max_length = _positive_int(max_length, "max_length")
     r = resolve(path, tokenizer=tokenizer, table=table)
     tok = load_tokenizer(r.tokenizer, add_special_tokens=r.add_special_tokens, fast=fast_tokenizer)
-    m = Model._build(r, tok, dim=dim, binary=binary, normalize=normalize, max_length=max_length)
+    m = Model._build(r, tok, dim=dim, binary=binary, normalize=normalize, max_length=max_length, mmap=mmap)
     # what `pickle` needs to re-open the model elsewhere: paths and options, never the table
     m._load_args = {
         "path": None if path is None else os.fspath(Path(path).resolve()),
         "tokenizer": None if tokenizer is None else os.fspath(Path(tokenizer).resolve()),
         "table": table, "dim": dim, "binary": binary, "normalize": normalize, "max_length": max_length,
-        "fast_tokenizer": fast_tokenizer,
+        "fast_tokenizer": fast_tokenizer, "mmap": mmap,
     }
     return m
 
@@ -128,7 +137,7 @@ class Model:
 
     @classmethod
     def _build(cls, r: Resolved, tok: LoadedTokenizer, *, dim: int | None, binary: bool,
-               normalize: bool | None, max_length: int | None, scalar: bool = False) -> Model:
+               normalize: bool | None, max_length: int | None, scalar: bool = False, mmap: bool = True) -> Model:
         if r.skip_ids is not None:
             skip = tuple(r.skip_ids)
         else:
@@ -155,6 +164,7 @@ class Model:
             str(r.safetensors), r.table, weights=r.weights, mapping=r.mapping, tokenizer=tok.core,
             skip_ids=list(skip), dim=dim,
             normalize=r.normalize if normalize is None else normalize, max_length=max_length, scalar=scalar,
+            mmap=mmap,
         )
         return cls(core, tok, r, binary, max_length, skip)
 

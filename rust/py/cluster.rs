@@ -1,13 +1,15 @@
 //! Binding for k-means (`crate::cluster`). The input is borrowed read-only with the GIL held and
-//! the kernel runs with the GIL released (another thread writing to the array meanwhile gives
-//! unspecified but memory-safe results); outputs are moved into new arrays without a copy.
+//! the kernel runs with the GIL released, through `interrupt::run` so that Ctrl-C stops it (another
+//! thread writing to the array meanwhile gives unspecified but memory-safe results); outputs are
+//! moved into new arrays without a copy.
 
 use numpy::ndarray::{Array1, Array2};
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::cluster::{kmeans, KMeansOptions};
+use super::interrupt::{self, work};
+use crate::cluster::{kmeans_cancellable, KMeansOptions};
 
 type KMeansOut<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray2<f32>>, f64, usize);
 
@@ -27,6 +29,7 @@ type KMeansOut<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray2<f32>>, f64
 ///
 /// Raises:
 ///     ValueError: k out of range, n_init < 1, a bad tol, NaN/inf values, an init of the wrong shape.
+///     KeyboardInterrupt: Ctrl-C (or the exception of another signal handler) during the run.
 #[pyfunction]
 #[pyo3(name = "kmeans", signature = (x, k, n_init=3, max_iter=100, tol=1e-4, seed=0, init=None))]
 fn py_kmeans<'py>(
@@ -39,7 +42,7 @@ fn py_kmeans<'py>(
     seed: u64,
     init: Option<PyReadonlyArray2<'py, f32>>,
 ) -> PyResult<KMeansOut<'py>> {
-    let [_, d]: [usize; 2] = x.shape().try_into().unwrap_or([0, 0]);
+    let [n, d]: [usize; 2] = x.shape().try_into().unwrap_or([0, 0]);
     let xs = x.as_slice()?;
     let init_s = match &init {
         Some(a) => {
@@ -59,7 +62,8 @@ fn py_kmeans<'py>(
         tol,
         seed,
     };
-    let r = py.detach(|| kmeans(xs, d, k, opts, init_s))?;
+    let cost = work(&[n, k, d, max_iter, if init_s.is_some() { 1 } else { n_init }]);
+    let r = interrupt::run(py, cost, |stop| kmeans_cancellable(xs, d, k, opts, init_s, stop))?;
     let labels: Vec<i64> = r.labels.into_iter().map(i64::from).collect();
     let c = Array2::from_shape_vec((k, d), r.centroids).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok((

@@ -2,7 +2,7 @@
 //! files, and a specific built-in exception for every other `CoreError` variant.
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyFileNotFoundError, PyIndexError, PyOSError, PyValueError};
+use pyo3::exceptions::{PyFileNotFoundError, PyIndexError, PyKeyboardInterrupt, PyOSError, PyValueError};
 use pyo3::PyErr;
 
 use crate::error::CoreError;
@@ -31,6 +31,9 @@ impl From<CoreError> for PyErr {
             CoreError::Tokenizer { .. } => TokenizerError::new_err(msg),
             CoreError::IdOutOfRange { .. } => PyIndexError::new_err(msg),
             CoreError::InvalidArgument { .. } => PyValueError::new_err(msg),
+            // Only a kernel whose flag was set returns this, and `interrupt::run` returns the
+            // exception the signal handler raised instead; this is the fallback.
+            CoreError::Interrupted => PyKeyboardInterrupt::new_err(msg),
         }
     }
 }

@@ -1,12 +1,14 @@
 //! The `tokvec._core` extension module. Only this folder uses pyo3 types: it borrows numpy arrays
-//! and strings with the GIL held, runs the core kernels inside `py.detach` (GIL released), and
-//! builds results with the GIL held again.
+//! and strings with the GIL held, runs the core kernels inside `py.detach` (GIL released; the long
+//! search and clustering kernels through `interrupt::run`, so that Ctrl-C stops them), and builds
+//! results with the GIL held again.
 
 use pyo3::prelude::*;
 
 mod cluster;
 mod errors;
 mod extract;
+mod interrupt;
 mod model;
 mod search;
 

@@ -216,8 +216,9 @@ fn collect_strings<'py>(texts: &Bound<'py, PyList>) -> PyResult<Vec<Bound<'py, P
         .collect()
 }
 
-/// An embedding model: a table read in place from a memory-mapped safetensors file, a tokenizer
-/// run in Rust, and pooling settings. Built by `tokvec.load`, which detects the format.
+/// An embedding model: a table read in place from a memory-mapped safetensors file (or from a
+/// private copy, `mmap=False`), a tokenizer run in Rust, and pooling settings. Built by
+/// `tokvec.load`, which detects the format.
 ///
 /// Args:
 ///     path: the `.safetensors` file holding the table.
@@ -230,6 +231,14 @@ fn collect_strings<'py>(texts: &Bound<'py, PyList>) -> PyResult<Vec<Bound<'py, P
 ///     normalize: L2-normalize pooled vectors.
 ///     max_length: pool at most this many tokens per text; None: no cap.
 ///     scalar: use the scalar reference kernels instead of SIMD (for tests).
+///     mmap: map the file (True) or read it into private memory (False: memory of the file's
+///         size, and the model is unaffected if the file is later rewritten or truncated).
+///
+/// Raises:
+///     FileNotFoundError: the file does not exist.
+///     FormatError: a malformed file, a bad table/weights/mapping, or NaN/Inf in the table's
+///         columns in use or in the weights (the message names the file, the tensor, the number of
+///         bad rows and the first row ids).
 #[pyclass(name = "Model", module = "tokvec._core", frozen)]
 pub struct PyModel {
     inner: EmbedModel,
@@ -239,7 +248,8 @@ pub struct PyModel {
 impl PyModel {
     #[new]
     #[pyo3(signature = (path, table, *, weights=None, mapping=None, tokenizer=None,
-                        skip_ids=Vec::new(), dim=None, normalize=true, max_length=None, scalar=false))]
+                        skip_ids=Vec::new(), dim=None, normalize=true, max_length=None, scalar=false,
+                        mmap=true))]
     fn py_new(
         py: Python<'_>,
         path: PathBuf,
@@ -252,6 +262,7 @@ impl PyModel {
         normalize: bool,
         max_length: Option<usize>,
         scalar: bool,
+        mmap: bool,
     ) -> PyResult<Self> {
         let spec = ModelSpec {
             table,
@@ -264,7 +275,11 @@ impl PyModel {
         };
         let enc: Option<Arc<dyn Encoder>> = tokenizer.map(|t| t.inner.clone() as Arc<dyn Encoder>);
         let inner = py.detach(|| -> Result<EmbedModel, CoreError> {
-            let file = Arc::new(SafetensorsFile::open(&path)?);
+            let file = Arc::new(if mmap {
+                SafetensorsFile::open(&path)?
+            } else {
+                SafetensorsFile::read(&path)?
+            });
             let mut m = EmbedModel::new(file, &spec, enc)?;
             if scalar {
                 m.set_isa(Isa::Scalar);
@@ -304,7 +319,7 @@ impl PyModel {
     fn table(&self) -> &str {
         &self.inner.table().name
     }
-    /// Path of the mapped file.
+    /// Path of the model file.
     #[getter]
     fn path(&self) -> &str {
         self.inner.file().path()

@@ -3,9 +3,13 @@
 //!
 //! Inputs are C-contiguous numpy arrays borrowed read-only with the GIL held (`as_slice` rejects
 //! other layouts; the Python layer calls `np.ascontiguousarray` first). The kernels run with the
-//! GIL released: another Python thread could write to a borrowed input meanwhile, which gives
-//! unspecified (but memory-safe) results for that call, as with any numpy reader. Outputs are
-//! moved into new arrays without a copy.
+//! GIL released, through `interrupt::run`, so Ctrl-C stops them: another Python thread could write
+//! to a borrowed input meanwhile, which gives unspecified (but memory-safe) results for that call,
+//! as with any numpy reader. Outputs are moved into new arrays without a copy.
+//!
+//! Argument names are those of the Python functions that call these (`tokvec.topk`,
+//! `duplicate_pairs`, `dedup_indices`, `tokvec.dedup`), and kernel errors are renamed to them, so
+//! a message names what the user passed (`embeddings: row 3 ...`, not the core's `e`).
 
 use numpy::ndarray::{Array1, Array2};
 use numpy::{
@@ -15,8 +19,20 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use rayon::prelude::*;
 
+use super::interrupt::{self, work};
 use crate::dedup::{self, Dedup, Pair};
+use crate::error::CoreError;
 use crate::{hamming, topk};
+
+/// The core's argument names for one set of rows, as the Python layer calls it.
+const EMBEDDINGS: &[(&str, &str)] = &[("e", "embeddings")];
+/// The core's names of the two sides of a cross search, as `tokvec.dedup(..., reference=...)`
+/// passes them (reference rows first).
+const CROSS: &[(&str, &str)] = &[("a", "reference"), ("b", "embeddings")];
+
+fn named(names: &'static [(&'static str, &'static str)]) -> impl Fn(CoreError) -> CoreError {
+    move |e| e.with_arg_names(names)
+}
 
 type TopkOut<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>);
 type PairsOut<'py> = (
@@ -118,14 +134,15 @@ fn py_topk<'py>(
     let [nc, dc]: [usize; 2] = corpus.shape().try_into().unwrap_or([0, 0]);
     same_width(d, dc, "queries and corpus")?;
     let (q, c) = (queries.as_slice()?, corpus.as_slice()?);
-    let (s, i) = py.detach(|| topk::topk(q, c, d, k))?;
+    let (s, i) = interrupt::run(py, work(&[nq, nc, d]), |stop| topk::topk_cancellable(q, c, d, k, stop))?;
     topk_out(py, nq, k.min(nc), s, i)
 }
 
-/// All pairs (i, j), i < j, with dot(e[i], e[j]) > threshold, sorted by (i, j); GIL released.
+/// All pairs (i, j), i < j, with dot(embeddings[i], embeddings[j]) > threshold, sorted by (i, j);
+/// GIL released, Ctrl-C stops it.
 ///
 /// Args:
-///     e: C-contiguous float32 array (n, d).
+///     embeddings: C-contiguous float32 array (n, d).
 ///     threshold: a finite float.
 ///
 /// Returns:
@@ -133,21 +150,29 @@ fn py_topk<'py>(
 ///
 /// Raises:
 ///     ValueError: a non-finite threshold, a non-contiguous array, NaN/inf or huge rows.
+///     KeyboardInterrupt: Ctrl-C (or the exception of another signal handler) during the search.
 #[pyfunction]
 #[pyo3(name = "duplicate_pairs")]
-fn py_duplicate_pairs<'py>(py: Python<'py>, e: PyReadonlyArray2<'py, f32>, threshold: f64) -> PyResult<PairsOut<'py>> {
+fn py_duplicate_pairs<'py>(
+    py: Python<'py>,
+    embeddings: PyReadonlyArray2<'py, f32>,
+    threshold: f64,
+) -> PyResult<PairsOut<'py>> {
     let t = check_threshold(threshold)?;
-    let [n, d]: [usize; 2] = e.shape().try_into().unwrap_or([0, 0]);
-    let x = e.as_slice()?;
-    let pairs = py.detach(|| dedup::pairs_above(x, n, d, t))?;
+    let [n, d]: [usize; 2] = embeddings.shape().try_into().unwrap_or([0, 0]);
+    let x = embeddings.as_slice()?;
+    let pairs = interrupt::run(py, work(&[n, n / 2, d]), |stop| {
+        dedup::pairs_above_cancellable(x, n, d, t, stop).map_err(named(EMBEDDINGS))
+    })?;
     Ok(pairs_out(py, pairs))
 }
 
-/// All pairs (i in a, j in b) with dot(a[i], b[j]) > threshold, sorted by (i, j); GIL released.
+/// All pairs (i in reference, j in embeddings) with dot(reference[i], embeddings[j]) > threshold,
+/// sorted by (i, j); GIL released, Ctrl-C stops it.
 ///
 /// Args:
-///     a: C-contiguous float32 array (na, d).
-///     b: C-contiguous float32 array (nb, d).
+///     reference: C-contiguous float32 array (na, d).
+///     embeddings: C-contiguous float32 array (nb, d).
 ///     threshold: a finite float.
 ///
 /// Returns:
@@ -155,28 +180,31 @@ fn py_duplicate_pairs<'py>(py: Python<'py>, e: PyReadonlyArray2<'py, f32>, thres
 ///
 /// Raises:
 ///     ValueError: mismatched columns, a non-finite threshold, a non-contiguous array, NaN/inf rows.
+///     KeyboardInterrupt: Ctrl-C (or the exception of another signal handler) during the search.
 #[pyfunction]
 #[pyo3(name = "duplicate_pairs_cross")]
 fn py_duplicate_pairs_cross<'py>(
     py: Python<'py>,
-    a: PyReadonlyArray2<'py, f32>,
-    b: PyReadonlyArray2<'py, f32>,
+    reference: PyReadonlyArray2<'py, f32>,
+    embeddings: PyReadonlyArray2<'py, f32>,
     threshold: f64,
 ) -> PyResult<PairsOut<'py>> {
     let t = check_threshold(threshold)?;
-    let [na, d]: [usize; 2] = a.shape().try_into().unwrap_or([0, 0]);
-    let [nb, db]: [usize; 2] = b.shape().try_into().unwrap_or([0, 0]);
-    same_width(d, db, "a and b")?;
-    let (xa, xb) = (a.as_slice()?, b.as_slice()?);
-    let pairs = py.detach(|| dedup::pairs_above_cross(xa, na, xb, nb, d, t))?;
+    let [na, d]: [usize; 2] = reference.shape().try_into().unwrap_or([0, 0]);
+    let [nb, db]: [usize; 2] = embeddings.shape().try_into().unwrap_or([0, 0]);
+    same_width(d, db, "reference and embeddings")?;
+    let (xa, xb) = (reference.as_slice()?, embeddings.as_slice()?);
+    let pairs = interrupt::run(py, work(&[na, nb, d]), |stop| {
+        dedup::pairs_above_cross_cancellable(xa, na, xb, nb, d, t, stop).map_err(named(CROSS))
+    })?;
     Ok(pairs_out(py, pairs))
 }
 
-/// Greedy deduplication in input order: row i is dropped when dot(e[i], e[j]) > threshold for an
-/// earlier *kept* row j. GIL released.
+/// Greedy deduplication in input order: row i is dropped when dot(embeddings[i], embeddings[j]) >
+/// threshold for an earlier *kept* row j. GIL released, Ctrl-C stops it.
 ///
 /// Args:
-///     e: C-contiguous float32 array (n, d).
+///     embeddings: C-contiguous float32 array (n, d).
 ///     threshold: a finite float.
 ///
 /// Returns:
@@ -185,21 +213,24 @@ fn py_duplicate_pairs_cross<'py>(
 ///
 /// Raises:
 ///     ValueError: a non-finite threshold, a non-contiguous array, NaN/inf or huge rows.
+///     KeyboardInterrupt: Ctrl-C (or the exception of another signal handler) during the search.
 #[pyfunction]
 #[pyo3(name = "dedup")]
-fn py_dedup<'py>(py: Python<'py>, e: PyReadonlyArray2<'py, f32>, threshold: f64) -> PyResult<PairsOut<'py>> {
+fn py_dedup<'py>(py: Python<'py>, embeddings: PyReadonlyArray2<'py, f32>, threshold: f64) -> PyResult<PairsOut<'py>> {
     let t = check_threshold(threshold)?;
-    let [n, d]: [usize; 2] = e.shape().try_into().unwrap_or([0, 0]);
-    let x = e.as_slice()?;
-    let r = py.detach(|| dedup::dedup_greedy(x, n, d, t))?;
+    let [n, d]: [usize; 2] = embeddings.shape().try_into().unwrap_or([0, 0]);
+    let x = embeddings.as_slice()?;
+    let r = interrupt::run(py, work(&[n, n / 2, d]), |stop| {
+        dedup::dedup_greedy_cancellable(x, n, d, t, stop).map_err(named(EMBEDDINGS))
+    })?;
     Ok(dedup_out(py, r))
 }
 
-/// Top-k over packed sign bits by similarity 1 - 2 * hamming / bits; GIL released.
+/// Top-k over packed sign bits by similarity 1 - 2 * hamming / bits; GIL released, Ctrl-C stops it.
 ///
 /// Args:
-///     q: C-contiguous uint64 array (nq, words); bit j is word j // 64, bit j % 64.
-///     c: C-contiguous uint64 array (nc, words).
+///     queries: C-contiguous uint64 array (nq, words); bit j is word j // 64, bit j % 64.
+///     corpus: C-contiguous uint64 array (nc, words).
 ///     k: neighbours per query, >= 1 (clipped to nc).
 ///     bits: meaningful bits per row, 1..=64 * words; bits past it must be zero.
 ///
@@ -213,25 +244,28 @@ fn py_dedup<'py>(py: Python<'py>, e: PyReadonlyArray2<'py, f32>, threshold: f64)
 #[pyo3(name = "topk_binary")]
 fn py_topk_binary<'py>(
     py: Python<'py>,
-    q: PyReadonlyArray2<'py, u64>,
-    c: PyReadonlyArray2<'py, u64>,
+    queries: PyReadonlyArray2<'py, u64>,
+    corpus: PyReadonlyArray2<'py, u64>,
     k: i64,
     bits: i64,
 ) -> PyResult<TopkOut<'py>> {
     let k = check_k(k)?;
-    let [nq, w]: [usize; 2] = q.shape().try_into().unwrap_or([0, 0]);
-    let [nc, wc]: [usize; 2] = c.shape().try_into().unwrap_or([0, 0]);
-    same_width(w, wc, "q and c")?;
+    let [nq, w]: [usize; 2] = queries.shape().try_into().unwrap_or([0, 0]);
+    let [nc, wc]: [usize; 2] = corpus.shape().try_into().unwrap_or([0, 0]);
+    same_width(w, wc, "queries and corpus")?;
     let bits = check_bits(bits, w)?;
-    let (qs, cs) = (q.as_slice()?, c.as_slice()?);
-    let (s, i) = py.detach(|| hamming::topk(qs, nq, cs, nc, w, bits, k))?;
+    let (qs, cs) = (queries.as_slice()?, corpus.as_slice()?);
+    let (s, i) = interrupt::run(py, work(&[nq, nc, w, 4]), |stop| {
+        hamming::topk_cancellable(qs, nq, cs, nc, w, bits, k, stop)
+    })?;
     topk_out(py, nq, k.min(nc), s, i)
 }
 
-/// All pairs (i, j), i < j, with 1 - 2 * hamming / bits > threshold, sorted by (i, j); GIL released.
+/// All pairs (i, j), i < j, with 1 - 2 * hamming / bits > threshold, sorted by (i, j); GIL
+/// released, Ctrl-C stops it.
 ///
 /// Args:
-///     e: C-contiguous uint64 array (n, words).
+///     embeddings: C-contiguous uint64 array (n, words).
 ///     threshold: a finite float.
 ///     bits: meaningful bits per row, 1..=64 * words.
 ///
@@ -244,22 +278,25 @@ fn py_topk_binary<'py>(
 #[pyo3(name = "duplicate_pairs_binary")]
 fn py_duplicate_pairs_binary<'py>(
     py: Python<'py>,
-    e: PyReadonlyArray2<'py, u64>,
+    embeddings: PyReadonlyArray2<'py, u64>,
     threshold: f64,
     bits: i64,
 ) -> PyResult<PairsOut<'py>> {
     let t = check_threshold(threshold)?;
-    let [n, w]: [usize; 2] = e.shape().try_into().unwrap_or([0, 0]);
+    let [n, w]: [usize; 2] = embeddings.shape().try_into().unwrap_or([0, 0]);
     let bits = check_bits(bits, w)?;
-    let x = e.as_slice()?;
-    let pairs = py.detach(|| hamming::pairs_above(x, n, w, bits, t))?;
+    let x = embeddings.as_slice()?;
+    let pairs = interrupt::run(py, work(&[n, n / 2, w, 4]), |stop| {
+        hamming::pairs_above_cancellable(x, n, w, bits, t, stop).map_err(named(EMBEDDINGS))
+    })?;
     Ok(pairs_out(py, pairs))
 }
 
-/// Greedy deduplication over packed sign bits (similarity 1 - 2 * hamming / bits); GIL released.
+/// Greedy deduplication over packed sign bits (similarity 1 - 2 * hamming / bits); GIL released,
+/// Ctrl-C stops it.
 ///
 /// Args:
-///     e: C-contiguous uint64 array (n, words).
+///     embeddings: C-contiguous uint64 array (n, words).
 ///     threshold: a finite float.
 ///     bits: meaningful bits per row, 1..=64 * words.
 ///
@@ -273,15 +310,17 @@ fn py_duplicate_pairs_binary<'py>(
 #[pyo3(name = "dedup_binary")]
 fn py_dedup_binary<'py>(
     py: Python<'py>,
-    e: PyReadonlyArray2<'py, u64>,
+    embeddings: PyReadonlyArray2<'py, u64>,
     threshold: f64,
     bits: i64,
 ) -> PyResult<PairsOut<'py>> {
     let t = check_threshold(threshold)?;
-    let [n, w]: [usize; 2] = e.shape().try_into().unwrap_or([0, 0]);
+    let [n, w]: [usize; 2] = embeddings.shape().try_into().unwrap_or([0, 0]);
     let bits = check_bits(bits, w)?;
-    let x = e.as_slice()?;
-    let r = py.detach(|| hamming::dedup_greedy(x, n, w, bits, t))?;
+    let x = embeddings.as_slice()?;
+    let r = interrupt::run(py, work(&[n, n / 2, w, 4]), |stop| {
+        hamming::dedup_greedy_cancellable(x, n, w, bits, t, stop).map_err(named(EMBEDDINGS))
+    })?;
     Ok(dedup_out(py, r))
 }
 

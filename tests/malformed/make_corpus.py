@@ -597,8 +597,8 @@ def _model2vec_cases(root: Path) -> list[Case]:
 
     cases = [
         ("weights too short", extra("weights", "F32", [VOCAB - 1], np.ones(VOCAB - 1, "<f4").tobytes()), ("weights",)),
-        ("weights NaN", extra("weights", "F32", [VOCAB], np.full(VOCAB, np.nan, "<f4").tobytes()), ("not finite",)),
-        ("weights inf", extra("weights", "F32", [VOCAB], np.full(VOCAB, np.inf, "<f4").tobytes()), ("not finite",)),
+        ("weights NaN", extra("weights", "F32", [VOCAB], np.full(VOCAB, np.nan, "<f4").tobytes()), ("hold NaN or Inf",)),
+        ("weights inf", extra("weights", "F32", [VOCAB], np.full(VOCAB, np.inf, "<f4").tobytes()), ("hold NaN or Inf",)),
         ("weights 2-D", extra("weights", "F32", [VOCAB, 1], np.ones(VOCAB, "<f4").tobytes()), ("1-d",)),
         ("weights int", extra("weights", "I32", [VOCAB], np.ones(VOCAB, "<i4").tobytes()), ("dtype",)),
         ("mapping negative", extra("mapping", "I32", [VOCAB], np.full(VOCAB, -1, "<i4").tobytes()), ("negative",)),
