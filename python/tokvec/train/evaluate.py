@@ -310,7 +310,9 @@ def as_encoder(model: Any, *, dim: int | None = None) -> Encoder:
 
         model = tokvec.load(model, dim=dim)
         dim = None
-    if hasattr(model, "fingerprint") and hasattr(model, "encode_ids"):  # a Teacher: cached vectors
+    from tokvec.train.teacher import Teacher
+
+    if isinstance(model, Teacher):  # cached vectors
         from tokvec.train.cache import teacher_vectors
 
         teacher = model
