@@ -23,6 +23,8 @@
 //!   `(i, j)` has a kept `i`; its `dup_of` is the kept `i` with the highest score (lowest `i` on
 //!   ties). Memory is proportional to the number of pairs above the threshold.
 
+use std::sync::atomic::{AtomicIsize, Ordering};
+
 use rayon::prelude::*;
 
 use crate::cancel::Cancel;
@@ -805,7 +807,9 @@ fn may_pair(a: &Node, b: &Node, rel: f64, cos_err: f64, threshold: f32) -> bool 
 }
 
 /// Dual-tree traversal: every pair of leaves (each unordered pair once) that may hold a pair
-/// (nothing more once `cancel` is set).
+/// (nothing more once `cancel` is set, or once more leaf pairs were found than `budget` allowed:
+/// `budget` is then below zero and the caller drops the list).
+#[allow(clippy::too_many_arguments)]
 fn leaf_pairs(
     nodes: &[Node],
     a: usize,
@@ -814,12 +818,16 @@ fn leaf_pairs(
     cos_err: f64,
     threshold: f32,
     cancel: &Cancel,
+    budget: &AtomicIsize,
 ) -> Vec<(usize, usize)> {
-    if cancel.is_cancelled() || !may_pair(&nodes[a], &nodes[b], rel, cos_err, threshold) {
+    if cancel.is_cancelled()
+        || budget.load(Ordering::Relaxed) < 0
+        || !may_pair(&nodes[a], &nodes[b], rel, cos_err, threshold)
+    {
         return Vec::new();
     }
     let size = |i: usize| nodes[i].end - nodes[i].start;
-    let go = |x: usize, y: usize| leaf_pairs(nodes, x, y, rel, cos_err, threshold, cancel);
+    let go = |x: usize, y: usize| leaf_pairs(nodes, x, y, rel, cos_err, threshold, cancel, budget);
     let both = |x: (usize, usize), y: (usize, usize)| {
         let (mut l, r) = if size(a) * size(b) > 1 << 22 {
             rayon::join(|| go(x.0, x.1), || go(y.0, y.1))
@@ -830,7 +838,10 @@ fn leaf_pairs(
         l
     };
     match (nodes[a].children, nodes[b].children) {
-        (None, None) => vec![(a, b)],
+        (None, None) => {
+            budget.fetch_sub(1, Ordering::Relaxed);
+            vec![(a, b)]
+        }
         (Some((a1, a2)), _) if a == b => {
             let mut v = both((a1, a1), (a2, a2));
             v.extend(go(a1, a2));
@@ -846,7 +857,45 @@ fn leaf_pairs(
 const QB: usize = 256;
 const CB: usize = 1024;
 
+/// Leaf pairs [`pairs_with`] keeps in memory at most (16 bytes each). More means the tree prunes
+/// little (nearly isotropic vectors: 157 million leaf pairs, 2.5 GB, for 320k sentence vectors at
+/// 0.8, about as much work as all pairs), so the slot pairs are scanned in order instead: the
+/// same pairs with the same scores, with a list of tasks that grows with n^2 / (QB CB) only.
+const LEAF_PAIR_BUDGET: isize = 1 << 22;
+
+/// Every query slot block against every corpus slot block at or after it: all pairs, once.
+fn dense_tasks(slots: usize) -> Vec<Task> {
+    let mut tasks = Vec::new();
+    for q0 in (0..slots).step_by(QB) {
+        let q1 = (q0 + QB).min(slots);
+        for c0 in (q0..slots).step_by(CB) {
+            let c1 = (c0 + CB).min(slots);
+            tasks.push(Task {
+                q0,
+                q1,
+                c0,
+                c1,
+                tri: c0 < q1,
+            });
+        }
+    }
+    tasks
+}
+
 fn pairs_with(e: &[f32], n: usize, d: usize, threshold: f32, path: Path, cancel: &Cancel) -> Result<Vec<Pair>> {
+    pairs_budgeted(e, n, d, threshold, path, cancel, LEAF_PAIR_BUDGET)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pairs_budgeted(
+    e: &[f32],
+    n: usize,
+    d: usize,
+    threshold: f32,
+    path: Path,
+    cancel: &Cancel,
+    leaf_pair_budget: isize,
+) -> Result<Vec<Pair>> {
     check_n(e, n, d, "e")?;
     check_threshold(threshold)?;
     let norms = row_norms(e, d, "e")?;
@@ -865,8 +914,13 @@ fn pairs_with(e: &[f32], n: usize, d: usize, threshold: f32, path: Path, cancel:
     // f32 centers: each element off by <= 2^-24 relative, so the dot of the f32 centers is
     // within 2^-23 (|a| |b| <= 1) of the f64 one, plus the canonical dot's own rounding
     let cos_err = 2.0 * canonical_rel_err(d) + 4.0 * crate::topk::U32_ERR + 1e-12;
-    let lp = leaf_pairs(&nodes, root, root, rel, cos_err, threshold, cancel);
+    let budget = AtomicIsize::new(leaf_pair_budget);
+    let mut lp = leaf_pairs(&nodes, root, root, rel, cos_err, threshold, cancel, &budget);
     cancel.check()?;
+    let dense = budget.load(Ordering::Relaxed) < 0;
+    if dense {
+        lp = Vec::new();
+    }
     // orient by slot order, group by the query leaf, merge runs of adjacent corpus leaves
     let mut lp: Vec<(usize, usize)> = lp
         .into_iter()
@@ -879,7 +933,11 @@ fn pairs_with(e: &[f32], n: usize, d: usize, threshold: f32, path: Path, cancel:
         })
         .collect();
     lp.sort_unstable_by_key(|&(a, b)| (nodes[a].start, nodes[b].start));
-    let mut tasks = Vec::new();
+    let mut tasks = if dense {
+        dense_tasks(slots.orig.len())
+    } else {
+        Vec::new()
+    };
     let mut p = 0;
     while p < lp.len() {
         let a = lp[p].0;
@@ -1069,6 +1127,25 @@ mod tests {
     }
 
     #[test]
+    fn pairs_dense_scan_matches_reference() {
+        // a leaf-pair budget of 0 (and 1) sends every case to the in-order scan of all slot pairs
+        for (n, d, thr, noise, seed) in [
+            (2600, 32, 0.9f32, 0.4f32, 1u64),
+            (700, 17, 0.5, 0.6, 2),
+            (3, 4, -1.0, 0.1, 3),
+        ] {
+            let e = clustered(n, d, 20, noise, seed);
+            let want = bits(&pairs_above_scalar(&e, n, d, thr).unwrap());
+            for p in paths() {
+                for budget in [0, 1] {
+                    let got = pairs_budgeted(&e, n, d, thr, p, Cancel::never(), budget).unwrap();
+                    assert_eq!(bits(&got), want, "{p:?} n={n} budget {budget}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn pairs_small_cases() {
         check(&[], 0, 4, 0.5);
         check(&[1.0, 0.0], 1, 2, 0.5);
@@ -1232,8 +1309,9 @@ mod tests {
         let go = Cancel::new();
         let (nodes, root, _) = tree(&e, d, &norms, isa(), 0.9, &go);
         assert!(nodes.len() > 1);
-        assert!(leaf_pairs(&nodes, root, root, 1e-6, 1e-6, 0.9, &stop).is_empty());
-        assert!(!leaf_pairs(&nodes, root, root, 1e-6, 1e-6, 0.9, &go).is_empty());
+        let budget = || AtomicIsize::new(LEAF_PAIR_BUDGET);
+        assert!(leaf_pairs(&nodes, root, root, 1e-6, 1e-6, 0.9, &stop, &budget()).is_empty());
+        assert!(!leaf_pairs(&nodes, root, root, 1e-6, 1e-6, 0.9, &go, &budget()).is_empty());
     }
 
     proptest! {
