@@ -404,24 +404,35 @@ class Model:
         s = self._scores(query, items)
         return [d for d, v in zip(items, s) if v > t]
 
-    def key(self, query: str) -> Callable[[str], float]:
-        """A sort key: `sorted(docs, key=m.key(q))` puts the docs most similar to q first.
+    def key(self, query: str, *, norm: bool = True) -> Callable[[str], float]:
+        """A key function that returns a text's similarity with the query, as WordLlama's `key` does:
+        `max(docs, key=m.key(q))` is the doc most similar to q, and `sorted(docs, key=m.key(q),
+        reverse=True)` puts the most similar first (`min`, or `sorted` without `reverse`, the least).
 
-        The key returns the negated similarity; embeddings of seen texts are cached in the key.
+        Embeddings of seen texts are cached in the key.
 
         Args:
             query: the query text.
+            norm: WordLlama's keyword, accepted for code moving from it: the score is the cosine
+                similarity (Hamming-based for binary models) either way, as in WordLlama, whose
+                similarity normalizes the vectors itself.
 
         Returns:
-            a function str -> float.
+            a function str -> float, the score `similarity(query, text)` gives.
         """
+        if not isinstance(query, str):
+            raise TypeError(f"query must be str, got {type(query).__name__}")
+        if not isinstance(norm, bool):
+            raise TypeError(f"norm must be a bool, got {type(norm).__name__}")
         q = self._unit_embed([query])
         cache: dict[str, float] = {}
 
         def _key(text: str) -> float:
             v = cache.get(text)
             if v is None:
-                v = cache[text] = -float(self._sim_matrix(q, self._unit_embed([text]))[0, 0])
+                if not isinstance(text, str):
+                    raise TypeError(f"the key takes a str, got {type(text).__name__}")
+                v = cache[text] = float(self._sim_matrix(q, self._unit_embed([text]))[0, 0])
             return v
 
         return _key
