@@ -477,3 +477,25 @@ def test_wordllama_binary(wordllama, wordllama_model, wl_docs):
     assert not np.array_equal(x, y)
     np.testing.assert_allclose(mb.similarity(docs, docs), wlb.vector_similarity(x, x), atol=1e-6)
     assert mb.rank(docs[0], docs) == [(d, pytest.approx(s, abs=1e-6)) for d, s in wlb.rank(docs[0], docs)]
+
+
+def test_wordllama_cluster_and_split_differ_by_name(wordllama, wl_docs):
+    """cluster: WordLlama returns (labels list, inertia) and names its options max_iterations/tolerance/...;
+    tokvec returns a KMeansResult and refuses those names with a message naming its own. split: WordLlama's
+    smoothing options are not tokvec's; target_size is the same bound in characters."""
+    build, m = wordllama
+    wl = build()
+    labels, inertia = wl.cluster(wl_docs, 5, random_state=1)  # (0 is taken for "no seed" there)
+    assert isinstance(labels, list) and len(labels) == len(wl_docs) and isinstance(inertia, float)
+    res = m.cluster(wl_docs, 5, seed=0)
+    assert isinstance(res, tokvec.KMeansResult) and res.labels.shape == (len(wl_docs),)
+    for name, instead in (("max_iterations", "max_iter"), ("tolerance", "tol"), ("random_state", "seed"),
+                          ("min_iterations", "none")):
+        with pytest.raises(TypeError, match=rf"WordLlama's keyword '{name}'.*\({instead}"):
+            m.cluster(wl_docs, 5, **{name: 1})
+    text = "\n".join(wl_docs[:60])
+    for chunks in (wl.split(text, target_size=400), m.split(text, target_size=400)):
+        assert chunks and max(len(c) for c in chunks) <= 400
+    assert "".join(m.split(text, target_size=400)) == text
+    with pytest.raises(TypeError, match="window_size"):
+        m.split(text, target_size=400, window_size=3)

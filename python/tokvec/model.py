@@ -731,10 +731,20 @@ class Model:
             **kwargs: passed to `tokvec.kmeans`.
 
         Returns:
-            a `tokvec.KMeansResult` (labels per doc, centroids, inertia).
+            a `tokvec.KMeansResult` (labels per doc, centroids, inertia), not WordLlama's
+            `(labels, inertia)` tuple.
+
+        Raises:
+            TypeError: a WordLlama keyword (the message names tokvec's).
         """
         from tokvec.cluster import kmeans
 
+        wl = [name for name in _WORDLLAMA_KMEANS if name in kwargs]
+        if wl:
+            raise TypeError(
+                f"cluster() got WordLlama's keyword {wl[0]!r}; tokvec.kmeans names its options n_init, max_iter, tol "
+                f"and seed ({_WORDLLAMA_KMEANS[wl[0]]})"
+            )
         if self._binary:
             raise ValueError("cluster needs a float model (binary=False)")
         return kmeans(self.embed(self._texts(docs, "docs")), k, **kwargs)
@@ -810,6 +820,14 @@ def _opt_bool(value: Any, name: str) -> bool | None:
         raise TypeError(f"{name} must be a bool or None, got {type(value).__name__}")
     return value
 
+
+#: WordLlama's `cluster` keywords, with what tokvec.kmeans has instead (they are not aliases: the rules differ).
+_WORDLLAMA_KMEANS = {
+    "max_iterations": "max_iter: Lloyd iterations per restart",
+    "tolerance": "tol: scikit-learn's rule, the squared center shift relative to the data's variance",
+    "min_iterations": "none: iterations stop at convergence",
+    "random_state": "seed: an int",
+}
 
 #: Texts pooled per core call when `encode` shows a progress bar and no batch_size is given.
 _BAR_BATCH = 10_000
