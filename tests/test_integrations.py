@@ -260,6 +260,22 @@ def test_semhash_self_deduplicate_keeps_what_deduplicate_keeps(model, dup_texts,
         assert abs(score - ex.score[i]) < 1e-6
 
 
+def test_semhash_empty_texts(model, stsb_texts):
+    """The corner where the rules differ: semhash groups identical records, empty ones too, so it keeps one copy of
+    each empty text; Model.deduplicate keeps every empty text (none is a duplicate of another), or with
+    drop_empty=True none. Texts that embed to the zero vector (unknown tokens only) match nothing in both."""
+    from semhash import SemHash
+
+    texts = stsb_texts[:40] + ["", "  ", "", "\t", "  ", "🙂", "🙃", "🙂"] + stsb_texts[:5]
+    assert not model.encode(["🙂", "🙃"]).any()
+    selected = SemHash.from_records(texts, model=model, ann_backend="basic").self_deduplicate(0.9).selected
+    kept = model.deduplicate(texts, 0.9)
+    assert kept.count("") == 2 and kept.count("  ") == 2 and "\t" in kept
+    assert selected == [t for i, t in enumerate(kept) if t.strip() or t not in kept[:i]]
+    assert model.deduplicate(texts, 0.9, drop_empty=True) == [t for t in selected if t.strip()]
+    assert selected.count("🙂") == 1 and "🙃" in selected
+
+
 def test_semhash_two_columns_equal_dedup_of_joined_vectors(model):
     """Records with two text columns: semhash joins each record's column vectors (unit each) and compares the
     joined vectors by cosine, i.e. the mean of the two columns' cosines. tokvec.dedup_indices on the same joined
