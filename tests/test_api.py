@@ -226,11 +226,21 @@ def test_key(model, near_dup_corpus, corpus_emb, sample_sentences):
     docs = near_dup_corpus[:120]
     s = corpus_emb[:120].astype(np.float64) @ model.embed(q)
     key = model.key(q)
-    got = sorted(docs, key=key)
     score_of = dict(zip(docs, s))
+    # the key is the similarity (as WordLlama's): max is the best match, reverse=True sorts best first
+    got = sorted(docs, key=key, reverse=True)
     assert (np.diff([score_of[d] for d in got]) <= TOL).all()
-    assert abs(key(docs[0]) + score_of[docs[0]]) < TOL
-    assert key(docs[0]) == key(docs[0])
+    assert score_of[max(docs, key=key)] >= s.max() - TOL
+    assert score_of[min(docs, key=key)] <= s.min() + TOL
+    assert abs(key(docs[0]) - score_of[docs[0]]) < TOL
+    assert key(docs[0]) == key(docs[0]) == model.similarity(q, docs[0])
+    assert model.key(q, norm=False)(docs[0]) == key(docs[0])  # WordLlama's keyword, no effect on the cosine
+    with pytest.raises(TypeError, match="query must be str"):
+        model.key(["a query"])
+    with pytest.raises(TypeError, match="the key takes a str, got int"):
+        key(3)
+    with pytest.raises(TypeError, match="norm must be a bool"):
+        model.key(q, norm="yes")
 
 
 # ------------------------------------------------------------------------------------------ deduplicate

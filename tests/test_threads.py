@@ -97,6 +97,20 @@ def test_threads_encode_and_rank_identical(models, texts):
         np.testing.assert_array_equal(sim, want_sim)
 
 
+def test_threads_raw_encode_builds_one_view(texts):
+    """encode(normalize_embeddings=False) on a normalizing model builds its raw core on first use; threads that
+    race to build it all get the raw model's bits, and the normalized vectors are unchanged meanwhile."""
+    m = tokvec.load()
+    want_raw = tokvec.load(normalize=False).encode(texts)
+    want = m.encode(texts)
+
+    def work(i: int) -> np.ndarray:
+        return m.encode(texts, normalize_embeddings=i % 2 == 0, batch_size=500 + i)
+
+    for i, got in enumerate(run_threads(work)):
+        np.testing.assert_array_equal(got, want if i % 2 == 0 else want_raw)
+
+
 def test_threads_search_identical(models, texts, near_dup_corpus):
     m, mb = models["default"], models["binary"]
     e = m.embed(texts[:1500])

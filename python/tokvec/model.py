@@ -118,13 +118,16 @@ class Model:
     """
 
     def __init__(self, core: Any, tokenizer: LoadedTokenizer, resolved: Resolved, binary: bool,
-                 max_length: int | None, skip_ids: tuple[int, ...]) -> None:
+                 max_length: int | None, skip_ids: tuple[int, ...], *, scalar: bool = False, mmap: bool = True) -> None:
         self._core = core
         self._tok = tokenizer
         self._resolved = resolved
         self._binary = binary
         self._max_length = max_length
         self._skip_ids = skip_ids
+        self._scalar = scalar
+        self._mmap = mmap
+        self._raw: Any = None  # the core without normalization, built on first use (`_raw_core`)
         self._load_args: dict[str, Any] | None = None
         self._fingerprint: str | None = None
 
@@ -160,13 +163,29 @@ class Model:
                 f"{r.safetensors.parent / 'config.json'}: key 'skip_ids' holds id {max(r.skip_ids)}, "
                 f"past the table's {id_limit} token ids"
             )
-        core = _core.Model(
-            str(r.safetensors), r.table, weights=r.weights, mapping=r.mapping, tokenizer=tok.core,
-            skip_ids=list(skip), dim=dim,
-            normalize=r.normalize if normalize is None else normalize, max_length=max_length, scalar=scalar,
-            mmap=mmap,
-        )
-        return cls(core, tok, r, binary, max_length, skip)
+        core = _new_core(r, tok, skip, dim=dim, normalize=r.normalize if normalize is None else normalize,
+                         max_length=max_length, scalar=scalar, mmap=mmap)
+        return cls(core, tok, r, binary, max_length, skip, scalar=scalar, mmap=mmap)
+
+    def _raw_core(self) -> Any:
+        """The core that pools without normalizing: the model's own when its config says
+        `normalize: false`; otherwise a second core over the same mapped file, tokenizer and
+        settings, built on first use (a header parse and the NaN/Inf scan of the table; the pages
+        are shared, so no second copy of the table). Its rows, normalized by `_core.normalize_rows`,
+        are the model's vectors bit for bit. Two threads may both build one; either is kept."""
+        if not self.normalize:
+            return self._core
+        if self._raw is None:
+            if not self._mmap:
+                raise ValueError(
+                    "raw pooled means (normalize_embeddings=False, norm=False) of a model that normalizes come "
+                    "from a second view of its file, and this model was loaded with mmap=False (a private copy: "
+                    "the file may have changed since); load it with tokvec.load(..., normalize=False) instead: "
+                    "its vectors are the raw means, and normalize_embeddings=True gives this model's vectors"
+                )
+            self._raw = _new_core(self._resolved, self._tok, self._skip_ids, dim=self.dim, normalize=False,
+                                  max_length=self._max_length, scalar=self._scalar, mmap=True)
+        return self._raw
 
     # ---------------------------------------------------------------- properties
     @property
@@ -222,11 +241,24 @@ class Model:
             return list(texts)
         raise TypeError(f"{name} must be a list of str, got {type(texts).__name__}")
 
-    def embed(self, texts: str | Sequence[str]) -> np.ndarray:
+    def embed(
+        self, texts: str | Sequence[str], *, norm: bool | None = None, return_np: bool = True,
+        batch_size: int | None = None,
+    ) -> Any:
         """Embeds texts.
 
         Args:
             texts: a list (or any iterable) of str; a single str gives a single vector.
+            norm: None (default) follows the model: L2-normalized unless its config says
+                `normalize: false`. True gives unit vectors (bit for bit those of the model loaded
+                normalized), False the raw pooled means (for a model that normalizes, from a second
+                core over the same file, see `encode`). WordLlama's keyword, with its meaning (its
+                default is False: tokvec's follows the model instead). No effect on a binary model:
+                the signs do not depend on the scale.
+            return_np: False returns nested lists of Python floats (`.tolist()`), as WordLlama's
+                `return_np=False`.
+            batch_size: texts pooled per call into the core (bounds the memory of the token ids);
+                the vectors do not depend on it. Default: all at once.
 
         Returns:
             float32 (len(texts), dim), L2-normalized unless the model says otherwise; with
@@ -237,21 +269,130 @@ class Model:
             TypeError: texts is not str / a list of str (the message names the first bad item).
             ValueError: a text holds a lone surrogate and cannot be encoded as UTF-8.
         """
+        norm = _opt_bool(norm, "norm")
+        if not isinstance(return_np, bool):
+            raise TypeError(f"return_np must be a bool, got {type(return_np).__name__}")
+        batch = _positive_int(batch_size, "batch_size")
         if isinstance(texts, str):
-            return self.embed([texts])[0]
-        items = self._texts(texts)
+            e = self._pooled([texts], norm, batch)[0]
+        else:
+            e = self._pooled(self._texts(texts), norm, batch)
+        return e if return_np else e.tolist()
+
+    def _pooled(self, items: list[str], normalize: bool | None, batch_size: int | None = None,
+                bar: Any = None) -> np.ndarray:
+        """The one pooling path of `embed`, `encode` and the scoring methods: packed bits for a binary
+        model, else float32 rows, normalized as asked (None: as the model's config says), pooled
+        `batch_size` texts per core call (None: one call), `bar.update` called after each call."""
         if self._binary:
-            return self._core.embed_binary(items)
-        return self._core.embed(items)
+            fn, fix = self._core.embed_binary, False
+        elif normalize is None or normalize == self.normalize:
+            fn, fix = self._core.embed, False
+        elif normalize:  # a raw model asked for unit vectors: the normalized model's arithmetic
+            fn, fix = self._core.embed, True
+        else:
+            fn, fix = self._raw_core().embed, False
+        n = len(items)
+        if batch_size is None or n <= batch_size:
+            out = fn(items)
+            if bar is not None:
+                bar.update(n)
+        else:
+            width = -(-self.dim // 64) if self._binary else self.dim
+            out = np.empty((n, width), np.uint64 if self._binary else np.float32)
+            for a in range(0, n, batch_size):
+                out[a : a + batch_size] = fn(items[a : a + batch_size])
+                if bar is not None:
+                    bar.update(min(batch_size, n - a))
+        if fix and n:
+            _core.normalize_rows(out)
+        return out
 
     def _unit_embed(self, texts: list[str]) -> np.ndarray:
         """Embeddings for scoring: similarity, search and dedup are cosine even when the model's
         config says `normalize: false` (the rows are then normalized here, with the arithmetic a
         normalized model's pooling uses, so the scores are bit for bit the normalized model's)."""
-        e = self.embed(texts)
-        if not self._binary and not self.normalize and len(e):
-            _core.normalize_rows(e)
+        return self._pooled(texts, True)
+
+    def encode(
+        self, sentences: str | Sequence[str], batch_size: int | None = None, show_progress_bar: bool | None = False,
+        normalize_embeddings: bool | None = None, convert_to_numpy: bool = True, **kwargs: Any,
+    ) -> Any:
+        """Embeds texts as sentence-transformers' and model2vec's `encode` do, so that libraries
+        written for those (semhash, BERTopic, ...) can take a tokvec model. Float vectors always.
+
+        Args:
+            sentences: a list (or any iterable) of str; a single str gives shape (dim,).
+            batch_size: texts pooled per core call; the vectors do not depend on it. Default: all at
+                once, or 10,000 a step with a progress bar.
+            show_progress_bar: a tqdm bar (texts, texts/s) on stderr; None counts as False.
+            normalize_embeddings: None (default) follows the model (normalized unless its config
+                says `normalize: false`). True gives unit vectors, bit for bit those of the model
+                loaded normalized. False gives the raw pooled means, as model2vec's
+                `normalize=False`; for a model that normalizes they come from a second core over the
+                same mapped file, built on the first such call (with `mmap=False` this is refused:
+                load with `normalize=False` instead).
+            convert_to_numpy: True returns a numpy array; False (sentence-transformers: a list of
+                torch tensors) needs torch.
+            **kwargs: the other keywords those libraries pass, accepted where they leave the result
+                as they would compute it, refused where they would change it:
+                `normalize` (model2vec's name for normalize_embeddings), `convert_to_tensor` (True:
+                a torch.Tensor, needs torch), `device` (None or "cpu"), `precision` ("float32"),
+                `output_value` ("sentence_embedding"), `prompt_name` (None), `prompt` (None or ""),
+                `truncate_dim` (None or the model's dim: load with `dim=` to truncate), `max_length`
+                (the model's max_length: load with `max_length=` to change it), `task` (None),
+                `pool` (None), `chunk_size`, `use_multiprocessing`, `multiprocessing_threshold`
+                (no effect: the core is multi-threaded).
+
+        Returns:
+            float32 (len(sentences), dim), or (dim,) for a str. A binary model (`binary=True`) gives
+            its sign bits unpacked as floats, +-1/sqrt(dim) (unit rows, so the dot product is the
+            model's Hamming similarity 1 - 2h/dim), or +-1 with normalize_embeddings=False.
+
+        Raises:
+            TypeError: sentences is not str / a list of str, a keyword of the wrong type, or an
+                unknown keyword.
+            ValueError: a keyword value that would change the result (a GPU device, a precision
+                other than float32, a prompt, ...); the message says what to do instead.
+            ImportError: torch tensors asked for and torch is not installed.
+        """
+        batch = _positive_int(batch_size, "batch_size")
+        if show_progress_bar is not None and not isinstance(show_progress_bar, bool):
+            raise TypeError(f"show_progress_bar must be a bool or None, got {type(show_progress_bar).__name__}")
+        if not isinstance(convert_to_numpy, bool):
+            raise TypeError(f"convert_to_numpy must be a bool, got {type(convert_to_numpy).__name__}")
+        norm, tensor = _encode_options(self, _opt_bool(normalize_embeddings, "normalize_embeddings"), kwargs)
+        single = isinstance(sentences, str)
+        items = [sentences] if single else self._texts(sentences, "sentences")
+        if show_progress_bar:
+            from tqdm import tqdm
+
+            with tqdm(total=len(items), desc="encode", unit="texts", dynamic_ncols=True) as bar:
+                e = self._pooled(items, norm, batch or _BAR_BATCH, bar)
+        else:
+            e = self._pooled(items, norm, batch)
+        if self._binary:
+            e = _signs(e, self.dim)
+            if self.normalize if norm is None else norm:
+                e *= np.float32(1 / np.sqrt(self.dim))
+        if single:
+            e = e[0]
+        if tensor or not convert_to_numpy:
+            try:
+                import torch
+            except ImportError:
+                asked = "convert_to_tensor=True" if tensor else "convert_to_numpy=False"
+                raise ImportError(
+                    f"{asked} asks for torch tensors, and torch is not installed; leave it out for a numpy "
+                    f"array (torch.from_numpy(array) makes a tensor of it without a copy)"
+                ) from None
+            t = torch.from_numpy(e)
+            return t if tensor or single else list(t)
         return e
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """The length of `encode`'s vectors (`dim`), as sentence-transformers names it."""
+        return self.dim
 
     @property
     def fingerprint(self) -> str:
@@ -319,9 +460,7 @@ class Model:
             if len(b) == 1:
                 return _row_dots(a, b[0])[:, None]
             return a @ b.T
-        ua = np.unpackbits(a.view(np.uint8), axis=1, bitorder="little")[:, : self.dim].astype(np.float32) * 2 - 1
-        ub = np.unpackbits(b.view(np.uint8), axis=1, bitorder="little")[:, : self.dim].astype(np.float32) * 2 - 1
-        return (ua @ ub.T) / self.dim
+        return (_signs(a, self.dim) @ _signs(b, self.dim).T) / self.dim
 
     def similarity(self, a: str | Sequence[str], b: str | Sequence[str]) -> Any:
         """Cosine similarity (Hamming-based for binary models).
@@ -340,26 +479,30 @@ class Model:
             return float(m[0, 0])
         return m.astype(np.float32, copy=False)
 
-    def _scores(self, query: str, docs: list[str]) -> np.ndarray:
+    def _scores(self, query: str, docs: list[str], batch_size: int | None = None) -> np.ndarray:
         if not isinstance(query, str):
             raise TypeError(f"query must be str, got {type(query).__name__}")
         if not docs:
             return np.zeros(0, np.float32)
-        return self._sim_matrix(self._unit_embed([query]), self._unit_embed(docs))[0]
+        return self._sim_matrix(self._unit_embed([query]), self._pooled(docs, True, batch_size))[0]
 
-    def rank(self, query: str, docs: Sequence[str], *, sort: bool = True) -> list[tuple[str, float]]:
+    def rank(self, query: str, docs: Sequence[str], sort: bool = True, batch_size: int | None = None,
+             ) -> list[tuple[str, float]]:
         """Scores every doc against the query.
 
         Args:
             query: the query text.
             docs: the candidate texts.
             sort: best first (stable: equal scores keep input order); False keeps input order.
+            batch_size: WordLlama's keyword: texts pooled per core call; the scores do not depend on it.
 
         Returns:
             list of (doc, score).
         """
+        if not isinstance(sort, bool):
+            raise TypeError(f"sort must be a bool, got {type(sort).__name__}")
         items = self._texts(docs, "docs")
-        s = self._scores(query, items)
+        s = self._scores(query, items, _positive_int(batch_size, "batch_size"))
         order = np.argsort(-s, kind="stable") if sort else range(len(items))
         return [(items[i], float(s[i])) for i in order]
 
@@ -404,24 +547,35 @@ class Model:
         s = self._scores(query, items)
         return [d for d, v in zip(items, s) if v > t]
 
-    def key(self, query: str) -> Callable[[str], float]:
-        """A sort key: `sorted(docs, key=m.key(q))` puts the docs most similar to q first.
+    def key(self, query: str, *, norm: bool = True) -> Callable[[str], float]:
+        """A key function that returns a text's similarity with the query, as WordLlama's `key` does:
+        `max(docs, key=m.key(q))` is the doc most similar to q, and `sorted(docs, key=m.key(q),
+        reverse=True)` puts the most similar first (`min`, or `sorted` without `reverse`, the least).
 
-        The key returns the negated similarity; embeddings of seen texts are cached in the key.
+        Embeddings of seen texts are cached in the key.
 
         Args:
             query: the query text.
+            norm: WordLlama's keyword, accepted for code moving from it: the score is the cosine
+                similarity (Hamming-based for binary models) either way, as in WordLlama, whose
+                similarity normalizes the vectors itself.
 
         Returns:
-            a function str -> float.
+            a function str -> float, the score `similarity(query, text)` gives.
         """
+        if not isinstance(query, str):
+            raise TypeError(f"query must be str, got {type(query).__name__}")
+        if not isinstance(norm, bool):
+            raise TypeError(f"norm must be a bool, got {type(norm).__name__}")
         q = self._unit_embed([query])
         cache: dict[str, float] = {}
 
         def _key(text: str) -> float:
             v = cache.get(text)
             if v is None:
-                v = cache[text] = -float(self._sim_matrix(q, self._unit_embed([text]))[0, 0])
+                if not isinstance(text, str):
+                    raise TypeError(f"the key takes a str, got {type(text).__name__}")
+                v = cache[text] = float(self._sim_matrix(q, self._unit_embed([text]))[0, 0])
             return v
 
         return _key
@@ -429,7 +583,7 @@ class Model:
     def deduplicate(
         self, docs: Sequence[str], threshold: float = 0.9, *, return_indices: bool = False, explain: bool = False,
         reference: Sequence[str] | None = None, drop_empty: bool = False, approx: bool = False, neighbors: int = 32,
-        ann_dtype: str = "i8",
+        ann_dtype: str = "i8", batch_size: int | None = None,
     ) -> Any:
         """Removes duplicates, greedily in input order: a doc is dropped when it is identical to an
         earlier doc, or when its cosine similarity with an earlier *kept* doc is > threshold. Exact
@@ -445,6 +599,7 @@ class Model:
             threshold: in [-1, 1]. 1.0 keeps one copy of each identical text and nothing else is
                 removed (scores never decide at 1.0).
             return_indices: return the indices of the *kept* docs (ascending) instead of the texts.
+                (WordLlama's `return_indices=True` returns the removed docs' indices instead.)
             explain: return a `tokvec.DedupResult` instead: kept indices, and for every removed doc
                 the kept doc it duplicates, the score and whether the text was identical
                 (`.explain()`), plus `.summary()`.
@@ -459,6 +614,8 @@ class Model:
                 `pip install 'tokvec[ann]'`).
             neighbors: with approx, neighbours searched per doc.
             ann_dtype: with approx, usearch's storage type ("i8", "f16" or "f32").
+            batch_size: WordLlama's keyword (its block size): texts pooled per core call; the result
+                does not depend on it.
 
         Returns:
             the kept docs in input order, or their indices, or a `DedupResult`.
@@ -466,12 +623,13 @@ class Model:
         from tokvec.dedup import text_keys
 
         t = _threshold(threshold)
+        batch = _positive_int(batch_size, "batch_size")
         items = self._texts(docs, "docs")
         ref = None if reference is None else self._texts(reference, "reference")
         if self._binary and (ref is not None or approx):
             raise ValueError("reference= and approx=True need a float model (binary=False)")
         plan = plan_texts(items, reference_keys=None if ref is None else text_keys(ref), drop_empty=drop_empty)
-        vectors = self._unit_embed([items[i] for i in plan.vector_items.tolist()])
+        vectors = self._pooled([items[i] for i in plan.vector_items.tolist()], True, batch)
         res = resolve_texts(
             plan, vectors, t, reference=None if ref is None else self._unit_embed(ref),
             bits=self.dim if self._binary else None, approx=approx, neighbors=neighbors, ann_dtype=ann_dtype,
@@ -573,10 +731,20 @@ class Model:
             **kwargs: passed to `tokvec.kmeans`.
 
         Returns:
-            a `tokvec.KMeansResult` (labels per doc, centroids, inertia).
+            a `tokvec.KMeansResult` (labels per doc, centroids, inertia), not WordLlama's
+            `(labels, inertia)` tuple.
+
+        Raises:
+            TypeError: a WordLlama keyword (the message names tokvec's).
         """
         from tokvec.cluster import kmeans
 
+        wl = [name for name in _WORDLLAMA_KMEANS if name in kwargs]
+        if wl:
+            raise TypeError(
+                f"cluster() got WordLlama's keyword {wl[0]!r}; tokvec.kmeans names its options n_init, max_iter, tol "
+                f"and seed ({_WORDLLAMA_KMEANS[wl[0]]})"
+            )
         if self._binary:
             raise ValueError("cluster needs a float model (binary=False)")
         return kmeans(self.embed(self._texts(docs, "docs")), k, **kwargs)
@@ -632,6 +800,104 @@ class Model:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return out
+
+
+def _new_core(r: Resolved, tok: LoadedTokenizer, skip: Sequence[int], *, dim: int | None, normalize: bool,
+              max_length: int | None, scalar: bool, mmap: bool) -> Any:
+    return _core.Model(
+        str(r.safetensors), r.table, weights=r.weights, mapping=r.mapping, tokenizer=tok.core, skip_ids=list(skip),
+        dim=dim, normalize=normalize, max_length=max_length, scalar=scalar, mmap=mmap,
+    )
+
+
+def _signs(bits: np.ndarray, dim: int) -> np.ndarray:
+    """Packed sign bits (uint64 rows, little-endian bit order) as float32 +-1, the first `dim` of each row."""
+    return np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, :dim].astype(np.float32) * 2 - 1
+
+
+def _opt_bool(value: Any, name: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool or None, got {type(value).__name__}")
+    return value
+
+
+#: WordLlama's `cluster` keywords, with what tokvec.kmeans has instead (they are not aliases: the rules differ).
+_WORDLLAMA_KMEANS = {
+    "max_iterations": "max_iter: Lloyd iterations per restart",
+    "tolerance": "tol: scikit-learn's rule, the squared center shift relative to the data's variance",
+    "min_iterations": "none: iterations stop at convergence",
+    "random_state": "seed: an int",
+}
+
+#: Texts pooled per core call when `encode` shows a progress bar and no batch_size is given.
+_BAR_BATCH = 10_000
+
+
+def _encode_options(model: Model, normalize: bool | None, kwargs: dict[str, Any]) -> tuple[bool | None, bool]:
+    """Checks the keywords of sentence-transformers' and model2vec's `encode` that `Model.encode`
+    takes in **kwargs. Returns (normalize, convert_to_tensor)."""
+    kw = dict(kwargs)
+    alias = _opt_bool(kw.pop("normalize", None), "normalize")  # model2vec's name
+    if alias is not None and normalize is not None and alias != normalize:
+        raise ValueError(f"normalize={alias} and normalize_embeddings={normalize} disagree; pass one of them")
+    if alias is not None:
+        normalize = alias
+    tensor = kw.pop("convert_to_tensor", False)
+    if not isinstance(tensor, bool):
+        raise TypeError(f"convert_to_tensor must be a bool, got {type(tensor).__name__}")
+    device = kw.pop("device", None)
+    if device is not None and str(device) != "cpu":
+        raise ValueError(f"device={str(device)!r}: tokvec embeds on the CPU; pass device=None or 'cpu'")
+    precision = kw.pop("precision", "float32")
+    if precision != "float32":
+        raise ValueError(
+            f"precision={precision!r}: encode returns float32 only; quantize the vectors yourself, or load the "
+            f"model with binary=True for sign bits (embed() returns them packed)"
+        )
+    output_value = kw.pop("output_value", "sentence_embedding")
+    if output_value != "sentence_embedding":
+        raise ValueError(
+            f"output_value={output_value!r}: a static model has one vector per text (the mean of its token rows); "
+            f"only 'sentence_embedding' is available (token rows: Model.token_vector)"
+        )
+    if kw.pop("prompt_name", None) is not None:
+        raise ValueError("prompt_name: this model has no prompts (pass prompt_name=None)")
+    prompt = kw.pop("prompt", None)
+    if prompt is not None and prompt != "":
+        raise ValueError(
+            f"prompt={prompt!r}: a prompt's tokens would join every text's mean and change its vector; tokvec "
+            f"models take no prompt (prepend it to the texts yourself if that is what you want)"
+        )
+    truncate_dim = kw.pop("truncate_dim", None)
+    if truncate_dim is not None and truncate_dim != model.dim:
+        raise ValueError(
+            f"truncate_dim={truncate_dim!r}: the model gives {model.dim} columns; load it with "
+            f"tokvec.load(..., dim={truncate_dim!r}) for fewer (the first columns, normalized after the cut)"
+        )
+    if "max_length" in kw:
+        max_length = kw.pop("max_length")
+        if max_length != model._max_length:
+            raise ValueError(
+                f"max_length={max_length!r}: this model pools "
+                f"{'every token' if model._max_length is None else f'at most {model._max_length} tokens'} per "
+                f"text; load it with tokvec.load(..., max_length={max_length!r}) to change that"
+            )
+    if kw.pop("task", None) is not None:
+        raise ValueError("task: this model has no task-specific modules (pass task=None)")
+    if kw.pop("pool", None) is not None:
+        raise ValueError("pool: tokvec runs in one process, multi-threaded in its Rust core; pass pool=None")
+    for name in ("chunk_size", "multiprocessing_threshold"):
+        v = kw.pop(name, None)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+            raise TypeError(f"{name} must be an int or None, got {type(v).__name__}")
+    if not isinstance(kw.pop("use_multiprocessing", True), bool):
+        raise TypeError("use_multiprocessing must be a bool")
+    if kw:
+        raise TypeError(
+            f"encode() got an unexpected keyword argument {next(iter(kw))!r}; it takes those of "
+            f"sentence-transformers' and model2vec's encode that leave the result unchanged (see help(Model.encode))"
+        )
+    return normalize, tensor
 
 
 def _row_dots(m: np.ndarray, v: np.ndarray) -> np.ndarray:
