@@ -722,8 +722,8 @@ class Model:
         return semantic_split(self, text, target_size, unit_size)
 
     def cluster(self, docs: Sequence[str], k: int, **kwargs: Any) -> Any:
-        """Clusters docs with k-means on their embeddings (see `tokvec.kmeans` for the options:
-        n_init, max_iter, tol, seed).
+        """Clusters docs with k-means on their unit vectors (as `tokvec cluster` does, also for a model whose
+        config says `normalize: false`; see `tokvec.kmeans` for the options: n_init, max_iter, tol, seed).
 
         Args:
             docs: the texts.
@@ -747,7 +747,7 @@ class Model:
             )
         if self._binary:
             raise ValueError("cluster needs a float model (binary=False)")
-        return kmeans(self.embed(self._texts(docs, "docs")), k, **kwargs)
+        return kmeans(self._unit_embed(self._texts(docs, "docs")), k, **kwargs)
 
     # ---------------------------------------------------------------- saving
     def save(self, path: str | os.PathLike[str]) -> Path:
