@@ -126,7 +126,7 @@ def resolve(
     if revision is not None and ref is None:
         raise ValueError(f"revision={revision!r} applies to Hub repos (org/name), but {path} is a local path")
     if ref is not None:
-        r = _resolve_hub(ref, revision, table)
+        r = _resolve_hub(ref, revision, table, tokenizer is not None)
     else:
         if not p.exists() and isinstance(path, str) and _looks_like_name(path):
             names = bundled_models()
@@ -147,46 +147,73 @@ def resolve(
         if not r.tokenizer.is_file():
             raise FileNotFoundError(f"{r.tokenizer}: tokenizer file not found (passed as tokenizer=)")
     if not r.tokenizer or not Path(r.tokenizer).is_file():
-        raise FormatError(f"{p if ref is None else ref.spec}: no tokenizer JSON found; pass tokenizer='path/to/tokenizer.json'")
+        raise FormatError(f"{p}: no tokenizer JSON found; pass tokenizer='path/to/tokenizer.json'")
     return r
 
 
-def _resolve_hub(ref: hub.HubRef, revision: str | None, table: str | None) -> Resolved:
-    """The model in the repo's cached snapshot, downloaded first when the cache has none (or an incomplete one)
-    and downloads are allowed."""
+class _Incomplete(Exception):
+    """A Hub snapshot without a file tokvec needs (not cached yet, or not in the repo)."""
+
+
+def _resolve_hub(ref: hub.HubRef, revision: str | None, table: str | None, tokenizer_given: bool) -> Resolved:
+    """The model in the repo's cached snapshot; the files tokvec reads are downloaded first when the cache lacks
+    them and downloads are allowed."""
     folder = hub.cached(ref, revision)
     if folder is not None:
         try:
-            return _resolve_snapshot(ref, folder, table, fetch=not hub.offline())
-        except (FileNotFoundError, FormatError) as e:
+            return _resolve_snapshot(ref, folder, table, tokenizer_given, fetch=not hub.offline())
+        except _Incomplete as e:
             if hub.offline():
-                raise type(e)(
-                    f"{ref.spec}: the cached snapshot {folder} is not a whole model ({e}); HF_HUB_OFFLINE is set, so "
-                    f"nothing is downloaded: complete it with `{hub.get_command(ref)}` or unset HF_HUB_OFFLINE"
+                raise FileNotFoundError(
+                    f"{ref.spec}: the cached snapshot {folder} {e}; HF_HUB_OFFLINE is set, so nothing is downloaded: "
+                    f"get the files with `{hub.get_command(ref)}`, or unset HF_HUB_OFFLINE"
                 ) from None
-    return _resolve_snapshot(ref, hub.download(ref, revision), table, fetch=True)
+    folder = hub.download(ref, revision)
+    try:
+        return _resolve_snapshot(ref, folder, table, tokenizer_given, fetch=True)
+    except _Incomplete as e:
+        if ref.filename is not None and not (folder / ref.filename).is_file():
+            raise FileNotFoundError(f"{ref.spec}: Hub repo {ref.repo_id} has no file {ref.filename}") from None
+        raise FormatError(f"{ref.spec}: the repo (snapshot {folder}) {e}") from None
 
 
-def _resolve_snapshot(ref: hub.HubRef, folder: Path, table: str | None, *, fetch: bool) -> Resolved:
-    """Format detection on a Hub snapshot folder; a sharded checkpoint's shard that holds the table is fetched
-    when missing (and `fetch`)."""
-    target = folder / ref.filename if ref.filename else folder
-    if not target.exists():
-        raise FileNotFoundError(f"{ref.spec}: the repo snapshot {folder} has no {ref.filename}")
-    if ref.filename is None and not any(folder.glob("*.safetensors")) and not (folder / "0_StaticEmbedding").is_dir():
-        if (folder / "model.safetensors.index.json").is_file():
-            pass  # sharded: the index names the shard, fetched below
-        else:
-            raise FormatError(
-                f"{ref.spec}: the repo has no model.safetensors, model.safetensors.index.json or 0_StaticEmbedding/ "
-                f"(snapshot {folder}); a repo that holds one table file per size, as WordLlama's do, is loaded one "
-                f"file at a time: tokvec.load('{hub.PREFIX}{ref.repo_id}/<file>.safetensors')"
-            )
+def _resolve_snapshot(ref: hub.HubRef, folder: Path, table: str | None, tokenizer_given: bool, *,
+                      fetch: bool) -> Resolved:
+    """Format detection on a Hub snapshot folder (`ref.filename` in it, if given). A sharded checkpoint's shard
+    that holds the table is fetched when missing and `fetch`.
+
+    Raises:
+        _Incomplete: a file tokvec needs is missing (the message continues "the snapshot ...").
+    """
+    if ref.filename is not None:
+        target = folder / ref.filename
+        if not target.is_file():
+            raise _Incomplete(f"has no {ref.filename}")
+    else:
+        target = folder
+        model_files = ("model.safetensors", "model.safetensors.index.json", "0_StaticEmbedding")
+        if not any((folder / f).exists() for f in model_files):
+            tables = sorted(f.name for f in folder.glob("*.safetensors"))
+            if not tables:
+                raise _Incomplete(
+                    "has no model.safetensors, model.safetensors.index.json or 0_StaticEmbedding/ (a repo with one "
+                    "table file per size, as WordLlama's, is loaded one file at a time: "
+                    f"tokvec.load('{hub.PREFIX}{ref.repo_id}/<file>.safetensors'))"
+                )
+            if len(tables) > 1:
+                raise FormatError(
+                    f"{ref.spec}: the repo holds several tables ({', '.join(tables)}); load one: "
+                    f"tokvec.load('{hub.PREFIX}{ref.repo_id}/{tables[0]}')"
+                )
+        if (folder / "0_StaticEmbedding").is_dir() and not (folder / "0_StaticEmbedding" / "model.safetensors").exists():
+            raise _Incomplete("has no 0_StaticEmbedding/model.safetensors")
     r = _resolve_dir(target, table) if target.is_dir() else _resolve_file(target, table)
+    if not tokenizer_given and not (r.tokenizer and Path(r.tokenizer).is_file()):
+        raise _Incomplete(f"has no tokenizer JSON for {r.safetensors.relative_to(folder)}")
     if not r.safetensors.exists():
-        if not fetch:
-            raise FileNotFoundError(f"{r.safetensors}: shard not in the cached snapshot")
         shard = r.safetensors.relative_to(folder).as_posix()
+        if not fetch:
+            raise _Incomplete(f"lacks {shard}, the shard that holds the table")
         hub.download(ref, folder.name, files=[shard])
     r.revision = folder.name
     return r

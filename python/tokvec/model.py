@@ -689,9 +689,8 @@ class Model:
         }
         if self._max_length is not None:
             cfg["max_length"] = self._max_length
-        for k in ("license", "source"):
-            if k in r.config and r.format == "tokvec":
-                cfg[k] = r.config[k]
+        if "license" in r.config and r.format == "tokvec":
+            cfg["license"] = r.config["license"]
         write_safetensors(tmp / "model.safetensors", tensors, {"format": "tokvec"})
         (tmp / "tokenizer.json").write_text(self._tok.json, encoding="utf-8")
         _write_json(tmp / "config.json", cfg)
@@ -718,11 +717,10 @@ class Model:
             tensors["weights"] = _tensor_entry("F32", weights)
         if mapping is not None:
             tensors["mapping"] = _tensor_entry("I64", mapping)
-        source = r.config.get("source") if isinstance(r.config.get("source"), dict) else {}
         cfg: dict[str, Any] = {
             "model_type": "model2vec",
             "architectures": ["StaticModel"],
-            "tokenizer_name": r.config.get("tokenizer_name") or source.get("model"),
+            "tokenizer_name": r.config.get("tokenizer_name") or self._source().get("model"),
             "apply_pca": r.config.get("apply_pca"),
             "hidden_dim": self.dim,
             "seq_length": r.config.get("seq_length", 1000000),
@@ -762,7 +760,10 @@ class Model:
         })
 
     def _source(self) -> dict[str, Any]:
+        """Where the model came from: a tokvec model's own record, else the file it was read from."""
         r = self._resolved
+        if r.format == "tokvec" and isinstance(r.config.get("source"), dict):
+            return r.config["source"]
         return {"format": r.format, "path": str(r.safetensors), "table": r.table}
 
 
