@@ -476,7 +476,9 @@ def write_model(
             {"idx": 0, "name": "0", "path": "0_StaticEmbedding", "type": "sentence_transformers.models.StaticEmbedding"}
         ]
         if normalize:  # sentence-transformers normalizes only when a Normalize module follows
-            modules.append({"idx": 1, "name": "1", "path": "1_Normalize", "type": "sentence_transformers.models.Normalize"})
+            modules.append(
+                {"idx": 1, "name": "1", "path": "1_Normalize", "type": "sentence_transformers.models.Normalize"}
+            )
             (root / "1_Normalize").mkdir()
         (root / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
         (root / "config_sentence_transformers.json").write_text(json.dumps({"similarity_fn_name": "cosine"}))

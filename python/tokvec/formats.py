@@ -205,7 +205,8 @@ def _resolve_snapshot(ref: hub.HubRef, folder: Path, table: str | None, tokenize
                     f"{ref.spec}: the repo holds several tables ({', '.join(tables)}); load one: "
                     f"tokvec.load('{hub.PREFIX}{ref.repo_id}/{tables[0]}')"
                 )
-        if (folder / "0_StaticEmbedding").is_dir() and not (folder / "0_StaticEmbedding" / "model.safetensors").exists():
+        static = folder / "0_StaticEmbedding"
+        if static.is_dir() and not (static / "model.safetensors").exists():
             raise _Incomplete("has no 0_StaticEmbedding/model.safetensors")
     r = _resolve_dir(target, table) if target.is_dir() else _resolve_file(target, table)
     if not tokenizer_given and not (r.tokenizer and Path(r.tokenizer).is_file()):

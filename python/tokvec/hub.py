@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PREFIX", "REPO_FILES", "HubRef", "parse", "cached", "download", "offline", "cache_dir", "get_command"]
+__all__ = ["PREFIX", "REPO_FILES", "HubRef", "cache_dir", "cached", "download", "get_command", "offline", "parse"]
 
 #: The prefix that always names a Hub repo (huggingface_hub's own `HfFileSystem` URL form).
 PREFIX = "hf://"
@@ -102,7 +102,8 @@ def parse(path: str) -> HubRef | None:
         if parts[0] in ("datasets", "spaces"):
             raise ValueError(f"{path}: only model repos hold models (hf://org/name)")
         filename = "/".join(parts[2:]) or None
-        if filename is not None and (not filename.endswith(".safetensors") or any(p in ("", ".", "..") for p in parts[2:])):
+        bad_part = any(p in ("", ".", "..") for p in parts[2:])
+        if filename is not None and (not filename.endswith(".safetensors") or bad_part):
             raise ValueError(f"{path}: a file in a repo must be a .safetensors file (hf://org/name/file.safetensors)")
         return HubRef(path, f"{parts[0]}/{parts[1]}", filename)
     parts = path.split("/")
@@ -147,7 +148,9 @@ def cached(ref: HubRef, revision: str | None) -> Path | None:
     from huggingface_hub.errors import LocalEntryNotFoundError  # IncompleteSnapshotError (2.x) is a subclass
 
     try:
-        folder = hf.snapshot_download(ref.repo_id, revision=revision, local_files_only=True, allow_patterns=ref.patterns)
+        folder = hf.snapshot_download(
+            ref.repo_id, revision=revision, local_files_only=True, allow_patterns=ref.patterns
+        )
     except LocalEntryNotFoundError:
         return None
     return Path(folder)

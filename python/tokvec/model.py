@@ -730,7 +730,7 @@ class Model:
             "source": self._source(),
         }
         if mapping is not None:
-            cfg["vocabulary_quantization"] = int(len(table))
+            cfg["vocabulary_quantization"] = len(table)
         if "license" in r.config:
             cfg["license"] = r.config["license"]
         write_safetensors(tmp / "model.safetensors", tensors)
@@ -749,7 +749,8 @@ class Model:
                     "type": "sentence_transformers.models.StaticEmbedding"}]
         if self.normalize:
             (tmp / "1_Normalize").mkdir()
-            modules.append({"idx": 1, "name": "1", "path": "1_Normalize", "type": "sentence_transformers.models.Normalize"})
+            modules.append({"idx": 1, "name": "1", "path": "1_Normalize",
+                            "type": "sentence_transformers.models.Normalize"})
         _write_json(tmp / "modules.json", modules)
         _write_json(tmp / "config_sentence_transformers.json", {
             "__version__": {"tokvec": _core.__version__}, "prompts": {}, "default_prompt_name": None,
