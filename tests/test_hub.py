@@ -48,9 +48,10 @@ ARGS = json.loads(os.environ["TOKVEC_TEST_ARGS"])
 
 
 def run(tmp_path: Path, body: str, args: dict[str, Any] | None = None, *, offline: bool = True,
-        cwd: Path | None = None) -> Any:
-    """Runs `body` in a fresh Python with the Hub cache at tmp_path/hub and the network blocked; returns the JSON
-    its last output line holds. Fails when the child used the network or exited with an error."""
+        cwd: Path | None = None, hub_cache: bool = True) -> Any:
+    """Runs `body` in a fresh Python with the Hub cache at tmp_path/hub (HF_HUB_CACHE; without `hub_cache`, only
+    HF_HOME=tmp_path/hf-home is set, whose hub/ is then the cache) and the network blocked; returns the JSON its last
+    output line holds. Fails when the child used the network or exited with an error."""
     log = tmp_path / "network.log"
     hf_vars = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_OFFLINE")
     env = {k: v for k, v in os.environ.items() if not k.startswith(hf_vars)}
@@ -64,6 +65,8 @@ def run(tmp_path: Path, body: str, args: dict[str, Any] | None = None, *, offlin
     )
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
+    if not hub_cache:
+        del env["HF_HUB_CACHE"]
     p = subprocess.run([sys.executable, "-c", _GUARD + textwrap.dedent(body)], env=env, cwd=cwd or tmp_path,
                        capture_output=True, text=True, check=False)
     assert not log.exists(), f"the load tried to use the network:\n{log.read_text()}\n{p.stderr}"
@@ -155,6 +158,17 @@ def test_cache_first_when_online(tmp_path, saved, texts):
     for spec in ("tokvec-tests/base", "hf://tokvec-tests/base"):
         got, info = embed_by_id(tmp_path, spec, texts, offline=False)
         assert (got == want).all() and info["format"] == "tokvec"
+
+
+def test_hf_home_cache(tmp_path, saved, texts):
+    """With HF_HOME set and HF_HUB_CACHE not, the cache is HF_HOME/hub."""
+    commit = put_repo(tmp_path / "hf-home" / "hub", "tokvec-tests/base", files_of(saved["tokvec"]))
+    info = run(tmp_path, """
+        import tokvec
+        m = tokvec.load("tokvec-tests/base")
+        print(json.dumps([m._load_args["revision"], m.embed(ARGS["texts"]).tolist()]))
+    """, {"texts": texts[:20]}, hub_cache=False)
+    assert info[0] == commit and (np.array(info[1], np.float32) == tokvec.load(saved["tokvec"]).embed(texts[:20])).all()
 
 
 def test_model2vec_repo_saved_by_model2vec(tmp_path, saved, texts):
