@@ -409,7 +409,8 @@ def write_model(
 ) -> ModelFiles:
     """Writes one model of layout `fmt` under `root` with a random table of the given dtype.
 
-    `weights`/`mapping` only apply to model2vec; `add_special_tokens`/`skip_ids` only to the tokvec layout.
+    `weights`/`mapping` only apply to model2vec; `add_special_tokens`/`skip_ids` only to the tokvec layout;
+    `normalize` to tokvec, model2vec and sentence-transformers (a `Normalize` module).
     """
     rng = np.random.default_rng(seed)
     tok = plain_tokenizer(tokenizer_json)
@@ -482,6 +483,11 @@ def write_model(
         modules = [
             {"idx": 0, "name": "0", "path": "0_StaticEmbedding", "type": "sentence_transformers.models.StaticEmbedding"}
         ]
+        if normalize:  # sentence-transformers normalizes only when a Normalize module follows
+            modules.append(
+                {"idx": 1, "name": "1", "path": "1_Normalize", "type": "sentence_transformers.models.Normalize"}
+            )
+            (root / "1_Normalize").mkdir()
         (root / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
         (root / "config_sentence_transformers.json").write_text(json.dumps({"similarity_fn_name": "cosine"}))
         save_tensors(root / "0_StaticEmbedding" / "model.safetensors", {"embedding.weight": stored})

@@ -599,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     def common(p: argparse.ArgumentParser, with_input: bool = True) -> None:
-        p.add_argument("--model", default=None, help="model folder or .safetensors file (default: bundled model)")
+        p.add_argument("--model", default=None,
+                       help="model folder, .safetensors file or Hub repo id org/name (default: bundled model)")
         p.add_argument("--dim", type=int, default=None, help="keep the first DIM dimensions")
         if with_input:
             p.add_argument("--column", default=None, help="column (.tsv/.csv) or field (.jsonl) holding the text")

@@ -14,11 +14,11 @@ __all__ = ["FORMAT_VERSION", "read_json", "get_typed"]
 FORMAT_VERSION = 1
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """Reads a JSON object from `path`.
+def read_json(path: Path, expect: type = dict) -> Any:
+    """Reads a JSON object (or, with `expect=list`, an array) from `path`.
 
     Raises:
-        FormatError: the file is not UTF-8 JSON or not an object.
+        FormatError: the file is not UTF-8 JSON or not of the expected kind.
     """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -26,8 +26,9 @@ def read_json(path: Path) -> dict[str, Any]:
         raise FormatError(f"{path}: not valid JSON ({e})") from None
     except IsADirectoryError:
         raise FormatError(f"{path}: is a directory, expected a JSON file") from None
-    if not isinstance(data, dict):
-        raise FormatError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    if not isinstance(data, expect):
+        want = "a JSON object" if expect is dict else f"a JSON {expect.__name__}"
+        raise FormatError(f"{path}: expected {want}, got {type(data).__name__}")
     return data
 
 

@@ -127,6 +127,12 @@ def token_vector(model: Model, token: str | int) -> np.ndarray:
     return _rows(_explorer(model), np.array([token_id(model, token)]))[0]
 
 
+def token_rows(model: Model) -> np.ndarray:
+    """Every token id's row as pooling adds it up (row after `mapping`, times the id's weight, first `dim`
+    columns), float32 (vocab_size, dim): the table a format without `weights`/`mapping` tensors needs."""
+    return _rows(_explorer(model), np.arange(model.vocab_size, dtype=np.int64))
+
+
 def _table(model: Model) -> _Explorer:
     ex = _explorer(model)
     if ex.unit is None:

@@ -5,16 +5,22 @@ Detected from the files, no configuration by hand:
 - tokvec: `config.json` with `"format": "tokvec"`, `model.safetensors` (`embeddings` [V, d],
   optional `weights` [V] and `mapping` [V]), `tokenizer.json`. Written by `Model.save`.
 - model2vec: `model.safetensors` with `embeddings` (f16/f32/f64/int8), optional `weights`/`mapping`,
-  `tokenizer.json`, `config.json` (`normalize`). Unknown-token ids are dropped, as model2vec does.
+  `tokenizer.json`, `config.json`. Read with model2vec's own defaults: unknown-token ids are dropped,
+  `normalize` is False unless the config says so, and texts are cut at the config's `max_length` tokens
+  (512 when the config has no such key, null for no cap), as `StaticModel.encode` does.
 - WordLlama: a `.safetensors` file with `embedding.weight` [V, d] and a tokenizer JSON, found next
   to it or in the wheel's layout (`weights/<name>_<dim>.safetensors`,
   `tokenizers/<name>_tokenizer_config.json`). Encoded with `add_special_tokens=False`.
 - sentence-transformers StaticEmbedding folders (`0_StaticEmbedding/model.safetensors` with
-  `embedding.weight` and its `tokenizer.json`).
+  `embedding.weight` and its `tokenizer.json`), L2-normalized when `modules.json` lists a `Normalize` module
+  (as sentence-transformers does).
 - a raw transformer checkpoint folder (`model.safetensors` or shards with
   `model.safetensors.index.json`, plus `tokenizer.json`): the input embedding table is found by
   name (`embed_tokens`, `word_embeddings`, `wte`, `tok_embeddings`, ...).
 - any folder or file with one 2-D table plus a tokenizer JSON (mean pooling, L2-normalized).
+
+A string that is no existing path may name a Hugging Face Hub repo (``"org/name"``, ``"hf://org/name"``): the rule
+and the cache are in `tokvec.hub`.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokvec import hub
 from tokvec._core import FormatError, SafetensorsFile
 from tokvec.config import get_typed, read_json
 
@@ -63,6 +70,8 @@ EMBEDDING_SUFFIXES = (
 #: Output projections that are the input table when the weights are tied (used only as a last resort).
 LM_HEAD_NAMES = ("lm_head.weight", "output.weight", "embed_out.weight")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+#: model2vec's `StaticModel.encode` cuts texts at this many tokens unless the config's `max_length` says otherwise.
+MODEL2VEC_MAX_LENGTH = 512
 
 
 @dataclass
@@ -80,42 +89,134 @@ class Resolved:
     skip_unk: bool = False
     skip_ids: tuple[int, ...] | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    #: tokens pooled per text by default (None: no cap); `load(max_length=...)` overrides it
+    max_length: int | None = None
+    #: the commit of the Hub snapshot the files come from (None: a local path)
+    revision: str | None = None
 
 
-def resolve(path: str | Path | None, *, tokenizer: str | Path | None = None, table: str | None = None) -> Resolved:
+def resolve(
+    path: str | Path | None,
+    *,
+    tokenizer: str | Path | None = None,
+    table: str | None = None,
+    revision: str | None = None,
+) -> Resolved:
     """Detects the format of `path` (None: the bundled default model).
 
     Args:
-        path: a model folder or a `.safetensors` file.
+        path: a model folder or a `.safetensors` file, a bundled model's name, or a Hugging Face Hub repo
+            (``"org/name"`` or ``"hf://org/name[/file.safetensors]"``; which strings are repos: `tokvec.hub`).
         tokenizer: an explicit tokenizer JSON, overriding the one found next to the table.
         table: an explicit table tensor name, overriding detection.
+        revision: a branch, tag or commit of the Hub repo (default: main); only for repos.
 
     Raises:
-        FileNotFoundError: `path` does not exist.
+        FileNotFoundError: `path` does not exist (or the repo is neither cached nor downloadable: the message says
+            why and how to get it).
         FormatError: the files are not a model tokvec reads; the message says what is missing.
+        ValueError: `revision` given for a local path, or a malformed ``hf://`` reference.
     """
     p = DEFAULT_MODEL_DIR if path is None else Path(path).expanduser()
-    if not p.exists() and isinstance(path, str) and _looks_like_name(path):
-        names = bundled_models()
-        if path not in names:
-            raise FileNotFoundError(
-                f"{path}: no such file or folder, and not a bundled model; bundled models: {', '.join(sorted(names))}"
-            )
-        p = names[path]
-    if not p.exists():
-        _check_link(p)
-        if path is None:
-            raise FileNotFoundError(f"{p}: the bundled default model is missing; reinstall tokvec")
-        raise FileNotFoundError(f"{p}: no such file or folder")
     if table is not None and not isinstance(table, str):
         raise TypeError(f"table must be a tensor name (str), got {type(table).__name__}")
-    r = _resolve_dir(p, table) if p.is_dir() else _resolve_file(p, table)
+    if revision is not None and not isinstance(revision, str):
+        raise TypeError(f"revision must be a str (branch, tag or commit), got {type(revision).__name__}")
+    ref = hub.parse(path) if isinstance(path, str) and not p.exists() else None
+    if revision is not None and ref is None:
+        raise ValueError(f"revision={revision!r} applies to Hub repos (org/name), but {path} is a local path")
+    if ref is not None:
+        r = _resolve_hub(ref, revision, table, tokenizer is not None)
+    else:
+        if not p.exists() and isinstance(path, str) and _looks_like_name(path):
+            names = bundled_models()
+            if path not in names:
+                raise FileNotFoundError(
+                    f"{path}: no such file or folder, and not a bundled model; bundled models: "
+                    f"{', '.join(sorted(names))}"
+                )
+            p = names[path]
+        if not p.exists():
+            _check_link(p)
+            if path is None:
+                raise FileNotFoundError(f"{p}: the bundled default model is missing; reinstall tokvec")
+            raise FileNotFoundError(f"{p}: no such file or folder")
+        r = _resolve_dir(p, table) if p.is_dir() else _resolve_file(p, table)
     if tokenizer is not None:
         r.tokenizer = Path(tokenizer).expanduser()
         if not r.tokenizer.is_file():
             raise FileNotFoundError(f"{r.tokenizer}: tokenizer file not found (passed as tokenizer=)")
     if not r.tokenizer or not Path(r.tokenizer).is_file():
         raise FormatError(f"{p}: no tokenizer JSON found; pass tokenizer='path/to/tokenizer.json'")
+    return r
+
+
+class _Incomplete(Exception):
+    """A Hub snapshot without a file tokvec needs (not cached yet, or not in the repo)."""
+
+
+def _resolve_hub(ref: hub.HubRef, revision: str | None, table: str | None, tokenizer_given: bool) -> Resolved:
+    """The model in the repo's cached snapshot; the files tokvec reads are downloaded first when the cache lacks
+    them and downloads are allowed."""
+    folder = hub.cached(ref, revision)
+    if folder is not None:
+        try:
+            return _resolve_snapshot(ref, folder, table, tokenizer_given, fetch=not hub.offline())
+        except _Incomplete as e:
+            if hub.offline():
+                raise FileNotFoundError(
+                    f"{ref.spec}: the cached snapshot {folder} {e}; HF_HUB_OFFLINE is set, so nothing is downloaded: "
+                    f"get the files with `{hub.get_command(ref)}`, or unset HF_HUB_OFFLINE"
+                ) from None
+    folder = hub.download(ref, revision)
+    try:
+        return _resolve_snapshot(ref, folder, table, tokenizer_given, fetch=True)
+    except _Incomplete as e:
+        if ref.filename is not None and not (folder / ref.filename).is_file():
+            raise FileNotFoundError(f"{ref.spec}: Hub repo {ref.repo_id} has no file {ref.filename}") from None
+        raise FormatError(f"{ref.spec}: the repo (snapshot {folder}) {e}") from None
+
+
+def _resolve_snapshot(ref: hub.HubRef, folder: Path, table: str | None, tokenizer_given: bool, *,
+                      fetch: bool) -> Resolved:
+    """Format detection on a Hub snapshot folder (`ref.filename` in it, if given). A sharded checkpoint's shard
+    that holds the table is fetched when missing and `fetch`.
+
+    Raises:
+        _Incomplete: a file tokvec needs is missing (the message continues "the snapshot ...").
+    """
+    if ref.filename is not None:
+        target = folder / ref.filename
+        if not target.is_file():
+            raise _Incomplete(f"has no {ref.filename}")
+    else:
+        target = folder
+        model_files = ("model.safetensors", "model.safetensors.index.json", "0_StaticEmbedding")
+        if not any((folder / f).exists() for f in model_files):
+            tables = sorted(f.name for f in folder.glob("*.safetensors"))
+            if not tables:
+                raise _Incomplete(
+                    "has no model.safetensors, model.safetensors.index.json or 0_StaticEmbedding/ (a repo with one "
+                    "table file per size, as WordLlama's, is loaded one file at a time: "
+                    f"tokvec.load('{hub.PREFIX}{ref.repo_id}/<file>.safetensors'))"
+                )
+            if len(tables) > 1:
+                raise FormatError(
+                    f"{ref.spec}: the repo holds several tables ({', '.join(tables)}); load one: "
+                    f"tokvec.load('{hub.PREFIX}{ref.repo_id}/{tables[0]}')"
+                )
+        static = folder / "0_StaticEmbedding"
+        if static.is_dir() and not (static / "model.safetensors").exists():
+            raise _Incomplete("has no 0_StaticEmbedding/model.safetensors")
+    r = _resolve_dir(target, table) if target.is_dir() else _resolve_file(target, table)
+    if not tokenizer_given and not (r.tokenizer and Path(r.tokenizer).is_file()):
+        raise _Incomplete(f"has no tokenizer JSON for {r.safetensors.relative_to(folder)}")
+    if not r.safetensors.exists():
+        shard = r.safetensors.relative_to(folder).as_posix()
+        if not fetch:
+            raise _Incomplete(f"lacks {shard}, the shard that holds the table")
+        hub.download(ref, folder.name, files=[shard])
+    r.revision = folder.name
     return r
 
 
@@ -227,7 +328,9 @@ def _resolve_dir(d: Path, table: str | None) -> Resolved:
         tensors = _tensors(st)
         name = "embedding.weight" if table is None and "embedding.weight" in tensors else _pick_table(st, tensors, table)
         tok = static / "tokenizer.json"
-        return Resolved("sentence-transformers", st, name, tok if tok.is_file() else Path(""))
+        modules = _read_modules(d / "modules.json")
+        normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
+        return Resolved("sentence-transformers", st, name, tok if tok.is_file() else Path(""), normalize=normalize)
 
     cfg_path = d / "config.json"
     # exists(), not is_file(): a folder named config.json is an error (read_json says so), not "no config"
@@ -257,8 +360,7 @@ def _resolve_dir(d: Path, table: str | None) -> Resolved:
             r.table = _pick_table(st, tensors, table)
         return r
     if table is None and "embeddings" in tensors and len(tensors["embeddings"][1]) == 2:
-        # model2vec (config has model_type "model2vec" or at least a normalize flag)
-        normalize = get_typed(cfg, "normalize", bool, True, cfg_path)
+        # model2vec, with StaticModel's defaults where the config is silent: no normalization, 512 tokens
         return Resolved(
             "model2vec",
             st,
@@ -266,9 +368,10 @@ def _resolve_dir(d: Path, table: str | None) -> Resolved:
             tok_path,
             weights="weights" if "weights" in tensors else None,
             mapping="mapping" if "mapping" in tensors else None,
-            normalize=normalize,
+            normalize=get_typed(cfg, "normalize", bool, False, cfg_path),
             skip_unk=True,
             config=cfg,
+            max_length=_max_length(cfg, cfg_path, MODEL2VEC_MAX_LENGTH),
         )
     name = _pick_table(st, tensors, table)
     fmt = "wordllama" if name == "embedding.weight" else ("transformer" if len(tensors) > 1 else "table")
@@ -298,7 +401,26 @@ def _resolve_tokvec(
         add_special_tokens=get_typed(cfg, "add_special_tokens", bool, False, cfg_path),
         skip_ids=tuple(skip) if skip is not None else None,
         config=cfg,
+        max_length=_max_length(cfg, cfg_path, None),
     )
+
+
+def _max_length(cfg: dict[str, Any], cfg_path: Path, default: int | None) -> int | None:
+    """The config's `max_length`: a positive int, or null for no cap; `default` when the key is absent."""
+    if "max_length" not in cfg:
+        return default
+    value = get_typed(cfg, "max_length", int, None, cfg_path)
+    if value is not None and value < 1:
+        raise FormatError(f"{cfg_path}: key 'max_length' must be a positive int or null, got {value}")
+    return value
+
+
+def _read_modules(path: Path) -> list[dict[str, Any]]:
+    """The module list of a sentence-transformers `modules.json`."""
+    data = read_json(path, list)
+    if not all(isinstance(m, dict) for m in data):
+        raise FormatError(f"{path}: expected a list of module objects ({{\"type\": ..., \"path\": ...}})")
+    return data
 
 
 def _resolve_sharded(d: Path, index: Path, table: str | None) -> Resolved:
@@ -315,8 +437,9 @@ def _resolve_sharded(d: Path, index: Path, table: str | None) -> Resolved:
         raise FormatError(f"{index}: no input embedding table in weight_map; pass table='<name>'")
     if len(names) > 1 and names[0] not in EMBEDDING_NAMES:
         raise FormatError(f"{index}: several embedding tables ({', '.join(names)}); pass table='<name>'")
-    shard = (d / wm[names[0]]).resolve()
-    if d.resolve() not in shard.parents:
+    # checked on the path as written, not on where links lead: a Hub snapshot's files are links into its blobs/
+    shard = Path(os.path.normpath(d / wm[names[0]]))
+    if Path(os.path.normpath(d)) not in shard.parents:
         raise FormatError(f"{index}: shard {wm[names[0]]!r} lies outside the model folder")
     tok = d / "tokenizer.json"
     return Resolved("transformer", shard, names[0], tok if tok.is_file() else Path(""))

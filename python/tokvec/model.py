@@ -35,6 +35,16 @@ def _positive_int(value: Any, name: str) -> int | None:
     return int(value)
 
 
+class _ModelDefault:
+    """The default of `load(max_length=...)`: what the model's format says (None is "no cap")."""
+
+    def __repr__(self) -> str:
+        return "<the model's default>"
+
+
+_MODEL_DEFAULT: Any = _ModelDefault()
+
+
 def load(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -43,9 +53,10 @@ def load(
     dim: int | None = None,
     binary: bool = False,
     normalize: bool | None = None,
-    max_length: int | None = None,
+    max_length: int | None = _MODEL_DEFAULT,
     fast_tokenizer: bool = True,
     mmap: bool = True,
+    revision: str | None = None,
 ) -> Model:
     """Loads a static embedding model. The table is memory-mapped and read in place (no copy, no
     conversion): loading costs a header parse and a parallel scan of the table for NaN/Inf values.
@@ -55,13 +66,21 @@ def load(
             (offline, shipped in the wheel). The format is detected from the files: tokvec,
             model2vec, WordLlama, sentence-transformers StaticEmbedding, a raw transformer
             checkpoint (its input embedding table), or any single 2-D table with a tokenizer.
+            A Hugging Face Hub repo id (``"minishlab/potion-base-8M"``, ``"hf://org/name"``, or
+            ``"hf://org/name/file.safetensors"`` for one table file of a repo) loads from the local Hub
+            cache, downloading only the files tokvec reads when the repo is not cached and HF_HUB_OFFLINE
+            is not set. An existing local path always wins over a repo id; ``./org/name`` is always
+            local (docs/hub-and-export.md).
         tokenizer: a tokenizer JSON to use instead of the one found next to the table.
         table: the table tensor's name, when detection finds several.
         dim: keep only the first `dim` columns (Matryoshka truncation).
         binary: embed to sign bits packed in uint64 words; similarities become `1 - 2 h / dim`
             with h the Hamming distance.
         normalize: L2-normalize embeddings; default from the model's config, else True.
-        max_length: pool at most this many tokens per text (default: no cap).
+        max_length: pool at most this many tokens per text; None: no cap. Default: the model's own,
+            which is no cap except for model2vec folders, which get their config's `max_length` (512
+            when it has none), as model2vec's `StaticModel.encode` truncates, and tokvec folders saved
+            with a cap.
         fast_tokenizer: tokenize with tokvec's ids-only fast encoder when the tokenizer JSON is a
             family it implements exactly (WordPiece, SentencePiece-style BPE, byte-level BPE); the ids
             are those of HF `tokenizers`. False always runs the `tokenizers` crate.
@@ -70,12 +89,15 @@ def load(
             a rename, or deleting it, is fine): the model would read the new bytes, and a truncated
             file kills the process with SIGBUS. False reads the file into private memory (memory
             of the table's size, and the time to read it), after which the file may change freely.
+        revision: with a Hub repo id: the branch, tag or commit to load (default: main).
 
     Returns:
         The model.
 
     Raises:
-        FileNotFoundError: the path does not exist.
+        FileNotFoundError: the path does not exist, or the repo is neither in the Hub cache nor downloadable
+            (HF_HUB_OFFLINE set, no such repo or revision); the message says how to get it.
+        OSError: the repo is not cached and the Hub cannot be reached.
         FormatError: the files are malformed or not a format tokvec reads, or the table's columns in
             use or the weights hold NaN/Inf values (a ValueError).
         TokenizerError: the tokenizer JSON cannot be loaded (a ValueError).
@@ -88,13 +110,18 @@ def load(
     if normalize is not None and not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool or None, got {type(normalize).__name__}")
     dim = _positive_int(dim, "dim")
-    max_length = _positive_int(max_length, "max_length")
-    r = resolve(path, tokenizer=tokenizer, table=table)
+    if max_length is not _MODEL_DEFAULT:
+        max_length = _positive_int(max_length, "max_length")
+    r = resolve(path, tokenizer=tokenizer, table=table, revision=revision)
+    if max_length is _MODEL_DEFAULT:
+        max_length = r.max_length
     tok = load_tokenizer(r.tokenizer, add_special_tokens=r.add_special_tokens, fast=fast_tokenizer)
     m = Model._build(r, tok, dim=dim, binary=binary, normalize=normalize, max_length=max_length, mmap=mmap)
-    # what `pickle` needs to re-open the model elsewhere: paths and options, never the table
+    # what `pickle` needs to re-open the model elsewhere: paths and options, never the table; a Hub repo by its id
+    # and the commit its files came from (re-opened from the cache there, or downloaded where that is allowed)
     m._load_args = {
-        "path": None if path is None else os.fspath(Path(path).resolve()),
+        "path": None if path is None else os.fspath(path) if r.revision else os.fspath(Path(path).resolve()),
+        "revision": r.revision,
         "tokenizer": None if tokenizer is None else os.fspath(Path(tokenizer).resolve()),
         "table": table, "dim": dim, "binary": binary, "normalize": normalize, "max_length": max_length,
         "fast_tokenizer": fast_tokenizer, "mmap": mmap,
@@ -750,27 +777,70 @@ class Model:
         return kmeans(self._unit_embed(self._texts(docs, "docs")), k, **kwargs)
 
     # ---------------------------------------------------------------- saving
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Writes the model as a tokvec folder: `model.safetensors` (`embeddings`, and `weights` /
-        `mapping` when the model has them), `tokenizer.json` and `config.json`. Only the kept
-        `dim` columns are written, in the table's on-disk dtype. The folder is written to a
-        temporary sibling and renamed, so an interrupted save leaves no half-written model.
+    def save(self, path: str | os.PathLike[str], format: str = "tokvec") -> Path:
+        """Writes the model as a folder in one of three formats. Only the kept `dim` columns are written. The
+        folder is written to a temporary sibling and renamed, so an interrupted save leaves no half-written model.
+        Licence files next to the source model (LICENSE*, NOTICE*) are copied along.
+
+        - ``"tokvec"``: `model.safetensors` (`embeddings` in the table's on-disk dtype, and `weights` /
+          `mapping` when the model has them), `tokenizer.json`, `config.json` (normalize, skipped ids, the
+          token cap when one is set). `tokvec.load` reads it back bit for bit.
+        - ``"model2vec"``: the folder model2vec's `StaticModel.from_pretrained` loads: `model.safetensors`
+          (`embeddings`, `weights`, `mapping`, which model2vec's encode applies as tokvec does), `tokenizer.json`
+          and a `config.json` with `normalize` and `max_length` (null: no cap). BF16 tables are written as F32.
+        - ``"sentence-transformers"``: `modules.json`, `0_StaticEmbedding/` (`model.safetensors` with
+          `embedding.weight`, `tokenizer.json`) and `1_Normalize` when the model normalizes. The format has no
+          weights or mapping, so every token id's row is written as pooling uses it (mapped, times its weight:
+          the pooled mean is the same), float32.
+
+        What each format cannot carry (special tokens typed into a text, the token cap in sentence-transformers)
+        is listed in docs/hub-and-export.md.
 
         Args:
             path: the folder to create (must not exist, or be an empty folder).
+            format: "tokvec", "model2vec" or "sentence-transformers".
 
         Returns:
             the folder's path.
+
+        Raises:
+            ValueError: an unknown format.
+            FileExistsError: `path` exists and is not an empty folder.
         """
+        if format not in _SAVE_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(map(repr, _SAVE_FORMATS))}, got {format!r}")
         out = Path(path)
+        tmp = atomic_folder(out)  # errors name `out` and its folder, never the hidden one
+        try:
+            {"tokvec": self._save_tokvec, "model2vec": self._save_model2vec,
+             "sentence-transformers": self._save_sentence_transformers}[format](tmp)
+            for f in self._licence_files():
+                shutil.copyfile(f, tmp / f.name)
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+    def _tensor(self, name: str, columns: bool = False) -> np.ndarray:
+        """A tensor of the model file as stored (BF16 as its uint16 bits); the table's kept columns with `columns`."""
+        f = _core.SafetensorsFile(self._resolved.safetensors)
+        dt, shape = f.tensors()[name]
+        a = np.frombuffer(f.tensor_bytes(name), dtype=np.dtype(_NP_DTYPES[dt]).newbyteorder("<")).reshape(shape)
+        return np.ascontiguousarray(a[:, : self.dim]) if columns else a
+
+    def _licence_files(self) -> list[Path]:
+        r = self._resolved
+        folder = r.safetensors.parent.parent if r.format == "sentence-transformers" else r.safetensors.parent
+        return sorted(f for pat in ("LICENSE*", "NOTICE*") for f in folder.glob(pat) if f.is_file())
+
+    def _save_tokvec(self, tmp: Path) -> None:
         r = self._resolved
         f = _core.SafetensorsFile(r.safetensors)
         info = f.tensors()
-        tensors: dict[str, tuple[str, list[int], bytes]] = {}
-        dt, shape = info[r.table]
-        table = np.frombuffer(f.tensor_bytes(r.table), dtype=np.dtype(_NP_DTYPES[dt]).newbyteorder("<"))
-        table = np.ascontiguousarray(table.reshape(shape)[:, : self.dim])
-        tensors["embeddings"] = (dt, list(table.shape), table.tobytes())
+        tensors = {"embeddings": _tensor_entry(info[r.table][0], self._tensor(r.table, columns=True))}
         for key, name in (("weights", r.weights), ("mapping", r.mapping)):
             if name:
                 dt, shape = info[name]
@@ -783,23 +853,108 @@ class Model:
             "pooling": "mean",
             "add_special_tokens": r.add_special_tokens,
             "skip_ids": list(self._skip_ids),
-            "source": {"format": r.format, "path": str(r.safetensors), "table": r.table},
+            "source": self._source(),
         }
-        for k in ("license", "source"):
-            if k in r.config and r.format == "tokvec":
-                cfg[k] = r.config[k]
-        tmp = atomic_folder(out)  # errors name `out` and its folder, never the hidden one
-        try:
-            write_safetensors(tmp / "model.safetensors", tensors, {"format": "tokvec"})
-            (tmp / "tokenizer.json").write_text(self._tok.json, encoding="utf-8")
-            (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-            if out.exists():
-                out.rmdir()
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out
+        if self._max_length is not None:
+            cfg["max_length"] = self._max_length
+        if "license" in r.config and r.format == "tokvec":
+            cfg["license"] = r.config["license"]
+        write_safetensors(tmp / "model.safetensors", tensors, {"format": "tokvec"})
+        (tmp / "tokenizer.json").write_text(self._tok.json, encoding="utf-8")
+        _write_json(tmp / "config.json", cfg)
+
+    def _save_model2vec(self, tmp: Path) -> None:
+        # model2vec's StaticModel reads the tensors with safetensors' numpy loader (no bfloat16 there, so BF16 is
+        # widened to F32, exactly), pools `embeddings[mapping[id]] * weights[id]` as tokvec does, and asks for one
+        # row per vocabulary entry unless a mapping says otherwise.
+        r = self._resolved
+        info = _core.SafetensorsFile(r.safetensors).tensors()
+        table = _f32_if_bf16(self._tensor(r.table, columns=True), info[r.table][0])
+        weights = None if r.weights is None else _f32_if_bf16(self._tensor(r.weights), info[r.weights][0])
+        mapping = None if r.mapping is None else self._tensor(r.mapping)
+        n_vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        if mapping is None and len(table) != n_vocab:
+            if self._tok.id_limit == n_vocab < len(table):
+                # rows past the tokenizer's ids (a vocabulary padded to a multiple of 64) are never read
+                table = table[:n_vocab]
+                weights = None if weights is None else weights[:n_vocab]
+            else:
+                mapping = np.arange(len(table), dtype=np.int64)  # ids with gaps: one row per id, by mapping
+        tensors = {"embeddings": _tensor_entry("F32", table)}
+        if weights is not None:
+            tensors["weights"] = _tensor_entry("F32", weights)
+        if mapping is not None:
+            tensors["mapping"] = _tensor_entry("I64", mapping)
+        cfg: dict[str, Any] = {
+            "model_type": "model2vec",
+            "architectures": ["StaticModel"],
+            "tokenizer_name": r.config.get("tokenizer_name") or self._source().get("model"),
+            "apply_pca": r.config.get("apply_pca"),
+            "hidden_dim": self.dim,
+            "seq_length": r.config.get("seq_length", 1000000),
+            "normalize": self.normalize,
+            "max_length": self._max_length,
+            "embedding_dtype": table.dtype.name,
+            "source": self._source(),
+        }
+        if mapping is not None:
+            cfg["vocabulary_quantization"] = len(table)
+        if "license" in r.config:
+            cfg["license"] = r.config["license"]
+        write_safetensors(tmp / "model.safetensors", tensors)
+        (tmp / "tokenizer.json").write_text(self._tok.json, encoding="utf-8")
+        _write_json(tmp / "config.json", cfg)
+
+    def _save_sentence_transformers(self, tmp: Path) -> None:
+        from tokvec.explore import token_rows
+
+        rows = token_rows(self)  # mapped and weighted: the format has neither tensor
+        static = tmp / "0_StaticEmbedding"
+        static.mkdir()
+        write_safetensors(static / "model.safetensors", {"embedding.weight": _tensor_entry("F32", rows)})
+        (static / "tokenizer.json").write_text(self._tok.json, encoding="utf-8")
+        modules = [{"idx": 0, "name": "0", "path": "0_StaticEmbedding",
+                    "type": "sentence_transformers.models.StaticEmbedding"}]
+        if self.normalize:
+            (tmp / "1_Normalize").mkdir()
+            modules.append({"idx": 1, "name": "1", "path": "1_Normalize",
+                            "type": "sentence_transformers.models.Normalize"})
+        _write_json(tmp / "modules.json", modules)
+        _write_json(tmp / "config_sentence_transformers.json", {
+            "__version__": {"tokvec": _core.__version__}, "prompts": {}, "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+            "tokvec": {"source": self._source(), "rows": "each token id's row as tokvec pools it: after the "
+                       "mapping, times the id's weight" if self._resolved.weights or self._resolved.mapping else
+                       "the table's rows"},
+        })
+
+    def _source(self) -> dict[str, Any]:
+        """Where the model came from: a tokvec model's own record, else the file it was read from."""
+        r = self._resolved
+        if r.format == "tokvec" and isinstance(r.config.get("source"), dict):
+            return r.config["source"]
+        return {"format": r.format, "path": str(r.safetensors), "table": r.table}
+
+
+_SAVE_FORMATS = ("tokvec", "model2vec", "sentence-transformers")
+_ST_DTYPE_NAMES = {np.dtype(v): k for k, v in _NP_DTYPES.items() if k != "BF16"}
+
+
+def _tensor_entry(stored: str, a: np.ndarray) -> tuple[str, list[int], bytes]:
+    """`write_safetensors`' (dtype, shape, little-endian bytes) of an array; uint16 bits of a tensor `stored` as
+    BF16 stay BF16, every other array is written in its own dtype."""
+    a = np.ascontiguousarray(a)
+    dtype = "BF16" if stored == "BF16" and a.dtype == np.uint16 else _ST_DTYPE_NAMES[a.dtype]
+    return dtype, list(a.shape), a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _f32_if_bf16(a: np.ndarray, dtype: str) -> np.ndarray:
+    """BF16 bits (uint16) widened to float32 exactly; other arrays as they are."""
+    return (a.astype(np.uint32) << 16).view(np.float32) if dtype == "BF16" else a
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def _new_core(r: Resolved, tok: LoadedTokenizer, skip: Sequence[int], *, dim: int | None, normalize: bool,
