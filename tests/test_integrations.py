@@ -195,14 +195,14 @@ def test_encode_torch_tensors(model, stsb_texts):
 @pytest.mark.parametrize("config_normalize", [True, False])
 def test_encode_matches_model2vec_static_model(make_model, stsb_texts, monkeypatch, config_normalize):
     """model2vec's own StaticModel and tokvec on the same model2vec folder (weights and a token mapping):
-    `encode` gives the same vectors for each normalize setting (model2vec truncates at 512 tokens by
-    default; max_length=None turns that off, as tokvec pools every token)."""
+    `encode` gives the same vectors for each normalize setting. Both cap model2vec folders at 512 tokens by default;
+    here both pool every token (max_length=None on each side)."""
     from model2vec import StaticModel
 
     no_network(monkeypatch)
     mf = make_model("model2vec", "F32", normalize=config_normalize)
     sm = StaticModel.from_pretrained(mf.path, max_length=None)
-    m = tokvec.load(mf.path)
+    m = tokvec.load(mf.path, max_length=None)
     assert m.normalize == sm.normalize == config_normalize
     texts = stsb_texts[:400]
     for value in (None, True, False):
