@@ -83,16 +83,12 @@ def _read(src, args: argparse.Namespace, desc: str) -> tuple[list[int], list[str
 
 
 def _embed(m, texts: list[str], args: argparse.Namespace, desc: str) -> np.ndarray:
-    """Unit vectors of texts (cosine even for a `normalize: false` model), embedded in batches."""
+    """Unit vectors of texts (cosine even for a `normalize: false` model), pooled --batch-size texts at a time."""
     prog = Progress(args, desc, len(texts))
-    parts = []
     try:
-        for a in range(0, len(texts), args.batch_size):
-            parts.append(m._unit_embed(texts[a : a + args.batch_size]))
-            prog.update(len(parts[-1]))
+        return m._pooled(texts, True, args.batch_size, prog)
     finally:
         prog.close()
-    return np.concatenate(parts) if parts else np.zeros((0, m.dim), np.float32)
 
 
 def _summary(args: argparse.Namespace, info: dict, human: str) -> None:
@@ -135,12 +131,13 @@ def _rows_output(flag: str, path: str, src) -> str:
     return mode
 
 
-def _text_lines(texts, what: str = "text") -> list[str]:
-    """Texts as the lines of a .txt output; a text holding a line break is refused (it would become two)."""
+def _text_lines(texts) -> list[str]:
+    """(row, text) pairs as the lines of a .txt output; a text holding a line break is refused (it would become
+    two)."""
     lines = []
     for r, t in texts:
         if "\n" in t or "\r" in t:
-            raise UsageError(f"{what} of row {r} contains a line break; write the output to a .jsonl file instead")
+            raise UsageError(f"text of row {r} contains a line break; write the output to a .jsonl file instead")
         lines.append(t + "\n")
     return lines
 
@@ -204,7 +201,7 @@ def _input_notes(src) -> str:
 def cmd_dedup(args: argparse.Namespace) -> None:
     from tokvec.dedup import DedupIndex, parse_thresholds, plan_texts, resolve_texts, sweep_texts, text_keys
     from tokvec.search import _threshold
-    from tokvec.textio import Outputs, check_distinct
+    from tokvec.textio import Outputs, check_distinct, output_format
 
     sweep = None
     if args.threshold == "auto" or args.sweep:
@@ -240,18 +237,9 @@ def cmd_dedup(args: argparse.Namespace) -> None:
     src = _input(args, args.input, keep=args.output is not None)
     ref_src = _input(args, args.against) if args.against else None
     mode = _rows_output("-o", args.output, src) if args.output else "txt"
-    if args.report:
-        from tokvec.textio import output_format
-
-        output_format(args.report, ("jsonl",))
-    if args.index:
-        from tokvec.textio import output_format
-
-        output_format(args.index, ("safetensors",))
-    if args.report_html:
-        from tokvec.textio import output_format
-
-        output_format(args.report_html, ("html",))
+    for path, fmt in ((args.report, "jsonl"), (args.index, "safetensors"), (args.report_html, "html")):
+        if path:
+            output_format(path, (fmt,))
     check_distinct({"-o": args.output, "--report": args.report, "--index": args.index, "--report-html": args.report_html},
                    {"input": args.input, "--against": args.against})
     if args.approx:
