@@ -68,6 +68,18 @@ def _compare(name: str, kept: np.ndarray, ref: np.ndarray, benchmark, note) -> N
     )
 
 
+def _timed_dedup(benchmark, deduplicate, texts: list[str], rounds: int) -> np.ndarray:
+    """Times `deduplicate(texts, threshold=THRESHOLD, return_indices=True)`, the call tokvec and WordLlama share."""
+    out = benchmark.pedantic(
+        deduplicate,
+        args=(texts,),
+        kwargs={"threshold": THRESHOLD, "return_indices": True},
+        rounds=rounds,
+        iterations=1,
+    )
+    return np.asarray(out)
+
+
 @pytest.fixture(scope="module")
 def reference_kept(reference_embed, texts) -> np.ndarray:
     """Greedy kept set on the numpy reference embeddings (HF tokenizer + numpy mean pooling)."""
@@ -76,15 +88,8 @@ def reference_kept(reference_embed, texts) -> np.ndarray:
 
 @pytest.mark.benchmark(group=GROUP)
 def test_dedup_tokvec(benchmark, record, note, tv_wordllama, texts, reference_kept):
-    kept = benchmark.pedantic(
-        tv_wordllama.deduplicate,
-        args=(texts,),
-        kwargs={"threshold": THRESHOLD, "return_indices": True},
-        rounds=3,
-        iterations=1,
-    )
+    kept = _timed_dedup(benchmark, tv_wordllama.deduplicate, texts, rounds=3)
     record(len(texts))
-    kept = np.asarray(kept)
     # Exactness of the dedup step: same rule, same vectors (tokvec's own), numpy as the judge.
     expected = dedup_numpy(tv_wordllama.embed(texts), THRESHOLD)
     assert np.array_equal(kept, expected), (
@@ -104,15 +109,9 @@ def test_dedup_numpy_reference(benchmark, record, reference_embed, texts, refere
 
 @pytest.mark.benchmark(group=GROUP)
 def test_dedup_wordllama(benchmark, record, note, wordllama_model, texts, reference_kept):
-    dup = benchmark.pedantic(
-        wordllama_model.deduplicate,
-        args=(texts,),
-        kwargs={"threshold": THRESHOLD, "return_indices": True},
-        rounds=1,
-        iterations=1,
-    )
+    dup = _timed_dedup(benchmark, wordllama_model.deduplicate, texts, rounds=1)
     record(len(texts))
-    kept = np.setdiff1d(np.arange(len(texts)), np.asarray(dup, dtype=np.int64))  # it returns the dropped ones
+    kept = np.setdiff1d(np.arange(len(texts)), dup.astype(np.int64))  # it returns the dropped ones
     _compare("wordllama", kept, reference_kept, benchmark, note)
     assert 0 < len(kept) <= len(texts)
 
@@ -130,7 +129,6 @@ def _semhash_kept(texts: list[str], model, backend: str) -> np.ndarray:
 @pytest.mark.benchmark(group=GROUP)
 @pytest.mark.parametrize("backend", ["basic", "usearch"], ids=["exact", "default-usearch"])
 def test_dedup_semhash(benchmark, record, note, m2v_model, texts, reference_kept, backend):
-    pytest.importorskip("semhash")
     kept = benchmark.pedantic(_semhash_kept, args=(texts, m2v_model, backend), rounds=1, iterations=1)
     record(len(texts))
     _compare(f"semhash[{backend}]", kept, reference_kept, benchmark, note)

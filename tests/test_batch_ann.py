@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tokvec
+import usearch  # noqa: F401 - tokvec.ann uses it; a test dependency, so a missing one fails here, loudly
 from tokvec import _core
 from tokvec.ann import approx_pairs, approx_pairs_cross, canonical_dot_pairs
 from tokvec.cli import main
 from tokvec.dedup import dedup
-
-pytest.importorskip("usearch")
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SENTENCES = DATA / "wikipedia-sentences" / "sentences.tsv"

@@ -17,13 +17,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import tokvec
 from tokvec.cli import main
 from tokvec.dedup import DedupIndex
-
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 STSB = DATA / "stsb" / "sts-dev.tsv"

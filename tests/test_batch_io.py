@@ -13,8 +13,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import tokvec
+import zstandard
 from tokvec.cli import main
 from tokvec.textio import EmbeddingWriter, InputError, count_texts, iter_texts, read_all
 
@@ -22,10 +25,6 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 STSB_TSV = DATA / "stsb" / "sts-dev.tsv"
 SCIFACT = DATA / "scifact" / "corpus.jsonl"
 WIKI = DATA / "wikipedia-sentences" / "sentences.tsv"
-
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
-zstandard = pytest.importorskip("zstandard")
 
 
 @pytest.fixture(scope="module")

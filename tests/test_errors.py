@@ -214,15 +214,20 @@ def test_several_tables_need_a_name(tmp_path, tokenizer_json):
 
 
 # ------------------------------------------------------------------------------------------ tokenizers and configs
+def _default_with(tmp_path: Path, name: str, content: bytes) -> Path:
+    """A copy of the default model folder whose file `name` holds `content`."""
+    shutil.copytree(DEFAULT, tmp_path / "m")
+    (tmp_path / "m" / name).write_bytes(content)
+    return tmp_path / "m"
+
+
 @pytest.mark.parametrize(
     "content",
     [b"not json at all", b'{"version": "1.0", "model": {"type": "Nope"}}', b"[]", b"\xff\xfe\x00binary", b""],
 )
 def test_broken_tokenizer_json(tmp_path, content):
-    shutil.copytree(DEFAULT, tmp_path / "m")
-    (tmp_path / "m" / "tokenizer.json").write_bytes(content)
     with pytest.raises(TokenizerError, match=r"tokenizer\.json"):
-        tokvec.load(tmp_path / "m")
+        tokvec.load(_default_with(tmp_path, "tokenizer.json", content))
 
 
 def test_tokenizer_larger_than_the_table(tmp_path):
@@ -250,19 +255,15 @@ def test_tokenizer_larger_than_the_table(tmp_path):
     ],
 )
 def test_config_with_wrong_types(tmp_path, cfg, fragment):
-    shutil.copytree(DEFAULT, tmp_path / "m")
-    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
     with pytest.raises(FormatError, match="config.json|model.safetensors") as e:
-        tokvec.load(tmp_path / "m")
+        tokvec.load(_default_with(tmp_path, "config.json", json.dumps(cfg).encode()))
     assert fragment in str(e.value)
 
 
 @pytest.mark.parametrize("content", [b"{bad", b"\xff\xfe"])
 def test_config_not_json(tmp_path, content):
-    shutil.copytree(DEFAULT, tmp_path / "m")
-    (tmp_path / "m" / "config.json").write_bytes(content)
     with pytest.raises(FormatError, match=r"config\.json: not valid JSON"):
-        tokvec.load(tmp_path / "m")
+        tokvec.load(_default_with(tmp_path, "config.json", content))
 
 
 def test_bad_model2vec_tensors(tmp_path):
@@ -691,34 +692,35 @@ def fixture_models(make_model):
     ]
 
 
+def _embed_checked(m: tokvec.Model, items: list[str], want_ids: list[list[int]]) -> np.ndarray:
+    """Embeds items with m, checks the vectors' shape and values and the token ids against want_ids."""
+    e = m.embed(items)
+    _check_embeddings(e, len(items), m.dim)
+    assert m.encode_ids(items) == want_ids
+    return e
+
+
 @HYP
 @given(texts)
 def test_random_unicode_fixture_models(fixture_models, items):
     for mf, m in fixture_models:
-        e = m.embed(items)
-        _check_embeddings(e, len(items), m.dim)
-        assert m.encode_ids(items) == mf.ref.ids(items)
+        e = _embed_checked(m, items, mf.ref.ids(items))
         np.testing.assert_allclose(e, mf.ref.embed(items), atol=1e-5, rtol=0)
 
 
 @pytest.fixture(scope="module")
 def real_models(minilm):
-    """The real checkpoints' tokenizers (BERT WordPiece; Llama-2 SentencePiece BPE with byte fallback if wordllama
-    is installed)."""
-    out = [(minilm, tokvec.load(minilm.path))]
+    """The real checkpoints' tokenizers (BERT WordPiece; Llama-2 SentencePiece BPE with byte fallback)."""
     wl = wordllama_file()
-    if wl is not None:
-        out.append((None, tokvec.load(wl)))
-    return out
+    assert wl is not None, "wordllama is not installed: it is a test dependency (pip install '.[test]')"
+    return [(minilm, tokvec.load(minilm.path)), (None, tokvec.load(wl))]
 
 
 @HYP
 @given(texts)
 def test_random_unicode_real_tokenizers(real_models, items):
     for mf, m in real_models:
-        e = m.embed(items)
-        _check_embeddings(e, len(items), m.dim)
-        assert m.encode_ids(items) == [m.tokenizer.encode(t, add_special_tokens=False).ids for t in items]
+        e = _embed_checked(m, items, [m.tokenizer.encode(t, add_special_tokens=False).ids for t in items])
         if mf is not None:
             np.testing.assert_allclose(e, mf.ref.embed(items), atol=1e-5, rtol=0)
 

@@ -13,11 +13,9 @@ import numpy as np
 import pytest
 import tokvec
 from conftest import ModelFiles, plain_tokenizer, special_ids, unk_id
+from model2vec import StaticModel
 from safetensors.numpy import load_file
 from tokvec import _core
-
-model2vec = pytest.importorskip("model2vec", reason="model2vec is a test dependency (pip install -e '.[test]')")
-StaticModel = model2vec.StaticModel
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

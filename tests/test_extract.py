@@ -16,6 +16,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+import gguf  # a test dependency (the `test` extra): missing, this file fails instead of being skipped
 import numpy as np
 import pytest
 import tokvec
@@ -27,7 +28,6 @@ from tokvec.cli import main as cli_main
 from tokvec.extract import extract, inspect
 from tokvec.gguf_tokenizer import tokenizer_json_from_gguf
 
-gguf = pytest.importorskip("gguf", reason="the gguf package is a test dependency (pip install '.[test]')")
 Q = gguf.GGMLQuantizationType
 
 KEY = "embeddings.word_embeddings.weight"

@@ -306,6 +306,11 @@ def _st_cases(root: Path) -> list[Case]:
 
 
 # ----------------------------------------------------------------------------------------------- paths
+def _leads_nowhere(name: str, path: Path, names: str) -> Case:
+    """A symlink that resolves to no file (a loop, a cycle, a dangling link): load says where it leads."""
+    return Case(name, "load", path, "FileNotFoundError", ("leads nowhere",), names)
+
+
 def _path_cases(root: Path) -> list[Case]:
     out: list[Case] = []
     good = st_bytes({"embeddings": table_entry()}, good_table())
@@ -328,51 +333,15 @@ def _path_cases(root: Path) -> list[Case]:
     )
     d = model_dir(root, "p-symlink-loop", None)
     os.symlink("model.safetensors", d / "model.safetensors")
-    out.append(
-        Case(
-            "path/symlink loop (self)",
-            "load",
-            d,
-            "FileNotFoundError",
-            ("leads nowhere",),
-            "model.safetensors",
-        )
-    )
-    out.append(
-        Case(
-            "path/symlink loop file",
-            "load",
-            d / "model.safetensors",
-            "FileNotFoundError",
-            ("leads nowhere",),
-            "model.safetensors",
-        )
-    )
+    out.append(_leads_nowhere("path/symlink loop (self)", d, "model.safetensors"))
+    out.append(_leads_nowhere("path/symlink loop file", d / "model.safetensors", "model.safetensors"))
     d = model_dir(root, "p-symlink-cycle", None)
     os.symlink("b.safetensors", d / "a.safetensors")
     os.symlink("a.safetensors", d / "b.safetensors")
-    out.append(
-        Case(
-            "path/symlink cycle a->b->a",
-            "load",
-            d / "a.safetensors",
-            "FileNotFoundError",
-            ("leads nowhere",),
-            "a.safetensors",
-        )
-    )
+    out.append(_leads_nowhere("path/symlink cycle a->b->a", d / "a.safetensors", "a.safetensors"))
     d = model_dir(root, "p-dangling", None)
     os.symlink("nowhere.safetensors", d / "model.safetensors")
-    out.append(
-        Case(
-            "path/dangling symlink",
-            "load",
-            d / "model.safetensors",
-            "FileNotFoundError",
-            ("leads nowhere",),
-            "model.safetensors",
-        )
-    )
+    out.append(_leads_nowhere("path/dangling symlink", d / "model.safetensors", "model.safetensors"))
     out.append(
         Case("path/missing", "load", root / "does-not-exist", "FileNotFoundError", ("no such",), "does-not-exist")
     )
