@@ -374,9 +374,9 @@ def race_input(tmp_path_factory, models, texts) -> Path:
 
 
 # The int8 pre-score (rust/topk.rs scan_int8) calls back for the padding slots of a last tile of fewer than 8 query
-# rows when a pre-score is +inf (>= their +inf threshold); a corpus row made huge after the NaN/inf check gives one,
-# and the caller then indexes query row `q0 + slot`, past the end: a bounds-check panic (PanicException), within a
-# few tens of calls here. Memory-safe (indexing is checked) but not a clean error.
+# rows when a pre-score is +inf (>= their +inf threshold); rows written huge or infinite after the up-front NaN/inf
+# check give one, and the caller then indexes query row `q0 + slot`, past the end: a bounds-check panic
+# (PanicException), within a few tens of calls here. Memory-safe (indexing is checked) but not a clean error.
 class KernelPanic(Exception):
     """A Rust panic reached Python (pyo3_runtime.PanicException) instead of a clean error."""
 
