@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import build_default_model as base
+import minilm_source as base
 
 NAME = "tokvec-base-256"
 TEXTS = None  # every sentence of wikipedia-sentences (320,000)
@@ -143,6 +143,7 @@ def build(
             work / "tuned",
             config=cfg,
             cache_dir=cache,
+            data_dir=base.DATA,
             log=say,
             progress=not quiet and sys.stderr.isatty(),
         )

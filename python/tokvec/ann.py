@@ -40,6 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from tokvec import _core
+from tokvec._validate import int_at_least
+
 __all__ = ["DTYPES", "approx_dedup", "approx_pairs", "approx_pairs_cross", "canonical_dot_pairs"]
 
 #: usearch storage types accepted by `dtype=`.
@@ -61,20 +64,17 @@ def _usearch() -> Any:
 
 def _threads(threads: int | None) -> int:
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
-            raise ValueError(f"threads must be an int >= 0 (0: all cores), got {threads!r}")
-        return int(threads)
+        return int_at_least(threads, "threads", 0, " (0: all cores)")
     # the same knob as the Rust core's rayon pool
     env = os.environ.get("RAYON_NUM_THREADS", "")
     return int(env) if env.isdigit() else 0
 
 
 def _check(neighbors: Any, dtype: Any) -> int:
-    if isinstance(neighbors, bool) or not isinstance(neighbors, (int, np.integer)) or neighbors < 1:
-        raise ValueError(f"neighbors must be an int >= 1, got {neighbors!r}")
+    n = int_at_least(neighbors, "neighbors")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return int(neighbors)
+    return n
 
 
 def canonical_dot_pairs(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -271,7 +271,5 @@ def approx_dedup(e: np.ndarray, threshold: float, **kw: Any) -> tuple[np.ndarray
     Returns:
         (kept int64 ascending, dup_of int64 (n,), -1 for kept rows, score float32 (n,), NaN for kept rows).
     """
-    from tokvec import _core
-
     i, j, s = approx_pairs(e, threshold, **kw)
     return _core.dedup_resolve(e.shape[0], i, j, s, threshold)
