@@ -58,6 +58,7 @@ from safetensors.numpy import load_file
 # Plain, unweighted covariance PCA in float64, each component's largest-|value| entry made positive (so the
 # output does not depend on LAPACK's signs): the same function `tokvec distill` uses.
 from tokvec.train.distill import pca_components
+from tokvec.train.evaluate import read_pairs, spearman
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from minilm_source import (
@@ -264,37 +265,6 @@ def build(
 # --- the measurement behind the recipe (STS-B dev only, never test) ------------------------------------------------
 
 
-def read_stsb(path: Path) -> tuple[list[str], list[str], np.ndarray]:
-    """Read a cleaned STS-B ``.tsv`` (header, 7 unquoted tab-separated fields)."""
-    s1, s2, gold = [], [], []
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        i1, i2, isc = header.index("sentence1"), header.index("sentence2"), header.index("score")
-        for line in f:
-            row = line.rstrip("\n").split("\t")
-            s1.append(row[i1])
-            s2.append(row[i2])
-            gold.append(float(row[isc]))
-    return s1, s2, np.asarray(gold)
-
-
-def rank(a: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties get their average rank (as scipy.stats.rankdata)."""
-    a = np.asarray(a)
-    order = np.argsort(a, kind="mergesort")
-    sa = a[order]
-    starts = np.flatnonzero(np.r_[True, sa[1:] != sa[:-1]])
-    ends = np.r_[starts[1:], len(a)]
-    avg = (starts + ends + 1) / 2.0  # mean of 1-based positions starts+1 .. ends
-    ranks = np.empty(len(a))
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(rank(a), rank(b))[0, 1])
-
-
 def stsb_spearman(table: np.ndarray, tokenizer_json: Path, stsb: Path) -> float:
     """Spearman of cosine vs gold on STS-B: mean of the rows of non-special tokens, L2-normalised."""
     from tokenizers import Tokenizer
@@ -302,7 +272,8 @@ def stsb_spearman(table: np.ndarray, tokenizer_json: Path, stsb: Path) -> float:
     tok = Tokenizer.from_file(str(tokenizer_json))
     tok.no_padding()
     special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
-    s1, s2, gold = read_stsb(stsb)
+    pairs = read_pairs(stsb)
+    s1, s2, gold = pairs.a, pairs.b, pairs.gold
 
     def embed(texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), table.shape[1]))

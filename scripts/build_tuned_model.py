@@ -148,7 +148,7 @@ def build(
             progress=not quiet and sys.stderr.isatty(),
         )
         tcfg = json.loads((tuned / "config.json").read_text(encoding="utf-8"))
-        from tokvec.train.teacher import read_safetensors
+        from tokvec._io import read_safetensors
 
         st = read_safetensors(tuned / "model.safetensors")
         emb = st["embeddings"].astype(np.float16)
@@ -229,17 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--cache", type=Path, default=None, help="teacher-vector cache (default ~/.cache/tokvec)")
     ap.add_argument("--quiet", action="store_true")
-    args = ap.parse_args(argv)
-    build(
-        args.out,
-        texts=args.texts,
-        passages=args.passages,
-        epochs=args.epochs,
-        lr=args.lr,
-        seed=args.seed,
-        cache=args.cache,
-        quiet=args.quiet,
-    )
+    options = vars(ap.parse_args(argv))  # every option is one of build's keywords, under the same name
+    build(options.pop("out"), **options)
     return 0
 
 

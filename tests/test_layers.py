@@ -129,7 +129,7 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         while True:  # walk inside the component until a node repeats: that stretch is a cycle
             nxt = min(w for w in graph[path[-1]] if w in members)
             if nxt in seen:
-                cycles.append(path[seen[nxt]:] + [nxt])
+                cycles.append(path[seen[nxt] :] + [nxt])
                 break
             seen[nxt] = len(path)
             path.append(nxt)
@@ -153,7 +153,10 @@ def test_no_import_cycle():
     graph = import_graph()
     knots = components(graph)
     assert not knots, "import cycles:\n" + "\n".join(
-        " -> ".join(cycle) + "\n    all edges among " + ", ".join(comp) + ": "
+        " -> ".join(cycle)
+        + "\n    all edges among "
+        + ", ".join(comp)
+        + ": "
         + "; ".join(f"{a} -> {b}" for a in comp for b in sorted(graph[a]) if b in comp)
         for comp, cycle in zip(knots, find_cycles(graph))
     )
@@ -163,8 +166,19 @@ def test_lower_modules_do_not_import_the_model():
     """Search, deduplication, clustering, splitting and the token explorer work on anything that embeds;
     only the facade, the CLI and the integrations above them know `Model`."""
     graph = import_graph()
-    for low in ("tokvec.search", "tokvec.dedup", "tokvec.cluster", "tokvec.split", "tokvec.explore",
-                "tokvec.ann", "tokvec.distributed", "tokvec.formats", "tokvec.textio", "tokvec._io",
-                "tokvec._validate", "tokvec.extract"):
+    for low in (
+        "tokvec.search",
+        "tokvec.dedup",
+        "tokvec.cluster",
+        "tokvec.split",
+        "tokvec.explore",
+        "tokvec.ann",
+        "tokvec.distributed",
+        "tokvec.formats",
+        "tokvec.textio",
+        "tokvec._io",
+        "tokvec._validate",
+        "tokvec.extract",
+    ):
         assert "tokvec.model" not in graph.get(low, set()), low
         assert "tokvec" not in graph.get(low, set()), low

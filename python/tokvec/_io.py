@@ -18,14 +18,23 @@ from tokvec import _core
 from tokvec.textio import atomic_folder
 
 #: safetensors dtype name -> the numpy type its little-endian bytes are read as (BF16: its uint16 bits).
-_NP_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I8": np.int8, "BF16": np.uint16,
-              "I32": np.int32, "I64": np.int64, "U32": np.uint32}
+_NP_DTYPES = {
+    "F16": np.float16,
+    "F32": np.float32,
+    "F64": np.float64,
+    "I8": np.int8,
+    "BF16": np.uint16,
+    "I32": np.int32,
+    "I64": np.int64,
+    "U32": np.uint32,
+}
 #: the float element types (what a table, weights or a network layer is stored as).
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
 
-def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int], bytes]],
-                      metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(
+    path: Path, tensors: dict[str, tuple[str, list[int], bytes]], metadata: dict[str, str] | None = None
+) -> None:
     """Writes a safetensors file: tensors in name order, header padded to 8 bytes.
 
     Args:

@@ -45,6 +45,7 @@ __all__ = [
     "load_eval_data",
     "ndcg_at_k",
     "rankdata",
+    "read_pairs",
     "spearman",
 ]
 
@@ -194,8 +195,15 @@ class EvalData:
         return list(seen)
 
 
-def _pairs(path: Path, c1: str, c2: str, gold: str, limit: int | None) -> PairTask:
-    rows = _read_tsv(path, [c1, c2, gold])[:limit]
+def read_pairs(
+    path: str | os.PathLike[str],
+    c1: str = "sentence1",
+    c2: str = "sentence2",
+    gold: str = "score",
+    limit: int | None = None,
+) -> PairTask:
+    """A sentence-pair set (tab-separated with a header, no quoting; STS-B's columns by default)."""
+    rows = _read_tsv(Path(path), [c1, c2, gold])[:limit]
     return PairTask([r[0] for r in rows], [r[1] for r in rows], np.array([float(r[2]) for r in rows]))
 
 
@@ -260,11 +268,11 @@ def load_eval_data(
     test = split == "test"
     out = EvalData(split)
     if "sts" in tasks:
-        out.sets["stsb"] = _pairs(
+        out.sets["stsb"] = read_pairs(
             root / "stsb" / ("sts-test.tsv" if test else "sts-dev.tsv"), "sentence1", "sentence2", "score", limit
         )
     if "sick" in tasks:
-        out.sets["sick"] = _pairs(
+        out.sets["sick"] = read_pairs(
             root / "sick-r" / ("sick-test.tsv" if test else "sick-trial.tsv"),
             "sentence_A",
             "sentence_B",
@@ -272,10 +280,10 @@ def load_eval_data(
             limit,
         )
     if "pair" in tasks:
-        out.sets["paws"] = _pairs(
+        out.sets["paws"] = read_pairs(
             root / "paws-wiki" / ("test.tsv" if test else "dev.tsv"), "sentence1", "sentence2", "label", limit
         )
-        out.sets["mrpc"] = _pairs(
+        out.sets["mrpc"] = read_pairs(
             root / "mrpc" / ("test.tsv" if test else "train.tsv"), "sentence1", "sentence2", "label", limit
         )
     if "retrieval" in tasks:
@@ -453,7 +461,7 @@ def model2vec_encoder() -> Encoder | None:
     from model2vec import StaticModel
     from tokenizers import Tokenizer
 
-    from tokvec.train.teacher import read_safetensors
+    from tokvec._io import read_safetensors
 
     table = read_safetensors(table_path)["embedding.weight"]
     m = StaticModel(vectors=table, tokenizer=Tokenizer.from_file(str(tok_path)), normalize=True)
