@@ -45,6 +45,7 @@ from tokvec import _core
 from tokvec._core import FormatError
 from tokvec._io import read_tensor, write_model_folder
 from tokvec._pca import components
+from tokvec._validate import is_int
 from tokvec.config import FORMAT_VERSION
 from tokvec.formats import PICKLE_SUFFIXES, detect_table, table_by_name
 from tokvec.tokenizer import core_reason, read_tokenizer
@@ -562,7 +563,7 @@ def extract(
     dtype = _check_dtype(dtype)
     if not isinstance(pca, bool) or not isinstance(center, bool) or not isinstance(trim, bool):
         raise TypeError("pca, center and trim must be bools")
-    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1):
+    if dim is not None and (not is_int(dim) or dim < 1):
         raise ValueError(f"dim must be a positive int, got {dim!r}")
     if pca and dim is None:
         raise ValueError("pca=True needs dim=N, the number of components to keep")

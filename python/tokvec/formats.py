@@ -35,7 +35,16 @@ from tokvec import hub
 from tokvec._core import FormatError, SafetensorsFile
 from tokvec.config import get_typed, read_json
 
-__all__ = ["Resolved", "resolve", "DEFAULT_MODEL_DIR", "EMBEDDING_NAMES", "EMBEDDING_SUFFIXES", "LM_HEAD_NAMES"]
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "EMBEDDING_NAMES",
+    "EMBEDDING_SUFFIXES",
+    "LM_HEAD_NAMES",
+    "Resolved",
+    "detect_table",
+    "resolve",
+    "table_by_name",
+]
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
 

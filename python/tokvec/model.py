@@ -14,7 +14,7 @@ import numpy as np
 
 from tokvec import _core, explore
 from tokvec._io import _NP_DTYPES, read_tensor, widen_bf16, write_model_folder, write_safetensors
-from tokvec._validate import int_at_least
+from tokvec._validate import int_at_least, is_int
 from tokvec._validate import positive_int_or_none as _positive_int
 from tokvec._validate import threshold as _threshold
 from tokvec.cluster import kmeans
@@ -1008,7 +1008,7 @@ def _encode_options(model: Model, normalize: bool | None, kwargs: dict[str, Any]
         raise ValueError("pool: tokvec runs in one process, multi-threaded in its Rust core; pass pool=None")
     for name in ("chunk_size", "multiprocessing_threshold"):
         v = kw.pop(name, None)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+        if v is not None and not is_int(v):
             raise TypeError(f"{name} must be an int or None, got {type(v).__name__}")
     if not isinstance(kw.pop("use_multiprocessing", True), bool):
         raise TypeError("use_multiprocessing must be a bool")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from tokvec import _core
-from tokvec._validate import int_at_least, matrix
+from tokvec._validate import int_at_least, is_int, matrix
 from tokvec._validate import threshold as check_threshold
 from tokvec.ann import approx_dedup
 
@@ -22,7 +22,7 @@ def _bits(arr: np.ndarray, bits: int | None) -> int:
     words = arr.shape[1]
     if bits is None:
         return 64 * words
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not (64 * (words - 1) < bits <= 64 * words):
+    if not is_int(bits) or not (64 * (words - 1) < bits <= 64 * words):
         raise ValueError(f"bits must be in ({64 * (words - 1)}, {64 * words}] for {words} uint64 words, got {bits!r}")
     return int(bits)
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from tokvec._embedder import Embedder
-from tokvec._validate import int_at_least
+from tokvec._validate import int_at_least, is_int
 
 __all__ = ["iter_units", "semantic_split", "split_units"]
 
@@ -180,8 +180,9 @@ def semantic_split(model: Embedder, text: str, target_size: int = 1536, unit_siz
     target_size = int_at_least(target_size, "target_size")
     if unit_size is None:
         unit_size = max(1, target_size // 4)
-    if isinstance(unit_size, bool) or not isinstance(unit_size, int) or not (1 <= unit_size <= target_size):
+    if not is_int(unit_size) or not (1 <= unit_size <= target_size):
         raise ValueError(f"unit_size must be an int in [1, target_size], got {unit_size!r}")
+    unit_size = int(unit_size)
     units = iter_units(text, unit_size)
     first = list(itertools.islice(units, 2))
     if len(first) < 2:

@@ -23,6 +23,7 @@ import numpy as np
 
 from tokvec._io import write_model_folder, write_safetensors
 from tokvec._pca import pca_components
+from tokvec._validate import is_int
 from tokvec.config import FORMAT_VERSION
 from tokvec.textio import iter_texts
 from tokvec.train.teacher import Teacher
@@ -192,7 +193,7 @@ def distill(
         the output folder.
     """
     t = teacher if isinstance(teacher, Teacher) else Teacher(teacher)
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+    if not is_int(dim) or dim < 1:
         raise ValueError(f"--dim must be a positive int, got {dim!r}")
     if dim > t.dim:
         raise ValueError(f"--dim {dim} is larger than the teacher's dimension {t.dim}")
