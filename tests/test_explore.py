@@ -172,3 +172,22 @@ def test_plot_tokens_without_matplotlib_names_the_extra(tmp_path, minilm_model, 
     with pytest.raises(ImportError, match=r"pip install tokvec\[plot\]"):
         tokvec.plot_tokens(minilm_model, ["king", "queen"], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_tokens_leaves_the_matplotlib_backend_alone(tmp_path, minilm_model):
+    """plot_tokens draws on its own Figure and Agg canvas: the user's backend and pyplot's figures stay as they were."""
+    matplotlib = pytest.importorskip("matplotlib", reason="matplotlib is the `plot` extra")
+    before = matplotlib.get_backend()
+    try:
+        matplotlib.use("svg")  # a user's choice that is not Agg (and needs no display)
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure()
+        figures = plt.get_fignums()
+        p = tokvec.plot_tokens(minilm_model, ["king", "queen", "man", "woman"], tmp_path / "tokens.png")
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == figures and plt.gcf() is fig
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        plt.close(fig)
+    finally:
+        matplotlib.use(before)

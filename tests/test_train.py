@@ -16,6 +16,7 @@ import pytest
 import tokvec
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokvec.cli import main
+from tokvec.formats import DEFAULT_MODEL_DIR
 from tokvec.train import Teacher, TeacherError, TuneConfig, distill, evaluate, tune
 from tokvec.train.evaluate import best_f1, load_eval_data, ndcg_at_k, rankdata, spearman
 from tokvec.train.teacher import _gelu, erf, find_minilm
@@ -554,6 +555,26 @@ def test_eval_on_real_slice_matches_reference(capsys):
     # the dev splits are other files
     dev = evaluate(m, data=load_eval_data(DATA, split="dev", limit=40))
     assert dev["stsb"] != got["stsb"]
+
+
+def test_evaluate_takes_the_data_folder_explicitly(capsys, monkeypatch, tmp_path, tiny_teacher, corpus_file):
+    """The library never guesses a data folder (the working folder here has ../shared/data beside it); the
+    `tokvec eval` command keeps that default for working in a checkout."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("TOKVEC_EVAL_DATA", raising=False)
+    m = tokvec.load()
+    with pytest.raises(TypeError, match="data_dir"):
+        tokvec.evaluate(m, tasks=("sts",), limit=10)
+    with pytest.raises(TypeError, match="data_dir"):
+        load_eval_data(None)
+    got = tokvec.evaluate(m, tasks=("sts",), limit=10, data_dir=DATA)
+    assert got == tokvec.evaluate(m, data=load_eval_data(DATA, tasks=("sts",), limit=10))
+    # selecting an epoch on the dev sets needs them too, and says so before the teacher runs
+    with pytest.raises(TypeError, match="data_dir"):
+        tune(DEFAULT_MODEL_DIR, tiny_teacher, corpus_file, tmp_path / "tuned", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "tuned").exists() and not (tmp_path / "cache").exists()
+    assert main(["eval", "--tasks", "sts", "--limit", "10", "--no-teacher", "--no-peers", "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"]["tokvec default"] == pytest.approx(got, abs=1e-9)
 
 
 # --------------------------------------------------------------------------------------------------- bundled names

@@ -40,6 +40,9 @@ from typing import Any
 
 import numpy as np
 
+from tokvec import _core
+from tokvec._validate import int_at_least
+
 __all__ = ["DTYPES", "approx_dedup", "approx_pairs", "approx_pairs_cross", "canonical_dot_pairs"]
 
 #: usearch storage types accepted by `dtype=`.
@@ -61,20 +64,17 @@ def _usearch() -> Any:
 
 def _threads(threads: int | None) -> int:
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 0:
-            raise ValueError(f"threads must be an int >= 0 (0: all cores), got {threads!r}")
-        return int(threads)
+        return int_at_least(threads, "threads", 0, " (0: all cores)")
     # the same knob as the Rust core's rayon pool
     env = os.environ.get("RAYON_NUM_THREADS", "")
     return int(env) if env.isdigit() else 0
 
 
 def _check(neighbors: Any, dtype: Any) -> int:
-    if isinstance(neighbors, bool) or not isinstance(neighbors, (int, np.integer)) or neighbors < 1:
-        raise ValueError(f"neighbors must be an int >= 1, got {neighbors!r}")
+    n = int_at_least(neighbors, "neighbors")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return int(neighbors)
+    return n
 
 
 def canonical_dot_pairs(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -186,55 +186,45 @@ def _empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return z, z.copy(), np.zeros(0, np.float32)
 
 
-def approx_pairs(
-    e: np.ndarray,
-    threshold: float,
-    *,
-    neighbors: int = 32,
-    dtype: str = "i8",
-    threads: int | None = None,
-    connectivity: int | None = None,
-    expansion_add: int | None = 64,
-    expansion_search: int | None = None,
-    stats: dict[str, Any] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def approx_pairs(e: np.ndarray, threshold: float, **kw: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i, j, score), i < j, score > threshold, among each row's `neighbors` nearest rows in a usearch
     index; scores are exact (canonical dot). A subset of `tokvec.duplicate_pairs(e, threshold)`.
 
     Args:
         e: float32 (n, d), C-contiguous, finite (validated by the caller).
         threshold: pairs with score > threshold are kept.
-        neighbors: neighbours searched per row (itself excluded).
-        dtype: usearch storage, "i8" (default), "f16" or "f32".
-        threads: usearch threads; None uses RAYON_NUM_THREADS when set, else all cores (0).
-        connectivity, expansion_add, expansion_search: usearch HNSW settings (None: usearch's defaults;
-            expansion_search is raised to at least neighbors + 1). expansion_add defaults to 64 instead of
-            usearch's 128: on 100k Wikipedia sentences it built the index 1.3x faster with the same recall.
-        stats: when given, filled with `index_seconds`, `search_seconds`, `rescore_seconds`, `candidates`
-            (distinct pairs re-scored) and `pairs` (kept).
+        **kw: the index settings, keyword-only:
+            neighbors: neighbours searched per row (itself excluded), default 32.
+            dtype: usearch storage, "i8" (default), "f16" or "f32".
+            threads: usearch threads; None (default) uses RAYON_NUM_THREADS when set, else all cores (0).
+            connectivity, expansion_add, expansion_search: usearch HNSW settings (None: usearch's defaults;
+                expansion_search is raised to at least neighbors + 1). expansion_add defaults to 64 instead of
+                usearch's 128: on 100k Wikipedia sentences it built the index 1.3x faster with the same recall.
+            stats: when given, a dict filled with `index_seconds`, `search_seconds`, `rescore_seconds`,
+                `candidates` (distinct pairs re-scored) and `pairs` (kept).
 
     Returns:
         (i int64, j int64, score float32), sorted by (i, j).
     """
-    k = _check(neighbors, dtype)
-    n = e.shape[0]
-    if n < 2:
-        return _empty()
-    kk = min(k + 1, n)  # +1: a row normally finds itself first
-    q, c, (t0, t1, t2) = _neighbours(e, e, kk, dtype, threads, connectivity, expansion_add, expansion_search)
-    keep = q != c
-    a, b = np.minimum(q[keep], c[keep]), np.maximum(q[keep], c[keep])
-    code = np.unique(a * n + b)  # each unordered pair once, sorted by (i, j)
-    a, b = code // n, code % n
-    s = canonical_dot_pairs(e, e, a, b)
-    above = s > np.float32(threshold)
-    _stats(stats, t0, t1, t2, int(code.shape[0]), int(above.sum()))
-    return a[above], b[above], s[above]
+    return _approx(e, None, threshold, **kw)
 
 
 def approx_pairs_cross(
+    a: np.ndarray, b: np.ndarray, threshold: float, **kw: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i row of `a`, j row of `b`, score) with score > threshold among each row of `b`'s `neighbors`
+    nearest rows of `a` (index over `a`); exact scores. A subset of `_core.duplicate_pairs_cross(a, b, t)`.
+    The keywords are `approx_pairs`'.
+
+    Returns:
+        (i int64, j int64, score float32), sorted by (i, j).
+    """
+    return _approx(a, b, threshold, **kw)
+
+
+def _approx(
     a: np.ndarray,
-    b: np.ndarray,
+    b: np.ndarray | None,
     threshold: float,
     *,
     neighbors: int = 32,
@@ -245,20 +235,26 @@ def approx_pairs_cross(
     expansion_search: int | None = None,
     stats: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (i row of `a`, j row of `b`, score) with score > threshold among each row of `b`'s `neighbors`
-    nearest rows of `a` (index over `a`); exact scores. A subset of `_core.duplicate_pairs_cross(a, b, t)`.
-
-    Returns:
-        (i int64, j int64, score float32), sorted by (i, j).
-    """
+    """`approx_pairs` (b None: the rows of `a` among themselves) and `approx_pairs_cross`."""
     k = _check(neighbors, dtype)
-    if a.shape[0] == 0 or b.shape[0] == 0:
-        return _empty()
-    kk = min(k, a.shape[0])
-    qb, ia, (t0, t1, t2) = _neighbours(a, b, kk, dtype, threads, connectivity, expansion_add, expansion_search)
-    code = np.unique(ia * b.shape[0] + qb)
-    i, j = code // b.shape[0], code % b.shape[0]
-    s = canonical_dot_pairs(a, b, i, j)
+    hnsw = (dtype, threads, connectivity, expansion_add, expansion_search)
+    if b is None:
+        n = a.shape[0]
+        if n < 2:
+            return _empty()
+        q, c, (t0, t1, t2) = _neighbours(a, a, min(k + 1, n), *hnsw)  # +1: a row normally finds itself first
+        keep = q != c
+        lo, hi = np.minimum(q[keep], c[keep]), np.maximum(q[keep], c[keep])
+        code = np.unique(lo * n + hi)  # each unordered pair once, sorted by (i, j)
+        i, j = code // n, code % n
+        s = canonical_dot_pairs(a, a, i, j)
+    else:
+        if a.shape[0] == 0 or b.shape[0] == 0:
+            return _empty()
+        qb, ia, (t0, t1, t2) = _neighbours(a, b, min(k, a.shape[0]), *hnsw)
+        code = np.unique(ia * b.shape[0] + qb)
+        i, j = code // b.shape[0], code % b.shape[0]
+        s = canonical_dot_pairs(a, b, i, j)
     above = s > np.float32(threshold)
     _stats(stats, t0, t1, t2, int(code.shape[0]), int(above.sum()))
     return i[above], j[above], s[above]
@@ -271,7 +267,5 @@ def approx_dedup(e: np.ndarray, threshold: float, **kw: Any) -> tuple[np.ndarray
     Returns:
         (kept int64 ascending, dup_of int64 (n,), -1 for kept rows, score float32 (n,), NaN for kept rows).
     """
-    from tokvec import _core
-
     i, j, s = approx_pairs(e, threshold, **kw)
     return _core.dedup_resolve(e.shape[0], i, j, s, threshold)

@@ -199,8 +199,8 @@ def _input_notes(src) -> str:
 
 
 def cmd_dedup(args: argparse.Namespace) -> None:
+    from tokvec._validate import threshold as _threshold
     from tokvec.dedup import DedupIndex, parse_thresholds, plan_texts, resolve_texts, sweep_texts, text_keys
-    from tokvec.search import _threshold
     from tokvec.textio import Outputs, check_distinct, output_format
 
     sweep = None

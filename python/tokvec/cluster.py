@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tokvec import _core
-from tokvec.search import _matrix
+from tokvec._validate import int_at_least, matrix
 
 __all__ = ["KMeansResult", "kmeans"]
 
@@ -32,12 +32,6 @@ class KMeansResult:
     centroids: np.ndarray
     inertia: float
     n_iter: int
-
-
-def _count(v: Any, name: str, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-    return int(v)
 
 
 def kmeans(
@@ -69,20 +63,20 @@ def kmeans(
         ValueError: k out of range, bad options, NaN/inf values, an init of the wrong shape.
         TypeError: x is not a float array.
     """
-    X = _matrix(x, "x")
+    X = matrix(x, "x")
     if X.dtype != np.float32:
         raise TypeError("kmeans takes float vectors, not packed bits")
-    k = _count(k, "k", 1)
+    k = int_at_least(k, "k", 1)
     if k > X.shape[0]:
         raise ValueError(f"k={k} is larger than the number of points ({X.shape[0]})")
-    n_init = _count(n_init, "n_init", 1)
-    max_iter = _count(max_iter, "max_iter", 1)
-    seed = _count(seed, "seed", 0)
+    n_init = int_at_least(n_init, "n_init", 1)
+    max_iter = int_at_least(max_iter, "max_iter", 1)
+    seed = int_at_least(seed, "seed", 0)
     if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating)) or not (0 <= tol < float("inf")):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     c = None
     if init is not None:
-        c = _matrix(init, "init")
+        c = matrix(init, "init")
         if c.shape != (k, X.shape[1]):
             raise ValueError(f"init must have shape ({k}, {X.shape[1]}), got {c.shape}")
     labels, centroids, inertia, n_iter = _core.kmeans(X, k, n_init, max_iter, float(tol), seed % 2**64, c)

@@ -28,9 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from tokvec import _core
-from tokvec.formats import write_safetensors
-from tokvec.search import _matrix, _threshold
+from tokvec import _core, ann
+from tokvec._io import write_safetensors
+from tokvec._validate import matrix as _matrix
+from tokvec._validate import threshold as _threshold
+from tokvec.search import dedup_indices
+from tokvec.textio import write_atomic
 
 __all__ = ["DedupIndex", "DedupResult", "TextPlan", "dedup", "dedup_sweep", "plan_texts", "resolve_texts", "text_keys"]
 
@@ -200,8 +203,6 @@ def dedup(
     t = _threshold(threshold)
     n = e.shape[0]
     akw = {"neighbors": neighbors, "dtype": ann_dtype}
-    if approx:
-        from tokvec import ann
     if reference is None and self_dedup and not approx:
         # the plain case: pairs found and resolved inside Rust, no pair list crosses into Python
         if n < 2:
@@ -408,8 +409,6 @@ def resolve_texts(
         if e.dtype == np.uint64:
             if reference is not None or approx:
                 raise ValueError("a reference set and approx=True need float vectors, not packed sign bits")
-            from tokvec.search import dedup_indices
-
             _, d, sc = dedup_indices(e, t, bits=bits)
             src = np.where(d < 0, KEPT, SELF).astype(np.int8)
         else:
@@ -580,8 +579,6 @@ class DedupIndex:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Writes the index atomically (temporary file + rename)."""
-        from tokvec.textio import write_atomic
-
         return write_atomic(path, self.write)
 
     def write(self, path: str | os.PathLike[str]) -> None:

@@ -25,7 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from tokvec.search import _threshold, dedup_indices
+from tokvec._embedder import UnitEmbedder
+from tokvec._validate import threshold as _threshold
+from tokvec.dedup import is_empty, text_keys
+from tokvec.search import dedup_indices
 
 __all__ = ["PartitionResult", "dask_deduplicate", "embed_rows", "exact_pass", "global_pass", "partition_dedup",
            "partition_keys"]
@@ -43,13 +46,11 @@ class PartitionResult:
 
 def partition_keys(texts: Sequence[str]) -> tuple[list[bytes], np.ndarray]:
     """Level 0: the text keys of one partition and which texts are empty (runs on a worker)."""
-    from tokvec.dedup import is_empty, text_keys
-
     texts = list(texts)
     return text_keys(texts), np.array([is_empty(t) for t in texts], bool)
 
 
-def partition_dedup(model: Any, texts: Sequence[str], threshold: float, rows: Sequence[int] | None = None
+def partition_dedup(model: UnitEmbedder, texts: Sequence[str], threshold: float, rows: Sequence[int] | None = None
                     ) -> PartitionResult:
     """Level 1: embeds one partition's rows (all, or `rows`: the texts that need a vector) and
     deduplicates them locally (runs on a worker). Indices in the result count those rows only."""
@@ -63,7 +64,7 @@ def partition_dedup(model: Any, texts: Sequence[str], threshold: float, rows: Se
     return PartitionResult(len(texts), kept, dup_of, E[kept])
 
 
-def embed_rows(model: Any, texts: Sequence[str], rows: Sequence[int]) -> np.ndarray:
+def embed_rows(model: UnitEmbedder, texts: Sequence[str], rows: Sequence[int]) -> np.ndarray:
     """The unit vectors of some rows of a partition (runs on a worker)."""
     texts = list(texts)
     return model._unit_embed([texts[int(i)] for i in rows])

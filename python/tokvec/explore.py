@@ -14,15 +14,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from tokvec import _core
+from tokvec._embedder import TokenTable
+from tokvec._pca import pca_components
+from tokvec._validate import int_at_least
 from tokvec.search import topk as _topk
-
-if TYPE_CHECKING:
-    from tokvec.model import Model
 
 __all__ = ["TokenError", "plot_tokens"]
 
@@ -54,7 +54,7 @@ class _Explorer:
     unit: np.ndarray | None = None  # float32 (len(candidates), dim), L2-normalized rows of the candidates
 
 
-def _explorer(model: Model) -> _Explorer:
+def _explorer(model: TokenTable) -> _Explorer:
     ex = model.__dict__.get("_explorer")
     if ex is None:
         r = model._resolved
@@ -87,7 +87,7 @@ def _rows(ex: _Explorer, ids: np.ndarray) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, ex.raw.dim), np.float32)
 
 
-def token_id(model: Model, token: str | int) -> int:
+def token_id(model: TokenTable, token: str | int) -> int:
     """The id of one token: an int id, a vocabulary string, or a word whose word-start form is one token.
 
     Lookup order for a str: its word-start forms ("Ġ" + word, "▁" + word), the string as it is in the
@@ -122,18 +122,18 @@ def token_id(model: Model, token: str | int) -> int:
     )
 
 
-def token_vector(model: Model, token: str | int) -> np.ndarray:
+def token_vector(model: TokenTable, token: str | int) -> np.ndarray:
     """The row of one token (float32, dim): what the model averages for it (see `Model.token_vector`)."""
     return _rows(_explorer(model), np.array([token_id(model, token)]))[0]
 
 
-def token_rows(model: Model) -> np.ndarray:
+def token_rows(model: TokenTable) -> np.ndarray:
     """Every token id's row as pooling adds it up (row after `mapping`, times the id's weight, first `dim`
     columns), float32 (vocab_size, dim): the table a format without `weights`/`mapping` tensors needs."""
     return _rows(_explorer(model), np.arange(model.vocab_size, dtype=np.int64))
 
 
-def _table(model: Model) -> _Explorer:
+def _table(model: TokenTable) -> _Explorer:
     ex = _explorer(model)
     if ex.unit is None:
         skip = set(model._skip_ids)
@@ -150,7 +150,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / n if n > 0 else v
 
 
-def _query(model: Model, token_or_vector: Any) -> tuple[np.ndarray, list[int]]:
+def _query(model: TokenTable, token_or_vector: Any) -> tuple[np.ndarray, list[int]]:
     if isinstance(token_or_vector, (str, int, np.integer)) and not isinstance(token_or_vector, bool):
         i = token_id(model, token_or_vector)
         return _unit(token_vector(model, i)), [i]
@@ -166,10 +166,9 @@ def _query(model: Model, token_or_vector: Any) -> tuple[np.ndarray, list[int]]:
     return _unit(v), []
 
 
-def nearest(model: Model, v: np.ndarray, exclude: list[int], k: int) -> list[tuple[str, float]]:
+def nearest(model: TokenTable, v: np.ndarray, exclude: list[int], k: int) -> list[tuple[str, float]]:
     """The k tokens whose rows have the highest cosine with the unit vector v, `exclude` ids left out."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    k = int_at_least(k, "k")
     ex = _table(model)
     assert ex.unit is not None and ex.candidates is not None  # set by _table
     drop = set(exclude)
@@ -185,13 +184,13 @@ def nearest(model: Model, v: np.ndarray, exclude: list[int], k: int) -> list[tup
     return out
 
 
-def most_similar_tokens(model: Model, token_or_vector: Any, k: int = 10) -> list[tuple[str, float]]:
+def most_similar_tokens(model: TokenTable, token_or_vector: Any, k: int = 10) -> list[tuple[str, float]]:
     """See `Model.most_similar_tokens`."""
     v, exclude = _query(model, token_or_vector)
     return nearest(model, v, exclude, k)
 
 
-def analogy(model: Model, a: str | int, b: str | int, c: str | int, k: int = 10) -> list[tuple[str, float]]:
+def analogy(model: TokenTable, a: str | int, b: str | int, c: str | int, k: int = 10) -> list[tuple[str, float]]:
     """See `Model.analogy`."""
     ids = [token_id(model, t) for t in (a, b, c)]
     ua, ub, uc = (_unit(token_vector(model, i)) for i in ids)
@@ -199,11 +198,13 @@ def analogy(model: Model, a: str | int, b: str | int, c: str | int, k: int = 10)
 
 
 def plot_tokens(
-    model: Model, words: list[str | int], path: str | os.PathLike[str], *, title: str | None = None
+    model: TokenTable, words: list[str | int], path: str | os.PathLike[str], *, title: str | None = None
 ) -> Path:
     """Draws the tokens' rows projected on their first two principal components, labelled, as a PNG.
 
-    The rows are L2-normalized, centred and projected with an SVD (PCA fitted on these tokens only).
+    The rows are L2-normalized, centred and projected on their first two principal components (tokvec's one PCA,
+    fitted on these tokens only). The figure is drawn on its own Agg canvas: matplotlib's backend and pyplot's
+    current figure are left as they were.
 
     Args:
         model: a tokvec model.
@@ -220,78 +221,76 @@ def plot_tokens(
         ValueError: fewer than two words.
     """
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401  (first: a missing matplotlib fails here, not inside a submodule)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError as e:
         raise ImportError("plot_tokens needs matplotlib: pip install tokvec[plot]") from e
     if isinstance(words, str) or len(words) < 2:
         raise ValueError("words must be a list of at least two tokens")
     ids = [token_id(model, w) for w in words]
     x = np.stack([_unit(token_vector(model, i)) for i in ids]).astype(np.float64)
-    x -= x.mean(axis=0)
-    u, s, _ = np.linalg.svd(x, full_matrices=False)
-    xy = u[:, :2] * s[:2]
+    mean, evals, comps = pca_components(x)
+    xy = (x - mean) @ comps[:, :2]
     if xy.shape[1] < 2:
         xy = np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
-    var = s**2 / max(float((s**2).sum()), 1e-30)
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
-    try:
-        ax.scatter(xy[:, 0], xy[:, 1], s=18, color="#3b6ea8")
-        # labels: the first of eight positions around its point whose box (in pixels, ~6 px per character)
-        # overlaps no label placed so far and no other point
-        ax.margins(0.12)
-        fig.canvas.draw()
-        pix = ax.transData.transform(xy)
-        boxes: list[tuple[float, float, float, float]] = []
-        for n, ((px, py), w) in enumerate(zip(pix, words)):
-            label = str(w)
-            wid, hei = 6.0 * len(label) + 2, 11.0
-            best = None
-            for dx, dy in (
-                (5, 2),
-                (5, -12),
-                (-5 - wid, 2),
-                (-5 - wid, -12),
-                (-wid / 2, 6),
-                (-wid / 2, -17),
-                (8, -5),
-                (-8 - wid, -5),
-            ):
-                box = (px + dx, py + dy, px + dx + wid, py + dy + hei)
-                hits = sum(not (box[2] < q[0] or q[2] < box[0] or box[3] < q[1] or q[3] < box[1]) for q in boxes)
-                hits += sum(
-                    box[0] - 3 < ox < box[2] + 3 and box[1] - 3 < oy < box[3] + 3
-                    for m, (ox, oy) in enumerate(pix)
-                    if m != n
-                )
-                if best is None or hits < best[0]:
-                    best = (hits, dx, dy, box)
-                if hits == 0:
-                    break
-            assert best is not None  # the loop above ran
-            boxes.append(best[3])
-            # offsets are in points; at 100 dpi one point is 100 / 72 pixels
-            ax.annotate(
-                label,
-                (xy[n, 0], xy[n, 1]),
-                xytext=(best[1] * 0.72, best[2] * 0.72),
-                textcoords="offset points",
-                fontsize=9,
-                ha="left",
-                va="bottom",
+    evals = np.clip(evals, 0, None)  # rounding can leave the smallest eigenvalues a hair below zero
+    var = evals / max(float(evals.sum()), 1e-30)
+    fig = Figure(figsize=(6, 4.5), dpi=100)
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas
+    ax = fig.add_subplot()
+    ax.scatter(xy[:, 0], xy[:, 1], s=18, color="#3b6ea8")
+    # labels: the first of eight positions around its point whose box (in pixels, ~6 px per character)
+    # overlaps no label placed so far and no other point
+    ax.margins(0.12)
+    fig.canvas.draw()
+    pix = ax.transData.transform(xy)
+    boxes: list[tuple[float, float, float, float]] = []
+    for n, ((px, py), w) in enumerate(zip(pix, words)):
+        label = str(w)
+        wid, hei = 6.0 * len(label) + 2, 11.0
+        best = None
+        for dx, dy in (
+            (5, 2),
+            (5, -12),
+            (-5 - wid, 2),
+            (-5 - wid, -12),
+            (-wid / 2, 6),
+            (-wid / 2, -17),
+            (8, -5),
+            (-8 - wid, -5),
+        ):
+            box = (px + dx, py + dy, px + dx + wid, py + dy + hei)
+            hits = sum(not (box[2] < q[0] or q[2] < box[0] or box[3] < q[1] or q[3] < box[1]) for q in boxes)
+            hits += sum(
+                box[0] - 3 < ox < box[2] + 3 and box[1] - 3 < oy < box[3] + 3
+                for m, (ox, oy) in enumerate(pix)
+                if m != n
             )
-        ax.set_xlabel(f"PC1 ({var[0]:.0%} of variance)")
-        ax.set_ylabel(f"PC2 ({var[1] if len(var) > 1 else 0:.0%})")
-        ax.set_title(
-            title if title is not None else f"{model._core.table} ({model.dim}-d), PCA of {len(ids)} tokens",
-            fontsize=10,
+            if best is None or hits < best[0]:
+                best = (hits, dx, dy, box)
+            if hits == 0:
+                break
+        assert best is not None  # the loop above ran
+        boxes.append(best[3])
+        # offsets are in points; at 100 dpi one point is 100 / 72 pixels
+        ax.annotate(
+            label,
+            (xy[n, 0], xy[n, 1]),
+            xytext=(best[1] * 0.72, best[2] * 0.72),
+            textcoords="offset points",
+            fontsize=9,
+            ha="left",
+            va="bottom",
         )
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        out = Path(path)
-        fig.savefig(out, format="png")
-    finally:
-        plt.close(fig)
+    ax.set_xlabel(f"PC1 ({var[0]:.0%} of variance)")
+    ax.set_ylabel(f"PC2 ({var[1] if len(var) > 1 else 0:.0%})")
+    ax.set_title(
+        title if title is not None else f"{model._resolved.table} ({model.dim}-d), PCA of {len(ids)} tokens",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, format="png")
     return out

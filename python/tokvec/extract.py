@@ -33,7 +33,6 @@ import hashlib
 import json
 import mmap
 import os
-import shutil
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,10 +43,11 @@ import numpy as np
 
 from tokvec import _core
 from tokvec._core import FormatError
+from tokvec._io import read_tensor, write_model_folder
+from tokvec._pca import components
+from tokvec._validate import is_int
 from tokvec.config import FORMAT_VERSION
-from tokvec.formats import EMBEDDING_NAMES, EMBEDDING_SUFFIXES, LM_HEAD_NAMES, PICKLE_SUFFIXES
-from tokvec.model import _NP_DTYPES
-from tokvec.textio import atomic_folder
+from tokvec.formats import PICKLE_SUFFIXES, detect_table, table_by_name
 from tokvec.tokenizer import core_reason, read_tokenizer
 
 __all__ = ["inspect", "extract", "SourceInfo", "TensorInfo"]
@@ -56,8 +56,6 @@ INDEX_NAME = "model.safetensors.index.json"
 #: Bytes of converted output per chunk (plain conversion) / of float32 per chunk (PCA, concat, center).
 CHUNK_BYTES = 32 << 20
 F32_CHUNK_BYTES = 32 << 20
-#: Rows above the tokenizer's vocabulary still counted as "close to it" when matching by shape.
-PADDING_SLACK = 1024
 
 _DTYPE_SIZES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I8": 1, "U8": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 4,
                 "I64": 8, "U64": 8, "BOOL": 1, "F8_E5M2": 1, "F8_E4M3": 1}
@@ -298,49 +296,8 @@ def _tokenizer(src: _Source, required: bool) -> _Tok | None:
 
 
 # ------------------------------------------------------------------------------------------------ key detection
-def _fits(rows: int, vocab: int | None) -> bool:
-    return vocab is None or vocab <= rows <= vocab + max(PADDING_SLACK, vocab // 8)
-
-
 def _detect_key(shapes: dict[str, list[int]], vocab: int | None, where: str) -> str:
-    """Picks the input embedding table among `shapes` (2-D tensors and others)."""
-    two_d = {k: s for k, s in shapes.items() if len(s) == 2}
-    for name in EMBEDDING_NAMES:
-        if name in two_d and _fits(two_d[name][0], vocab):
-            return name
-    by_name = sorted(k for k in two_d if k in EMBEDDING_NAMES or k.endswith(EMBEDDING_SUFFIXES))
-    if len(by_name) == 1:
-        return by_name[0]
-    if len(by_name) > 1:
-        fit = [k for k in by_name if _fits(two_d[k][0], vocab)]
-        if len(fit) == 1:
-            return fit[0]
-        cands = fit or by_name
-        raise FormatError(
-            f"{where}: several embedding tables ({', '.join(f'{k} {two_d[k]}' for k in cands)}); "
-            "pass key='<name>' (--key on the command line)"
-        )
-    if vocab is not None:
-        fit = sorted(k for k, s in two_d.items() if _fits(s[0], vocab))
-        heads = [k for k in fit if k in LM_HEAD_NAMES or k.endswith(LM_HEAD_NAMES)]
-        others = [k for k in fit if k not in heads]
-        if len(others) == 1:
-            return others[0]
-        if len(others) > 1:
-            raise FormatError(
-                f"{where}: no tensor is named like an embedding table and several have a row count close to the "
-                f"tokenizer's {vocab} ids ({', '.join(f'{k} {two_d[k]}' for k in others)}); pass key='<name>'"
-            )
-        if len(heads) == 1:
-            return heads[0]  # a tied lm_head: the same matrix as the input embeddings
-    elif len(two_d) == 1:
-        return next(iter(two_d))
-    listed = ", ".join(sorted(shapes)[:12]) + (", ..." if len(shapes) > 12 else "")
-    raise FormatError(
-        f"{where}: no input embedding table found (looked for names ending in {', '.join(EMBEDDING_SUFFIXES)}"
-        f"{f' and 2-D tensors with about {vocab} rows' if vocab else ''}; the checkpoint has: {listed or 'no tensors'}); "
-        "pass key='<name>'"
-    )
+    return detect_table(shapes, where, vocab=vocab, arg="key='<name>' (--key on the command line)")
 
 
 def _find_key(src: _Source, vocab: int | None, key: str | None) -> tuple[str, Path]:
@@ -348,12 +305,9 @@ def _find_key(src: _Source, vocab: int | None, key: str | None) -> tuple[str, Pa
     where = str(src.index or src.files[0])
     if src.weight_map is not None:
         if key is None:
-            names = list(src.weight_map)
             # by name first (the index alone), by shape only if the names say nothing
-            by_name = [n for n in EMBEDDING_NAMES if n in src.weight_map] or sorted(
-                n for n in names if n.endswith(EMBEDDING_SUFFIXES)
-            )
-            if len(by_name) == 1 or (by_name and by_name[0] in EMBEDDING_NAMES):
+            by_name = table_by_name(src.weight_map)
+            if len(by_name) == 1:
                 key = by_name[0]
             else:
                 shapes = {t.name: t.shape for t in src.tensors()}
@@ -530,8 +484,7 @@ def _source_weights(f: Path, key: str, rows: int, fmt: str) -> np.ndarray | None
     dt, shape = info["weights"]
     if list(shape) != [rows] or dt not in ("F16", "F32", "F64"):
         raise FormatError(f"{f}: tensor 'weights' has dtype {dt} and shape {list(shape)}; expected float [{rows}]")
-    w = np.frombuffer(sf.tensor_bytes("weights"), dtype=np.dtype(_NP_DTYPES[dt]).newbyteorder("<"))
-    w = w.astype(np.float32)
+    w = read_tensor(sf, "weights").astype(np.float32)
     if not np.isfinite(w).all():
         raise FormatError(f"{f}: tensor 'weights' holds NaN or Inf values")
     return w
@@ -610,16 +563,22 @@ def extract(
     dtype = _check_dtype(dtype)
     if not isinstance(pca, bool) or not isinstance(center, bool) or not isinstance(trim, bool):
         raise TypeError("pca, center and trim must be bools")
-    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1):
+    if dim is not None and (not is_int(dim) or dim < 1):
         raise ValueError(f"dim must be a positive int, got {dim!r}")
     if pca and dim is None:
         raise ValueError("pca=True needs dim=N, the number of components to keep")
     if dim is not None and not pca:
         raise ValueError("dim=N needs pca=True (to keep the first N columns instead, use tokvec.load(path, dim=N))")
 
-    tmp = atomic_folder(out_path)
-    threads: list[threading.Thread] = []
-    try:
+    def fill(tmp: Path) -> None:
+        threads: list[threading.Thread] = []
+        try:
+            _fill(tmp, threads)
+        finally:  # the hashing threads read the sources: they end before the folder is renamed or removed
+            for t in threads:
+                t.join()
+
+    def _fill(tmp: Path, threads: list[threading.Thread]) -> None:
         opened = [_open_table(s, key, tokenizer) for s in srcs]
         first = opened[0]
         for o in opened[1:]:
@@ -703,18 +662,7 @@ def extract(
         if lic:
             cfg["license"] = lic
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        try:
-            if out_path.exists():
-                out_path.rmdir()
-            os.replace(tmp, out_path)
-        except OSError as e:  # something else wrote to OUT meanwhile: the error would name the hidden folder
-            raise FileExistsError(f"{out_path}: filled by something else during the extraction ({e.strerror})") from None
-    except BaseException:
-        for t in threads:
-            t.join()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_path
+    return write_model_folder(out_path, fill)
 
 
 def _write_header(fh: Any, rows: int, cols: int, dtype: str, *, weights: bool = False) -> None:
@@ -786,14 +734,10 @@ def _transform_rows(
             x = _read_concat(opened, a, min(rows, a + step), bake) - mean
             cov += x.T @ x
         cov /= max(rows - 1, 1)
-        evals, evecs = np.linalg.eigh(cov)
-        order = np.argsort(evals)[::-1][:pca_dim]
-        proj = evecs[:, order]
-        # deterministic signs: the largest-magnitude loading of each component is positive
-        flip = np.sign(proj[np.abs(proj).argmax(axis=0), np.arange(proj.shape[1])])
-        proj = np.ascontiguousarray((proj * np.where(flip == 0, 1, flip)).astype(np.float32))
+        evals, proj = components(cov)
+        proj = np.ascontiguousarray(proj[:, :pca_dim].astype(np.float32))
         total = float(np.clip(evals, 0, None).sum())
-        kept = float(np.clip(evals[order], 0, None).sum())
+        kept = float(np.clip(evals[:pca_dim], 0, None).sum())
         info["pca"] = {"dim": pca_dim, "from_dim": cols, "explained_variance": round(kept / total, 6) if total else 1.0}
     for a in range(0, rows, step):
         b = min(rows, a + step)

@@ -35,7 +35,16 @@ from tokvec import hub
 from tokvec._core import FormatError, SafetensorsFile
 from tokvec.config import get_typed, read_json
 
-__all__ = ["Resolved", "resolve", "DEFAULT_MODEL_DIR", "EMBEDDING_NAMES", "EMBEDDING_SUFFIXES", "LM_HEAD_NAMES"]
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "EMBEDDING_NAMES",
+    "EMBEDDING_SUFFIXES",
+    "LM_HEAD_NAMES",
+    "Resolved",
+    "detect_table",
+    "resolve",
+    "table_by_name",
+]
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "default"
 
@@ -283,6 +292,91 @@ def _tensors(st: Path) -> dict[str, tuple[str, list[int]]]:
     return SafetensorsFile(st).tensors()
 
 
+#: Rows a table may have beyond the tokenizer's ids (checkpoints pad their vocabulary to a multiple of 64 or so).
+PADDING_SLACK = 1024
+
+
+def _fits(rows: int, vocab: int | None) -> bool:
+    return vocab is None or vocab <= rows <= vocab + max(PADDING_SLACK, vocab // 8)
+
+
+def _is_head(name: str) -> bool:
+    return name in LM_HEAD_NAMES or name.endswith(LM_HEAD_NAMES)
+
+
+def table_by_name(names: list[str] | dict[str, Any]) -> list[str]:
+    """The tensors named like an input embedding table: the first exact name found (most specific first) when
+    there is one, else every name with a table's ending (sorted)."""
+    exact = [n for n in EMBEDDING_NAMES if n in names]
+    return exact[:1] or sorted(n for n in names if n.endswith(EMBEDDING_SUFFIXES))
+
+
+def detect_table(shapes: dict[str, list[int]], where: str, *, vocab: int | None = None,
+                 arg: str = "table='<name>'") -> str:
+    """The input embedding table among a checkpoint's tensors (name -> shape): the rule `tokvec.load` and
+    `tokvec.extract` share.
+
+    1. a 2-D tensor with an exact table name (`EMBEDDING_NAMES`, most specific first), else the only one whose name
+       ends like a table (`EMBEDDING_SUFFIXES`); several such names are told apart by their row count when the
+       tokenizer's id count `vocab` is known, else refused;
+    2. when no name says "table": with `vocab`, the only 2-D tensor whose row count fits the tokenizer; without it,
+       the only 2-D tensor;
+    3. an output projection (`lm_head.weight`, `output.weight`, `embed_out.weight`) is never picked by itself: it is
+       the input table only when the model ties its weights, which the checkpoint does not say (a checkpoint that
+       ties them normally stores the input table's name). The error names it, so passing it is one step.
+
+    Args:
+        shapes: tensor name -> shape.
+        where: the file or index the errors name.
+        vocab: the tokenizer's id count, when known.
+        arg: how the caller's option is spelled in the errors ("table='<name>'" for load, "key=..." for extract).
+
+    Raises:
+        FormatError: no table, or several candidates (listed with their shapes).
+    """
+    two_d = {k: s for k, s in shapes.items() if len(s) == 2}
+    for name in EMBEDDING_NAMES:
+        if name in two_d and _fits(two_d[name][0], vocab):
+            return name
+    by_name = sorted(k for k in two_d if k in EMBEDDING_NAMES or k.endswith(EMBEDDING_SUFFIXES))
+    if len(by_name) == 1:
+        return by_name[0]
+    if len(by_name) > 1:
+        fit = [k for k in by_name if _fits(two_d[k][0], vocab)]
+        if len(fit) == 1:
+            return fit[0]
+        cands = fit or by_name
+        raise FormatError(
+            f"{where}: several embedding tables ({', '.join(f'{k} {two_d[k]}' for k in cands)}); pass {arg}"
+        )
+    heads = sorted(k for k in two_d if _is_head(k))
+    others = sorted(k for k in two_d if k not in heads)
+    if vocab is not None:
+        fit = [k for k in others if _fits(two_d[k][0], vocab)]
+        if len(fit) == 1:
+            return fit[0]
+        if len(fit) > 1:
+            raise FormatError(
+                f"{where}: no tensor is named like an embedding table and several have a row count close to the "
+                f"tokenizer's {vocab} ids ({', '.join(f'{k} {two_d[k]}' for k in fit)}); pass {arg}"
+            )
+    elif len(two_d) == 1 and others:
+        return others[0]
+    if heads:
+        head = f"{heads[0]} {two_d[heads[0]]}"
+        raise FormatError(
+            f"{where}: no input embedding table found; the only candidate is the output projection {head}, which "
+            f"is the input table only when the model ties its input and output embeddings; if it does, pass "
+            f"{arg.replace('<name>', heads[0])}"
+        )
+    listed = ", ".join(sorted(shapes)[:12]) + (", ..." if len(shapes) > 12 else "")
+    raise FormatError(
+        f"{where}: no input embedding table found (looked for names ending in {', '.join(EMBEDDING_SUFFIXES)}"
+        f"{f' and 2-D tensors with about {vocab} rows' if vocab else ' or a single 2-D tensor'}; the checkpoint "
+        f"has: {listed or 'no tensors'}); pass {arg}"
+    )
+
+
 def _pick_table(st: Path, tensors: dict[str, tuple[str, list[int]]], table: str | None = None) -> str:
     if table is not None:
         if table not in tensors:
@@ -291,22 +385,7 @@ def _pick_table(st: Path, tensors: dict[str, tuple[str, list[int]]], table: str 
         if len(tensors[table][1]) != 2:
             raise FormatError(f"{st}: tensor {table!r} has shape {tensors[table][1]}, expected a 2-D table")
         return table
-    two_d = {k: v for k, v in tensors.items() if len(v[1]) == 2}
-    for name in EMBEDDING_NAMES:
-        if name in two_d:
-            return name
-    cands = sorted(k for k in two_d if k.endswith(EMBEDDING_SUFFIXES))
-    if len(cands) == 1:
-        return cands[0]
-    if len(cands) > 1:
-        raise FormatError(f"{st}: several embedding tables ({', '.join(cands)}); pass table='<name>'")
-    if len(two_d) == 1:
-        return next(iter(two_d))
-    listed = ", ".join(sorted(tensors)[:12]) + (", ..." if len(tensors) > 12 else "")
-    raise FormatError(
-        f"{st}: no input embedding table found (looked for {', '.join(EMBEDDING_SUFFIXES)} or a single 2-D tensor; "
-        f"the file has: {listed or 'no tensors'}); pass table='<name>'"
-    )
+    return detect_table({k: list(v[1]) for k, v in tensors.items()}, str(st))
 
 
 def _resolve_file(st: Path, table: str | None) -> Resolved:
@@ -430,11 +509,12 @@ def _resolve_sharded(d: Path, index: Path, table: str | None) -> Resolved:
         raise FormatError(f"{index}: 'weight_map' must map tensor names to shard file names")
     if table is not None and table not in wm:
         raise FormatError(f"{index}: no tensor named {table!r} in weight_map")
-    names = [table] if table is not None else (
-        [n for n in EMBEDDING_NAMES if n in wm] or sorted(k for k in wm if k.endswith(EMBEDDING_SUFFIXES))
-    )
+    names = [table] if table is not None else table_by_name(wm)
     if not names:
-        raise FormatError(f"{index}: no input embedding table in weight_map; pass table='<name>'")
+        heads = sorted(k for k in wm if _is_head(k))
+        why = (f" (only the output projection {heads[0]}, the input table only when the model ties its input and "
+               f"output embeddings; if it does, pass table={heads[0]!r})") if heads else ""
+        raise FormatError(f"{index}: no input embedding table in weight_map{why}; pass table='<name>'")
     if len(names) > 1 and names[0] not in EMBEDDING_NAMES:
         raise FormatError(f"{index}: several embedding tables ({', '.join(names)}); pass table='<name>'")
     # checked on the path as written, not on where links lead: a Hub snapshot's files are links into its blobs/
@@ -443,29 +523,3 @@ def _resolve_sharded(d: Path, index: Path, table: str | None) -> Resolved:
         raise FormatError(f"{index}: shard {wm[names[0]]!r} lies outside the model folder")
     tok = d / "tokenizer.json"
     return Resolved("transformer", shard, names[0], tok if tok.is_file() else Path(""))
-
-
-def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int], bytes]],
-                      metadata: dict[str, str] | None = None) -> None:
-    """Writes a safetensors file: tensors in name order, header padded to 8 bytes.
-
-    Args:
-        path: the file to write.
-        tensors: name -> (dtype "F16"/..., shape, little-endian bytes).
-        metadata: optional `__metadata__` strings.
-    """
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = metadata
-    off = 0
-    for name in sorted(tensors):
-        dt, shape, data = tensors[name]
-        header[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [off, off + len(data)]}
-        off += len(data)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as fh:
-        fh.write(len(h).to_bytes(8, "little"))
-        fh.write(h)
-        for name in sorted(tensors):
-            fh.write(tensors[name][2])

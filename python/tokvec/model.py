@@ -12,28 +12,20 @@ from typing import Any
 
 import numpy as np
 
-from tokvec import _core
+from tokvec import _core, explore
+from tokvec._io import _NP_DTYPES, read_tensor, widen_bf16, write_model_folder, write_safetensors
+from tokvec._validate import int_at_least, is_int
+from tokvec._validate import positive_int_or_none as _positive_int
+from tokvec._validate import threshold as _threshold
+from tokvec.cluster import kmeans
 from tokvec.config import FORMAT_VERSION
-from tokvec.dedup import plan_texts, resolve_texts
-from tokvec.formats import Resolved, resolve, write_safetensors
-from tokvec.search import _threshold
+from tokvec.dedup import plan_texts, resolve_texts, text_keys
+from tokvec.formats import Resolved, resolve
 from tokvec.search import topk as _topk
-from tokvec.textio import atomic_folder
+from tokvec.split import semantic_split
 from tokvec.tokenizer import LoadedTokenizer, check_fits, load_tokenizer
 
 __all__ = ["Model", "load"]
-
-_NP_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I8": np.int8, "BF16": np.uint16,
-              "I32": np.int32, "I64": np.int64, "U32": np.uint32}
-
-
-def _positive_int(value: Any, name: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    return int(value)
-
 
 class _ModelDefault:
     """The default of `load(max_length=...)`: what the model's format says (None is "no cap")."""
@@ -544,8 +536,7 @@ class Model:
         Returns:
             list of docs.
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        int_at_least(k, "k")
         items = self._texts(docs, "docs")
         if not items:
             return []
@@ -647,8 +638,6 @@ class Model:
         Returns:
             the kept docs in input order, or their indices, or a `DedupResult`.
         """
-        from tokvec.dedup import text_keys
-
         t = _threshold(threshold)
         batch = _positive_int(batch_size, "batch_size")
         items = self._texts(docs, "docs")
@@ -685,8 +674,6 @@ class Model:
             TokenError: not a single token (the message says what it splits into) or an id out of
                 range; a KeyError and a ValueError.
         """
-        from tokvec import explore
-
         return explore.token_vector(self, token)
 
     def most_similar_tokens(self, token_or_vector: str | int | np.ndarray, k: int = 10) -> list[tuple[str, float]]:
@@ -704,8 +691,6 @@ class Model:
         Returns:
             [(token, cosine)] best first (ties: lower id first); tokens as spelled in the vocabulary.
         """
-        from tokvec import explore
-
         return explore.most_similar_tokens(self, token_or_vector, k)
 
     def analogy(self, a: str | int, b: str | int, c: str | int, k: int = 10) -> list[tuple[str, float]]:
@@ -723,8 +708,6 @@ class Model:
         Returns:
             [(token, cosine)] best first.
         """
-        from tokvec import explore
-
         return explore.analogy(self, a, b, c, k)
 
     def split(self, text: str, target_size: int = 1536, *, unit_size: int | None = None) -> list[str]:
@@ -742,8 +725,6 @@ class Model:
         Returns:
             the chunks in order; `"".join(chunks) == text`. An empty text gives [].
         """
-        from tokvec.split import semantic_split
-
         if self._binary:
             raise ValueError("split needs a float model (binary=False)")
         return semantic_split(self, text, target_size, unit_size)
@@ -764,8 +745,6 @@ class Model:
         Raises:
             TypeError: a WordLlama keyword (the message names tokvec's).
         """
-        from tokvec.cluster import kmeans
-
         wl = [name for name in _WORDLLAMA_KMEANS if name in kwargs]
         if wl:
             raise TypeError(
@@ -809,26 +788,19 @@ class Model:
         """
         if format not in _SAVE_FORMATS:
             raise ValueError(f"format must be one of {', '.join(map(repr, _SAVE_FORMATS))}, got {format!r}")
-        out = Path(path)
-        tmp = atomic_folder(out)  # errors name `out` and its folder, never the hidden one
-        try:
-            {"tokvec": self._save_tokvec, "model2vec": self._save_model2vec,
-             "sentence-transformers": self._save_sentence_transformers}[format](tmp)
+        write = {"tokvec": self._save_tokvec, "model2vec": self._save_model2vec,
+                 "sentence-transformers": self._save_sentence_transformers}[format]
+
+        def fill(tmp: Path) -> None:
+            write(tmp)
             for f in self._licence_files():
                 shutil.copyfile(f, tmp / f.name)
-            if out.exists():
-                out.rmdir()
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out
+
+        return write_model_folder(path, fill)  # errors name `path` and its folder, never the hidden one
 
     def _tensor(self, name: str, columns: bool = False) -> np.ndarray:
         """A tensor of the model file as stored (BF16 as its uint16 bits); the table's kept columns with `columns`."""
-        f = _core.SafetensorsFile(self._resolved.safetensors)
-        dt, shape = f.tensors()[name]
-        a = np.frombuffer(f.tensor_bytes(name), dtype=np.dtype(_NP_DTYPES[dt]).newbyteorder("<")).reshape(shape)
+        a = read_tensor(_core.SafetensorsFile(self._resolved.safetensors), name)
         return np.ascontiguousarray(a[:, : self.dim]) if columns else a
 
     def _licence_files(self) -> list[Path]:
@@ -869,8 +841,8 @@ class Model:
         # row per vocabulary entry unless a mapping says otherwise.
         r = self._resolved
         info = _core.SafetensorsFile(r.safetensors).tensors()
-        table = _f32_if_bf16(self._tensor(r.table, columns=True), info[r.table][0])
-        weights = None if r.weights is None else _f32_if_bf16(self._tensor(r.weights), info[r.weights][0])
+        table = widen_bf16(self._tensor(r.table, columns=True), info[r.table][0])
+        weights = None if r.weights is None else widen_bf16(self._tensor(r.weights), info[r.weights][0])
         mapping = None if r.mapping is None else self._tensor(r.mapping)
         n_vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
         if mapping is None and len(table) != n_vocab:
@@ -906,9 +878,7 @@ class Model:
         _write_json(tmp / "config.json", cfg)
 
     def _save_sentence_transformers(self, tmp: Path) -> None:
-        from tokvec.explore import token_rows
-
-        rows = token_rows(self)  # mapped and weighted: the format has neither tensor
+        rows = explore.token_rows(self)  # mapped and weighted: the format has neither tensor
         static = tmp / "0_StaticEmbedding"
         static.mkdir()
         write_safetensors(static / "model.safetensors", {"embedding.weight": _tensor_entry("F32", rows)})
@@ -946,11 +916,6 @@ def _tensor_entry(stored: str, a: np.ndarray) -> tuple[str, list[int], bytes]:
     a = np.ascontiguousarray(a)
     dtype = "BF16" if stored == "BF16" and a.dtype == np.uint16 else _ST_DTYPE_NAMES[a.dtype]
     return dtype, list(a.shape), a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
-
-
-def _f32_if_bf16(a: np.ndarray, dtype: str) -> np.ndarray:
-    """BF16 bits (uint16) widened to float32 exactly; other arrays as they are."""
-    return (a.astype(np.uint32) << 16).view(np.float32) if dtype == "BF16" else a
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -1043,7 +1008,7 @@ def _encode_options(model: Model, normalize: bool | None, kwargs: dict[str, Any]
         raise ValueError("pool: tokvec runs in one process, multi-threaded in its Rust core; pass pool=None")
     for name in ("chunk_size", "multiprocessing_threshold"):
         v = kw.pop(name, None)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+        if v is not None and not is_int(v):
             raise TypeError(f"{name} must be an int or None, got {type(v).__name__}")
     if not isinstance(kw.pop("use_multiprocessing", True), bool):
         raise TypeError("use_multiprocessing must be a bool")

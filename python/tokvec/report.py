@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from tokvec import _core
+from tokvec._validate import int_at_least
 from tokvec.dedup import _resolve
 from tokvec.textio import write_lines
 
@@ -103,8 +104,7 @@ def band_examples(
     e = [float(x) for x in edges]
     if len(e) < 2 or any(b <= a for a, b in itertools.pairwise(e)) or not (-1.0 <= e[0] and e[-1] <= 1.0):
         raise ValueError(f"edges must be at least two ascending values in [-1, 1], got {list(edges)}")
-    if isinstance(per_band, bool) or not isinstance(per_band, (int, np.integer)) or per_band < 0:
-        raise ValueError(f"per_band must be an integer >= 0, got {per_band!r}")
+    per_band = int_at_least(per_band, "per_band", 0)
     out = []
     for k, (lo, hi) in enumerate(itertools.pairwise(e)):
         _, dup_of, score = _resolve(n, i, j, s, lo)

@@ -6,58 +6,23 @@ with the GIL released.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from tokvec import _core
+from tokvec._validate import int_at_least, is_int, matrix
+from tokvec._validate import threshold as check_threshold
+from tokvec.ann import approx_dedup
 
 __all__ = ["topk", "duplicate_pairs", "dedup_indices"]
-
-
-def _matrix(x: Any, name: str) -> np.ndarray:
-    """Validates a 2-D float or uint64 array and returns it C-contiguous (float32 or uint64)."""
-    if x is None:
-        raise TypeError(f"{name} must be a 2-D numpy array, got None")
-    arr = np.asarray(x)
-    if arr.dtype == np.uint64:
-        pass
-    elif arr.dtype.kind == "f":
-        if arr.dtype != np.float32:
-            if arr.size and not np.isfinite(arr).all():
-                raise ValueError(f"{name} contains NaN or infinity")
-            big = float(np.abs(arr).max()) if arr.size else 0.0
-            if big > float(np.finfo(np.float32).max):
-                raise ValueError(f"{name} contains NaN or infinity once cast to float32 (|value| up to {big:.3g})")
-        arr = arr.astype(np.float32, copy=False)
-    else:
-        raise TypeError(
-            f"{name} must be a float array (float16/32/64) or packed uint64 sign bits, got dtype {arr.dtype}"
-        )
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n, dim), got shape {arr.shape}")
-    if arr.shape[1] == 0:
-        raise ValueError(f"{name} has 0 columns; vectors need at least one dimension")
-    if arr.dtype == np.float32 and arr.size and not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinity")
-    return np.ascontiguousarray(arr)
-
-
-def _threshold(t: Any) -> float:
-    if isinstance(t, bool) or not isinstance(t, (int, float, np.floating, np.integer)):
-        raise TypeError(f"threshold must be a number in [-1, 1], got {type(t).__name__}")
-    t = float(t)
-    if not (-1.0 <= t <= 1.0) or math.isnan(t):
-        raise ValueError(f"threshold must be in [-1, 1] (a cosine similarity), got {t}")
-    return t
 
 
 def _bits(arr: np.ndarray, bits: int | None) -> int:
     words = arr.shape[1]
     if bits is None:
         return 64 * words
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not (64 * (words - 1) < bits <= 64 * words):
+    if not is_int(bits) or not (64 * (words - 1) < bits <= 64 * words):
         raise ValueError(f"bits must be in ({64 * (words - 1)}, {64 * words}] for {words} uint64 words, got {bits!r}")
     return int(bits)
 
@@ -83,15 +48,13 @@ def topk(queries: Any, corpus: Any, k: int = 10, *, bits: int | None = None) -> 
         ValueError: wrong shape, mismatched dimensions, k < 1, NaN/inf values.
     """
     single = np.ndim(queries) == 1
-    q = _matrix(np.reshape(queries, (1, -1)) if single else queries, "queries")
-    c = _matrix(corpus, "corpus")
+    q = matrix(np.reshape(queries, (1, -1)) if single else queries, "queries")
+    c = matrix(corpus, "corpus")
     if q.dtype != c.dtype:
         raise TypeError(f"queries ({q.dtype}) and corpus ({c.dtype}) must be the same kind of vectors")
     if q.shape[1] != c.shape[1]:
         raise ValueError(f"queries have {q.shape[1]} columns but corpus has {c.shape[1]}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
-    kk = min(int(k), c.shape[0])
+    kk = min(int_at_least(k, "k"), c.shape[0])
     if kk == 0 or q.shape[0] == 0:
         s, i = np.zeros((q.shape[0], kk), np.float32), np.zeros((q.shape[0], kk), np.int64)
     elif q.dtype == np.uint64:
@@ -118,8 +81,8 @@ def duplicate_pairs(
     Returns:
         list of (i, j, score), or the three arrays.
     """
-    e = _matrix(embeddings, "embeddings")
-    t = _threshold(threshold)
+    e = matrix(embeddings, "embeddings")
+    t = check_threshold(threshold)
     if e.shape[0] < 2:
         i = j = np.zeros(0, np.int64)
         s = np.zeros(0, np.float32)
@@ -160,12 +123,10 @@ def dedup_indices(
         (kept int64 indices ascending, dup_of int64 [n] — the kept item each dropped item
         duplicates, -1 for kept items —, score float32 [n], NaN for kept items).
     """
-    e = _matrix(embeddings, "embeddings")
-    t = _threshold(threshold)
+    e = matrix(embeddings, "embeddings")
+    t = check_threshold(threshold)
     n = e.shape[0]
     if approx:
-        from tokvec.ann import approx_dedup
-
         if e.dtype == np.uint64:
             raise ValueError("approx=True takes float vectors, not packed sign bits")
         return approx_dedup(e, t, neighbors=neighbors, dtype=ann_dtype)

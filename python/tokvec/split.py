@@ -20,12 +20,11 @@ import itertools
 import math
 import re
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from tokvec.model import Model
+from tokvec._embedder import Embedder
+from tokvec._validate import int_at_least, is_int
 
 __all__ = ["iter_units", "semantic_split", "split_units"]
 
@@ -174,16 +173,16 @@ def _cut(starts: list[int], n: int) -> int:
     return starts[i + 1] if i + 1 < len(starts) else n
 
 
-def semantic_split(model: Model, text: str, target_size: int = 1536, unit_size: int | None = None) -> list[str]:
+def semantic_split(model: Embedder, text: str, target_size: int = 1536, unit_size: int | None = None) -> list[str]:
     """See `Model.split`."""
     if not isinstance(text, str):
         raise TypeError(f"text must be str, got {type(text).__name__}")
-    if isinstance(target_size, bool) or not isinstance(target_size, int) or target_size < 1:
-        raise ValueError(f"target_size must be an int >= 1, got {target_size!r}")
+    target_size = int_at_least(target_size, "target_size")
     if unit_size is None:
         unit_size = max(1, target_size // 4)
-    if isinstance(unit_size, bool) or not isinstance(unit_size, int) or not (1 <= unit_size <= target_size):
+    if not is_int(unit_size) or not (1 <= unit_size <= target_size):
         raise ValueError(f"unit_size must be an int in [1, target_size], got {unit_size!r}")
+    unit_size = int(unit_size)
     units = iter_units(text, unit_size)
     first = list(itertools.islice(units, 2))
     if len(first) < 2:

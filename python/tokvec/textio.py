@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 
@@ -72,6 +72,7 @@ __all__ = [
 INPUT_FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet")
 OUTPUT_FORMATS = ("npy", "safetensors", "parquet", "jsonl")
 ENCODING_ERRORS = ("strict", "replace")
+_T = TypeVar("_T", bound="_AllOrNothing")
 _COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 _BOM = b"\xef\xbb\xbf"
 # CSV fields have no size limit of their own (the csv module's default is 131,072 characters)
@@ -838,7 +839,27 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-class Outputs:
+class _AllOrNothing:
+    """A `with` block that finishes the job (`_finish`) when it ends normally and undoes it (`abort`) when it ends
+    by an exception, a signal turned into one included."""
+
+    def _finish(self) -> object:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _T) -> _T:  # noqa: PYI019  (typing.Self is 3.11+, tokvec runs on 3.10)
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._finish()
+        else:
+            self.abort()
+
+
+class Outputs(_AllOrNothing):
     """Every output file of one job, written as one unit.
 
     `add(path)` creates the temporary file beside the destination at once (so a missing or
@@ -901,14 +922,7 @@ class Outputs:
             tmp.unlink(missing_ok=True)
         self._files = []
 
-    def __enter__(self) -> Outputs:  # noqa: PYI034
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.abort()
+    _finish = commit
 
 
 _NPY_HEADER = 128  # bytes reserved for the .npy header (magic + length + dict, padded)
@@ -931,7 +945,7 @@ def _st_header(n: int, d: int, metadata: dict[str, str]) -> bytes:
     return _ST_HEADER.to_bytes(8, "little") + h + b" " * (_ST_HEADER - len(h))
 
 
-class EmbeddingWriter:
+class EmbeddingWriter(_AllOrNothing):
     """Writes float32 embeddings (and optionally their texts) chunk by chunk to a temporary file,
     renamed to the destination by `close()`; `abort()` (or an exception inside a `with` block)
     deletes it. Memory stays bounded by one chunk.
@@ -1023,14 +1037,7 @@ class EmbeddingWriter:
         finally:
             self._outs.abort()
 
-    def __enter__(self) -> EmbeddingWriter:  # noqa: PYI034
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
+    _finish = close
 
 
 def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:

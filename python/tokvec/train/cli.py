@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 __all__ = ["add_parsers"]
+
+
+def dev_data_dir() -> Path:
+    """The evaluation data folder when ``--data`` is not given (working in a checkout): ``$TOKVEC_EVAL_DATA``, else the first ``shared/data`` found from the working folder upwards or beside the
+    source tree."""
+    env = os.environ.get("TOKVEC_EVAL_DATA")
+    if env:
+        return Path(env)
+    here = Path.cwd().resolve()
+    for base in (here, *here.parents, *Path(__file__).resolve().parents):
+        for cand in (base / "shared" / "data", base / "data"):
+            if (cand / "stsb").is_dir():
+                return cand
+    return here / "shared" / "data"
+
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -81,7 +97,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
         args.out,
         config=cfg,
         cache_dir=args.cache,
-        data_dir=args.data,
+        data_dir=args.data or (None if args.no_select else dev_data_dir()),
         select=not args.no_select,
         dtype=args.dtype,
         progress=_progress(args),
@@ -105,7 +121,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if bad:
         raise ValueError(f"unknown task(s) {bad}; choose from {','.join(TASKS)}")
     dims = [int(x) for x in args.dims.split(",")] if args.dims else [None]
-    data = load_eval_data(args.data, split=args.split, tasks=tasks, limit=args.limit)
+    data = load_eval_data(args.data or dev_data_dir(), split=args.split, tasks=tasks, limit=args.limit)
     import tokvec
 
     rows: list[tuple[str, object, int | None]] = []
@@ -171,7 +187,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decay", type=float, default=0.0, help="pull of the trained rows toward the starting table")
     p.add_argument("--no-center", action="store_true", help="targets: the teacher's vectors as they are, not centred")
     p.add_argument("--cache", default=None, help="teacher-vector cache folder (default ~/.cache/tokvec)")
-    p.add_argument("--data", default=None, help="evaluation data folder for dev selection (default ../shared/data)")
+    p.add_argument("--data", default=None, help="evaluation data folder for dev selection (default: $TOKVEC_EVAL_DATA, else the first shared/data "
+                   "found upwards)")
     p.add_argument("--no-select", action="store_true", help="keep the last epoch instead of the best on dev")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
     p.add_argument("-q", "--quiet", action="store_true")
@@ -182,7 +199,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", default="sts,sick,pair,retrieval", help="comma-separated: sts,sick,pair,retrieval")
     p.add_argument("--split", default="test", choices=["test", "dev"], help="dev splits for tuning and selection")
     p.add_argument("--dims", default=None, help="also score truncations, e.g. 256,128,64")
-    p.add_argument("--data", default=None, help="data folder (stsb/, sick-r/, ...; default ../shared/data)")
+    p.add_argument("--data", default=None, help="data folder (stsb/, sick-r/, ...; default: $TOKVEC_EVAL_DATA, else the first "
+                   "shared/data found upwards)")
     p.add_argument("--limit", type=int, default=None, help="first N pairs / queries of each set")
     p.add_argument("--teacher", default=None, help="teacher folder for the ceiling row (default: MiniLM if installed)")
     p.add_argument("--no-teacher", action="store_true", help="skip the teacher row")

@@ -21,28 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from tokvec._io import write_model_folder, write_safetensors
+from tokvec._pca import pca_components
+from tokvec._validate import is_int
+from tokvec.config import FORMAT_VERSION
+from tokvec.textio import iter_texts
 from tokvec.train.teacher import Teacher
 
 __all__ = ["WEIGHTINGS", "distill", "pca_components", "token_counts", "token_weights"]
 
 WEIGHTINGS = ("sif", "zipf", "none")
 SIF_A = 1e-3
-
-
-def pca_components(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean [d], eigenvalues descending [d], components as columns [d, d]) of the rows of x, in float64."""
-    x = np.asarray(x, dtype=np.float64)
-    mean = x.mean(axis=0)
-    xc = x - mean
-    cov = xc.T @ xc / max(1, x.shape[0] - 1)
-    cov = (cov + cov.T) / 2
-    evals, evecs = np.linalg.eigh(cov)
-    order = np.argsort(evals)[::-1]
-    evals, evecs = evals[order], evecs[:, order]
-    pivot = np.argmax(np.abs(evecs), axis=0)
-    signs = np.sign(evecs[pivot, np.arange(evecs.shape[1])])
-    signs[signs == 0] = 1.0
-    return mean, evals, evecs * signs
 
 
 def token_counts(tokenizer: Any, texts: Sequence[str], vocab_size: int) -> np.ndarray:
@@ -93,8 +82,6 @@ def read_corpus(path: str | os.PathLike[str], *, column: str | None = None, limi
             column = "sentence"
         elif "text" in head:
             column = "text"
-    from tokvec.textio import iter_texts
-
     texts: list[str] = []
     try:
         for chunk in iter_texts(str(p), column=column, chunk_size=65536):
@@ -144,10 +131,8 @@ def save_model(
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Writes a tokvec model folder (``model.safetensors`` with ``embeddings`` [V, d] and optional ``weights`` [V],
-    ``tokenizer.json``, ``config.json``), byte-reproducibly (tensors and header keys in sorted order)."""
-    from tokvec.config import FORMAT_VERSION
-    from tokvec.formats import write_safetensors
-
+    ``tokenizer.json``, ``config.json``), byte-reproducibly (tensors and header keys in sorted order), as one unit:
+    an interrupted write leaves no half-written model. Missing parent folders are made."""
     dst = Path(out)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise FileExistsError(f"{dst}: exists and is not an empty folder")
@@ -168,12 +153,15 @@ def save_model(
         "add_special_tokens": False,
         **config_extra,
     }
-    dst.mkdir(parents=True, exist_ok=True)
     meta = {"format": "tokvec", **dict(sorted((metadata or {}).items()))}
-    write_safetensors(dst / "model.safetensors", tensors, meta)
-    (dst / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-    (dst / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-    return dst
+
+    def fill(tmp: Path) -> None:
+        write_safetensors(tmp / "model.safetensors", tensors, meta)
+        (tmp / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return write_model_folder(dst, fill)
 
 
 def distill(
@@ -205,7 +193,7 @@ def distill(
         the output folder.
     """
     t = teacher if isinstance(teacher, Teacher) else Teacher(teacher)
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+    if not is_int(dim) or dim < 1:
         raise ValueError(f"--dim must be a positive int, got {dim!r}")
     if dim > t.dim:
         raise ValueError(f"--dim {dim} is larger than the teacher's dimension {t.dim}")

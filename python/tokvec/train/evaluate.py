@@ -33,17 +33,19 @@ from typing import Any
 
 import numpy as np
 
+from tokvec.model import load
+
 __all__ = [
     "METRICS",
     "TASKS",
     "EvalData",
     "best_f1",
-    "default_data_dir",
     "evaluate",
     "format_table",
     "load_eval_data",
     "ndcg_at_k",
     "rankdata",
+    "read_pairs",
     "spearman",
 ]
 
@@ -140,20 +142,6 @@ def ndcg_at_k(scores: np.ndarray, qrels: Sequence[dict[int, float]], k: int = 10
 # --------------------------------------------------------------------------------------------------- data
 
 
-def default_data_dir() -> Path:
-    """``$TOKVEC_EVAL_DATA``, else the first ``shared/data`` found from the working folder upwards or beside the
-    source tree."""
-    env = os.environ.get("TOKVEC_EVAL_DATA")
-    if env:
-        return Path(env)
-    here = Path.cwd().resolve()
-    for base in (here, *here.parents, *Path(__file__).resolve().parents):
-        for cand in (base / "shared" / "data", base / "data"):
-            if (cand / "stsb").is_dir():
-                return cand
-    return here / "shared" / "data"
-
-
 def _read_tsv(path: Path, columns: Sequence[str], header: bool = True) -> list[list[str]]:
     """Tab-separated, no quoting (the shared/data files are not quoted). Returns the asked columns per row."""
     if not path.is_file():
@@ -207,8 +195,15 @@ class EvalData:
         return list(seen)
 
 
-def _pairs(path: Path, c1: str, c2: str, gold: str, limit: int | None) -> PairTask:
-    rows = _read_tsv(path, [c1, c2, gold])[:limit]
+def read_pairs(
+    path: str | os.PathLike[str],
+    c1: str = "sentence1",
+    c2: str = "sentence2",
+    gold: str = "score",
+    limit: int | None = None,
+) -> PairTask:
+    """A sentence-pair set (tab-separated with a header, no quoting; STS-B's columns by default)."""
+    rows = _read_tsv(Path(path), [c1, c2, gold])[:limit]
     return PairTask([r[0] for r in rows], [r[1] for r in rows], np.array([float(r[2]) for r in rows]))
 
 
@@ -247,7 +242,7 @@ def _scifact(root: Path, split: str, limit: int | None) -> RetrievalTask:
 
 
 def load_eval_data(
-    data_dir: str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str],
     *,
     split: str = "test",
     tasks: Sequence[str] = TASKS,
@@ -256,7 +251,8 @@ def load_eval_data(
     """Reads the evaluation sets.
 
     Args:
-        data_dir: the folder holding stsb/, sick-r/, paws-wiki/, mrpc/, scifact/ (default `default_data_dir()`).
+        data_dir: the folder holding stsb/, sick-r/, paws-wiki/, mrpc/, scifact/ (the layout in the module
+            docstring).
         split: "test" (report) or "dev" (select and tune).
         tasks: any of `TASKS`.
         limit: keep only the first `limit` pairs / queries of each set (quick checks, tests).
@@ -266,15 +262,17 @@ def load_eval_data(
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         raise ValueError(f"unknown task(s) {bad}; choose from {', '.join(TASKS)}")
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    if data_dir is None:
+        raise TypeError("data_dir must be the folder holding the evaluation sets (stsb/, sick-r/, ...), got None")
+    root = Path(data_dir)
     test = split == "test"
     out = EvalData(split)
     if "sts" in tasks:
-        out.sets["stsb"] = _pairs(
+        out.sets["stsb"] = read_pairs(
             root / "stsb" / ("sts-test.tsv" if test else "sts-dev.tsv"), "sentence1", "sentence2", "score", limit
         )
     if "sick" in tasks:
-        out.sets["sick"] = _pairs(
+        out.sets["sick"] = read_pairs(
             root / "sick-r" / ("sick-test.tsv" if test else "sick-trial.tsv"),
             "sentence_A",
             "sentence_B",
@@ -282,10 +280,10 @@ def load_eval_data(
             limit,
         )
     if "pair" in tasks:
-        out.sets["paws"] = _pairs(
+        out.sets["paws"] = read_pairs(
             root / "paws-wiki" / ("test.tsv" if test else "dev.tsv"), "sentence1", "sentence2", "label", limit
         )
-        out.sets["mrpc"] = _pairs(
+        out.sets["mrpc"] = read_pairs(
             root / "mrpc" / ("test.tsv" if test else "train.tsv"), "sentence1", "sentence2", "label", limit
         )
     if "retrieval" in tasks:
@@ -306,9 +304,7 @@ def as_encoder(model: Any, *, dim: int | None = None) -> Encoder:
     """An encoder (list of str -> float32 (n, d)) from a tokvec `Model`, a path or bundled name (`tokvec.load`),
     a `Teacher`, any object with ``embed`` or ``encode``, or a callable."""
     if isinstance(model, (str, os.PathLike)) or model is None:
-        import tokvec
-
-        model = tokvec.load(model, dim=dim)
+        model = load(model, dim=dim)
         dim = None
     from tokvec.train.teacher import Teacher
 
@@ -362,7 +358,8 @@ def evaluate(
             encoder (a callable or an object with ``embed``/``encode``) returning one vector per text.
         tasks: any of `TASKS` ("sts", "sick", "pair", "retrieval").
         split: "test" or "dev".
-        data_dir: the data folder (default `default_data_dir()`).
+        data_dir: the folder holding the evaluation sets (stsb/, sick-r/, paws-wiki/, mrpc/, scifact/); needed
+            unless `data` is given.
         dim: keep the first `dim` columns (Matryoshka truncation) before normalizing.
         limit: first `limit` pairs / queries of each set.
         data: already loaded sets (`load_eval_data`), to score several models on one read.
@@ -372,6 +369,11 @@ def evaluate(
         tasks asked.
     """
     if data is None:
+        if data_dir is None:
+            raise TypeError(
+                "evaluate needs the evaluation sets: data_dir=<folder holding stsb/, sick-r/, paws-wiki/, mrpc/, "
+                "scifact/> or data=load_eval_data(folder)"
+            )
         data = load_eval_data(data_dir, split=split, tasks=tasks, limit=limit)
     enc = as_encoder(model, dim=dim)
     out: dict[str, float] = {}
@@ -459,7 +461,7 @@ def model2vec_encoder() -> Encoder | None:
     from model2vec import StaticModel
     from tokenizers import Tokenizer
 
-    from tokvec.train.teacher import read_safetensors
+    from tokvec._io import read_safetensors
 
     table = read_safetensors(table_path)["embedding.weight"]
     m = StaticModel(vectors=table, tokenizer=Tokenizer.from_file(str(tok_path)), normalize=True)

@@ -35,54 +35,15 @@ from typing import Any
 
 import numpy as np
 
+# the package's one safetensors reader, re-exported here where the teacher and the scripts have always found it
+from tokvec._core import FormatError
+from tokvec._io import read_safetensors
+
 __all__ = ["Teacher", "TeacherError", "erf", "find_minilm", "read_safetensors"]
 
 
 class TeacherError(ValueError):
     """The teacher folder is missing a file or holds something this encoder does not run."""
-
-
-_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": np.uint16}
-
-
-def read_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Reads every tensor of a safetensors file as float32 numpy arrays (copies, file closed after).
-
-    A plain reader (8-byte header length, JSON header, raw little-endian data) so the teacher needs no
-    dependency beyond numpy; BF16 is widened by shifting into the high half of a float32.
-    """
-    p = Path(path)
-    with open(p, "rb") as f:
-        raw = f.read()
-    if len(raw) < 8:
-        raise TeacherError(f"{p}: not a safetensors file (too short)")
-    n = int.from_bytes(raw[:8], "little")
-    if n <= 0 or 8 + n > len(raw) or n > 100_000_000:
-        raise TeacherError(f"{p}: not a safetensors file (bad header size {n})")
-    try:
-        header = json.loads(raw[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TeacherError(f"{p}: not a safetensors file ({e})") from None
-    base = 8 + n
-    out: dict[str, np.ndarray] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dt = info.get("dtype")
-        if dt not in _ST_DTYPES:
-            continue  # integer buffers (e.g. position_ids) are not weights
-        a, b = info["data_offsets"]
-        if not (0 <= a <= b <= len(raw) - base):
-            raise TeacherError(f"{p}: tensor {name!r} points outside the file")
-        dtype = np.dtype(_ST_DTYPES[dt]).newbyteorder("<")
-        arr = np.frombuffer(raw, dtype=dtype, count=(b - a) // dtype.itemsize, offset=base + a)
-        if dt == "BF16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        shape = tuple(info["shape"])
-        if int(np.prod(shape, dtype=np.int64)) != arr.size:
-            raise TeacherError(f"{p}: tensor {name!r} has {arr.size} values for shape {list(shape)}")
-        out[name] = np.array(arr, dtype=np.float32).reshape(shape)
-    return out
 
 
 def erf(x: np.ndarray) -> np.ndarray:
@@ -183,7 +144,10 @@ class Teacher:
         if self.hidden % self.heads:
             raise TeacherError(f"{d}: hidden_size {self.hidden} is not a multiple of num_attention_heads")
 
-        w = read_safetensors(d / "model.safetensors")
+        try:
+            w = read_safetensors(d / "model.safetensors")
+        except FormatError as e:  # a broken teacher file is a teacher error, as every other problem of the folder
+            raise TeacherError(str(e)) from None
         prefix = "bert." if any(k.startswith("bert.") for k in w) else ""
 
         def get(name: str) -> np.ndarray:

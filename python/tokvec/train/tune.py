@@ -33,6 +33,10 @@ from typing import Any
 
 import numpy as np
 
+from tokvec import _core
+from tokvec._io import read_tensor
+from tokvec.model import load
+
 __all__ = ["Student", "TuneConfig", "target_basis", "tune", "tune_table"]
 
 
@@ -301,19 +305,12 @@ def token_teacher_vectors(teacher: Any, *, cache_dir: str | os.PathLike[str] | N
 
 
 def _load_student(model: str | os.PathLike[str]) -> tuple[Any, Student]:
-    import tokvec
-    from tokvec import _core
-    from tokvec.model import _NP_DTYPES
-
-    m = tokvec.load(model)
+    m = load(model)
     r = m._resolved
     f = _core.SafetensorsFile(r.safetensors)
-    info = f.tensors()
 
     def read(name: str) -> np.ndarray:
-        dt, shape = info[name]
-        a = np.frombuffer(f.tensor_bytes(name), dtype=np.dtype(_NP_DTYPES[dt]).newbyteorder("<")).reshape(shape)
-        return a.astype(np.float32)
+        return read_tensor(f, name).astype(np.float32)
 
     if r.mapping:
         raise ValueError(f"{model}: models with a `mapping` tensor cannot be tuned")
@@ -370,8 +367,8 @@ def tune(
         out: the output folder (must not exist or be empty).
         config: hyper-parameters (`TuneConfig`).
         cache_dir: where teacher vectors are cached (default ``~/.cache/tokvec``).
-        data_dir: evaluation data for the dev-split selection (default `evaluate.default_data_dir()`): STS-B dev,
-            SICK-R trial and SciFact train qrels.
+        data_dir: evaluation data for the dev-split selection (the folder holding stsb/, sick-r/, scifact/): STS-B
+            dev, SICK-R trial and SciFact train qrels. Needed when `select` is True.
         select: keep the epoch with the best dev score (needs the dev files); False keeps the last.
         dtype: "f32" or "f16" output table.
         progress: progress bars on stderr.
@@ -386,6 +383,9 @@ def tune(
 
     cfg = config or TuneConfig()
     _check_config(cfg)  # before the teacher runs, not after
+    if select and data_dir is None:
+        raise TypeError("select=True picks the best epoch on the dev sets: pass data_dir=<folder holding stsb/, "
+                        "sick-r/, scifact/>, or select=False to keep the last epoch")
     dst = Path(out)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise FileExistsError(f"{dst}: exists and is not an empty folder")
