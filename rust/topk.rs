@@ -95,10 +95,10 @@ pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
 pub fn dot(level: Isa, a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        match level.min(isa()) {
-            // SAFETY: `isa()` reported AVX-512F (which implies AVX2/FMA) on this CPU.
+        match crate::simd::clamp(level) {
+            // SAFETY: `clamp` returns Avx512 only when detection reported AVX-512F on this CPU.
             Isa::Avx512 => return unsafe { x86::dot_avx512(a, b) },
-            // SAFETY: `isa()` reported AVX2 (or better) on this CPU.
+            // SAFETY: `clamp` returns Avx2 only when detection reported AVX2 and FMA.
             Isa::Avx2 => return unsafe { x86::dot_avx2(a, b) },
             Isa::Scalar => {}
         }
@@ -1203,10 +1203,7 @@ pub(crate) mod tests {
     }
 
     fn levels() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
-            .into_iter()
-            .filter(|&l| l <= isa())
-            .collect()
+        crate::simd::available()
     }
 
     #[test]
