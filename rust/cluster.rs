@@ -6,7 +6,7 @@
 //! # Performance and determinism notes
 //!
 //! * Assignment is the hot loop: every point against every center with the canonical dot of
-//!   [`crate::topk`] (bit-identical on every CPU), `|x|^2 - 2 x.c + |c|^2`, in parallel over points.
+//!   [`crate::dot`] (bit-identical on every CPU), `|x|^2 - 2 x.c + |c|^2`, in parallel over points.
 //!   Each point's result is computed independently, so the labels do not depend on the threads.
 //! * Center updates run in parallel over clusters. Members are bucketed by label with a counting
 //!   sort (ascending index within a cluster) and summed in f64 in that order, so the sums never
@@ -21,9 +21,9 @@
 use rayon::prelude::*;
 
 use crate::cancel::Cancel;
+use crate::dot::{dot, row_norms, rows_of};
 use crate::error::{CoreError, Result};
 use crate::simd::isa;
-use crate::topk::{dot, row_norms, rows_of};
 
 /// Options of [`kmeans`].
 #[derive(Debug, Clone, Copy)]
@@ -313,7 +313,7 @@ fn lloyd(
 ///
 /// Errors: `d == 0`, a length mismatch, `k == 0` or `k > n`, `n_init == 0`, an `init` of the wrong
 /// length, a negative or non-finite `tol`, and rows of `x` or `init` with NaN, infinity or a norm
-/// above [`crate::topk::MAX_NORM`] (whose squared distances would overflow f32).
+/// above [`crate::dot::MAX_NORM`] (whose squared distances would overflow f32).
 pub fn kmeans(x: &[f32], d: usize, k: usize, opts: KMeansOptions, init: Option<&[f32]>) -> Result<KMeans> {
     kmeans_cancellable(x, d, k, opts, init, Cancel::never())
 }
