@@ -613,8 +613,30 @@ mod tests {
     use crate::dot::tests::{gaussian, Rng};
     use crate::dot::{dot_scalar, row_norms};
 
-    /// Every int8 kernel this CPU has gives the same pre-scores as the integer dot product of the
-    /// quantized rows computed here in plain Rust (so the AVX2 and VNNI kernels agree bit for bit).
+    /// Scalar emulation of the int8 kernels: for every query of `qz` and every corpus slot of `pk`,
+    /// the exact integer dot of the quantized rows (read from the packed layout), scaled as the
+    /// kernels do, `fl(fl(I * s_c) * s_q)`. Runs on any CPU.
+    fn emulated_prescores(qz: &QuantQueries, pk: &PackedCorpus) -> Vec<Vec<f32>> {
+        let mut out = vec![vec![f32::NAN; pk.groups * 16]; qz.s.len()];
+        for (qi, w) in out.iter_mut().enumerate() {
+            let qrow: Vec<i32> = qz.row(qi).iter().map(|&b| b as i32 - 128).collect();
+            for (slot, ws) in w.iter_mut().enumerate() {
+                let (g, lane) = (slot / 16, slot % 16);
+                let mut acc = 0i32;
+                for t in 0..pk.dp / 4 {
+                    for b in 0..4 {
+                        let cb = pk.data[g * pk.group_bytes() + t * 64 + lane * 4 + b] as i32;
+                        acc += qrow[t * 4 + b] * cb;
+                    }
+                }
+                *ws = (acc as f32 * pk.sc[slot]) * qz.s[qi];
+            }
+        }
+        out
+    }
+
+    /// Every int8 kernel this CPU has gives the same pre-scores as the scalar emulation (so the
+    /// AVX2 and VNNI kernels agree bit for bit).
     #[test]
     fn int8_kernels_match_integer_reference() {
         let mut kernels = Vec::new();
@@ -634,22 +656,7 @@ mod tests {
             let qz = QuantQueries::new(&q, d);
             let mut pk = PackedCorpus::empty(d);
             pk.fill(nc, d, |s| (s < nc).then(|| &c[s * d..(s + 1) * d]));
-            // reference: integer dot of the quantized rows, scaled as the kernels do
-            let mut want = vec![vec![f32::NAN; pk.groups * 16]; nq];
-            for (qi, w) in want.iter_mut().enumerate() {
-                let qrow: Vec<i32> = qz.row(qi).iter().map(|&b| b as i32 - 128).collect();
-                for (slot, ws) in w.iter_mut().enumerate() {
-                    let (g, lane) = (slot / 16, slot % 16);
-                    let mut acc = 0i32;
-                    for t in 0..pk.dp / 4 {
-                        for b in 0..4 {
-                            let cb = pk.data[g * pk.group_bytes() + t * 64 + lane * 4 + b] as i32;
-                            acc += qrow[t * 4 + b] * cb;
-                        }
-                    }
-                    *ws = (acc as f32 * pk.sc[slot]) * qz.s[qi];
-                }
-            }
+            let want = emulated_prescores(&qz, &pk);
             for &k in &kernels {
                 let qrows: Vec<usize> = (0..nq).collect();
                 let mut got = vec![vec![f32::NAN; pk.groups * 16]; nq];
@@ -671,12 +678,11 @@ mod tests {
         }
     }
 
+    /// The pre-score error stays within `eps` for every pair, including adversarial scales. The
+    /// pre-scores come from the scalar emulation, so the bound is checked on every CPU; where an
+    /// int8 kernel exists, its pre-scores are checked to be those same values.
     #[test]
     fn int8_bound_holds() {
-        if !int8_available() {
-            return;
-        }
-        // the pre-score error must stay within eps for every pair, including adversarial scales
         let d = 77;
         let mut rng = Rng(5);
         let mut c: Vec<f32> = (0..64 * d).map(|_| rng.normal()).collect();
@@ -692,24 +698,33 @@ mod tests {
         let cn = row_norms(&c, d, "c").unwrap();
         let qn = row_norms(&q, d, "q").unwrap();
         let bound = Int8Bound::new(d, &pk.sc, &pk.l1, cn.iter().copied());
-        let qrows: Vec<usize> = (0..8).collect();
-        let mut thr = [f32::NEG_INFINITY; QT];
-        let mut seen = 0;
-        // with thr = -inf every pair is a candidate: check each one against the canonical score
-        scan_int8(&qz, &qrows, &pk, 0, pk.groups, &mut thr, |slot, cs, got| {
-            let exact = dot_scalar(&q[slot * d..(slot + 1) * d], &c[cs * d..(cs + 1) * d]) as f64;
-            let eps = bound.eps(qz.s[slot], qz.l1[slot], qn[slot]);
-            // recompute the pre-score the way the kernel does
-            let a = &qz.row(slot)[..d];
-            let mut tmp = vec![0i8; d];
-            let qr = quantize_row(&c[cs * d..(cs + 1) * d], &mut tmp);
-            let i: i64 = a.iter().zip(&tmp).map(|(&x, &y)| (x as i64 - 128) * y as i64).sum();
-            let pre = (i as f32 * qr.s) * qz.s[slot];
-            assert_eq!(pre.to_bits(), got.to_bits());
-            assert!((pre as f64 - exact).abs() <= eps, "pre {pre} exact {exact} eps {eps}");
-            seen += 1;
-            f32::NEG_INFINITY
-        });
-        assert_eq!(seen, 8 * 64);
+        let pre = emulated_prescores(&qz, &pk);
+        let mut tmp = vec![0i8; d];
+        for qi in 0..8 {
+            let eps = bound.eps(qz.s[qi], qz.l1[qi], qn[qi]);
+            for cs in 0..64 {
+                let cr = &c[cs * d..(cs + 1) * d];
+                let exact = dot_scalar(&q[qi * d..(qi + 1) * d], cr) as f64;
+                // the same pre-score from the row-major quantized rows (independent of the packing)
+                let qr = quantize_row(cr, &mut tmp);
+                let a = &qz.row(qi)[..d];
+                let i: i64 = a.iter().zip(&tmp).map(|(&x, &y)| (x as i64 - 128) * y as i64).sum();
+                let p = pre[qi][cs];
+                assert_eq!(((i as f32 * qr.s) * qz.s[qi]).to_bits(), p.to_bits());
+                assert!((p as f64 - exact).abs() <= eps, "pre {p} exact {exact} eps {eps}");
+            }
+        }
+        if int8_available() {
+            let qrows: Vec<usize> = (0..8).collect();
+            let mut thr = [f32::NEG_INFINITY; QT];
+            let mut seen = 0;
+            // with thr = -inf every pair is a candidate
+            scan_int8(&qz, &qrows, &pk, 0, pk.groups, &mut thr, |slot, cs, got| {
+                assert_eq!(pre[slot][cs].to_bits(), got.to_bits());
+                seen += 1;
+                f32::NEG_INFINITY
+            });
+            assert_eq!(seen, 8 * 64);
+        }
     }
 }
