@@ -294,14 +294,24 @@ mod x86 {
         super::norm_impl(x)
     }
 
-    /// Copies the tail (`< 64` elements) into zero-padded lane buffers.
+    /// The loop both kernels share: feeds `step` every full block of 64 elements of `a` and `b`,
+    /// then the tail (`< 64` elements) copied into zero-padded buffers, each time as two pointers
+    /// to 64 readable f32s. Inlined into each kernel, so `step` runs with its target features.
     #[inline(always)]
-    fn tail(a: &[f32], b: &[f32], i: usize, n: usize) -> ([f32; LANES], [f32; LANES]) {
-        let mut ta = [0.0f32; LANES];
-        let mut tb = [0.0f32; LANES];
-        ta[..n - i].copy_from_slice(&a[i..n]);
-        tb[..n - i].copy_from_slice(&b[i..n]);
-        (ta, tb)
+    fn sweep<A>(a: &[f32], b: &[f32], acc: &mut A, step: impl Fn(&mut A, *const f32, *const f32)) {
+        let n = a.len().min(b.len());
+        let mut i = 0;
+        while i + LANES <= n {
+            step(acc, a[i..].as_ptr(), b[i..].as_ptr());
+            i += LANES;
+        }
+        if i < n {
+            let mut ta = [0.0f32; LANES];
+            let mut tb = [0.0f32; LANES];
+            ta[..n - i].copy_from_slice(&a[i..n]);
+            tb[..n - i].copy_from_slice(&b[i..n]);
+            step(acc, ta.as_ptr(), tb.as_ptr());
+        }
     }
 
     /// Canonical dot, AVX-512: lanes 0-15, 16-31, 32-47, 48-63 in four registers. A zero-padded
@@ -309,24 +319,14 @@ mod x86 {
     /// sum starts at +0 and can never become -0).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
         let mut acc = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        let step = |acc: &mut [__m512; 4], pa: *const f32, pb: *const f32| {
+        sweep(a, b, &mut acc, |acc: &mut [__m512; 4], pa, pb| {
             for (v, ac) in acc.iter_mut().enumerate() {
                 // SAFETY: the caller passes pointers with 64 readable f32s.
                 let (x, y) = unsafe { (_mm512_loadu_ps(pa.add(v * 16)), _mm512_loadu_ps(pb.add(v * 16))) };
                 *ac = _mm512_add_ps(*ac, _mm512_mul_ps(x, y));
             }
-        };
-        while i + LANES <= n {
-            step(&mut acc, a[i..].as_ptr(), b[i..].as_ptr());
-            i += LANES;
-        }
-        if i < n {
-            let (ta, tb) = tail(a, b, i, n);
-            step(&mut acc, ta.as_ptr(), tb.as_ptr());
-        }
+        });
         let s32 = [_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3])];
         let s16 = _mm512_add_ps(s32[0], s32[1]);
         let lo = _mm512_castps512_ps256(s16);
@@ -347,24 +347,14 @@ mod x86 {
     /// Canonical dot, AVX2: lanes in eight 8-wide registers.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
         let mut acc = [_mm256_setzero_ps(); 8];
-        let mut i = 0;
-        let step = |acc: &mut [__m256; 8], pa: *const f32, pb: *const f32| {
+        sweep(a, b, &mut acc, |acc: &mut [__m256; 8], pa, pb| {
             for (v, ac) in acc.iter_mut().enumerate() {
                 // SAFETY: the caller passes pointers with 64 readable f32s.
                 let (x, y) = unsafe { (_mm256_loadu_ps(pa.add(v * 8)), _mm256_loadu_ps(pb.add(v * 8))) };
                 *ac = _mm256_add_ps(*ac, _mm256_mul_ps(x, y));
             }
-        };
-        while i + LANES <= n {
-            step(&mut acc, a[i..].as_ptr(), b[i..].as_ptr());
-            i += LANES;
-        }
-        if i < n {
-            let (ta, tb) = tail(a, b, i, n);
-            step(&mut acc, ta.as_ptr(), tb.as_ptr());
-        }
+        });
         // l + l+32: registers v and v+4.
         let s32 = [
             _mm256_add_ps(acc[0], acc[4]),
