@@ -1,8 +1,10 @@
-//! Bindings for similarity search: exact top-k, all pairs above a threshold and greedy
-//! deduplication, over float32 rows (`topk`, `dedup`) or packed uint64 sign bits (`hamming`).
+//! Bindings for similarity search: the canonical score of every pair or of given pairs (`dot`),
+//! exact top-k, all pairs above a threshold and greedy deduplication, over float32 rows (`topk`,
+//! `dedup`) or packed uint64 sign bits (`hamming`).
 //!
 //! Inputs are C-contiguous numpy arrays borrowed read-only with the GIL held (`as_slice` rejects
-//! other layouts; the Python layer calls `np.ascontiguousarray` first). The kernels run with the
+//! other layouts; the Python layer calls `np.ascontiguousarray` first; `scores` and `dot_pairs`
+//! check type and layout themselves and raise a ValueError naming the argument). The kernels run with the
 //! GIL released, through `interrupt::run`, so Ctrl-C stops them: another Python thread could write
 //! to a borrowed input meanwhile, which gives unspecified (but memory-safe) results for that call,
 //! as with any numpy reader. Outputs are moved into new arrays without a copy.
@@ -11,8 +13,7 @@
 //! `duplicate_pairs`, `dedup_indices`, `tokvec.dedup`), and kernel errors are renamed to them, so
 //! a message names what the user passed (`embeddings: row 3 ...`, not the core's `e`).
 
-use numpy::ndarray::Dimension;
-use numpy::ndarray::{Array1, Array2};
+use numpy::ndarray::{Array1, Array2, Dimension};
 use numpy::{
     Element, IntoPyArray, PyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray, PyReadonlyArray1,
     PyReadonlyArray2, PyReadwriteArray2, PyUntypedArray, PyUntypedArrayMethods,
