@@ -164,7 +164,7 @@ pub(crate) fn norm(x: &[f32]) -> f64 {
 // Score matrices and pairs
 // ---------------------------------------------------------------------------------------------
 
-/// Corpus rows scored per query between two polls of the cancel flag.
+/// Scores per parallel task of [`scores`] and [`dot_pairs`], between two polls of the cancel flag.
 const POLL_ROWS: usize = 4096;
 
 /// A zeroed output of `n` scores, or an error naming `what` instead of aborting when it cannot be
@@ -194,7 +194,7 @@ pub fn scores(q: &[f32], c: &[f32], d: usize) -> Result<Vec<f32>> {
 }
 
 /// [`scores`] that stops with [`CoreError::Interrupted`] soon after `cancel` is set (polled every
-/// [`POLL_ROWS`] corpus rows of a query row); otherwise the same result.
+/// [`POLL_ROWS`] scores); otherwise the same result.
 pub fn scores_cancellable(q: &[f32], c: &[f32], d: usize, cancel: &Cancel) -> Result<Vec<f32>> {
     let nq = rows_of(q, d, "q")?;
     let nc = rows_of(c, d, "c")?;
@@ -205,14 +205,15 @@ pub fn scores_cancellable(q: &[f32], c: &[f32], d: usize, cancel: &Cancel) -> Re
         return Ok(out);
     }
     let level = isa();
-    out.par_chunks_mut(nc).zip(q.par_chunks(d)).for_each(|(o, qr)| {
-        for (ob, cb) in o.chunks_mut(POLL_ROWS).zip(c.chunks(POLL_ROWS * d)) {
-            if cancel.is_cancelled() {
-                return;
-            }
-            for (v, cr) in ob.iter_mut().zip(cb.chunks_exact(d)) {
-                *v = dot(level, qr, cr);
-            }
+    // tasks over the flat matrix, not over query rows, so that one query against a large corpus
+    // uses every thread too
+    out.par_chunks_mut(POLL_ROWS).enumerate().for_each(|(b, o)| {
+        if cancel.is_cancelled() {
+            return;
+        }
+        for (t, v) in (b * POLL_ROWS..).zip(o.iter_mut()) {
+            let (x, y) = (t / nc, t % nc);
+            *v = dot(level, &q[x * d..(x + 1) * d], &c[y * d..(y + 1) * d]);
         }
     });
     cancel.check()?;
@@ -456,20 +457,21 @@ pub(crate) mod tests {
 
     #[test]
     fn scores_are_the_canonical_dot_of_every_pair() {
-        let d = 37;
-        let (q, c) = (gaussian(5, d, 1), gaussian(70, d, 2));
+        // 5 x 1001 scores: more than one parallel task, with tasks that straddle query rows
+        let (d, nc) = (37, 1001);
+        let (q, c) = (gaussian(5, d, 1), gaussian(nc, d, 2));
         let m = scores(&q, &c, d).unwrap();
-        assert_eq!(m.len(), 5 * 70);
+        assert_eq!(m.len(), 5 * nc);
         for (qi, qr) in q.chunks(d).enumerate() {
             for (ci, cr) in c.chunks(d).enumerate() {
-                assert_eq!(m[qi * 70 + ci].to_bits(), dot_scalar(qr, cr).to_bits());
+                assert_eq!(m[qi * nc + ci].to_bits(), dot_scalar(qr, cr).to_bits());
             }
         }
-        let i: Vec<i64> = vec![0, 4, 2, 2, 0];
-        let j: Vec<i64> = vec![69, 0, 33, 33, 1];
+        let i: Vec<i64> = (0..5000).map(|t| (t * 7 % 5) as i64).collect();
+        let j: Vec<i64> = (0..5000).map(|t| (t * 13 % nc) as i64).collect();
         let p = dot_pairs(&q, &c, d, &i, &j).unwrap();
         for t in 0..i.len() {
-            assert_eq!(p[t].to_bits(), m[i[t] as usize * 70 + j[t] as usize].to_bits());
+            assert_eq!(p[t].to_bits(), m[i[t] as usize * nc + j[t] as usize].to_bits());
         }
         assert_eq!(scores(&q, &[], d).unwrap(), Vec::<f32>::new());
         assert_eq!(dot_pairs(&q, &c, d, &[], &[]).unwrap(), Vec::<f32>::new());
