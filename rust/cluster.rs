@@ -6,7 +6,7 @@
 //! # Performance and determinism notes
 //!
 //! * Assignment is the hot loop: every point against every center with the canonical dot of
-//!   [`crate::topk`] (bit-identical on every CPU), `|x|^2 - 2 x.c + |c|^2`, in parallel over points.
+//!   [`crate::dot`] (bit-identical on every CPU), `|x|^2 - 2 x.c + |c|^2`, in parallel over points.
 //!   Each point's result is computed independently, so the labels do not depend on the threads.
 //! * Center updates run in parallel over clusters. Members are bucketed by label with a counting
 //!   sort (ascending index within a cluster) and summed in f64 in that order, so the sums never
@@ -21,9 +21,9 @@
 use rayon::prelude::*;
 
 use crate::cancel::Cancel;
+use crate::dot::{dot, row_norms, rows_of};
 use crate::error::{CoreError, Result};
 use crate::simd::isa;
-use crate::topk::{dot, rows_of};
 
 /// Options of [`kmeans`].
 #[derive(Debug, Clone, Copy)]
@@ -311,8 +311,9 @@ fn lloyd(
 ///
 /// `init`, when given (`k x d`), replaces the k-means++ seeding and runs a single restart.
 ///
-/// Errors: `d == 0`, a length mismatch, `k == 0` or `k > n`, non-finite values, `n_init == 0`,
-/// an `init` of the wrong length, a negative or non-finite `tol`.
+/// Errors: `d == 0`, a length mismatch, `k == 0` or `k > n`, `n_init == 0`, an `init` of the wrong
+/// length, a negative or non-finite `tol`, and rows of `x` or `init` with NaN, infinity or a norm
+/// above [`crate::dot::MAX_NORM`] (whose squared distances would overflow f32).
 pub fn kmeans(x: &[f32], d: usize, k: usize, opts: KMeansOptions, init: Option<&[f32]>) -> Result<KMeans> {
     kmeans_cancellable(x, d, k, opts, init, Cancel::never())
 }
@@ -343,12 +344,10 @@ pub fn kmeans_cancellable(
             format!("must be a finite number >= 0, got {}", opts.tol),
         ));
     }
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        return Err(CoreError::arg(
-            "x",
-            format!("row {} has a NaN or infinite value", i / d),
-        ));
-    }
+    // The norm bound of the search kernels: with every norm <= MAX_NORM, |x|^2, x.c and |c|^2 stay
+    // below f32::MAX, so no distance becomes inf - inf = NaN (which the clamp in `dist2` would
+    // silently turn into 0). Centers are means of points, so they stay within the bound too.
+    row_norms(x, d, "x")?;
     if let Some(c) = init {
         if c.len() != k * d {
             return Err(CoreError::arg(
@@ -356,9 +355,7 @@ pub fn kmeans_cancellable(
                 format!("must be k x d = {k} x {d} values, got {}", c.len()),
             ));
         }
-        if c.iter().any(|v| !v.is_finite()) {
-            return Err(CoreError::arg("init", "has a NaN or infinite value"));
-        }
+        row_norms(c, d, "init")?;
     }
     let xx = sq_norms(x, d);
     // tolerance relative to the data's mean per-dimension variance (scikit-learn's convention)
@@ -505,5 +502,27 @@ mod tests {
         };
         assert!(kmeans(&x, 2, 1, o, None).is_err());
         assert!(kmeans(&x, 2, 2, KMeansOptions::default(), Some(&[0.0; 3])).is_err());
+    }
+
+    #[test]
+    fn values_whose_squares_overflow_are_rejected() {
+        // 1e20^2 overflows f32: distances would be inf - inf = NaN, clamped to 0, every point
+        // "on" every center
+        let mut x = vec![0.0f32, 1.0, 1.0, 0.0, 2.0, 2.0, 3.0, 3.0];
+        x[2] = 1e20;
+        let e = kmeans(&x, 2, 2, KMeansOptions::default(), None).unwrap_err();
+        assert!(matches!(e, CoreError::InvalidArgument { arg: "x", .. }), "{e}");
+        assert!(e.to_string().contains("row 1"), "{e}");
+        let ok = vec![0.0f32, 1.0, 1.0, 0.0, 2.0, 2.0, 3.0, 3.0];
+        let init = [1e20f32, 0.0, 0.0, 1.0];
+        let e = kmeans(&ok, 2, 2, KMeansOptions::default(), Some(&init)).unwrap_err();
+        assert!(matches!(e, CoreError::InvalidArgument { arg: "init", .. }), "{e}");
+        // the largest accepted norm still gives finite distances and a correct split
+        let big = [1e17f32, 0.0, 1e17, 1.0, -1e17, 0.0, -1e17, 1.0];
+        let r = kmeans(&big, 2, 2, KMeansOptions::default(), None).unwrap();
+        assert_eq!(r.labels[0], r.labels[1]);
+        assert_eq!(r.labels[2], r.labels[3]);
+        assert_ne!(r.labels[0], r.labels[2]);
+        assert!(r.inertia.is_finite());
     }
 }

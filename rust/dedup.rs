@@ -28,12 +28,10 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use rayon::prelude::*;
 
 use crate::cancel::Cancel;
+use crate::dot::{canonical_rel_err, dot, dot_scalar, lower_threshold, row_norms, rows_of};
 use crate::error::{CoreError, Result};
+use crate::int8::{int8_available, scan_int8, Int8Bound, PackedCorpus, QuantQueries, INT8_MAX_D, QT};
 use crate::simd::{isa, Isa};
-use crate::topk::{
-    canonical_rel_err, dot, dot_scalar, int8_available, lower_threshold, row_norms, rows_of, scan_int8, Int8Bound,
-    PackedCorpus, QuantQueries, INT8_MAX_D, QT,
-};
 
 /// The result of greedy deduplication.
 #[derive(Debug, Clone, PartialEq)]
@@ -1083,7 +1081,7 @@ fn cross_kept(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topk::tests::{clustered, gaussian, Rng};
+    use crate::dot::tests::{clustered, gaussian, Rng};
     use proptest::prelude::*;
 
     fn paths() -> Vec<Path> {

@@ -11,7 +11,7 @@
 //!   differ from it only by FMA's single rounding (≤ 1 ulp per step).
 
 use crate::header::DType;
-use crate::simd::Isa;
+use crate::simd::{self, Isa};
 
 /// Table element types that can be pooled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +86,9 @@ pub fn accumulate_scalar(acc: &mut [f32], row: &[u8], w: f32, ty: RowType) {
     }
 }
 
-/// `acc[i] += w * row[i]` with the given ISA (falls back to scalar for dtypes without a SIMD path).
+/// `acc[i] += w * row[i]` with the given ISA level, clamped to what this CPU runs (so any `isa`
+/// is safe to pass; `TOKVEC_FORCE_SCALAR` gives the scalar path). Falls back to scalar for dtypes
+/// without a SIMD path.
 ///
 /// Panics if `row` is shorter than `acc.len() * ty.size()` bytes; that length check is what makes
 /// the unaligned SIMD loads below stay inside `row`.
@@ -94,11 +96,11 @@ pub fn accumulate_scalar(acc: &mut [f32], row: &[u8], w: f32, ty: RowType) {
 pub fn accumulate(acc: &mut [f32], row: &[u8], w: f32, ty: RowType, isa: Isa) {
     let need = acc.len() * ty.size();
     assert!(row.len() >= need, "row slice shorter than the accumulator");
-    match (isa, ty) {
+    match (simd::clamp(isa), ty) {
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx512, RowType::F16) => {
-            // SAFETY: Isa::Avx512 is only produced by `simd::isa()` after run-time detection of
-            // avx512f/bw/vl (or by tests that check detection first); row length checked above.
+            // SAFETY: `simd::clamp` only returns Avx512 after run-time detection of
+            // avx512f/bw/vl on this CPU; row length checked above.
             unsafe { x86::acc_f16_avx512(acc, row, w) }
         }
         #[cfg(target_arch = "x86_64")]
@@ -113,7 +115,8 @@ pub fn accumulate(acc: &mut [f32], row: &[u8], w: f32, ty: RowType, isa: Isa) {
         }
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx2, RowType::F16) => {
-            // SAFETY: Isa::Avx2 is only produced after detecting avx2, fma and f16c; length checked.
+            // SAFETY: `simd::clamp` only returns Avx2 (or better) after detecting avx2, fma and
+            // f16c; length checked.
             unsafe { x86::acc_f16_avx2(acc, row, w) }
         }
         #[cfg(target_arch = "x86_64")]
@@ -253,22 +256,10 @@ mod x86 {
     }
 }
 
-/// The ISA levels this CPU can run, best last (always starts with `Scalar`). For tests and benches.
+/// The ISA levels this process may run, best last (always starts with `Scalar`; only `Scalar`
+/// under `TOKVEC_FORCE_SCALAR`). For tests and benches.
 pub fn available_isas() -> Vec<Isa> {
-    let mut v = vec![Isa::Scalar];
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-            v.push(Isa::Avx2);
-        }
-        if is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-        {
-            v.push(Isa::Avx512);
-        }
-    }
-    v
+    simd::available()
 }
 
 #[cfg(test)]
@@ -327,6 +318,75 @@ mod tests {
         let mut acc = vec![1.0; 3];
         accumulate_scalar(&mut acc, &row, 2.0, RowType::BF16);
         assert_eq!(acc, vec![3.0, -5.0, 2.0]);
+    }
+
+    /// Values for which `w * x + a` rounded once (FMA, the SIMD paths) differs from the scalar
+    /// path's two roundings, so a SIMD kernel running where scalar was asked for shows.
+    fn fma_sensitive(n: usize) -> (Vec<f32>, Vec<u8>) {
+        let init: Vec<f32> = (0..n).map(|i| 1.0 + i as f32 * 1e-3).collect();
+        let vals: Vec<f32> = (0..n).map(|i| (i as f32 + 0.1) / 3.0).collect();
+        (init, encode(&vals, RowType::F32))
+    }
+
+    /// Run by [`forced_scalar_applies_to_accumulate_and_levels`] in a child process with
+    /// `TOKVEC_FORCE_SCALAR=1` (the variable is read once per process).
+    #[test]
+    #[ignore = "run in a child process with TOKVEC_FORCE_SCALAR set"]
+    fn forced_scalar_child() {
+        assert!(std::env::var_os(simd::FORCE_SCALAR_VAR).is_some());
+        assert_eq!(available_isas(), vec![Isa::Scalar]);
+        let (init, row) = fma_sensitive(64);
+        let mut want = init.clone();
+        accumulate_scalar(&mut want, &row, 0.7, RowType::F32);
+        for level in [Isa::Avx2, Isa::Avx512] {
+            let mut got = init.clone();
+            accumulate(&mut got, &row, 0.7, RowType::F32, level);
+            let gb: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            let wb: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(gb, wb, "{level:?} ran a SIMD kernel although scalar code is forced");
+        }
+    }
+
+    #[test]
+    fn forced_scalar_applies_to_accumulate_and_levels() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "gather::tests::forced_scalar_child",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(simd::FORCE_SCALAR_VAR, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("1 passed"), "{text}");
+    }
+
+    #[test]
+    fn fma_sensitive_values_tell_the_paths_apart() {
+        // the child test above only proves something if a SIMD kernel would change the result
+        let (init, row) = fma_sensitive(64);
+        let mut scalar = init.clone();
+        accumulate_scalar(&mut scalar, &row, 0.7, RowType::F32);
+        let fused: Vec<f32> = init
+            .iter()
+            .zip(row.chunks_exact(4))
+            .map(|(&a, c)| 0.7f32.mul_add(f32::from_le_bytes([c[0], c[1], c[2], c[3]]), a))
+            .collect();
+        assert!(scalar.iter().zip(&fused).any(|(a, b)| a.to_bits() != b.to_bits()));
+    }
+
+    #[test]
+    fn any_level_is_safe_to_pass() {
+        // a level above this CPU's is clamped: same result as the detected level
+        let (init, row) = fma_sensitive(100);
+        let mut best = init.clone();
+        accumulate(&mut best, &row, 0.7, RowType::F32, simd::isa());
+        let mut top = init.clone();
+        accumulate(&mut top, &row, 0.7, RowType::F32, Isa::Avx512);
+        assert_eq!(top, best);
     }
 
     #[test]

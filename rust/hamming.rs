@@ -672,7 +672,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topk::tests::Rng;
+    use crate::dot::tests::Rng;
     use proptest::prelude::*;
 
     /// Random rows with `bits` valid bits; every 3rd row a copy of an earlier one with a few flips.

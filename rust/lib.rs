@@ -2,21 +2,24 @@
 //!
 //! The hot path lives here, with no Python types: memory-mapped safetensors (`header`), row gather
 //! with f16/bf16/f32 → f32 conversion (`gather`), tokenization + weighted mean pooling in one
-//! parallel pass (`pool`), and similarity search: exact top-k (`topk`), all pairs above a
-//! threshold and greedy deduplication (`dedup`), and Hamming search over packed sign bits
-//! (`hamming`). The PyO3 binding sits in `py/`, compiled only with the `python` feature.
+//! parallel pass (`pool`), and similarity search: one canonical dot product (`dot`), an int8
+//! pre-score with a proven error bound (`int8`), exact top-k (`topk`), all pairs above a threshold
+//! and greedy deduplication (`dedup`), and Hamming search over packed sign bits (`hamming`). The
+//! PyO3 binding sits in `py/`, compiled only with the `python` feature.
 #![deny(missing_docs)]
 
 pub mod cancel;
 pub mod cluster;
 pub mod convert;
 pub mod dedup;
+pub mod dot;
 pub mod error;
 pub mod fasttok;
 pub mod gather;
 pub mod gguf;
 pub mod hamming;
 pub mod header;
+pub mod int8;
 pub mod pool;
 pub mod simd;
 pub mod topk;

@@ -1,5 +1,10 @@
 //! Run-time CPU feature detection, shared by every kernel: each kernel has a scalar reference
 //! path (the test oracle) and SIMD paths chosen once per process from what the CPU reports.
+//!
+//! Soundness: [`Isa`] is a plain enum that any caller can name, so it proves nothing about the CPU.
+//! Every safe function that takes an `Isa` and dispatches to `#[target_feature]` code passes it
+//! through [`clamp`] first; this module is the only place that runs CPU detection and reads
+//! `TOKVEC_FORCE_SCALAR`, so forcing scalar code applies to every kernel and every list of levels.
 
 use std::sync::OnceLock;
 
@@ -25,8 +30,13 @@ pub struct Extensions {
     pub vpopcntdq: bool,
 }
 
-fn detect() -> (Isa, Extensions) {
-    if std::env::var_os("TOKVEC_FORCE_SCALAR").is_some() {
+/// The environment variable that forces the scalar paths (read once, at the first kernel call).
+pub const FORCE_SCALAR_VAR: &str = "TOKVEC_FORCE_SCALAR";
+
+/// Detection given whether scalar code is forced (split out of [`isa`] so that both outcomes are
+/// testable in one process: the environment is read only once).
+fn detect_with(force_scalar: bool) -> (Isa, Extensions) {
+    if force_scalar {
         return (Isa::Scalar, Extensions::default());
     }
     #[cfg(target_arch = "x86_64")]
@@ -49,11 +59,36 @@ fn detect() -> (Isa, Extensions) {
     (Isa::Scalar, Extensions::default())
 }
 
+fn detect() -> (Isa, Extensions) {
+    detect_with(std::env::var_os(FORCE_SCALAR_VAR).is_some())
+}
+
 static DETECTED: OnceLock<(Isa, Extensions)> = OnceLock::new();
 
 /// The best ISA level of this CPU (or `Scalar` when `TOKVEC_FORCE_SCALAR` is set at first use).
 pub fn isa() -> Isa {
     DETECTED.get_or_init(detect).0
+}
+
+/// `level`, lowered to what this CPU runs (and to `Scalar` when scalar code is forced). Safe
+/// functions that accept an `Isa` call this before choosing a `#[target_feature]` kernel.
+#[inline]
+pub fn clamp(level: Isa) -> Isa {
+    level.min(isa())
+}
+
+/// The levels up to `best`, lowest first.
+fn levels_up_to(best: Isa) -> Vec<Isa> {
+    [Isa::Scalar, Isa::Avx2, Isa::Avx512]
+        .into_iter()
+        .filter(|&l| l <= best)
+        .collect()
+}
+
+/// The ISA levels this process may run, best last (always starts with `Scalar`; only `Scalar`
+/// when `TOKVEC_FORCE_SCALAR` is set). For tests and benches that compare paths.
+pub fn available() -> Vec<Isa> {
+    levels_up_to(isa())
 }
 
 /// The optional extensions of this CPU (all false below `Isa::Avx512`).
@@ -76,4 +111,29 @@ pub fn describe() -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forcing_scalar_gives_scalar_and_no_extensions() {
+        let (level, ext) = detect_with(true);
+        assert_eq!(level, Isa::Scalar);
+        assert!(!ext.bf16 && !ext.vnni && !ext.vpopcntdq);
+        assert_eq!(levels_up_to(level), vec![Isa::Scalar]);
+    }
+
+    #[test]
+    fn levels_and_clamp_follow_detection() {
+        let (level, _) = detect_with(false);
+        assert_eq!(levels_up_to(level).last(), Some(&level));
+        assert_eq!(levels_up_to(Isa::Avx512), vec![Isa::Scalar, Isa::Avx2, Isa::Avx512]);
+        assert_eq!(available(), levels_up_to(isa()));
+        for l in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+            assert!(clamp(l) <= isa());
+            assert!(clamp(l) <= l);
+        }
+    }
 }

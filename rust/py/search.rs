@@ -1,8 +1,10 @@
-//! Bindings for similarity search: exact top-k, all pairs above a threshold and greedy
-//! deduplication, over float32 rows (`topk`, `dedup`) or packed uint64 sign bits (`hamming`).
+//! Bindings for similarity search: the canonical score of every pair or of given pairs (`dot`),
+//! exact top-k, all pairs above a threshold and greedy deduplication, over float32 rows (`topk`,
+//! `dedup`) or packed uint64 sign bits (`hamming`).
 //!
 //! Inputs are C-contiguous numpy arrays borrowed read-only with the GIL held (`as_slice` rejects
-//! other layouts; the Python layer calls `np.ascontiguousarray` first). The kernels run with the
+//! other layouts; the Python layer calls `np.ascontiguousarray` first; `scores` and `dot_pairs`
+//! check type and layout themselves and raise a ValueError naming the argument). The kernels run with the
 //! GIL released, through `interrupt::run`, so Ctrl-C stops them: another Python thread could write
 //! to a borrowed input meanwhile, which gives unspecified (but memory-safe) results for that call,
 //! as with any numpy reader. Outputs are moved into new arrays without a copy.
@@ -11,18 +13,20 @@
 //! `duplicate_pairs`, `dedup_indices`, `tokvec.dedup`), and kernel errors are renamed to them, so
 //! a message names what the user passed (`embeddings: row 3 ...`, not the core's `e`).
 
-use numpy::ndarray::{Array1, Array2};
+use numpy::ndarray::{Array1, Array2, Dimension};
 use numpy::{
-    IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray2, PyUntypedArrayMethods,
+    Element, IntoPyArray, PyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray, PyReadonlyArray1,
+    PyReadonlyArray2, PyReadwriteArray2, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use rayon::prelude::*;
 
 use super::interrupt::{self, work};
+use crate::cancel::Cancel;
 use crate::dedup::{self, Dedup, Pair};
-use crate::error::CoreError;
-use crate::{hamming, topk};
+use crate::error::{CoreError, Result};
+use crate::{dot, hamming, topk};
 
 /// The core's argument names for one set of rows, as the Python layer calls it.
 const EMBEDDINGS: &[(&str, &str)] = &[("e", "embeddings")];
@@ -72,6 +76,11 @@ fn check_bits(bits: i64, words: usize) -> PyResult<usize> {
     Ok(bits as usize)
 }
 
+/// uint64 words per row of a packed array.
+fn words(a: &PyReadonlyArray2<'_, u64>) -> usize {
+    a.shape().get(1).copied().unwrap_or(0)
+}
+
 fn same_width(a: usize, b: usize, what: &str) -> PyResult<()> {
     if a != b {
         return Err(PyValueError::new_err(format!(
@@ -79,6 +88,74 @@ fn same_width(a: usize, b: usize, what: &str) -> PyResult<()> {
         )));
     }
     Ok(())
+}
+
+/// Two sets of rows that are scored against each other: `(na, nb, columns, a, b)`, after checking
+/// that the columns agree (`what` names the pair in the error).
+type TwoSets<'a, T> = (usize, usize, usize, &'a [T], &'a [T]);
+
+fn two_sets<'a, T: Element>(
+    a: &'a PyReadonlyArray2<'_, T>,
+    b: &'a PyReadonlyArray2<'_, T>,
+    what: &str,
+) -> PyResult<TwoSets<'a, T>> {
+    let [na, d]: [usize; 2] = a.shape().try_into().unwrap_or([0, 0]);
+    let [nb, db]: [usize; 2] = b.shape().try_into().unwrap_or([0, 0]);
+    same_width(d, db, what)?;
+    Ok((na, nb, d, a.as_slice()?, b.as_slice()?))
+}
+
+/// The front of every search within one set of rows (`embeddings`): checks the threshold, then
+/// runs `kernel(rows, n, columns, threshold, cancel)` with the GIL released and interruptible, its
+/// errors named as the Python arguments. `per_pair` scales the work estimate (`n^2 / 2` pairs of
+/// `columns` elements).
+fn within<T, R, F>(
+    py: Python<'_>,
+    embeddings: &PyReadonlyArray2<'_, T>,
+    threshold: f64,
+    per_pair: usize,
+    kernel: F,
+) -> PyResult<R>
+where
+    T: Element + Sync,
+    R: Send,
+    F: FnOnce(&[T], usize, usize, f32, &Cancel) -> Result<R> + Send,
+{
+    let t = check_threshold(threshold)?;
+    let [n, w]: [usize; 2] = embeddings.shape().try_into().unwrap_or([0, 0]);
+    let x = embeddings.as_slice()?;
+    interrupt::run(py, work(&[n, n / 2, w, per_pair]), |stop| {
+        kernel(x, n, w, t, stop).map_err(named(EMBEDDINGS))
+    })
+}
+
+/// What [`exact_array`] asks of a matrix of float rows.
+const F32_ROWS: &str = "2-d float32 array";
+
+/// `a` as a read-only C-contiguous array of `T` with `D` dimensions, or a ValueError naming the
+/// argument and what it got (for the functions that take arrays as they come).
+fn exact_array<'py, T: Element, D: Dimension>(
+    a: &Bound<'py, PyAny>,
+    name: &str,
+    want: &str,
+) -> PyResult<PyReadonlyArray<'py, T, D>> {
+    let arr = a.cast::<PyArray<T, D>>().map_err(|_| {
+        let got = match a.cast::<PyUntypedArray>() {
+            Ok(u) => format!("a {}-d {} array", u.ndim(), u.dtype()),
+            Err(_) => a
+                .get_type()
+                .name()
+                .map_or_else(|_| "another type".to_string(), |n| n.to_string()),
+        };
+        PyValueError::new_err(format!("{name} must be a {want}, got {got}"))
+    })?;
+    if !arr.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be C-contiguous (pass np.ascontiguousarray({name}))"
+        )));
+    }
+    arr.try_readonly()
+        .map_err(|e| PyValueError::new_err(format!("{name}: {e}")))
 }
 
 fn topk_out<'py>(py: Python<'py>, nq: usize, kk: usize, scores: Vec<f32>, idx: Vec<u32>) -> PyResult<TopkOut<'py>> {
@@ -130,12 +207,76 @@ fn py_topk<'py>(
     k: i64,
 ) -> PyResult<TopkOut<'py>> {
     let k = check_k(k)?;
-    let [nq, d]: [usize; 2] = queries.shape().try_into().unwrap_or([0, 0]);
-    let [nc, dc]: [usize; 2] = corpus.shape().try_into().unwrap_or([0, 0]);
-    same_width(d, dc, "queries and corpus")?;
-    let (q, c) = (queries.as_slice()?, corpus.as_slice()?);
+    let (nq, nc, d, q, c) = two_sets(&queries, &corpus, "queries and corpus")?;
     let (s, i) = interrupt::run(py, work(&[nq, nc, d]), |stop| topk::topk_cancellable(q, c, d, k, stop))?;
     topk_out(py, nq, k.min(nc), s, i)
+}
+
+/// The canonical score of every pair, dot(q[i], c[j]): the very values `topk` returns, bit for bit
+/// (on any CPU and thread count). GIL released, Ctrl-C stops it.
+///
+/// Args:
+///     q: C-contiguous float32 array (nq, d).
+///     c: C-contiguous float32 array (nc, d).
+///
+/// Returns:
+///     float32 (nq, nc).
+///
+/// Raises:
+///     ValueError: an argument that is not a C-contiguous 2-d float32 array, mismatched columns,
+///         d = 0, NaN/inf or rows with a norm above 1e18 (naming q or c).
+///     KeyboardInterrupt: Ctrl-C (or the exception of another signal handler) during the run.
+#[pyfunction]
+#[pyo3(name = "scores")]
+fn py_scores<'py>(
+    py: Python<'py>,
+    q: &Bound<'py, PyAny>,
+    c: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let (q, c) = (exact_array(q, "q", F32_ROWS)?, exact_array(c, "c", F32_ROWS)?);
+    let (nq, nc, d, qs, cs) = two_sets(&q, &c, "q and c")?;
+    let s = interrupt::run(py, work(&[nq, nc, d]), |stop| {
+        dot::scores_cancellable(qs, cs, d, stop).map_err(named(&[("d", "q")]))
+    })?;
+    let s = Array2::from_shape_vec((nq, nc), s).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(s.into_pyarray(py))
+}
+
+/// The canonical scores dot(a[i[t]], b[j[t]]) of given pairs: the entries of `scores(a, b)` at
+/// (i, j), bit for bit, without the matrix. GIL released, Ctrl-C stops it.
+///
+/// Args:
+///     a: C-contiguous float32 array (na, d).
+///     b: C-contiguous float32 array (nb, d).
+///     i: C-contiguous int64 array (m,), rows of a.
+///     j: C-contiguous int64 array (m,), rows of b.
+///
+/// Returns:
+///     float32 (m,).
+///
+/// Raises:
+///     ValueError: an argument of the wrong type or layout, mismatched columns or lengths, an index
+///         out of range, d = 0, NaN/inf or rows with a norm above 1e18 (naming the argument).
+///     KeyboardInterrupt: Ctrl-C (or the exception of another signal handler) during the run.
+#[pyfunction]
+#[pyo3(name = "dot_pairs")]
+fn py_dot_pairs<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+    i: &Bound<'py, PyAny>,
+    j: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    const INDEX: &str = "1-d int64 array";
+    let (a, b) = (exact_array(a, "a", F32_ROWS)?, exact_array(b, "b", F32_ROWS)?);
+    let (i, j): (PyReadonlyArray1<i64>, PyReadonlyArray1<i64>) =
+        (exact_array(i, "i", INDEX)?, exact_array(j, "j", INDEX)?);
+    let (_, _, d, xa, xb) = two_sets(&a, &b, "a and b")?;
+    let (is, js) = (i.as_slice()?, j.as_slice()?);
+    let s = interrupt::run(py, work(&[is.len(), d]), |stop| {
+        dot::dot_pairs_cancellable(xa, xb, d, is, js, stop).map_err(named(&[("d", "a")]))
+    })?;
+    Ok(Array1::from(s).into_pyarray(py))
 }
 
 /// All pairs (i, j), i < j, with dot(embeddings[i], embeddings[j]) > threshold, sorted by (i, j);
@@ -158,12 +299,7 @@ fn py_duplicate_pairs<'py>(
     embeddings: PyReadonlyArray2<'py, f32>,
     threshold: f64,
 ) -> PyResult<PairsOut<'py>> {
-    let t = check_threshold(threshold)?;
-    let [n, d]: [usize; 2] = embeddings.shape().try_into().unwrap_or([0, 0]);
-    let x = embeddings.as_slice()?;
-    let pairs = interrupt::run(py, work(&[n, n / 2, d]), |stop| {
-        dedup::pairs_above_cancellable(x, n, d, t, stop).map_err(named(EMBEDDINGS))
-    })?;
+    let pairs = within(py, &embeddings, threshold, 1, dedup::pairs_above_cancellable)?;
     Ok(pairs_out(py, pairs))
 }
 
@@ -190,10 +326,7 @@ fn py_duplicate_pairs_cross<'py>(
     threshold: f64,
 ) -> PyResult<PairsOut<'py>> {
     let t = check_threshold(threshold)?;
-    let [na, d]: [usize; 2] = reference.shape().try_into().unwrap_or([0, 0]);
-    let [nb, db]: [usize; 2] = embeddings.shape().try_into().unwrap_or([0, 0]);
-    same_width(d, db, "reference and embeddings")?;
-    let (xa, xb) = (reference.as_slice()?, embeddings.as_slice()?);
+    let (na, nb, d, xa, xb) = two_sets(&reference, &embeddings, "reference and embeddings")?;
     let pairs = interrupt::run(py, work(&[na, nb, d]), |stop| {
         dedup::pairs_above_cross_cancellable(xa, na, xb, nb, d, t, stop).map_err(named(CROSS))
     })?;
@@ -217,12 +350,7 @@ fn py_duplicate_pairs_cross<'py>(
 #[pyfunction]
 #[pyo3(name = "dedup")]
 fn py_dedup<'py>(py: Python<'py>, embeddings: PyReadonlyArray2<'py, f32>, threshold: f64) -> PyResult<PairsOut<'py>> {
-    let t = check_threshold(threshold)?;
-    let [n, d]: [usize; 2] = embeddings.shape().try_into().unwrap_or([0, 0]);
-    let x = embeddings.as_slice()?;
-    let r = interrupt::run(py, work(&[n, n / 2, d]), |stop| {
-        dedup::dedup_greedy_cancellable(x, n, d, t, stop).map_err(named(EMBEDDINGS))
-    })?;
+    let r = within(py, &embeddings, threshold, 1, dedup::dedup_greedy_cancellable)?;
     Ok(dedup_out(py, r))
 }
 
@@ -250,11 +378,8 @@ fn py_topk_binary<'py>(
     bits: i64,
 ) -> PyResult<TopkOut<'py>> {
     let k = check_k(k)?;
-    let [nq, w]: [usize; 2] = queries.shape().try_into().unwrap_or([0, 0]);
-    let [nc, wc]: [usize; 2] = corpus.shape().try_into().unwrap_or([0, 0]);
-    same_width(w, wc, "queries and corpus")?;
+    let (nq, nc, w, qs, cs) = two_sets(&queries, &corpus, "queries and corpus")?;
     let bits = check_bits(bits, w)?;
-    let (qs, cs) = (queries.as_slice()?, corpus.as_slice()?);
     let (s, i) = interrupt::run(py, work(&[nq, nc, w, 4]), |stop| {
         hamming::topk_cancellable(qs, nq, cs, nc, w, bits, k, stop)
     })?;
@@ -282,12 +407,9 @@ fn py_duplicate_pairs_binary<'py>(
     threshold: f64,
     bits: i64,
 ) -> PyResult<PairsOut<'py>> {
-    let t = check_threshold(threshold)?;
-    let [n, w]: [usize; 2] = embeddings.shape().try_into().unwrap_or([0, 0]);
-    let bits = check_bits(bits, w)?;
-    let x = embeddings.as_slice()?;
-    let pairs = interrupt::run(py, work(&[n, n / 2, w, 4]), |stop| {
-        hamming::pairs_above_cancellable(x, n, w, bits, t, stop).map_err(named(EMBEDDINGS))
+    let bits = check_bits(bits, words(&embeddings))?;
+    let pairs = within(py, &embeddings, threshold, 4, |x, n, w, t, stop| {
+        hamming::pairs_above_cancellable(x, n, w, bits, t, stop)
     })?;
     Ok(pairs_out(py, pairs))
 }
@@ -314,12 +436,9 @@ fn py_dedup_binary<'py>(
     threshold: f64,
     bits: i64,
 ) -> PyResult<PairsOut<'py>> {
-    let t = check_threshold(threshold)?;
-    let [n, w]: [usize; 2] = embeddings.shape().try_into().unwrap_or([0, 0]);
-    let bits = check_bits(bits, w)?;
-    let x = embeddings.as_slice()?;
-    let r = interrupt::run(py, work(&[n, n / 2, w, 4]), |stop| {
-        hamming::dedup_greedy_cancellable(x, n, w, bits, t, stop).map_err(named(EMBEDDINGS))
+    let bits = check_bits(bits, words(&embeddings))?;
+    let r = within(py, &embeddings, threshold, 4, |x, n, w, t, stop| {
+        hamming::dedup_greedy_cancellable(x, n, w, bits, t, stop)
     })?;
     Ok(dedup_out(py, r))
 }
@@ -408,6 +527,8 @@ fn py_normalize_rows(py: Python<'_>, mut e: PyReadwriteArray2<'_, f32>) -> PyRes
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_normalize_rows, m)?)?;
     m.add_function(wrap_pyfunction!(py_topk, m)?)?;
+    m.add_function(wrap_pyfunction!(py_scores, m)?)?;
+    m.add_function(wrap_pyfunction!(py_dot_pairs, m)?)?;
     m.add_function(wrap_pyfunction!(py_duplicate_pairs, m)?)?;
     m.add_function(wrap_pyfunction!(py_duplicate_pairs_cross, m)?)?;
     m.add_function(wrap_pyfunction!(py_dedup, m)?)?;

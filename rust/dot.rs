@@ -1,0 +1,519 @@
+//! The canonical f32 dot product: the one scoring function behind every float score tokvec reports
+//! (top-k, pairs, deduplication, k-means distances, `scores`, `dot_pairs`), with the input checks
+//! and the error bounds that the approximate first stages of `topk` and `dedup` rely on.
+//!
+//! # Exactness
+//!
+//! [`dot_scalar`] is the reference: 64 lanes, element `i` goes to lane `i % 64`, each lane is
+//! summed in index order with a separate multiply and add (no FMA), and the lanes are reduced as a
+//! fixed binary tree (`l += l + 32`, then 16, 8, 4, 2, 1). The AVX-512 and AVX2 versions perform
+//! exactly the same IEEE operations in the same order, so every path returns bit-identical scores,
+//! and no result depends on the ISA, the blocking or the number of threads.
+//!
+//! # Input bound
+//!
+//! Rows must be finite with a norm <= [`MAX_NORM`] ([`row_norms`]): then no partial sum of a dot
+//! product overflows, so no canonical score is NaN or infinite.
+
+use rayon::prelude::*;
+
+use crate::cancel::Cancel;
+use crate::error::{CoreError, Result};
+use crate::simd::{isa, Isa};
+
+/// Number of lanes of the canonical dot product.
+pub const LANES: usize = 64;
+
+/// Largest norm accepted for a row: with `||a||, ||b|| <= 1e18`, every partial sum of a dot product
+/// is bounded by `1e36 < f32::MAX`, so no score overflows to infinity.
+pub const MAX_NORM: f64 = 1e18;
+
+/// Unit roundoff of f32.
+pub(crate) const U32: f64 = 1.0 / (1u64 << 24) as f64;
+
+// ---------------------------------------------------------------------------------------------
+// Canonical dot product
+// ---------------------------------------------------------------------------------------------
+
+/// The canonical f32 dot product (portable reference). See the module docs for the exact order
+/// of operations; the SIMD versions return bit-identical results.
+pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [0.0f32; LANES];
+    let mut i = 0;
+    while i + LANES <= n {
+        for l in 0..LANES {
+            acc[l] += a[i + l] * b[i + l];
+        }
+        i += LANES;
+    }
+    for l in 0..n - i {
+        acc[l] += a[i + l] * b[i + l];
+    }
+    let mut w = LANES / 2;
+    while w >= 1 {
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+        w /= 2;
+    }
+    acc[0]
+}
+
+/// The canonical dot product on the given ISA level (clamped to what this CPU supports).
+#[inline]
+pub fn dot(level: Isa, a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match crate::simd::clamp(level) {
+            // SAFETY: `clamp` returns Avx512 only when detection reported AVX-512F on this CPU.
+            Isa::Avx512 => return unsafe { x86::dot_avx512(a, b) },
+            // SAFETY: `clamp` returns Avx2 only when detection reported AVX2 and FMA.
+            Isa::Avx2 => return unsafe { x86::dot_avx2(a, b) },
+            Isa::Scalar => {}
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = level;
+    dot_scalar(a, b)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------------
+
+/// Checks a row-major matrix argument and returns its row count.
+pub(crate) fn rows_of(x: &[f32], d: usize, what: &'static str) -> Result<usize> {
+    if d == 0 {
+        return Err(CoreError::arg("d", "the dimension must be at least 1"));
+    }
+    if !x.len().is_multiple_of(d) {
+        return Err(CoreError::arg(
+            what,
+            format!("length {} is not a multiple of the dimension {d}", x.len()),
+        ));
+    }
+    let n = x.len() / d;
+    if n > u32::MAX as usize {
+        return Err(CoreError::arg(
+            what,
+            format!("{n} rows is more than the supported 2^32 - 1"),
+        ));
+    }
+    Ok(n)
+}
+
+/// The L2 norm of every row, in f64. Fails on the first row with a non-finite value or a norm
+/// above [`MAX_NORM`], so that no canonical score can be NaN or infinite.
+pub(crate) fn row_norms(x: &[f32], d: usize, what: &'static str) -> Result<Vec<f64>> {
+    let norms: Vec<f64> = x.par_chunks(d).with_min_len(256).map(norm).collect();
+    if let Some(i) = norms.iter().position(|n| n.is_nan() || *n > MAX_NORM) {
+        return Err(CoreError::arg(
+            what,
+            format!("row {i} contains NaN or infinity, or its norm is above {MAX_NORM:e}"),
+        ));
+    }
+    Ok(norms)
+}
+
+/// `gamma_n = n u / (1 - n u)`: the relative error bound of an n-term f32 sum (Higham).
+pub(crate) fn gamma(n: usize) -> f64 {
+    let nu = n as f64 * U32;
+    nu / (1.0 - nu)
+}
+
+/// Bound on `|canonical - real|` for a dot product of length `d`, relative to `||a|| ||b||`
+/// (each lane adds `d / 64` products, then 6 tree levels), plus a margin for subnormals.
+pub(crate) fn canonical_rel_err(d: usize) -> f64 {
+    gamma(d + 8)
+}
+
+/// Lowers a threshold `t - eps` so that, rounded to f32, it is still <= the real value.
+pub(crate) fn lower_threshold(t: f64, eps: f64) -> f32 {
+    let v = t - eps - 1e-12 * (t.abs() + eps) - 1e-37;
+    (v as f32).next_down()
+}
+
+/// `||x||_2` in f64 (8 partial sums; used for validation and error bounds only).
+#[inline(always)]
+fn norm_impl(x: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            acc[l] += c[l] as f64 * c[l] as f64;
+        }
+    }
+    for (l, v) in chunks.remainder().iter().enumerate() {
+        acc[l] += *v as f64 * *v as f64;
+    }
+    acc.iter().sum::<f64>().sqrt()
+}
+
+/// `||x||_2` in f64.
+pub(crate) fn norm(x: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512 {
+        // SAFETY: AVX-512F was detected on this CPU.
+        return unsafe { x86::norm_avx512(x) };
+    }
+    norm_impl(x)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Score matrices and pairs
+// ---------------------------------------------------------------------------------------------
+
+/// Scores per parallel task of [`scores`] and [`dot_pairs`], between two polls of the cancel flag.
+const POLL_ROWS: usize = 4096;
+
+/// A zeroed output of `n` scores, or an error naming `what` instead of aborting when it cannot be
+/// allocated.
+fn zeroed(n: Option<usize>, what: &'static str) -> Result<Vec<f32>> {
+    let mut v = Vec::new();
+    match n {
+        Some(n) if v.try_reserve_exact(n).is_ok() => {
+            v.resize(n, 0.0);
+            Ok(v)
+        }
+        _ => Err(CoreError::arg(
+            what,
+            "the result does not fit in memory; pass fewer rows at a time",
+        )),
+    }
+}
+
+/// The canonical score of every pair: row-major `nq x nc` with entry `(i, j) = dot(q_i, c_j)`, the
+/// very value [`crate::topk::topk`] reports for that pair (bit for bit, on any CPU and thread
+/// count).
+///
+/// Errors as `topk`, naming `q` or `c`: `d == 0`, a length that is not a multiple of `d`, rows with
+/// NaN, infinity or a norm above [`MAX_NORM`], and an output too large to allocate.
+pub fn scores(q: &[f32], c: &[f32], d: usize) -> Result<Vec<f32>> {
+    scores_cancellable(q, c, d, Cancel::never())
+}
+
+/// [`scores`] that stops with [`CoreError::Interrupted`] soon after `cancel` is set (polled every
+/// [`POLL_ROWS`] scores); otherwise the same result.
+pub fn scores_cancellable(q: &[f32], c: &[f32], d: usize, cancel: &Cancel) -> Result<Vec<f32>> {
+    let nq = rows_of(q, d, "q")?;
+    let nc = rows_of(c, d, "c")?;
+    row_norms(q, d, "q")?;
+    row_norms(c, d, "c")?;
+    let mut out = zeroed(nq.checked_mul(nc), "c")?;
+    if nc == 0 {
+        return Ok(out);
+    }
+    let level = isa();
+    // tasks over the flat matrix, not over query rows, so that one query against a large corpus
+    // uses every thread too
+    out.par_chunks_mut(POLL_ROWS).enumerate().for_each(|(b, o)| {
+        if cancel.is_cancelled() {
+            return;
+        }
+        for (t, v) in (b * POLL_ROWS..).zip(o.iter_mut()) {
+            let (x, y) = (t / nc, t % nc);
+            *v = dot(level, &q[x * d..(x + 1) * d], &c[y * d..(y + 1) * d]);
+        }
+    });
+    cancel.check()?;
+    Ok(out)
+}
+
+/// Checks that every index of `idx` addresses one of `n` rows.
+fn check_indices(idx: &[i64], n: usize, what: &'static str, rows: &'static str) -> Result<()> {
+    if let Some((t, &v)) = idx.iter().enumerate().find(|(_, &v)| v < 0 || v as u64 >= n as u64) {
+        return Err(CoreError::arg(
+            what,
+            format!("entry {t} is {v}, outside 0..{n} (the rows of {rows})"),
+        ));
+    }
+    Ok(())
+}
+
+/// The canonical scores `dot(a_{i[t]}, b_{j[t]})` for every `t`: the entries of [`scores`]`(a, b)`
+/// at those pairs, bit for bit, without the matrix.
+///
+/// Errors as [`scores`] (naming `a` or `b`), plus `i` and `j` of different lengths or with an
+/// index outside the rows of `a` (for `i`) or `b` (for `j`).
+pub fn dot_pairs(a: &[f32], b: &[f32], d: usize, i: &[i64], j: &[i64]) -> Result<Vec<f32>> {
+    dot_pairs_cancellable(a, b, d, i, j, Cancel::never())
+}
+
+/// [`dot_pairs`] that stops with [`CoreError::Interrupted`] soon after `cancel` is set (polled
+/// every [`POLL_ROWS`] pairs); otherwise the same result.
+pub fn dot_pairs_cancellable(
+    a: &[f32],
+    b: &[f32],
+    d: usize,
+    i: &[i64],
+    j: &[i64],
+    cancel: &Cancel,
+) -> Result<Vec<f32>> {
+    let na = rows_of(a, d, "a")?;
+    let nb = rows_of(b, d, "b")?;
+    if i.len() != j.len() {
+        return Err(CoreError::arg(
+            "j",
+            format!("has {} entries and i has {}; they must match", j.len(), i.len()),
+        ));
+    }
+    check_indices(i, na, "i", "a")?;
+    check_indices(j, nb, "j", "b")?;
+    row_norms(a, d, "a")?;
+    row_norms(b, d, "b")?;
+    let mut out = zeroed(Some(i.len()), "i")?;
+    let level = isa();
+    out.par_chunks_mut(POLL_ROWS)
+        .zip(i.par_chunks(POLL_ROWS).zip(j.par_chunks(POLL_ROWS)))
+        .for_each(|(o, (ib, jb))| {
+            if cancel.is_cancelled() {
+                return;
+            }
+            for (v, (&x, &y)) in o.iter_mut().zip(ib.iter().zip(jb)) {
+                let (x, y) = (x as usize, y as usize);
+                *v = dot(level, &a[x * d..(x + 1) * d], &b[y * d..(y + 1) * d]);
+            }
+        });
+    cancel.check()?;
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// x86-64 kernels
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::LANES;
+
+    /// [`super::norm_impl`] compiled for AVX-512 (same result).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn norm_avx512(x: &[f32]) -> f64 {
+        super::norm_impl(x)
+    }
+
+    /// The loop both kernels share: feeds `step` every full block of 64 elements of `a` and `b`,
+    /// then the tail (`< 64` elements) copied into zero-padded buffers, each time as two pointers
+    /// to 64 readable f32s. Inlined into each kernel, so `step` runs with its target features.
+    #[inline(always)]
+    fn sweep<A>(a: &[f32], b: &[f32], acc: &mut A, step: impl Fn(&mut A, *const f32, *const f32)) {
+        let n = a.len().min(b.len());
+        let mut i = 0;
+        while i + LANES <= n {
+            step(acc, a[i..].as_ptr(), b[i..].as_ptr());
+            i += LANES;
+        }
+        if i < n {
+            let mut ta = [0.0f32; LANES];
+            let mut tb = [0.0f32; LANES];
+            ta[..n - i].copy_from_slice(&a[i..n]);
+            tb[..n - i].copy_from_slice(&b[i..n]);
+            step(acc, ta.as_ptr(), tb.as_ptr());
+        }
+    }
+
+    /// Canonical dot, AVX-512: lanes 0-15, 16-31, 32-47, 48-63 in four registers. A zero-padded
+    /// tail adds `+0` to lanes that the scalar version skips, which leaves them unchanged (a lane
+    /// sum starts at +0 and can never become -0).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        sweep(a, b, &mut acc, |acc: &mut [__m512; 4], pa, pb| {
+            for (v, ac) in acc.iter_mut().enumerate() {
+                // SAFETY: the caller passes pointers with 64 readable f32s.
+                let (x, y) = unsafe { (_mm512_loadu_ps(pa.add(v * 16)), _mm512_loadu_ps(pb.add(v * 16))) };
+                *ac = _mm512_add_ps(*ac, _mm512_mul_ps(x, y));
+            }
+        });
+        let s32 = [_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3])];
+        let s16 = _mm512_add_ps(s32[0], s32[1]);
+        let lo = _mm512_castps512_ps256(s16);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(s16)));
+        reduce8(_mm256_add_ps(lo, hi))
+    }
+
+    /// Lanes l + l+4, then l + l+2, then l + l+1 of an 8-lane vector.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    fn reduce8(s8: __m256) -> f32 {
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let s1 = _mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2));
+        _mm_cvtss_f32(s1)
+    }
+
+    /// Canonical dot, AVX2: lanes in eight 8-wide registers.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        sweep(a, b, &mut acc, |acc: &mut [__m256; 8], pa, pb| {
+            for (v, ac) in acc.iter_mut().enumerate() {
+                // SAFETY: the caller passes pointers with 64 readable f32s.
+                let (x, y) = unsafe { (_mm256_loadu_ps(pa.add(v * 8)), _mm256_loadu_ps(pb.add(v * 8))) };
+                *ac = _mm256_add_ps(*ac, _mm256_mul_ps(x, y));
+            }
+        });
+        // l + l+32: registers v and v+4.
+        let s32 = [
+            _mm256_add_ps(acc[0], acc[4]),
+            _mm256_add_ps(acc[1], acc[5]),
+            _mm256_add_ps(acc[2], acc[6]),
+            _mm256_add_ps(acc[3], acc[7]),
+        ];
+        // l + l+16, then l + l+8.
+        let s16 = [_mm256_add_ps(s32[0], s32[2]), _mm256_add_ps(s32[1], s32[3])];
+        reduce8(_mm256_add_ps(s16[0], s16[1]))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random numbers (xorshift), no dependency.
+    pub(crate) struct Rng(pub(crate) u64);
+    impl Rng {
+        pub(crate) fn next_u64(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        pub(crate) fn uniform(&mut self) -> f32 {
+            (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+        }
+        pub(crate) fn normal(&mut self) -> f32 {
+            let (u, v) = (self.uniform().max(1e-7), self.uniform());
+            (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+        }
+    }
+
+    pub(crate) fn normalize(x: &mut [f32], d: usize) {
+        for r in x.chunks_mut(d) {
+            let n = r.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if n > 0.0 {
+                r.iter_mut().for_each(|v| *v /= n);
+            }
+        }
+    }
+
+    /// Unit rows around `centers` random centers with noise `noise`, plus exact and near duplicates.
+    pub(crate) fn clustered(n: usize, d: usize, centers: usize, noise: f32, seed: u64) -> Vec<f32> {
+        let mut rng = Rng(seed | 1);
+        let mut c: Vec<f32> = (0..centers * d).map(|_| rng.normal()).collect();
+        normalize(&mut c, d);
+        let mut x = Vec::with_capacity(n * d);
+        for i in 0..n {
+            let r = rng.next_u64() as usize;
+            if i > 0 && r.is_multiple_of(10) {
+                // a near duplicate of an earlier row
+                let j = (rng.next_u64() as usize) % i;
+                let src: Vec<f32> = x[j * d..(j + 1) * d].to_vec();
+                x.extend(src.iter().map(|v| v + 0.01 * rng.normal() / (d as f32).sqrt()));
+            } else if i > 0 && r % 10 == 1 {
+                let j = (rng.next_u64() as usize) % i;
+                let src: Vec<f32> = x[j * d..(j + 1) * d].to_vec();
+                x.extend(src);
+            } else {
+                let k = r % centers;
+                x.extend((0..d).map(|t| c[k * d + t] + noise * rng.normal() / (d as f32).sqrt()));
+            }
+        }
+        normalize(&mut x, d);
+        x
+    }
+
+    pub(crate) fn gaussian(n: usize, d: usize, seed: u64) -> Vec<f32> {
+        let mut rng = Rng(seed | 1);
+        let mut x: Vec<f32> = (0..n * d).map(|_| rng.normal()).collect();
+        normalize(&mut x, d);
+        x
+    }
+
+    #[test]
+    fn dot_paths_are_bit_identical() {
+        let mut rng = Rng(7);
+        for d in [1, 3, 15, 16, 17, 63, 64, 65, 100, 128, 255, 256, 257, 384, 1000] {
+            let a: Vec<f32> = (0..d).map(|_| rng.normal() * 3.0).collect();
+            let b: Vec<f32> = (0..d).map(|_| rng.normal()).collect();
+            let want = dot_scalar(&a, &b);
+            let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            assert!((want as f64 - exact).abs() <= 1e-4 * (1.0 + exact.abs()), "d={d}");
+            for l in crate::simd::available() {
+                assert_eq!(dot(l, &a, &b).to_bits(), want.to_bits(), "d={d} isa={l:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn dot_is_symmetric() {
+        let a = gaussian(1, 300, 3);
+        let b = gaussian(1, 300, 4);
+        assert_eq!(dot_scalar(&a, &b).to_bits(), dot_scalar(&b, &a).to_bits());
+    }
+
+    #[test]
+    fn scores_are_the_canonical_dot_of_every_pair() {
+        // 5 x 1001 scores: more than one parallel task, with tasks that straddle query rows
+        let (d, nc) = (37, 1001);
+        let (q, c) = (gaussian(5, d, 1), gaussian(nc, d, 2));
+        let m = scores(&q, &c, d).unwrap();
+        assert_eq!(m.len(), 5 * nc);
+        for (qi, qr) in q.chunks(d).enumerate() {
+            for (ci, cr) in c.chunks(d).enumerate() {
+                assert_eq!(m[qi * nc + ci].to_bits(), dot_scalar(qr, cr).to_bits());
+            }
+        }
+        let i: Vec<i64> = (0..5000).map(|t| (t * 7 % 5) as i64).collect();
+        let j: Vec<i64> = (0..5000).map(|t| (t * 13 % nc) as i64).collect();
+        let p = dot_pairs(&q, &c, d, &i, &j).unwrap();
+        for t in 0..i.len() {
+            assert_eq!(p[t].to_bits(), m[i[t] as usize * nc + j[t] as usize].to_bits());
+        }
+        assert_eq!(scores(&q, &[], d).unwrap(), Vec::<f32>::new());
+        assert_eq!(dot_pairs(&q, &c, d, &[], &[]).unwrap(), Vec::<f32>::new());
+    }
+
+    #[test]
+    fn scores_and_pairs_reject_bad_input_by_name() {
+        let d = 8;
+        let (q, c) = (gaussian(3, d, 1), gaussian(4, d, 2));
+        let arg = |r: Result<Vec<f32>>| match r {
+            Err(CoreError::InvalidArgument { arg, .. }) => arg,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(arg(scores(&q, &c, 0)), "d");
+        assert_eq!(arg(scores(&q[..7], &c, d)), "q");
+        let mut bad = c.clone();
+        bad[9] = f32::NAN;
+        assert_eq!(arg(scores(&q, &bad, d)), "c");
+        bad[9] = 1e30;
+        assert_eq!(arg(scores(&q, &bad, d)), "c");
+        assert_eq!(arg(dot_pairs(&bad, &c, d, &[0], &[0])), "a");
+        assert_eq!(arg(dot_pairs(&q, &c, d, &[0, 1], &[0])), "j");
+        assert_eq!(arg(dot_pairs(&q, &c, d, &[3], &[0])), "i");
+        assert_eq!(arg(dot_pairs(&q, &c, d, &[-1], &[0])), "i");
+        assert_eq!(arg(dot_pairs(&q, &c, d, &[0], &[4])), "j");
+        let e = dot_pairs(&q, &c, d, &[0, 2], &[1, 9]).unwrap_err();
+        assert!(e.to_string().contains("entry 1 is 9"), "{e}");
+    }
+
+    #[test]
+    fn a_set_flag_interrupts_scores_and_pairs() {
+        let d = 16;
+        let (q, c) = (gaussian(4, d, 1), gaussian(50, d, 2));
+        let stop = Cancel::new();
+        stop.cancel();
+        assert!(matches!(
+            scores_cancellable(&q, &c, d, &stop),
+            Err(CoreError::Interrupted)
+        ));
+        assert!(matches!(
+            dot_pairs_cancellable(&q, &c, d, &[0, 1], &[2, 3], &stop),
+            Err(CoreError::Interrupted)
+        ));
+    }
+}

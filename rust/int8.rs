@@ -1,0 +1,730 @@
+//! The int8 pre-score engine: a cheap approximate inner product with a *proven* error bound,
+//! used by the blocked top-k ([`crate::topk`]) and by `dedup` to pick the candidates that are then
+//! re-scored with the canonical dot ([`crate::dot`]). A row can only beat a threshold `t` on its
+//! canonical score if its pre-score is >= `t - eps`, so nothing is lost.
+//!
+//! # Performance notes
+//!
+//! * Rows are quantized with a per-row scale `s = max|x| / 127`, so each element is off by at most
+//!   `s/2` and `|q~.c~ - q.c| <= (s_q ||c~||_1 + s_c ||q||_1) / 2`; the f32 rounding of the
+//!   canonical dot and of the pre-score are added on top (see [`Int8Bound`]).
+//! * On AVX-512 VNNI CPUs the kernel is `vpdpbusd` (64 multiply-adds per instruction, 4x the f32
+//!   FMA rate). Queries are stored as `u8 = q + 128` (vpdpbusd multiplies unsigned by signed bytes);
+//!   the accumulators start at `-128 * sum(c)`, which removes the offset exactly in integer
+//!   arithmetic.
+//! * The corpus is packed in groups of 16 rows, interleaved by 4 dimensions, so one 64-byte load
+//!   holds 4 dimensions of 16 rows, and one broadcast query word feeds 16 rows: the VNNI
+//!   micro-kernel keeps an 8-query x 48-row tile of i32 accumulators in 24 zmm registers.
+//! * On AVX2 CPUs (and AVX-512 CPUs without VNNI) the same packed data is scored by an AVX2 kernel
+//!   (`vpsignb` + `vpmaddubsw` + `vpmaddwd`, 32 multiply-adds per three instructions) that
+//!   produces the same exact integers, so pre-scores are bit-identical to the VNNI path.
+//! * Without AVX2 there is no int8 kernel ([`int8_available`] is false) and the callers score
+//!   every pair with the canonical dot.
+
+use rayon::prelude::*;
+
+use crate::dot::{canonical_rel_err, U32};
+use crate::simd::{extensions, isa, Isa};
+
+/// Half a quantization step, with a margin for the f32 rounding of `x * (127 / max|x|)`.
+pub(crate) const HALF_STEP: f64 = 0.5001;
+
+/// One quantized row: `x ~= s * q`, `q` in [-127, 127].
+pub(crate) struct QuantRow {
+    /// Scale.
+    pub(crate) s: f32,
+    /// `sum |q_i|` (so `||x~||_1 = s * l1`).
+    pub(crate) l1: i64,
+    /// `sum q_i`.
+    pub(crate) sum: i64,
+}
+
+/// Quantizes `x` into `out` (same length) with a per-row scale.
+#[inline(always)]
+fn quantize_row_impl(x: &[f32], out: &mut [i8]) -> QuantRow {
+    let mut mx = [0.0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for l in 0..16 {
+            let a = c[l].abs();
+            mx[l] = if a > mx[l] { a } else { mx[l] };
+        }
+    }
+    for (l, v) in chunks.remainder().iter().enumerate() {
+        let a = v.abs();
+        mx[l] = if a > mx[l] { a } else { mx[l] };
+    }
+    let m = mx.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
+    if m == 0.0 {
+        out.iter_mut().for_each(|o| *o = 0);
+        return QuantRow { s: 0.0, l1: 0, sum: 0 };
+    }
+    let s = m / 127.0;
+    let inv = 127.0 / m;
+    let (mut l1, mut sum) = (0i32, 0i32);
+    for (o, &v) in out.iter_mut().zip(x) {
+        let q = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i32;
+        *o = q as i8;
+        l1 += q.abs();
+        sum += q;
+    }
+    // |l1|, |sum| <= 127 d < 2^31 for d <= INT8_MAX_D (checked by the int8 callers).
+    QuantRow {
+        s,
+        l1: l1 as i64,
+        sum: sum as i64,
+    }
+}
+
+/// Quantizes `x` into `out` (same length) with a per-row scale (vectorized where the CPU allows;
+/// the result does not depend on the ISA).
+pub(crate) fn quantize_row(x: &[f32], out: &mut [i8]) -> QuantRow {
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512 {
+        // SAFETY: AVX-512F/BW/VL were detected on this CPU.
+        return unsafe { x86::quantize_row_avx512(x, out) };
+    }
+    quantize_row_impl(x, out)
+}
+
+/// Query side of the int8 pre-score: row-major `u8 = q + 128`, padded to `dp` (a multiple of 4)
+/// with 128 (= 0).
+pub(crate) struct QuantQueries {
+    pub(crate) dp: usize,
+    pub(crate) data: Vec<u8>,
+    pub(crate) s: Vec<f32>,
+    /// `||q||_1` of the original row.
+    pub(crate) l1: Vec<f64>,
+}
+
+impl QuantQueries {
+    pub(crate) fn new(x: &[f32], d: usize) -> Self {
+        let n = x.len() / d;
+        let dp = d.div_ceil(4) * 4;
+        let mut data = vec![128u8; n * dp];
+        let meta: Vec<(f32, f64)> = data
+            .par_chunks_mut(dp)
+            .zip(x.par_chunks(d))
+            .with_min_len(64)
+            .map_init(
+                || vec![0i8; d],
+                |tmp, (o, r)| {
+                    let q = quantize_row(r, tmp);
+                    for (b, &v) in o.iter_mut().zip(tmp.iter()) {
+                        *b = (v as i16 + 128) as u8;
+                    }
+                    (q.s, r.iter().map(|v| v.abs() as f64).sum())
+                },
+            )
+            .collect();
+        let (s, l1) = meta.into_iter().unzip();
+        QuantQueries { dp, data, s, l1 }
+    }
+
+    /// Appends the rows of `x` (quantized exactly as [`QuantQueries::new`] would).
+    pub(crate) fn append(&mut self, x: &[f32], d: usize) {
+        let more = QuantQueries::new(x, d);
+        self.data.extend_from_slice(&more.data);
+        self.s.extend_from_slice(&more.s);
+        self.l1.extend_from_slice(&more.l1);
+    }
+
+    #[inline]
+    pub(crate) fn row(&self, i: usize) -> &[u8] {
+        &self.data[i * self.dp..(i + 1) * self.dp]
+    }
+}
+
+/// Corpus side of the int8 pre-score: groups of 16 rows, interleaved by 4 dimensions
+/// (`[group][dp / 4][16 rows][4 bytes]`), with per-row scale, offset correction and bound terms.
+/// Slots past `n` (and any slot marked invalid by the caller) are zero rows.
+pub(crate) struct PackedCorpus {
+    pub(crate) dp: usize,
+    pub(crate) groups: usize,
+    pub(crate) data: Vec<i8>,
+    /// Per slot: scale.
+    pub(crate) sc: Vec<f32>,
+    /// Per slot: `-128 * sum(q)`, the accumulator start that removes the query offset.
+    pub(crate) init: Vec<i32>,
+    /// Per slot: `||c~||_1 = s * sum |q|`.
+    pub(crate) l1: Vec<f64>,
+}
+
+impl PackedCorpus {
+    pub(crate) fn empty(d: usize) -> Self {
+        PackedCorpus {
+            dp: d.div_ceil(4) * 4,
+            groups: 0,
+            data: Vec::new(),
+            sc: Vec::new(),
+            init: Vec::new(),
+            l1: Vec::new(),
+        }
+    }
+
+    /// Bytes of one 16-row group.
+    #[inline]
+    pub(crate) fn group_bytes(&self) -> usize {
+        self.dp * 16
+    }
+
+    /// Re-fills with `slots` rows; `row(slot)` gives the f32 row for a slot or `None` for a zero slot.
+    /// `slots` is rounded up to a multiple of 16.
+    pub(crate) fn fill<'a, F>(&mut self, slots: usize, d: usize, row: F)
+    where
+        F: Fn(usize) -> Option<&'a [f32]> + Sync,
+    {
+        let groups = slots.div_ceil(16);
+        let gb = self.group_bytes();
+        let dp = self.dp;
+        self.groups = groups;
+        self.data.clear();
+        self.data.resize(groups * gb, 0);
+        self.sc.clear();
+        self.sc.resize(groups * 16, 0.0);
+        self.init.clear();
+        self.init.resize(groups * 16, 0);
+        self.l1.clear();
+        self.l1.resize(groups * 16, 0.0);
+        self.data
+            .par_chunks_mut(gb)
+            .zip(self.sc.par_chunks_mut(16))
+            .zip(self.init.par_chunks_mut(16))
+            .zip(self.l1.par_chunks_mut(16))
+            .enumerate()
+            .with_min_len(4)
+            .for_each(|(g, (((out, sc), init), l1))| {
+                let mut tmp = vec![0i8; dp];
+                for lane in 0..16 {
+                    let Some(r) = row(g * 16 + lane) else { continue };
+                    let q = quantize_row(r, &mut tmp[..d]);
+                    sc[lane] = q.s;
+                    // |sum| <= 127 d; `d * 255 * 127 < 2^31` is checked by the callers (int8 path).
+                    init[lane] = (-128 * q.sum) as i32;
+                    l1[lane] = q.s as f64 * q.l1 as f64;
+                    for t in 0..dp / 4 {
+                        out[t * 64 + lane * 4..t * 64 + lane * 4 + 4].copy_from_slice(&tmp[t * 4..t * 4 + 4]);
+                    }
+                }
+            });
+    }
+}
+
+/// Largest `d` for which the int8 accumulators cannot overflow: `d * 255 * 127 < 2^31`.
+pub(crate) const INT8_MAX_D: usize = 65_536;
+
+/// The micro-kernel that computes the int8 pre-score. Both give the same i32 dot products (exact
+/// integers), hence bit-identical pre-scores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Int8Kernel {
+    /// AVX-512 VNNI `vpdpbusd`: 64 u8 x i8 multiply-adds per instruction.
+    Vnni,
+    /// AVX2 `vpsignb` + `vpmaddubsw` + `vpmaddwd`: 32 multiply-adds per three instructions. With
+    /// `|q|, |c| <= 127` (the quantizer never produces -128), a pair sum is at most
+    /// `2 * 127 * 127 < 2^15`, so `vpmaddubsw` never saturates and the result is exact.
+    Avx2,
+}
+
+/// The best int8 kernel of this CPU, if any.
+pub(crate) fn int8_kernel() -> Option<Int8Kernel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match isa() {
+            Isa::Avx512 if extensions().vnni => return Some(Int8Kernel::Vnni),
+            Isa::Avx2 => return Some(Int8Kernel::Avx2),
+            Isa::Avx512 if is_x86_feature_detected!("avx2") => return Some(Int8Kernel::Avx2),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Whether an int8 pre-score kernel is available on this CPU.
+pub(crate) fn int8_available() -> bool {
+    int8_kernel().is_some()
+}
+
+/// The error bound of the int8 pre-score against the canonical dot, for one query (or row)
+/// against any row of a set, from maxima over that set.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Int8Bound {
+    /// max `||c~||_1`.
+    pub(crate) m_l1: f64,
+    /// max `s_c`.
+    pub(crate) m_s: f64,
+    /// max `||c||`.
+    pub(crate) m_norm: f64,
+    /// `sqrt(d)`.
+    pub(crate) sqrt_d: f64,
+    /// relative error of the canonical dot.
+    pub(crate) rel: f64,
+}
+
+impl Int8Bound {
+    pub(crate) fn new(d: usize, sc: &[f32], l1: &[f64], norms: impl Iterator<Item = f64>) -> Self {
+        let m_s = sc.iter().fold(0.0f64, |m, &v| m.max(v as f64));
+        let m_l1 = l1.iter().fold(0.0f64, |m, &v| m.max(v));
+        let m_norm = norms.fold(0.0f64, f64::max);
+        Int8Bound {
+            m_l1,
+            m_s,
+            m_norm,
+            sqrt_d: (d as f64).sqrt(),
+            rel: canonical_rel_err(d),
+        }
+    }
+
+    /// `eps` such that `|prescore - canonical| <= eps` for a query with scale `s_q`, `||q||_1 = l1_q`
+    /// and `||q|| = norm_q`:
+    /// * quantization: `|q~.c~ - q.c| <= h (s_q ||c~||_1 + s_c ||q||_1)` with `h` = [`HALF_STEP`];
+    /// * the pre-score `fl(fl(fl(I) s_c) s_q)`: 3 roundings of a value `<= ||q~|| ||c~||`, with
+    ///   `||x~|| <= ||x|| + h s sqrt(d)`;
+    /// * the canonical dot: `<= rel ||q|| ||c||`.
+    pub(crate) fn eps(&self, s_q: f32, l1_q: f64, norm_q: f64) -> f64 {
+        let s_q = s_q as f64;
+        let quant = HALF_STEP * (s_q * self.m_l1 + self.m_s * l1_q);
+        let nq = norm_q + HALF_STEP * s_q * self.sqrt_d;
+        let nc = self.m_norm + HALF_STEP * self.m_s * self.sqrt_d;
+        let round = 3.001 * U32 * nq * nc;
+        let canon = self.rel * norm_q * self.m_norm;
+        (quant + round + canon) * (1.0 + 1e-6) + 1e-37
+    }
+}
+
+/// Query tile height of the int8 micro-kernel.
+pub(crate) const QT: usize = 8;
+
+/// Runs the int8 pre-score of up to [`QT`] queries (`qrows`, rows of `qz`) against groups
+/// `g0..g1` of `pk`. For every (query slot, corpus slot) whose pre-score is >= `thr[slot]`,
+/// `cand(slot, corpus_slot, prescore)` is called and returns the slot's new threshold (slots >=
+/// `qrows.len()` are ignored).
+pub(crate) fn scan_int8<F>(
+    qz: &QuantQueries,
+    qrows: &[usize],
+    pk: &PackedCorpus,
+    g0: usize,
+    g1: usize,
+    thr: &mut [f32; QT],
+    cand: F,
+) where
+    F: FnMut(usize, usize, f32) -> f32,
+{
+    let kernel = int8_kernel().expect("callers check int8_available() first");
+    scan_int8_using(kernel, qz, qrows, pk, g0, g1, thr, cand)
+}
+
+/// [`scan_int8`] with a given kernel (tests compare the kernels). Panics if the CPU lacks it.
+pub(crate) fn scan_int8_using<F>(
+    kernel: Int8Kernel,
+    qz: &QuantQueries,
+    qrows: &[usize],
+    pk: &PackedCorpus,
+    g0: usize,
+    g1: usize,
+    thr: &mut [f32; QT],
+    cand: F,
+) where
+    F: FnMut(usize, usize, f32) -> f32,
+{
+    assert!(!qrows.is_empty() && qrows.len() <= QT && g0 <= g1 && g1 <= pk.groups && qz.dp == pk.dp);
+    assert!(qrows.iter().all(|&q| q < qz.s.len()));
+    #[cfg(target_arch = "x86_64")]
+    match kernel {
+        Int8Kernel::Vnni => {
+            assert!(int8_kernel() == Some(Int8Kernel::Vnni));
+            // SAFETY: checked AVX-512F/BW/VL + VNNI on this CPU just above; the asserts above
+            // guarantee every query row and group index is in bounds of `qz` and `pk` (which is
+            // what the kernel's raw pointer reads rely on).
+            unsafe { x86::scan_int8(qz, qrows, pk, g0, g1, thr, cand) }
+        }
+        Int8Kernel::Avx2 => {
+            assert!(is_x86_feature_detected!("avx2"));
+            // SAFETY: AVX2 checked just above; bounds as for the VNNI kernel.
+            unsafe { x86::scan_int8_avx2(qz, qrows, pk, g0, g1, thr, cand) }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (kernel, qz, qrows, pk, g0, g1, thr, cand);
+        unreachable!("int8 pre-score is x86-64 only")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// x86-64 kernels
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{PackedCorpus, QuantQueries, QuantRow, QT};
+
+    /// [`super::quantize_row_impl`] compiled for AVX-512 (same result).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn quantize_row_avx512(x: &[f32], out: &mut [i8]) -> QuantRow {
+        super::quantize_row_impl(x, out)
+    }
+
+    /// The int8 micro-kernel: `Q` query rows (u8) x `R` groups of 16 corpus rows (i8), `steps` x 4
+    /// dimensions. Returns the i32 accumulators (started at `init`).
+    ///
+    /// # Safety
+    /// Each `q[i]` must have `4 * steps` readable bytes; `g + r * gstride + 64 * steps` must be
+    /// readable for every `r < R`; the CPU must have AVX-512F/BW + VNNI.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile<const Q: usize, const R: usize>(
+        q: &[*const u8; Q],
+        g: *const i8,
+        gstride: usize,
+        steps: usize,
+        init: &[__m512i; R],
+    ) -> [[__m512i; R]; Q] {
+        let mut acc = [*init; Q];
+        for t in 0..steps {
+            let mut c = [_mm512_setzero_si512(); R];
+            for (r, cr) in c.iter_mut().enumerate() {
+                // SAFETY: in bounds per the function contract.
+                *cr = unsafe { _mm512_loadu_si512(g.add(r * gstride + t * 64) as *const _) };
+            }
+            for (qi, a) in acc.iter_mut().enumerate() {
+                // SAFETY: in bounds per the function contract.
+                let w = unsafe { (q[qi].add(t * 4) as *const i32).read_unaligned() };
+                let b = _mm512_set1_epi32(w);
+                for r in 0..R {
+                    a[r] = _mm512_dpbusd_epi32(a[r], b, c[r]);
+                }
+            }
+        }
+        acc
+    }
+
+    /// See [`super::scan_int8`].
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL + VNNI; every `qrows` entry a row of `qz`; `g0 <= g1 <= pk.groups`;
+    /// `qz.dp == pk.dp`; `1 <= qrows.len() <= QT`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn scan_int8<F>(
+        qz: &QuantQueries,
+        qrows: &[usize],
+        pk: &PackedCorpus,
+        g0: usize,
+        g1: usize,
+        thr: &mut [f32; QT],
+        mut cand: F,
+    ) where
+        F: FnMut(usize, usize, f32) -> f32,
+    {
+        const R: usize = 3;
+        let nq = qrows.len();
+        let mut qp = [std::ptr::null::<u8>(); QT];
+        let mut sq = [_mm512_setzero_ps(); QT];
+        for i in 0..QT {
+            let q = qrows[i.min(nq - 1)];
+            qp[i] = qz.row(q).as_ptr();
+            sq[i] = _mm512_set1_ps(qz.s[q]);
+            if i >= nq {
+                thr[i] = f32::INFINITY;
+            }
+        }
+        let gb = pk.group_bytes();
+        let steps = pk.dp / 4;
+        let base = pk.data.as_ptr();
+        let mut g = g0;
+        // Handles one tile's accumulators: pre-scores, threshold test, candidates.
+        macro_rules! finish {
+            ($acc:expr, $rr:expr) => {
+                for qi in 0..QT {
+                    for r in 0..$rr {
+                        let slot0 = (g + r) * 16;
+                        // SAFETY: `g + r < pk.groups`, so 16 slots of `sc` are in bounds.
+                        let sc = unsafe { _mm512_loadu_ps(pk.sc.as_ptr().add(slot0)) };
+                        let v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps($acc[qi][r]), sc), sq[qi]);
+                        let mut m = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, _mm512_set1_ps(thr[qi]));
+                        if m != 0 {
+                            let mut vals = [0.0f32; 16];
+                            // SAFETY: `vals` holds 16 f32s.
+                            unsafe { _mm512_storeu_ps(vals.as_mut_ptr(), v) };
+                            while m != 0 {
+                                let lane = m.trailing_zeros() as usize;
+                                m &= m - 1;
+                                thr[qi] = cand(qi, slot0 + lane, vals[lane]);
+                            }
+                        }
+                    }
+                }
+            };
+        }
+        while g + R <= g1 {
+            let mut init = [_mm512_setzero_si512(); R];
+            for (r, v) in init.iter_mut().enumerate() {
+                // SAFETY: `g + r < g1 <= pk.groups`.
+                *v = unsafe { _mm512_loadu_si512(pk.init.as_ptr().add((g + r) * 16) as *const _) };
+            }
+            // SAFETY: groups g..g+R are within `pk.data`; query rows have `dp = 4 * steps` bytes.
+            let acc = unsafe { tile::<QT, R>(&qp, base.add(g * gb), gb, steps, &init) };
+            finish!(acc, R);
+            g += R;
+        }
+        while g < g1 {
+            // SAFETY: `g < g1 <= pk.groups`.
+            let init = [unsafe { _mm512_loadu_si512(pk.init.as_ptr().add(g * 16) as *const _) }];
+            // SAFETY: group g is within `pk.data`; query rows have `dp = 4 * steps` bytes.
+            let acc = unsafe { tile::<QT, 1>(&qp, base.add(g * gb), gb, steps, &init) };
+            finish!(acc, 1);
+            g += 1;
+        }
+    }
+
+    /// The AVX2 micro-kernel: `Q` queries x one group of 16 corpus rows (two 8-row halves),
+    /// `steps` x 4 dimensions. `qs` are the signed query bytes, `qa` their absolute values;
+    /// `vpsignb` moves each query sign onto the corpus byte, so `vpmaddubsw(|q|, sign(c, q))` sums
+    /// `q * c` over byte pairs (exact, see [`super::Int8Kernel::Avx2`]) and `vpmaddwd` with ones
+    /// widens to one i32 per row and 4 dimensions, like `vpdpbusd`. Returns `sum(q * c)` per row.
+    ///
+    /// # Safety
+    /// Each `qs[i]`, `qa[i]` must have `4 * steps` readable bytes; `g + 64 * steps` must be
+    /// readable; the CPU must have AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn tile_avx2<const Q: usize>(
+        qs: &[*const i8; Q],
+        qa: &[*const i8; Q],
+        g: *const i8,
+        steps: usize,
+    ) -> [[__m256i; 2]; Q] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); 2]; Q];
+        for t in 0..steps {
+            // SAFETY: in bounds per the function contract.
+            let (c0, c1) = unsafe {
+                (
+                    _mm256_loadu_si256(g.add(t * 64) as *const __m256i),
+                    _mm256_loadu_si256(g.add(t * 64 + 32) as *const __m256i),
+                )
+            };
+            for (qi, a) in acc.iter_mut().enumerate() {
+                // SAFETY: in bounds per the function contract.
+                let (ws, wa) = unsafe {
+                    (
+                        (qs[qi].add(t * 4) as *const i32).read_unaligned(),
+                        (qa[qi].add(t * 4) as *const i32).read_unaligned(),
+                    )
+                };
+                let (bs, ba) = (_mm256_set1_epi32(ws), _mm256_set1_epi32(wa));
+                let p0 = _mm256_maddubs_epi16(ba, _mm256_sign_epi8(c0, bs));
+                let p1 = _mm256_maddubs_epi16(ba, _mm256_sign_epi8(c1, bs));
+                a[0] = _mm256_add_epi32(a[0], _mm256_madd_epi16(p0, ones));
+                a[1] = _mm256_add_epi32(a[1], _mm256_madd_epi16(p1, ones));
+            }
+        }
+        acc
+    }
+
+    /// See [`super::scan_int8`]: the AVX2 twin of [`scan_int8`], with bit-identical pre-scores
+    /// (`fl(fl(I * s_c) * s_q)` from the same integer `I`).
+    ///
+    /// # Safety
+    /// AVX2; every `qrows` entry a row of `qz`; `g0 <= g1 <= pk.groups`; `qz.dp == pk.dp`;
+    /// `1 <= qrows.len() <= QT`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn scan_int8_avx2<F>(
+        qz: &QuantQueries,
+        qrows: &[usize],
+        pk: &PackedCorpus,
+        g0: usize,
+        g1: usize,
+        thr: &mut [f32; QT],
+        mut cand: F,
+    ) where
+        F: FnMut(usize, usize, f32) -> f32,
+    {
+        /// Queries per tile: 8 accumulators + 2 corpus + 2 query registers + temporaries fit
+        /// the 16 ymm registers.
+        const Q: usize = 4;
+        let nq = qrows.len();
+        let dp = qz.dp;
+        // Signed bytes (`u8 ^ 0x80 = q`) and their absolute values, once per call.
+        let mut signed = vec![0i8; QT * dp];
+        let mut absval = vec![0i8; QT * dp];
+        for i in 0..QT {
+            let q = qrows[i.min(nq - 1)];
+            for (j, &b) in qz.row(q).iter().enumerate() {
+                let v = (b ^ 0x80) as i8;
+                signed[i * dp + j] = v;
+                // |v| <= 127: the quantizer's range is [-127, 127]
+                absval[i * dp + j] = v.unsigned_abs() as i8;
+            }
+            if i >= nq {
+                thr[i] = f32::INFINITY;
+            }
+        }
+        let gb = pk.group_bytes();
+        let steps = dp / 4;
+        let base = pk.data.as_ptr();
+        let tiles = nq.div_ceil(Q);
+        for g in g0..g1 {
+            for tq in 0..tiles {
+                let q0 = tq * Q;
+                let mut ps = [std::ptr::null::<i8>(); Q];
+                let mut pa = [std::ptr::null::<i8>(); Q];
+                for i in 0..Q {
+                    ps[i] = signed[(q0 + i) * dp..].as_ptr();
+                    pa[i] = absval[(q0 + i) * dp..].as_ptr();
+                }
+                // SAFETY: group g < g1 <= pk.groups is within `pk.data`; query buffers hold
+                // `QT * dp >= (q0 + Q) * dp` bytes (q0 + Q <= 8 = QT).
+                let acc = unsafe { tile_avx2::<Q>(&ps, &pa, base.add(g * gb), steps) };
+                for (i, a) in acc.iter().enumerate() {
+                    let qi = q0 + i;
+                    if qi >= nq {
+                        break;
+                    }
+                    let sq = _mm256_set1_ps(qz.s[qrows[qi]]);
+                    for (h, &ah) in a.iter().enumerate() {
+                        let slot0 = g * 16 + h * 8;
+                        // SAFETY: `g < pk.groups`, so 8 slots of `sc` from `slot0` are in bounds.
+                        let sc = unsafe { _mm256_loadu_ps(pk.sc.as_ptr().add(slot0)) };
+                        let v = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(ah), sc), sq);
+                        let ge = _mm256_cmp_ps::<_CMP_GE_OQ>(v, _mm256_set1_ps(thr[qi]));
+                        let mut m = _mm256_movemask_ps(ge) as u32;
+                        if m != 0 {
+                            let mut vals = [0.0f32; 8];
+                            // SAFETY: `vals` holds 8 f32s.
+                            unsafe { _mm256_storeu_ps(vals.as_mut_ptr(), v) };
+                            while m != 0 {
+                                let lane = m.trailing_zeros() as usize;
+                                m &= m - 1;
+                                thr[qi] = cand(qi, slot0 + lane, vals[lane]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dot::tests::{gaussian, Rng};
+    use crate::dot::{dot_scalar, row_norms};
+
+    /// Scalar emulation of the int8 kernels: for every query of `qz` and every corpus slot of `pk`,
+    /// the exact integer dot of the quantized rows (read from the packed layout), scaled as the
+    /// kernels do, `fl(fl(I * s_c) * s_q)`. Runs on any CPU.
+    fn emulated_prescores(qz: &QuantQueries, pk: &PackedCorpus) -> Vec<Vec<f32>> {
+        let mut out = vec![vec![f32::NAN; pk.groups * 16]; qz.s.len()];
+        for (qi, w) in out.iter_mut().enumerate() {
+            let qrow: Vec<i32> = qz.row(qi).iter().map(|&b| b as i32 - 128).collect();
+            for (slot, ws) in w.iter_mut().enumerate() {
+                let (g, lane) = (slot / 16, slot % 16);
+                let mut acc = 0i32;
+                for t in 0..pk.dp / 4 {
+                    for b in 0..4 {
+                        let cb = pk.data[g * pk.group_bytes() + t * 64 + lane * 4 + b] as i32;
+                        acc += qrow[t * 4 + b] * cb;
+                    }
+                }
+                *ws = (acc as f32 * pk.sc[slot]) * qz.s[qi];
+            }
+        }
+        out
+    }
+
+    /// Every int8 kernel this CPU has gives the same pre-scores as the scalar emulation (so the
+    /// AVX2 and VNNI kernels agree bit for bit).
+    #[test]
+    fn int8_kernels_match_integer_reference() {
+        let mut kernels = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if int8_kernel() == Some(Int8Kernel::Vnni) {
+                kernels.push(Int8Kernel::Vnni);
+            }
+            if int8_kernel().is_some() && is_x86_feature_detected!("avx2") {
+                kernels.push(Int8Kernel::Avx2);
+            }
+        }
+        for &(d, nq, nc) in &[(77usize, 8usize, 70usize), (256, 5, 48), (3, 1, 17), (64, 3, 16)] {
+            let mut rng = Rng(d as u64 * 31 + 7);
+            let c: Vec<f32> = (0..nc * d).map(|_| rng.normal()).collect();
+            let q: Vec<f32> = (0..nq * d).map(|_| rng.normal()).collect();
+            let qz = QuantQueries::new(&q, d);
+            let mut pk = PackedCorpus::empty(d);
+            pk.fill(nc, d, |s| (s < nc).then(|| &c[s * d..(s + 1) * d]));
+            let want = emulated_prescores(&qz, &pk);
+            for &k in &kernels {
+                let qrows: Vec<usize> = (0..nq).collect();
+                let mut got = vec![vec![f32::NAN; pk.groups * 16]; nq];
+                let mut thr = [f32::NEG_INFINITY; QT];
+                scan_int8_using(k, &qz, &qrows, &pk, 0, pk.groups, &mut thr, |qi, slot, v| {
+                    got[qi][slot] = v;
+                    f32::NEG_INFINITY
+                });
+                for qi in 0..nq {
+                    for slot in 0..pk.groups * 16 {
+                        assert_eq!(
+                            got[qi][slot].to_bits(),
+                            want[qi][slot].to_bits(),
+                            "{k:?} d={d} q{qi} s{slot}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The pre-score error stays within `eps` for every pair, including adversarial scales. The
+    /// pre-scores come from the scalar emulation, so the bound is checked on every CPU; where an
+    /// int8 kernel exists, its pre-scores are checked to be those same values.
+    #[test]
+    fn int8_bound_holds() {
+        let d = 77;
+        let mut rng = Rng(5);
+        let mut c: Vec<f32> = (0..64 * d).map(|_| rng.normal()).collect();
+        for (i, v) in c.iter_mut().enumerate() {
+            if i % 13 == 0 {
+                *v *= 40.0;
+            }
+        }
+        let q = gaussian(8, d, 9);
+        let qz = QuantQueries::new(&q, d);
+        let mut pk = PackedCorpus::empty(d);
+        pk.fill(64, d, |s| Some(&c[s * d..(s + 1) * d]));
+        let cn = row_norms(&c, d, "c").unwrap();
+        let qn = row_norms(&q, d, "q").unwrap();
+        let bound = Int8Bound::new(d, &pk.sc, &pk.l1, cn.iter().copied());
+        let pre = emulated_prescores(&qz, &pk);
+        let mut tmp = vec![0i8; d];
+        for qi in 0..8 {
+            let eps = bound.eps(qz.s[qi], qz.l1[qi], qn[qi]);
+            for cs in 0..64 {
+                let cr = &c[cs * d..(cs + 1) * d];
+                let exact = dot_scalar(&q[qi * d..(qi + 1) * d], cr) as f64;
+                // the same pre-score from the row-major quantized rows (independent of the packing)
+                let qr = quantize_row(cr, &mut tmp);
+                let a = &qz.row(qi)[..d];
+                let i: i64 = a.iter().zip(&tmp).map(|(&x, &y)| (x as i64 - 128) * y as i64).sum();
+                let p = pre[qi][cs];
+                assert_eq!(((i as f32 * qr.s) * qz.s[qi]).to_bits(), p.to_bits());
+                assert!((p as f64 - exact).abs() <= eps, "pre {p} exact {exact} eps {eps}");
+            }
+        }
+        if int8_available() {
+            let qrows: Vec<usize> = (0..8).collect();
+            let mut thr = [f32::NEG_INFINITY; QT];
+            let mut seen = 0;
+            // with thr = -inf every pair is a candidate
+            scan_int8(&qz, &qrows, &pk, 0, pk.groups, &mut thr, |slot, cs, got| {
+                assert_eq!(pre[slot][cs].to_bits(), got.to_bits());
+                seen += 1;
+                f32::NEG_INFINITY
+            });
+            assert_eq!(seen, 8 * 64);
+        }
+    }
+}
