@@ -83,8 +83,8 @@ def test_global_pass_empty_partitions() -> None:
 
 
 def test_dask_cluster_embed_and_two_level_dedup(model, near_dup_corpus: list[str], wiki_sentences) -> None:
-    distributed = pytest.importorskip("dask.distributed")
     import dask.bag as db
+    from dask import distributed
     from tokvec.distributed import dask_deduplicate
 
     # real near-duplicates spread over partitions, plus template sentences from Wikipedia

@@ -59,15 +59,13 @@ NAMES = [
 
 @pytest.fixture(scope="session")
 def corpora() -> dict[str, list[str]]:
-    if not DATA.is_dir():
-        pytest.skip(f"{DATA} not found")
+    assert DATA.is_dir(), f"{DATA} not found: the tests read ../shared/data beside the checkout"
     return check.load_corpora(DATA, limit=SAMPLE, seed=1)
 
 
 @pytest.fixture(scope="session")
 def families() -> dict[str, tuple[str, str]]:
-    if not DATA.is_dir():
-        pytest.skip(f"{DATA} not found")
+    assert DATA.is_dir(), f"{DATA} not found: the tests read ../shared/data beside the checkout"
     wiki = check.load_corpora(DATA, limit=20_000, seed=2)["wikipedia-sentences"]
     return check.tokenizer_jsons(wiki)
 
@@ -96,8 +94,7 @@ def pairs(families) -> dict[str, Pair]:
 
 
 def _pair(pairs: dict[str, Pair], name: str) -> Pair:
-    if name not in pairs:
-        pytest.skip(f"{name}: its package is not installed")
+    assert name in pairs, f"{name}: its package (a test dependency) is not installed"
     return pairs[name]
 
 
@@ -140,8 +137,7 @@ def test_fast_false_and_fallbacks_run_tokenizers(families):
 
 def test_a_merge_across_a_space_boundary_disables_the_spm_path(families):
     name = "WordLlama l2_supercat (SentencePiece BPE)"
-    if name not in families:
-        pytest.skip("wordllama is not installed")
+    assert name in families, "wordllama (a test dependency) is not installed"
     j = json.loads(families[name][0])
     # a merge whose left part ends with a letter and whose right part starts with ▁: cutting before ▁ is unsafe
     j["model"]["vocab"]["e▁the"] = len(j["model"]["vocab"])
@@ -340,15 +336,13 @@ def test_load_default_model_fast_and_not(pairs, corpora):
 
 def test_load_wordllama_fast_and_not(pairs, corpora):
     spec = importlib.util.find_spec("wordllama")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("wordllama is not installed")
+    assert spec is not None and spec.submodule_search_locations, "wordllama (a test dependency) is not installed"
     root = Path(next(iter(spec.submodule_search_locations)))
     table, tok = (
         root / "weights" / "l2_supercat_256.safetensors",
         root / "tokenizers" / "l2_supercat_tokenizer_config.json",
     )
-    if not table.is_file() or not tok.is_file():
-        pytest.skip("wordllama files not found")
+    assert table.is_file() and tok.is_file(), f"wordllama files not found under {root}"
     texts = [t for v in corpora.values() for t in v[:300]] + ["<s> x </s>", "", "  "]
     hf = pairs["WordLlama l2_supercat (SentencePiece BPE)"].hf
     m_fast = tokvec.load(table, tokenizer=tok)
