@@ -553,7 +553,11 @@ fn angle(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Splits `m` in two by 2-means on unit directions (seeds: the row farthest from the mean
-/// direction, then the row farthest from that one); halves if one side would be empty.
+/// direction, then the row farthest from that one). A split whose smaller side has fewer than
+/// `m.len() / MIN_SIDE` rows becomes a median split along the axis between the two centers (ties by
+/// row index), so every level keeps at least that fraction on each side and the depth grows with
+/// `log n`: 2-means alone can peel one row off at every level (a row farther out than all the rest,
+/// again and again), which made the build `O(n^2 d)` and its recursion `n` deep.
 fn split(e: &[f32], d: usize, norms: &[f64], m: &[u32], level: Isa) -> (Vec<u32>, Vec<u32>) {
     let row = |i: u32| &e[i as usize * d..(i as usize + 1) * d];
     let cos_to = |c: &[f32], i: u32| dot(level, c, row(i)) as f64 / norms[i as usize];
@@ -601,11 +605,23 @@ fn split(e: &[f32], d: usize, norms: &[f64], m: &[u32], level: Isa) -> (Vec<u32>
         cb = mean(&lr.1);
         lr = parts(&ca, &cb);
     }
-    if lr.0.is_empty() || lr.1.is_empty() {
-        let h = m.len() / 2;
-        return (m[..h].to_vec(), m[h..].to_vec());
+    if lr.0.len().min(lr.1.len()) >= m.len() / MIN_SIDE && !lr.0.is_empty() && !lr.1.is_empty() {
+        return lr;
     }
-    lr
+    // balanced fallback: the median of the rows' projections on the center axis
+    let axis: Vec<f32> = ca.iter().zip(&cb).map(|(a, b)| a - b).collect();
+    let mut proj: Vec<(f64, u32)> = m
+        .par_iter()
+        .with_min_len(1024)
+        .map(|&i| (cos_to(&axis, i), i))
+        .collect();
+    let h = m.len() / 2;
+    proj.select_nth_unstable_by(h, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut l: Vec<u32> = proj[..h].iter().map(|p| p.1).collect();
+    let mut r: Vec<u32> = proj[h..].iter().map(|p| p.1).collect();
+    l.sort_unstable();
+    r.sort_unstable();
+    (l, r)
 }
 
 /// A leaf for rows `m` (ascending); `zero`: rows without direction (radius pi).
@@ -673,26 +689,44 @@ fn parent(nodes: &[Node], a: usize, b: usize) -> Node {
     }
 }
 
-/// Builds the subtree of rows `m`; returns its nodes, root last, child indices local. Once `cancel`
-/// is set, the rest of the tree is a cheap leaf per pending node (the caller then returns
-/// `Interrupted`, so the tree is never searched).
-fn build(e: &[f32], d: usize, norms: &[f64], m: Vec<u32>, level: Isa, target: f64, cancel: &Cancel) -> Vec<Node> {
+/// A split keeps at least `1 / MIN_SIDE` of the rows on each side (see [`split`]), so a node at
+/// depth `k` has at most `n (1 - 1 / MIN_SIDE)^k` rows: about 140 levels at most for `n < 2^32`.
+const MIN_SIDE: usize = 8;
+
+/// Depth past which a node is a leaf whatever its size (its rows are then scanned densely, against
+/// each other and the leaves it may pair with). With [`MIN_SIDE`] it is reached only past about
+/// 160k rows laid out adversarially at every level; it keeps the recursion shallow on rayon's
+/// stacks whatever the input.
+const MAX_DEPTH: usize = 64;
+
+/// Builds the subtree of rows `m` at `depth`; returns its nodes, root last, child indices local.
+/// Once `cancel` is set, the rest of the tree is a cheap leaf per pending node (the caller then
+/// returns `Interrupted`, so the tree is never searched).
+fn build(e: &[f32], d: usize, norms: &[f64], m: Vec<u32>, at: Level, cancel: &Cancel) -> Vec<Node> {
     if cancel.is_cancelled() {
         return vec![leaf(e, d, norms, m, true)];
     }
-    if m.len() <= LEAF_MIN {
+    if m.len() <= LEAF_MIN || at.depth >= MAX_DEPTH {
         return vec![leaf(e, d, norms, m, false)];
     }
     if m.len() <= LEAF_MAX {
         let node = leaf(e, d, norms, m, false);
-        if node.radius <= target {
+        if node.radius <= at.target {
             return vec![node];
         }
-        let (l, r) = split(e, d, norms, &node.members, level);
-        return join_children(e, d, norms, l, r, level, target, cancel);
+        let (l, r) = split(e, d, norms, &node.members, at.isa);
+        return join_children(e, d, norms, l, r, at, cancel);
     }
-    let (l, r) = split(e, d, norms, &m, level);
-    join_children(e, d, norms, l, r, level, target, cancel)
+    let (l, r) = split(e, d, norms, &m, at.isa);
+    join_children(e, d, norms, l, r, at, cancel)
+}
+
+/// Where a node of the tree is built: the dot's ISA, the target radius and the node's depth.
+#[derive(Clone, Copy)]
+struct Level {
+    isa: Isa,
+    target: f64,
+    depth: usize,
 }
 
 fn join_children(
@@ -701,21 +735,21 @@ fn join_children(
     norms: &[f64],
     l: Vec<u32>,
     r: Vec<u32>,
-    level: Isa,
-    target: f64,
+    at: Level,
     cancel: &Cancel,
 ) -> Vec<Node> {
     let big = l.len() + r.len() > 4 * LEAF_MAX;
+    let at = Level {
+        depth: at.depth + 1,
+        ..at
+    };
     let (mut ln, rn) = if big {
         rayon::join(
-            || build(e, d, norms, l, level, target, cancel),
-            || build(e, d, norms, r, level, target, cancel),
+            || build(e, d, norms, l, at, cancel),
+            || build(e, d, norms, r, at, cancel),
         )
     } else {
-        (
-            build(e, d, norms, l, level, target, cancel),
-            build(e, d, norms, r, level, target, cancel),
-        )
+        (build(e, d, norms, l, at, cancel), build(e, d, norms, r, at, cancel))
     };
     let off = ln.len();
     let (li, ri) = (off - 1, off + rn.len() - 1);
@@ -759,7 +793,12 @@ fn tree(
     let mut nodes = Vec::new();
     let mut roots = Vec::new();
     if !nz.is_empty() {
-        nodes = build(e, d, norms, nz, level, target_radius(threshold), cancel);
+        let at = Level {
+            isa: level,
+            target: target_radius(threshold),
+            depth: 0,
+        };
+        nodes = build(e, d, norms, nz, at, cancel);
         roots.push(nodes.len() - 1);
     }
     if !zero.is_empty() {
@@ -777,6 +816,36 @@ fn tree(
     layout(&mut nodes, root, &mut orig);
     orig.resize(orig.len().div_ceil(16) * 16, u32::MAX);
     (nodes, root, orig)
+}
+
+/// The shape of the ball tree (for tests).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct TreeStats {
+    /// Nodes on the longest root-to-leaf path, minus one.
+    pub(crate) depth: usize,
+    pub(crate) leaves: usize,
+    pub(crate) largest_leaf: usize,
+}
+
+/// The shape of the tree [`pairs_above_cancellable`] builds for `e` at `threshold`.
+#[cfg(test)]
+pub(crate) fn tree_stats(e: &[f32], d: usize, threshold: f32) -> TreeStats {
+    let norms = row_norms(e, d, "e").expect("valid rows");
+    let (nodes, root, _) = tree(e, d, &norms, isa(), threshold, Cancel::never());
+    let mut st = TreeStats::default();
+    let mut stack = vec![(root, 0usize)];
+    while let Some((i, depth)) = stack.pop() {
+        match nodes[i].children {
+            Some((a, b)) => stack.extend([(a, depth + 1), (b, depth + 1)]),
+            None => {
+                st.depth = st.depth.max(depth);
+                st.leaves += 1;
+                st.largest_leaf = st.largest_leaf.max(nodes[i].members.len());
+            }
+        }
+    }
+    st
 }
 
 /// Whether two balls can contain a pair with canonical score above `threshold`:
@@ -968,33 +1037,6 @@ fn pairs_budgeted(
             }
         }
     }
-    if std::env::var_os("DBG_DEDUP").is_some() {
-        let work: usize = tasks
-            .iter()
-            .map(|t| (t.q1 - t.q0) * (t.c1.div_ceil(16) - t.c0 / 16) * 16)
-            .sum();
-        let lr: Vec<f64> = nodes
-            .iter()
-            .filter(|x| x.children.is_none())
-            .map(|x| x.radius.to_degrees())
-            .collect();
-        let mut srt = lr.clone();
-        srt.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        eprintln!(
-            "leaf radius p10 {:.1} p50 {:.1} p90 {:.1}; root {:.1}",
-            srt[srt.len() / 10],
-            srt[srt.len() / 2],
-            srt[srt.len() * 9 / 10],
-            nodes[root].radius.to_degrees()
-        );
-        eprintln!(
-            "nodes {} leafpairs {} tasks {} work {:.3} of all-pairs",
-            nodes.len(),
-            lp.len(),
-            tasks.len(),
-            work as f64 / (n as f64 * n as f64 / 2.0)
-        );
-    }
     let qthr = match slots.bound() {
         Some(b) => slots.thresholds(&b, threshold),
         None => Vec::new(),
@@ -1183,6 +1225,72 @@ mod tests {
         }
         check(&e, n, d, 0.7);
         check(&e, n, d, -0.1);
+    }
+
+    /// Rows that 2-means splits one row off at a time: row `i` is `e_0 + s_i e_(i+1)` with `s`
+    /// increasing, so the last row is the farthest from the mean, the one before it the farthest
+    /// from that, every other row is closer to the second, and the Lloyd steps keep the last row
+    /// alone; the same holds for the rest at the next level, and so on.
+    fn peeling(n: usize, scale: f32) -> (Vec<f32>, usize) {
+        let d = n + 1;
+        let mut e = vec![0.0f32; n * d];
+        for (i, r) in e.chunks_mut(d).enumerate() {
+            let s = scale * (i + 1) as f32;
+            let inv = 1.0 / (1.0 + s * s).sqrt();
+            r[0] = inv;
+            r[i + 1] = s * inv;
+        }
+        (e, d)
+    }
+
+    #[test]
+    fn tree_depth_is_logarithmic_on_a_peeling_layout() {
+        // 2-means alone peels one row per level here: depth n - LEAF_MIN
+        let n = 400;
+        for scale in [1.0f32, 0.05] {
+            let (e, d) = peeling(n, scale);
+            let st = tree_stats(&e, d, 0.9);
+            // logarithmic: every split keeps a fixed fraction of its rows on each side
+            let bound = 4 * n.ilog2() as usize;
+            assert!(st.depth <= bound, "scale {scale}: {st:?}, bound {bound}");
+            assert!(st.largest_leaf <= LEAF_MAX, "{st:?}");
+        }
+    }
+
+    #[test]
+    fn peeling_layout_matches_reference() {
+        let n = 300;
+        for (scale, thr) in [(0.05f32, 0.9f32), (0.02, 0.99), (1.0, 0.0)] {
+            let (e, d) = peeling(n, scale);
+            let want = pairs_above_scalar(&e, n, d, thr).unwrap();
+            assert!(!want.is_empty());
+            for p in paths() {
+                let got = pairs_with(&e, n, d, thr, p, Cancel::never()).unwrap();
+                assert_eq!(bits(&got), bits(&want), "{p:?} scale {scale}");
+            }
+            let w = dedup_greedy_scalar(&e, n, d, thr).unwrap();
+            let g = dedup_greedy_cancellable(&e, n, d, thr, Cancel::never()).unwrap();
+            assert_eq!((&g.kept, &g.dup_of), (&w.kept, &w.dup_of), "scale {scale}");
+        }
+    }
+
+    #[test]
+    fn depth_cap_makes_a_dense_leaf() {
+        // past MAX_DEPTH a node is a leaf whatever its size: the pairs stay those of the reference
+        let (n, d) = (3000, 8);
+        let e = clustered(n, d, 3, 0.3, 11);
+        let norms = row_norms(&e, d, "e").unwrap();
+        let rows: Vec<u32> = (0..n as u32).collect();
+        let at = Level {
+            isa: isa(),
+            target: 0.0,
+            depth: MAX_DEPTH - 1,
+        };
+        let nodes = build(&e, d, &norms, rows, at, Cancel::never());
+        assert_eq!(nodes.len(), 3, "one split, then two leaves at the cap");
+        assert!(nodes[..2]
+            .iter()
+            .all(|x| x.children.is_none() && x.members.len() >= n / MIN_SIDE));
     }
 
     #[test]
