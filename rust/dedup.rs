@@ -23,6 +23,7 @@
 //!   `(i, j)` has a kept `i`; its `dup_of` is the kept `i` with the highest score (lowest `i` on
 //!   ties). Memory is proportional to the number of pairs above the threshold.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use rayon::prelude::*;
@@ -71,57 +72,213 @@ fn check_n(x: &[f32], n: usize, d: usize, what: &'static str) -> Result<()> {
     Ok(())
 }
 
-/// All pairs `i < j` with `dot(e_i, e_j) > threshold`, sorted by `(i, j)`.
+/// All pairs `i < j` with `dot(e_i, e_j) > threshold`, sorted by `(i, j)`; stops with
+/// [`CoreError::Interrupted`] soon after `cancel` is set (polled per node of the tree and per task
+/// of the search; [`Cancel::never`] for a run that cannot be stopped).
 ///
 /// `e` is row-major `n x d`. Errors on a length mismatch, `d == 0`, a non-finite threshold and rows
 /// with NaN, infinity or a norm above [`crate::topk::MAX_NORM`].
-pub fn pairs_above(e: &[f32], n: usize, d: usize, threshold: f32) -> Result<Vec<Pair>> {
-    pairs_with(e, n, d, threshold, default_path(), Cancel::never())
-}
-
-/// [`pairs_above`] that stops with [`CoreError::Interrupted`] soon after `cancel` is set (polled
-/// per node of the tree and per task of the search); otherwise the same result.
 pub fn pairs_above_cancellable(e: &[f32], n: usize, d: usize, threshold: f32, cancel: &Cancel) -> Result<Vec<Pair>> {
     pairs_with(e, n, d, threshold, default_path(), cancel)
 }
 
-/// The naive reference for [`pairs_above`]: every pair's canonical score.
+/// The naive reference for [`pairs_above_cancellable`]: every pair's canonical score.
 pub fn pairs_above_scalar(e: &[f32], n: usize, d: usize, threshold: f32) -> Result<Vec<Pair>> {
     check_n(e, n, d, "e")?;
     check_threshold(threshold)?;
     row_norms(e, d, "e")?;
+    Ok(pairs_scalar(n, threshold, |i, j| {
+        dot_scalar(&e[i * d..(i + 1) * d], &e[j * d..(j + 1) * d])
+    }))
+}
+
+/// Greedy deduplication in input order: row `i` is dropped when its score with an earlier *kept*
+/// row is above `threshold`. See [`Dedup`]. Same errors and cancellation as
+/// [`pairs_above_cancellable`] (polled per block too).
+///
+/// Rows are resolved block by block ([`greedy_blocked`]), so memory is bounded by the kept rows
+/// plus one block's pairs (all pairs above the threshold at once took 4.5 GB for 320k sentences
+/// with many near-duplicates). The result equals the all-pairs greedy pass.
+pub fn dedup_greedy_cancellable(e: &[f32], n: usize, d: usize, threshold: f32, cancel: &Cancel) -> Result<Dedup> {
+    Ok(dedup_blocked(e, n, d, threshold, default_path(), DEDUP_BLOCK, cancel)?.0)
+}
+
+/// The naive reference for [`dedup_greedy_cancellable`]: each row against every earlier kept row.
+pub fn dedup_greedy_scalar(e: &[f32], n: usize, d: usize, threshold: f32) -> Result<Dedup> {
+    check_n(e, n, d, "e")?;
+    check_threshold(threshold)?;
+    row_norms(e, d, "e")?;
+    Ok(greedy_scalar(n, threshold, |i, j| {
+        dot_scalar(&e[i * d..(i + 1) * d], &e[j * d..(j + 1) * d])
+    }))
+}
+
+/// All pairs `(i, j)`, `i` a row of `a` and `j` a row of `b`, with `dot(a_i, b_j) > threshold`,
+/// sorted by `(i, j)`. Same errors as [`pairs_above_cancellable`] (for `a` and `b`); cancellation
+/// polled per task.
+pub fn pairs_above_cross_cancellable(
+    a: &[f32],
+    na: usize,
+    b: &[f32],
+    nb: usize,
+    d: usize,
+    threshold: f32,
+    cancel: &Cancel,
+) -> Result<Vec<Pair>> {
+    cross_with(a, na, b, nb, d, threshold, default_path(), cancel)
+}
+
+/// Every pair `i < j < n` with `score(i, j) > threshold`, sorted: the naive pair references.
+pub(crate) fn pairs_scalar(n: usize, threshold: f32, score: impl Fn(usize, usize) -> f32) -> Vec<Pair> {
     let mut out = Vec::new();
     for i in 0..n {
         for j in i + 1..n {
-            let s = dot_scalar(&e[i * d..(i + 1) * d], &e[j * d..(j + 1) * d]);
+            let s = score(i, j);
             if s > threshold {
                 out.push((i as u32, j as u32, s));
             }
         }
     }
-    Ok(out)
+    out
 }
 
-/// Greedy deduplication in input order: row `i` is dropped when its score with an earlier *kept*
-/// row is above `threshold`. See [`Dedup`]. Same errors as [`pairs_above`].
-///
-/// Rows are processed in blocks of [`DEDUP_BLOCK`] in input order: a block is scored against the
-/// rows kept so far ([`pairs_above_cross`]) and against itself, then resolved in order. Removed rows
-/// are never scored again, and only one block's pairs exist at a time, so memory is bounded by
-/// the kept rows plus one block's pairs (all pairs above the threshold at once took 4.5 GB for 320k
-/// sentences with many near-duplicates). The result equals the all-pairs greedy pass.
-pub fn dedup_greedy(e: &[f32], n: usize, d: usize, threshold: f32) -> Result<Dedup> {
-    dedup_blocked(e, n, d, threshold, default_path(), DEDUP_BLOCK, Cancel::never())
+/// The naive greedy pass: row `j` against every earlier kept row `i` by `score(i, j)`.
+pub(crate) fn greedy_scalar(n: usize, threshold: f32, score: impl Fn(usize, usize) -> f32) -> Dedup {
+    let mut kept: Vec<u32> = Vec::new();
+    let mut dup_of = vec![-1i64; n];
+    let mut sc = vec![f32::NAN; n];
+    for j in 0..n {
+        let mut best: Option<(u32, f32)> = None;
+        for &i in &kept {
+            let s = score(i as usize, j);
+            if s > threshold && best.is_none_or(|(_, b)| s > b) {
+                best = Some((i, s));
+            }
+        }
+        match best {
+            Some((i, s)) => {
+                dup_of[j] = i as i64;
+                sc[j] = s;
+            }
+            None => kept.push(j as u32),
+        }
+    }
+    Dedup {
+        kept,
+        dup_of,
+        score: sc,
+    }
 }
 
-/// [`dedup_greedy`] that stops with [`CoreError::Interrupted`] soon after `cancel` is set (polled
-/// per block, per node of the tree and per task of the search); otherwise the same result.
-pub fn dedup_greedy_cancellable(e: &[f32], n: usize, d: usize, threshold: f32, cancel: &Cancel) -> Result<Dedup> {
-    dedup_blocked(e, n, d, threshold, default_path(), DEDUP_BLOCK, cancel)
-}
-
-/// Rows per block of [`dedup_greedy`].
+/// Rows per block of greedy deduplication.
 pub const DEDUP_BLOCK: usize = 8192;
+
+/// Scores the rows of a block against the rows kept so far and against each other, for
+/// [`greedy_blocked`]: float rows (int8 pre-score, canonical dot) or packed bits (Hamming).
+pub(crate) trait BlockScorer {
+    /// Pairs `(kept position, block row, score)` with score above the threshold between the kept
+    /// rows (numbered in the order they were kept) and rows `rows` (block row `r - rows.start`), in
+    /// any order.
+    fn against_kept(&self, rows: Range<usize>, cancel: &Cancel) -> Result<Vec<Pair>>;
+    /// Pairs `(i, j, score)`, `i < j` block rows, with score above the threshold within `rows`, in
+    /// any order.
+    fn within(&self, rows: Range<usize>, cancel: &Cancel) -> Result<Vec<Pair>>;
+    /// Appends `rows` (ascending, after every row kept so far) to the kept rows.
+    fn keep(&mut self, rows: &[u32]);
+}
+
+/// Greedy deduplication of `n` rows in blocks of `block` rows in input order: a block is scored
+/// against the rows kept so far and against itself, then resolved in order. Removed rows are never
+/// scored again and one block's pairs exist at a time. Returns the result and the most pairs held
+/// at once (at most `max(kept x block, block^2 / 2)`).
+pub(crate) fn greedy_blocked(
+    n: usize,
+    block: usize,
+    scorer: &mut impl BlockScorer,
+    cancel: &Cancel,
+) -> Result<(Dedup, usize)> {
+    // the best candidate: highest score, lowest row on ties, whatever order the pairs come in
+    let better = |c: (u32, f32), b: Option<(u32, f32)>| b.is_none_or(|(bi, bs)| c.1 > bs || (c.1 == bs && c.0 < bi));
+    let mut kept: Vec<u32> = Vec::new();
+    let mut dup_of = vec![-1i64; n];
+    let mut score = vec![f32::NAN; n];
+    let mut peak = 0;
+    let mut b0 = 0;
+    while b0 < n {
+        cancel.check()?;
+        let b1 = (b0 + block.max(1)).min(n);
+        // best earlier kept row of each block row: (row, score)
+        let mut best: Vec<Option<(u32, f32)>> = vec![None; b1 - b0];
+        let cross = scorer.against_kept(b0..b1, cancel)?;
+        peak = peak.max(cross.len());
+        for (ki, j, s) in cross {
+            let c = (kept[ki as usize], s);
+            if better(c, best[j as usize]) {
+                best[j as usize] = Some(c);
+            }
+        }
+        let mut inner = scorer.within(b0..b1, cancel)?;
+        peak = peak.max(inner.len());
+        inner.sort_unstable_by_key(|&(i, j, _)| (j, i));
+        let mut new_kept: Vec<u32> = Vec::new();
+        let mut p = 0;
+        for (j, bj) in best.iter_mut().enumerate() {
+            // rows i < j of this block are resolved: dup_of[i] < 0 iff i is kept
+            while p < inner.len() && inner[p].1 as usize == j {
+                let (i, _, s) = inner[p];
+                let gi = b0 + i as usize;
+                if dup_of[gi] < 0 && better((gi as u32, s), *bj) {
+                    *bj = Some((gi as u32, s));
+                }
+                p += 1;
+            }
+            let g = b0 + j;
+            match *bj {
+                Some((i, s)) => {
+                    dup_of[g] = i as i64;
+                    score[g] = s;
+                }
+                None => {
+                    kept.push(g as u32);
+                    new_kept.push(g as u32);
+                }
+            }
+        }
+        scorer.keep(&new_kept);
+        b0 = b1;
+    }
+    Ok((Dedup { kept, dup_of, score }, peak))
+}
+
+/// Float rows for [`greedy_blocked`]: the kept rows as query slots (rows, norms, int8 codes),
+/// grown by each block's kept rows, so no kept row is copied or quantized twice (re-building them
+/// for every block cost `O(n^2 / block)`).
+struct FloatBlocks<'a> {
+    e: &'a [f32],
+    norms: Vec<f64>,
+    threshold: f32,
+    path: Path,
+    kept: Slots,
+}
+
+impl BlockScorer for FloatBlocks<'_> {
+    fn against_kept(&self, rows: Range<usize>, cancel: &Cancel) -> Result<Vec<Pair>> {
+        let d = self.kept.d;
+        let blk = &self.e[rows.start * d..rows.end * d];
+        let bn = &self.norms[rows.clone()];
+        cross_kept(&self.kept, blk, rows.len(), bn, self.threshold, self.path, cancel)
+    }
+
+    fn within(&self, rows: Range<usize>, cancel: &Cancel) -> Result<Vec<Pair>> {
+        let d = self.kept.d;
+        let blk = &self.e[rows.start * d..rows.end * d];
+        pairs_with(blk, rows.len(), d, self.threshold, self.path, cancel)
+    }
+
+    fn keep(&mut self, rows: &[u32]) {
+        self.kept.append(self.e, rows, &self.norms);
+    }
+}
 
 fn dedup_blocked(
     e: &[f32],
@@ -131,96 +288,24 @@ fn dedup_blocked(
     path: Path,
     block: usize,
     cancel: &Cancel,
-) -> Result<Dedup> {
+) -> Result<(Dedup, usize)> {
     check_n(e, n, d, "e")?;
     check_threshold(threshold)?;
     let norms = row_norms(e, d, "e")?;
     let path = effective(path, d);
-    let mut kept: Vec<u32> = Vec::new();
-    // The kept rows as query slots (rows, norms, int8 codes), grown by each block's kept rows, so
-    // no kept row is copied or quantized twice (re-building them for every block cost O(n^2 / block)).
-    let mut ks = Slots::queries(d, path);
-    let mut dup_of = vec![-1i64; n];
-    let mut score = vec![f32::NAN; n];
-    let mut b0 = 0;
-    while b0 < n {
-        cancel.check()?;
-        let b1 = (b0 + block.max(1)).min(n);
-        let nb = b1 - b0;
-        let blk = &e[b0 * d..b1 * d];
-        // Best earlier kept row of each block row: (global index, score).
-        let mut best: Vec<Option<(u32, f32)>> = vec![None; nb];
-        if !kept.is_empty() {
-            // (kept position, block row, score), ascending kept position = ascending global index,
-            // so strict `>` keeps the lowest index on ties.
-            for (ki, j, sc) in cross_kept(&ks, blk, nb, &norms[b0..b1], threshold, path, cancel)? {
-                let b = &mut best[j as usize];
-                if b.is_none_or(|(_, bs)| sc > bs) {
-                    *b = Some((kept[ki as usize], sc));
-                }
-            }
-        }
-        let mut inner = pairs_with(blk, nb, d, threshold, path, cancel)?;
-        let mut new_kept: Vec<u32> = Vec::new();
-        inner.sort_unstable_by_key(|&(i, j, _)| (j, i));
-        let mut p = 0;
-        for (j, &b) in best.iter().enumerate() {
-            let mut bj = b;
-            // block pairs (i < j), ascending in i: after every earlier block's row
-            while p < inner.len() && inner[p].1 as usize == j {
-                let (i, _, sc) = inner[p];
-                let gi = b0 + i as usize;
-                if dup_of[gi] < 0 && bj.is_none_or(|(_, bs)| sc > bs) {
-                    bj = Some((gi as u32, sc));
-                }
-                p += 1;
-            }
-            let g = b0 + j;
-            match bj {
-                Some((i, sc)) => {
-                    dup_of[g] = i as i64;
-                    score[g] = sc;
-                }
-                None => {
-                    kept.push(g as u32);
-                    new_kept.push(g as u32);
-                }
-            }
-        }
-        ks.append(e, &new_kept, &norms);
-        b0 = b1;
-    }
-    Ok(Dedup { kept, dup_of, score })
+    let mut scorer = FloatBlocks {
+        e,
+        norms,
+        threshold,
+        path,
+        kept: Slots::queries(d, path),
+    };
+    greedy_blocked(n, block, &mut scorer, cancel)
 }
 
-/// The naive reference for [`dedup_greedy`]: each row against every earlier kept row.
-pub fn dedup_greedy_scalar(e: &[f32], n: usize, d: usize, threshold: f32) -> Result<Dedup> {
-    check_n(e, n, d, "e")?;
-    check_threshold(threshold)?;
-    row_norms(e, d, "e")?;
-    let mut kept: Vec<u32> = Vec::new();
-    let mut dup_of = vec![-1i64; n];
-    let mut score = vec![f32::NAN; n];
-    for j in 0..n {
-        let mut best: Option<(u32, f32)> = None;
-        for &i in &kept {
-            let s = dot_scalar(&e[i as usize * d..(i as usize + 1) * d], &e[j * d..(j + 1) * d]);
-            if s > threshold && best.is_none_or(|(_, b)| s > b) {
-                best = Some((i, s));
-            }
-        }
-        match best {
-            Some((i, s)) => {
-                dup_of[j] = i as i64;
-                score[j] = s;
-            }
-            None => kept.push(j as u32),
-        }
-    }
-    Ok(Dedup { kept, dup_of, score })
-}
-
-/// The greedy pass over all pairs above the threshold.
+/// The greedy pass over all pairs above the threshold (the Python binding resolves precomputed
+/// pairs with it).
+#[cfg_attr(not(feature = "python"), allow(dead_code))]
 pub(crate) fn resolve(n: usize, mut pairs: Vec<Pair>) -> Dedup {
     pairs.sort_unstable_by_key(|&(i, j, _)| (j, i));
     let mut is_kept = vec![true; n];
@@ -246,52 +331,6 @@ pub(crate) fn resolve(n: usize, mut pairs: Vec<Pair>) -> Dedup {
     }
     let kept = (0..n as u32).filter(|&i| is_kept[i as usize]).collect();
     Dedup { kept, dup_of, score }
-}
-
-/// All pairs `(i, j)`, `i` a row of `a` and `j` a row of `b`, with `dot(a_i, b_j) > threshold`,
-/// sorted by `(i, j)`. Same errors as [`pairs_above`] (for `a` and `b`).
-pub fn pairs_above_cross(a: &[f32], na: usize, b: &[f32], nb: usize, d: usize, threshold: f32) -> Result<Vec<Pair>> {
-    cross_with(a, na, b, nb, d, threshold, default_path(), Cancel::never())
-}
-
-/// [`pairs_above_cross`] that stops with [`CoreError::Interrupted`] soon after `cancel` is set
-/// (polled per task); otherwise the same result.
-pub fn pairs_above_cross_cancellable(
-    a: &[f32],
-    na: usize,
-    b: &[f32],
-    nb: usize,
-    d: usize,
-    threshold: f32,
-    cancel: &Cancel,
-) -> Result<Vec<Pair>> {
-    cross_with(a, na, b, nb, d, threshold, default_path(), cancel)
-}
-
-/// The naive reference for [`pairs_above_cross`].
-pub fn pairs_above_cross_scalar(
-    a: &[f32],
-    na: usize,
-    b: &[f32],
-    nb: usize,
-    d: usize,
-    threshold: f32,
-) -> Result<Vec<Pair>> {
-    check_n(a, na, d, "a")?;
-    check_n(b, nb, d, "b")?;
-    check_threshold(threshold)?;
-    row_norms(a, d, "a")?;
-    row_norms(b, d, "b")?;
-    let mut out = Vec::new();
-    for i in 0..na {
-        for j in 0..nb {
-            let s = dot_scalar(&a[i * d..(i + 1) * d], &b[j * d..(j + 1) * d]);
-            if s > threshold {
-                out.push((i as u32, j as u32, s));
-            }
-        }
-    }
-    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1150,17 +1189,17 @@ mod tests {
             let got = pairs_with(e, n, d, thr, p, Cancel::never()).unwrap();
             assert_eq!(bits(&got), bits(&want), "path {p:?} n={n} d={d} thr={thr}");
         }
-        let g = dedup_greedy(e, n, d, thr).unwrap();
+        let g = dedup_greedy_cancellable(e, n, d, thr, Cancel::never()).unwrap();
         let w = dedup_greedy_scalar(e, n, d, thr).unwrap();
         for block in [1usize, 7, 64] {
             for p in paths() {
-                let b = dedup_blocked(e, n, d, thr, p, block, Cancel::never()).unwrap();
+                let b = dedup_blocked(e, n, d, thr, p, block, Cancel::never()).unwrap().0;
                 assert_eq!((&b.kept, &b.dup_of), (&w.kept, &w.dup_of), "block {block} {p:?}");
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&b.score), bits(&w.score), "block {block} {p:?}");
             }
         }
-        let all = resolve(n, pairs_above(e, n, d, thr).unwrap());
+        let all = resolve(n, pairs_above_cancellable(e, n, d, thr, Cancel::never()).unwrap());
         assert_eq!((&all.kept, &all.dup_of), (&w.kept, &w.dup_of));
         assert_eq!(g.kept, w.kept);
         assert_eq!(g.dup_of, w.dup_of);
@@ -1199,7 +1238,7 @@ mod tests {
 
     #[test]
     fn pairs_clustered_match_reference() {
-        // above MIN_CLUSTER_N so that clustering and pruning are exercised
+        // large enough for a tree of many leaves, so that pruning is exercised
         for (n, d, thr, noise) in [(2600, 32, 0.9f32, 0.4f32), (3000, 64, 0.8, 0.6), (2100, 17, 0.95, 0.2)] {
             let e = clustered(n, d, 40, noise, n as u64);
             check(&e, n, d, thr);
@@ -1297,14 +1336,28 @@ mod tests {
     fn greedy_semantics() {
         // 0 and 1 near-identical, 2 close to 1 but not 0: 2 is kept because 1 was dropped
         let e = [1.0f32, 0.0, 0.95, 0.312_25, 0.8, 0.6];
-        let g = dedup_greedy(&e, 3, 2, 0.9).unwrap();
+        let g = dedup_greedy_cancellable(&e, 3, 2, 0.9, Cancel::never()).unwrap();
         assert_eq!(g.kept, vec![0, 2]);
         assert_eq!(g.dup_of, vec![-1, 0, -1]);
         assert!(g.score[0].is_nan() && g.score[1] > 0.9 && g.score[2].is_nan());
         // dup_of takes the best earlier kept row
         let e = [1.0f32, 0.0, 0.0, 1.0, 0.7, 0.71];
-        let g = dedup_greedy(&e, 3, 2, 0.5).unwrap();
+        let g = dedup_greedy_cancellable(&e, 3, 2, 0.5, Cancel::never()).unwrap();
         assert_eq!(g.dup_of, vec![-1, -1, 1]);
+    }
+
+    /// The naive reference for the cross pairs.
+    fn cross_scalar(a: &[f32], b: &[f32], d: usize, thr: f32) -> Vec<Pair> {
+        let mut out = Vec::new();
+        for (i, x) in a.chunks(d).enumerate() {
+            for (j, y) in b.chunks(d).enumerate() {
+                let s = dot_scalar(x, y);
+                if s > thr {
+                    out.push((i as u32, j as u32, s));
+                }
+            }
+        }
+        out
     }
 
     #[test]
@@ -1313,7 +1366,7 @@ mod tests {
         let a = clustered(300, d, 10, 0.4, 1);
         let b = clustered(500, d, 10, 0.4, 1);
         for thr in [0.9f32, 0.5] {
-            let want = pairs_above_cross_scalar(&a, 300, &b, 500, d, thr).unwrap();
+            let want = cross_scalar(&a, &b, d, thr);
             for p in paths() {
                 assert_eq!(
                     bits(&cross_with(&a, 300, &b, 500, d, thr, p, Cancel::never()).unwrap()),
@@ -1322,28 +1375,30 @@ mod tests {
                 );
             }
         }
-        assert!(pairs_above_cross(&a, 300, &[], 0, d, 0.5).unwrap().is_empty());
+        assert!(pairs_above_cross_cancellable(&a, 300, &[], 0, d, 0.5, Cancel::never())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn rejects_bad_arguments() {
         let e = gaussian(4, 8, 1);
         assert!(matches!(
-            pairs_above(&e, 5, 8, 0.5),
+            pairs_above_cancellable(&e, 5, 8, 0.5, Cancel::never()),
             Err(CoreError::InvalidArgument { arg: "e", .. })
         ));
         assert!(matches!(
-            pairs_above(&e, 4, 8, f32::NAN),
+            pairs_above_cancellable(&e, 4, 8, f32::NAN, Cancel::never()),
             Err(CoreError::InvalidArgument { arg: "threshold", .. })
         ));
         assert!(matches!(
-            dedup_greedy(&e, 4, 0, 0.5),
+            dedup_greedy_cancellable(&e, 4, 0, 0.5, Cancel::never()),
             Err(CoreError::InvalidArgument { arg: "d", .. })
         ));
-        assert!(pairs_above_cross(&e, 4, &e, 3, 8, 0.5).is_err());
+        assert!(pairs_above_cross_cancellable(&e, 4, &e, 3, 8, 0.5, Cancel::never()).is_err());
         let mut bad = e.clone();
         bad[20] = f32::INFINITY;
-        assert!(dedup_greedy(&bad, 4, 8, 0.5).is_err());
+        assert!(dedup_greedy_cancellable(&bad, 4, 8, 0.5, Cancel::never()).is_err());
     }
 
     #[test]
@@ -1357,8 +1412,8 @@ mod tests {
                 .unwrap()
                 .install(|| {
                     (
-                        bits(&pairs_above(&e, n, d, 0.85).unwrap()),
-                        dedup_greedy(&e, n, d, 0.85).unwrap().kept,
+                        bits(&pairs_above_cancellable(&e, n, d, 0.85, Cancel::never()).unwrap()),
+                        dedup_greedy_cancellable(&e, n, d, 0.85, Cancel::never()).unwrap().kept,
                     )
                 })
         };
@@ -1393,11 +1448,11 @@ mod tests {
         let go = Cancel::new();
         assert_eq!(
             bits(&pairs_above_cancellable(&e, n, d, 0.8, &go).unwrap()),
-            bits(&pairs_above(&e, n, d, 0.8).unwrap())
+            bits(&pairs_above_cancellable(&e, n, d, 0.8, Cancel::never()).unwrap())
         );
         let (x, y) = (
             dedup_greedy_cancellable(&e, n, d, 0.8, &go).unwrap(),
-            dedup_greedy(&e, n, d, 0.8).unwrap(),
+            dedup_greedy_cancellable(&e, n, d, 0.8, Cancel::never()).unwrap(),
         );
         assert_eq!((&x.kept, &x.dup_of), (&y.kept, &y.dup_of));
         let sb = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
