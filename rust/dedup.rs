@@ -6,22 +6,26 @@
 //!
 //! # Performance notes
 //!
-//! * No `n x n` matrix: rows are grouped into clusters (a sample of rows as centers, one Lloyd
-//!   step, int8 pre-scores for the assignment). Each cluster has a center `c` and an angular radius
-//!   `r` (the largest angle between a member and `c`, computed in f64). For two clusters, every
-//!   pair of members is at least `angle(c_A, c_B) - r_A - r_B` apart, so
-//!   `x.y <= max|x| max|y| cos(that angle)`; a cluster pair whose bound (plus the rounding error of
-//!   the canonical dot) is <= the threshold is skipped whole. Real embeddings and near-duplicate
-//!   sets cluster, so at a high threshold most cluster pairs go.
-//! * Surviving cluster pairs are scanned with the int8 VNNI pre-score of `topk` (proven error
+//! * No `n x n` matrix: the rows are put in a ball tree (split in two by 2-means on their unit
+//!   directions, with a median split along the same axis when 2-means would leave fewer than
+//!   1/8 of the rows on one side, so the depth is logarithmic; capped at 64 levels). Each node has a
+//!   center `c` and an angular radius `r` (the largest angle between a member and `c`, computed in
+//!   f64). For two nodes, every pair of members is at least `angle(c_A, c_B) - r_A - r_B` apart, so
+//!   `x.y <= max|x| max|y| cos(that angle)`; a pair of nodes whose bound (plus the rounding error
+//!   of the canonical dot) is <= the threshold is skipped whole by a dual-tree traversal. Real
+//!   embeddings and near-duplicate sets cluster, so at a high threshold most leaf pairs go. When
+//!   too many leaf pairs survive (nearly isotropic rows), all slot pairs are scanned in order.
+//! * Surviving leaf pairs are scanned with the int8 VNNI pre-score of `topk` (proven error
 //!   bound `eps`): only pairs whose pre-score is >= `threshold - eps` are re-scored exactly. Without
 //!   VNNI the canonical dot is evaluated for every surviving pair.
-//! * Rows are copied in cluster order (each cluster padded to a 16-row group), so a task (cluster
-//!   pair) reads two contiguous ranges that fit in L2. Tasks run in parallel; the pair list is
+//! * Rows are copied in leaf order, so a task (a block of query slots against a block of corpus
+//!   slots) reads two contiguous ranges that fit in L2. Tasks run in parallel; the pair list is
 //!   sorted at the end, which makes the output independent of scheduling.
-//! * The greedy pass reads the pairs grouped by their second row: row `j` is kept iff no pair
-//!   `(i, j)` has a kept `i`; its `dup_of` is the kept `i` with the highest score (lowest `i` on
-//!   ties). Memory is proportional to the number of pairs above the threshold.
+//! * Greedy deduplication (`greedy_blocked`, shared with the Hamming codes of
+//!   [`crate::hamming`]) resolves the rows block by block in input order: a block is scored against
+//!   the rows kept so far and against itself; row `j` is kept iff no pair `(i, j)` has a kept `i`;
+//!   its `dup_of` is the kept `i` with the highest score (lowest `i` on ties). Memory is the kept
+//!   rows plus one block's pairs.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -51,7 +55,7 @@ pub struct Dedup {
 /// A pair `(i, j, score)`.
 pub type Pair = (u32, u32, f32);
 
-fn check_threshold(threshold: f32) -> Result<()> {
+pub(crate) fn check_threshold(threshold: f32) -> Result<()> {
     if !threshold.is_finite() {
         return Err(CoreError::arg(
             "threshold",
@@ -96,7 +100,7 @@ pub fn pairs_above_scalar(e: &[f32], n: usize, d: usize, threshold: f32) -> Resu
 /// row is above `threshold`. See [`Dedup`]. Same errors and cancellation as
 /// [`pairs_above_cancellable`] (polled per block too).
 ///
-/// Rows are resolved block by block ([`greedy_blocked`]), so memory is bounded by the kept rows
+/// Rows are resolved block by block (`greedy_blocked`), so memory is bounded by the kept rows
 /// plus one block's pairs (all pairs above the threshold at once took 4.5 GB for 320k sentences
 /// with many near-duplicates). The result equals the all-pairs greedy pass.
 pub fn dedup_greedy_cancellable(e: &[f32], n: usize, d: usize, threshold: f32, cancel: &Cancel) -> Result<Dedup> {
@@ -125,7 +129,12 @@ pub fn pairs_above_cross_cancellable(
     threshold: f32,
     cancel: &Cancel,
 ) -> Result<Vec<Pair>> {
-    cross_with(a, na, b, nb, d, threshold, default_path(), cancel)
+    // shapes, then the threshold, then the rows' values
+    check_n(a, na, d, "a")?;
+    check_n(b, nb, d, "b")?;
+    check_threshold(threshold)?;
+    let (a, b) = (Rows::new(a, na, d, "a")?, Rows::new(b, nb, d, "b")?);
+    cross_with(&a, &b, threshold, default_path(), cancel)
 }
 
 /// Every pair `i < j < n` with `score(i, j) > threshold`, sorted: the naive pair references.
@@ -543,7 +552,7 @@ fn run_tasks(
     Ok(found)
 }
 
-/// A node of the ball tree: the rows of slots `start..end` (leaves padded to 16-row groups) lie
+/// A node of the ball tree: the rows of slots `start..end` (leaves are consecutive, unpadded) lie
 /// within `radius` radians of the unit `center` and have norms <= `max_norm`.
 struct Node {
     start: usize,
@@ -1092,25 +1101,27 @@ fn pairs_budgeted(
     Ok(out)
 }
 
-fn cross_with(
-    a: &[f32],
-    na: usize,
-    b: &[f32],
-    nb: usize,
+/// Checked rows for [`cross_with`]: `n x d`, finite, with their norms.
+struct Rows<'a> {
+    e: &'a [f32],
+    n: usize,
     d: usize,
-    threshold: f32,
-    path: Path,
-    cancel: &Cancel,
-) -> Result<Vec<Pair>> {
-    check_n(a, na, d, "a")?;
-    check_n(b, nb, d, "b")?;
-    check_threshold(threshold)?;
-    let an = row_norms(a, d, "a")?;
-    let bn = row_norms(b, d, "b")?;
-    let path = effective(path, d);
-    let mut qs = Slots::queries(d, path);
-    qs.append(a, &(0..na as u32).collect::<Vec<u32>>(), &an);
-    cross_kept(&qs, b, nb, &bn, threshold, path, cancel)
+    norms: Vec<f64>,
+}
+
+impl<'a> Rows<'a> {
+    fn new(e: &'a [f32], n: usize, d: usize, what: &'static str) -> Result<Self> {
+        check_n(e, n, d, what)?;
+        let norms = row_norms(e, d, what)?;
+        Ok(Rows { e, n, d, norms })
+    }
+}
+
+fn cross_with(a: &Rows, b: &Rows, threshold: f32, path: Path, cancel: &Cancel) -> Result<Vec<Pair>> {
+    let path = effective(path, a.d);
+    let mut qs = Slots::queries(a.d, path);
+    qs.append(a.e, &(0..a.n as u32).collect::<Vec<u32>>(), &a.norms);
+    cross_kept(&qs, b.e, b.n, &b.norms, threshold, path, cancel)
 }
 
 /// Pairs `(query slot, row of b, score)` with canonical score above `threshold`, sorted, for the
@@ -1365,11 +1376,12 @@ mod tests {
         let d = 40;
         let a = clustered(300, d, 10, 0.4, 1);
         let b = clustered(500, d, 10, 0.4, 1);
+        let (ra, rb) = (Rows::new(&a, 300, d, "a").unwrap(), Rows::new(&b, 500, d, "b").unwrap());
         for thr in [0.9f32, 0.5] {
             let want = cross_scalar(&a, &b, d, thr);
             for p in paths() {
                 assert_eq!(
-                    bits(&cross_with(&a, 300, &b, 500, d, thr, p, Cancel::never()).unwrap()),
+                    bits(&cross_with(&ra, &rb, thr, p, Cancel::never()).unwrap()),
                     bits(&want),
                     "{p:?}"
                 );
@@ -1435,7 +1447,16 @@ mod tests {
                 "{p:?}"
             );
             assert!(
-                interrupted(cross_with(&e, n, &e, n, d, 0.8, p, &stop).map(drop)),
+                interrupted(
+                    cross_with(
+                        &Rows::new(&e, n, d, "e").unwrap(),
+                        &Rows::new(&e, n, d, "e").unwrap(),
+                        0.8,
+                        p,
+                        &stop
+                    )
+                    .map(drop)
+                ),
                 "{p:?}"
             );
         }

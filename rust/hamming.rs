@@ -23,7 +23,9 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::cancel::Cancel;
-use crate::dedup::{greedy_blocked, greedy_scalar, pairs_scalar, BlockScorer, Dedup, Pair, DEDUP_BLOCK};
+use crate::dedup::{
+    check_threshold, greedy_blocked, greedy_scalar, pairs_scalar, BlockScorer, Dedup, Pair, DEDUP_BLOCK,
+};
 use crate::error::{CoreError, Result};
 use crate::simd::{extensions, isa, Isa};
 use crate::topk::{flatten, TopK};
@@ -160,16 +162,6 @@ fn check_rows(x: &[u64], n: usize, words: usize, bits: usize, what: &'static str
         return Err(CoreError::arg(
             what,
             format!("row {i} has bits set at or past bit {bits} (padding must be zero)"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_threshold(threshold: f32) -> Result<()> {
-    if !threshold.is_finite() {
-        return Err(CoreError::arg(
-            "threshold",
-            format!("must be a finite number, got {threshold}"),
         ));
     }
     Ok(())
