@@ -249,7 +249,9 @@ pub fn topk_cancellable(
     k: usize,
     cancel: &Cancel,
 ) -> Result<(Vec<f32>, Vec<u32>)> {
-    topk_with(q, nq, c, nc, words, bits, k, best_level(), cancel)
+    check_topk_args(q, nq, c, nc, words, bits, k)?;
+    let rows = |x, n| BitRows { x, n, words, bits };
+    topk_with(rows(q, nq), rows(c, nc), k, best_level(), cancel)
 }
 
 /// The reference for [`topk_cancellable`]: every similarity, fully sorted.
@@ -290,18 +292,9 @@ fn check_topk_args(q: &[u64], nq: usize, c: &[u64], nc: usize, words: usize, bit
     check_rows(c, nc, words, bits, "corpus")
 }
 
-fn topk_with(
-    q: &[u64],
-    nq: usize,
-    c: &[u64],
-    nc: usize,
-    words: usize,
-    bits: usize,
-    k: usize,
-    level: Level,
-    cancel: &Cancel,
-) -> Result<(Vec<f32>, Vec<u32>)> {
-    check_topk_args(q, nq, c, nc, words, bits, k)?;
+/// Top-k of checked rows (see [`check_topk_args`]).
+fn topk_with(qs: BitRows, cs: BitRows, k: usize, level: Level, cancel: &Cancel) -> Result<(Vec<f32>, Vec<u32>)> {
+    let (q, nq, c, nc, words, bits) = (qs.x, qs.n, cs.x, cs.n, cs.words, cs.bits);
     let kk = k.min(nc);
     if nq == 0 || kk == 0 {
         return Ok((Vec::new(), Vec::new()));
@@ -731,12 +724,12 @@ mod tests {
 
     fn check(q: &[u64], nq: usize, c: &[u64], nc: usize, words: usize, bits: usize, k: usize, thr: f32) {
         let want = topk_scalar(q, nq, c, nc, words, bits, k).unwrap();
+        let (qs, cs) = (
+            BitRows::new(q, nq, words, bits, "q").unwrap(),
+            BitRows::new(c, nc, words, bits, "c").unwrap(),
+        );
         for l in levels() {
-            assert_eq!(
-                topk_with(q, nq, c, nc, words, bits, k, l, Cancel::never()).unwrap(),
-                want,
-                "topk {l:?}"
-            );
+            assert_eq!(topk_with(qs, cs, k, l, Cancel::never()).unwrap(), want, "topk {l:?}");
         }
         let bitsv = |p: &[Pair]| p.iter().map(|&(i, j, s)| (i, j, s.to_bits())).collect::<Vec<_>>();
         let want = pairs_above_scalar(c, nc, words, bits, thr).unwrap();
@@ -764,11 +757,12 @@ mod tests {
         stop.cancel();
         let q = &e[..50 * words];
         let interrupted = |r: Result<()>| matches!(r, Err(CoreError::Interrupted));
+        let (qs, cs) = (
+            BitRows::new(q, 50, words, bits, "q").unwrap(),
+            BitRows::new(&e, n, words, bits, "c").unwrap(),
+        );
         for l in levels() {
-            assert!(
-                interrupted(topk_with(q, 50, &e, n, words, bits, 5, l, &stop).map(drop)),
-                "{l:?}"
-            );
+            assert!(interrupted(topk_with(qs, cs, 5, l, &stop).map(drop)), "{l:?}");
             assert!(
                 interrupted(pairs_with(BitRows::new(&e, n, words, bits, "e").unwrap(), 0.5, l, &stop).map(drop)),
                 "{l:?}"
