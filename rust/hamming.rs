@@ -15,6 +15,11 @@
 //! * Top-k sweeps the corpus in super-blocks (packed just before use, small enough for L2) with
 //!   all query tiles in parallel and a bounded heap per query; pairs are found in blocked tasks
 //!   (only the upper triangle) and sorted at the end. Results are independent of the thread count.
+//! * Greedy deduplication is the blocked pass of [`crate::dedup`] (`greedy_blocked`) with these
+//!   kernels as its scorer: a block of rows against the rows kept so far, then against itself, so
+//!   removed rows are never scored again and one block's pairs are held at a time (holding every
+//!   pair first took 190 MB and 3.6 s for 100k Wikipedia sentence codes at 0.2; blocked, 27 MB and
+//!   0.4 s).
 //! * Distances are exact integers, so there is no pre-score: a candidate passes iff its distance
 //!   is <= the largest distance whose similarity still qualifies.
 
