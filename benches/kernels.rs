@@ -117,7 +117,9 @@ fn bench_pairs(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Elements(n as u64));
     g.bench_function("fast/20k@0.9", |b| {
-        b.iter(|| black_box(tokvec::dedup::pairs_above(&e, n, D, 0.9).expect("pairs")))
+        b.iter(|| {
+            black_box(tokvec::dedup::pairs_above_cancellable(&e, n, D, 0.9, tokvec::Cancel::never()).expect("pairs"))
+        })
     });
     g.finish();
 }
@@ -132,7 +134,12 @@ fn bench_hamming(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Elements(100));
     g.bench_function("fast/100x100k", |b| {
-        b.iter(|| black_box(tokvec::hamming::topk(&queries, 100, &corpus, nc, words, D, 10).expect("topk")))
+        b.iter(|| {
+            black_box(
+                tokvec::hamming::topk_cancellable(&queries, 100, &corpus, nc, words, D, 10, tokvec::Cancel::never())
+                    .expect("topk"),
+            )
+        })
     });
     g.bench_function("scalar/100x100k", |b| {
         b.iter(|| black_box(tokvec::hamming::topk_scalar(&queries, 100, &corpus, nc, words, D, 10).expect("topk")))

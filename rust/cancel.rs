@@ -7,8 +7,8 @@
 //! set. A unit is small (milliseconds), so a stop is seen well within a second.
 //!
 //! Polling only skips work: a kernel that is not cancelled does exactly the same operations in the
-//! same order, so results stay bit-identical. The public kernels without a `Cancel` argument run
-//! with [`Cancel::never`].
+//! same order, so results stay bit-identical. A caller that never stops a kernel passes
+//! [`Cancel::never`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

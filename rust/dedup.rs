@@ -6,23 +6,28 @@
 //!
 //! # Performance notes
 //!
-//! * No `n x n` matrix: rows are grouped into clusters (a sample of rows as centers, one Lloyd
-//!   step, int8 pre-scores for the assignment). Each cluster has a center `c` and an angular radius
-//!   `r` (the largest angle between a member and `c`, computed in f64). For two clusters, every
-//!   pair of members is at least `angle(c_A, c_B) - r_A - r_B` apart, so
-//!   `x.y <= max|x| max|y| cos(that angle)`; a cluster pair whose bound (plus the rounding error of
-//!   the canonical dot) is <= the threshold is skipped whole. Real embeddings and near-duplicate
-//!   sets cluster, so at a high threshold most cluster pairs go.
-//! * Surviving cluster pairs are scanned with the int8 VNNI pre-score of `topk` (proven error
+//! * No `n x n` matrix: the rows are put in a ball tree (split in two by 2-means on their unit
+//!   directions, with a median split along the same axis when 2-means would leave fewer than
+//!   1/8 of the rows on one side, so the depth is logarithmic; capped at 64 levels). Each node has a
+//!   center `c` and an angular radius `r` (the largest angle between a member and `c`, computed in
+//!   f64). For two nodes, every pair of members is at least `angle(c_A, c_B) - r_A - r_B` apart, so
+//!   `x.y <= max|x| max|y| cos(that angle)`; a pair of nodes whose bound (plus the rounding error
+//!   of the canonical dot) is <= the threshold is skipped whole by a dual-tree traversal. Real
+//!   embeddings and near-duplicate sets cluster, so at a high threshold most leaf pairs go. When
+//!   too many leaf pairs survive (nearly isotropic rows), all slot pairs are scanned in order.
+//! * Surviving leaf pairs are scanned with the int8 VNNI pre-score of `topk` (proven error
 //!   bound `eps`): only pairs whose pre-score is >= `threshold - eps` are re-scored exactly. Without
 //!   VNNI the canonical dot is evaluated for every surviving pair.
-//! * Rows are copied in cluster order (each cluster padded to a 16-row group), so a task (cluster
-//!   pair) reads two contiguous ranges that fit in L2. Tasks run in parallel; the pair list is
+//! * Rows are copied in leaf order, so a task (a block of query slots against a block of corpus
+//!   slots) reads two contiguous ranges that fit in L2. Tasks run in parallel; the pair list is
 //!   sorted at the end, which makes the output independent of scheduling.
-//! * The greedy pass reads the pairs grouped by their second row: row `j` is kept iff no pair
-//!   `(i, j)` has a kept `i`; its `dup_of` is the kept `i` with the highest score (lowest `i` on
-//!   ties). Memory is proportional to the number of pairs above the threshold.
+//! * Greedy deduplication (`greedy_blocked`, shared with the Hamming codes of
+//!   [`crate::hamming`]) resolves the rows block by block in input order: a block is scored against
+//!   the rows kept so far and against itself; row `j` is kept iff no pair `(i, j)` has a kept `i`;
+//!   its `dup_of` is the kept `i` with the highest score (lowest `i` on ties). Memory is the kept
+//!   rows plus one block's pairs.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use rayon::prelude::*;
@@ -48,7 +53,7 @@ pub struct Dedup {
 /// A pair `(i, j, score)`.
 pub type Pair = (u32, u32, f32);
 
-fn check_threshold(threshold: f32) -> Result<()> {
+pub(crate) fn check_threshold(threshold: f32) -> Result<()> {
     if !threshold.is_finite() {
         return Err(CoreError::arg(
             "threshold",
@@ -69,57 +74,218 @@ fn check_n(x: &[f32], n: usize, d: usize, what: &'static str) -> Result<()> {
     Ok(())
 }
 
-/// All pairs `i < j` with `dot(e_i, e_j) > threshold`, sorted by `(i, j)`.
+/// All pairs `i < j` with `dot(e_i, e_j) > threshold`, sorted by `(i, j)`; stops with
+/// [`CoreError::Interrupted`] soon after `cancel` is set (polled per node of the tree and per task
+/// of the search; [`Cancel::never`] for a run that cannot be stopped).
 ///
 /// `e` is row-major `n x d`. Errors on a length mismatch, `d == 0`, a non-finite threshold and rows
 /// with NaN, infinity or a norm above [`crate::topk::MAX_NORM`].
-pub fn pairs_above(e: &[f32], n: usize, d: usize, threshold: f32) -> Result<Vec<Pair>> {
-    pairs_with(e, n, d, threshold, default_path(), Cancel::never())
-}
-
-/// [`pairs_above`] that stops with [`CoreError::Interrupted`] soon after `cancel` is set (polled
-/// per node of the tree and per task of the search); otherwise the same result.
 pub fn pairs_above_cancellable(e: &[f32], n: usize, d: usize, threshold: f32, cancel: &Cancel) -> Result<Vec<Pair>> {
     pairs_with(e, n, d, threshold, default_path(), cancel)
 }
 
-/// The naive reference for [`pairs_above`]: every pair's canonical score.
+/// The naive reference for [`pairs_above_cancellable`]: every pair's canonical score.
 pub fn pairs_above_scalar(e: &[f32], n: usize, d: usize, threshold: f32) -> Result<Vec<Pair>> {
     check_n(e, n, d, "e")?;
     check_threshold(threshold)?;
     row_norms(e, d, "e")?;
+    Ok(pairs_scalar(n, threshold, |i, j| {
+        dot_scalar(&e[i * d..(i + 1) * d], &e[j * d..(j + 1) * d])
+    }))
+}
+
+/// Greedy deduplication in input order: row `i` is dropped when its score with an earlier *kept*
+/// row is above `threshold`. See [`Dedup`]. Same errors and cancellation as
+/// [`pairs_above_cancellable`] (polled per block too).
+///
+/// Rows are resolved block by block (`greedy_blocked`), so memory is bounded by the kept rows
+/// plus one block's pairs (all pairs above the threshold at once took 4.5 GB for 320k sentences
+/// with many near-duplicates). The result equals the all-pairs greedy pass.
+pub fn dedup_greedy_cancellable(e: &[f32], n: usize, d: usize, threshold: f32, cancel: &Cancel) -> Result<Dedup> {
+    Ok(dedup_blocked(e, n, d, threshold, default_path(), DEDUP_BLOCK, cancel)?.0)
+}
+
+/// The naive reference for [`dedup_greedy_cancellable`]: each row against every earlier kept row.
+pub fn dedup_greedy_scalar(e: &[f32], n: usize, d: usize, threshold: f32) -> Result<Dedup> {
+    check_n(e, n, d, "e")?;
+    check_threshold(threshold)?;
+    row_norms(e, d, "e")?;
+    Ok(greedy_scalar(n, threshold, |i, j| {
+        dot_scalar(&e[i * d..(i + 1) * d], &e[j * d..(j + 1) * d])
+    }))
+}
+
+/// All pairs `(i, j)`, `i` a row of `a` and `j` a row of `b`, with `dot(a_i, b_j) > threshold`,
+/// sorted by `(i, j)`. Same errors as [`pairs_above_cancellable`] (for `a` and `b`); cancellation
+/// polled per task.
+pub fn pairs_above_cross_cancellable(
+    a: &[f32],
+    na: usize,
+    b: &[f32],
+    nb: usize,
+    d: usize,
+    threshold: f32,
+    cancel: &Cancel,
+) -> Result<Vec<Pair>> {
+    // shapes, then the threshold, then the rows' values
+    check_n(a, na, d, "a")?;
+    check_n(b, nb, d, "b")?;
+    check_threshold(threshold)?;
+    let (a, b) = (Rows::new(a, na, d, "a")?, Rows::new(b, nb, d, "b")?);
+    cross_with(&a, &b, threshold, default_path(), cancel)
+}
+
+/// Every pair `i < j < n` with `score(i, j) > threshold`, sorted: the naive pair references.
+pub(crate) fn pairs_scalar(n: usize, threshold: f32, score: impl Fn(usize, usize) -> f32) -> Vec<Pair> {
     let mut out = Vec::new();
     for i in 0..n {
         for j in i + 1..n {
-            let s = dot_scalar(&e[i * d..(i + 1) * d], &e[j * d..(j + 1) * d]);
+            let s = score(i, j);
             if s > threshold {
                 out.push((i as u32, j as u32, s));
             }
         }
     }
-    Ok(out)
+    out
 }
 
-/// Greedy deduplication in input order: row `i` is dropped when its score with an earlier *kept*
-/// row is above `threshold`. See [`Dedup`]. Same errors as [`pairs_above`].
-///
-/// Rows are processed in blocks of [`DEDUP_BLOCK`] in input order: a block is scored against the
-/// rows kept so far ([`pairs_above_cross`]) and against itself, then resolved in order. Removed rows
-/// are never scored again, and only one block's pairs exist at a time, so memory is bounded by
-/// the kept rows plus one block's pairs (all pairs above the threshold at once took 4.5 GB for 320k
-/// sentences with many near-duplicates). The result equals the all-pairs greedy pass.
-pub fn dedup_greedy(e: &[f32], n: usize, d: usize, threshold: f32) -> Result<Dedup> {
-    dedup_blocked(e, n, d, threshold, default_path(), DEDUP_BLOCK, Cancel::never())
+/// The naive greedy pass: row `j` against every earlier kept row `i` by `score(i, j)`.
+pub(crate) fn greedy_scalar(n: usize, threshold: f32, score: impl Fn(usize, usize) -> f32) -> Dedup {
+    let mut kept: Vec<u32> = Vec::new();
+    let mut dup_of = vec![-1i64; n];
+    let mut sc = vec![f32::NAN; n];
+    for j in 0..n {
+        let mut best: Option<(u32, f32)> = None;
+        for &i in &kept {
+            let s = score(i as usize, j);
+            if s > threshold && best.is_none_or(|(_, b)| s > b) {
+                best = Some((i, s));
+            }
+        }
+        match best {
+            Some((i, s)) => {
+                dup_of[j] = i as i64;
+                sc[j] = s;
+            }
+            None => kept.push(j as u32),
+        }
+    }
+    Dedup {
+        kept,
+        dup_of,
+        score: sc,
+    }
 }
 
-/// [`dedup_greedy`] that stops with [`CoreError::Interrupted`] soon after `cancel` is set (polled
-/// per block, per node of the tree and per task of the search); otherwise the same result.
-pub fn dedup_greedy_cancellable(e: &[f32], n: usize, d: usize, threshold: f32, cancel: &Cancel) -> Result<Dedup> {
-    dedup_blocked(e, n, d, threshold, default_path(), DEDUP_BLOCK, cancel)
-}
-
-/// Rows per block of [`dedup_greedy`].
+/// Rows per block of greedy deduplication.
 pub const DEDUP_BLOCK: usize = 8192;
+
+/// Scores the rows of a block against the rows kept so far and against each other, for
+/// [`greedy_blocked`]: float rows (int8 pre-score, canonical dot) or packed bits (Hamming).
+pub(crate) trait BlockScorer {
+    /// Pairs `(kept position, block row, score)` with score above the threshold between the kept
+    /// rows (numbered in the order they were kept) and rows `rows` (block row `r - rows.start`), in
+    /// any order.
+    fn against_kept(&self, rows: Range<usize>, cancel: &Cancel) -> Result<Vec<Pair>>;
+    /// Pairs `(i, j, score)`, `i < j` block rows, with score above the threshold within `rows`, in
+    /// any order.
+    fn within(&self, rows: Range<usize>, cancel: &Cancel) -> Result<Vec<Pair>>;
+    /// Appends `rows` (ascending, after every row kept so far) to the kept rows.
+    fn keep(&mut self, rows: &[u32]);
+}
+
+/// Greedy deduplication of `n` rows in blocks of `block` rows in input order: a block is scored
+/// against the rows kept so far and against itself, then resolved in order. Removed rows are never
+/// scored again and one block's pairs exist at a time. Returns the result and the most pairs held
+/// at once (at most `max(kept x block, block^2 / 2)`).
+pub(crate) fn greedy_blocked(
+    n: usize,
+    block: usize,
+    scorer: &mut impl BlockScorer,
+    cancel: &Cancel,
+) -> Result<(Dedup, usize)> {
+    // the best candidate: highest score, lowest row on ties, whatever order the pairs come in
+    let better = |c: (u32, f32), b: Option<(u32, f32)>| b.is_none_or(|(bi, bs)| c.1 > bs || (c.1 == bs && c.0 < bi));
+    let mut kept: Vec<u32> = Vec::new();
+    let mut dup_of = vec![-1i64; n];
+    let mut score = vec![f32::NAN; n];
+    let mut peak = 0;
+    let mut b0 = 0;
+    while b0 < n {
+        cancel.check()?;
+        let b1 = (b0 + block.max(1)).min(n);
+        // best earlier kept row of each block row: (row, score)
+        let mut best: Vec<Option<(u32, f32)>> = vec![None; b1 - b0];
+        let cross = scorer.against_kept(b0..b1, cancel)?;
+        peak = peak.max(cross.len());
+        for (ki, j, s) in cross {
+            let c = (kept[ki as usize], s);
+            if better(c, best[j as usize]) {
+                best[j as usize] = Some(c);
+            }
+        }
+        let mut inner = scorer.within(b0..b1, cancel)?;
+        peak = peak.max(inner.len());
+        inner.sort_unstable_by_key(|&(i, j, _)| (j, i));
+        let mut new_kept: Vec<u32> = Vec::new();
+        let mut p = 0;
+        for (j, bj) in best.iter_mut().enumerate() {
+            // rows i < j of this block are resolved: dup_of[i] < 0 iff i is kept
+            while p < inner.len() && inner[p].1 as usize == j {
+                let (i, _, s) = inner[p];
+                let gi = b0 + i as usize;
+                if dup_of[gi] < 0 && better((gi as u32, s), *bj) {
+                    *bj = Some((gi as u32, s));
+                }
+                p += 1;
+            }
+            let g = b0 + j;
+            match *bj {
+                Some((i, s)) => {
+                    dup_of[g] = i as i64;
+                    score[g] = s;
+                }
+                None => {
+                    kept.push(g as u32);
+                    new_kept.push(g as u32);
+                }
+            }
+        }
+        scorer.keep(&new_kept);
+        b0 = b1;
+    }
+    Ok((Dedup { kept, dup_of, score }, peak))
+}
+
+/// Float rows for [`greedy_blocked`]: the kept rows as query slots (rows, norms, int8 codes),
+/// grown by each block's kept rows, so no kept row is copied or quantized twice (re-building them
+/// for every block cost `O(n^2 / block)`).
+struct FloatBlocks<'a> {
+    e: &'a [f32],
+    norms: Vec<f64>,
+    threshold: f32,
+    path: Path,
+    kept: Slots,
+}
+
+impl BlockScorer for FloatBlocks<'_> {
+    fn against_kept(&self, rows: Range<usize>, cancel: &Cancel) -> Result<Vec<Pair>> {
+        let d = self.kept.d;
+        let blk = &self.e[rows.start * d..rows.end * d];
+        let bn = &self.norms[rows.clone()];
+        cross_kept(&self.kept, blk, rows.len(), bn, self.threshold, self.path, cancel)
+    }
+
+    fn within(&self, rows: Range<usize>, cancel: &Cancel) -> Result<Vec<Pair>> {
+        let d = self.kept.d;
+        let blk = &self.e[rows.start * d..rows.end * d];
+        pairs_with(blk, rows.len(), d, self.threshold, self.path, cancel)
+    }
+
+    fn keep(&mut self, rows: &[u32]) {
+        self.kept.append(self.e, rows, &self.norms);
+    }
+}
 
 fn dedup_blocked(
     e: &[f32],
@@ -129,96 +295,24 @@ fn dedup_blocked(
     path: Path,
     block: usize,
     cancel: &Cancel,
-) -> Result<Dedup> {
+) -> Result<(Dedup, usize)> {
     check_n(e, n, d, "e")?;
     check_threshold(threshold)?;
     let norms = row_norms(e, d, "e")?;
     let path = effective(path, d);
-    let mut kept: Vec<u32> = Vec::new();
-    // The kept rows as query slots (rows, norms, int8 codes), grown by each block's kept rows, so
-    // no kept row is copied or quantized twice (re-building them for every block cost O(n^2 / block)).
-    let mut ks = Slots::queries(d, path);
-    let mut dup_of = vec![-1i64; n];
-    let mut score = vec![f32::NAN; n];
-    let mut b0 = 0;
-    while b0 < n {
-        cancel.check()?;
-        let b1 = (b0 + block.max(1)).min(n);
-        let nb = b1 - b0;
-        let blk = &e[b0 * d..b1 * d];
-        // Best earlier kept row of each block row: (global index, score).
-        let mut best: Vec<Option<(u32, f32)>> = vec![None; nb];
-        if !kept.is_empty() {
-            // (kept position, block row, score), ascending kept position = ascending global index,
-            // so strict `>` keeps the lowest index on ties.
-            for (ki, j, sc) in cross_kept(&ks, blk, nb, &norms[b0..b1], threshold, path, cancel)? {
-                let b = &mut best[j as usize];
-                if b.is_none_or(|(_, bs)| sc > bs) {
-                    *b = Some((kept[ki as usize], sc));
-                }
-            }
-        }
-        let mut inner = pairs_with(blk, nb, d, threshold, path, cancel)?;
-        let mut new_kept: Vec<u32> = Vec::new();
-        inner.sort_unstable_by_key(|&(i, j, _)| (j, i));
-        let mut p = 0;
-        for (j, &b) in best.iter().enumerate() {
-            let mut bj = b;
-            // block pairs (i < j), ascending in i: after every earlier block's row
-            while p < inner.len() && inner[p].1 as usize == j {
-                let (i, _, sc) = inner[p];
-                let gi = b0 + i as usize;
-                if dup_of[gi] < 0 && bj.is_none_or(|(_, bs)| sc > bs) {
-                    bj = Some((gi as u32, sc));
-                }
-                p += 1;
-            }
-            let g = b0 + j;
-            match bj {
-                Some((i, sc)) => {
-                    dup_of[g] = i as i64;
-                    score[g] = sc;
-                }
-                None => {
-                    kept.push(g as u32);
-                    new_kept.push(g as u32);
-                }
-            }
-        }
-        ks.append(e, &new_kept, &norms);
-        b0 = b1;
-    }
-    Ok(Dedup { kept, dup_of, score })
+    let mut scorer = FloatBlocks {
+        e,
+        norms,
+        threshold,
+        path,
+        kept: Slots::queries(d, path),
+    };
+    greedy_blocked(n, block, &mut scorer, cancel)
 }
 
-/// The naive reference for [`dedup_greedy`]: each row against every earlier kept row.
-pub fn dedup_greedy_scalar(e: &[f32], n: usize, d: usize, threshold: f32) -> Result<Dedup> {
-    check_n(e, n, d, "e")?;
-    check_threshold(threshold)?;
-    row_norms(e, d, "e")?;
-    let mut kept: Vec<u32> = Vec::new();
-    let mut dup_of = vec![-1i64; n];
-    let mut score = vec![f32::NAN; n];
-    for j in 0..n {
-        let mut best: Option<(u32, f32)> = None;
-        for &i in &kept {
-            let s = dot_scalar(&e[i as usize * d..(i as usize + 1) * d], &e[j * d..(j + 1) * d]);
-            if s > threshold && best.is_none_or(|(_, b)| s > b) {
-                best = Some((i, s));
-            }
-        }
-        match best {
-            Some((i, s)) => {
-                dup_of[j] = i as i64;
-                score[j] = s;
-            }
-            None => kept.push(j as u32),
-        }
-    }
-    Ok(Dedup { kept, dup_of, score })
-}
-
-/// The greedy pass over all pairs above the threshold.
+/// The greedy pass over all pairs above the threshold (the Python binding resolves precomputed
+/// pairs with it).
+#[cfg_attr(not(feature = "python"), allow(dead_code))]
 pub(crate) fn resolve(n: usize, mut pairs: Vec<Pair>) -> Dedup {
     pairs.sort_unstable_by_key(|&(i, j, _)| (j, i));
     let mut is_kept = vec![true; n];
@@ -244,52 +338,6 @@ pub(crate) fn resolve(n: usize, mut pairs: Vec<Pair>) -> Dedup {
     }
     let kept = (0..n as u32).filter(|&i| is_kept[i as usize]).collect();
     Dedup { kept, dup_of, score }
-}
-
-/// All pairs `(i, j)`, `i` a row of `a` and `j` a row of `b`, with `dot(a_i, b_j) > threshold`,
-/// sorted by `(i, j)`. Same errors as [`pairs_above`] (for `a` and `b`).
-pub fn pairs_above_cross(a: &[f32], na: usize, b: &[f32], nb: usize, d: usize, threshold: f32) -> Result<Vec<Pair>> {
-    cross_with(a, na, b, nb, d, threshold, default_path(), Cancel::never())
-}
-
-/// [`pairs_above_cross`] that stops with [`CoreError::Interrupted`] soon after `cancel` is set
-/// (polled per task); otherwise the same result.
-pub fn pairs_above_cross_cancellable(
-    a: &[f32],
-    na: usize,
-    b: &[f32],
-    nb: usize,
-    d: usize,
-    threshold: f32,
-    cancel: &Cancel,
-) -> Result<Vec<Pair>> {
-    cross_with(a, na, b, nb, d, threshold, default_path(), cancel)
-}
-
-/// The naive reference for [`pairs_above_cross`].
-pub fn pairs_above_cross_scalar(
-    a: &[f32],
-    na: usize,
-    b: &[f32],
-    nb: usize,
-    d: usize,
-    threshold: f32,
-) -> Result<Vec<Pair>> {
-    check_n(a, na, d, "a")?;
-    check_n(b, nb, d, "b")?;
-    check_threshold(threshold)?;
-    row_norms(a, d, "a")?;
-    row_norms(b, d, "b")?;
-    let mut out = Vec::new();
-    for i in 0..na {
-        for j in 0..nb {
-            let s = dot_scalar(&a[i * d..(i + 1) * d], &b[j * d..(j + 1) * d]);
-            if s > threshold {
-                out.push((i as u32, j as u32, s));
-            }
-        }
-    }
-    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -502,7 +550,7 @@ fn run_tasks(
     Ok(found)
 }
 
-/// A node of the ball tree: the rows of slots `start..end` (leaves padded to 16-row groups) lie
+/// A node of the ball tree: the rows of slots `start..end` (leaves are consecutive, unpadded) lie
 /// within `radius` radians of the unit `center` and have norms <= `max_norm`.
 struct Node {
     start: usize,
@@ -551,7 +599,11 @@ fn angle(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Splits `m` in two by 2-means on unit directions (seeds: the row farthest from the mean
-/// direction, then the row farthest from that one); halves if one side would be empty.
+/// direction, then the row farthest from that one). A split whose smaller side has fewer than
+/// `m.len() / MIN_SIDE` rows becomes a median split along the axis between the two centers (ties by
+/// row index), so every level keeps at least that fraction on each side and the depth grows with
+/// `log n`: 2-means alone can peel one row off at every level (a row farther out than all the rest,
+/// again and again), which made the build `O(n^2 d)` and its recursion `n` deep.
 fn split(e: &[f32], d: usize, norms: &[f64], m: &[u32], level: Isa) -> (Vec<u32>, Vec<u32>) {
     let row = |i: u32| &e[i as usize * d..(i as usize + 1) * d];
     let cos_to = |c: &[f32], i: u32| dot(level, c, row(i)) as f64 / norms[i as usize];
@@ -599,11 +651,23 @@ fn split(e: &[f32], d: usize, norms: &[f64], m: &[u32], level: Isa) -> (Vec<u32>
         cb = mean(&lr.1);
         lr = parts(&ca, &cb);
     }
-    if lr.0.is_empty() || lr.1.is_empty() {
-        let h = m.len() / 2;
-        return (m[..h].to_vec(), m[h..].to_vec());
+    if lr.0.len().min(lr.1.len()) >= m.len() / MIN_SIDE && !lr.0.is_empty() && !lr.1.is_empty() {
+        return lr;
     }
-    lr
+    // balanced fallback: the median of the rows' projections on the center axis
+    let axis: Vec<f32> = ca.iter().zip(&cb).map(|(a, b)| a - b).collect();
+    let mut proj: Vec<(f64, u32)> = m
+        .par_iter()
+        .with_min_len(1024)
+        .map(|&i| (cos_to(&axis, i), i))
+        .collect();
+    let h = m.len() / 2;
+    proj.select_nth_unstable_by(h, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut l: Vec<u32> = proj[..h].iter().map(|p| p.1).collect();
+    let mut r: Vec<u32> = proj[h..].iter().map(|p| p.1).collect();
+    l.sort_unstable();
+    r.sort_unstable();
+    (l, r)
 }
 
 /// A leaf for rows `m` (ascending); `zero`: rows without direction (radius pi).
@@ -671,26 +735,44 @@ fn parent(nodes: &[Node], a: usize, b: usize) -> Node {
     }
 }
 
-/// Builds the subtree of rows `m`; returns its nodes, root last, child indices local. Once `cancel`
-/// is set, the rest of the tree is a cheap leaf per pending node (the caller then returns
-/// `Interrupted`, so the tree is never searched).
-fn build(e: &[f32], d: usize, norms: &[f64], m: Vec<u32>, level: Isa, target: f64, cancel: &Cancel) -> Vec<Node> {
+/// A split keeps at least `1 / MIN_SIDE` of the rows on each side (see [`split`]), so a node at
+/// depth `k` has at most `n (1 - 1 / MIN_SIDE)^k` rows: about 140 levels at most for `n < 2^32`.
+const MIN_SIDE: usize = 8;
+
+/// Depth past which a node is a leaf whatever its size (its rows are then scanned densely, against
+/// each other and the leaves it may pair with). With [`MIN_SIDE`] it is reached only past about
+/// 160k rows laid out adversarially at every level; it keeps the recursion shallow on rayon's
+/// stacks whatever the input.
+const MAX_DEPTH: usize = 64;
+
+/// Builds the subtree of rows `m` at `depth`; returns its nodes, root last, child indices local.
+/// Once `cancel` is set, the rest of the tree is a cheap leaf per pending node (the caller then
+/// returns `Interrupted`, so the tree is never searched).
+fn build(e: &[f32], d: usize, norms: &[f64], m: Vec<u32>, at: Level, cancel: &Cancel) -> Vec<Node> {
     if cancel.is_cancelled() {
         return vec![leaf(e, d, norms, m, true)];
     }
-    if m.len() <= LEAF_MIN {
+    if m.len() <= LEAF_MIN || at.depth >= MAX_DEPTH {
         return vec![leaf(e, d, norms, m, false)];
     }
     if m.len() <= LEAF_MAX {
         let node = leaf(e, d, norms, m, false);
-        if node.radius <= target {
+        if node.radius <= at.target {
             return vec![node];
         }
-        let (l, r) = split(e, d, norms, &node.members, level);
-        return join_children(e, d, norms, l, r, level, target, cancel);
+        let (l, r) = split(e, d, norms, &node.members, at.isa);
+        return join_children(e, d, norms, l, r, at, cancel);
     }
-    let (l, r) = split(e, d, norms, &m, level);
-    join_children(e, d, norms, l, r, level, target, cancel)
+    let (l, r) = split(e, d, norms, &m, at.isa);
+    join_children(e, d, norms, l, r, at, cancel)
+}
+
+/// Where a node of the tree is built: the dot's ISA, the target radius and the node's depth.
+#[derive(Clone, Copy)]
+struct Level {
+    isa: Isa,
+    target: f64,
+    depth: usize,
 }
 
 fn join_children(
@@ -699,21 +781,21 @@ fn join_children(
     norms: &[f64],
     l: Vec<u32>,
     r: Vec<u32>,
-    level: Isa,
-    target: f64,
+    at: Level,
     cancel: &Cancel,
 ) -> Vec<Node> {
     let big = l.len() + r.len() > 4 * LEAF_MAX;
+    let at = Level {
+        depth: at.depth + 1,
+        ..at
+    };
     let (mut ln, rn) = if big {
         rayon::join(
-            || build(e, d, norms, l, level, target, cancel),
-            || build(e, d, norms, r, level, target, cancel),
+            || build(e, d, norms, l, at, cancel),
+            || build(e, d, norms, r, at, cancel),
         )
     } else {
-        (
-            build(e, d, norms, l, level, target, cancel),
-            build(e, d, norms, r, level, target, cancel),
-        )
+        (build(e, d, norms, l, at, cancel), build(e, d, norms, r, at, cancel))
     };
     let off = ln.len();
     let (li, ri) = (off - 1, off + rn.len() - 1);
@@ -757,7 +839,12 @@ fn tree(
     let mut nodes = Vec::new();
     let mut roots = Vec::new();
     if !nz.is_empty() {
-        nodes = build(e, d, norms, nz, level, target_radius(threshold), cancel);
+        let at = Level {
+            isa: level,
+            target: target_radius(threshold),
+            depth: 0,
+        };
+        nodes = build(e, d, norms, nz, at, cancel);
         roots.push(nodes.len() - 1);
     }
     if !zero.is_empty() {
@@ -775,6 +862,36 @@ fn tree(
     layout(&mut nodes, root, &mut orig);
     orig.resize(orig.len().div_ceil(16) * 16, u32::MAX);
     (nodes, root, orig)
+}
+
+/// The shape of the ball tree (for tests).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct TreeStats {
+    /// Nodes on the longest root-to-leaf path, minus one.
+    pub(crate) depth: usize,
+    pub(crate) leaves: usize,
+    pub(crate) largest_leaf: usize,
+}
+
+/// The shape of the tree [`pairs_above_cancellable`] builds for `e` at `threshold`.
+#[cfg(test)]
+pub(crate) fn tree_stats(e: &[f32], d: usize, threshold: f32) -> TreeStats {
+    let norms = row_norms(e, d, "e").expect("valid rows");
+    let (nodes, root, _) = tree(e, d, &norms, isa(), threshold, Cancel::never());
+    let mut st = TreeStats::default();
+    let mut stack = vec![(root, 0usize)];
+    while let Some((i, depth)) = stack.pop() {
+        match nodes[i].children {
+            Some((a, b)) => stack.extend([(a, depth + 1), (b, depth + 1)]),
+            None => {
+                st.depth = st.depth.max(depth);
+                st.leaves += 1;
+                st.largest_leaf = st.largest_leaf.max(nodes[i].members.len());
+            }
+        }
+    }
+    st
 }
 
 /// Whether two balls can contain a pair with canonical score above `threshold`:
@@ -966,33 +1083,6 @@ fn pairs_budgeted(
             }
         }
     }
-    if std::env::var_os("DBG_DEDUP").is_some() {
-        let work: usize = tasks
-            .iter()
-            .map(|t| (t.q1 - t.q0) * (t.c1.div_ceil(16) - t.c0 / 16) * 16)
-            .sum();
-        let lr: Vec<f64> = nodes
-            .iter()
-            .filter(|x| x.children.is_none())
-            .map(|x| x.radius.to_degrees())
-            .collect();
-        let mut srt = lr.clone();
-        srt.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        eprintln!(
-            "leaf radius p10 {:.1} p50 {:.1} p90 {:.1}; root {:.1}",
-            srt[srt.len() / 10],
-            srt[srt.len() / 2],
-            srt[srt.len() * 9 / 10],
-            nodes[root].radius.to_degrees()
-        );
-        eprintln!(
-            "nodes {} leafpairs {} tasks {} work {:.3} of all-pairs",
-            nodes.len(),
-            lp.len(),
-            tasks.len(),
-            work as f64 / (n as f64 * n as f64 / 2.0)
-        );
-    }
     let qthr = match slots.bound() {
         Some(b) => slots.thresholds(&b, threshold),
         None => Vec::new(),
@@ -1009,25 +1099,27 @@ fn pairs_budgeted(
     Ok(out)
 }
 
-fn cross_with(
-    a: &[f32],
-    na: usize,
-    b: &[f32],
-    nb: usize,
+/// Checked rows for [`cross_with`]: `n x d`, finite, with their norms.
+struct Rows<'a> {
+    e: &'a [f32],
+    n: usize,
     d: usize,
-    threshold: f32,
-    path: Path,
-    cancel: &Cancel,
-) -> Result<Vec<Pair>> {
-    check_n(a, na, d, "a")?;
-    check_n(b, nb, d, "b")?;
-    check_threshold(threshold)?;
-    let an = row_norms(a, d, "a")?;
-    let bn = row_norms(b, d, "b")?;
-    let path = effective(path, d);
-    let mut qs = Slots::queries(d, path);
-    qs.append(a, &(0..na as u32).collect::<Vec<u32>>(), &an);
-    cross_kept(&qs, b, nb, &bn, threshold, path, cancel)
+    norms: Vec<f64>,
+}
+
+impl<'a> Rows<'a> {
+    fn new(e: &'a [f32], n: usize, d: usize, what: &'static str) -> Result<Self> {
+        check_n(e, n, d, what)?;
+        let norms = row_norms(e, d, what)?;
+        Ok(Rows { e, n, d, norms })
+    }
+}
+
+fn cross_with(a: &Rows, b: &Rows, threshold: f32, path: Path, cancel: &Cancel) -> Result<Vec<Pair>> {
+    let path = effective(path, a.d);
+    let mut qs = Slots::queries(a.d, path);
+    qs.append(a.e, &(0..a.n as u32).collect::<Vec<u32>>(), &a.norms);
+    cross_kept(&qs, b.e, b.n, &b.norms, threshold, path, cancel)
 }
 
 /// Pairs `(query slot, row of b, score)` with canonical score above `threshold`, sorted, for the
@@ -1106,17 +1198,17 @@ mod tests {
             let got = pairs_with(e, n, d, thr, p, Cancel::never()).unwrap();
             assert_eq!(bits(&got), bits(&want), "path {p:?} n={n} d={d} thr={thr}");
         }
-        let g = dedup_greedy(e, n, d, thr).unwrap();
+        let g = dedup_greedy_cancellable(e, n, d, thr, Cancel::never()).unwrap();
         let w = dedup_greedy_scalar(e, n, d, thr).unwrap();
         for block in [1usize, 7, 64] {
             for p in paths() {
-                let b = dedup_blocked(e, n, d, thr, p, block, Cancel::never()).unwrap();
+                let b = dedup_blocked(e, n, d, thr, p, block, Cancel::never()).unwrap().0;
                 assert_eq!((&b.kept, &b.dup_of), (&w.kept, &w.dup_of), "block {block} {p:?}");
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&b.score), bits(&w.score), "block {block} {p:?}");
             }
         }
-        let all = resolve(n, pairs_above(e, n, d, thr).unwrap());
+        let all = resolve(n, pairs_above_cancellable(e, n, d, thr, Cancel::never()).unwrap());
         assert_eq!((&all.kept, &all.dup_of), (&w.kept, &w.dup_of));
         assert_eq!(g.kept, w.kept);
         assert_eq!(g.dup_of, w.dup_of);
@@ -1155,7 +1247,7 @@ mod tests {
 
     #[test]
     fn pairs_clustered_match_reference() {
-        // above MIN_CLUSTER_N so that clustering and pruning are exercised
+        // large enough for a tree of many leaves, so that pruning is exercised
         for (n, d, thr, noise) in [(2600, 32, 0.9f32, 0.4f32), (3000, 64, 0.8, 0.6), (2100, 17, 0.95, 0.2)] {
             let e = clustered(n, d, 40, noise, n as u64);
             check(&e, n, d, thr);
@@ -1183,18 +1275,98 @@ mod tests {
         check(&e, n, d, -0.1);
     }
 
+    /// Rows that 2-means splits one row off at a time: row `i` is `e_0 + s_i e_(i+1)` with `s`
+    /// increasing, so the last row is the farthest from the mean, the one before it the farthest
+    /// from that, every other row is closer to the second, and the Lloyd steps keep the last row
+    /// alone; the same holds for the rest at the next level, and so on.
+    fn peeling(n: usize, scale: f32) -> (Vec<f32>, usize) {
+        let d = n + 1;
+        let mut e = vec![0.0f32; n * d];
+        for (i, r) in e.chunks_mut(d).enumerate() {
+            let s = scale * (i + 1) as f32;
+            let inv = 1.0 / (1.0 + s * s).sqrt();
+            r[0] = inv;
+            r[i + 1] = s * inv;
+        }
+        (e, d)
+    }
+
+    #[test]
+    fn tree_depth_is_logarithmic_on_a_peeling_layout() {
+        // 2-means alone peels one row per level here: depth n - LEAF_MIN
+        let n = 400;
+        for scale in [1.0f32, 0.05] {
+            let (e, d) = peeling(n, scale);
+            let st = tree_stats(&e, d, 0.9);
+            // logarithmic: every split keeps a fixed fraction of its rows on each side
+            let bound = 4 * n.ilog2() as usize;
+            assert!(st.depth <= bound, "scale {scale}: {st:?}, bound {bound}");
+            assert!(st.largest_leaf <= LEAF_MAX, "{st:?}");
+        }
+    }
+
+    #[test]
+    fn peeling_layout_matches_reference() {
+        let n = 300;
+        for (scale, thr) in [(0.05f32, 0.9f32), (0.02, 0.99), (1.0, 0.0)] {
+            let (e, d) = peeling(n, scale);
+            let want = pairs_above_scalar(&e, n, d, thr).unwrap();
+            assert!(!want.is_empty());
+            for p in paths() {
+                let got = pairs_with(&e, n, d, thr, p, Cancel::never()).unwrap();
+                assert_eq!(bits(&got), bits(&want), "{p:?} scale {scale}");
+            }
+            let w = dedup_greedy_scalar(&e, n, d, thr).unwrap();
+            let g = dedup_greedy_cancellable(&e, n, d, thr, Cancel::never()).unwrap();
+            assert_eq!((&g.kept, &g.dup_of), (&w.kept, &w.dup_of), "scale {scale}");
+        }
+    }
+
+    #[test]
+    fn depth_cap_makes_a_dense_leaf() {
+        // past MAX_DEPTH a node is a leaf whatever its size: the pairs stay those of the reference
+        let (n, d) = (3000, 8);
+        let e = clustered(n, d, 3, 0.3, 11);
+        let norms = row_norms(&e, d, "e").unwrap();
+        let rows: Vec<u32> = (0..n as u32).collect();
+        let at = Level {
+            isa: isa(),
+            target: 0.0,
+            depth: MAX_DEPTH - 1,
+        };
+        let nodes = build(&e, d, &norms, rows, at, Cancel::never());
+        assert_eq!(nodes.len(), 3, "one split, then two leaves at the cap");
+        assert!(nodes[..2]
+            .iter()
+            .all(|x| x.children.is_none() && x.members.len() >= n / MIN_SIDE));
+    }
+
     #[test]
     fn greedy_semantics() {
         // 0 and 1 near-identical, 2 close to 1 but not 0: 2 is kept because 1 was dropped
         let e = [1.0f32, 0.0, 0.95, 0.312_25, 0.8, 0.6];
-        let g = dedup_greedy(&e, 3, 2, 0.9).unwrap();
+        let g = dedup_greedy_cancellable(&e, 3, 2, 0.9, Cancel::never()).unwrap();
         assert_eq!(g.kept, vec![0, 2]);
         assert_eq!(g.dup_of, vec![-1, 0, -1]);
         assert!(g.score[0].is_nan() && g.score[1] > 0.9 && g.score[2].is_nan());
         // dup_of takes the best earlier kept row
         let e = [1.0f32, 0.0, 0.0, 1.0, 0.7, 0.71];
-        let g = dedup_greedy(&e, 3, 2, 0.5).unwrap();
+        let g = dedup_greedy_cancellable(&e, 3, 2, 0.5, Cancel::never()).unwrap();
         assert_eq!(g.dup_of, vec![-1, -1, 1]);
+    }
+
+    /// The naive reference for the cross pairs.
+    fn cross_scalar(a: &[f32], b: &[f32], d: usize, thr: f32) -> Vec<Pair> {
+        let mut out = Vec::new();
+        for (i, x) in a.chunks(d).enumerate() {
+            for (j, y) in b.chunks(d).enumerate() {
+                let s = dot_scalar(x, y);
+                if s > thr {
+                    out.push((i as u32, j as u32, s));
+                }
+            }
+        }
+        out
     }
 
     #[test]
@@ -1202,38 +1374,41 @@ mod tests {
         let d = 40;
         let a = clustered(300, d, 10, 0.4, 1);
         let b = clustered(500, d, 10, 0.4, 1);
+        let (ra, rb) = (Rows::new(&a, 300, d, "a").unwrap(), Rows::new(&b, 500, d, "b").unwrap());
         for thr in [0.9f32, 0.5] {
-            let want = pairs_above_cross_scalar(&a, 300, &b, 500, d, thr).unwrap();
+            let want = cross_scalar(&a, &b, d, thr);
             for p in paths() {
                 assert_eq!(
-                    bits(&cross_with(&a, 300, &b, 500, d, thr, p, Cancel::never()).unwrap()),
+                    bits(&cross_with(&ra, &rb, thr, p, Cancel::never()).unwrap()),
                     bits(&want),
                     "{p:?}"
                 );
             }
         }
-        assert!(pairs_above_cross(&a, 300, &[], 0, d, 0.5).unwrap().is_empty());
+        assert!(pairs_above_cross_cancellable(&a, 300, &[], 0, d, 0.5, Cancel::never())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn rejects_bad_arguments() {
         let e = gaussian(4, 8, 1);
         assert!(matches!(
-            pairs_above(&e, 5, 8, 0.5),
+            pairs_above_cancellable(&e, 5, 8, 0.5, Cancel::never()),
             Err(CoreError::InvalidArgument { arg: "e", .. })
         ));
         assert!(matches!(
-            pairs_above(&e, 4, 8, f32::NAN),
+            pairs_above_cancellable(&e, 4, 8, f32::NAN, Cancel::never()),
             Err(CoreError::InvalidArgument { arg: "threshold", .. })
         ));
         assert!(matches!(
-            dedup_greedy(&e, 4, 0, 0.5),
+            dedup_greedy_cancellable(&e, 4, 0, 0.5, Cancel::never()),
             Err(CoreError::InvalidArgument { arg: "d", .. })
         ));
-        assert!(pairs_above_cross(&e, 4, &e, 3, 8, 0.5).is_err());
+        assert!(pairs_above_cross_cancellable(&e, 4, &e, 3, 8, 0.5, Cancel::never()).is_err());
         let mut bad = e.clone();
         bad[20] = f32::INFINITY;
-        assert!(dedup_greedy(&bad, 4, 8, 0.5).is_err());
+        assert!(dedup_greedy_cancellable(&bad, 4, 8, 0.5, Cancel::never()).is_err());
     }
 
     #[test]
@@ -1247,8 +1422,8 @@ mod tests {
                 .unwrap()
                 .install(|| {
                     (
-                        bits(&pairs_above(&e, n, d, 0.85).unwrap()),
-                        dedup_greedy(&e, n, d, 0.85).unwrap().kept,
+                        bits(&pairs_above_cancellable(&e, n, d, 0.85, Cancel::never()).unwrap()),
+                        dedup_greedy_cancellable(&e, n, d, 0.85, Cancel::never()).unwrap().kept,
                     )
                 })
         };
@@ -1270,7 +1445,16 @@ mod tests {
                 "{p:?}"
             );
             assert!(
-                interrupted(cross_with(&e, n, &e, n, d, 0.8, p, &stop).map(drop)),
+                interrupted(
+                    cross_with(
+                        &Rows::new(&e, n, d, "e").unwrap(),
+                        &Rows::new(&e, n, d, "e").unwrap(),
+                        0.8,
+                        p,
+                        &stop
+                    )
+                    .map(drop)
+                ),
                 "{p:?}"
             );
         }
@@ -1283,11 +1467,11 @@ mod tests {
         let go = Cancel::new();
         assert_eq!(
             bits(&pairs_above_cancellable(&e, n, d, 0.8, &go).unwrap()),
-            bits(&pairs_above(&e, n, d, 0.8).unwrap())
+            bits(&pairs_above_cancellable(&e, n, d, 0.8, Cancel::never()).unwrap())
         );
         let (x, y) = (
             dedup_greedy_cancellable(&e, n, d, 0.8, &go).unwrap(),
-            dedup_greedy(&e, n, d, 0.8).unwrap(),
+            dedup_greedy_cancellable(&e, n, d, 0.8, Cancel::never()).unwrap(),
         );
         assert_eq!((&x.kept, &x.dup_of), (&y.kept, &y.dup_of));
         let sb = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();

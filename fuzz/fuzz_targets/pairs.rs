@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tokvec::{dedup, hamming};
+use tokvec::{dedup, hamming, Cancel};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let fast = dedup::pairs_above(&e, n, d, threshold);
+    let fast = dedup::pairs_above_cancellable(&e, n, d, threshold, Cancel::never());
     let slow = dedup::pairs_above_scalar(&e, n, d, threshold);
     match (&fast, &slow) {
         (Ok(a), Ok(b)) => {
@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
         (Err(_), Err(_)) => {}
         _ => panic!("pairs fast {fast:?} vs scalar {slow:?}"),
     }
-    let fast = dedup::dedup_greedy(&e, n, d, threshold);
+    let fast = dedup::dedup_greedy_cancellable(&e, n, d, threshold, Cancel::never());
     let slow = dedup::dedup_greedy_scalar(&e, n, d, threshold);
     match (&fast, &slow) {
         (Ok(a), Ok(b)) => {
@@ -76,14 +76,14 @@ fuzz_target!(|data: &[u8]| {
             }
         })
         .collect();
-    let fast = hamming::pairs_above(&h, n, words, bits, threshold);
+    let fast = hamming::pairs_above_cancellable(&h, n, words, bits, threshold, Cancel::never());
     let slow = hamming::pairs_above_scalar(&h, n, words, bits, threshold);
     match (&fast, &slow) {
         (Ok(a), Ok(b)) => assert_eq!(a, b),
         (Err(_), Err(_)) => {}
         _ => panic!("hamming pairs fast {fast:?} vs scalar {slow:?}"),
     }
-    let fast = hamming::dedup_greedy(&h, n, words, bits, threshold);
+    let fast = hamming::dedup_greedy_cancellable(&h, n, words, bits, threshold, Cancel::never());
     let slow = hamming::dedup_greedy_scalar(&h, n, words, bits, threshold);
     match (&fast, &slow) {
         (Ok(a), Ok(b)) => {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tokvec::{hamming, topk};
+use tokvec::{hamming, topk, Cancel};
 
 /// Floats from the input: mostly small values from a byte, sometimes raw bit patterns.
 fn floats(data: &[u8], n: usize) -> Vec<f32> {
@@ -76,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let hq = u(rest, nq * words);
     let hc = u(rest.get(3..).unwrap_or(&[]), nc * words);
-    let fast = hamming::topk(&hq, nq, &hc, nc, words, bits, k);
+    let fast = hamming::topk_cancellable(&hq, nq, &hc, nc, words, bits, k, Cancel::never());
     let slow = hamming::topk_scalar(&hq, nq, &hc, nc, words, bits, k);
     match (&fast, &slow) {
         (Ok(a), Ok(b)) => assert_eq!(a, b),
