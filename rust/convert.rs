@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use crate::error::{CoreError, Result};
 use crate::gguf::{GgmlType, GgufFile};
-use crate::header::{map_file, DType, SafetensorsFile};
+use crate::header::{DType, SafetensorsFile};
 use crate::simd::{isa, Isa};
 
 /// How the source stores one table element (or one block of elements).
@@ -455,15 +455,26 @@ pub(crate) fn bad_rows_error(path: &str, tensor: &str, rows: &[usize], what: &st
 }
 
 impl Table {
+    /// A table over bytes `start..end` of a mapped file, in `codec`, or the file's element type
+    /// ("dtype I32", "quantization Q2_K") when a table cannot be read from it.
     fn new(
-        path: String,
+        path: &str,
         name: &str,
-        mmap: Arc<Mmap>,
-        start: usize,
-        end: usize,
+        mmap: &Arc<Mmap>,
+        (start, end): (usize, usize),
         shape: &[u64],
-        codec: Codec,
+        codec: std::result::Result<Codec, String>,
     ) -> Result<Self> {
+        let path = path.to_string();
+        let codec = codec.map_err(|ty| {
+            CoreError::format(
+                &path,
+                format!(
+                    "tensor {name:?}: unsupported {ty} for an embedding table (tokvec reads F32, F16, BF16, F64 and, \
+                     from GGUF, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)"
+                ),
+            )
+        })?;
         if shape.len() != 2 {
             return Err(CoreError::format(
                 &path,
@@ -501,7 +512,7 @@ impl Table {
         Ok(Table {
             path,
             name: name.to_string(),
-            mmap,
+            mmap: mmap.clone(),
             start,
             rows,
             cols,
@@ -512,72 +523,34 @@ impl Table {
 
     /// Opens tensor `name` of a safetensors file (header validated by [`SafetensorsFile`]).
     pub fn from_safetensors(path: impl AsRef<Path>, name: &str) -> Result<Self> {
-        let p = path.as_ref();
-        let f = SafetensorsFile::open(p)?;
-        let t = f.tensor(name)?.clone();
-        let codec = Codec::from_dtype(t.dtype).ok_or_else(|| {
-            CoreError::format(
-                f.path(),
-                format!(
-                    "tensor {name:?} has dtype {}, which is not an embedding table dtype (F16, BF16, F32, F64)",
-                    t.dtype.name()
-                ),
-            )
-        })?;
-        let len = f.len();
-        drop(f);
-        let mmap = map_file(p)?;
-        if mmap.len() != len {
-            return Err(CoreError::format(
-                p.display().to_string(),
-                "the file changed while it was being opened",
-            ));
-        }
+        Table::from_safetensors_file(&SafetensorsFile::open(path)?, name)
+    }
+
+    /// Like [`Table::from_safetensors`], on an already opened file (shares its map).
+    pub fn from_safetensors_file(f: &SafetensorsFile, name: &str) -> Result<Self> {
+        let t = f.tensor(name)?;
         let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
-        Table::new(
-            p.display().to_string(),
-            name,
-            Arc::new(mmap),
-            t.start,
-            t.end,
-            &shape,
-            codec,
-        )
+        let codec = Codec::from_dtype(t.dtype).ok_or_else(|| format!("dtype {}", t.dtype.name()));
+        Table::new(f.path(), name, f.mmap(), (t.start, t.end), &shape, codec)
     }
 
     /// Opens tensor `name` of a GGUF file. Quantized types other than Q4_0, Q4_1, Q5_0, Q5_1,
     /// Q8_0, Q4_K, Q5_K and Q6_K are refused with "unsupported quantization X".
     pub fn from_gguf(path: impl AsRef<Path>, name: &str) -> Result<Self> {
-        let f = GgufFile::open(path)?;
-        Table::from_gguf_file(&f, name)
+        Table::from_gguf_file(&GgufFile::open(path)?, name)
     }
 
     /// Like [`Table::from_gguf`], on an already opened file (shares its map).
     pub fn from_gguf_file(f: &GgufFile, name: &str) -> Result<Self> {
         let t = f.tensor(name)?;
-        let codec = Codec::from_ggml(t.ggml_type).ok_or_else(|| {
-            CoreError::format(
-                f.path(),
-                format!(
-                    "tensor {name:?}: unsupported quantization {} (tokvec dequantizes F32, F16, BF16, F64, Q4_0, Q4_1, \
-                     Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)",
-                    t.ggml_type.name()
-                ),
-            )
-        })?;
         let mut shape = t.shape();
         while shape.len() > 2 && shape[0] == 1 {
             shape.remove(0);
         }
-        Table::new(
-            f.path().to_string(),
-            name,
-            f.mmap().clone(),
-            t.start,
-            t.end,
-            &shape,
-            codec,
-        )
+        let ty = t.ggml_type;
+        let kind = if ty.layout().0 > 1 { "quantization" } else { "dtype" };
+        let codec = Codec::from_ggml(ty).ok_or_else(|| format!("{kind} {}", ty.name()));
+        Table::new(f.path(), name, f.mmap(), (t.start, t.end), &shape, codec)
     }
 
     /// The file.
@@ -609,13 +582,26 @@ impl Table {
         (self.start, self.start + self.rows * self.row_bytes)
     }
 
-    fn check_range(&self, r0: usize, r1: usize, out_len: usize, elem: usize) -> Result<&[u8]> {
+    /// Checks that `[r0, r1)` is a range of the table's rows and returns its length. Callers size
+    /// output buffers only after this check, so a huge range never reaches the allocator (and the
+    /// buffer of a valid range is at most the table's elements).
+    ///
+    /// Errors: `InvalidArgument` naming the range and the row count.
+    pub fn check_rows(&self, r0: usize, r1: usize) -> Result<usize> {
         if r0 > r1 || r1 > self.rows {
             return Err(CoreError::arg(
                 "rows",
-                format!("row range {r0}..{r1} is outside the table's {} rows", self.rows),
+                format!(
+                    "start={r0}, end={r1} is not a row range of the table's {} rows (0 <= start <= end <= {})",
+                    self.rows, self.rows
+                ),
             ));
         }
+        Ok(r1 - r0)
+    }
+
+    fn check_range(&self, r0: usize, r1: usize, out_len: usize, elem: usize) -> Result<&[u8]> {
+        self.check_rows(r0, r1)?;
         if out_len != (r1 - r0) * self.cols * elem {
             return Err(CoreError::arg(
                 "out",
@@ -671,12 +657,7 @@ impl Table {
     /// The ids of the rows in `[r0, r1)` that hold NaN or Inf, ascending. Decodes in chunks of
     /// rows (bounded memory), so it can scan a whole table after a chunked read found a bad row.
     pub fn nonfinite_rows(&self, r0: usize, r1: usize) -> Result<Vec<usize>> {
-        if r0 > r1 || r1 > self.rows {
-            return Err(CoreError::arg(
-                "rows",
-                format!("row range {r0}..{r1} is outside the table's {} rows", self.rows),
-            ));
-        }
+        self.check_rows(r0, r1)?;
         let (cols, rb, codec) = (self.cols, self.row_bytes, self.codec);
         // ~16 MB of source bytes per chunk, so pages can be released as the scan goes
         let step = ((16usize << 20) / rb.max(1)).max(1);

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 use memmap2::{Mmap, MmapMut};
 use safetensors::tensor::{Dtype as StDtype, SafeTensorError};
@@ -110,7 +111,8 @@ pub struct TensorMeta {
 #[derive(Debug)]
 pub struct SafetensorsFile {
     path: String,
-    mmap: Mmap,
+    /// Shared with the readers that stream a tensor ([`crate::convert::Table`]), so a file is mapped once.
+    mmap: Arc<Mmap>,
     tensors: Vec<TensorMeta>,
     metadata: Vec<(String, String)>,
 }
@@ -239,13 +241,7 @@ pub fn validate(bytes: &[u8], ps: &str) -> Result<(Vec<TensorMeta>, Vec<(String,
 /// the file; `expected` says what it should have been ("a file"), for a directory or a FIFO.
 fn open_file(p: &Path, expected: &str) -> Result<(String, File, usize)> {
     let ps = p.display().to_string();
-    let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => CoreError::NotFound { path: ps.clone() },
-        _ => CoreError::Io {
-            path: ps.clone(),
-            source: e,
-        },
-    })?;
+    let meta = std::fs::metadata(p).map_err(|e| CoreError::io(&ps, e))?;
     if meta.is_dir() {
         return Err(CoreError::format(&ps, format!("is a directory, expected {expected}")));
     }
@@ -256,10 +252,7 @@ fn open_file(p: &Path, expected: &str) -> Result<(String, File, usize)> {
             format!("is not a regular file (a pipe, socket or device), expected {expected}"),
         ));
     }
-    let file = File::open(p).map_err(|e| CoreError::Io {
-        path: ps.clone(),
-        source: e,
-    })?;
+    let file = File::open(p).map_err(|e| CoreError::io(&ps, e))?;
     Ok((ps, file, meta.len() as usize))
 }
 
@@ -269,10 +262,7 @@ fn map(file: &File, ps: &str) -> Result<Mmap> {
     // `safe_open` included), soundness assumes no other process truncates or rewrites the file
     // while it is mapped (see `SafetensorsFile::open`; `SafetensorsFile::read` avoids the map);
     // every read is bounds-checked against the map's length by the header validation before use.
-    unsafe { Mmap::map(file) }.map_err(|e| CoreError::Io {
-        path: ps.to_string(),
-        source: e,
-    })
+    unsafe { Mmap::map(file) }.map_err(|e| CoreError::io(ps, e))
 }
 
 /// Maps a file read-only (GGUF files and extract's tables); errors name the file.
@@ -305,7 +295,7 @@ impl SafetensorsFile {
         let (tensors, metadata) = validate(&mmap, &ps)?;
         Ok(SafetensorsFile {
             path: ps,
-            mmap,
+            mmap: Arc::new(mmap),
             tensors,
             metadata,
         })
@@ -320,18 +310,17 @@ impl SafetensorsFile {
     /// got shorter while it was read).
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let (ps, mut file, len) = open_safetensors(path.as_ref())?;
-        let io = |e: std::io::Error| CoreError::Io {
-            path: ps.clone(),
-            source: e,
-        };
         // open_safetensors() refused fewer than 8 bytes, so the map is never empty.
-        let mut anon = memmap2::MmapOptions::new().len(len).map_anon().map_err(io)?;
+        let mut anon = memmap2::MmapOptions::new()
+            .len(len)
+            .map_anon()
+            .map_err(|e| CoreError::io(&ps, e))?;
         file.read_exact(&mut anon).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => CoreError::format(
                 &ps,
                 format!("the file got shorter than {len} bytes while it was being read"),
             ),
-            _ => io(e),
+            _ => CoreError::io(&ps, e),
         })?;
         Self::from_anon(anon, ps)
     }
@@ -348,10 +337,7 @@ impl SafetensorsFile {
         let mut anon = memmap2::MmapOptions::new()
             .len(bytes.len())
             .map_anon()
-            .map_err(|e| CoreError::Io {
-                path: path.to_string(),
-                source: e,
-            })?;
+            .map_err(|e| CoreError::io(path, e))?;
         anon.copy_from_slice(bytes);
         Self::from_anon(anon, path.to_string())
     }
@@ -359,13 +345,10 @@ impl SafetensorsFile {
     /// Validates the bytes of a private anonymous map and keeps them, read-only.
     fn from_anon(anon: MmapMut, path: String) -> Result<Self> {
         let (tensors, metadata) = validate(&anon, &path)?;
-        let mmap = anon.make_read_only().map_err(|e| CoreError::Io {
-            path: path.clone(),
-            source: e,
-        })?;
+        let mmap = anon.make_read_only().map_err(|e| CoreError::io(&path, e))?;
         Ok(SafetensorsFile {
             path,
-            mmap,
+            mmap: Arc::new(mmap),
             tensors,
             metadata,
         })
@@ -398,17 +381,7 @@ impl SafetensorsFile {
 
     /// Looks a tensor up by name; the error lists what the file has.
     pub fn tensor(&self, name: &str) -> Result<&TensorMeta> {
-        self.tensors.iter().find(|t| t.name == name).ok_or_else(|| {
-            let mut names: Vec<&str> = self.tensors.iter().map(|t| t.name.as_str()).take(20).collect();
-            if self.tensors.len() > 20 {
-                names.push("...");
-            }
-            CoreError::MissingTensor {
-                path: self.path.clone(),
-                name: name.to_string(),
-                available: names.join(", "),
-            }
-        })
+        CoreError::find_tensor(&self.path, &self.tensors, name, |t| &t.name)
     }
 
     /// The bytes of a tensor, in place in the map. Offsets were validated at open.
@@ -416,8 +389,13 @@ impl SafetensorsFile {
         &self.mmap[t.start..t.end]
     }
 
-    /// Reads a 1-D tensor as f32 (F16, BF16, F32, F64 accepted).
-    pub fn read_f32_vector(&self, name: &str) -> Result<Vec<f32>> {
+    /// The shared map (for readers that stream a tensor).
+    pub fn mmap(&self) -> &Arc<Mmap> {
+        &self.mmap
+    }
+
+    /// A 1-D tensor and its bytes; the error names the file, the tensor and its shape.
+    fn vector(&self, name: &str) -> Result<(&TensorMeta, &[u8])> {
         let t = self.tensor(name)?;
         if t.shape.len() != 1 {
             return Err(CoreError::format(
@@ -425,7 +403,12 @@ impl SafetensorsFile {
                 format!("tensor {name:?} must be 1-D, has shape {:?}", t.shape),
             ));
         }
-        let b = self.bytes(t);
+        Ok((t, self.bytes(t)))
+    }
+
+    /// Reads a 1-D tensor as f32 (F16, BF16, F32, F64 accepted).
+    pub fn read_f32_vector(&self, name: &str) -> Result<Vec<f32>> {
+        let (t, b) = self.vector(name)?;
         let v = match t.dtype {
             DType::F16 => b
                 .chunks_exact(2)
@@ -455,14 +438,7 @@ impl SafetensorsFile {
 
     /// Reads a 1-D integer tensor (I32, I64, U32) as row indices.
     pub fn read_index_vector(&self, name: &str) -> Result<Vec<u64>> {
-        let t = self.tensor(name)?;
-        if t.shape.len() != 1 {
-            return Err(CoreError::format(
-                &self.path,
-                format!("tensor {name:?} must be 1-D, has shape {:?}", t.shape),
-            ));
-        }
-        let b = self.bytes(t);
+        let (t, b) = self.vector(name)?;
         let neg = || CoreError::format(&self.path, format!("tensor {name:?} holds a negative index"));
         match t.dtype {
             DType::I32 => b
