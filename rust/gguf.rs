@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
+use crate::dtype::ElemType;
 use crate::error::{CoreError, Result};
 use crate::header::{map_file, MAX_HEADER_SIZE};
 
@@ -31,74 +32,6 @@ pub const MAX_DIMS: u32 = 4;
 pub const MAX_ARRAY_DEPTH: u32 = 4;
 /// Alignment of the data section when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
-
-/// A ggml tensor type, by its numeric id in the file. Types this crate does not know are refused
-/// by the parser, so every `GgmlType` has a name and a block layout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct GgmlType(pub u32);
-
-/// (id, name, elements per block, bytes per block) of every ggml type known here.
-const GGML_TYPES: &[(u32, &str, u64, u64)] = &[
-    (0, "F32", 1, 4),
-    (1, "F16", 1, 2),
-    (2, "Q4_0", 32, 18),
-    (3, "Q4_1", 32, 20),
-    (6, "Q5_0", 32, 22),
-    (7, "Q5_1", 32, 24),
-    (8, "Q8_0", 32, 34),
-    (9, "Q8_1", 32, 40),
-    (10, "Q2_K", 256, 84),
-    (11, "Q3_K", 256, 110),
-    (12, "Q4_K", 256, 144),
-    (13, "Q5_K", 256, 176),
-    (14, "Q6_K", 256, 210),
-    (15, "Q8_K", 256, 292),
-    (16, "IQ2_XXS", 256, 66),
-    (17, "IQ2_XS", 256, 74),
-    (18, "IQ3_XXS", 256, 98),
-    (19, "IQ1_S", 256, 50),
-    (20, "IQ4_NL", 32, 18),
-    (21, "IQ3_S", 256, 110),
-    (22, "IQ2_S", 256, 82),
-    (23, "IQ4_XS", 256, 136),
-    (24, "I8", 1, 1),
-    (25, "I16", 1, 2),
-    (26, "I32", 1, 4),
-    (27, "I64", 1, 8),
-    (28, "F64", 1, 8),
-    (29, "IQ1_M", 256, 56),
-    (30, "BF16", 1, 2),
-    (34, "TQ1_0", 256, 54),
-    (35, "TQ2_0", 256, 66),
-    (39, "MXFP4", 32, 17),
-];
-
-impl GgmlType {
-    /// The type's entry, or None for an id this crate does not know.
-    fn entry(self) -> Option<&'static (u32, &'static str, u64, u64)> {
-        GGML_TYPES.iter().find(|e| e.0 == self.0)
-    }
-
-    /// Whether the id is a type this crate knows (the parser refuses the others).
-    pub fn is_known(self) -> bool {
-        self.entry().is_some()
-    }
-
-    /// The type's name ("Q8_0", ...), or "unknown" for an id the parser would have refused.
-    pub fn name(self) -> &'static str {
-        self.entry().map(|e| e.1).unwrap_or("unknown")
-    }
-
-    /// (elements per block, bytes per block); (1, 0) for an unknown id.
-    pub fn layout(self) -> (u64, u64) {
-        self.entry().map(|e| (e.2, e.3)).unwrap_or((1, 0))
-    }
-
-    /// Looks a type up by name ("Q8_0").
-    pub fn from_name(name: &str) -> Option<GgmlType> {
-        GGML_TYPES.iter().find(|e| e.1 == name).map(|e| GgmlType(e.0))
-    }
-}
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -230,7 +163,7 @@ pub struct GgufTensor {
     /// The tensor's name.
     pub name: String,
     /// Its ggml type.
-    pub ggml_type: GgmlType,
+    pub ggml_type: ElemType,
     /// Dimensions in ggml order: `dims[0]` is the row length (fastest varying).
     pub dims: Vec<u64>,
     /// First byte in the file.
@@ -514,10 +447,8 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<GgufHeader> {
         for _ in 0..nd {
             dims.push(c.u64(&format!("dims of tensor {name:?}"))?);
         }
-        let ty = GgmlType(c.u32(&format!("type of tensor {name:?}"))?);
-        if !ty.is_known() {
-            return Err(c.err(format!("tensor {name:?} has unknown ggml type {}", ty.0)));
-        }
+        let id = c.u32(&format!("type of tensor {name:?}"))?;
+        let ty = ElemType::from_ggml(id).ok_or_else(|| c.err(format!("tensor {name:?} has unknown ggml type {id}")))?;
         offsets.push(c.u64(&format!("offset of tensor {name:?}"))?);
         tensors.push(GgufTensor {
             name: name.to_string(),
@@ -542,6 +473,7 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<GgufHeader> {
     for (t, off) in tensors.iter_mut().zip(offsets) {
         let (name, dims, ty) = (&t.name, &t.dims, t.ggml_type);
         let (block, bsize) = ty.layout();
+        let (block, bsize) = (block as u64, bsize as u64);
         let bad = |msg: String| CoreError::format(path, format!("tensor {name:?} ({} {dims:?}): {msg}", ty.name()));
         dims.iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d))
@@ -915,16 +847,6 @@ mod tests {
         let b = claims(0, 1, &kv, 1000);
         let e = parse(&b, "short.gguf").unwrap_err().to_string();
         assert!(e.contains("bytes left in the file"), "{e}");
-    }
-
-    #[test]
-    fn known_types_have_layouts() {
-        for &(id, name, block, size) in GGML_TYPES {
-            assert_eq!(GgmlType::from_name(name), Some(GgmlType(id)));
-            assert!(block >= 1 && size >= 1);
-        }
-        assert_eq!(GgmlType(8).layout(), (32, 34));
-        assert!(!GgmlType(1000).is_known());
     }
 
     proptest::proptest! {

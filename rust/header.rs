@@ -14,83 +14,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use memmap2::{Mmap, MmapMut};
-use safetensors::tensor::{Dtype as StDtype, SafeTensorError};
+use safetensors::tensor::SafeTensorError;
 use safetensors::SafeTensors;
 
+use crate::dtype::ElemType;
 use crate::error::{CoreError, Result};
-
-/// The element types the core reads. Other safetensors dtypes are listed by `tensors()` but are
-/// refused where a table, weights or mapping is expected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DType {
-    /// IEEE half precision.
-    F16,
-    /// bfloat16.
-    BF16,
-    /// IEEE single precision.
-    F32,
-    /// IEEE double precision.
-    F64,
-    /// signed 8-bit (model2vec's quantized tables; a global scale does not change cosines).
-    I8,
-    /// signed 32-bit (model2vec mappings).
-    I32,
-    /// signed 64-bit (model2vec mappings).
-    I64,
-    /// unsigned 32-bit.
-    U32,
-    /// Any other safetensors dtype, kept by name.
-    Other(&'static str),
-}
-
-impl DType {
-    /// Bytes per element (0 for dtypes the core does not read).
-    pub fn size(self) -> usize {
-        match self {
-            DType::I8 => 1,
-            DType::F16 | DType::BF16 => 2,
-            DType::F32 | DType::I32 | DType::U32 => 4,
-            DType::F64 | DType::I64 => 8,
-            DType::Other(_) => 0,
-        }
-    }
-
-    /// The safetensors spelling ("F16", "BF16", ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F16 => "F16",
-            DType::BF16 => "BF16",
-            DType::F32 => "F32",
-            DType::F64 => "F64",
-            DType::I8 => "I8",
-            DType::I32 => "I32",
-            DType::I64 => "I64",
-            DType::U32 => "U32",
-            DType::Other(s) => s,
-        }
-    }
-
-    fn from_st(d: StDtype) -> DType {
-        match d {
-            StDtype::F16 => DType::F16,
-            StDtype::BF16 => DType::BF16,
-            StDtype::F32 => DType::F32,
-            StDtype::F64 => DType::F64,
-            StDtype::I8 => DType::I8,
-            StDtype::I32 => DType::I32,
-            StDtype::I64 => DType::I64,
-            StDtype::U32 => DType::U32,
-            StDtype::BOOL => DType::Other("BOOL"),
-            StDtype::U8 => DType::Other("U8"),
-            StDtype::I16 => DType::Other("I16"),
-            StDtype::U16 => DType::Other("U16"),
-            StDtype::U64 => DType::Other("U64"),
-            StDtype::F8_E5M2 => DType::Other("F8_E5M2"),
-            StDtype::F8_E4M3 => DType::Other("F8_E4M3"),
-            _ => DType::Other("(other)"),
-        }
-    }
-}
 
 /// One tensor's header entry, with offsets made absolute within the file.
 #[derive(Debug, Clone)]
@@ -98,7 +26,7 @@ pub struct TensorMeta {
     /// The tensor's name.
     pub name: String,
     /// Its element type.
-    pub dtype: DType,
+    pub dtype: ElemType,
     /// Its shape.
     pub shape: Vec<usize>,
     /// First byte in the file.
@@ -222,7 +150,7 @@ pub fn validate(bytes: &[u8], ps: &str) -> Result<(Vec<TensorMeta>, Vec<(String,
             match (start, end) {
                 (Some(s), Some(e)) if s <= e && e <= len => Ok(TensorMeta {
                     name,
-                    dtype: DType::from_st(info.dtype),
+                    dtype: ElemType::from_safetensors(info.dtype),
                     shape: info.shape.clone(),
                     start: s,
                     end: e,
@@ -410,19 +338,19 @@ impl SafetensorsFile {
     pub fn read_f32_vector(&self, name: &str) -> Result<Vec<f32>> {
         let (t, b) = self.vector(name)?;
         let v = match t.dtype {
-            DType::F16 => b
+            ElemType::F16 => b
                 .chunks_exact(2)
                 .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
-            DType::BF16 => b
+            ElemType::BF16 => b
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
-            DType::F32 => b
+            ElemType::F32 => b
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
-            DType::F64 => b
+            ElemType::F64 => b
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
                 .collect(),
@@ -441,15 +369,15 @@ impl SafetensorsFile {
         let (t, b) = self.vector(name)?;
         let neg = || CoreError::format(&self.path, format!("tensor {name:?} holds a negative index"));
         match t.dtype {
-            DType::I32 => b
+            ElemType::I32 => b
                 .chunks_exact(4)
                 .map(|c| u64::try_from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])).map_err(|_| neg()))
                 .collect(),
-            DType::U32 => b
+            ElemType::U32 => b
                 .chunks_exact(4)
                 .map(|c| Ok(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64))
                 .collect(),
-            DType::I64 => b
+            ElemType::I64 => b
                 .chunks_exact(8)
                 .map(|c| {
                     u64::try_from(i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
@@ -496,7 +424,7 @@ mod tests {
         let f = SafetensorsFile::open(&p).unwrap();
         let t = f.tensor("t").unwrap();
         assert_eq!(t.shape, vec![2, 3]);
-        assert_eq!(t.dtype, DType::F16);
+        assert_eq!(t.dtype, ElemType::F16);
         assert_eq!(f.bytes(t).len(), 12);
     }
 

@@ -11,6 +11,7 @@ pub mod cancel;
 pub mod cluster;
 pub mod convert;
 pub mod dedup;
+pub mod dtype;
 pub mod error;
 pub mod fasttok;
 pub mod gather;
@@ -25,5 +26,6 @@ pub mod topk;
 mod py;
 
 pub use cancel::Cancel;
+pub use dtype::ElemType;
 pub use error::{CoreError, Result};
-pub use header::{DType, SafetensorsFile, TensorMeta};
+pub use header::{SafetensorsFile, TensorMeta};

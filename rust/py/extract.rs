@@ -11,7 +11,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use pyo3::IntoPyObjectExt;
 
-use crate::convert::{encode_rows, OutDType, Table};
+use crate::convert::{encode_rows, Table};
+use crate::dtype::ElemType;
 use crate::gguf::{GgufFile, Value};
 
 /// Numeric metadata arrays longer than this come back as numpy arrays rather than lists: a list
@@ -280,7 +281,7 @@ impl PyTable {
         end: usize,
         dtype: &str,
     ) -> PyResult<Bound<'py, PyArray1<u8>>> {
-        let dt = OutDType::parse(dtype)?;
+        let dt = ElemType::parse_writable(dtype)?;
         let n = self.inner.check_rows(start, end)?;
         let mut out = vec![0u8; n * self.inner.cols() * dt.size()];
         py.detach(|| self.inner.read_as(start, end, dt, &mut out))?;
@@ -308,7 +309,7 @@ fn encode_table<'py>(
     dtype: &str,
     row0: usize,
 ) -> PyResult<Bound<'py, PyArray1<u8>>> {
-    let dt = OutDType::parse(dtype)?;
+    let dt = ElemType::parse_writable(dtype)?;
     let cols = x.shape()[1];
     let src = x.as_slice()?;
     let mut out = vec![0u8; src.len() * dt.size()];
