@@ -904,6 +904,13 @@ mod tests {
         assert!(Table::from_safetensors(&p, "w")
             .unwrap_err()
             .to_string()
-            .contains("I32"));
+            .contains("unsupported dtype I32"));
+
+        // a table reads through its file's map instead of mapping the file a second time
+        let f = SafetensorsFile::open(d.join("ok.safetensors")).unwrap();
+        let t = Table::from_safetensors_file(&f, "w").unwrap();
+        assert!(Arc::ptr_eq(f.mmap(), &t.mmap));
+        let e = t.read_f32(2, 5, &mut []).unwrap_err().to_string();
+        assert!(e.contains("start=2, end=5") && e.contains("4 rows"), "{e}");
     }
 }

@@ -193,7 +193,7 @@ fn map(file: &File, ps: &str) -> Result<Mmap> {
     unsafe { Mmap::map(file) }.map_err(|e| CoreError::io(ps, e))
 }
 
-/// Maps a file read-only (GGUF files and extract's tables); errors name the file.
+/// Maps a file read-only (GGUF files); errors name the file.
 pub(crate) fn map_file(p: &Path) -> Result<Mmap> {
     let (ps, file, _) = open_file(p, "a file")?;
     map(&file, &ps)
