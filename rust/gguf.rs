@@ -15,6 +15,7 @@
 //! of the file, decoded on demand, so a 100M-element array costs no more than a number. The parser
 //! works on a byte slice, so it is fuzzed and property-tested without files.
 
+use std::fmt::Display;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -201,6 +202,9 @@ pub struct GgufHeader {
 
 /// A bounds-checked little-endian reader over the header bytes. Reads stop at `limit` (the
 /// header cap, or the end of an array being decoded) as well as at the end of the bytes.
+///
+/// Each read takes what it is for (`what`), formatted only when it fails: the parser walks every
+/// element of every metadata array, and building a message per element would dominate its time.
 struct Cursor<'a> {
     b: &'a [u8],
     pos: usize,
@@ -223,14 +227,14 @@ impl<'a> Cursor<'a> {
     }
 
     /// The error for a read that runs past the header cap.
-    fn past_cap(&self, what: &str, at: usize) -> CoreError {
+    fn past_cap(&self, what: impl Display + Copy, at: usize) -> CoreError {
         self.err(format!(
             "{what} at byte {at} runs past byte {MAX_HEADER_SIZE}, the cap on the size of a GGUF header (metadata \
              and tensor infos): the file is corrupt or not GGUF"
         ))
     }
 
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+    fn take(&mut self, n: usize, what: impl Display + Copy) -> Result<&'a [u8]> {
         if n > self.left() {
             if self.capped() && n <= self.b.len().saturating_sub(self.pos) {
                 return Err(self.past_cap(what, self.pos));
@@ -246,31 +250,31 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+    fn array<const N: usize>(&mut self, what: impl Display + Copy) -> Result<[u8; N]> {
         let s = self.take(N, what)?;
         let mut a = [0u8; N];
         a.copy_from_slice(s);
         Ok(a)
     }
 
-    fn u32(&mut self, what: &str) -> Result<u32> {
+    fn u32(&mut self, what: impl Display + Copy) -> Result<u32> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
 
-    fn u64(&mut self, what: &str) -> Result<u64> {
+    fn u64(&mut self, what: impl Display + Copy) -> Result<u64> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
     /// A u64 length or count that must fit in the bytes left, at `min_size` bytes per item. The
     /// count is only a bound: callers never reserve memory from it beyond [`PREALLOC`] items.
-    fn count(&mut self, what: &str, min_size: usize) -> Result<usize> {
+    fn count(&mut self, what: impl Display + Copy, min_size: usize) -> Result<usize> {
         let at = self.pos;
         let n = self.u64(what)?;
         let need = usize::try_from(n).ok().and_then(|n| n.checked_mul(min_size.max(1)));
         match need {
             Some(need) if need <= self.left() => Ok(n as usize),
             Some(need) if self.capped() && need <= self.b.len().saturating_sub(self.pos) => {
-                Err(self.past_cap(&format!("{what} ({n})"), at))
+                Err(self.past_cap(format_args!("{what} ({n})"), at))
             }
             _ => Err(self.err(format!(
                 "{what} at byte {at} is {n}, more than the {} bytes left in the file can hold",
@@ -280,12 +284,12 @@ impl<'a> Cursor<'a> {
     }
 
     /// The bytes of a string (length-prefixed), in place.
-    fn raw_string(&mut self, what: &str) -> Result<&'a [u8]> {
-        let n = self.count(&format!("length of {what}"), 1)?;
+    fn raw_string(&mut self, what: impl Display + Copy) -> Result<&'a [u8]> {
+        let n = self.count(format_args!("length of {what}"), 1)?;
         self.take(n, what)
     }
 
-    fn string(&mut self, what: &str) -> Result<Value> {
+    fn string(&mut self, what: impl Display + Copy) -> Result<Value> {
         let s = self.raw_string(what)?;
         Ok(match std::str::from_utf8(s) {
             Ok(v) => Value::Str(v.to_string()),
@@ -293,7 +297,7 @@ impl<'a> Cursor<'a> {
         })
     }
 
-    fn name(&mut self, what: &str) -> Result<&'a str> {
+    fn name(&mut self, what: impl Display + Copy) -> Result<&'a str> {
         let at = self.pos;
         let s = self.raw_string(what)?;
         std::str::from_utf8(s).map_err(|_| self.err(format!("{what} at byte {at} is not valid UTF-8")))
@@ -321,7 +325,7 @@ impl<'a> Cursor<'a> {
                 let v = self.array::<1>(key)?[0];
                 Value::Bool(self.bool(v, key, at)?)
             }
-            8 => self.string(&format!("metadata {key:?}"))?,
+            8 => self.string(format_args!("metadata {key:?}"))?,
             9 => Value::Array(self.meta_array(key, depth)?),
             10 => Value::U64(self.u64(key)?),
             11 => Value::I64(i64::from_le_bytes(self.array(key)?)),
@@ -347,7 +351,7 @@ impl<'a> Cursor<'a> {
         let elem = self.u32(key)?;
         let min = min_size(elem)
             .ok_or_else(|| self.err(format!("metadata {key:?}: array at byte {at} has unknown type {elem}")))?;
-        let len = self.count(&format!("metadata {key:?} array length"), min)?;
+        let len = self.count(format_args!("metadata {key:?} array length"), min)?;
         let start = self.pos;
         match (fixed_size(elem), elem) {
             (Some(size), _) => {
@@ -361,7 +365,7 @@ impl<'a> Cursor<'a> {
             }
             (None, 8) => {
                 for _ in 0..len {
-                    self.raw_string(&format!("metadata {key:?}"))?;
+                    self.raw_string(format_args!("metadata {key:?}"))?;
                 }
             }
             (None, _) => {
