@@ -23,130 +23,35 @@ use half::{bf16, f16};
 use memmap2::{Mmap, UncheckedAdvice};
 use rayon::prelude::*;
 
+use crate::dtype::ElemType;
 use crate::error::{CoreError, Result};
-use crate::gguf::{GgmlType, GgufFile};
-use crate::header::{map_file, DType, SafetensorsFile};
+use crate::gguf::GgufFile;
+use crate::header::SafetensorsFile;
 use crate::simd::{isa, Isa};
 
-/// How the source stores one table element (or one block of elements).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Codec {
-    /// f32
-    F32,
-    /// IEEE half
-    F16,
-    /// bfloat16
-    BF16,
-    /// f64
-    F64,
-    /// ggml Q4_0: blocks of 32, f16 scale, 4-bit values offset by 8.
-    Q4_0,
-    /// ggml Q4_1: blocks of 32, f16 scale and min, 4-bit values.
-    Q4_1,
-    /// ggml Q5_0: blocks of 32, f16 scale, 5-bit values offset by 16.
-    Q5_0,
-    /// ggml Q5_1: blocks of 32, f16 scale and min, 5-bit values.
-    Q5_1,
-    /// ggml Q8_0: blocks of 32, f16 scale, int8 values.
-    Q8_0,
-    /// ggml Q4_K: super-blocks of 256, 8 sub-blocks with 6-bit scales and mins.
-    Q4K,
-    /// ggml Q5_K: super-blocks of 256, like Q4_K with a fifth bit.
-    Q5K,
-    /// ggml Q6_K: super-blocks of 256, 16 sub-blocks with int8 scales, 6-bit values offset by 32.
-    Q6K,
-}
-
-impl Codec {
-    /// The codec of a safetensors dtype, or None when it cannot hold an embedding table.
-    pub fn from_dtype(d: DType) -> Option<Codec> {
-        match d {
-            DType::F32 => Some(Codec::F32),
-            DType::F16 => Some(Codec::F16),
-            DType::BF16 => Some(Codec::BF16),
-            DType::F64 => Some(Codec::F64),
-            _ => None,
-        }
-    }
-
-    /// The codec of a ggml type, or None for types not dequantized here.
-    pub fn from_ggml(t: GgmlType) -> Option<Codec> {
-        Some(match t.name() {
-            "F32" => Codec::F32,
-            "F16" => Codec::F16,
-            "BF16" => Codec::BF16,
-            "F64" => Codec::F64,
-            "Q4_0" => Codec::Q4_0,
-            "Q4_1" => Codec::Q4_1,
-            "Q5_0" => Codec::Q5_0,
-            "Q5_1" => Codec::Q5_1,
-            "Q8_0" => Codec::Q8_0,
-            "Q4_K" => Codec::Q4K,
-            "Q5_K" => Codec::Q5K,
-            "Q6_K" => Codec::Q6K,
-            _ => return None,
-        })
-    }
-
-    /// The name as safetensors / ggml spell it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Codec::F32 => "F32",
-            Codec::F16 => "F16",
-            Codec::BF16 => "BF16",
-            Codec::F64 => "F64",
-            Codec::Q4_0 => "Q4_0",
-            Codec::Q4_1 => "Q4_1",
-            Codec::Q5_0 => "Q5_0",
-            Codec::Q5_1 => "Q5_1",
-            Codec::Q8_0 => "Q8_0",
-            Codec::Q4K => "Q4_K",
-            Codec::Q5K => "Q5_K",
-            Codec::Q6K => "Q6_K",
-        }
-    }
-
-    /// (elements per block, bytes per block).
-    pub fn block(self) -> (usize, usize) {
-        match self {
-            Codec::F32 => (1, 4),
-            Codec::F16 | Codec::BF16 => (1, 2),
-            Codec::F64 => (1, 8),
-            Codec::Q4_0 => (32, 18),
-            Codec::Q4_1 => (32, 20),
-            Codec::Q5_0 => (32, 22),
-            Codec::Q5_1 => (32, 24),
-            Codec::Q8_0 => (32, 34),
-            Codec::Q4K => (256, 144),
-            Codec::Q5K => (256, 176),
-            Codec::Q6K => (256, 210),
-        }
-    }
-
-    /// Bytes of `n` elements (`n` a multiple of the block size), None on overflow.
-    pub fn bytes_for(self, n: usize) -> Option<usize> {
-        let (e, b) = self.block();
-        n.is_multiple_of(e).then(|| (n / e).checked_mul(b)).flatten()
-    }
-
+impl ElemType {
     /// Decodes whole blocks: `dst.len()` elements from `src`. Only complete blocks present in both
     /// are written (callers pass matching lengths, checked by `Table`), so no read is out of bounds.
+    ///
+    /// Panics if the type is not [`ElemType::decodable`] (`Table` checks it when it opens a tensor).
     pub fn decode(self, src: &[u8], dst: &mut [f32]) {
-        let (e, b) = self.block();
+        assert!(self.decodable(), "{} tables are not decoded", self.name());
+        let (e, b) = self.layout();
         for (s, d) in src.chunks_exact(b).zip(dst.chunks_exact_mut(e)) {
             match self {
-                Codec::F32 => d[0] = f32::from_le_bytes([s[0], s[1], s[2], s[3]]),
-                Codec::F16 => d[0] = f16::from_le_bytes([s[0], s[1]]).to_f32(),
-                Codec::BF16 => d[0] = bf16::from_le_bytes([s[0], s[1]]).to_f32(),
-                Codec::F64 => d[0] = f64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]) as f32,
-                Codec::Q4_0 => dequant_q4_0(s, d),
-                Codec::Q4_1 => dequant_q4_1(s, d),
-                Codec::Q5_0 => dequant_q5_0(s, d),
-                Codec::Q5_1 => dequant_q5_1(s, d),
-                Codec::Q8_0 => dequant_q8_0(s, d),
-                Codec::Q4K => dequant_q4_k(s, d),
-                Codec::Q5K => dequant_q5_k(s, d),
-                Codec::Q6K => dequant_q6_k(s, d),
+                ElemType::F32 => d[0] = f32::from_le_bytes([s[0], s[1], s[2], s[3]]),
+                ElemType::F16 => d[0] = f16::from_le_bytes([s[0], s[1]]).to_f32(),
+                ElemType::BF16 => d[0] = bf16::from_le_bytes([s[0], s[1]]).to_f32(),
+                ElemType::F64 => d[0] = f64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]) as f32,
+                ElemType::Q4_0 => dequant_q4_0(s, d),
+                ElemType::Q4_1 => dequant_q4_1(s, d),
+                ElemType::Q5_0 => dequant_q5_0(s, d),
+                ElemType::Q5_1 => dequant_q5_1(s, d),
+                ElemType::Q8_0 => dequant_q8_0(s, d),
+                ElemType::Q4K => dequant_q4_k(s, d),
+                ElemType::Q5K => dequant_q5_k(s, d),
+                ElemType::Q6K => dequant_q6_k(s, d),
+                _ => {}
             }
         }
     }
@@ -277,77 +182,35 @@ fn dequant_q6_k(s: &[u8], y: &mut [f32]) {
     }
 }
 
-/// The element types a tokvec table is written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutDType {
-    /// IEEE half (tokvec's default for quantized sources).
-    F16,
-    /// bfloat16.
-    BF16,
-    /// f32.
-    F32,
-}
-
-impl OutDType {
-    /// Parses "F16" / "f16" / "BF16" / "F32" (any case).
-    pub fn parse(s: &str) -> Result<OutDType> {
-        match s.to_ascii_uppercase().as_str() {
-            "F16" | "FLOAT16" => Ok(OutDType::F16),
-            "BF16" | "BFLOAT16" => Ok(OutDType::BF16),
-            "F32" | "FLOAT32" => Ok(OutDType::F32),
-            _ => Err(CoreError::arg("dtype", format!("{s:?} is not one of f16, bf16, f32"))),
-        }
-    }
-
-    /// The safetensors spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            OutDType::F16 => "F16",
-            OutDType::BF16 => "BF16",
-            OutDType::F32 => "F32",
-        }
-    }
-
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            OutDType::F16 | OutDType::BF16 => 2,
-            OutDType::F32 => 4,
-        }
-    }
-
-    fn same_as(self, c: Codec) -> bool {
-        matches!(
-            (self, c),
-            (OutDType::F16, Codec::F16) | (OutDType::BF16, Codec::BF16) | (OutDType::F32, Codec::F32)
-        )
-    }
-}
-
 /// Encodes f32 values as `dtype` (round to nearest even). Returns false when a finite input
 /// overflows the output type (e.g. above 65504 in F16).
-pub fn encode_row(src: &[f32], dtype: OutDType, dst: &mut [u8]) -> bool {
+///
+/// Panics if `dtype` is not [`ElemType::writable`] (its callers take it from
+/// [`ElemType::parse_writable`]).
+pub fn encode_row(src: &[f32], dtype: ElemType, dst: &mut [u8]) -> bool {
+    assert!(dtype.writable(), "tables are not written in {}", dtype.name());
     let mut ok = true;
     match dtype {
-        OutDType::F32 => {
+        ElemType::F32 => {
             for (v, o) in src.iter().zip(dst.chunks_exact_mut(4)) {
                 o.copy_from_slice(&v.to_le_bytes());
             }
         }
-        OutDType::F16 => {
+        ElemType::F16 => {
             for (v, o) in src.iter().zip(dst.chunks_exact_mut(2)) {
                 let x = f16::from_f32(*v);
                 ok &= x.is_finite() || !v.is_finite();
                 o.copy_from_slice(&x.to_le_bytes());
             }
         }
-        OutDType::BF16 => {
+        ElemType::BF16 => {
             for (v, o) in src.iter().zip(dst.chunks_exact_mut(2)) {
                 let x = bf16::from_f32(*v);
                 ok &= x.is_finite() || !v.is_finite();
                 o.copy_from_slice(&x.to_le_bytes());
             }
         }
+        _ => {}
     }
     ok
 }
@@ -362,7 +225,7 @@ const F64_F32_OVERFLOW: u64 = 0x47EF_FFFF_F000_0000;
 ///
 /// Integer bit tests, reduced by `max` with no early exit so that the loops vectorize (1.6x the
 /// speed of `any` with SSE2); with AVX2 the same code is compiled for AVX2, 4x faster again.
-pub(crate) fn raw_has_nonfinite(c: Codec, row: &[u8]) -> bool {
+pub(crate) fn raw_has_nonfinite(c: ElemType, row: &[u8]) -> bool {
     #[cfg(target_arch = "x86_64")]
     if isa() >= Isa::Avx2 {
         // SAFETY: `isa()` reported AVX2 on this CPU.
@@ -374,12 +237,12 @@ pub(crate) fn raw_has_nonfinite(c: Codec, row: &[u8]) -> bool {
 /// [`raw_has_nonfinite_impl`] compiled for AVX2 (same result).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn raw_has_nonfinite_avx2(c: Codec, row: &[u8]) -> bool {
+unsafe fn raw_has_nonfinite_avx2(c: ElemType, row: &[u8]) -> bool {
     raw_has_nonfinite_impl(c, row)
 }
 
 #[inline(always)]
-fn raw_has_nonfinite_impl(c: Codec, row: &[u8]) -> bool {
+fn raw_has_nonfinite_impl(c: ElemType, row: &[u8]) -> bool {
     // `x & EXP` is at most `EXP`, so its maximum is `EXP` iff some element has all exponent bits set
     const F16_EXP: u16 = 0x7C00;
     const BF16_EXP: u16 = 0x7F80;
@@ -391,15 +254,15 @@ fn raw_has_nonfinite_impl(c: Codec, row: &[u8]) -> bool {
             == mask
     };
     match c {
-        Codec::F16 => u16s(F16_EXP),
-        Codec::BF16 => u16s(BF16_EXP),
-        Codec::F32 => {
+        ElemType::F16 => u16s(F16_EXP),
+        ElemType::BF16 => u16s(BF16_EXP),
+        ElemType::F32 => {
             row.chunks_exact(4)
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & F32_EXP)
                 .fold(0, u32::max)
                 == F32_EXP
         }
-        Codec::F64 => {
+        ElemType::F64 => {
             row.chunks_exact(8)
                 .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) & !(1u64 << 63))
                 .fold(0, u64::max)
@@ -410,14 +273,14 @@ fn raw_has_nonfinite_impl(c: Codec, row: &[u8]) -> bool {
 }
 
 /// Whether [`raw_has_nonfinite`] can scan a codec's raw bytes (the plain float types).
-fn raw_scannable(c: Codec) -> bool {
-    matches!(c, Codec::F16 | Codec::BF16 | Codec::F32 | Codec::F64)
+pub(crate) fn raw_scannable(c: ElemType) -> bool {
+    matches!(c, ElemType::F16 | ElemType::BF16 | ElemType::F32 | ElemType::F64)
 }
 
 /// The ids (`row0 + i`, ascending) of the rows of `data` (rows of `row_bytes` bytes) whose first
 /// `used` bytes hold a value that [`raw_has_nonfinite`] flags; in parallel over rows. `used` lets a
 /// truncated model check only the columns it reads.
-pub(crate) fn nonfinite_raw_rows(c: Codec, data: &[u8], row_bytes: usize, used: usize, row0: usize) -> Vec<usize> {
+pub(crate) fn nonfinite_raw_rows(c: ElemType, data: &[u8], row_bytes: usize, used: usize, row0: usize) -> Vec<usize> {
     let used = used.min(row_bytes);
     data.par_chunks(row_bytes.max(1))
         .with_min_len(256)
@@ -435,7 +298,7 @@ pub struct Table {
     start: usize,
     rows: usize,
     cols: usize,
-    codec: Codec,
+    codec: ElemType,
     row_bytes: usize,
 }
 
@@ -455,15 +318,27 @@ pub(crate) fn bad_rows_error(path: &str, tensor: &str, rows: &[usize], what: &st
 }
 
 impl Table {
+    /// A table over bytes `start..end` of a mapped file, in element type `codec`.
     fn new(
-        path: String,
+        path: &str,
         name: &str,
-        mmap: Arc<Mmap>,
-        start: usize,
-        end: usize,
+        mmap: &Arc<Mmap>,
+        (start, end): (usize, usize),
         shape: &[u64],
-        codec: Codec,
+        codec: ElemType,
     ) -> Result<Self> {
+        let path = path.to_string();
+        if !codec.decodable() {
+            let kind = if codec.is_quantized() { "quantization" } else { "dtype" };
+            return Err(CoreError::format(
+                &path,
+                format!(
+                    "tensor {name:?}: unsupported {kind} {} for an embedding table (tokvec reads {})",
+                    codec.name(),
+                    ElemType::decodable_names()
+                ),
+            ));
+        }
         if shape.len() != 2 {
             return Err(CoreError::format(
                 &path,
@@ -501,7 +376,7 @@ impl Table {
         Ok(Table {
             path,
             name: name.to_string(),
-            mmap,
+            mmap: mmap.clone(),
             start,
             rows,
             cols,
@@ -512,72 +387,30 @@ impl Table {
 
     /// Opens tensor `name` of a safetensors file (header validated by [`SafetensorsFile`]).
     pub fn from_safetensors(path: impl AsRef<Path>, name: &str) -> Result<Self> {
-        let p = path.as_ref();
-        let f = SafetensorsFile::open(p)?;
-        let t = f.tensor(name)?.clone();
-        let codec = Codec::from_dtype(t.dtype).ok_or_else(|| {
-            CoreError::format(
-                f.path(),
-                format!(
-                    "tensor {name:?} has dtype {}, which is not an embedding table dtype (F16, BF16, F32, F64)",
-                    t.dtype.name()
-                ),
-            )
-        })?;
-        let len = f.len();
-        drop(f);
-        let mmap = map_file(p)?;
-        if mmap.len() != len {
-            return Err(CoreError::format(
-                p.display().to_string(),
-                "the file changed while it was being opened",
-            ));
-        }
+        Table::from_safetensors_file(&SafetensorsFile::open(path)?, name)
+    }
+
+    /// Like [`Table::from_safetensors`], on an already opened file (shares its map).
+    pub fn from_safetensors_file(f: &SafetensorsFile, name: &str) -> Result<Self> {
+        let t = f.tensor(name)?;
         let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
-        Table::new(
-            p.display().to_string(),
-            name,
-            Arc::new(mmap),
-            t.start,
-            t.end,
-            &shape,
-            codec,
-        )
+        Table::new(f.path(), name, f.mmap(), (t.start, t.end), &shape, t.dtype)
     }
 
     /// Opens tensor `name` of a GGUF file. Quantized types other than Q4_0, Q4_1, Q5_0, Q5_1,
     /// Q8_0, Q4_K, Q5_K and Q6_K are refused with "unsupported quantization X".
     pub fn from_gguf(path: impl AsRef<Path>, name: &str) -> Result<Self> {
-        let f = GgufFile::open(path)?;
-        Table::from_gguf_file(&f, name)
+        Table::from_gguf_file(&GgufFile::open(path)?, name)
     }
 
     /// Like [`Table::from_gguf`], on an already opened file (shares its map).
     pub fn from_gguf_file(f: &GgufFile, name: &str) -> Result<Self> {
         let t = f.tensor(name)?;
-        let codec = Codec::from_ggml(t.ggml_type).ok_or_else(|| {
-            CoreError::format(
-                f.path(),
-                format!(
-                    "tensor {name:?}: unsupported quantization {} (tokvec dequantizes F32, F16, BF16, F64, Q4_0, Q4_1, \
-                     Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)",
-                    t.ggml_type.name()
-                ),
-            )
-        })?;
         let mut shape = t.shape();
         while shape.len() > 2 && shape[0] == 1 {
             shape.remove(0);
         }
-        Table::new(
-            f.path().to_string(),
-            name,
-            f.mmap().clone(),
-            t.start,
-            t.end,
-            &shape,
-            codec,
-        )
+        Table::new(f.path(), name, f.mmap(), (t.start, t.end), &shape, t.ggml_type)
     }
 
     /// The file.
@@ -597,7 +430,7 @@ impl Table {
         self.cols
     }
     /// The source element type.
-    pub fn codec(&self) -> Codec {
+    pub fn codec(&self) -> ElemType {
         self.codec
     }
     /// `table "name"`, for messages.
@@ -609,13 +442,26 @@ impl Table {
         (self.start, self.start + self.rows * self.row_bytes)
     }
 
-    fn check_range(&self, r0: usize, r1: usize, out_len: usize, elem: usize) -> Result<&[u8]> {
+    /// Checks that `[r0, r1)` is a range of the table's rows and returns its length. Callers size
+    /// output buffers only after this check, so a huge range never reaches the allocator (and the
+    /// buffer of a valid range is at most the table's elements).
+    ///
+    /// Errors: `InvalidArgument` naming the range and the row count.
+    pub fn check_rows(&self, r0: usize, r1: usize) -> Result<usize> {
         if r0 > r1 || r1 > self.rows {
             return Err(CoreError::arg(
                 "rows",
-                format!("row range {r0}..{r1} is outside the table's {} rows", self.rows),
+                format!(
+                    "start={r0}, end={r1} is not a row range of the table's {} rows (0 <= start <= end <= {})",
+                    self.rows, self.rows
+                ),
             ));
         }
+        Ok(r1 - r0)
+    }
+
+    fn check_range(&self, r0: usize, r1: usize, out_len: usize, elem: usize) -> Result<&[u8]> {
+        self.check_rows(r0, r1)?;
         if out_len != (r1 - r0) * self.cols * elem {
             return Err(CoreError::arg(
                 "out",
@@ -671,12 +517,7 @@ impl Table {
     /// The ids of the rows in `[r0, r1)` that hold NaN or Inf, ascending. Decodes in chunks of
     /// rows (bounded memory), so it can scan a whole table after a chunked read found a bad row.
     pub fn nonfinite_rows(&self, r0: usize, r1: usize) -> Result<Vec<usize>> {
-        if r0 > r1 || r1 > self.rows {
-            return Err(CoreError::arg(
-                "rows",
-                format!("row range {r0}..{r1} is outside the table's {} rows", self.rows),
-            ));
-        }
+        self.check_rows(r0, r1)?;
         let (cols, rb, codec) = (self.cols, self.row_bytes, self.codec);
         // ~16 MB of source bytes per chunk, so pages can be released as the scan goes
         let step = ((16usize << 20) / rb.max(1)).max(1);
@@ -710,11 +551,11 @@ impl Table {
     /// Converts rows `[r0, r1)` to `dtype` little-endian bytes into `out`.
     ///
     /// Errors: `Format` listing the rows that hold NaN or Inf, or whose values overflow `dtype`.
-    pub fn read_as(&self, r0: usize, r1: usize, dtype: OutDType, out: &mut [u8]) -> Result<()> {
+    pub fn read_as(&self, r0: usize, r1: usize, dtype: ElemType, out: &mut [u8]) -> Result<()> {
         let src = self.check_range(r0, r1, out.len(), dtype.size())?;
         let (cols, rb, codec) = (self.cols, self.row_bytes, self.codec);
         let ob = cols * dtype.size();
-        let result: Vec<(usize, bool)> = if dtype.same_as(codec) {
+        let result: Vec<(usize, bool)> = if dtype == codec {
             out.par_chunks_mut(ob)
                 .zip(src.par_chunks(rb))
                 .enumerate()
@@ -765,7 +606,7 @@ impl Table {
 
 /// Encodes an f32 matrix (row-major, `cols` per row) as `dtype` bytes, checking for NaN/Inf and
 /// overflow. `row0` numbers the rows in error messages.
-pub fn encode_rows(src: &[f32], cols: usize, dtype: OutDType, row0: usize, out: &mut [u8]) -> Result<()> {
+pub fn encode_rows(src: &[f32], cols: usize, dtype: ElemType, row0: usize, out: &mut [u8]) -> Result<()> {
     if cols == 0 || !src.len().is_multiple_of(cols) || out.len() != src.len() * dtype.size() {
         return Err(CoreError::arg("out", "input and output lengths do not match"));
     }
@@ -805,13 +646,13 @@ mod tests {
     }
 
     /// Random blocks whose f16 scales are small finite values (random bits could be NaN).
-    fn blocks(c: Codec, n: usize, seed: u64) -> Vec<u8> {
-        let (_, b) = c.block();
+    fn blocks(c: ElemType, n: usize, seed: u64) -> Vec<u8> {
+        let (_, b) = c.layout();
         let mut v = bytes(n * b, seed);
         let scale_at: &[usize] = match c {
-            Codec::Q4_0 | Codec::Q5_0 | Codec::Q8_0 => &[0],
-            Codec::Q4_1 | Codec::Q5_1 | Codec::Q4K | Codec::Q5K => &[0, 2],
-            Codec::Q6K => &[208],
+            ElemType::Q4_0 | ElemType::Q5_0 | ElemType::Q8_0 => &[0],
+            ElemType::Q4_1 | ElemType::Q5_1 | ElemType::Q4K | ElemType::Q5K => &[0, 2],
+            ElemType::Q6K => &[208],
             _ => &[],
         };
         for blk in v.chunks_exact_mut(b) {
@@ -824,17 +665,21 @@ mod tests {
     }
 
     /// Scalar reference dequantization written from ggml's C kernels, element by element.
-    fn reference(c: Codec, s: &[u8]) -> Vec<f32> {
+    fn reference(c: ElemType, s: &[u8]) -> Vec<f32> {
         let hf = |i: usize| f16::from_le_bytes([s[i], s[i + 1]]).to_f32();
         let mut y = Vec::new();
         match c {
-            Codec::Q8_0 => {
+            ElemType::Q8_0 => {
                 for j in 0..32 {
                     y.push(s[2 + j] as i8 as f32 * hf(0));
                 }
             }
-            Codec::Q4_0 | Codec::Q4_1 => {
-                let (qs, m) = if c == Codec::Q4_0 { (2, None) } else { (4, Some(hf(2))) };
+            ElemType::Q4_0 | ElemType::Q4_1 => {
+                let (qs, m) = if c == ElemType::Q4_0 {
+                    (2, None)
+                } else {
+                    (4, Some(hf(2)))
+                };
                 for j in 0..32 {
                     let b = s[qs + j % 16];
                     let q = if j < 16 { b & 15 } else { b >> 4 };
@@ -844,8 +689,12 @@ mod tests {
                     });
                 }
             }
-            Codec::Q5_0 | Codec::Q5_1 => {
-                let (qh_at, m) = if c == Codec::Q5_0 { (2, None) } else { (4, Some(hf(2))) };
+            ElemType::Q5_0 | ElemType::Q5_1 => {
+                let (qh_at, m) = if c == ElemType::Q5_0 {
+                    (2, None)
+                } else {
+                    (4, Some(hf(2)))
+                };
                 let qh = u32::from_le_bytes([s[qh_at], s[qh_at + 1], s[qh_at + 2], s[qh_at + 3]]);
                 for j in 0..32 {
                     let b = s[qh_at + 4 + j % 16];
@@ -857,20 +706,20 @@ mod tests {
                     });
                 }
             }
-            Codec::Q4K | Codec::Q5K => {
-                let qs_at = if c == Codec::Q4K { 16 } else { 48 };
+            ElemType::Q4K | ElemType::Q5K => {
+                let qs_at = if c == ElemType::Q4K { 16 } else { 48 };
                 for j in 0..256 {
                     let sub = j / 32;
                     let (sc, m) = scale_min_k4(sub, &s[4..16]);
                     let b = s[qs_at + (j / 64) * 32 + j % 32];
                     let mut q = if sub.is_multiple_of(2) { b & 15 } else { b >> 4 };
-                    if c == Codec::Q5K && s[16 + j % 32] & (1 << sub) != 0 {
+                    if c == ElemType::Q5K && s[16 + j % 32] & (1 << sub) != 0 {
                         q += 16;
                     }
                     y.push(hf(0) * sc as f32 * q as f32 - hf(2) * m as f32);
                 }
             }
-            Codec::Q6K => {
+            ElemType::Q6K => {
                 for j in 0..256 {
                     let (n, r) = (j / 128, j % 128);
                     let (quarter, l) = (r / 32, r % 32);
@@ -890,16 +739,16 @@ mod tests {
     #[test]
     fn dequantization_matches_scalar_reference() {
         for c in [
-            Codec::Q4_0,
-            Codec::Q4_1,
-            Codec::Q5_0,
-            Codec::Q5_1,
-            Codec::Q8_0,
-            Codec::Q4K,
-            Codec::Q5K,
-            Codec::Q6K,
+            ElemType::Q4_0,
+            ElemType::Q4_1,
+            ElemType::Q5_0,
+            ElemType::Q5_1,
+            ElemType::Q8_0,
+            ElemType::Q4K,
+            ElemType::Q5K,
+            ElemType::Q6K,
         ] {
-            let (e, b) = c.block();
+            let (e, b) = c.layout();
             let src = blocks(c, 7, 42 + b as u64);
             let mut got = vec![0f32; 7 * e];
             c.decode(&src, &mut got);
@@ -917,23 +766,18 @@ mod tests {
     #[test]
     fn float_round_trips_and_rounding() {
         let vals = [0.0f32, -1.5, 3.140625, 65504.0, 1e-8, -2.5e-3];
-        for dt in [OutDType::F16, OutDType::BF16, OutDType::F32] {
+        for dt in [ElemType::F16, ElemType::BF16, ElemType::F32] {
             let mut out = vec![0u8; vals.len() * dt.size()];
             assert!(encode_row(&vals, dt, &mut out));
-            let codec = match dt {
-                OutDType::F16 => Codec::F16,
-                OutDType::BF16 => Codec::BF16,
-                OutDType::F32 => Codec::F32,
-            };
             let mut back = vec![0f32; vals.len()];
-            codec.decode(&out, &mut back);
+            dt.decode(&out, &mut back);
             for (v, b) in vals.iter().zip(&back) {
                 assert!((v - b).abs() <= v.abs() * 4e-3 + 6e-8, "{dt:?}: {v} -> {b}");
             }
         }
         let mut out = vec![0u8; 2];
-        assert!(!encode_row(&[1e6], OutDType::F16, &mut out), "1e6 overflows f16");
-        assert!(encode_row(&[1e6], OutDType::BF16, &mut out));
+        assert!(!encode_row(&[1e6], ElemType::F16, &mut out), "1e6 overflows f16");
+        assert!(encode_row(&[1e6], ElemType::BF16, &mut out));
     }
 
     #[test]
@@ -953,16 +797,16 @@ mod tests {
             f64::NAN,
         ] {
             assert_eq!(
-                raw_has_nonfinite(Codec::F64, &v.to_le_bytes()),
+                raw_has_nonfinite(ElemType::F64, &v.to_le_bytes()),
                 !(v as f32).is_finite(),
                 "{v:e}"
             );
         }
-        assert!(raw_has_nonfinite(Codec::F16, &f16::INFINITY.to_le_bytes()));
-        assert!(raw_has_nonfinite(Codec::BF16, &bf16::NAN.to_le_bytes()));
-        assert!(raw_has_nonfinite(Codec::F32, &f32::NEG_INFINITY.to_le_bytes()));
-        assert!(!raw_has_nonfinite(Codec::F16, &f16::MAX.to_le_bytes()));
-        assert!(!raw_has_nonfinite(Codec::F32, &f32::MAX.to_le_bytes()));
+        assert!(raw_has_nonfinite(ElemType::F16, &f16::INFINITY.to_le_bytes()));
+        assert!(raw_has_nonfinite(ElemType::BF16, &bf16::NAN.to_le_bytes()));
+        assert!(raw_has_nonfinite(ElemType::F32, &f32::NEG_INFINITY.to_le_bytes()));
+        assert!(!raw_has_nonfinite(ElemType::F16, &f16::MAX.to_le_bytes()));
+        assert!(!raw_has_nonfinite(ElemType::F32, &f32::MAX.to_le_bytes()));
     }
 
     #[test]
@@ -976,7 +820,7 @@ mod tests {
             x ^= x << 17;
             x
         };
-        for codec in [Codec::F16, Codec::BF16, Codec::F32, Codec::F64] {
+        for codec in [ElemType::F16, ElemType::BF16, ElemType::F32, ElemType::F64] {
             let size = codec.bytes_for(1).unwrap();
             for len in [0usize, 1, 3, 17, 64, 200] {
                 for _ in 0..200 {
@@ -1005,8 +849,8 @@ mod tests {
         // only the first `used` bytes of each row count
         let mut t = vec![0u8; 4 * 8];
         t[2 * 8 + 6..2 * 8 + 8].copy_from_slice(&f16::NAN.to_le_bytes());
-        assert_eq!(nonfinite_raw_rows(Codec::F16, &t, 8, 8, 0), vec![2]);
-        assert!(nonfinite_raw_rows(Codec::F16, &t, 8, 6, 0).is_empty());
+        assert_eq!(nonfinite_raw_rows(ElemType::F16, &t, 8, 8, 0), vec![2]);
+        assert!(nonfinite_raw_rows(ElemType::F16, &t, 8, 6, 0).is_empty());
     }
 
     fn write_st(dir: &Path, name: &str, dtype: &str, shape: [usize; 2], data: &[u8]) -> std::path::PathBuf {
@@ -1037,10 +881,10 @@ mod tests {
         t.read_f32(1, 3, &mut out).unwrap();
         assert_eq!(out, vals[3..9]);
         let mut raw = vec![0u8; 12 * 4];
-        t.read_as(0, 4, OutDType::F32, &mut raw).unwrap();
+        t.read_as(0, 4, ElemType::F32, &mut raw).unwrap();
         assert_eq!(raw, data);
         let mut h = vec![0u8; 12 * 2];
-        t.read_as(0, 4, OutDType::F16, &mut h).unwrap();
+        t.read_as(0, 4, ElemType::F16, &mut h).unwrap();
         assert_eq!(f16::from_le_bytes([h[2], h[3]]).to_f32(), -1.5);
         assert!(t.read_f32(3, 5, &mut [0f32; 6]).is_err());
         assert!(t.read_f32(0, 1, &mut [0f32; 2]).is_err());
@@ -1053,13 +897,20 @@ mod tests {
         let t = Table::from_safetensors(&p, "w").unwrap();
         let e = t.read_f32(0, 4, &mut [0f32; 12]).unwrap_err().to_string();
         assert!(e.contains("row ids 1, 3") && e.contains("nan.safetensors"), "{e}");
-        let e = t.read_as(0, 4, OutDType::F32, &mut [0u8; 48]).unwrap_err().to_string();
+        let e = t.read_as(0, 4, ElemType::F32, &mut [0u8; 48]).unwrap_err().to_string();
         assert!(e.contains("row ids 1, 3"), "{e}");
 
         let p = write_st(&d, "i32.safetensors", "I32", [4, 3], &[0u8; 48]);
         assert!(Table::from_safetensors(&p, "w")
             .unwrap_err()
             .to_string()
-            .contains("I32"));
+            .contains("unsupported dtype I32"));
+
+        // a table reads through its file's map instead of mapping the file a second time
+        let f = SafetensorsFile::open(d.join("ok.safetensors")).unwrap();
+        let t = Table::from_safetensors_file(&f, "w").unwrap();
+        assert!(Arc::ptr_eq(f.mmap(), &t.mmap));
+        let e = t.read_f32(2, 5, &mut []).unwrap_err().to_string();
+        assert!(e.contains("start=2, end=5") && e.contains("4 rows"), "{e}");
     }
 }

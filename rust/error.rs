@@ -97,6 +97,32 @@ impl CoreError {
         }
     }
 
+    /// An I/O error on `path`: [`CoreError::NotFound`] when the file does not exist, else
+    /// [`CoreError::Io`]. The one translation of OS errors on model files.
+    pub fn io(path: impl Into<String>, source: std::io::Error) -> Self {
+        let path = path.into();
+        match source.kind() {
+            std::io::ErrorKind::NotFound => CoreError::NotFound { path },
+            _ => CoreError::Io { path, source },
+        }
+    }
+
+    /// Finds the item named `name` among a file's tensors; the error names the file and lists (up to
+    /// 20 of) the names it has. The one tensor lookup of the safetensors and GGUF readers.
+    pub(crate) fn find_tensor<'a, T>(path: &str, items: &'a [T], name: &str, name_of: fn(&T) -> &str) -> Result<&'a T> {
+        items.iter().find(|t| name_of(t) == name).ok_or_else(|| {
+            let mut names: Vec<&str> = items.iter().map(name_of).take(20).collect();
+            if items.len() > 20 {
+                names.push("...");
+            }
+            CoreError::MissingTensor {
+                path: path.to_string(),
+                name: name.to_string(),
+                available: names.join(", "),
+            }
+        })
+    }
+
     /// Shorthand for a [`CoreError::InvalidArgument`].
     pub fn arg(arg: &'static str, msg: impl Into<String>) -> Self {
         CoreError::InvalidArgument { arg, msg: msg.into() }

@@ -10,52 +10,18 @@
 //!   AVX2+F16C: 8 lanes. The scalar path is the reference the tests compare against; SIMD results
 //!   differ from it only by FMA's single rounding (≤ 1 ulp per step).
 
-use crate::header::DType;
 use crate::simd::{self, Isa};
 
-/// Table element types that can be pooled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RowType {
-    /// IEEE half.
-    F16,
-    /// bfloat16.
-    BF16,
-    /// f32.
-    F32,
-    /// f64 (converted to f32 per element).
-    F64,
-    /// i8 (model2vec's quantized tables).
-    I8,
-}
-
-impl RowType {
-    /// The row type for a safetensors dtype, if it can be pooled.
-    pub fn from_dtype(d: DType) -> Option<RowType> {
-        match d {
-            DType::F16 => Some(RowType::F16),
-            DType::BF16 => Some(RowType::BF16),
-            DType::F32 => Some(RowType::F32),
-            DType::F64 => Some(RowType::F64),
-            DType::I8 => Some(RowType::I8),
-            _ => None,
-        }
-    }
-
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            RowType::I8 => 1,
-            RowType::F16 | RowType::BF16 => 2,
-            RowType::F32 => 4,
-            RowType::F64 => 8,
-        }
-    }
-}
+/// The element type of a table row: rows of the [`crate::dtype::ElemType`]s that are `gatherable()`
+/// (F16, BF16, F32, F64, I8) are pooled here.
+pub use crate::dtype::ElemType as RowType;
 
 /// Scalar reference: `acc[i] += w * row[i]` for `i < acc.len()`.
 ///
-/// Panics if `row` is shorter than `acc.len() * ty.size()` bytes (callers slice it exactly).
+/// Panics if `row` is shorter than `acc.len() * ty.size()` bytes (callers slice it exactly). A
+/// type that is not gatherable adds nothing (the model refuses such tables at load).
 pub fn accumulate_scalar(acc: &mut [f32], row: &[u8], w: f32, ty: RowType) {
+    debug_assert!(ty.gatherable(), "{} rows are not pooled", ty.name());
     let n = acc.len();
     match ty {
         RowType::F16 => {
@@ -83,6 +49,7 @@ pub fn accumulate_scalar(acc: &mut [f32], row: &[u8], w: f32, ty: RowType) {
                 *a += w * (c as i8) as f32;
             }
         }
+        _ => {}
     }
 }
 
@@ -275,6 +242,7 @@ mod tests {
                 RowType::F32 => out.extend_from_slice(&v.to_le_bytes()),
                 RowType::F64 => out.extend_from_slice(&(v as f64).to_le_bytes()),
                 RowType::I8 => out.push((v * 100.0).clamp(-127.0, 127.0) as i8 as u8),
+                other => panic!("{other:?} is not gatherable"),
             }
         }
         out

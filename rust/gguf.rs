@@ -9,16 +9,21 @@
 //! arithmetic against the bytes that are actually there, string and array lengths are capped by
 //! the bytes left (and arrays by a nesting depth), n_dims is at most 4, every tensor's byte range
 //! must lie inside the file, and unknown ggml types, duplicate tensor names, a zero or non-power-
-//! of-two alignment, version 1 and big-endian files are errors naming the file. The parser works
-//! on a byte slice, so it is fuzzed and property-tested without files.
+//! of-two alignment, version 1 and big-endian files are errors naming the file. The header may be
+//! at most [`MAX_HEADER_SIZE`] bytes (the safetensors cap). Counts are bounds, never allocation
+//! sizes: memory grows with what is actually parsed, and metadata arrays are kept as byte ranges
+//! of the file, decoded on demand, so a 100M-element array costs no more than a number. The parser
+//! works on a byte slice, so it is fuzzed and property-tested without files.
 
+use std::fmt::Display;
 use std::path::Path;
 use std::sync::Arc;
 
 use memmap2::Mmap;
 
+use crate::dtype::ElemType;
 use crate::error::{CoreError, Result};
-use crate::header::map_file;
+use crate::header::{map_file, MAX_HEADER_SIZE};
 
 /// The file magic.
 pub const MAGIC: &[u8; 4] = b"GGUF";
@@ -28,74 +33,6 @@ pub const MAX_DIMS: u32 = 4;
 pub const MAX_ARRAY_DEPTH: u32 = 4;
 /// Alignment of the data section when `general.alignment` is absent.
 pub const DEFAULT_ALIGNMENT: u64 = 32;
-
-/// A ggml tensor type, by its numeric id in the file. Types this crate does not know are refused
-/// by the parser, so every `GgmlType` has a name and a block layout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct GgmlType(pub u32);
-
-/// (id, name, elements per block, bytes per block) of every ggml type known here.
-const GGML_TYPES: &[(u32, &str, u64, u64)] = &[
-    (0, "F32", 1, 4),
-    (1, "F16", 1, 2),
-    (2, "Q4_0", 32, 18),
-    (3, "Q4_1", 32, 20),
-    (6, "Q5_0", 32, 22),
-    (7, "Q5_1", 32, 24),
-    (8, "Q8_0", 32, 34),
-    (9, "Q8_1", 32, 40),
-    (10, "Q2_K", 256, 84),
-    (11, "Q3_K", 256, 110),
-    (12, "Q4_K", 256, 144),
-    (13, "Q5_K", 256, 176),
-    (14, "Q6_K", 256, 210),
-    (15, "Q8_K", 256, 292),
-    (16, "IQ2_XXS", 256, 66),
-    (17, "IQ2_XS", 256, 74),
-    (18, "IQ3_XXS", 256, 98),
-    (19, "IQ1_S", 256, 50),
-    (20, "IQ4_NL", 32, 18),
-    (21, "IQ3_S", 256, 110),
-    (22, "IQ2_S", 256, 82),
-    (23, "IQ4_XS", 256, 136),
-    (24, "I8", 1, 1),
-    (25, "I16", 1, 2),
-    (26, "I32", 1, 4),
-    (27, "I64", 1, 8),
-    (28, "F64", 1, 8),
-    (29, "IQ1_M", 256, 56),
-    (30, "BF16", 1, 2),
-    (34, "TQ1_0", 256, 54),
-    (35, "TQ2_0", 256, 66),
-    (39, "MXFP4", 32, 17),
-];
-
-impl GgmlType {
-    /// The type's entry, or None for an id this crate does not know.
-    fn entry(self) -> Option<&'static (u32, &'static str, u64, u64)> {
-        GGML_TYPES.iter().find(|e| e.0 == self.0)
-    }
-
-    /// Whether the id is a type this crate knows (the parser refuses the others).
-    pub fn is_known(self) -> bool {
-        self.entry().is_some()
-    }
-
-    /// The type's name ("Q8_0", ...), or "unknown" for an id the parser would have refused.
-    pub fn name(self) -> &'static str {
-        self.entry().map(|e| e.1).unwrap_or("unknown")
-    }
-
-    /// (elements per block, bytes per block); (1, 0) for an unknown id.
-    pub fn layout(self) -> (u64, u64) {
-        self.entry().map(|e| (e.2, e.3)).unwrap_or((1, 0))
-    }
-
-    /// Looks a type up by name ("Q8_0").
-    pub fn from_name(name: &str) -> Option<GgmlType> {
-        GGML_TYPES.iter().find(|e| e.1 == name).map(|e| GgmlType(e.0))
-    }
-}
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,8 +57,8 @@ pub enum Value {
     Str(String),
     /// a string whose bytes are not valid UTF-8, kept as bytes
     Bytes(Vec<u8>),
-    /// an array (elements all of one type)
-    Array(Vec<Value>),
+    /// an array (elements all of one type), kept as a range of the file and decoded on demand
+    Array(MetaArray),
     /// uint64
     U64(u64),
     /// int64
@@ -155,13 +92,79 @@ impl Value {
     }
 }
 
+/// A metadata array as it lies in the file: its element type, its length and the byte range of its
+/// elements (validated by [`parse`]). Nothing is decoded at parse time, so an array costs the same
+/// few bytes of memory whatever its length; [`MetaArray::values`] decodes the elements on demand
+/// and [`MetaArray::raw`] hands out the little-endian bytes of a numeric array in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetaArray {
+    /// The GGUF value type of the elements (0 = uint8, ..., 8 = string, 9 = array, ..., 12 = float64).
+    pub elem: u32,
+    /// Number of elements.
+    pub len: usize,
+    /// First byte of the first element in the file.
+    pub start: usize,
+    /// One past the last byte of the last element.
+    pub end: usize,
+}
+
+impl MetaArray {
+    /// Bytes per element for numeric and bool elements; None for strings and arrays (variable size).
+    pub fn elem_size(&self) -> Option<usize> {
+        fixed_size(self.elem)
+    }
+
+    /// The elements' little-endian bytes in `file` (the bytes the header was parsed from), for
+    /// numeric and bool arrays; None for strings and nested arrays, or bytes too short.
+    pub fn raw<'a>(&self, file: &'a [u8]) -> Option<&'a [u8]> {
+        self.elem_size()?;
+        file.get(self.start..self.end)
+    }
+
+    /// The elements, decoded one by one from `file` (the bytes the header was parsed from); nested
+    /// arrays come back as [`Value::Array`] again. Each item is an error only if `file` is not the
+    /// buffer the header was parsed from.
+    pub fn values<'a>(&self, file: &'a [u8], path: &'a str) -> impl Iterator<Item = Result<Value>> + 'a {
+        let mut c = Cursor {
+            b: file.get(..self.end).unwrap_or(&[]),
+            pos: self.start,
+            limit: self.end,
+            path,
+        };
+        let elem = self.elem;
+        (0..self.len).map(move |_| c.value(elem, "array element", 0))
+    }
+}
+
+/// The encoded size of a fixed-size metadata type (numbers and bool); None for strings, arrays and
+/// unknown types.
+fn fixed_size(ty: u32) -> Option<usize> {
+    Some(match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        10..=12 => 8,
+        _ => return None,
+    })
+}
+
+/// The smallest encoding of one value of a metadata type (bounds array counts): a string is at
+/// least its 8-byte length, an array its 4-byte type and 8-byte count.
+fn min_size(ty: u32) -> Option<usize> {
+    match ty {
+        8 => Some(8),
+        9 => Some(12),
+        _ => fixed_size(ty),
+    }
+}
+
 /// One tensor's info record, with its data range made absolute and checked against the file.
 #[derive(Debug, Clone)]
 pub struct GgufTensor {
     /// The tensor's name.
     pub name: String,
     /// Its ggml type.
-    pub ggml_type: GgmlType,
+    pub ggml_type: ElemType,
     /// Dimensions in ggml order: `dims[0]` is the row length (fastest varying).
     pub dims: Vec<u64>,
     /// First byte in the file.
@@ -197,10 +200,15 @@ pub struct GgufHeader {
     pub data_start: usize,
 }
 
-/// A bounds-checked little-endian reader over the header bytes.
+/// A bounds-checked little-endian reader over the header bytes. Reads stop at `limit` (the
+/// header cap, or the end of an array being decoded) as well as at the end of the bytes.
+///
+/// Each read takes what it is for (`what`), formatted only when it fails: the parser walks every
+/// element of every metadata array, and building a message per element would dominate its time.
 struct Cursor<'a> {
     b: &'a [u8],
     pos: usize,
+    limit: usize,
     path: &'a str,
 }
 
@@ -210,11 +218,27 @@ impl<'a> Cursor<'a> {
     }
 
     fn left(&self) -> usize {
-        self.b.len() - self.pos
+        self.limit.min(self.b.len()).saturating_sub(self.pos)
     }
 
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+    /// Whether reads stop at the header cap before the end of the bytes.
+    fn capped(&self) -> bool {
+        self.limit < self.b.len()
+    }
+
+    /// The error for a read that runs past the header cap.
+    fn past_cap(&self, what: impl Display + Copy, at: usize) -> CoreError {
+        self.err(format!(
+            "{what} at byte {at} runs past byte {MAX_HEADER_SIZE}, the cap on the size of a GGUF header (metadata \
+             and tensor infos): the file is corrupt or not GGUF"
+        ))
+    }
+
+    fn take(&mut self, n: usize, what: impl Display + Copy) -> Result<&'a [u8]> {
         if n > self.left() {
+            if self.capped() && n <= self.b.len().saturating_sub(self.pos) {
+                return Err(self.past_cap(what, self.pos));
+            }
             return Err(self.err(format!(
                 "{what} at byte {} needs {n} bytes but the file ends after {} more: truncated or not GGUF",
                 self.pos,
@@ -226,28 +250,32 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+    fn array<const N: usize>(&mut self, what: impl Display + Copy) -> Result<[u8; N]> {
         let s = self.take(N, what)?;
         let mut a = [0u8; N];
         a.copy_from_slice(s);
         Ok(a)
     }
 
-    fn u32(&mut self, what: &str) -> Result<u32> {
+    fn u32(&mut self, what: impl Display + Copy) -> Result<u32> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
 
-    fn u64(&mut self, what: &str) -> Result<u64> {
+    fn u64(&mut self, what: impl Display + Copy) -> Result<u64> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
-    /// A u64 length or count that must fit in the bytes left, at `min_size` bytes per item.
-    fn count(&mut self, what: &str, min_size: usize) -> Result<usize> {
+    /// A u64 length or count that must fit in the bytes left, at `min_size` bytes per item. The
+    /// count is only a bound: callers never reserve memory from it beyond [`PREALLOC`] items.
+    fn count(&mut self, what: impl Display + Copy, min_size: usize) -> Result<usize> {
         let at = self.pos;
         let n = self.u64(what)?;
         let need = usize::try_from(n).ok().and_then(|n| n.checked_mul(min_size.max(1)));
         match need {
             Some(need) if need <= self.left() => Ok(n as usize),
+            Some(need) if self.capped() && need <= self.b.len().saturating_sub(self.pos) => {
+                Err(self.past_cap(format_args!("{what} ({n})"), at))
+            }
             _ => Err(self.err(format!(
                 "{what} at byte {at} is {n}, more than the {} bytes left in the file can hold",
                 self.left()
@@ -255,34 +283,32 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn string(&mut self, what: &str) -> Result<Value> {
-        let n = self.count(&format!("length of {what}"), 1)?;
-        let s = self.take(n, what)?;
+    /// The bytes of a string (length-prefixed), in place.
+    fn raw_string(&mut self, what: impl Display + Copy) -> Result<&'a [u8]> {
+        let n = self.count(format_args!("length of {what}"), 1)?;
+        self.take(n, what)
+    }
+
+    fn string(&mut self, what: impl Display + Copy) -> Result<Value> {
+        let s = self.raw_string(what)?;
         Ok(match std::str::from_utf8(s) {
             Ok(v) => Value::Str(v.to_string()),
             Err(_) => Value::Bytes(s.to_vec()),
         })
     }
 
-    fn name(&mut self, what: &str) -> Result<String> {
+    fn name(&mut self, what: impl Display + Copy) -> Result<&'a str> {
         let at = self.pos;
-        match self.string(what)? {
-            Value::Str(s) => Ok(s),
-            _ => Err(self.err(format!("{what} at byte {at} is not valid UTF-8"))),
-        }
+        let s = self.raw_string(what)?;
+        std::str::from_utf8(s).map_err(|_| self.err(format!("{what} at byte {at} is not valid UTF-8")))
     }
 
-    /// The smallest encoding of one value of a metadata type (bounds array counts).
-    fn min_size(ty: u32) -> Option<usize> {
-        Some(match ty {
-            0 | 1 | 7 => 1,
-            2 | 3 => 2,
-            4..=6 => 4,
-            8 => 8,
-            9 => 12,
-            10..=12 => 8,
-            _ => return None,
-        })
+    fn bool(&self, v: u8, key: &str, at: usize) -> Result<bool> {
+        match v {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(self.err(format!("metadata {key:?}: bool at byte {at} is {v}, not 0 or 1"))),
+        }
     }
 
     fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<Value> {
@@ -296,30 +322,11 @@ impl<'a> Cursor<'a> {
             6 => Value::F32(f32::from_le_bytes(self.array(key)?)),
             7 => {
                 let at = self.pos;
-                match self.array::<1>(key)?[0] {
-                    0 => Value::Bool(false),
-                    1 => Value::Bool(true),
-                    v => return Err(self.err(format!("metadata {key:?}: bool at byte {at} is {v}, not 0 or 1"))),
-                }
+                let v = self.array::<1>(key)?[0];
+                Value::Bool(self.bool(v, key, at)?)
             }
-            8 => self.string(&format!("metadata {key:?}"))?,
-            9 => {
-                if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.err(format!(
-                        "metadata {key:?}: arrays nested deeper than {MAX_ARRAY_DEPTH} levels"
-                    )));
-                }
-                let at = self.pos;
-                let ety = self.u32(key)?;
-                let min = Self::min_size(ety)
-                    .ok_or_else(|| self.err(format!("metadata {key:?}: array at byte {at} has unknown type {ety}")))?;
-                let n = self.count(&format!("metadata {key:?} array length"), min)?;
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..n {
-                    v.push(self.value(ety, key, depth + 1)?);
-                }
-                Value::Array(v)
-            }
+            8 => self.string(format_args!("metadata {key:?}"))?,
+            9 => Value::Array(self.meta_array(key, depth)?),
             10 => Value::U64(self.u64(key)?),
             11 => Value::I64(i64::from_le_bytes(self.array(key)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(key)?)),
@@ -331,13 +338,69 @@ impl<'a> Cursor<'a> {
             }
         })
     }
+
+    /// Reads an array's header and walks its elements, validating them (lengths, bools, nesting)
+    /// without decoding or allocating anything.
+    fn meta_array(&mut self, key: &str, depth: u32) -> Result<MetaArray> {
+        if depth >= MAX_ARRAY_DEPTH {
+            return Err(self.err(format!(
+                "metadata {key:?}: arrays nested deeper than {MAX_ARRAY_DEPTH} levels"
+            )));
+        }
+        let at = self.pos;
+        let elem = self.u32(key)?;
+        let min = min_size(elem)
+            .ok_or_else(|| self.err(format!("metadata {key:?}: array at byte {at} has unknown type {elem}")))?;
+        let len = self.count(format_args!("metadata {key:?} array length"), min)?;
+        let start = self.pos;
+        match (fixed_size(elem), elem) {
+            (Some(size), _) => {
+                // count() checked len * size against the bytes left
+                let s = self.take(len * size, key)?;
+                if elem == 7 {
+                    if let Some(i) = s.iter().position(|&b| b > 1) {
+                        self.bool(s[i], key, start + i)?;
+                    }
+                }
+            }
+            (None, 8) => {
+                for _ in 0..len {
+                    self.raw_string(format_args!("metadata {key:?}"))?;
+                }
+            }
+            (None, _) => {
+                for _ in 0..len {
+                    self.meta_array(key, depth + 1)?;
+                }
+            }
+        }
+        Ok(MetaArray {
+            elem,
+            len,
+            start,
+            end: self.pos,
+        })
+    }
 }
+
+/// The most metadata pairs or tensor infos reserved ahead of parsing them: counts in the file are
+/// only bounds, and a corrupt count must not reserve memory for items that are not there.
+const PREALLOC: usize = 1024;
 
 /// Parses and validates a GGUF header. `bytes` is the whole file; `path` names it in errors.
 ///
+/// Memory is proportional to the number of metadata pairs and tensors actually read (never to a
+/// count in the file), and arrays are not decoded; the header may not be longer than
+/// [`MAX_HEADER_SIZE`] bytes.
+///
 /// Errors: `Format` naming the file and the problem; never panics, whatever the bytes.
 pub fn parse(bytes: &[u8], path: &str) -> Result<GgufHeader> {
-    let mut c = Cursor { b: bytes, pos: 0, path };
+    let mut c = Cursor {
+        b: bytes,
+        pos: 0,
+        limit: MAX_HEADER_SIZE,
+        path,
+    };
     if bytes.len() < 4 || &bytes[..4] != MAGIC {
         let got = &bytes[..bytes.len().min(4)];
         return Err(c.err(format!("not a GGUF file: the magic is {got:?}, expected \"GGUF\"")));
@@ -356,25 +419,28 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<GgufHeader> {
     // a key/value pair is >= 8 (key len) + 4 (type) + 1 bytes.
     let n_tensors = c.count("tensor count", 24)?;
     let n_kv = c.count("metadata count", 13)?;
-    let mut metadata = Vec::with_capacity(n_kv);
+    let mut metadata = Vec::with_capacity(n_kv.min(PREALLOC));
     let mut alignment = DEFAULT_ALIGNMENT;
     for i in 0..n_kv {
         let key = c.name(&format!("metadata key #{i}"))?;
         let ty = c.u32(&format!("type of metadata {key:?}"))?;
-        let v = c.value(ty, &key, 0)?;
+        let v = c.value(ty, key, 0)?;
         if key == "general.alignment" {
             alignment = match v {
                 Value::U32(a) if a > 0 && a.is_power_of_two() => a as u64,
                 ref other => return Err(c.err(format!("general.alignment must be a power of two u32, got {other:?}"))),
             };
         }
-        metadata.push((key, v));
+        metadata.push((key.to_string(), v));
     }
-    let mut infos = Vec::with_capacity(n_tensors);
-    let mut seen = std::collections::HashSet::with_capacity(n_tensors);
+    // tensors are read with their offsets relative to the data section, made absolute below once the
+    // header's end (hence the data section's start) is known
+    let mut tensors = Vec::with_capacity(n_tensors.min(PREALLOC));
+    let mut offsets = Vec::with_capacity(n_tensors.min(PREALLOC));
+    let mut seen = std::collections::HashSet::with_capacity(n_tensors.min(PREALLOC));
     for i in 0..n_tensors {
         let name = c.name(&format!("name of tensor #{i}"))?;
-        if !seen.insert(name.clone()) {
+        if !seen.insert(name) {
             return Err(c.err(format!("tensor {name:?} is listed twice")));
         }
         let nd = c.u32(&format!("n_dims of tensor {name:?}"))?;
@@ -385,13 +451,18 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<GgufHeader> {
         for _ in 0..nd {
             dims.push(c.u64(&format!("dims of tensor {name:?}"))?);
         }
-        let ty = GgmlType(c.u32(&format!("type of tensor {name:?}"))?);
-        if !ty.is_known() {
-            return Err(c.err(format!("tensor {name:?} has unknown ggml type {}", ty.0)));
-        }
-        let off = c.u64(&format!("offset of tensor {name:?}"))?;
-        infos.push((name, dims, ty, off));
+        let id = c.u32(&format!("type of tensor {name:?}"))?;
+        let ty = ElemType::from_ggml(id).ok_or_else(|| c.err(format!("tensor {name:?} has unknown ggml type {id}")))?;
+        offsets.push(c.u64(&format!("offset of tensor {name:?}"))?);
+        tensors.push(GgufTensor {
+            name: name.to_string(),
+            ggml_type: ty,
+            dims,
+            start: 0,
+            end: 0,
+        });
     }
+    drop(seen);
     let header_end = c.pos as u64;
     let data_start = header_end
         .checked_add(alignment - 1)
@@ -403,9 +474,10 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<GgufHeader> {
             ))
         })?;
     let data_start = data_start as usize;
-    let mut tensors = Vec::with_capacity(infos.len());
-    for (name, dims, ty, off) in infos {
+    for (t, off) in tensors.iter_mut().zip(offsets) {
+        let (name, dims, ty) = (&t.name, &t.dims, t.ggml_type);
         let (block, bsize) = ty.layout();
+        let (block, bsize) = (block as u64, bsize as u64);
         let bad = |msg: String| CoreError::format(path, format!("tensor {name:?} ({} {dims:?}): {msg}", ty.name()));
         dims.iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d))
@@ -428,13 +500,10 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<GgufHeader> {
         let start = (data_start as u64).checked_add(off);
         let end = start.and_then(|s| s.checked_add(nbytes));
         match (start, end) {
-            (Some(s), Some(e)) if e <= bytes.len() as u64 => tensors.push(GgufTensor {
-                name,
-                ggml_type: ty,
-                dims,
-                start: s as usize,
-                end: e as usize,
-            }),
+            (Some(s), Some(e)) if e <= bytes.len() as u64 => {
+                t.start = s as usize;
+                t.end = e as usize;
+            }
             _ => {
                 return Err(bad(format!(
                     "its data (offset {off}, {nbytes} bytes after the data section at byte {data_start}) lies past the \
@@ -509,22 +578,23 @@ impl GgufFile {
 
     /// Looks a tensor up by name; the error lists what the file has.
     pub fn tensor(&self, name: &str) -> Result<&GgufTensor> {
-        self.header.tensors.iter().find(|t| t.name == name).ok_or_else(|| {
-            let mut names: Vec<&str> = self.header.tensors.iter().map(|t| t.name.as_str()).take(20).collect();
-            if self.header.tensors.len() > 20 {
-                names.push("...");
-            }
-            CoreError::MissingTensor {
-                path: self.path.clone(),
-                name: name.to_string(),
-                available: names.join(", "),
-            }
-        })
+        CoreError::find_tensor(&self.path, &self.header.tensors, name, |t| &t.name)
     }
 
     /// The bytes of a tensor, in place in the map. Ranges were validated at open.
     pub fn bytes(&self, t: &GgufTensor) -> &[u8] {
         &self.mmap[t.start..t.end]
+    }
+
+    /// The elements of a metadata array of this file, decoded one by one.
+    pub fn array_values<'a>(&'a self, a: &MetaArray) -> impl Iterator<Item = Result<Value>> + 'a {
+        a.values(&self.mmap, &self.path)
+    }
+
+    /// The little-endian bytes of a numeric or bool metadata array of this file, in place in the
+    /// map; None for strings and nested arrays.
+    pub fn array_raw(&self, a: &MetaArray) -> Option<&[u8]> {
+        a.raw(&self.mmap)
     }
 }
 
@@ -593,10 +663,12 @@ mod tests {
         let h = parse(&b, "t.gguf").unwrap();
         assert_eq!(h.version, 3);
         assert_eq!(h.metadata[0].1, Value::Str("llama".into()));
-        assert_eq!(
-            h.metadata[1].1,
-            Value::Array(vec![Value::Str("a".into()), Value::Str("bc".into())])
-        );
+        let Value::Array(a) = h.metadata[1].1 else {
+            panic!("{:?}", h.metadata[1].1)
+        };
+        assert_eq!((a.elem, a.len, a.raw(&b)), (8, 2, None));
+        let items: Vec<Value> = a.values(&b, "t.gguf").collect::<Result<_>>().unwrap();
+        assert_eq!(items, vec![Value::Str("a".into()), Value::Str("bc".into())]);
         assert_eq!(h.metadata[2].1.as_u64(), Some(7));
         assert_eq!(h.metadata[3].1, Value::Bool(true));
         let t = &h.tensors[0];
@@ -650,14 +722,135 @@ mod tests {
         }
     }
 
-    #[test]
-    fn known_types_have_layouts() {
-        for &(id, name, block, size) in GGML_TYPES {
-            assert_eq!(GgmlType::from_name(name), Some(GgmlType(id)));
-            assert!(block >= 1 && size >= 1);
+    /// The test binary's allocator, recording the largest single allocation the current thread
+    /// asks for while armed: the parser must never size a buffer from a count in the file.
+    struct LargestAlloc;
+
+    thread_local! {
+        static ARMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        static LARGEST: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    fn record(size: usize) {
+        let _ = ARMED.try_with(|a| {
+            if a.get() {
+                let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+            }
+        });
+    }
+
+    // SAFETY: forwards every call to the system allocator unchanged; the thread-locals are const
+    // initialized `Cell`s without destructors, so recording never allocates or re-enters.
+    unsafe impl std::alloc::GlobalAlloc for LargestAlloc {
+        unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+            record(l.size());
+            // SAFETY: the caller's contract, passed on unchanged.
+            unsafe { std::alloc::System.alloc(l) }
         }
-        assert_eq!(GgmlType(8).layout(), (32, 34));
-        assert!(!GgmlType(1000).is_known());
+        unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
+            record(l.size());
+            // SAFETY: the caller's contract, passed on unchanged.
+            unsafe { std::alloc::System.alloc_zeroed(l) }
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+            // SAFETY: the caller's contract, passed on unchanged.
+            unsafe { std::alloc::System.dealloc(p, l) }
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+            record(new);
+            // SAFETY: the caller's contract, passed on unchanged.
+            unsafe { std::alloc::System.realloc(p, l, new) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOC: LargestAlloc = LargestAlloc;
+
+    /// Runs `f` and returns its result with the largest allocation it made on this thread.
+    fn largest_alloc<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        LARGEST.with(|l| l.set(0));
+        ARMED.with(|a| a.set(true));
+        let out = f();
+        ARMED.with(|a| a.set(false));
+        (out, LARGEST.with(|l| l.get()))
+    }
+
+    /// A file of `len` bytes (zeros after the header's first bytes): magic, version 3, the counts,
+    /// then `rest`.
+    fn claims(n_tensors: u64, n_kv: u64, rest: &[u8], len: usize) -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        let mut h = b"GGUF".to_vec();
+        h.extend_from_slice(&3u32.to_le_bytes());
+        h.extend_from_slice(&n_tensors.to_le_bytes());
+        h.extend_from_slice(&n_kv.to_le_bytes());
+        h.extend_from_slice(rest);
+        b[..h.len()].copy_from_slice(&h);
+        b
+    }
+
+    #[test]
+    fn counts_in_the_file_never_size_an_allocation() {
+        const MB: usize = 1 << 20;
+        // a million metadata pairs claimed (13 MB could hold them), the first has an unknown type
+        let mut kv = s("k");
+        kv.extend_from_slice(&99u32.to_le_bytes());
+        let b = claims(0, 1_000_000, &kv, 14 * MB);
+        let (r, big) = largest_alloc(|| parse(&b, "kv.gguf"));
+        assert!(r.unwrap_err().to_string().contains("unknown value type 99"));
+        assert!(big < MB, "{big} bytes reserved for metadata pairs that are not there");
+        // a million tensors claimed (24 MB could hold them), the first has n_dims 0
+        let b = claims(1_000_000, 0, &[], 25 * MB);
+        let (r, big) = largest_alloc(|| parse(&b, "t.gguf"));
+        assert!(r.unwrap_err().to_string().contains("n_dims 0"));
+        assert!(big < MB, "{big} bytes reserved for tensor infos that are not there");
+        // a valid 16M-element uint8 array and a 1M-element string array: kept as ranges
+        let mut arr = s("big");
+        arr.extend_from_slice(&9u32.to_le_bytes());
+        arr.extend_from_slice(&0u32.to_le_bytes());
+        arr.extend_from_slice(&(16 * MB as u64).to_le_bytes());
+        let mut b = claims(0, 2, &arr, 16 * MB + 100 + 8 * MB + 100);
+        let at = arr.len() + 24 + 16 * MB;
+        let mut strs = s("strs");
+        strs.extend_from_slice(&9u32.to_le_bytes());
+        strs.extend_from_slice(&8u32.to_le_bytes());
+        strs.extend_from_slice(&(MB as u64).to_le_bytes());
+        b[at..at + strs.len()].copy_from_slice(&strs);
+        b[24 + arr.len() + 7] = 200;
+        let (h, big) = largest_alloc(|| parse(&b, "arr.gguf"));
+        let h = h.unwrap();
+        assert!(big < MB, "{big} bytes allocated to parse two arrays");
+        let Value::Array(a) = h.metadata[0].1 else { panic!() };
+        assert_eq!((a.elem, a.len, a.raw(&b).map(|r| r.len())), (0, 16 * MB, Some(16 * MB)));
+        let first: Vec<Value> = a.values(&b, "arr.gguf").take(9).collect::<Result<_>>().unwrap();
+        assert_eq!(first[7], Value::U8(200));
+        assert_eq!(first[8], Value::U8(0));
+        let Value::Array(a) = h.metadata[1].1 else { panic!() };
+        assert_eq!((a.elem, a.len, a.end - a.start), (8, MB, 8 * MB));
+        assert_eq!(
+            a.values(&b, "arr.gguf").last().unwrap().unwrap(),
+            Value::Str(String::new())
+        );
+    }
+
+    #[test]
+    fn headers_past_the_cap_are_refused() {
+        // a 150 MB string in a file long enough to hold it: refused at the 100 MB header cap
+        // before anything is read or allocated (the zeroed buffer costs no memory until touched)
+        let mut kv = s("k");
+        kv.extend_from_slice(&8u32.to_le_bytes());
+        kv.extend_from_slice(&150_000_000u64.to_le_bytes());
+        let b = claims(0, 1, &kv, 160_000_000);
+        let (r, big) = largest_alloc(|| parse(&b, "cap.gguf"));
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.starts_with("cap.gguf: ") && e.contains("cap on the size of a GGUF header"),
+            "{e}"
+        );
+        assert!(big < 1 << 20);
+        // the same pair in a file too short for it is reported as truncated, not as over the cap
+        let b = claims(0, 1, &kv, 1000);
+        let e = parse(&b, "short.gguf").unwrap_err().to_string();
+        assert!(e.contains("bytes left in the file"), "{e}");
     }
 
     proptest::proptest! {

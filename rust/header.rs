@@ -11,85 +11,14 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 use memmap2::{Mmap, MmapMut};
-use safetensors::tensor::{Dtype as StDtype, SafeTensorError};
+use safetensors::tensor::SafeTensorError;
 use safetensors::SafeTensors;
 
+use crate::dtype::ElemType;
 use crate::error::{CoreError, Result};
-
-/// The element types the core reads. Other safetensors dtypes are listed by `tensors()` but are
-/// refused where a table, weights or mapping is expected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DType {
-    /// IEEE half precision.
-    F16,
-    /// bfloat16.
-    BF16,
-    /// IEEE single precision.
-    F32,
-    /// IEEE double precision.
-    F64,
-    /// signed 8-bit (model2vec's quantized tables; a global scale does not change cosines).
-    I8,
-    /// signed 32-bit (model2vec mappings).
-    I32,
-    /// signed 64-bit (model2vec mappings).
-    I64,
-    /// unsigned 32-bit.
-    U32,
-    /// Any other safetensors dtype, kept by name.
-    Other(&'static str),
-}
-
-impl DType {
-    /// Bytes per element (0 for dtypes the core does not read).
-    pub fn size(self) -> usize {
-        match self {
-            DType::I8 => 1,
-            DType::F16 | DType::BF16 => 2,
-            DType::F32 | DType::I32 | DType::U32 => 4,
-            DType::F64 | DType::I64 => 8,
-            DType::Other(_) => 0,
-        }
-    }
-
-    /// The safetensors spelling ("F16", "BF16", ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            DType::F16 => "F16",
-            DType::BF16 => "BF16",
-            DType::F32 => "F32",
-            DType::F64 => "F64",
-            DType::I8 => "I8",
-            DType::I32 => "I32",
-            DType::I64 => "I64",
-            DType::U32 => "U32",
-            DType::Other(s) => s,
-        }
-    }
-
-    fn from_st(d: StDtype) -> DType {
-        match d {
-            StDtype::F16 => DType::F16,
-            StDtype::BF16 => DType::BF16,
-            StDtype::F32 => DType::F32,
-            StDtype::F64 => DType::F64,
-            StDtype::I8 => DType::I8,
-            StDtype::I32 => DType::I32,
-            StDtype::I64 => DType::I64,
-            StDtype::U32 => DType::U32,
-            StDtype::BOOL => DType::Other("BOOL"),
-            StDtype::U8 => DType::Other("U8"),
-            StDtype::I16 => DType::Other("I16"),
-            StDtype::U16 => DType::Other("U16"),
-            StDtype::U64 => DType::Other("U64"),
-            StDtype::F8_E5M2 => DType::Other("F8_E5M2"),
-            StDtype::F8_E4M3 => DType::Other("F8_E4M3"),
-            _ => DType::Other("(other)"),
-        }
-    }
-}
 
 /// One tensor's header entry, with offsets made absolute within the file.
 #[derive(Debug, Clone)]
@@ -97,7 +26,7 @@ pub struct TensorMeta {
     /// The tensor's name.
     pub name: String,
     /// Its element type.
-    pub dtype: DType,
+    pub dtype: ElemType,
     /// Its shape.
     pub shape: Vec<usize>,
     /// First byte in the file.
@@ -110,7 +39,8 @@ pub struct TensorMeta {
 #[derive(Debug)]
 pub struct SafetensorsFile {
     path: String,
-    mmap: Mmap,
+    /// Shared with the readers that stream a tensor ([`crate::convert::Table`]), so a file is mapped once.
+    mmap: Arc<Mmap>,
     tensors: Vec<TensorMeta>,
     metadata: Vec<(String, String)>,
 }
@@ -220,7 +150,7 @@ pub fn validate(bytes: &[u8], ps: &str) -> Result<(Vec<TensorMeta>, Vec<(String,
             match (start, end) {
                 (Some(s), Some(e)) if s <= e && e <= len => Ok(TensorMeta {
                     name,
-                    dtype: DType::from_st(info.dtype),
+                    dtype: ElemType::from_safetensors(info.dtype),
                     shape: info.shape.clone(),
                     start: s,
                     end: e,
@@ -239,13 +169,7 @@ pub fn validate(bytes: &[u8], ps: &str) -> Result<(Vec<TensorMeta>, Vec<(String,
 /// the file; `expected` says what it should have been ("a file"), for a directory or a FIFO.
 fn open_file(p: &Path, expected: &str) -> Result<(String, File, usize)> {
     let ps = p.display().to_string();
-    let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => CoreError::NotFound { path: ps.clone() },
-        _ => CoreError::Io {
-            path: ps.clone(),
-            source: e,
-        },
-    })?;
+    let meta = std::fs::metadata(p).map_err(|e| CoreError::io(&ps, e))?;
     if meta.is_dir() {
         return Err(CoreError::format(&ps, format!("is a directory, expected {expected}")));
     }
@@ -256,10 +180,7 @@ fn open_file(p: &Path, expected: &str) -> Result<(String, File, usize)> {
             format!("is not a regular file (a pipe, socket or device), expected {expected}"),
         ));
     }
-    let file = File::open(p).map_err(|e| CoreError::Io {
-        path: ps.clone(),
-        source: e,
-    })?;
+    let file = File::open(p).map_err(|e| CoreError::io(&ps, e))?;
     Ok((ps, file, meta.len() as usize))
 }
 
@@ -269,13 +190,10 @@ fn map(file: &File, ps: &str) -> Result<Mmap> {
     // `safe_open` included), soundness assumes no other process truncates or rewrites the file
     // while it is mapped (see `SafetensorsFile::open`; `SafetensorsFile::read` avoids the map);
     // every read is bounds-checked against the map's length by the header validation before use.
-    unsafe { Mmap::map(file) }.map_err(|e| CoreError::Io {
-        path: ps.to_string(),
-        source: e,
-    })
+    unsafe { Mmap::map(file) }.map_err(|e| CoreError::io(ps, e))
 }
 
-/// Maps a file read-only (GGUF files and extract's tables); errors name the file.
+/// Maps a file read-only (GGUF files); errors name the file.
 pub(crate) fn map_file(p: &Path) -> Result<Mmap> {
     let (ps, file, _) = open_file(p, "a file")?;
     map(&file, &ps)
@@ -305,7 +223,7 @@ impl SafetensorsFile {
         let (tensors, metadata) = validate(&mmap, &ps)?;
         Ok(SafetensorsFile {
             path: ps,
-            mmap,
+            mmap: Arc::new(mmap),
             tensors,
             metadata,
         })
@@ -320,18 +238,17 @@ impl SafetensorsFile {
     /// got shorter while it was read).
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let (ps, mut file, len) = open_safetensors(path.as_ref())?;
-        let io = |e: std::io::Error| CoreError::Io {
-            path: ps.clone(),
-            source: e,
-        };
         // open_safetensors() refused fewer than 8 bytes, so the map is never empty.
-        let mut anon = memmap2::MmapOptions::new().len(len).map_anon().map_err(io)?;
+        let mut anon = memmap2::MmapOptions::new()
+            .len(len)
+            .map_anon()
+            .map_err(|e| CoreError::io(&ps, e))?;
         file.read_exact(&mut anon).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => CoreError::format(
                 &ps,
                 format!("the file got shorter than {len} bytes while it was being read"),
             ),
-            _ => io(e),
+            _ => CoreError::io(&ps, e),
         })?;
         Self::from_anon(anon, ps)
     }
@@ -348,10 +265,7 @@ impl SafetensorsFile {
         let mut anon = memmap2::MmapOptions::new()
             .len(bytes.len())
             .map_anon()
-            .map_err(|e| CoreError::Io {
-                path: path.to_string(),
-                source: e,
-            })?;
+            .map_err(|e| CoreError::io(path, e))?;
         anon.copy_from_slice(bytes);
         Self::from_anon(anon, path.to_string())
     }
@@ -359,13 +273,10 @@ impl SafetensorsFile {
     /// Validates the bytes of a private anonymous map and keeps them, read-only.
     fn from_anon(anon: MmapMut, path: String) -> Result<Self> {
         let (tensors, metadata) = validate(&anon, &path)?;
-        let mmap = anon.make_read_only().map_err(|e| CoreError::Io {
-            path: path.clone(),
-            source: e,
-        })?;
+        let mmap = anon.make_read_only().map_err(|e| CoreError::io(&path, e))?;
         Ok(SafetensorsFile {
             path,
-            mmap,
+            mmap: Arc::new(mmap),
             tensors,
             metadata,
         })
@@ -398,17 +309,7 @@ impl SafetensorsFile {
 
     /// Looks a tensor up by name; the error lists what the file has.
     pub fn tensor(&self, name: &str) -> Result<&TensorMeta> {
-        self.tensors.iter().find(|t| t.name == name).ok_or_else(|| {
-            let mut names: Vec<&str> = self.tensors.iter().map(|t| t.name.as_str()).take(20).collect();
-            if self.tensors.len() > 20 {
-                names.push("...");
-            }
-            CoreError::MissingTensor {
-                path: self.path.clone(),
-                name: name.to_string(),
-                available: names.join(", "),
-            }
-        })
+        CoreError::find_tensor(&self.path, &self.tensors, name, |t| &t.name)
     }
 
     /// The bytes of a tensor, in place in the map. Offsets were validated at open.
@@ -416,8 +317,13 @@ impl SafetensorsFile {
         &self.mmap[t.start..t.end]
     }
 
-    /// Reads a 1-D tensor as f32 (F16, BF16, F32, F64 accepted).
-    pub fn read_f32_vector(&self, name: &str) -> Result<Vec<f32>> {
+    /// The shared map (for readers that stream a tensor).
+    pub fn mmap(&self) -> &Arc<Mmap> {
+        &self.mmap
+    }
+
+    /// A 1-D tensor and its bytes; the error names the file, the tensor and its shape.
+    fn vector(&self, name: &str) -> Result<(&TensorMeta, &[u8])> {
         let t = self.tensor(name)?;
         if t.shape.len() != 1 {
             return Err(CoreError::format(
@@ -425,21 +331,26 @@ impl SafetensorsFile {
                 format!("tensor {name:?} must be 1-D, has shape {:?}", t.shape),
             ));
         }
-        let b = self.bytes(t);
+        Ok((t, self.bytes(t)))
+    }
+
+    /// Reads a 1-D tensor as f32 (F16, BF16, F32, F64 accepted).
+    pub fn read_f32_vector(&self, name: &str) -> Result<Vec<f32>> {
+        let (t, b) = self.vector(name)?;
         let v = match t.dtype {
-            DType::F16 => b
+            ElemType::F16 => b
                 .chunks_exact(2)
                 .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
-            DType::BF16 => b
+            ElemType::BF16 => b
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
-            DType::F32 => b
+            ElemType::F32 => b
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
-            DType::F64 => b
+            ElemType::F64 => b
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
                 .collect(),
@@ -455,25 +366,18 @@ impl SafetensorsFile {
 
     /// Reads a 1-D integer tensor (I32, I64, U32) as row indices.
     pub fn read_index_vector(&self, name: &str) -> Result<Vec<u64>> {
-        let t = self.tensor(name)?;
-        if t.shape.len() != 1 {
-            return Err(CoreError::format(
-                &self.path,
-                format!("tensor {name:?} must be 1-D, has shape {:?}", t.shape),
-            ));
-        }
-        let b = self.bytes(t);
+        let (t, b) = self.vector(name)?;
         let neg = || CoreError::format(&self.path, format!("tensor {name:?} holds a negative index"));
         match t.dtype {
-            DType::I32 => b
+            ElemType::I32 => b
                 .chunks_exact(4)
                 .map(|c| u64::try_from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])).map_err(|_| neg()))
                 .collect(),
-            DType::U32 => b
+            ElemType::U32 => b
                 .chunks_exact(4)
                 .map(|c| Ok(u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as u64))
                 .collect(),
-            DType::I64 => b
+            ElemType::I64 => b
                 .chunks_exact(8)
                 .map(|c| {
                     u64::try_from(i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
@@ -520,7 +424,7 @@ mod tests {
         let f = SafetensorsFile::open(&p).unwrap();
         let t = f.tensor("t").unwrap();
         assert_eq!(t.shape, vec![2, 3]);
-        assert_eq!(t.dtype, DType::F16);
+        assert_eq!(t.dtype, ElemType::F16);
         assert_eq!(f.bytes(t).len(), 12);
     }
 

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod convert;
 pub mod dedup;
 pub mod dot;
+pub mod dtype;
 pub mod error;
 pub mod fasttok;
 pub mod gather;
@@ -28,5 +29,6 @@ pub mod topk;
 mod py;
 
 pub use cancel::Cancel;
+pub use dtype::ElemType;
 pub use error::{CoreError, Result};
-pub use header::{DType, SafetensorsFile, TensorMeta};
+pub use header::{SafetensorsFile, TensorMeta};

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::convert::{bad_rows_error, nonfinite_raw_rows, Codec};
+use crate::convert::{bad_rows_error, nonfinite_raw_rows, raw_scannable};
 use crate::error::{CoreError, Result};
 use crate::gather::{accumulate, RowType};
 use crate::header::{SafetensorsFile, TensorMeta};
@@ -203,7 +203,7 @@ impl EmbedModel {
                 format!("table {:?} is empty (shape {:?})", table.name, table.shape),
             ));
         }
-        let ty = RowType::from_dtype(table.dtype).ok_or_else(|| {
+        let ty = Some(table.dtype).filter(|t| t.gatherable()).ok_or_else(|| {
             CoreError::format(
                 &path,
                 format!(
@@ -224,9 +224,9 @@ impl EmbedModel {
         // rank into all-NaN scores), so such a table is refused here, as `tokvec extract` refuses
         // it. The scan tests bits in parallel (I8 cannot hold them); a truncated model only reads
         // its first `dim` columns.
-        if let Some(codec) = Codec::from_dtype(table.dtype) {
+        if raw_scannable(ty) {
             let size = ty.size();
-            let bad = nonfinite_raw_rows(codec, file.bytes(&table), cols * size, dim * size, 0);
+            let bad = nonfinite_raw_rows(ty, file.bytes(&table), cols * size, dim * size, 0);
             if !bad.is_empty() {
                 let what = if dim < cols {
                     format!("hold NaN or Inf values in the first {dim} columns (the ones in use)")
@@ -269,9 +269,9 @@ impl EmbedModel {
                 }
                 // the same scan as the table's, one weight per row (F64 beyond the f32 range included)
                 let t = file.tensor(name)?;
-                if let Some(codec) = Codec::from_dtype(t.dtype) {
+                if raw_scannable(t.dtype) {
                     let size = t.dtype.size();
-                    let bad = nonfinite_raw_rows(codec, file.bytes(t), size, size, 0);
+                    let bad = nonfinite_raw_rows(t.dtype, file.bytes(t), size, size, 0);
                     if !bad.is_empty() {
                         return Err(bad_rows_error(
                             &path,

@@ -1,10 +1,28 @@
 //! Any bytes as a GGUF file: parsing must return Ok or a Format error naming the file, never panic,
-//! overflow or allocate past what the file can hold; every accepted tensor lies inside the file.
+//! overflow or allocate past what the file can hold; every accepted tensor and metadata array lies
+//! inside the file, and every accepted array decodes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tokvec::gguf::parse;
+use tokvec::gguf::{parse, MetaArray, Value};
 use tokvec::CoreError;
+
+/// An accepted array lies inside the file, its raw bytes are `len` elements, and decoding it on
+/// demand (nested arrays too) yields exactly `len` values without an error.
+fn check_array(a: &MetaArray, data: &[u8]) {
+    assert!(a.start <= a.end && a.end <= data.len(), "{a:?}");
+    if let Some(size) = a.elem_size() {
+        assert_eq!(a.raw(data).map(<[u8]>::len), Some(a.len * size), "{a:?}");
+    }
+    let mut n = 0;
+    for v in a.values(data, "fuzz.gguf") {
+        if let Value::Array(inner) = v.expect("a validated array decodes") {
+            check_array(&inner, data);
+        }
+        n += 1;
+    }
+    assert_eq!(n, a.len);
+}
 
 fuzz_target!(|data: &[u8]| {
     match parse(data, "fuzz.gguf") {
@@ -21,6 +39,9 @@ fuzz_target!(|data: &[u8]| {
             }
             for (k, v) in &h.metadata {
                 let _ = (k.len(), v.as_u64(), v.as_str());
+                if let Value::Array(a) = v {
+                    check_array(a, data);
+                }
             }
         }
         Err(CoreError::Format { path, msg }) => {

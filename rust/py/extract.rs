@@ -11,10 +11,52 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use pyo3::IntoPyObjectExt;
 
-use crate::convert::{encode_rows, OutDType, Table};
+use crate::convert::{encode_rows, Table};
+use crate::dtype::ElemType;
 use crate::gguf::{GgufFile, Value};
 
-fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+/// Numeric metadata arrays longer than this come back as numpy arrays rather than lists: a list
+/// costs 8 bytes per element plus a Python object per element (32 bytes for a float), so a corrupt
+/// or hostile 100M-element array would take gigabytes. Vocabulary-sized arrays (token scores and
+/// types, a few 100k elements) stay lists.
+const LIST_LIMIT: usize = 1 << 20;
+
+/// Little-endian elements of `N` bytes decoded by `f` into a numpy array.
+fn le_array<'py, T: numpy::Element, const N: usize>(
+    py: Python<'py>,
+    raw: &[u8],
+    f: fn([u8; N]) -> T,
+) -> Bound<'py, PyAny> {
+    let v: Vec<T> = raw
+        .chunks_exact(N)
+        .map(|c| {
+            let mut a = [0u8; N];
+            a.copy_from_slice(c);
+            f(a)
+        })
+        .collect();
+    v.into_pyarray(py).into_any()
+}
+
+/// A long numeric array as a numpy array of its own dtype.
+fn numeric_array<'py>(py: Python<'py>, elem: u32, raw: &[u8]) -> Option<Bound<'py, PyAny>> {
+    Some(match elem {
+        0 => le_array(py, raw, u8::from_le_bytes),
+        1 => le_array(py, raw, i8::from_le_bytes),
+        2 => le_array(py, raw, u16::from_le_bytes),
+        3 => le_array(py, raw, i16::from_le_bytes),
+        4 => le_array(py, raw, u32::from_le_bytes),
+        5 => le_array(py, raw, i32::from_le_bytes),
+        6 => le_array(py, raw, f32::from_le_bytes),
+        7 => le_array(py, raw, |[b]: [u8; 1]| b != 0),
+        10 => le_array(py, raw, u64::from_le_bytes),
+        11 => le_array(py, raw, i64::from_le_bytes),
+        12 => le_array(py, raw, f64::from_le_bytes),
+        _ => return None,
+    })
+}
+
+fn value_to_py<'py>(py: Python<'py>, f: &GgufFile, v: &Value) -> PyResult<Bound<'py, PyAny>> {
     match v {
         Value::U8(x) => x.into_bound_py_any(py),
         Value::I8(x) => x.into_bound_py_any(py),
@@ -29,10 +71,15 @@ fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
         Value::Bool(x) => x.into_bound_py_any(py),
         Value::Str(s) => s.into_bound_py_any(py),
         Value::Bytes(b) => Ok(PyBytes::new(py, b).into_any()),
-        Value::Array(items) => {
+        Value::Array(a) => {
+            if a.len > LIST_LIMIT {
+                if let Some(arr) = f.array_raw(a).and_then(|raw| numeric_array(py, a.elem, raw)) {
+                    return Ok(arr);
+                }
+            }
             let l = PyList::empty(py);
-            for it in items {
-                l.append(value_to_py(py, it)?)?;
+            for it in f.array_values(a) {
+                l.append(value_to_py(py, f, &it?)?)?;
             }
             Ok(l.into_any())
         }
@@ -95,11 +142,12 @@ impl PyGgufFile {
     ///
     /// Returns:
     ///     dict mapping each key to an int, float, bool, str, bytes (a string that is not UTF-8) or
-    ///     list of those.
+    ///     list of those; a numeric or bool array of more than 1,048,576 elements comes back as a
+    ///     numpy array of its own dtype instead of a list (which would take 32+ bytes per element).
     fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         for (k, v) in &self.inner.header().metadata {
-            d.set_item(k, value_to_py(py, v)?)?;
+            d.set_item(k, value_to_py(py, &self.inner, v)?)?;
         }
         Ok(d)
     }
@@ -189,11 +237,12 @@ impl PyTable {
     ///     float32 array (end - start, cols).
     ///
     /// Raises:
+    ///     ValueError: not `0 <= start <= end <= rows` (checked before any memory is allocated).
     ///     FormatError: a row holds NaN or Inf (the message lists the row ids).
     fn read_f32<'py>(&self, py: Python<'py>, start: usize, end: usize) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let cols = self.inner.cols();
-        let n = end.saturating_sub(start);
-        let mut out = vec![0f32; n.saturating_mul(cols)];
+        let n = self.inner.check_rows(start, end)?;
+        let mut out = vec![0f32; n * cols];
         py.detach(|| self.inner.read_f32(start, end, &mut out))?;
         Ok(Array2::from_shape_vec((n, cols), out)
             .map_err(|e| PyValueError::new_err(e.to_string()))?
@@ -223,6 +272,7 @@ impl PyTable {
     ///     uint8 array of `(end - start) * cols * size(dtype)` bytes.
     ///
     /// Raises:
+    ///     ValueError: not `0 <= start <= end <= rows`, or an unknown `dtype`.
     ///     FormatError: a row holds NaN/Inf or overflows `dtype` (the message lists the row ids).
     fn read_bytes<'py>(
         &self,
@@ -231,9 +281,9 @@ impl PyTable {
         end: usize,
         dtype: &str,
     ) -> PyResult<Bound<'py, PyArray1<u8>>> {
-        let dt = OutDType::parse(dtype)?;
-        let n = end.saturating_sub(start);
-        let mut out = vec![0u8; n.saturating_mul(self.inner.cols()).saturating_mul(dt.size())];
+        let dt = ElemType::parse_writable(dtype)?;
+        let n = self.inner.check_rows(start, end)?;
+        let mut out = vec![0u8; n * self.inner.cols() * dt.size()];
         py.detach(|| self.inner.read_as(start, end, dt, &mut out))?;
         Ok(out.into_pyarray(py))
     }
@@ -259,7 +309,7 @@ fn encode_table<'py>(
     dtype: &str,
     row0: usize,
 ) -> PyResult<Bound<'py, PyArray1<u8>>> {
-    let dt = OutDType::parse(dtype)?;
+    let dt = ElemType::parse_writable(dtype)?;
     let cols = x.shape()[1];
     let src = x.as_slice()?;
     let mut out = vec![0u8; src.len() * dt.size()];
