@@ -383,7 +383,7 @@ def inspect(
         err = str(e)
     md: dict[str, Any] = {}
     if src.gguf is not None:
-        md = {k: v for k, v in src.gguf.metadata().items() if not isinstance(v, list)}
+        md = {k: v for k, v in src.gguf.metadata().items() if not isinstance(v, (list, np.ndarray))}
         md["gguf.version"] = src.gguf.version
     return SourceInfo(
         str(src.path), src.format, [str(f) for f in src.files], tensors, found, err,
