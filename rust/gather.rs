@@ -101,126 +101,62 @@ pub fn accumulate(acc: &mut [f32], row: &[u8], w: f32, ty: RowType, isa: Isa) {
 }
 
 #[cfg(target_arch = "x86_64")]
+#[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// # Safety
-    /// CPU must have avx512f; `row.len() >= 2 * acc.len()`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn acc_f16_avx512(acc: &mut [f32], row: &[u8], w: f32) {
-        let n = acc.len();
-        let wv = _mm512_set1_ps(w);
-        let mut i = 0;
-        while i + 16 <= n {
-            // SAFETY: i + 16 <= n, so bytes [2i, 2i + 32) lie in row, floats [i, i + 16) in acc.
-            unsafe {
-                let h = _mm256_loadu_si256(row.as_ptr().add(2 * i) as *const __m256i);
-                let x = _mm512_cvtph_ps(h);
-                let a = _mm512_loadu_ps(acc.as_ptr().add(i));
-                _mm512_storeu_ps(acc.as_mut_ptr().add(i), _mm512_fmadd_ps(wv, x, a));
+    /// One kernel per (ISA, element type), all the same loop: `lanes` elements per step, loaded
+    /// from `$bytes` bytes each and widened to f32 by `$load` (`$p` is the row pointer at the step),
+    /// then `acc += w * x` with one fused multiply-add; the tail goes to the scalar reference.
+    macro_rules! acc_kernel {
+        (avx512, $name:ident, $features:literal, $ty:ident, $bytes:literal, |$p:ident| $load:expr) => {
+            acc_kernel!(@loop $name, $features, $ty, $bytes, 16, _mm512_set1_ps, _mm512_loadu_ps, _mm512_storeu_ps,
+                _mm512_fmadd_ps, |$p| $load);
+        };
+        (avx2, $name:ident, $features:literal, $ty:ident, $bytes:literal, |$p:ident| $load:expr) => {
+            acc_kernel!(@loop $name, $features, $ty, $bytes, 8, _mm256_set1_ps, _mm256_loadu_ps, _mm256_storeu_ps,
+                _mm256_fmadd_ps, |$p| $load);
+        };
+        (@loop $name:ident, $features:literal, $ty:ident, $bytes:literal, $lanes:literal, $set1:ident,
+         $loadu:ident, $storeu:ident, $fmadd:ident, |$p:ident| $load:expr) => {
+            /// # Safety
+            #[doc = concat!("CPU must have ", $features, "; `row.len() >= ", $bytes, " * acc.len()`.")]
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name(acc: &mut [f32], row: &[u8], w: f32) {
+                let n = acc.len();
+                let wv = $set1(w);
+                let mut i = 0;
+                while i + $lanes <= n {
+                    // SAFETY: i + lanes <= n, and row holds `bytes` bytes per accumulator float,
+                    // so both the loaded row bytes and the accumulator floats lie in their slices.
+                    unsafe {
+                        let $p = row.as_ptr().add($bytes * i);
+                        let x = $load;
+                        let a = $loadu(acc.as_ptr().add(i));
+                        $storeu(acc.as_mut_ptr().add(i), $fmadd(wv, x, a));
+                    }
+                    i += $lanes;
+                }
+                super::accumulate_scalar(&mut acc[i..], &row[$bytes * i..], w, super::RowType::$ty);
             }
-            i += 16;
-        }
-        super::accumulate_scalar(&mut acc[i..], &row[2 * i..], w, super::RowType::F16);
+        };
     }
 
-    /// # Safety
-    /// CPU must have avx512f; `row.len() >= 2 * acc.len()`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn acc_bf16_avx512(acc: &mut [f32], row: &[u8], w: f32) {
-        let n = acc.len();
-        let wv = _mm512_set1_ps(w);
-        let mut i = 0;
-        while i + 16 <= n {
-            // SAFETY: i + 16 <= n bounds both the 32 row bytes and the 16 accumulator floats.
-            unsafe {
-                let h = _mm256_loadu_si256(row.as_ptr().add(2 * i) as *const __m256i);
-                let x = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)));
-                let a = _mm512_loadu_ps(acc.as_ptr().add(i));
-                _mm512_storeu_ps(acc.as_mut_ptr().add(i), _mm512_fmadd_ps(wv, x, a));
-            }
-            i += 16;
-        }
-        super::accumulate_scalar(&mut acc[i..], &row[2 * i..], w, super::RowType::BF16);
-    }
-
-    /// # Safety
-    /// CPU must have avx512f; `row.len() >= 4 * acc.len()`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn acc_f32_avx512(acc: &mut [f32], row: &[u8], w: f32) {
-        let n = acc.len();
-        let wv = _mm512_set1_ps(w);
-        let mut i = 0;
-        while i + 16 <= n {
-            // SAFETY: i + 16 <= n bounds the 64 row bytes and the 16 accumulator floats.
-            unsafe {
-                let x = _mm512_loadu_ps(row.as_ptr().add(4 * i) as *const f32);
-                let a = _mm512_loadu_ps(acc.as_ptr().add(i));
-                _mm512_storeu_ps(acc.as_mut_ptr().add(i), _mm512_fmadd_ps(wv, x, a));
-            }
-            i += 16;
-        }
-        super::accumulate_scalar(&mut acc[i..], &row[4 * i..], w, super::RowType::F32);
-    }
-
-    /// # Safety
-    /// CPU must have avx2, fma and f16c; `row.len() >= 2 * acc.len()`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn acc_f16_avx2(acc: &mut [f32], row: &[u8], w: f32) {
-        let n = acc.len();
-        let wv = _mm256_set1_ps(w);
-        let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: i + 8 <= n bounds the 16 row bytes and the 8 accumulator floats.
-            unsafe {
-                let h = _mm_loadu_si128(row.as_ptr().add(2 * i) as *const __m128i);
-                let x = _mm256_cvtph_ps(h);
-                let a = _mm256_loadu_ps(acc.as_ptr().add(i));
-                _mm256_storeu_ps(acc.as_mut_ptr().add(i), _mm256_fmadd_ps(wv, x, a));
-            }
-            i += 8;
-        }
-        super::accumulate_scalar(&mut acc[i..], &row[2 * i..], w, super::RowType::F16);
-    }
-
-    /// # Safety
-    /// CPU must have avx2 and fma; `row.len() >= 2 * acc.len()`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn acc_bf16_avx2(acc: &mut [f32], row: &[u8], w: f32) {
-        let n = acc.len();
-        let wv = _mm256_set1_ps(w);
-        let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: i + 8 <= n bounds the 16 row bytes and the 8 accumulator floats.
-            unsafe {
-                let h = _mm_loadu_si128(row.as_ptr().add(2 * i) as *const __m128i);
-                let x = _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)));
-                let a = _mm256_loadu_ps(acc.as_ptr().add(i));
-                _mm256_storeu_ps(acc.as_mut_ptr().add(i), _mm256_fmadd_ps(wv, x, a));
-            }
-            i += 8;
-        }
-        super::accumulate_scalar(&mut acc[i..], &row[2 * i..], w, super::RowType::BF16);
-    }
-
-    /// # Safety
-    /// CPU must have avx2 and fma; `row.len() >= 4 * acc.len()`.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn acc_f32_avx2(acc: &mut [f32], row: &[u8], w: f32) {
-        let n = acc.len();
-        let wv = _mm256_set1_ps(w);
-        let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: i + 8 <= n bounds the 32 row bytes and the 8 accumulator floats.
-            unsafe {
-                let x = _mm256_loadu_ps(row.as_ptr().add(4 * i) as *const f32);
-                let a = _mm256_loadu_ps(acc.as_ptr().add(i));
-                _mm256_storeu_ps(acc.as_mut_ptr().add(i), _mm256_fmadd_ps(wv, x, a));
-            }
-            i += 8;
-        }
-        super::accumulate_scalar(&mut acc[i..], &row[4 * i..], w, super::RowType::F32);
-    }
+    // f16 through vcvtph2ps (F16C on AVX2), bf16 by zero-extending to 32 bits and shifting left 16.
+    acc_kernel!(avx512, acc_f16_avx512, "avx512f", F16, 2, |p| _mm512_cvtph_ps(
+        _mm256_loadu_si256(p.cast())
+    ));
+    acc_kernel!(avx512, acc_bf16_avx512, "avx512f", BF16, 2, |p| _mm512_castsi512_ps(
+        _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())))
+    ));
+    acc_kernel!(avx512, acc_f32_avx512, "avx512f", F32, 4, |p| _mm512_loadu_ps(p.cast()));
+    acc_kernel!(avx2, acc_f16_avx2, "avx2,fma,f16c", F16, 2, |p| _mm256_cvtph_ps(
+        _mm_loadu_si128(p.cast())
+    ));
+    acc_kernel!(avx2, acc_bf16_avx2, "avx2,fma", BF16, 2, |p| _mm256_castsi256_ps(
+        _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))
+    ));
+    acc_kernel!(avx2, acc_f32_avx2, "avx2,fma", F32, 4, |p| _mm256_loadu_ps(p.cast()));
 }
 
 /// The ISA levels this process may run, best last (always starts with `Scalar`; only `Scalar`
