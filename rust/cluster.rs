@@ -462,8 +462,7 @@ mod tests {
             seed: 42,
         };
         let many = kmeans(&x, 8, 7, opts, None).unwrap();
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        let one = pool.install(|| kmeans(&x, 8, 7, opts, None).unwrap());
+        let one = crate::testutil::in_threads(1, || kmeans(&x, 8, 7, opts, None).unwrap());
         assert_eq!(many, one);
     }
 

@@ -1416,16 +1416,12 @@ mod tests {
         let (n, d) = (4000, 32);
         let e = clustered(n, d, 30, 0.4, 9);
         let run = |t: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .unwrap()
-                .install(|| {
-                    (
-                        bits(&pairs_above_cancellable(&e, n, d, 0.85, Cancel::never()).unwrap()),
-                        dedup_greedy_cancellable(&e, n, d, 0.85, Cancel::never()).unwrap().kept,
-                    )
-                })
+            crate::testutil::in_threads(t, || {
+                (
+                    bits(&pairs_above_cancellable(&e, n, d, 0.85, Cancel::never()).unwrap()),
+                    dedup_greedy_cancellable(&e, n, d, 0.85, Cancel::never()).unwrap().kept,
+                )
+            })
         };
         assert_eq!(run(1), run(2));
         assert_eq!(run(1), run(3));

@@ -811,16 +811,12 @@ mod tests {
         let q = rows(7, words, bits, 6, 4);
         let want = topk_scalar(&q, 7, &c, nc, words, bits, 5).unwrap();
         let run = |t: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(t)
-                .build()
-                .unwrap()
-                .install(|| {
-                    (
-                        topk_cancellable(&q, 7, &c, nc, words, bits, 5, Cancel::never()).unwrap(),
-                        pairs_above_cancellable(&c[..6000 * words], 6000, words, bits, 0.9, Cancel::never()).unwrap(),
-                    )
-                })
+            crate::testutil::in_threads(t, || {
+                (
+                    topk_cancellable(&q, 7, &c, nc, words, bits, 5, Cancel::never()).unwrap(),
+                    pairs_above_cancellable(&c[..6000 * words], 6000, words, bits, 0.9, Cancel::never()).unwrap(),
+                )
+            })
         };
         let (a, b) = (run(1), run(2));
         assert_eq!(a.0, want);

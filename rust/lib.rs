@@ -23,6 +23,8 @@ pub mod header;
 pub mod int8;
 pub mod pool;
 pub mod simd;
+#[cfg(test)]
+mod testutil;
 pub mod topk;
 
 #[cfg(feature = "python")]

@@ -450,13 +450,7 @@ class Input:
         if first is None:
             return
         header, self._header_raw = first
-        column = self.column
-        if column is None:
-            if len(header) != 1:
-                raise InputError(f"{path}: {len(header)} columns ({', '.join(header)}); pass --column NAME")
-            column = header[0]
-        if column not in header:
-            raise InputError(f"{path}: no column {column!r} (columns: {', '.join(header)})")
+        column = self._pick_column(header)
         if header.count(column) > 1:
             raise InputError(f"{path}: the header names column {column!r} {header.count(column)} times")
         self._header = header
@@ -478,6 +472,17 @@ class Input:
                 yield row, raw, fields[c] if parse else None
             row += 1
 
+    def _pick_column(self, names: list[str]) -> str:
+        """The text column among a table's column names: --column, or the only column there is."""
+        column = self.column
+        if column is None:
+            if len(names) != 1:
+                raise InputError(f"{self.path}: {len(names)} columns ({', '.join(names)}); pass --column NAME")
+            column = names[0]
+        if column not in names:
+            raise InputError(f"{self.path}: no column {column!r} (columns: {', '.join(names)})")
+        return column
+
     # ------------------------------------------------------------------ Parquet
     def _parquet(self) -> Any:
         try:
@@ -493,14 +498,7 @@ class Input:
     def _parquet_column(self, pf: Any) -> str:
         import pyarrow as pa
 
-        names = pf.schema_arrow.names
-        column = self.column
-        if column is None:
-            if len(names) != 1:
-                raise InputError(f"{self.path}: {len(names)} columns ({', '.join(names)}); pass --column NAME")
-            column = names[0]
-        if column not in names:
-            raise InputError(f"{self.path}: no column {column!r} (columns: {', '.join(names)})")
+        column = self._pick_column(pf.schema_arrow.names)
         typ = pf.schema_arrow.field(column).type
         if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
             raise InputError(f"{self.path}: column {column!r} has type {typ}, not string")
