@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import tokvec
 from tokvec import TokenizerError
 from tokvec.tokenizer import load_tokenizer
@@ -50,7 +49,7 @@ def test_the_json_is_read_from_the_file_on_demand_and_a_changed_file_is_refused(
     # rewritten with other bytes: the JSON (and the fallback tokenizer) would no longer be the loaded one
     (d / "tokenizer.json").write_text(text.replace("[MASK]", "[MASQ]"), encoding="utf-8")
     with pytest.raises(TokenizerError, match="tokenizer.json: the file changed after the tokenizer was loaded"):
-        m._tok.json
+        _ = m._tok.json
     with pytest.raises(TokenizerError, match="the file changed"):
         m.embed(["a [CLS] b"])
     # texts the fast encoder serves need no file
@@ -73,13 +72,13 @@ print(rss() - before)
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc (Linux)")
 def test_loading_the_default_model_grows_memory_by_about_its_files() -> None:
-    # A fresh process, so nothing is loaded or cached yet. The table is mapped and scanned for NaN/Inf
-    # once (its pages are resident afterwards); the tokenizer adds its compact vocabulary, not the
-    # tokenizers crate's structures or a copy of the JSON.
+    # A fresh process, so nothing is loaded or cached yet. The table is mapped and scanned for NaN/Inf once,
+    # then its pages are dropped from the process (they stay in the page cache); the tokenizer adds its compact
+    # vocabulary, not the tokenizers crate's structures or a copy of the JSON.
     env = dict(os.environ, PYTHONPATH=str(Path(tokvec.__file__).parents[1]), RAYON_NUM_THREADS="2")
     out = subprocess.run([sys.executable, "-c", _RSS], env=env, capture_output=True, text=True, check=True)
     growth = int(out.stdout.strip())
     files = sum(p.stat().st_size for p in DEFAULT.iterdir() if p.is_file())
-    table = (DEFAULT / "model.safetensors").stat().st_size
-    tokenizer_json = (DEFAULT / "tokenizer.json").stat().st_size
-    assert growth <= table + 4 * tokenizer_json, (growth, files)
+    assert growth <= files, (
+        f"loading grew the process by {growth / 2**20:.1f} MiB, its files are {files / 2**20:.1f} MiB"
+    )
