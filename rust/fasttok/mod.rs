@@ -82,7 +82,7 @@ impl Kind {
 /// Where the tokenizer JSON is, once the tokenizer is built.
 enum Source {
     /// Given as text: kept.
-    Text(String),
+    Text(Arc<str>),
     /// Read from a file: re-read on demand, and refused if it is no longer the same bytes.
     File { path: PathBuf, len: usize, hash: u64 },
 }
@@ -183,16 +183,14 @@ impl Tokenizer {
     /// `fast`: use a fast path when the JSON qualifies. Errors only when `tokenizers` itself
     /// cannot build the JSON; a JSON the fast paths do not cover gives `Kind::Hf` with a reason.
     pub fn from_json(json: String, add_special_tokens: bool, fast: bool) -> Result<Self> {
+        let text: Arc<str> = json.into();
         let lazy = Arc::new(LazyHf {
-            source: Source::Text(json),
+            source: Source::Text(text.clone()),
             add_special_tokens,
             cell: OnceLock::new(),
             building: Mutex::new(()),
         });
-        let Source::Text(text) = &lazy.source else {
-            unreachable!("made as text just above")
-        };
-        Self::build(text, &lazy, fast)
+        Self::build(&text, &lazy, fast)
     }
 
     /// Builds the tokenizer from a JSON file. The text is dropped once built: [`Tokenizer::json`]
@@ -328,8 +326,6 @@ fn prepare(text: &str, lazy: &Arc<LazyHf>) -> std::result::Result<Tokenizer, Str
 /// The added vocabulary as `tokenizers` builds it from `added_tokens` (`AddedVocabulary::add_tokens`
 /// over a fresh vocabulary): what the special ids, the unknown id and the id limit come from.
 struct AddedVocab<'a> {
-    /// content → id
-    ids: HashMap<&'a str, u32>,
     /// id → the entry it was last given to
     tokens: HashMap<u32, &'a AddedTokenJson<'a>>,
     model_size: u64,
@@ -360,7 +356,6 @@ impl<'a> AddedVocab<'a> {
         }
         let unk_id = unk_token.and_then(|u| ids.get(u).copied().or_else(|| vocab.get(u.as_bytes())));
         AddedVocab {
-            ids,
             tokens,
             model_size,
             unk_id,
@@ -372,7 +367,6 @@ impl<'a> AddedVocab<'a> {
         special_ids.sort_unstable();
         let added_limit = self.tokens.keys().map(|&k| k as u64 + 1).max().unwrap_or(0);
         let id_limit = self.model_size.max(added_limit);
-        debug_assert_eq!(self.ids.len(), self.tokens.len().max(self.ids.len()));
         Tokenizer {
             encoder: Arc::new(FastEncoder {
                 fast,
