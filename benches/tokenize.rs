@@ -2,11 +2,15 @@
 //!
 //! Texts: the first 10,000 sentences of `<repo>/../shared/data/wikipedia-sentences/sentences.tsv`
 //! (a synthetic corpus if the data is absent). Tokenizers: the default model's WordPiece, WordLlama's
-//! SentencePiece BPE (when `python3 -c "import wordllama"` finds it, or `TOKVEC_WORDLLAMA_TOKENIZER`
-//! names the JSON) and a byte-level BPE trained here with the `tokenizers` trainer.
+//! SentencePiece BPE (the full one when `TOKVEC_WORDLLAMA_TOKENIZER` names its JSON, else the cut-down
+//! test fixture `tests/fixtures/wordllama-spm/tokenizer.json`, whose vocabulary covers little of the
+//! corpus) and a byte-level BPE trained here with the `tokenizers` trainer.
 //!
 //! Per family: `hf` (`HfEncoder`, i.e. `encode_fast`), `fast` (warm piece cache, as in a long run),
 //! `fast-cold` (a fresh encoder per batch: every piece is a miss the first time).
+//!
+//! Also `load/<family>`: building the tokenizer from its JSON, with the fast path (`fast`: one typed
+//! parse, no `tokenizers`-crate tokenizer) and with the `tokenizers` crate (`hf`).
 //!
 //! Run: `cargo bench --bench tokenize`.
 
@@ -18,7 +22,7 @@ use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
-use tokvec::fasttok::{select, Kind};
+use tokvec::fasttok::{Kind, Tokenizer};
 use tokvec::pool::Encoder;
 
 const N: usize = 10_000;
@@ -46,16 +50,11 @@ fn sentences() -> Vec<String> {
     }
 }
 
-fn wordllama_json() -> Option<String> {
-    if let Ok(p) = std::env::var("TOKVEC_WORDLLAMA_TOKENIZER") {
-        return std::fs::read_to_string(p).ok();
+fn wordllama_json() -> String {
+    match std::env::var("TOKVEC_WORDLLAMA_TOKENIZER") {
+        Ok(p) => std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}")),
+        Err(_) => include_str!("../tests/fixtures/wordllama-spm/tokenizer.json").to_string(),
     }
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import wordllama, os; print(os.path.dirname(wordllama.__file__))"])
-        .output()
-        .ok()?;
-    let dir = String::from_utf8(out.stdout).ok()?;
-    std::fs::read_to_string(format!("{}/tokenizers/l2_supercat_tokenizer_config.json", dir.trim())).ok()
 }
 
 fn bytelevel_json(texts: &[String]) -> String {
@@ -86,34 +85,48 @@ fn run_all(enc: &dyn Encoder, texts: &[&str], ids: &mut Vec<u32>) -> usize {
 fn bench(c: &mut Criterion) {
     let owned = sentences();
     let texts: Vec<&str> = owned.iter().map(String::as_str).collect();
-    let mut families = vec![(
-        "wordpiece",
-        include_str!("../python/tokvec/models/default/tokenizer.json").to_string(),
-        Kind::WordPiece,
-    )];
-    if let Some(j) = wordllama_json() {
-        families.push(("spm-bpe", j, Kind::SpmBpe));
-    }
-    families.push(("bytelevel-bpe", bytelevel_json(&owned), Kind::ByteLevelBpe));
+    let families = [
+        (
+            "wordpiece",
+            include_str!("../python/tokvec/models/default/tokenizer.json").to_string(),
+            Kind::WordPiece,
+        ),
+        ("spm-bpe", wordllama_json(), Kind::SpmBpe),
+        ("bytelevel-bpe", bytelevel_json(&owned), Kind::ByteLevelBpe),
+    ];
 
     for (name, json, kind) in &families {
-        let sel = select(json, false, true).expect("tokenizer JSON");
-        assert_eq!(sel.kind, *kind, "{name}: {:?}", sel.fallback_reason);
+        let sel = Tokenizer::from_json(json.clone(), false, true).expect("tokenizer JSON");
+        assert_eq!(sel.kind(), *kind, "{name}: {:?}", sel.fallback_reason());
+        let hf = sel.hf().expect("the tokenizers crate's tokenizer");
         let mut g = c.benchmark_group(format!("tokenize-10k/{name}"));
         g.throughput(Throughput::Elements(texts.len() as u64));
         g.sample_size(10).measurement_time(Duration::from_secs(8));
         let mut ids = Vec::with_capacity(1024);
-        g.bench_function("hf", |b| b.iter(|| black_box(run_all(&*sel.hf, &texts, &mut ids))));
+        g.bench_function("hf", |b| b.iter(|| black_box(run_all(hf, &texts, &mut ids))));
         g.bench_function("fast", |b| {
-            b.iter(|| black_box(run_all(&*sel.encoder, &texts, &mut ids)))
+            b.iter(|| black_box(run_all(&**sel.encoder(), &texts, &mut ids)))
         });
         g.bench_function("fast-cold", |b| {
             b.iter_batched(
-                || select(json, false, true).expect("tokenizer JSON").encoder,
+                || {
+                    Tokenizer::from_json(json.clone(), false, true)
+                        .expect("tokenizer JSON")
+                        .encoder()
+                        .clone()
+                },
                 |enc| black_box(run_all(&*enc, &texts, &mut ids)),
                 BatchSize::PerIteration,
             )
         });
+        g.finish();
+        let mut g = c.benchmark_group(format!("load/{name}"));
+        g.sample_size(10).measurement_time(Duration::from_secs(4));
+        for (label, fast) in [("fast", true), ("hf", false)] {
+            g.bench_function(label, |b| {
+                b.iter(|| black_box(Tokenizer::from_json(json.clone(), false, fast).expect("tokenizer JSON")))
+            });
+        }
         g.finish();
     }
 }

@@ -43,6 +43,9 @@ pub struct SafetensorsFile {
     mmap: Arc<Mmap>,
     tensors: Vec<TensorMeta>,
     metadata: Vec<(String, String)>,
+    /// The map is of the file itself (`open`), not a private copy: its pages can be dropped from
+    /// this process and read again from the page cache.
+    of_file: bool,
 }
 
 /// The largest header accepted, as in the reference implementation.
@@ -226,6 +229,7 @@ impl SafetensorsFile {
             mmap: Arc::new(mmap),
             tensors,
             metadata,
+            of_file: true,
         })
     }
 
@@ -279,7 +283,27 @@ impl SafetensorsFile {
             mmap: Arc::new(mmap),
             tensors,
             metadata,
+            of_file: false,
         })
+    }
+
+    /// After a one-off read of `t` (a load-time scan), drops its pages from this process's
+    /// memory: they stay in the page cache, and the next read maps them again. A private copy
+    /// (`read`, `from_bytes`) is left as it is, since dropping would lose its bytes.
+    pub fn release(&self, t: &TensorMeta) {
+        #[cfg(unix)]
+        if self.of_file && t.end > t.start {
+            // SAFETY: MADV_DONTNEED on a read-only shared map of a file only unmaps pages: a later
+            // read faults them in again from the file, with the same bytes (the map's own
+            // assumption that the file is not rewritten in place). The range lies inside the map
+            // (checked by `validate`). Failure only leaves the pages resident, so it is ignored.
+            let _ = unsafe {
+                self.mmap
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, t.start, t.end - t.start)
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = t;
     }
 
     /// The path the file was opened with.

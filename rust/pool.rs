@@ -39,7 +39,6 @@ pub struct HfEncoder {
     tok: tokenizers::Tokenizer,
     add_special_tokens: bool,
     id_limit: u64,
-    json: String,
 }
 
 impl HfEncoder {
@@ -68,7 +67,6 @@ impl HfEncoder {
             tok,
             add_special_tokens,
             id_limit,
-            json: json.to_string(),
         })
     }
 
@@ -85,29 +83,20 @@ impl HfEncoder {
         v
     }
 
-    /// The unknown token's id, if the model has one.
-    pub fn unk_id(&self) -> Option<u32> {
+    /// The unknown token's id (`Some(None)`: the model has none), or `None` when the model keeps
+    /// its unknown token private (WordLevel, Unigram: read it from the JSON).
+    pub fn unk_id(&self) -> Option<Option<u32>> {
         use tokenizers::models::ModelWrapper;
         match self.tok.get_model() {
-            ModelWrapper::WordPiece(wp) => self.tok.token_to_id(&wp.unk_token),
-            ModelWrapper::BPE(b) => b.unk_token.as_deref().and_then(|u| self.tok.token_to_id(u)),
-            // WordLevel and Unigram keep their unk private: read it from the JSON.
-            _ => {
-                let v: serde_json::Value = serde_json::from_str(&self.json).ok()?;
-                let m = v.get("model")?;
-                if let Some(u) = m.get("unk_token").and_then(|u| u.as_str()) {
-                    return self.tok.token_to_id(u);
-                }
-                m.get("unk_id")
-                    .and_then(|u| u.as_u64())
-                    .and_then(|u| u32::try_from(u).ok())
-            }
+            ModelWrapper::WordPiece(wp) => Some(self.tok.token_to_id(&wp.unk_token)),
+            ModelWrapper::BPE(b) => Some(b.unk_token.as_deref().and_then(|u| self.tok.token_to_id(u))),
+            _ => None,
         }
     }
 
-    /// The tokenizer's JSON as given (before truncation/padding were switched off).
-    pub fn json(&self) -> &str {
-        &self.json
+    /// The id of a token (added tokens first, then the model's vocabulary).
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.tok.token_to_id(token)
     }
 }
 
@@ -235,6 +224,9 @@ impl EmbedModel {
                 };
                 return Err(bad_rows_error(&path, &format!("table {:?}", table.name), &bad, &what));
             }
+            // The scan read every page of the table; embedding reads only the rows of the tokens it
+            // meets. Dropping the scanned pages keeps the process's memory at what it uses.
+            file.release(&table);
         }
         let mapping = match &spec.mapping {
             None => None,
@@ -377,7 +369,16 @@ impl EmbedModel {
 
     /// Pools `ids` into `acc` (length `dim`, overwritten).
     pub fn pool_ids(&self, ids: &[u32], acc: &mut [f32]) -> Result<()> {
-        debug_assert_eq!(acc.len(), self.dim);
+        if acc.len() != self.dim {
+            return Err(CoreError::arg(
+                "acc",
+                format!(
+                    "buffer has {} elements, expected the model's dim {}",
+                    acc.len(),
+                    self.dim
+                ),
+            ));
+        }
         acc.fill(0.0);
         let data = self.file.bytes(&self.table);
         let row_bytes = self.cols * self.ty.size();
@@ -472,24 +473,37 @@ impl EmbedModel {
 
     /// Token ids of each text as the encoder gives them (before special tokens are dropped), CSR.
     pub fn encode(&self, texts: &[&str]) -> Result<(Vec<u32>, Vec<u64>)> {
-        let enc = self.encoder()?;
-        let per: Vec<Vec<u32>> = texts
-            .par_iter()
-            .with_min_len(16)
-            .map(|t| {
-                let mut v = Vec::new();
-                enc.encode(t, &mut v).map(|_| v)
-            })
-            .collect::<Result<_>>()?;
-        let mut offsets = Vec::with_capacity(per.len() + 1);
-        offsets.push(0u64);
-        let mut ids = Vec::with_capacity(per.iter().map(Vec::len).sum());
-        for v in per {
-            ids.extend_from_slice(&v);
-            offsets.push(ids.len() as u64);
-        }
-        Ok((ids, offsets))
+        encode_batch(self.encoder()?, texts)
     }
+}
+
+/// Token ids of many texts, in parallel, in CSR form: text `i` has `ids[offsets[i]..offsets[i+1]]`.
+pub fn encode_batch(enc: &dyn Encoder, texts: &[&str]) -> Result<(Vec<u32>, Vec<u64>)> {
+    // Chunks of texts, each encoded into one buffer with its lengths: no vector per text.
+    const CHUNK: usize = 256;
+    let parts: Vec<(Vec<u32>, Vec<u64>)> = texts
+        .par_chunks(CHUNK)
+        .map(|chunk| {
+            let mut ids = Vec::with_capacity(chunk.len() * 32);
+            let mut lens = Vec::with_capacity(chunk.len());
+            for t in chunk {
+                let before = ids.len();
+                enc.encode(t, &mut ids)?;
+                lens.push((ids.len() - before) as u64);
+            }
+            Ok((ids, lens))
+        })
+        .collect::<Result<_>>()?;
+    let mut offsets = Vec::with_capacity(texts.len() + 1);
+    offsets.push(0u64);
+    let mut ids = Vec::with_capacity(parts.iter().map(|p| p.0.len()).sum());
+    for (part, lens) in parts {
+        ids.extend_from_slice(&part);
+        for l in lens {
+            offsets.push(offsets[offsets.len() - 1] + l);
+        }
+    }
+    Ok((ids, offsets))
 }
 
 /// Packs `x > 0` into bits: element j goes to word j / 64, bit j % 64; padding bits are zero.
@@ -702,23 +716,52 @@ mod tests {
         assert!(EmbedModel::new(file, &spec(None), None).is_err());
     }
 
-    #[test]
-    fn tokenizer_larger_than_table_is_refused_at_load() {
-        let spec = ModelSpec {
+    /// The spec of the "emb" table with every option at its default.
+    fn plain() -> ModelSpec {
+        ModelSpec {
             table: "emb".into(),
             ..Default::default()
-        };
-        let e = model(10, 8, spec, 20).unwrap_err();
+        }
+    }
+
+    #[test]
+    fn tokenizer_larger_than_table_is_refused_at_load() {
+        let e = model(10, 8, plain(), 20).unwrap_err();
         assert!(e.to_string().contains("does not belong"), "{e}");
     }
 
     #[test]
+    fn pool_ids_refuses_a_buffer_of_the_wrong_length() {
+        let m = model(30, 8, plain(), 20).unwrap();
+        for len in [0, 7, 9] {
+            let mut acc = vec![0f32; len];
+            let e = m.pool_ids(&[1, 2], &mut acc).unwrap_err();
+            assert!(matches!(e, CoreError::InvalidArgument { arg: "acc", .. }), "{e}");
+            assert!(e.to_string().contains(&format!("buffer has {len} elements")), "{e}");
+        }
+        let mut acc = vec![0f32; 8];
+        m.pool_ids(&[1, 2], &mut acc).unwrap();
+    }
+
+    #[test]
+    fn encode_batch_is_csr() {
+        let m = model(30, 8, plain(), 20).unwrap();
+        let texts: Vec<String> = (0..1000).map(|i| format!("w{} w{} [UNK]", i % 20, i % 7)).collect();
+        let refs: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
+        let (ids, offsets) = m.encode(&refs).unwrap();
+        assert_eq!(offsets.len(), 1001);
+        assert_eq!(*offsets.last().unwrap() as usize, ids.len());
+        for (i, t) in refs.iter().enumerate() {
+            let mut want = Vec::new();
+            m.encoder().unwrap().encode(t, &mut want).unwrap();
+            assert_eq!(&ids[offsets[i] as usize..offsets[i + 1] as usize], &want[..]);
+        }
+        assert_eq!(m.encode(&[]).unwrap(), (vec![], vec![0]));
+    }
+
+    #[test]
     fn out_of_range_ids_are_an_error_not_a_read() {
-        let spec = ModelSpec {
-            table: "emb".into(),
-            ..Default::default()
-        };
-        let m = model(30, 8, spec, 20).unwrap();
+        let m = model(30, 8, plain(), 20).unwrap();
         let mut out = vec![0f32; 8];
         let e = m.embed_ids(&[1, 30], &[0, 2], &mut out).unwrap_err();
         assert!(matches!(e, CoreError::IdOutOfRange { id: 30, .. }));

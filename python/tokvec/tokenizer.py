@@ -1,12 +1,14 @@
 """Tokenizer loading and configuration.
 
 Python decides which tokenizer a model uses, how it is called (`add_special_tokens`) and which ids
-are never pooled; the tokenizer JSON is parsed by the Rust core (the HF `tokenizers` crate,
-truncation and padding off), which runs it inside its parallel embedding pass. When the JSON is a
-family the core implements exactly (WordPiece, SentencePiece-style BPE, byte-level BPE), an ids-only
-fast encoder runs instead, with the same ids (`LoadedTokenizer.kind`; `fast=False` forces the
-`tokenizers` crate). The Python `tokenizers.Tokenizer` object is only built when asked for
-(`LoadedTokenizer.tokenizer`).
+are never pooled; the tokenizer file is read and parsed by the Rust core, which runs it inside its
+parallel embedding pass. When the JSON is a family the core implements exactly (WordPiece,
+SentencePiece-style BPE, byte-level BPE), an ids-only fast encoder runs, with the ids of the HF
+`tokenizers` crate (`LoadedTokenizer.kind`); otherwise, or with `fast=False`, the `tokenizers` crate
+itself runs (truncation and padding off). Load time: with a fast encoder the core parses the JSON once
+and keeps no copy of it; the `tokenizers` crate's tokenizer is built only when a text needs it, and
+`LoadedTokenizer.json` reads the file again. The Python `tokenizers.Tokenizer` object is only built
+when asked for (`LoadedTokenizer.tokenizer`).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class LoadedTokenizer:
 
     @property
     def json(self) -> str:
-        """The tokenizer JSON."""
+        """The tokenizer JSON, read from `path` again (TokenizerError if the file changed since it was loaded)."""
         return str(self.core.json)
 
     @cached_property
@@ -113,23 +115,25 @@ def read_tokenizer(path: Path, *, add_special_tokens: bool = False, fast: bool =
         fast: see `load_tokenizer`.
 
     Returns:
-        the `_core.Tokenizer` (its `json` is the file's text).
+        the `_core.Tokenizer` (its `json` is the file's text, read again on demand).
 
     Raises:
         OSError: the file cannot be read (the error names it); IsADirectoryError for a folder.
         TokenizerError: the file is not a tokenizer JSON: the message names the file and says what is wrong in
             one line (not valid JSON and where, no "model" section, a section in an unknown form).
     """
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: a folder, not a tokenizer JSON file")
+    try:
+        return _core.Tokenizer.from_file(path, add_special_tokens, fast)
+    except TokenizerError as e:
+        core_msg = str(e)
+    # only after a failure: the file's text, to say what is wrong with it
     try:
         raw = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise TokenizerError(f"{path}: not a UTF-8 text file, so not a tokenizer JSON") from None
-    except IsADirectoryError:
-        raise IsADirectoryError(f"{path}: a folder, not a tokenizer JSON file") from None
-    try:
-        return _core.Tokenizer(raw, add_special_tokens, fast)
-    except TokenizerError as e:
-        raise TokenizerError(f"{path}: {_why_not(raw, str(e))}") from None
+    raise TokenizerError(f"{path}: {_why_not(raw, core_msg)}") from None
 
 
 def core_reason(msg: str, *, position: bool = True) -> str:

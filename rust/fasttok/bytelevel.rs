@@ -24,10 +24,13 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
-use serde_json::Value;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::split::SplitPattern;
+use tokenizers::{PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use super::bpe::{Bpe, Init, MergeScratch};
 use super::cache::Scratch;
+use super::json::TokenizerJson;
 use super::{BpeJson, Fast, VocabMap};
 use crate::error::Result;
 
@@ -222,11 +225,10 @@ enum Splitter {
 }
 
 /// Whether the JSON is a byte-level BPE this path implements (model settings are checked later).
-pub(crate) fn applies(v: &Value) -> bool {
-    parse_pre(v).is_some()
+pub(crate) fn applies(t: &TokenizerJson<'_>) -> bool {
+    parse_pre(t).is_some()
 }
 
-/// `(split regex or None for no split, add_prefix_space)`.
 /// The pre-tokenizer a byte-level JSON describes.
 struct Pre {
     /// The split regex (`None`: the whole text, or each segment between digits, is one piece).
@@ -237,64 +239,44 @@ struct Pre {
     digits: bool,
 }
 
-fn parse_pre(v: &Value) -> Option<Pre> {
-    if !matches!(v.get("normalizer"), None | Some(Value::Null)) {
+fn parse_pre(t: &TokenizerJson<'_>) -> Option<Pre> {
+    if t.normalizer.is_some() {
         return None;
     }
-    let pre = v.get("pre_tokenizer")?;
-    let ty = |x: &Value| x.get("type").and_then(Value::as_str).map(str::to_string);
-    let byte_level = |x: &Value| -> Option<(bool, bool)> {
-        if ty(x).as_deref() != Some("ByteLevel") {
-            return None;
-        }
-        let aps = x.get("add_prefix_space").and_then(Value::as_bool)?;
-        let use_regex = match x.get("use_regex") {
-            None => true,
-            Some(u) => u.as_bool()?,
-        };
-        Some((aps, use_regex))
-    };
-    match ty(pre).as_deref() {
-        Some("ByteLevel") => {
-            let (aps, use_regex) = byte_level(pre)?;
-            Some(Pre {
-                pattern: use_regex.then(|| GPT2_PATTERN.to_string()),
-                add_prefix_space: aps,
-                digits: false,
-            })
-        }
-        Some("Sequence") => match pre.get("pretokenizers")?.as_array()?.as_slice() {
-            [digits, bl] if ty(digits).as_deref() == Some("Digits") => {
-                // `tokenizers`' Digits(individual_digits=true) isolates each `is_numeric` char; the
-                // ByteLevel step then runs on every split on its own. A prefix space would be added
-                // per split, which no fast path implements.
-                if !digits.get("individual_digits")?.as_bool()? {
-                    return None;
-                }
-                let (aps, use_regex) = byte_level(bl)?;
-                if aps {
-                    return None;
-                }
+    let gpt2 = |b: &ByteLevel| b.use_regex.then(|| GPT2_PATTERN.to_string());
+    match t.pre_tokenizer.as_ref()? {
+        PreTokenizerWrapper::ByteLevel(b) => Some(Pre {
+            pattern: gpt2(b),
+            add_prefix_space: b.add_prefix_space,
+            digits: false,
+        }),
+        PreTokenizerWrapper::Sequence(seq) => match seq.as_ref() {
+            // `tokenizers`' Digits(individual_digits=true) isolates each `is_numeric` char; the
+            // ByteLevel step then runs on every split on its own. A prefix space would be added
+            // per split, which no fast path implements.
+            [PreTokenizerWrapper::Digits(d), PreTokenizerWrapper::ByteLevel(b)]
+                if d.individual_digits && !b.add_prefix_space =>
+            {
                 Some(Pre {
-                    pattern: use_regex.then(|| GPT2_PATTERN.to_string()),
+                    pattern: gpt2(b),
                     add_prefix_space: false,
                     digits: true,
                 })
             }
-            [split, bl] => {
-                let (aps, use_regex) = byte_level(bl)?;
-                if aps || use_regex || ty(split).as_deref() != Some("Split") {
-                    return None;
+            [PreTokenizerWrapper::Split(sp), PreTokenizerWrapper::ByteLevel(b)]
+                if !b.add_prefix_space
+                    && !b.use_regex
+                    && sp.behavior == SplitDelimiterBehavior::Isolated
+                    && !sp.invert =>
+            {
+                match &sp.pattern {
+                    SplitPattern::Regex(p) => Some(Pre {
+                        pattern: Some(p.clone()),
+                        add_prefix_space: false,
+                        digits: false,
+                    }),
+                    SplitPattern::String(_) => None,
                 }
-                let pattern = split.get("pattern")?.get("Regex")?.as_str()?;
-                if split.get("behavior")?.as_str()? != "Isolated" || split.get("invert")?.as_bool()? {
-                    return None;
-                }
-                Some(Pre {
-                    pattern: Some(pattern.to_string()),
-                    add_prefix_space: false,
-                    digits: false,
-                })
             }
             _ => None,
         },
@@ -316,37 +298,16 @@ pub(crate) struct ByteLevelBpe {
 
 impl ByteLevelBpe {
     /// Builds the fast path, or says why it does not apply.
-    pub(crate) fn from_json(v: &Value) -> std::result::Result<Self, String> {
+    pub(crate) fn from_json(t: &TokenizerJson<'_>) -> std::result::Result<Self, String> {
         let Pre {
             pattern,
             add_prefix_space,
             digits,
-        } = parse_pre(v).ok_or("not a byte-level configuration")?;
-        let model = v.get("model").ok_or("no model")?;
-        let j = BpeJson::from_json(model)?;
-        let vocab = VocabMap::new(j.vocab.iter().map(|(k, id)| (k.as_bytes(), *id)));
-        let unk = match &j.unk_token {
-            None => None,
-            Some(u) => Some(
-                vocab
-                    .get(u.as_bytes())
-                    .ok_or("the unknown token is not in the vocabulary")?,
-            ),
-        };
-        let mut triples = Vec::with_capacity(j.merges.len());
-        for (a, b) in &j.merges {
-            let ia = vocab
-                .get(a.as_bytes())
-                .ok_or("a merge token is not in the vocabulary")?;
-            let ib = vocab
-                .get(b.as_bytes())
-                .ok_or("a merge token is not in the vocabulary")?;
-            let inew = vocab
-                .get(format!("{a}{b}").as_bytes())
-                .ok_or("a merge result is not in the vocabulary")?;
-            super::bpe::check_merge(ia, ib, inew)?;
-            triples.push((ia, ib, inew));
-        }
+        } = parse_pre(t).ok_or("not a byte-level configuration")?;
+        let j = BpeJson::from_json(&t.model)?;
+        let unk = j.unk_id()?;
+        let triples = j.triples(|_, _| Ok(()))?;
+        let vocab = &j.vocab;
         let chars = bytes_char();
         let mut init = [Init::Unk; 256];
         for (b, slot) in init.iter_mut().enumerate() {
@@ -381,12 +342,17 @@ impl ByteLevelBpe {
             bpe: Bpe::new(triples, unk, j.fuse_unk),
             init,
             chars,
-            vocab,
+            vocab: j.vocab,
             ignore_merges: j.ignore_merges,
             add_prefix_space,
             digits,
             splitter,
         })
+    }
+
+    /// The vocabulary (token → id).
+    pub(crate) fn vocab(&self) -> &VocabMap {
+        &self.vocab
     }
 
     /// BPE of one piece of raw bytes (no cache), into `ids`.

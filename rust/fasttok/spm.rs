@@ -23,10 +23,12 @@
 //! `ignore_merges` (whole-word lookup first) is honoured on the whole normalized text, as in
 //! `tokenizers`, before cutting.
 
-use serde_json::Value;
+use tokenizers::normalizers::Replace;
+use tokenizers::NormalizerWrapper;
 
 use super::bpe::{Bpe, Init};
 use super::cache::Scratch;
+use super::json::{ModelJson, TokenizerJson};
 use super::{BpeJson, Fast, VocabMap};
 use crate::error::Result;
 
@@ -34,24 +36,22 @@ const SP: char = '\u{2581}';
 const SP_STR: &str = "\u{2581}";
 
 /// Whether the JSON has this family's normalizer and no pre-tokenizer.
-pub(crate) fn applies(v: &Value) -> bool {
-    let pre_ok = matches!(v.get("pre_tokenizer"), None | Some(Value::Null));
-    let norm = v.get("normalizer");
-    let seq = norm
-        .filter(|n| n.get("type").and_then(Value::as_str) == Some("Sequence"))
-        .and_then(|n| n.get("normalizers"))
-        .and_then(Value::as_array);
-    let norm_ok = match seq.map(Vec::as_slice) {
-        Some([p, r]) => {
-            p.get("type").and_then(Value::as_str) == Some("Prepend")
-                && p.get("prepend").and_then(Value::as_str) == Some(SP_STR)
-                && r.get("type").and_then(Value::as_str) == Some("Replace")
-                && r.get("pattern").and_then(|x| x.get("String")).and_then(Value::as_str) == Some(" ")
-                && r.get("content").and_then(Value::as_str) == Some(SP_STR)
-        }
-        _ => false,
+pub(crate) fn applies(t: &TokenizerJson<'_>) -> bool {
+    let Some(NormalizerWrapper::Sequence(seq)) = &t.normalizer else {
+        return false;
     };
-    pre_ok && norm_ok
+    let [NormalizerWrapper::Prepend(p), NormalizerWrapper::Replace(r)] = seq.as_ref() else {
+        return false;
+    };
+    // `Replace`'s pattern is private: compare its serialization with the one of Replace(" ", "▁"),
+    // which tells a literal " " from a regex.
+    let same = |r: &Replace| {
+        let want = Replace::new(" ", SP_STR)
+            .ok()
+            .and_then(|w| serde_json::to_string(&w).ok());
+        want.is_some() && serde_json::to_string(r).ok() == want
+    };
+    t.pre_tokenizer.is_none() && p.prepend == SP_STR && same(r)
 }
 
 /// The fast path for SentencePiece-style BPE.
@@ -66,47 +66,24 @@ pub(crate) struct SpmBpe {
 
 impl SpmBpe {
     /// Builds the fast path, or says why it does not apply to this vocabulary.
-    pub(crate) fn from_json(v: &Value) -> std::result::Result<Self, String> {
-        let model = v.get("model").ok_or("no model")?;
+    pub(crate) fn from_json(model: &ModelJson<'_>) -> std::result::Result<Self, String> {
         let j = BpeJson::from_json(model)?;
-        let vocab = VocabMap::new(j.vocab.iter().map(|(k, id)| (k.as_bytes(), *id)));
-        if vocab.get(SP_STR.as_bytes()).is_none() {
+        if j.vocab.get(SP_STR.as_bytes()).is_none() {
             return Err("\u{2581} is not in the vocabulary: pieces cannot be cut before it".into());
         }
-        let unk = match &j.unk_token {
-            None => None,
-            Some(u) => {
-                if u.starts_with(SP) || u.ends_with(SP) {
-                    return Err("the unknown token starts or ends with \u{2581}".into());
-                }
-                // `tokenizers` errors when it needs an unknown token that is not in the vocabulary.
-                Some(
-                    vocab
-                        .get(u.as_bytes())
-                        .ok_or("the unknown token is not in the vocabulary")?,
-                )
-            }
-        };
-        let mut triples = Vec::with_capacity(j.merges.len());
-        for (a, b) in &j.merges {
+        if j.unk_token.is_some_and(|u| u.starts_with(SP) || u.ends_with(SP)) {
+            return Err("the unknown token starts or ends with \u{2581}".into());
+        }
+        let unk = j.unk_id()?;
+        let triples = j.triples(|a, b| {
             if b.starts_with(SP) && !a.ends_with(SP) {
                 return Err(format!(
                     "the merge {a:?} + {b:?} crosses a \u{2581} boundary: pieces cannot be merged separately"
                 ));
             }
-            let ia = vocab
-                .get(a.as_bytes())
-                .ok_or("a merge token is not in the vocabulary")?;
-            let ib = vocab
-                .get(b.as_bytes())
-                .ok_or("a merge token is not in the vocabulary")?;
-            let ab = format!("{a}{b}");
-            let inew = vocab
-                .get(ab.as_bytes())
-                .ok_or("a merge result is not in the vocabulary")?;
-            super::bpe::check_merge(ia, ib, inew)?;
-            triples.push((ia, ib, inew));
-        }
+            Ok(())
+        })?;
+        let vocab = j.vocab;
         let mut byte_ids = [None; 256];
         for (b, slot) in byte_ids.iter_mut().enumerate() {
             *slot = vocab.get(format!("<{b:#04X}>").as_bytes());
@@ -123,6 +100,11 @@ impl SpmBpe {
             this.ascii[c as usize] = this.init_slow(c as char);
         }
         Ok(this)
+    }
+
+    /// The vocabulary (token → id).
+    pub(crate) fn vocab(&self) -> &VocabMap {
+        &self.vocab
     }
 
     fn init_slow(&self, c: char) -> Init {
@@ -241,9 +223,16 @@ impl Fast for SpmBpe {
 
 #[cfg(test)]
 mod tests {
-    use super::super::cache::Slots;
+    use super::super::tests::{assert_fast_matches_hf, golden, WORDLLAMA};
+    use super::super::{Kind, Tokenizer};
     use super::*;
-    use crate::pool::{Encoder, HfEncoder};
+    use crate::pool::Encoder;
+    use serde_json::Value;
+
+    fn fast_of(json: &str) -> std::result::Result<SpmBpe, String> {
+        let t = TokenizerJson::parse(json)?;
+        SpmBpe::from_json(&t.model)
+    }
 
     /// A tiny SentencePiece-style BPE JSON: chars, byte fallback, a few merges.
     fn tiny(extra_merges: &[(&str, &str)]) -> String {
@@ -303,19 +292,7 @@ mod tests {
     }
 
     fn check(json: &str, texts: &[&str]) {
-        let v: Value = serde_json::from_str(json).unwrap();
-        let fast = SpmBpe::from_json(&v).unwrap();
-        let hf = HfEncoder::from_json(json, false).unwrap();
-        let slots = Slots::new();
-        for _round in 0..2 {
-            for t in texts {
-                let mut a = Vec::new();
-                slots.with(|s| fast.encode_fast(t, s, &mut a)).unwrap();
-                let mut b = Vec::new();
-                hf.encode(t, &mut b).unwrap();
-                assert_eq!(a, b, "text {t:?}");
-            }
-        }
+        assert_fast_matches_hf(json, texts, Kind::SpmBpe);
     }
 
     #[test]
@@ -347,12 +324,13 @@ mod tests {
 
     #[test]
     fn a_merge_across_the_cut_refuses_the_fast_path() {
-        let v: Value = serde_json::from_str(&tiny(&[(",", "\u{2581}a")])).unwrap();
-        let e = SpmBpe::from_json(&v).err().unwrap();
+        let e = fast_of(&tiny(&[(",", "\u{2581}a")])).err().unwrap();
         assert!(e.contains("crosses"), "{e}");
         // but ending in ▁ on the left is fine
-        let v: Value = serde_json::from_str(&tiny(&[("a\u{2581}", "\u{2581}")])).unwrap();
-        assert!(SpmBpe::from_json(&v).is_err(), "a\u{2581} is not in the vocabulary");
+        assert!(
+            fast_of(&tiny(&[("a\u{2581}", "\u{2581}")])).is_err(),
+            "a\u{2581} is not in the vocabulary"
+        );
     }
 
     #[test]
@@ -361,39 +339,38 @@ mod tests {
         let vocab = v["model"]["vocab"].as_object_mut().unwrap();
         let id = vocab["ab"].clone();
         vocab.insert("\u{2581}ab".into(), id);
-        let e = SpmBpe::from_json(&v).err().unwrap();
+        let json = serde_json::to_string(&v).unwrap();
+        let e = fast_of(&json).err().unwrap();
         assert!(e.contains("share an id"), "{e}");
-        // the crate still encodes it: `select` falls back
-        let s = super::super::select(&serde_json::to_string(&v).unwrap(), false, true).unwrap();
-        assert_ne!(s.kind, super::super::Kind::SpmBpe);
+        // the crate still encodes it: the tokenizer falls back
+        let s = Tokenizer::from_json(json, false, true).unwrap();
+        assert_eq!(s.kind(), Kind::Hf);
     }
 
     #[test]
     fn wordllama_matches_tokenizers_on_samples() {
-        let Some(j) = super::super::tests::wordllama_json() else {
-            return;
-        };
-        let texts = [
-            "The quick brown fox, jumped over the lazy dog.",
-            "  leading and trailing  ",
-            "Zürich – “quoted” — naïve café 日本語のテキスト 🙂👍🏽",
-            "tabs\tand\nnewlines\r\n",
-            "\u{0}\u{1}\u{7f}",
-            "x\u{2581}\u{2581}y \u{2581} z",
-            "a\u{200d}b \u{202e}rtl\u{202c}",
-        ];
-        check(&j, &texts);
+        // The fixture is WordLlama's tokenizer cut down to the tokens and merges these texts can
+        // reach (scripts/make_tokenizer_fixtures.py); the ids were made by the full tokenizer.
+        let g = golden();
+        let texts: Vec<&str> = g.texts.iter().map(String::as_str).collect();
+        check(WORDLLAMA, &texts);
+        let s = Tokenizer::from_json(WORDLLAMA.to_string(), false, true).unwrap();
+        for (t, want) in texts.iter().zip(&g.ids) {
+            let mut got = Vec::new();
+            s.encoder().encode(t, &mut got).unwrap();
+            assert_eq!(&got, want, "text {t:?}");
+        }
     }
 
     #[test]
     fn through_the_encoder_trait() {
         let json = tiny(&[]);
-        let s = super::super::select(&json, false, true).unwrap();
-        assert_eq!(s.kind, super::super::Kind::SpmBpe);
+        let s = Tokenizer::from_json(json, false, true).unwrap();
+        assert_eq!(s.kind(), Kind::SpmBpe);
         let mut a = Vec::new();
-        s.encoder.encode("ab <s> ab", &mut a).unwrap();
+        s.encoder().encode("ab <s> ab", &mut a).unwrap();
         let mut b = Vec::new();
-        s.hf.encode("ab <s> ab", &mut b).unwrap();
+        s.hf().unwrap().encode("ab <s> ab", &mut b).unwrap();
         assert_eq!(a, b);
         assert!(a.contains(&1));
     }

@@ -19,13 +19,15 @@
 //! WordPiece itself looks substrings up without building strings: continuation pieces are keyed
 //! without their prefix, and candidates longer than the longest key are skipped (they cannot match).
 
-use serde_json::Value;
 use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
-use tokenizers::{NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+use tokenizers::{
+    NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, PreTokenizerWrapper,
+};
 
 use super::cache::{Scratch, WordCache};
-use super::{vocab_of, Fast, VocabMap};
+use super::json::{TokenizerJson, Vocab};
+use super::{Fast, VocabMap};
 use crate::error::{CoreError, Result};
 
 /// Byte classes of the ASCII path.
@@ -47,47 +49,38 @@ pub(crate) struct WordPiece {
 
 impl WordPiece {
     /// Builds the fast path, or says why it does not apply.
-    pub(crate) fn from_json(v: &Value) -> std::result::Result<Self, String> {
-        if v.get("pre_tokenizer")
-            .and_then(|p| p.get("type"))
-            .and_then(Value::as_str)
-            != Some("BertPreTokenizer")
-        {
+    pub(crate) fn from_json(t: &TokenizerJson<'_>) -> std::result::Result<Self, String> {
+        if !matches!(t.pre_tokenizer, Some(PreTokenizerWrapper::BertPreTokenizer(_))) {
             return Err("WordPiece without BertPreTokenizer".into());
         }
-        let (normalizer, clean_text, lowercase) = match v.get("normalizer") {
-            None | Some(Value::Null) => (None, false, false),
-            Some(n) if n.get("type").and_then(Value::as_str) == Some("BertNormalizer") => {
-                let flag = |k: &str, d: bool| n.get(k).and_then(Value::as_bool).unwrap_or(d);
-                let w: NormalizerWrapper =
-                    serde_json::from_value(n.clone()).map_err(|e| format!("BertNormalizer: {e}"))?;
-                (Some(w), flag("clean_text", true), flag("lowercase", true))
+        let (normalizer, clean_text, lowercase) = match &t.normalizer {
+            None => (None, false, false),
+            Some(NormalizerWrapper::BertNormalizer(n)) => {
+                (Some(NormalizerWrapper::BertNormalizer(*n)), n.clean_text, n.lowercase)
             }
             Some(_) => return Err("WordPiece with a normalizer other than BertNormalizer".into()),
         };
-        let model = v.get("model").ok_or("no model")?;
-        let prefix = match model.get("continuing_subword_prefix") {
-            None => "##".to_string(),
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => return Err("continuing_subword_prefix is not a string".into()),
+        // `tokenizers` requires these three keys (and errors without them): so does the fast path.
+        let model = &t.model;
+        let prefix: &str = model
+            .continuing_subword_prefix
+            .as_deref()
+            .ok_or("WordPiece continuing_subword_prefix is missing")?;
+        let unk_token: &str = model.unk_token.as_deref().ok_or("WordPiece unk_token is missing")?;
+        let max_chars = model
+            .max_input_chars_per_word
+            .and_then(|m| usize::try_from(m).ok())
+            .ok_or("WordPiece max_input_chars_per_word is missing")?;
+        let Some(Vocab::Map(items)) = &model.vocab else {
+            return Err("model.vocab is not a map".into());
         };
-        let unk_token = match model.get("unk_token") {
-            None => "[UNK]".to_string(),
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => return Err("unk_token is not a string".into()),
-        };
-        let max_chars = match model.get("max_input_chars_per_word") {
-            None => 100,
-            Some(x) => x.as_u64().ok_or("max_input_chars_per_word is not an integer")? as usize,
-        };
-        let items = vocab_of(model)?;
-        let vocab = VocabMap::new(items.iter().map(|(k, id)| (k.as_bytes(), *id)));
+        let vocab = VocabMap::new(items.iter().map(|(k, id)| (k.as_bytes(), *id)))?;
         let cont = VocabMap::new(
             items
                 .iter()
-                .filter(|(k, _)| k.starts_with(&prefix))
+                .filter(|(k, _)| k.starts_with(prefix))
                 .map(|(k, id)| (&k.as_bytes()[prefix.len()..], *id)),
-        );
+        )?;
         // `tokenizers` errors when it needs the unknown token and it is not in the vocabulary.
         let unk = vocab
             .get(unk_token.as_bytes())
@@ -114,6 +107,11 @@ impl WordPiece {
             class,
             normalizer,
         })
+    }
+
+    /// The vocabulary (token → id).
+    pub(crate) fn vocab(&self) -> &VocabMap {
+        &self.vocab
     }
 
     /// WordPiece of one normalized word (no cache), appended to `out`.
@@ -240,24 +238,12 @@ impl Fast for WordPiece {
 
 #[cfg(test)]
 mod tests {
-    use super::super::cache::Slots;
-    use super::*;
-    use crate::pool::{Encoder, HfEncoder};
+    use super::super::tests::assert_fast_matches_hf;
+    use super::super::{Kind, Tokenizer};
+    use serde_json::Value;
 
     fn check(json: &str, texts: &[&str]) {
-        let v: Value = serde_json::from_str(json).unwrap();
-        let fast = WordPiece::from_json(&v).unwrap();
-        let hf = HfEncoder::from_json(json, false).unwrap();
-        let slots = Slots::new();
-        for _round in 0..2 {
-            for t in texts {
-                let mut a = Vec::new();
-                slots.with(|s| fast.encode_fast(t, s, &mut a)).unwrap();
-                let mut b = Vec::new();
-                hf.encode(t, &mut b).unwrap();
-                assert_eq!(a, b, "text {t:?}");
-            }
-        }
+        assert_fast_matches_hf(json, texts, Kind::WordPiece);
     }
 
     const TEXTS: &[&str] = &[
@@ -303,9 +289,9 @@ mod tests {
     #[test]
     fn long_words_are_unknown() {
         let json = include_str!("../../python/tokvec/models/default/tokenizer.json");
-        let s = super::super::select(json, false, true).unwrap();
+        let s = Tokenizer::from_json(json.to_string(), false, true).unwrap();
         let mut a = Vec::new();
-        s.encoder.encode(&"a".repeat(101), &mut a).unwrap();
+        s.encoder().encode(&"a".repeat(101), &mut a).unwrap();
         assert_eq!(a, vec![100]);
     }
 }

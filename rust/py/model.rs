@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyIsADirectoryError, PyOSError, PyPermissionError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::error::CoreError;
-use crate::fasttok::{self, Kind};
+use crate::fasttok;
 use crate::header::SafetensorsFile;
-use crate::pool::{EmbedModel, Encoder, HfEncoder, ModelSpec};
+use crate::pool::{encode_batch, EmbedModel, Encoder, ModelSpec};
 use crate::simd::Isa;
 
 fn open_file(py: Python<'_>, path: PathBuf) -> PyResult<Arc<SafetensorsFile>> {
@@ -87,11 +87,12 @@ impl PySafetensorsFile {
     }
 }
 
-/// A tokenizer built from its JSON: the HF `tokenizers` crate (truncation and padding off), plus an
-/// ids-only fast encoder when the JSON is one a fast path implements exactly.
+/// A tokenizer built from its JSON: an ids-only fast encoder when the JSON is one a fast path
+/// implements exactly, else the HF `tokenizers` crate (truncation and padding off). With a fast
+/// encoder, the `tokenizers` crate's tokenizer is built only when a text first needs it.
 ///
 /// Args:
-///     json: the tokenizer JSON (the contents of a `tokenizer.json`).
+///     json: the tokenizer JSON (the contents of a `tokenizer.json`); kept by the tokenizer.
 ///     add_special_tokens: passed to every encode (True always runs the `tokenizers` crate).
 ///     fast: use a fast encoder when the JSON qualifies ("wordpiece-fast", "spm-bpe-fast",
 ///         "bytelevel-bpe-fast"); False always runs the `tokenizers` crate ("hf"). Both give the
@@ -101,11 +102,22 @@ impl PySafetensorsFile {
 ///     TokenizerError: the JSON is not a tokenizer `tokenizers` can build.
 #[pyclass(name = "Tokenizer", module = "tokvec._core", frozen)]
 pub struct PyTokenizer {
-    /// The encoder that runs (fast path or `hf`); `PyModel` pools with it.
-    inner: Arc<dyn Encoder>,
-    hf: Arc<HfEncoder>,
-    kind: Kind,
-    fallback_reason: Option<String>,
+    inner: fasttok::Tokenizer,
+}
+
+/// An error reading `path`, as the built-in exception Python would raise for it, naming the file.
+fn read_error(e: CoreError) -> PyErr {
+    match e {
+        CoreError::Io { path, source } => {
+            let msg = format!("{path}: {source}");
+            match source.kind() {
+                std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),
+                std::io::ErrorKind::IsADirectory => PyIsADirectoryError::new_err(msg),
+                _ => PyOSError::new_err(msg),
+            }
+        }
+        other => other.into(),
+    }
 }
 
 #[pymethods]
@@ -113,49 +125,73 @@ impl PyTokenizer {
     #[new]
     #[pyo3(signature = (json, add_special_tokens=false, fast=true))]
     fn py_new(py: Python<'_>, json: String, add_special_tokens: bool, fast: bool) -> PyResult<Self> {
-        let s = py.detach(|| fasttok::select(&json, add_special_tokens, fast))?;
-        Ok(PyTokenizer {
-            inner: s.encoder,
-            hf: s.hf,
-            kind: s.kind,
-            fallback_reason: s.fallback_reason,
-        })
+        let inner = py.detach(|| fasttok::Tokenizer::from_json(json, add_special_tokens, fast))?;
+        Ok(PyTokenizer { inner })
+    }
+
+    /// Builds the tokenizer from a `tokenizer.json` file. The text is not kept: `json` and the
+    /// `tokenizers` crate's tokenizer (when a text needs it) re-read the file, and raise
+    /// TokenizerError if it no longer has the bytes the tokenizer was built from.
+    ///
+    /// Args:
+    ///     path: the file.
+    ///     add_special_tokens: as for `Tokenizer`.
+    ///     fast: as for `Tokenizer`.
+    ///
+    /// Raises:
+    ///     FileNotFoundError: no such file.
+    ///     OSError: the file cannot be read (PermissionError, IsADirectoryError, ...).
+    ///     TokenizerError: the file is not UTF-8, or not a tokenizer `tokenizers` can build.
+    #[staticmethod]
+    #[pyo3(signature = (path, add_special_tokens=false, fast=true))]
+    fn from_file(py: Python<'_>, path: PathBuf, add_special_tokens: bool, fast: bool) -> PyResult<Self> {
+        let inner = py
+            .detach(|| fasttok::Tokenizer::from_file(&path, add_special_tokens, fast))
+            .map_err(read_error)?;
+        Ok(PyTokenizer { inner })
     }
 
     /// Which encoder runs: "wordpiece-fast", "spm-bpe-fast", "bytelevel-bpe-fast" or "hf".
     #[getter]
     fn kind(&self) -> &'static str {
-        self.kind.name()
+        self.inner.kind().name()
     }
 
     /// Why no fast encoder runs (None when one does).
     #[getter]
     fn fallback_reason(&self) -> Option<&str> {
-        self.fallback_reason.as_deref()
+        self.inner.fallback_reason()
     }
 
     /// Ids of the special added tokens, ascending.
     #[getter]
     fn special_ids(&self) -> Vec<u32> {
-        self.hf.special_ids()
+        self.inner.special_ids().to_vec()
     }
 
     /// The unknown token's id, or None.
     #[getter]
     fn unk_id(&self) -> Option<u32> {
-        self.hf.unk_id()
+        self.inner.unk_id()
     }
 
     /// One past the largest id the tokenizer can produce.
     #[getter]
     fn id_limit(&self) -> u64 {
-        self.hf.id_limit()
+        self.inner.id_limit()
     }
 
-    /// The JSON the tokenizer was built from.
+    /// Whether the `tokenizers` crate's tokenizer has been built (always, for kind "hf").
     #[getter]
-    fn json(&self) -> &str {
-        self.hf.json()
+    fn hf_built(&self) -> bool {
+        self.inner.hf_built()
+    }
+
+    /// The JSON the tokenizer was built from (read from its file again, for `from_file`).
+    #[getter]
+    fn json(&self, py: Python<'_>) -> PyResult<String> {
+        py.detach(|| self.inner.json().map(|j| j.into_owned()))
+            .map_err(read_error)
     }
 
     /// Token ids of many texts with the encoder that runs, in parallel (GIL released).
@@ -174,11 +210,20 @@ impl PyTokenizer {
         py: Python<'py>,
         texts: &Bound<'py, PyList>,
     ) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u64>>)> {
-        let items = collect_strings(texts)?;
-        let strs = borrow_texts(&items)?;
-        let (ids, offsets) = py.detach(|| fasttok::encode_batch(&*self.inner, &strs))?;
-        Ok((ids.into_pyarray(py), offsets.into_pyarray(py)))
+        csr_of(py, texts, |strs| encode_batch(&**self.inner.encoder(), strs))
     }
+}
+
+/// The ids of `texts` from `encode` (GIL released) as numpy arrays (ids uint32, offsets uint64).
+fn csr_of<'py>(
+    py: Python<'py>,
+    texts: &Bound<'py, PyList>,
+    encode: impl FnOnce(&[&str]) -> Result<(Vec<u32>, Vec<u64>), CoreError> + Send,
+) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u64>>)> {
+    let items = collect_strings(texts)?;
+    let strs = borrow_texts(&items)?;
+    let (ids, offsets) = py.detach(|| encode(&strs))?;
+    Ok((ids.into_pyarray(py), offsets.into_pyarray(py)))
 }
 
 /// Borrows every item of `texts` as `&str` (no copy). Items must be `str` without lone surrogates.
@@ -273,7 +318,7 @@ impl PyModel {
             normalize,
             max_length,
         };
-        let enc: Option<Arc<dyn Encoder>> = tokenizer.map(|t| t.inner.clone() as Arc<dyn Encoder>);
+        let enc: Option<Arc<dyn Encoder>> = tokenizer.map(|t| t.inner.encoder().clone());
         let inner = py.detach(|| -> Result<EmbedModel, CoreError> {
             let file = Arc::new(if mmap {
                 SafetensorsFile::open(&path)?
@@ -340,12 +385,7 @@ impl PyModel {
     fn embed<'py>(&self, py: Python<'py>, texts: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let items = collect_strings(texts)?;
         let strs = borrow_texts(&items)?;
-        let (n, d) = (strs.len(), self.inner.dim());
-        let mut out = vec![0f32; n * d];
-        py.detach(|| self.inner.embed(&strs, &mut out))?;
-        Ok(Array2::from_shape_vec((n, d), out)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?
-            .into_pyarray(py))
+        rows_into(py, strs.len(), self.inner.dim(), |out| self.inner.embed(&strs, out))
     }
 
     /// Embeds texts into packed sign bits.
@@ -358,12 +398,9 @@ impl PyModel {
     fn embed_binary<'py>(&self, py: Python<'py>, texts: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyArray2<u64>>> {
         let items = collect_strings(texts)?;
         let strs = borrow_texts(&items)?;
-        let (n, w) = (strs.len(), self.inner.binary_words());
-        let mut out = vec![0u64; n * w];
-        py.detach(|| self.inner.embed_binary(&strs, &mut out))?;
-        Ok(Array2::from_shape_vec((n, w), out)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?
-            .into_pyarray(py))
+        rows_into(py, strs.len(), self.inner.binary_words(), |out| {
+            self.inner.embed_binary(&strs, out)
+        })
     }
 
     /// Pools pre-tokenized ids (CSR form), skipping the tokenizer.
@@ -383,12 +420,7 @@ impl PyModel {
         let ids_s = ids.as_slice()?;
         let off_s = offsets.as_slice()?;
         let n = off_s.len().saturating_sub(1);
-        let d = self.inner.dim();
-        let mut out = vec![0f32; n * d];
-        py.detach(|| self.inner.embed_ids(ids_s, off_s, &mut out))?;
-        Ok(Array2::from_shape_vec((n, d), out)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?
-            .into_pyarray(py))
+        rows_into(py, n, self.inner.dim(), |out| self.inner.embed_ids(ids_s, off_s, out))
     }
 
     /// Token ids as the Rust tokenizer produces them (before special tokens are dropped).
@@ -403,11 +435,22 @@ impl PyModel {
         py: Python<'py>,
         texts: &Bound<'py, PyList>,
     ) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u64>>)> {
-        let items = collect_strings(texts)?;
-        let strs = borrow_texts(&items)?;
-        let (ids, offsets) = py.detach(|| self.inner.encode(&strs))?;
-        Ok((ids.into_pyarray(py), offsets.into_pyarray(py)))
+        csr_of(py, texts, |strs| self.inner.encode(strs))
     }
+}
+
+/// An `n × width` array filled by `fill` with the GIL released.
+fn rows_into<'py, T: numpy::Element + Copy + Default + Send>(
+    py: Python<'py>,
+    n: usize,
+    width: usize,
+    fill: impl FnOnce(&mut [T]) -> Result<(), CoreError> + Send,
+) -> PyResult<Bound<'py, PyArray2<T>>> {
+    let mut out = vec![T::default(); n * width];
+    py.detach(|| fill(&mut out))?;
+    Ok(Array2::from_shape_vec((n, width), out)
+        .map_err(|e| PyValueError::new_err(e.to_string()))?
+        .into_pyarray(py))
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
