@@ -67,7 +67,7 @@ class LoadedTokenizer:
 
     @property
     def json(self) -> str:
-        """The tokenizer JSON, read from `path` again (TokenizerError if the file changed since it was loaded)."""
+        """The tokenizer JSON the model was loaded with (kept in memory: the file may have changed since)."""
         return str(self.core.json)
 
     @cached_property
@@ -115,7 +115,7 @@ def read_tokenizer(path: Path, *, add_special_tokens: bool = False, fast: bool =
         fast: see `load_tokenizer`.
 
     Returns:
-        the `_core.Tokenizer` (its `json` is the file's text, read again on demand).
+        the `_core.Tokenizer` (its `json` is the file's text, kept).
 
     Raises:
         OSError: the file cannot be read (the error names it); IsADirectoryError for a folder.

@@ -40,11 +40,10 @@ mod json;
 pub mod spm;
 pub mod wordpiece;
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use aho_corasick::AhoCorasick;
@@ -79,18 +78,6 @@ impl Kind {
     }
 }
 
-/// Where the tokenizer JSON is, once the tokenizer is built.
-enum Source {
-    /// Given as text: kept.
-    Text(Arc<str>),
-    /// Read from a file: re-read on demand, and refused if it is no longer the same bytes.
-    File { path: PathBuf, len: usize, hash: u64 },
-}
-
-fn content_hash(bytes: &[u8]) -> u64 {
-    foldhash::quality::FixedState::with_seed(0x6a73_6f6e).hash_one(bytes)
-}
-
 /// Reads a tokenizer JSON file as UTF-8 text; errors name the file.
 fn read_json_file(path: &Path) -> Result<String> {
     let ps = path.display().to_string();
@@ -106,35 +93,12 @@ fn read_json_file(path: &Path) -> Result<String> {
     })
 }
 
-impl Source {
-    /// The JSON text: the kept one, or the file's bytes when they are still the ones the
-    /// tokenizer was built from.
-    fn text(&self) -> Result<Cow<'_, str>> {
-        match self {
-            Source::Text(s) => Ok(Cow::Borrowed(s)),
-            Source::File { path, len, hash } => {
-                let changed = || CoreError::Tokenizer {
-                    msg: format!(
-                        "{}: the file changed after the tokenizer was loaded from it; load the model again",
-                        path.display()
-                    ),
-                };
-                let text = read_json_file(path).map_err(|e| match e {
-                    CoreError::Tokenizer { .. } => changed(),
-                    other => other,
-                })?;
-                if text.len() != *len || content_hash(text.as_bytes()) != *hash {
-                    return Err(changed());
-                }
-                Ok(Cow::Owned(text))
-            }
-        }
-    }
-}
-
-/// The `tokenizers` crate's tokenizer, built on first use from the [`Source`].
+/// The `tokenizers` crate's tokenizer, built on first use from the kept JSON.
 struct LazyHf {
-    source: Source,
+    /// The JSON text, kept (one copy, the file's size): the tokenizer never depends on its file
+    /// after it is built, as a model's table does not with `mmap=False`, and a file replaced or
+    /// deleted after load changes nothing.
+    source: Arc<str>,
     add_special_tokens: bool,
     cell: OnceLock<Arc<HfEncoder>>,
     /// Held while building, so that concurrent first uses build once.
@@ -148,7 +112,7 @@ impl LazyHf {
         }
         let _guard = self.building.lock().unwrap_or_else(|p| p.into_inner());
         if self.cell.get().is_none() {
-            let hf = build_hf(&self.source.text()?, self.add_special_tokens)?;
+            let hf = build_hf(&self.source, self.add_special_tokens)?;
             let _ = self.cell.set(Arc::new(hf));
         }
         self.cell.get().ok_or_else(|| CoreError::Tokenizer {
@@ -185,7 +149,7 @@ impl Tokenizer {
     pub fn from_json(json: String, add_special_tokens: bool, fast: bool) -> Result<Self> {
         let text: Arc<str> = json.into();
         let lazy = Arc::new(LazyHf {
-            source: Source::Text(text.clone()),
+            source: text.clone(),
             add_special_tokens,
             cell: OnceLock::new(),
             building: Mutex::new(()),
@@ -193,22 +157,10 @@ impl Tokenizer {
         Self::build(&text, &lazy, fast)
     }
 
-    /// Builds the tokenizer from a JSON file. The text is dropped once built: [`Tokenizer::json`]
-    /// and the `tokenizers` fallback re-read the file (and refuse it if it changed).
+    /// Builds the tokenizer from a JSON file (errors name it). The text is kept as with
+    /// [`Tokenizer::from_json`]: nothing later reads the file again.
     pub fn from_file(path: impl AsRef<Path>, add_special_tokens: bool, fast: bool) -> Result<Self> {
-        let path = path.as_ref();
-        let text = read_json_file(path)?;
-        let lazy = Arc::new(LazyHf {
-            source: Source::File {
-                path: path.to_path_buf(),
-                len: text.len(),
-                hash: content_hash(text.as_bytes()),
-            },
-            add_special_tokens,
-            cell: OnceLock::new(),
-            building: Mutex::new(()),
-        });
-        Self::build(&text, &lazy, fast)
+        Self::from_json(read_json_file(path.as_ref())?, add_special_tokens, fast)
     }
 
     fn build(text: &str, lazy: &Arc<LazyHf>, fast: bool) -> Result<Self> {
@@ -279,9 +231,9 @@ impl Tokenizer {
         self.id_limit
     }
 
-    /// The JSON the tokenizer was built from (re-read from its file, for one read from a file).
-    pub fn json(&self) -> Result<Cow<'_, str>> {
-        self.hf.source.text()
+    /// The JSON the tokenizer was built from.
+    pub fn json(&self) -> &str {
+        &self.hf.source
     }
 }
 
@@ -753,28 +705,28 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_tokenizer_read_from_a_file_keeps_no_copy_and_refuses_a_changed_file() {
+    fn a_tokenizer_read_from_a_file_does_not_depend_on_it_afterwards() {
         let dir = std::env::temp_dir().join(format!("tokvec-fasttok-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("tokenizer.json");
         std::fs::write(&p, DEFAULT).unwrap();
         let t = Tokenizer::from_file(&p, false, true).unwrap();
         assert_eq!(t.kind(), Kind::WordPiece);
-        assert!(matches!(t.hf.source, Source::File { .. }));
-        assert_eq!(t.json().unwrap(), DEFAULT);
-        // the same bytes written again are fine; other bytes are refused, for the JSON and for a
-        // text that needs the tokenizers crate, naming the file
-        std::fs::write(&p, DEFAULT).unwrap();
-        assert_eq!(t.json().unwrap(), DEFAULT);
+        assert_eq!(t.json(), DEFAULT);
+        let mut want = Vec::new();
+        HfEncoder::from_json(DEFAULT, false)
+            .unwrap()
+            .encode("a [CLS] b", &mut want)
+            .unwrap();
+        // other bytes written over the file, then the file deleted: the JSON and a text that needs
+        // the tokenizers crate (built only now) still come from what was loaded
         std::fs::write(&p, DEFAULT.replace("[CLS]", "[CLX]")).unwrap();
-        let e = t.json().unwrap_err().to_string();
-        assert!(e.contains("tokenizer.json: the file changed"), "{e}");
-        let mut ids = Vec::new();
-        let e = t.encoder().encode("a [CLS] b", &mut ids).unwrap_err().to_string();
-        assert!(e.contains("the file changed"), "{e}");
-        t.encoder().encode("no added token here", &mut ids).unwrap();
+        assert_eq!(t.json(), DEFAULT);
         std::fs::remove_file(&p).unwrap();
-        assert!(matches!(t.json(), Err(CoreError::NotFound { .. })));
+        assert!(!t.hf_built());
+        let mut ids = Vec::new();
+        t.encoder().encode("a [CLS] b", &mut ids).unwrap();
+        assert_eq!(ids, want);
         assert!(matches!(
             Tokenizer::from_file(&p, false, true),
             Err(CoreError::NotFound { .. })

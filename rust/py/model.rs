@@ -187,11 +187,10 @@ impl PyTokenizer {
         self.inner.hf_built()
     }
 
-    /// The JSON the tokenizer was built from (read from its file again, for `from_file`).
+    /// The JSON the tokenizer was built from.
     #[getter]
-    fn json(&self, py: Python<'_>) -> PyResult<String> {
-        py.detach(|| self.inner.json().map(|j| j.into_owned()))
-            .map_err(read_error)
+    fn json(&self) -> &str {
+        self.inner.json()
     }
 
     /// Token ids of many texts with the encoder that runs, in parallel (GIL released).
