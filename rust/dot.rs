@@ -221,14 +221,28 @@ pub fn scores_cancellable(q: &[f32], c: &[f32], d: usize, cancel: &Cancel) -> Re
 }
 
 /// Checks that every index of `idx` addresses one of `n` rows.
-fn check_indices(idx: &[i64], n: usize, what: &'static str, rows: &'static str) -> Result<()> {
-    if let Some((t, &v)) = idx.iter().enumerate().find(|(_, &v)| v < 0 || v as u64 >= n as u64) {
+/// The entries of `idx` as rows, each checked to be in `0..n`. The kernel indexes with this private
+/// copy, not with `idx`: the caller's array may be written by another thread while the kernel runs
+/// (it is read in place with the GIL released), and a row read twice could then pass the check and
+/// be out of range when used.
+fn checked_rows(idx: &[i64], n: usize, what: &'static str, rows: &'static str) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    if out.try_reserve_exact(idx.len()).is_err() {
         return Err(CoreError::arg(
             what,
-            format!("entry {t} is {v}, outside 0..{n} (the rows of {rows})"),
+            "does not fit in memory; pass fewer pairs at a time",
         ));
     }
-    Ok(())
+    for (t, &v) in idx.iter().enumerate() {
+        if v < 0 || v as u64 >= n as u64 {
+            return Err(CoreError::arg(
+                what,
+                format!("entry {t} is {v}, outside 0..{n} (the rows of {rows})"),
+            ));
+        }
+        out.push(v as usize);
+    }
+    Ok(out)
 }
 
 /// The canonical scores `dot(a_{i[t]}, b_{j[t]})` for every `t`: the entries of [`scores`]`(a, b)`
@@ -258,8 +272,8 @@ pub fn dot_pairs_cancellable(
             format!("has {} entries and i has {}; they must match", j.len(), i.len()),
         ));
     }
-    check_indices(i, na, "i", "a")?;
-    check_indices(j, nb, "j", "b")?;
+    let i = checked_rows(i, na, "i", "a")?;
+    let j = checked_rows(j, nb, "j", "b")?;
     row_norms(a, d, "a")?;
     row_norms(b, d, "b")?;
     let mut out = zeroed(Some(i.len()), "i")?;
@@ -271,7 +285,6 @@ pub fn dot_pairs_cancellable(
                 return;
             }
             for (v, (&x, &y)) in o.iter_mut().zip(ib.iter().zip(jb)) {
-                let (x, y) = (x as usize, y as usize);
                 *v = dot(level, &a[x * d..(x + 1) * d], &b[y * d..(y + 1) * d]);
             }
         });
