@@ -638,10 +638,8 @@ mod tests {
         out
     }
 
-    /// Every int8 kernel this CPU has gives the same pre-scores as the scalar emulation (so the
-    /// AVX2 and VNNI kernels agree bit for bit).
-    #[test]
-    fn int8_kernels_match_integer_reference() {
+    /// Every int8 kernel this CPU can run.
+    fn kernels() -> Vec<Int8Kernel> {
         let mut kernels = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
@@ -652,6 +650,14 @@ mod tests {
                 kernels.push(Int8Kernel::Avx2);
             }
         }
+        kernels
+    }
+
+    /// Every int8 kernel this CPU has gives the same pre-scores as the scalar emulation (so the
+    /// AVX2 and VNNI kernels agree bit for bit).
+    #[test]
+    fn int8_kernels_match_integer_reference() {
+        let kernels = kernels();
         for &(d, nq, nc) in &[(77usize, 8usize, 70usize), (256, 5, 48), (3, 1, 17), (64, 3, 16)] {
             let mut rng = Rng(d as u64 * 31 + 7);
             let c: Vec<f32> = (0..nc * d).map(|_| rng.normal()).collect();
@@ -686,16 +692,7 @@ mod tests {
     /// holds NaN: a caller indexes its query rows by the reported slot.
     #[test]
     fn padding_query_slots_are_never_reported() {
-        let mut kernels = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if int8_kernel() == Some(Int8Kernel::Vnni) {
-                kernels.push(Int8Kernel::Vnni);
-            }
-            if int8_kernel().is_some() && is_x86_feature_detected!("avx2") {
-                kernels.push(Int8Kernel::Avx2);
-            }
-        }
+        let kernels = kernels();
         let (d, nc) = (40, 20);
         for nq in 1..QT {
             let mut q = gaussian(nq, d, 3);
