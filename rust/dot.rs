@@ -183,6 +183,13 @@ fn zeroed(n: Option<usize>, what: &'static str) -> Result<Vec<f32>> {
     }
 }
 
+/// Query rows per task of [`scores`] when there are many queries.
+const SCORE_QB: usize = 64;
+
+/// Bytes of the corpus block that a task of [`scores`] scores against all of its queries before
+/// moving on (it stays in L2).
+const SCORE_BLOCK_BYTES: usize = 256 * 1024;
+
 /// The canonical score of every pair: row-major `nq x nc` with entry `(i, j) = dot(q_i, c_j)`, the
 /// very value [`crate::topk::topk`] reports for that pair (bit for bit, on any CPU and thread
 /// count).
@@ -205,8 +212,31 @@ pub fn scores_cancellable(q: &[f32], c: &[f32], d: usize, cancel: &Cancel) -> Re
         return Ok(out);
     }
     let level = isa();
-    // tasks over the flat matrix, not over query rows, so that one query against a large corpus
-    // uses every thread too
+    if nq >= SCORE_QB * rayon::current_num_threads() {
+        // Many queries: tasks of SCORE_QB query rows, each meeting the corpus one cache-sized block
+        // at a time, so the corpus is read from memory nq / SCORE_QB times instead of nq times.
+        // The same dot of the same rows: the scores do not depend on the blocking.
+        let cb = (SCORE_BLOCK_BYTES / (4 * d)).max(16);
+        out.par_chunks_mut(SCORE_QB * nc).enumerate().for_each(|(b, o)| {
+            let q0 = b * SCORE_QB;
+            for c0 in (0..nc).step_by(cb) {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                let c1 = (c0 + cb).min(nc);
+                for (i, row) in o.chunks_mut(nc).enumerate() {
+                    let x = &q[(q0 + i) * d..(q0 + i + 1) * d];
+                    for (y, v) in (c0..c1).zip(&mut row[c0..c1]) {
+                        *v = dot(level, x, &c[y * d..(y + 1) * d]);
+                    }
+                }
+            }
+        });
+        cancel.check()?;
+        return Ok(out);
+    }
+    // Few queries: tasks over the flat matrix, not over query rows, so that one query against a
+    // large corpus uses every thread too.
     out.par_chunks_mut(POLL_ROWS).enumerate().for_each(|(b, o)| {
         if cancel.is_cancelled() {
             return;
@@ -221,14 +251,28 @@ pub fn scores_cancellable(q: &[f32], c: &[f32], d: usize, cancel: &Cancel) -> Re
 }
 
 /// Checks that every index of `idx` addresses one of `n` rows.
-fn check_indices(idx: &[i64], n: usize, what: &'static str, rows: &'static str) -> Result<()> {
-    if let Some((t, &v)) = idx.iter().enumerate().find(|(_, &v)| v < 0 || v as u64 >= n as u64) {
+/// The entries of `idx` as rows, each checked to be in `0..n`. The kernel indexes with this private
+/// copy, not with `idx`: the caller's array may be written by another thread while the kernel runs
+/// (it is read in place with the GIL released), and a row read twice could then pass the check and
+/// be out of range when used.
+fn checked_rows(idx: &[i64], n: usize, what: &'static str, rows: &'static str) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    if out.try_reserve_exact(idx.len()).is_err() {
         return Err(CoreError::arg(
             what,
-            format!("entry {t} is {v}, outside 0..{n} (the rows of {rows})"),
+            "does not fit in memory; pass fewer pairs at a time",
         ));
     }
-    Ok(())
+    for (t, &v) in idx.iter().enumerate() {
+        if v < 0 || v as u64 >= n as u64 {
+            return Err(CoreError::arg(
+                what,
+                format!("entry {t} is {v}, outside 0..{n} (the rows of {rows})"),
+            ));
+        }
+        out.push(v as usize);
+    }
+    Ok(out)
 }
 
 /// The canonical scores `dot(a_{i[t]}, b_{j[t]})` for every `t`: the entries of [`scores`]`(a, b)`
@@ -258,8 +302,8 @@ pub fn dot_pairs_cancellable(
             format!("has {} entries and i has {}; they must match", j.len(), i.len()),
         ));
     }
-    check_indices(i, na, "i", "a")?;
-    check_indices(j, nb, "j", "b")?;
+    let i = checked_rows(i, na, "i", "a")?;
+    let j = checked_rows(j, nb, "j", "b")?;
     row_norms(a, d, "a")?;
     row_norms(b, d, "b")?;
     let mut out = zeroed(Some(i.len()), "i")?;
@@ -271,7 +315,6 @@ pub fn dot_pairs_cancellable(
                 return;
             }
             for (v, (&x, &y)) in o.iter_mut().zip(ib.iter().zip(jb)) {
-                let (x, y) = (x as usize, y as usize);
                 *v = dot(level, &a[x * d..(x + 1) * d], &b[y * d..(y + 1) * d]);
             }
         });
@@ -499,6 +542,30 @@ pub(crate) mod tests {
         assert_eq!(arg(dot_pairs(&q, &c, d, &[0], &[4])), "j");
         let e = dot_pairs(&q, &c, d, &[0, 2], &[1, 9]).unwrap_err();
         assert!(e.to_string().contains("entry 1 is 9"), "{e}");
+    }
+
+    /// Many queries take the cache-blocked order (query tasks, corpus blocks), few the flat one:
+    /// both give every pair's canonical dot, for block and task sizes that do not divide the sizes.
+    #[test]
+    fn scores_are_the_dot_of_every_pair_in_both_orders() {
+        let d = 600; // corpus blocks of 109 rows
+        let many = SCORE_QB * rayon::current_num_threads() + 37;
+        for nq in [1, 5, many] {
+            let (q, c) = (gaussian(nq, d, 11), gaussian(300, d, 12));
+            let m = scores(&q, &c, d).unwrap();
+            for x in 0..nq {
+                for y in 0..300 {
+                    let want = dot_scalar(&q[x * d..(x + 1) * d], &c[y * d..(y + 1) * d]);
+                    assert_eq!(m[x * 300 + y].to_bits(), want.to_bits(), "nq={nq} ({x}, {y})");
+                }
+            }
+            let stop = Cancel::new();
+            stop.cancel();
+            assert!(matches!(
+                scores_cancellable(&q, &c, d, &stop),
+                Err(CoreError::Interrupted)
+            ));
+        }
     }
 
     #[test]

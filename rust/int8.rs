@@ -296,8 +296,8 @@ pub(crate) const QT: usize = 8;
 
 /// Runs the int8 pre-score of up to [`QT`] queries (`qrows`, rows of `qz`) against groups
 /// `g0..g1` of `pk`. For every (query slot, corpus slot) whose pre-score is >= `thr[slot]`,
-/// `cand(slot, corpus_slot, prescore)` is called and returns the slot's new threshold (slots >=
-/// `qrows.len()` are ignored).
+/// `cand(slot, corpus_slot, prescore)` is called and returns the slot's new threshold. Only slots
+/// `< qrows.len()` are ever reported, whatever the pre-scores (+inf and NaN included).
 pub(crate) fn scan_int8<F>(
     qz: &QuantQueries,
     qrows: &[usize],
@@ -434,9 +434,12 @@ mod x86 {
         let base = pk.data.as_ptr();
         let mut g = g0;
         // Handles one tile's accumulators: pre-scores, threshold test, candidates.
+        // Only the `nq` real slots are finished: the padding slots repeat the last query, and a
+        // threshold of +inf does not keep them out (a pre-score can overflow to +inf when the
+        // rows hold huge values, e.g. written by another thread after the callers' checks).
         macro_rules! finish {
             ($acc:expr, $rr:expr) => {
-                for qi in 0..QT {
+                for qi in 0..nq {
                     for r in 0..$rr {
                         let slot0 = (g + r) * 16;
                         // SAFETY: `g + r < pk.groups`, so 16 slots of `sc` are in bounds.
@@ -635,10 +638,8 @@ mod tests {
         out
     }
 
-    /// Every int8 kernel this CPU has gives the same pre-scores as the scalar emulation (so the
-    /// AVX2 and VNNI kernels agree bit for bit).
-    #[test]
-    fn int8_kernels_match_integer_reference() {
+    /// Every int8 kernel this CPU can run.
+    fn kernels() -> Vec<Int8Kernel> {
         let mut kernels = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
@@ -649,6 +650,14 @@ mod tests {
                 kernels.push(Int8Kernel::Avx2);
             }
         }
+        kernels
+    }
+
+    /// Every int8 kernel this CPU has gives the same pre-scores as the scalar emulation (so the
+    /// AVX2 and VNNI kernels agree bit for bit).
+    #[test]
+    fn int8_kernels_match_integer_reference() {
+        let kernels = kernels();
         for &(d, nq, nc) in &[(77usize, 8usize, 70usize), (256, 5, 48), (3, 1, 17), (64, 3, 16)] {
             let mut rng = Rng(d as u64 * 31 + 7);
             let c: Vec<f32> = (0..nc * d).map(|_| rng.normal()).collect();
@@ -674,6 +683,44 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// A partial query group never reports a padding slot, even when a row overflows the
+    /// pre-score to +inf (the padding slots repeat the last query and have threshold +inf) or
+    /// holds NaN: a caller indexes its query rows by the reported slot.
+    #[test]
+    fn padding_query_slots_are_never_reported() {
+        let kernels = kernels();
+        let (d, nc) = (40, 20);
+        for nq in 1..QT {
+            let mut q = gaussian(nq, d, 3);
+            let mut c = gaussian(nc, d, 4);
+            // the last real query and two corpus rows hold huge values: their pre-score is +inf
+            q[(nq - 1) * d..].iter_mut().for_each(|v| *v = 3.0e38);
+            c[5 * d..6 * d].iter_mut().for_each(|v| *v = 3.0e38);
+            c[17 * d..18 * d].iter_mut().for_each(|v| *v = -3.0e38);
+            c[9 * d + 3] = f32::NAN;
+            c[11 * d + 7] = f32::INFINITY;
+            let qz = QuantQueries::new(&q, d);
+            let mut pk = PackedCorpus::empty(d);
+            pk.fill(nc, d, |s| (s < nc).then(|| &c[s * d..(s + 1) * d]));
+            let qrows: Vec<usize> = (0..nq).collect();
+            for &k in &kernels {
+                let mut inf_seen = false;
+                for t in [f32::INFINITY, f32::NAN, 1.0e30, f32::NEG_INFINITY] {
+                    let mut thr = [t; QT];
+                    scan_int8_using(k, &qz, &qrows, &pk, 0, pk.groups, &mut thr, |slot, cs, v| {
+                        assert!(
+                            slot < nq,
+                            "{k:?} nq={nq} thr={t}: slot {slot} reported (corpus {cs}, {v})"
+                        );
+                        inf_seen |= v == f32::INFINITY;
+                        t
+                    });
+                }
+                assert!(inf_seen, "{k:?} nq={nq}: the huge rows should overflow the pre-score");
             }
         }
     }

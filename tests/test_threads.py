@@ -270,7 +270,9 @@ iters = int(sys.argv[2])
 n, d = base.shape
 sys.setswitchinterval(1e-5)  # hand the GIL over often, so writes land while a kernel runs
 SPECIAL = np.array([np.nan, np.inf, -np.inf, 3e38, -3e38, 0.0, 1e-45, 1.0], np.float32)
-holder = {"arr": base.copy(), "gen": 0}
+# row numbers out of range, for the index arrays of dot_pairs
+BAD_ROWS = np.array([-1, n, n + 1, 2**40, -(2**63), 2**63 - 1], np.int64)
+holder = {"arr": base.copy(), "gen": 0, "rows": ()}
 stop = threading.Event()
 
 
@@ -296,6 +298,8 @@ def writer(seed):
                 arr[rows, cols] = SPECIAL[rng.integers(0, len(SPECIAL), 4)]
             else:
                 arr[rows[0]] = rng.standard_normal(arr.shape[1]).astype(np.float32) * 1e30
+            for idx in holder["rows"]:
+                idx[rng.integers(0, len(idx), 4)] = BAD_ROWS[rng.integers(0, len(BAD_ROWS), 4)]
 
 
 def in_range(a, lo, hi):
@@ -335,8 +339,24 @@ def run_normalize(a):
     _core.normalize_rows(a)
 
 
+def run_scores(a):
+    m = _core.scores(a[:40], a)
+    assert m.shape == (40, n)
+
+
+def run_dot_pairs(a):
+    # the row numbers are read in place too, and written meanwhile
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(0, n, 200_000), rng.integers(0, n, 200_000)
+    holder["rows"] = (i, j)
+    try:
+        assert _core.dot_pairs(a, a, i, j).shape == (200_000,)
+    finally:
+        holder["rows"] = ()
+
+
 JOBS = {"topk": run_topk, "duplicate_pairs": run_pairs, "dedup": run_dedup, "kmeans": run_kmeans,
-        "normalize_rows": run_normalize}
+        "normalize_rows": run_normalize, "scores": run_scores, "dot_pairs": run_dot_pairs}
 JOBS = {name: JOBS[name] for name in sys.argv[3].split(",")}
 summary = {name: {"ok": 0, "errors": {}} for name in JOBS}
 threads = [threading.Thread(target=writer, args=(s,), daemon=True) for s in range(3)]
@@ -373,29 +393,7 @@ def race_input(tmp_path_factory, models, texts) -> Path:
     return x
 
 
-# The int8 pre-score (rust/topk.rs scan_int8) calls back for the padding slots of a last tile of fewer than 8 query
-# rows when a pre-score is +inf (>= their +inf threshold); rows written huge or infinite after the up-front NaN/inf
-# check give one, and the caller then indexes query row `q0 + slot`, past the end: a bounds-check panic
-# (PanicException), within a few tens of calls here. Memory-safe (indexing is checked) but not a clean error.
-class KernelPanic(Exception):
-    """A Rust panic reached Python (pyo3_runtime.PanicException) instead of a clean error."""
-
-
-PADDING_SLOT_PANIC = pytest.mark.xfail(
-    reason="scan_int8 calls back for padding slots on a +inf pre-score: PanicException", raises=KernelPanic, strict=True
-)
-
-
-@pytest.mark.parametrize(
-    "job",
-    [
-        pytest.param("topk", marks=PADDING_SLOT_PANIC),
-        pytest.param("duplicate_pairs", marks=PADDING_SLOT_PANIC),
-        pytest.param("dedup", marks=PADDING_SLOT_PANIC),
-        "kmeans",
-        "normalize_rows",
-    ],
-)
+@pytest.mark.parametrize("job", ["topk", "duplicate_pairs", "dedup", "kmeans", "normalize_rows", "scores", "dot_pairs"])
 def test_inputs_written_by_other_threads_during_the_call(race_input, job):
     r = subprocess.run(
         [sys.executable, "-c", RACE_SCRIPT, str(race_input), "300", job],
@@ -404,8 +402,7 @@ def test_inputs_written_by_other_threads_during_the_call(race_input, job):
         text=True,
         timeout=550,  # a hang guard under pytest-timeout's 600 s
     )
-    if r.returncode != 0 and "pyo3_runtime.PanicException" in r.stderr:
-        raise KernelPanic(r.stderr[-3000:])
+    assert "PanicException" not in r.stderr, f"a Rust panic reached Python\n{r.stderr[-3000:]}"
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stderr[-3000:]}"
     res = json.loads(r.stdout)[job]
     # only the documented input errors: a value written meanwhile can fail the NaN/inf/size checks

@@ -6,10 +6,9 @@ usearch index (inner-product metric):
 
 1. build a usearch `Index` over the vectors (`dtype` f32, f16 or i8: how usearch stores them);
 2. search every vector's `neighbors` nearest neighbours (itself excluded);
-3. re-score every candidate pair exactly with the *canonical* dot product of the Rust core (64 lanes, element
-   i in lane i % 64, lanes summed in index order without FMA, then a fixed binary tree), reproduced in numpy
-   float32 with the same IEEE operations in the same order, so a found pair has the very score the exact path
-   gives it; keep the pairs above the threshold;
+3. re-score every candidate pair exactly with the *canonical* dot product of the Rust core (`_core.dot_pairs`,
+   the function behind every score of tokvec), so a found pair has the very score the exact path gives it; keep
+   the pairs above the threshold;
 4. resolve them with the same greedy pass as the exact path (`_core.dedup_resolve`, in Rust).
 
 What this guarantees and what it does not:
@@ -28,8 +27,8 @@ Performance notes: usearch's i8 storage (vectors scaled by 127) is the default: 
 of 20,000 Wikipedia sentences it found 1,245 of the 1,246 pairs above 0.9 in 7.7 s, against 1,246 in 10.2 s
 for f16 and 23.4 s for f32 (2 busy cores), and the exact re-scoring makes the storage precision irrelevant to
 the scores. Non-normalized vectors need f16 or f32 (i8 clips components outside [-1, 1], so it is refused).
-The index build and search dominate the time (README.md, "Deduplication"); re-scoring gathers both rows of
-every candidate pair in blocks of about 16 MB.
+The index build and search dominate the time (README.md, "Deduplication"); the re-scoring runs in the core,
+in parallel, without gathering the rows.
 """
 
 from __future__ import annotations
@@ -47,9 +46,6 @@ __all__ = ["DTYPES", "approx_dedup", "approx_pairs", "approx_pairs_cross", "cano
 
 #: usearch storage types accepted by `dtype=`.
 DTYPES = ("f32", "f16", "i8")
-
-#: lanes of the core's canonical dot product (rust/topk.rs, `LANES`)
-_LANES = 64
 
 
 def _usearch() -> Any:
@@ -78,39 +74,24 @@ def _check(neighbors: Any, dtype: Any) -> int:
 
 
 def canonical_dot_pairs(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """The core's canonical f32 dot product `a[i[p]] . b[j[p]]` for every pair p, bit-identical to the
-    scores of `tokvec.duplicate_pairs` / `tokvec.topk` (see rust/topk.rs, "Exactness").
+    """The core's canonical f32 dot product `a[i[p]] . b[j[p]]` for every pair p (`_core.dot_pairs`), bit-identical
+    to the scores of `tokvec.duplicate_pairs` / `tokvec.topk`.
 
     Args:
-        a: float32 (na, d), C-contiguous.
-        b: float32 (nb, d), C-contiguous.
-        i: int64 (m,) rows of `a`.
-        j: int64 (m,) rows of `b`.
+        a: float32 (na, d).
+        b: float32 (nb, d).
+        i: integer (m,) rows of `a`.
+        j: integer (m,) rows of `b`.
 
     Returns:
         float32 (m,).
     """
-    d = a.shape[1]
-    chunks = -(-d // _LANES)
-    pad = chunks * _LANES - d
-    out = np.empty(i.shape[0], np.float32)
-    step = max(1, (1 << 22) // (chunks * _LANES))  # ~16 MB per temporary
-    for p0 in range(0, i.shape[0], step):
-        ii, jj = i[p0 : p0 + step], j[p0 : p0 + step]
-        prod = a[ii] * b[jj]  # one rounded multiply per element (numpy never fuses it with the add)
-        if pad:
-            # zero lanes past the end: adding +0.0 leaves every partial sum unchanged
-            prod = np.concatenate([prod, np.zeros((prod.shape[0], pad), np.float32)], axis=1)
-        prod = prod.reshape(prod.shape[0], chunks, _LANES)
-        acc = prod[:, 0, :].copy()
-        for c in range(1, chunks):
-            acc += prod[:, c, :]
-        w = _LANES // 2
-        while w >= 1:
-            acc[:, :w] += acc[:, w : 2 * w]
-            w //= 2
-        out[p0 : p0 + step] = acc[:, 0]
-    return out
+    return _core.dot_pairs(
+        np.ascontiguousarray(a, np.float32),
+        np.ascontiguousarray(b, np.float32),
+        np.ascontiguousarray(i, np.int64),
+        np.ascontiguousarray(j, np.int64),
+    )
 
 
 def _index(vectors: np.ndarray, dtype: str, threads: int, connectivity: int | None, expansion_add: int | None,

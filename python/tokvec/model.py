@@ -473,12 +473,9 @@ class Model:
     # ---------------------------------------------------------------- similarity
     def _sim_matrix(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if not self._binary:
-            # one text against many (rank, filter, key, similarity(text, texts)): exact row scores, so repeats tie
-            if len(a) == 1:
-                return _row_dots(b, a[0])[None, :]
-            if len(b) == 1:
-                return _row_dots(a, b[0])[:, None]
-            return a @ b.T
+            # The core's canonical score, the very value its top-k and dedup compute: rank, filter, key and
+            # similarity then order near-ties as topk does and cut at a threshold as dedup does (and repeats tie).
+            return _core.scores(np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32))
         return (_signs(a, self.dim) @ _signs(b, self.dim).T) / self.dim
 
     def similarity(self, a: str | Sequence[str], b: str | Sequence[str]) -> Any:
@@ -562,8 +559,9 @@ class Model:
         """
         t = _threshold(threshold)
         items = self._texts(docs, "docs")
-        s = self._scores(query, items)
-        return [d for d, v in zip(items, s) if v > t]
+        # compared in float32, as the core's dedup compares its scores with the threshold
+        keep = self._scores(query, items) > np.float32(t)
+        return [d for d, k in zip(items, keep.tolist()) if k]
 
     def key(self, query: str, *, norm: bool = True) -> Callable[[str], float]:
         """A key function that returns a text's similarity with the query, as WordLlama's `key` does:
@@ -1018,15 +1016,3 @@ def _encode_options(model: Model, normalize: bool | None, kwargs: dict[str, Any]
             f"sentence-transformers' and model2vec's encode that leave the result unchanged (see help(Model.encode))"
         )
     return normalize, tensor
-
-
-def _row_dots(m: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``m @ v`` with every row's dot product computed the same way: exact elementwise products, then numpy's
-    fixed-order pairwise sum along the row, so identical rows get identical scores (ties stay ties for the
-    stable sort of `rank`). BLAS gemv takes other code paths for tail rows and can differ in the last bit.
-    Chunked, so the temporary stays small (4 MiB)."""
-    out = np.empty(len(m), np.float32)
-    step = max(1, (1 << 22) // max(1, m.shape[1] * 4))
-    for a in range(0, len(m), step):
-        np.sum(m[a : a + step] * v, axis=1, out=out[a : a + step])
-    return out
