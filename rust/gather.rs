@@ -63,47 +63,41 @@ pub fn accumulate_scalar(acc: &mut [f32], row: &[u8], w: f32, ty: RowType) {
 pub fn accumulate(acc: &mut [f32], row: &[u8], w: f32, ty: RowType, isa: Isa) {
     let need = acc.len() * ty.size();
     assert!(row.len() >= need, "row slice shorter than the accumulator");
-    match (simd::clamp(isa), ty) {
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, RowType::F16) => {
-            // SAFETY: `simd::clamp` only returns Avx512 after run-time detection of
-            // avx512f/bw/vl on this CPU; row length checked above.
-            unsafe { x86::acc_f16_avx512(acc, row, w) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, RowType::BF16) => {
-            // SAFETY: as above.
-            unsafe { x86::acc_bf16_avx512(acc, row, w) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, RowType::F32) => {
-            // SAFETY: as above.
-            unsafe { x86::acc_f32_avx512(acc, row, w) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, RowType::F16) => {
-            // SAFETY: `simd::clamp` only returns Avx2 (or better) after detecting avx2, fma and
-            // f16c; length checked.
-            unsafe { x86::acc_f16_avx2(acc, row, w) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, RowType::BF16) => {
-            // SAFETY: as above.
-            unsafe { x86::acc_bf16_avx2(acc, row, w) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, RowType::F32) => {
-            // SAFETY: as above.
-            unsafe { x86::acc_f32_avx2(acc, row, w) }
-        }
-        _ => accumulate_scalar(acc, row, w, ty),
+    #[cfg(target_arch = "x86_64")]
+    if let Some(kernel) = x86::kernel(simd::clamp(isa), ty) {
+        // SAFETY: `x86::kernel` gives a kernel only for the level `simd::clamp` returned, which run-time
+        // detection found on this CPU (avx512f/bw/vl for Avx512; avx2, fma and f16c for Avx2), and the
+        // row length is checked above.
+        return unsafe { kernel(acc, row, w) };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
+    accumulate_scalar(acc, row, w, ty)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use crate::simd::Isa;
     use std::arch::x86_64::*;
+
+    /// A kernel: `acc[i] += w * row[i]`; unsafe because it needs its CPU features and a long enough row.
+    pub(super) type Kernel = unsafe fn(&mut [f32], &[u8], f32);
+
+    /// The kernel for an ISA level and a row type, if there is one (else the scalar path serves).
+    pub(super) fn kernel(isa: Isa, ty: super::RowType) -> Option<Kernel> {
+        use super::RowType::{BF16, F16, F32};
+        let k: Kernel = match (isa, ty) {
+            (Isa::Avx512, F16) => acc_f16_avx512,
+            (Isa::Avx512, BF16) => acc_bf16_avx512,
+            (Isa::Avx512, F32) => acc_f32_avx512,
+            (Isa::Avx2, F16) => acc_f16_avx2,
+            (Isa::Avx2, BF16) => acc_bf16_avx2,
+            (Isa::Avx2, F32) => acc_f32_avx2,
+            _ => return None,
+        };
+        Some(k)
+    }
 
     /// One kernel per (ISA, element type), all the same loop: `lanes` elements per step, loaded
     /// from `$bytes` bytes each and widened to f32 by `$load` (`$p` is the row pointer at the step),
