@@ -512,8 +512,12 @@ def test_signal_leaves_no_temporary_files(tmp_path: Path, sig: int, cmd: list[st
     out = tmp_path / "out"
     out.mkdir()
     (out / "k.txt").write_text("previous", encoding="utf-8")
+    # the signal's default action in the child, whatever this process inherited: under `nohup` SIGHUP arrives
+    # ignored, and the job rightly keeps it ignored (the next test checks that case). The preexec function only
+    # sets a signal disposition, which is safe between fork and exec.
     p = subprocess.Popen([sys.executable, "-m", "tokvec", *[c.format(d=out) for c in cmd], "-q"],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))  # noqa: PLW1509
     assert p.stdin is not None
     p.stdin.write("".join(t + "\n" for t in wiki[:2000]).encode())
     p.stdin.flush()
@@ -523,6 +527,27 @@ def test_signal_leaves_no_temporary_files(tmp_path: Path, sig: int, cmd: list[st
     assert p.returncode == 128 + sig if sig != signal.SIGINT else p.returncode == 130, err
     assert b"no output written" in err and b"Traceback" not in err
     assert sorted(x.name for x in out.iterdir()) == ["k.txt"] and (out / "k.txt").read_text() == "previous"
+
+
+def test_an_ignored_sighup_stays_ignored(tmp_path: Path, wiki) -> None:
+    """`nohup tokvec dedup ...`: SIGHUP arrives ignored, and the closed terminal's SIGHUP must not stop the job. It
+    finishes and commits its outputs."""
+    out = tmp_path / "out"
+    out.mkdir()
+    p = subprocess.Popen([sys.executable, "-m", "tokvec", "dedup", "-", "-o", str(out / "k.txt"), "-q"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # noqa: PLW1509
+    assert p.stdin is not None
+    texts = wiki[:2000]
+    p.stdin.write("".join(t + "\n" for t in texts).encode())
+    p.stdin.flush()
+    _wait_for(lambda: any(x.name.endswith(".tmp") for x in out.iterdir()), "the temporary output")
+    p.send_signal(signal.SIGHUP)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    kept = (out / "k.txt").read_text(encoding="utf-8").splitlines()
+    assert 0 < len(kept) <= len(texts) and set(kept) <= set(texts)
+    assert not [x for x in out.iterdir() if x.name.endswith(".tmp")]
 
 
 def test_disk_full_names_the_output_and_leaves_nothing(tmp_path: Path, wiki) -> None:
