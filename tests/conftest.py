@@ -13,6 +13,7 @@ import importlib.util
 import itertools
 import json
 import os
+import signal
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -68,6 +69,15 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SENTENCES_TSV = DATA / "wikipedia-sentences" / "sentences.tsv"
 STSB_DIR = DATA / "stsb"
+
+def default_signals() -> None:
+    """`preexec_fn` for a child that a test signals: SIGINT, SIGTERM and SIGHUP at their default actions, whatever
+    the test run inherited. A background job of a shell without job control starts with SIGINT ignored (CPython
+    then installs no KeyboardInterrupt handler), and one under `nohup` with SIGHUP ignored; the job rightly keeps
+    an ignored signal ignored. Setting a disposition is safe between fork and exec."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
 
 #: Table dtypes tokvec reads.
 DTYPES = ("F16", "BF16", "F32", "F64", "I8")

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tokvec
+from conftest import default_signals
 from tokvec.cli import main
 from tokvec.dedup import DedupIndex
 
@@ -512,12 +513,10 @@ def test_signal_leaves_no_temporary_files(tmp_path: Path, sig: int, cmd: list[st
     out = tmp_path / "out"
     out.mkdir()
     (out / "k.txt").write_text("previous", encoding="utf-8")
-    # the signal's default action in the child, whatever this process inherited: under `nohup` SIGHUP arrives
-    # ignored, and the job rightly keeps it ignored (the next test checks that case). The preexec function only
-    # sets a signal disposition, which is safe between fork and exec.
+    # default actions in the child, whatever this run inherited (the next test checks an ignored SIGHUP)
     p = subprocess.Popen([sys.executable, "-m", "tokvec", *[c.format(d=out) for c in cmd], "-q"],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))  # noqa: PLW1509
+                         preexec_fn=default_signals)  # noqa: PLW1509
     assert p.stdin is not None
     p.stdin.write("".join(t + "\n" for t in wiki[:2000]).encode())
     p.stdin.flush()

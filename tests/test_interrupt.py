@@ -15,6 +15,7 @@ import sys
 import time
 
 import pytest
+from conftest import default_signals
 
 #: The child: random unit vectors, an optional signal set-up, then one long call.
 CHILD = """
@@ -60,6 +61,7 @@ def run_and_signal(call: str, sig: int, setup: str = "") -> subprocess.Completed
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,  # noqa: PLW1509
     )
     try:
         line = p.stdout.readline() if p.stdout else ""
