@@ -5,9 +5,9 @@ are never pooled; the tokenizer file is read and parsed by the Rust core, which 
 parallel embedding pass. When the JSON is a family the core implements exactly (WordPiece,
 SentencePiece-style BPE, byte-level BPE), an ids-only fast encoder runs, with the ids of the HF
 `tokenizers` crate (`LoadedTokenizer.kind`); otherwise, or with `fast=False`, the `tokenizers` crate
-itself runs (truncation and padding off). Load time: with a fast encoder the core parses the JSON once
-and keeps no copy of it; the `tokenizers` crate's tokenizer is built only when a text needs it, and
-`LoadedTokenizer.json` reads the file again. The Python `tokenizers.Tokenizer` object is only built
+itself runs (truncation and padding off). Load time: with a fast encoder the core parses the JSON once,
+typed, and keeps one copy of its text (so the file is never read again); the `tokenizers` crate's tokenizer
+is built from that text only when a text needs it. The Python `tokenizers.Tokenizer` object is only built
 when asked for (`LoadedTokenizer.tokenizer`).
 """
 

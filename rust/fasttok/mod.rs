@@ -23,9 +23,9 @@
 //!
 //! Load time and memory: with a fast path, the `tokenizers` crate's tokenizer (tens of
 //! milliseconds and several times the JSON's size in memory) is built only when a text first needs
-//! it (added-token content). The JSON text is not kept: a tokenizer read from a file re-reads the
-//! file then, and checks that it is the one it was built from ([`Source`]). The special ids, the
-//! unknown id and the id limit come from the parse, computed as `tokenizers` computes them.
+//! it (added-token content), from the JSON text kept once (the file's size; nothing reads the file
+//! again, so a loaded tokenizer does not depend on it). The special ids, the unknown id and the id
+//! limit come from the parse, computed as `tokenizers` computes them.
 //!
 //! Performance notes:
 //! - No `Encoding`, no offsets, no `NormalizedString` on the common path: a text is normalized

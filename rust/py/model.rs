@@ -129,9 +129,8 @@ impl PyTokenizer {
         Ok(PyTokenizer { inner })
     }
 
-    /// Builds the tokenizer from a `tokenizer.json` file. The text is not kept: `json` and the
-    /// `tokenizers` crate's tokenizer (when a text needs it) re-read the file, and raise
-    /// TokenizerError if it no longer has the bytes the tokenizer was built from.
+    /// Builds the tokenizer from a `tokenizer.json` file (errors name it). The text is kept once, as
+    /// with `Tokenizer(json)`: the file is never read again, so it may change or go afterwards.
     ///
     /// Args:
     ///     path: the file.
