@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -170,7 +171,7 @@ class Model:
         info = _core.SafetensorsFile(r.safetensors).tensors()
         if r.table not in info:
             raise _core.FormatError(f"{r.safetensors}: no tensor named {r.table!r}")
-        dtype, shape = info[r.table]
+        _, shape = info[r.table]
         if len(shape) != 2:
             raise _core.FormatError(f"{r.safetensors}: table {r.table!r} must be 2-D [vocab, dim], has shape {shape}")
         if dim is not None and dim > shape[1]:
@@ -444,7 +445,7 @@ class Model:
             one list of ids per text.
         """
         ids, offsets = self._core.encode(self._texts(texts))
-        return [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+        return [ids[a:b].tolist() for a, b in itertools.pairwise(offsets)]
 
     def embed_ids(self, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Pools pre-tokenized ids given in CSR form (text i is `ids[offsets[i]:offsets[i+1]]`).
