@@ -124,8 +124,9 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 
 /// Q4_K and Q5_K super-blocks: 8 sub-blocks of 32 values, each with a 6-bit scale and min, 4 bits
 /// per value in `qs` and, for Q5_K, a fifth bit per value in `qh` (bit 2k of byte l for value l
-/// of sub-block 2k, bit 2k+1 for sub-block 2k+1).
-#[inline]
+/// of sub-block 2k, bit 2k+1 for sub-block 2k+1). Always inlined, so that Q4_K's `None` folds the
+/// fifth-bit test out of its loop.
+#[inline(always)]
 fn dequant_k(s: &[u8], qh: Option<&[u8]>, qs: &[u8], y: &mut [f32]) {
     let (d, dmin) = (h(s, 0), h(s, 2));
     let scales = &s[4..16];
