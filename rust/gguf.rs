@@ -17,13 +17,10 @@
 
 use std::fmt::Display;
 use std::path::Path;
-use std::sync::Arc;
-
-use memmap2::Mmap;
 
 use crate::dtype::ElemType;
 use crate::error::{CoreError, Result};
-use crate::header::{map_file, MAX_HEADER_SIZE};
+use crate::header::{map_file, MappedFile, MAX_HEADER_SIZE};
 
 /// The file magic.
 pub const MAGIC: &[u8; 4] = b"GGUF";
@@ -525,9 +522,16 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<GgufHeader> {
 /// A validated, memory-mapped GGUF file.
 #[derive(Debug)]
 pub struct GgufFile {
-    path: String,
-    mmap: Arc<Mmap>,
+    file: MappedFile,
     header: GgufHeader,
+}
+
+impl std::ops::Deref for GgufFile {
+    type Target = MappedFile;
+
+    fn deref(&self) -> &MappedFile {
+        &self.file
+    }
 }
 
 impl GgufFile {
@@ -540,35 +544,14 @@ impl GgufFile {
         let mmap = map_file(p)?;
         let header = parse(&mmap, &ps)?;
         Ok(GgufFile {
-            path: ps,
-            mmap: Arc::new(mmap),
+            file: MappedFile::new(ps, mmap),
             header,
         })
-    }
-
-    /// The path the file was opened with.
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
-    /// The file's size in bytes.
-    pub fn len(&self) -> usize {
-        self.mmap.len()
-    }
-
-    /// Whether the file is empty (never true for an opened file).
-    pub fn is_empty(&self) -> bool {
-        self.mmap.is_empty()
     }
 
     /// The parsed header.
     pub fn header(&self) -> &GgufHeader {
         &self.header
-    }
-
-    /// The shared map (for readers that stream a tensor).
-    pub fn mmap(&self) -> &Arc<Mmap> {
-        &self.mmap
     }
 
     /// A metadata value by key.
@@ -578,23 +561,23 @@ impl GgufFile {
 
     /// Looks a tensor up by name; the error lists what the file has.
     pub fn tensor(&self, name: &str) -> Result<&GgufTensor> {
-        CoreError::find_tensor(&self.path, &self.header.tensors, name, |t| &t.name)
+        CoreError::find_tensor(self.path(), &self.header.tensors, name, |t| &t.name)
     }
 
     /// The bytes of a tensor, in place in the map. Ranges were validated at open.
     pub fn bytes(&self, t: &GgufTensor) -> &[u8] {
-        &self.mmap[t.start..t.end]
+        &self.mmap()[t.start..t.end]
     }
 
     /// The elements of a metadata array of this file, decoded one by one.
     pub fn array_values<'a>(&'a self, a: &MetaArray) -> impl Iterator<Item = Result<Value>> + 'a {
-        a.values(&self.mmap, &self.path)
+        a.values(self.mmap(), self.path())
     }
 
     /// The little-endian bytes of a numeric or bool metadata array of this file, in place in the
     /// map; None for strings and nested arrays.
     pub fn array_raw(&self, a: &MetaArray) -> Option<&[u8]> {
-        a.raw(&self.mmap)
+        a.raw(self.mmap())
     }
 }
 
