@@ -66,6 +66,7 @@ pub enum Value {
 
 impl Value {
     /// The value as an unsigned integer, if it is a non-negative integer of any width.
+    #[cfg(any(test, feature = "internals"))]
     pub fn as_u64(&self) -> Option<u64> {
         match *self {
             Value::U8(v) => Some(v as u64),
@@ -81,6 +82,7 @@ impl Value {
     }
 
     /// The value as a string, if it is one.
+    #[cfg(any(test, feature = "internals"))]
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
@@ -192,8 +194,10 @@ pub struct GgufHeader {
     /// Tensor infos in file order.
     pub tensors: Vec<GgufTensor>,
     /// The data section's alignment.
+    #[cfg(any(test, feature = "internals"))]
     pub alignment: u64,
     /// Offset of the data section in the file.
+    #[cfg(any(test, feature = "internals"))]
     pub data_start: usize,
 }
 
@@ -514,7 +518,9 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<GgufHeader> {
         version,
         metadata,
         tensors,
+        #[cfg(any(test, feature = "internals"))]
         alignment,
+        #[cfg(any(test, feature = "internals"))]
         data_start,
     })
 }
@@ -554,19 +560,9 @@ impl GgufFile {
         &self.header
     }
 
-    /// A metadata value by key.
-    pub fn get(&self, key: &str) -> Option<&Value> {
-        self.header.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
-    }
-
     /// Looks a tensor up by name; the error lists what the file has.
     pub fn tensor(&self, name: &str) -> Result<&GgufTensor> {
         CoreError::find_tensor(self.path(), &self.header.tensors, name, |t| &t.name)
-    }
-
-    /// The bytes of a tensor, in place in the map. Ranges were validated at open.
-    pub fn bytes(&self, t: &GgufTensor) -> &[u8] {
-        &self.mmap()[t.start..t.end]
     }
 
     /// The elements of a metadata array of this file, decoded one by one.

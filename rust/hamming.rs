@@ -28,9 +28,9 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::cancel::Cancel;
-use crate::dedup::{
-    check_threshold, greedy_blocked, greedy_scalar, pairs_scalar, BlockScorer, Dedup, Pair, DEDUP_BLOCK,
-};
+use crate::dedup::{check_threshold, greedy_blocked, BlockScorer, Dedup, Pair, DEDUP_BLOCK};
+#[cfg(any(test, feature = "internals"))]
+use crate::dedup::{greedy_scalar, pairs_scalar};
 use crate::error::{CoreError, Result};
 use crate::simd::{extensions, isa, Isa};
 use crate::topk::{flatten, TopK};
@@ -112,6 +112,7 @@ fn hamming_impl(a: &[u64], b: &[u64]) -> u64 {
 }
 
 /// The Hamming distance of two rows (portable).
+#[cfg(any(test, feature = "internals"))]
 pub fn hamming_scalar(a: &[u64], b: &[u64]) -> u64 {
     hamming_impl(a, b)
 }
@@ -260,6 +261,7 @@ pub fn topk_cancellable(
 }
 
 /// The reference for [`topk_cancellable`]: every similarity, fully sorted.
+#[cfg(any(test, feature = "internals"))]
 pub fn topk_scalar(
     q: &[u64],
     nq: usize,
@@ -381,6 +383,7 @@ pub fn pairs_above_cancellable(
 }
 
 /// The naive reference for [`pairs_above_cancellable`].
+#[cfg(any(test, feature = "internals"))]
 pub fn pairs_above_scalar(e: &[u64], n: usize, words: usize, bits: usize, threshold: f32) -> Result<Vec<Pair>> {
     let x = BitRows::new(e, n, words, bits, "e")?;
     check_threshold(threshold)?;
@@ -402,6 +405,7 @@ pub fn dedup_greedy_cancellable(
 }
 
 /// The naive reference for [`dedup_greedy_cancellable`].
+#[cfg(any(test, feature = "internals"))]
 pub fn dedup_greedy_scalar(e: &[u64], n: usize, words: usize, bits: usize, threshold: f32) -> Result<Dedup> {
     let x = BitRows::new(e, n, words, bits, "e")?;
     check_threshold(threshold)?;
@@ -441,6 +445,7 @@ impl<'a> BitRows<'a> {
         }
     }
 
+    #[cfg(any(test, feature = "internals"))]
     fn similarity_scalar(&self, i: usize, j: usize) -> f32 {
         similarity(hamming_scalar(self.row(i), self.row(j)), self.bits)
     }
