@@ -56,7 +56,7 @@ pub mod internals {
     /// Greedy deduplication and all pairs above a threshold, with their scalar references.
     pub mod dedup {
         pub use crate::dedup::{
-            dedup_greedy_cancellable, dedup_greedy_scalar, pairs_above_cancellable, pairs_above_scalar, Pair,
+            dedup_greedy_cancellable, dedup_greedy_scalar, pairs_above_cancellable, pairs_above_scalar, Dedup, Pair,
         };
     }
 

@@ -3,8 +3,27 @@
 //! return exactly the reference's pairs and kept rows.
 #![no_main]
 
+use std::fmt::Debug;
+
 use libfuzzer_sys::fuzz_target;
-use tokvec::internals::{dedup, hamming, Cancel};
+use tokvec::internals::{dedup, hamming, Cancel, CoreError};
+
+/// The fast result and the scalar reference's: both refused, or both accepted and `equal`.
+fn agree<T: Debug>(what: &str, fast: Result<T, CoreError>, slow: Result<T, CoreError>, equal: impl FnOnce(&T, &T)) {
+    match (&fast, &slow) {
+        (Ok(a), Ok(b)) => equal(a, b),
+        (Err(_), Err(_)) => {}
+        _ => panic!("{what}: fast {fast:?} vs scalar {slow:?}"),
+    }
+}
+
+/// The greedy results' kept rows, droppers and score bits agree.
+fn same_dedup(a: &dedup::Dedup, b: &dedup::Dedup) {
+    assert_eq!(a.kept, b.kept);
+    assert_eq!(a.dup_of, b.dup_of);
+    let bits = |s: &[f32]| s.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&a.score), bits(&b.score));
+}
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {
@@ -36,28 +55,20 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let fast = dedup::pairs_above_cancellable(&e, n, d, threshold, Cancel::never());
-    let slow = dedup::pairs_above_scalar(&e, n, d, threshold);
-    match (&fast, &slow) {
-        (Ok(a), Ok(b)) => {
-            let bits = |v: &Vec<dedup::Pair>| v.iter().map(|&(i, j, s)| (i, j, s.to_bits())).collect::<Vec<_>>();
-            assert_eq!(bits(a), bits(b), "pairs differ");
-            for &(i, j, _) in a {
-                assert!(i < j && (j as usize) < n);
-            }
+    agree("pairs", fast, dedup::pairs_above_scalar(&e, n, d, threshold), |a, b| {
+        let bits = |v: &Vec<dedup::Pair>| v.iter().map(|&(i, j, s)| (i, j, s.to_bits())).collect::<Vec<_>>();
+        assert_eq!(bits(a), bits(b), "pairs differ");
+        for &(i, j, _) in a {
+            assert!(i < j && (j as usize) < n);
         }
-        (Err(_), Err(_)) => {}
-        _ => panic!("pairs fast {fast:?} vs scalar {slow:?}"),
-    }
+    });
     let fast = dedup::dedup_greedy_cancellable(&e, n, d, threshold, Cancel::never());
-    let slow = dedup::dedup_greedy_scalar(&e, n, d, threshold);
-    match (&fast, &slow) {
-        (Ok(a), Ok(b)) => {
-            assert_eq!(a.kept, b.kept);
-            assert_eq!(a.dup_of, b.dup_of);
-        }
-        (Err(_), Err(_)) => {}
-        _ => panic!("dedup fast {fast:?} vs scalar {slow:?}"),
-    }
+    agree(
+        "dedup",
+        fast,
+        dedup::dedup_greedy_scalar(&e, n, d, threshold),
+        same_dedup,
+    );
     // Packed bits.
     let words = (data[0] % 3) as usize + 1;
     let bits = 64 * words - (data[1] as usize % 64);
@@ -77,20 +88,17 @@ fuzz_target!(|data: &[u8]| {
         })
         .collect();
     let fast = hamming::pairs_above_cancellable(&h, n, words, bits, threshold, Cancel::never());
-    let slow = hamming::pairs_above_scalar(&h, n, words, bits, threshold);
-    match (&fast, &slow) {
-        (Ok(a), Ok(b)) => assert_eq!(a, b),
-        (Err(_), Err(_)) => {}
-        _ => panic!("hamming pairs fast {fast:?} vs scalar {slow:?}"),
-    }
+    agree(
+        "hamming pairs",
+        fast,
+        hamming::pairs_above_scalar(&h, n, words, bits, threshold),
+        |a, b| assert_eq!(a, b),
+    );
     let fast = hamming::dedup_greedy_cancellable(&h, n, words, bits, threshold, Cancel::never());
-    let slow = hamming::dedup_greedy_scalar(&h, n, words, bits, threshold);
-    match (&fast, &slow) {
-        (Ok(a), Ok(b)) => {
-            assert_eq!(a.kept, b.kept);
-            assert_eq!(a.dup_of, b.dup_of);
-        }
-        (Err(_), Err(_)) => {}
-        _ => panic!("hamming dedup fast {fast:?} vs scalar {slow:?}"),
-    }
+    agree(
+        "hamming dedup",
+        fast,
+        hamming::dedup_greedy_scalar(&h, n, words, bits, threshold),
+        same_dedup,
+    );
 });
