@@ -97,6 +97,15 @@ fn value_to_py<'py>(py: Python<'py>, f: &GgufFile, v: &Value) -> PyResult<Bound<
 #[pyclass(name = "GgufFile", module = "tokvec._core", frozen)]
 pub struct PyGgufFile {
     inner: Arc<GgufFile>,
+    /// The file's path.
+    #[pyo3(get)]
+    path: String,
+    /// Size of the file in bytes.
+    #[pyo3(get)]
+    size: usize,
+    /// The GGUF version (2 or 3).
+    #[pyo3(get)]
+    version: u32,
 }
 
 #[pymethods]
@@ -104,25 +113,12 @@ impl PyGgufFile {
     #[new]
     fn py_new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let inner = py.detach(|| GgufFile::open(&path))?;
-        Ok(PyGgufFile { inner: Arc::new(inner) })
-    }
-
-    /// The file's path.
-    #[getter]
-    fn path(&self) -> &str {
-        self.inner.path()
-    }
-
-    /// Size of the file in bytes.
-    #[getter]
-    fn size(&self) -> usize {
-        self.inner.len()
-    }
-
-    /// The GGUF version (2 or 3).
-    #[getter]
-    fn version(&self) -> u32 {
-        self.inner.header().version
+        Ok(PyGgufFile {
+            path: inner.path().to_owned(),
+            size: inner.len(),
+            version: inner.header().version,
+            inner: Arc::new(inner),
+        })
     }
 
     /// All tensors, in file order.
@@ -177,6 +173,24 @@ impl PyGgufFile {
 #[pyclass(name = "Table", module = "tokvec._core", frozen)]
 pub struct PyTable {
     inner: Table,
+    /// The file.
+    #[pyo3(get)]
+    path: String,
+    /// The tensor's name.
+    #[pyo3(get)]
+    name: String,
+    /// Row count.
+    #[pyo3(get)]
+    rows: usize,
+    /// Column count.
+    #[pyo3(get)]
+    cols: usize,
+    /// The source element type ("BF16", "Q8_0", ...).
+    #[pyo3(get)]
+    dtype: &'static str,
+    /// The tensor's byte range `(start, end)` in the file.
+    #[pyo3(get)]
+    byte_range: (usize, usize),
 }
 
 #[pymethods]
@@ -193,38 +207,15 @@ impl PyTable {
                 )))
             }
         };
-        Ok(PyTable { inner })
-    }
-
-    /// The file.
-    #[getter]
-    fn path(&self) -> &str {
-        self.inner.path()
-    }
-    /// The tensor's name.
-    #[getter]
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    /// Row count.
-    #[getter]
-    fn rows(&self) -> usize {
-        self.inner.rows()
-    }
-    /// Column count.
-    #[getter]
-    fn cols(&self) -> usize {
-        self.inner.cols()
-    }
-    /// The source element type ("BF16", "Q8_0", ...).
-    #[getter]
-    fn dtype(&self) -> &'static str {
-        self.inner.codec().name()
-    }
-    /// The tensor's byte range `(start, end)` in the file.
-    #[getter]
-    fn byte_range(&self) -> (usize, usize) {
-        self.inner.byte_range()
+        Ok(PyTable {
+            path: inner.path().to_owned(),
+            name: inner.name().to_owned(),
+            rows: inner.rows(),
+            cols: inner.cols(),
+            dtype: inner.codec().name(),
+            byte_range: inner.byte_range(),
+            inner,
+        })
     }
 
     /// Rows `[start, end)` decoded to float32.
