@@ -14,7 +14,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tokvec::gather::{accumulate, available_isas, RowType};
+use tokvec::internals::gather::{accumulate, available_isas, RowType};
+use tokvec::internals::{dedup, hamming, topk, Cancel};
 
 const D: usize = 256;
 
@@ -91,10 +92,10 @@ fn bench_topk(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Elements(100));
     g.bench_function("fast/100x100k", |b| {
-        b.iter(|| black_box(tokvec::topk::topk(&queries, &corpus, D, 10).expect("topk")))
+        b.iter(|| black_box(topk::topk(&queries, &corpus, D, 10).expect("topk")))
     });
     g.bench_function("scalar/100x10k", |b| {
-        b.iter(|| black_box(tokvec::topk::topk_scalar(&queries, &corpus[..10_000 * D], D, 10).expect("topk")))
+        b.iter(|| black_box(topk::topk_scalar(&queries, &corpus[..10_000 * D], D, 10).expect("topk")))
     });
     g.finish();
 }
@@ -117,9 +118,7 @@ fn bench_pairs(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Elements(n as u64));
     g.bench_function("fast/20k@0.9", |b| {
-        b.iter(|| {
-            black_box(tokvec::dedup::pairs_above_cancellable(&e, n, D, 0.9, tokvec::Cancel::never()).expect("pairs"))
-        })
+        b.iter(|| black_box(dedup::pairs_above_cancellable(&e, n, D, 0.9, Cancel::never()).expect("pairs")))
     });
     g.finish();
 }
@@ -136,13 +135,12 @@ fn bench_hamming(c: &mut Criterion) {
     g.bench_function("fast/100x100k", |b| {
         b.iter(|| {
             black_box(
-                tokvec::hamming::topk_cancellable(&queries, 100, &corpus, nc, words, D, 10, tokvec::Cancel::never())
-                    .expect("topk"),
+                hamming::topk_cancellable(&queries, 100, &corpus, nc, words, D, 10, Cancel::never()).expect("topk"),
             )
         })
     });
     g.bench_function("scalar/100x100k", |b| {
-        b.iter(|| black_box(tokvec::hamming::topk_scalar(&queries, 100, &corpus, nc, words, D, 10).expect("topk")))
+        b.iter(|| black_box(hamming::topk_scalar(&queries, 100, &corpus, nc, words, D, 10).expect("topk")))
     });
     g.finish();
 }

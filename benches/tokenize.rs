@@ -22,8 +22,8 @@ use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
-use tokvec::fasttok::{Kind, Tokenizer};
-use tokvec::pool::Encoder;
+use tokvec::internals::fasttok::{Kind, Tokenizer};
+use tokvec::internals::pool::Encoder;
 
 const N: usize = 10_000;
 

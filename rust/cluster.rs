@@ -314,6 +314,7 @@ fn lloyd(
 /// Errors: `d == 0`, a length mismatch, `k == 0` or `k > n`, `n_init == 0`, an `init` of the wrong
 /// length, a negative or non-finite `tol`, and rows of `x` or `init` with NaN, infinity or a norm
 /// above [`crate::dot::MAX_NORM`] (whose squared distances would overflow f32).
+#[cfg(test)]
 pub fn kmeans(x: &[f32], d: usize, k: usize, opts: KMeansOptions, init: Option<&[f32]>) -> Result<KMeans> {
     kmeans_cancellable(x, d, k, opts, init, Cancel::never())
 }

@@ -122,40 +122,34 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-fn dequant_q4_k(s: &[u8], y: &mut [f32]) {
+/// Q4_K and Q5_K super-blocks: 8 sub-blocks of 32 values, each with a 6-bit scale and min, 4 bits
+/// per value in `qs` and, for Q5_K, a fifth bit per value in `qh` (bit 2k of byte l for value l
+/// of sub-block 2k, bit 2k+1 for sub-block 2k+1). Always inlined, so that Q4_K's `None` folds the
+/// fifth-bit test out of its loop.
+#[inline(always)]
+fn dequant_k(s: &[u8], qh: Option<&[u8]>, qs: &[u8], y: &mut [f32]) {
     let (d, dmin) = (h(s, 0), h(s, 2));
     let scales = &s[4..16];
-    let qs = &s[16..144];
     for (k, (q, out)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
-        let (sc1, m1) = scale_min_k4(2 * k, scales);
-        let (sc2, m2) = scale_min_k4(2 * k + 1, scales);
-        let (d1, mm1) = (d * sc1 as f32, dmin * m1 as f32);
-        let (d2, mm2) = (d * sc2 as f32, dmin * m2 as f32);
-        for l in 0..32 {
-            out[l] = d1 * (q[l] & 0x0F) as f32 - mm1;
-            out[l + 32] = d2 * (q[l] >> 4) as f32 - mm2;
-        }
-    }
-}
-
-fn dequant_q5_k(s: &[u8], y: &mut [f32]) {
-    let (d, dmin) = (h(s, 0), h(s, 2));
-    let scales = &s[4..16];
-    let qh = &s[16..48];
-    let qs = &s[48..176];
-    for (k, (ql, out)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
         let (sc1, m1) = scale_min_k4(2 * k, scales);
         let (sc2, m2) = scale_min_k4(2 * k + 1, scales);
         let (d1, mm1) = (d * sc1 as f32, dmin * m1 as f32);
         let (d2, mm2) = (d * sc2 as f32, dmin * m2 as f32);
         let (u1, u2) = (1u8 << (2 * k), 2u8 << (2 * k));
         for l in 0..32 {
-            let hi1 = if qh[l] & u1 != 0 { 16 } else { 0 };
-            let hi2 = if qh[l] & u2 != 0 { 16 } else { 0 };
-            out[l] = d1 * ((ql[l] & 0x0F) + hi1) as f32 - mm1;
-            out[l + 32] = d2 * ((ql[l] >> 4) + hi2) as f32 - mm2;
+            let hi = |u: u8| qh.map_or(0, |qh| if qh[l] & u != 0 { 16 } else { 0 });
+            out[l] = d1 * ((q[l] & 0x0F) + hi(u1)) as f32 - mm1;
+            out[l + 32] = d2 * ((q[l] >> 4) + hi(u2)) as f32 - mm2;
         }
     }
+}
+
+fn dequant_q4_k(s: &[u8], y: &mut [f32]) {
+    dequant_k(s, None, &s[16..144], y);
+}
+
+fn dequant_q5_k(s: &[u8], y: &mut [f32]) {
+    dequant_k(s, Some(&s[16..48]), &s[48..176], y);
 }
 
 fn dequant_q6_k(s: &[u8], y: &mut [f32]) {

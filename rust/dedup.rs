@@ -33,7 +33,9 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use rayon::prelude::*;
 
 use crate::cancel::Cancel;
-use crate::dot::{canonical_rel_err, dot, dot_scalar, lower_threshold, row_norms, rows_of};
+#[cfg(any(test, feature = "internals"))]
+use crate::dot::dot_scalar;
+use crate::dot::{canonical_rel_err, dot, lower_threshold, row_norms, rows_of};
 use crate::error::{CoreError, Result};
 use crate::int8::{int8_available, scan_int8, Int8Bound, PackedCorpus, QuantQueries, INT8_MAX_D, QT};
 use crate::simd::{isa, Isa};
@@ -79,12 +81,13 @@ fn check_n(x: &[f32], n: usize, d: usize, what: &'static str) -> Result<()> {
 /// of the search; [`Cancel::never`] for a run that cannot be stopped).
 ///
 /// `e` is row-major `n x d`. Errors on a length mismatch, `d == 0`, a non-finite threshold and rows
-/// with NaN, infinity or a norm above [`crate::topk::MAX_NORM`].
+/// with NaN, infinity or a norm above [`crate::dot::MAX_NORM`].
 pub fn pairs_above_cancellable(e: &[f32], n: usize, d: usize, threshold: f32, cancel: &Cancel) -> Result<Vec<Pair>> {
     pairs_with(e, n, d, threshold, default_path(), cancel)
 }
 
 /// The naive reference for [`pairs_above_cancellable`]: every pair's canonical score.
+#[cfg(any(test, feature = "internals"))]
 pub fn pairs_above_scalar(e: &[f32], n: usize, d: usize, threshold: f32) -> Result<Vec<Pair>> {
     check_n(e, n, d, "e")?;
     check_threshold(threshold)?;
@@ -106,6 +109,7 @@ pub fn dedup_greedy_cancellable(e: &[f32], n: usize, d: usize, threshold: f32, c
 }
 
 /// The naive reference for [`dedup_greedy_cancellable`]: each row against every earlier kept row.
+#[cfg(any(test, feature = "internals"))]
 pub fn dedup_greedy_scalar(e: &[f32], n: usize, d: usize, threshold: f32) -> Result<Dedup> {
     check_n(e, n, d, "e")?;
     check_threshold(threshold)?;
@@ -136,6 +140,7 @@ pub fn pairs_above_cross_cancellable(
 }
 
 /// Every pair `i < j < n` with `score(i, j) > threshold`, sorted: the naive pair references.
+#[cfg(any(test, feature = "internals"))]
 pub(crate) fn pairs_scalar(n: usize, threshold: f32, score: impl Fn(usize, usize) -> f32) -> Vec<Pair> {
     let mut out = Vec::new();
     for i in 0..n {
@@ -150,6 +155,7 @@ pub(crate) fn pairs_scalar(n: usize, threshold: f32, score: impl Fn(usize, usize
 }
 
 /// The naive greedy pass: row `j` against every earlier kept row `i` by `score(i, j)`.
+#[cfg(any(test, feature = "internals"))]
 pub(crate) fn greedy_scalar(n: usize, threshold: f32, score: impl Fn(usize, usize) -> f32) -> Dedup {
     let mut kept: Vec<u32> = Vec::new();
     let mut dup_of = vec![-1i64; n];

@@ -257,6 +257,7 @@ const SCORE_BLOCK_BYTES: usize = 256 * 1024;
 ///
 /// Errors as `topk`, naming `q` or `c`: `d == 0`, a length that is not a multiple of `d`, rows with
 /// NaN, infinity or a norm above [`MAX_NORM`], and an output too large to allocate.
+#[cfg(test)]
 pub fn scores(q: &[f32], c: &[f32], d: usize) -> Result<Vec<f32>> {
     scores_cancellable(q, c, d, Cancel::never())
 }
@@ -345,6 +346,7 @@ fn checked_rows(idx: &[i64], n: usize, what: &'static str, rows: &'static str) -
 ///
 /// Errors as [`scores`] (naming `a` or `b`), plus `i` and `j` of different lengths or with an
 /// index outside the rows of `a` (for `i`) or `b` (for `j`).
+#[cfg(test)]
 pub fn dot_pairs(a: &[f32], b: &[f32], d: usize, i: &[i64], j: &[i64]) -> Result<Vec<f32>> {
     dot_pairs_cancellable(a, b, d, i, j, Cancel::never())
 }

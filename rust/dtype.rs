@@ -175,11 +175,6 @@ impl ElemType {
         TYPES.iter().find(|i| i.ggml == Some(id)).map(|i| i.ty)
     }
 
-    /// The ggml type id, for types a GGUF file can hold.
-    pub fn ggml_id(self) -> Option<u32> {
-        self.info().ggml
-    }
-
     /// The type of a safetensors dtype; dtypes this crate does not know are [`ElemType::Other`].
     pub fn from_safetensors(d: safetensors::Dtype) -> ElemType {
         use safetensors::Dtype as D;
@@ -204,6 +199,7 @@ impl ElemType {
     }
 
     /// Looks a type up by its file spelling ("Q8_0").
+    #[cfg(test)]
     pub fn from_name(name: &str) -> Option<ElemType> {
         TYPES.iter().find(|i| i.name == name).map(|i| i.ty)
     }
@@ -249,6 +245,7 @@ impl ElemType {
     }
 
     /// The gatherable types, for messages.
+    #[cfg(test)]
     pub fn gatherable_names() -> String {
         Self::names(GATHER)
     }

@@ -155,6 +155,7 @@ mod x86 {
 
 /// The ISA levels this process may run, best last (always starts with `Scalar`; only `Scalar`
 /// under `TOKVEC_FORCE_SCALAR`). For tests and benches.
+#[cfg(any(test, feature = "internals"))]
 pub fn available_isas() -> Vec<Isa> {
     simd::available()
 }

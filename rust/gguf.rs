@@ -17,13 +17,10 @@
 
 use std::fmt::Display;
 use std::path::Path;
-use std::sync::Arc;
-
-use memmap2::Mmap;
 
 use crate::dtype::ElemType;
 use crate::error::{CoreError, Result};
-use crate::header::{map_file, MAX_HEADER_SIZE};
+use crate::header::{map_file, MappedFile, MAX_HEADER_SIZE};
 
 /// The file magic.
 pub const MAGIC: &[u8; 4] = b"GGUF";
@@ -69,6 +66,7 @@ pub enum Value {
 
 impl Value {
     /// The value as an unsigned integer, if it is a non-negative integer of any width.
+    #[cfg(any(test, feature = "internals"))]
     pub fn as_u64(&self) -> Option<u64> {
         match *self {
             Value::U8(v) => Some(v as u64),
@@ -84,6 +82,7 @@ impl Value {
     }
 
     /// The value as a string, if it is one.
+    #[cfg(any(test, feature = "internals"))]
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::Str(s) => Some(s),
@@ -195,8 +194,10 @@ pub struct GgufHeader {
     /// Tensor infos in file order.
     pub tensors: Vec<GgufTensor>,
     /// The data section's alignment.
+    #[cfg(any(test, feature = "internals"))]
     pub alignment: u64,
     /// Offset of the data section in the file.
+    #[cfg(any(test, feature = "internals"))]
     pub data_start: usize,
 }
 
@@ -517,7 +518,9 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<GgufHeader> {
         version,
         metadata,
         tensors,
+        #[cfg(any(test, feature = "internals"))]
         alignment,
+        #[cfg(any(test, feature = "internals"))]
         data_start,
     })
 }
@@ -525,9 +528,16 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<GgufHeader> {
 /// A validated, memory-mapped GGUF file.
 #[derive(Debug)]
 pub struct GgufFile {
-    path: String,
-    mmap: Arc<Mmap>,
+    file: MappedFile,
     header: GgufHeader,
+}
+
+impl std::ops::Deref for GgufFile {
+    type Target = MappedFile;
+
+    fn deref(&self) -> &MappedFile {
+        &self.file
+    }
 }
 
 impl GgufFile {
@@ -540,25 +550,9 @@ impl GgufFile {
         let mmap = map_file(p)?;
         let header = parse(&mmap, &ps)?;
         Ok(GgufFile {
-            path: ps,
-            mmap: Arc::new(mmap),
+            file: MappedFile::new(ps, mmap),
             header,
         })
-    }
-
-    /// The path the file was opened with.
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
-    /// The file's size in bytes.
-    pub fn len(&self) -> usize {
-        self.mmap.len()
-    }
-
-    /// Whether the file is empty (never true for an opened file).
-    pub fn is_empty(&self) -> bool {
-        self.mmap.is_empty()
     }
 
     /// The parsed header.
@@ -566,35 +560,20 @@ impl GgufFile {
         &self.header
     }
 
-    /// The shared map (for readers that stream a tensor).
-    pub fn mmap(&self) -> &Arc<Mmap> {
-        &self.mmap
-    }
-
-    /// A metadata value by key.
-    pub fn get(&self, key: &str) -> Option<&Value> {
-        self.header.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
-    }
-
     /// Looks a tensor up by name; the error lists what the file has.
     pub fn tensor(&self, name: &str) -> Result<&GgufTensor> {
-        CoreError::find_tensor(&self.path, &self.header.tensors, name, |t| &t.name)
-    }
-
-    /// The bytes of a tensor, in place in the map. Ranges were validated at open.
-    pub fn bytes(&self, t: &GgufTensor) -> &[u8] {
-        &self.mmap[t.start..t.end]
+        CoreError::find_tensor(self.path(), &self.header.tensors, name, |t| &t.name)
     }
 
     /// The elements of a metadata array of this file, decoded one by one.
     pub fn array_values<'a>(&'a self, a: &MetaArray) -> impl Iterator<Item = Result<Value>> + 'a {
-        a.values(&self.mmap, &self.path)
+        a.values(self.mmap(), self.path())
     }
 
     /// The little-endian bytes of a numeric or bool metadata array of this file, in place in the
     /// map; None for strings and nested arrays.
     pub fn array_raw(&self, a: &MetaArray) -> Option<&[u8]> {
-        a.raw(&self.mmap)
+        a.raw(self.mmap())
     }
 }
 

@@ -28,12 +28,14 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::cancel::Cancel;
-use crate::dedup::{
-    check_threshold, greedy_blocked, greedy_scalar, pairs_scalar, BlockScorer, Dedup, Pair, DEDUP_BLOCK,
-};
+use crate::dedup::{check_threshold, greedy_blocked, BlockScorer, Dedup, Pair, DEDUP_BLOCK};
+#[cfg(any(test, feature = "internals"))]
+use crate::dedup::{greedy_scalar, pairs_scalar};
 use crate::error::{CoreError, Result};
 use crate::simd::{extensions, isa, Isa};
-use crate::topk::{flatten, topk_by_sorting, TopK};
+#[cfg(any(test, feature = "internals"))]
+use crate::topk::topk_by_sorting;
+use crate::topk::{flatten, TopK};
 
 /// A top-k result: `nq * k'` scores and corpus indices, each query's `k'` best first.
 type Ranked = (Vec<f32>, Vec<u32>);
@@ -115,6 +117,7 @@ fn hamming_impl(a: &[u64], b: &[u64]) -> u64 {
 }
 
 /// The Hamming distance of two rows (portable).
+#[cfg(any(test, feature = "internals"))]
 pub fn hamming_scalar(a: &[u64], b: &[u64]) -> u64 {
     hamming_impl(a, b)
 }
@@ -263,6 +266,7 @@ pub fn topk_cancellable(
 }
 
 /// The reference for [`topk_cancellable`]: every similarity, fully sorted.
+#[cfg(any(test, feature = "internals"))]
 pub fn topk_scalar(q: &[u64], nq: usize, c: &[u64], nc: usize, words: usize, bits: usize, k: usize) -> Result<Ranked> {
     check_topk_args(q, nq, c, nc, words, bits, k)?;
     Ok(topk_by_sorting(nq, nc, k, |i, j| {
@@ -366,6 +370,7 @@ pub fn pairs_above_cancellable(
 }
 
 /// The naive reference for [`pairs_above_cancellable`].
+#[cfg(any(test, feature = "internals"))]
 pub fn pairs_above_scalar(e: &[u64], n: usize, words: usize, bits: usize, threshold: f32) -> Result<Vec<Pair>> {
     let x = BitRows::new(e, n, words, bits, "e")?;
     check_threshold(threshold)?;
@@ -387,6 +392,7 @@ pub fn dedup_greedy_cancellable(
 }
 
 /// The naive reference for [`dedup_greedy_cancellable`].
+#[cfg(any(test, feature = "internals"))]
 pub fn dedup_greedy_scalar(e: &[u64], n: usize, words: usize, bits: usize, threshold: f32) -> Result<Dedup> {
     let x = BitRows::new(e, n, words, bits, "e")?;
     check_threshold(threshold)?;
@@ -426,6 +432,7 @@ impl<'a> BitRows<'a> {
         }
     }
 
+    #[cfg(any(test, feature = "internals"))]
     fn similarity_scalar(&self, i: usize, j: usize) -> f32 {
         similarity(hamming_scalar(self.row(i), self.row(j)), self.bits)
     }

@@ -35,17 +35,64 @@ pub struct TensorMeta {
     pub end: usize,
 }
 
-/// A validated, memory-mapped safetensors file.
+/// A model file held as a read-only map, with the path it was opened with (which errors name).
+/// [`SafetensorsFile`] and [`crate::gguf::GgufFile`] dereference to it, so both answer `path`,
+/// `len` and `mmap` the same way.
 #[derive(Debug)]
-pub struct SafetensorsFile {
+pub struct MappedFile {
     path: String,
     /// Shared with the readers that stream a tensor ([`crate::convert::Table`]), so a file is mapped once.
     mmap: Arc<Mmap>,
+}
+
+impl MappedFile {
+    pub(crate) fn new(path: String, mmap: Mmap) -> Self {
+        MappedFile {
+            path,
+            mmap: Arc::new(mmap),
+        }
+    }
+
+    /// The path the file was opened with.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The file's size in bytes.
+    pub fn len(&self) -> usize {
+        self.mmap.len()
+    }
+
+    /// Whether the file is empty (never true for an opened file).
+    // Only for `internals`, which exports the types that hold one: clippy wants `is_empty` next to a public `len`.
+    #[cfg(any(test, feature = "internals"))]
+    pub fn is_empty(&self) -> bool {
+        self.mmap.is_empty()
+    }
+
+    /// The shared map (for readers that stream a tensor).
+    pub fn mmap(&self) -> &Arc<Mmap> {
+        &self.mmap
+    }
+}
+
+/// A validated, memory-mapped safetensors file.
+#[derive(Debug)]
+pub struct SafetensorsFile {
+    file: MappedFile,
     tensors: Vec<TensorMeta>,
     metadata: Vec<(String, String)>,
     /// The map is of the file itself (`open`), not a private copy: its pages can be dropped from
     /// this process and read again from the page cache.
     of_file: bool,
+}
+
+impl std::ops::Deref for SafetensorsFile {
+    type Target = MappedFile;
+
+    fn deref(&self) -> &MappedFile {
+        &self.file
+    }
 }
 
 /// The largest header accepted, as in the reference implementation.
@@ -225,8 +272,7 @@ impl SafetensorsFile {
         let mmap = map(&file, &ps)?;
         let (tensors, metadata) = validate(&mmap, &ps)?;
         Ok(SafetensorsFile {
-            path: ps,
-            mmap: Arc::new(mmap),
+            file: MappedFile::new(ps, mmap),
             tensors,
             metadata,
             of_file: true,
@@ -263,6 +309,7 @@ impl SafetensorsFile {
     /// [`SafetensorsFile::read`].
     ///
     /// Errors: `Format` naming `path` and the problem; `Io` if the anonymous map cannot be made.
+    #[cfg(any(test, feature = "internals"))]
     pub fn from_bytes(bytes: &[u8], path: &str) -> Result<Self> {
         validate(bytes, path)?;
         // validate() refused fewer than 8 bytes, so the map is never empty.
@@ -279,8 +326,7 @@ impl SafetensorsFile {
         let (tensors, metadata) = validate(&anon, &path)?;
         let mmap = anon.make_read_only().map_err(|e| CoreError::io(&path, e))?;
         Ok(SafetensorsFile {
-            path,
-            mmap: Arc::new(mmap),
+            file: MappedFile::new(path, mmap),
             tensors,
             metadata,
             of_file: false,
@@ -298,27 +344,13 @@ impl SafetensorsFile {
             // assumption that the file is not rewritten in place). The range lies inside the map
             // (checked by `validate`). Failure only leaves the pages resident, so it is ignored.
             let _ = unsafe {
-                self.mmap
+                self.file
+                    .mmap
                     .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, t.start, t.end - t.start)
             };
         }
         #[cfg(not(unix))]
         let _ = t;
-    }
-
-    /// The path the file was opened with.
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
-    /// The file's size in bytes.
-    pub fn len(&self) -> usize {
-        self.mmap.len()
-    }
-
-    /// Whether the file is empty (never true for an opened file).
-    pub fn is_empty(&self) -> bool {
-        self.mmap.is_empty()
     }
 
     /// All tensors, sorted by name.
@@ -333,17 +365,12 @@ impl SafetensorsFile {
 
     /// Looks a tensor up by name; the error lists what the file has.
     pub fn tensor(&self, name: &str) -> Result<&TensorMeta> {
-        CoreError::find_tensor(&self.path, &self.tensors, name, |t| &t.name)
+        CoreError::find_tensor(self.path(), &self.tensors, name, |t| &t.name)
     }
 
     /// The bytes of a tensor, in place in the map. Offsets were validated at open.
     pub fn bytes(&self, t: &TensorMeta) -> &[u8] {
-        &self.mmap[t.start..t.end]
-    }
-
-    /// The shared map (for readers that stream a tensor).
-    pub fn mmap(&self) -> &Arc<Mmap> {
-        &self.mmap
+        &self.file.mmap[t.start..t.end]
     }
 
     /// A 1-D tensor and its bytes; the error names the file, the tensor and its shape.
@@ -351,7 +378,7 @@ impl SafetensorsFile {
         let t = self.tensor(name)?;
         if t.shape.len() != 1 {
             return Err(CoreError::format(
-                &self.path,
+                self.path(),
                 format!("tensor {name:?} must be 1-D, has shape {:?}", t.shape),
             ));
         }
@@ -380,7 +407,7 @@ impl SafetensorsFile {
                 .collect(),
             d => {
                 return Err(CoreError::format(
-                    &self.path,
+                    self.path(),
                     format!("tensor {name:?} has dtype {}, expected F16, BF16, F32 or F64", d.name()),
                 ))
             }
@@ -391,7 +418,7 @@ impl SafetensorsFile {
     /// Reads a 1-D integer tensor (I32, I64, U32) as row indices.
     pub fn read_index_vector(&self, name: &str) -> Result<Vec<u64>> {
         let (t, b) = self.vector(name)?;
-        let neg = || CoreError::format(&self.path, format!("tensor {name:?} holds a negative index"));
+        let neg = || CoreError::format(self.path(), format!("tensor {name:?} holds a negative index"));
         match t.dtype {
             ElemType::I32 => b
                 .chunks_exact(4)
@@ -409,7 +436,7 @@ impl SafetensorsFile {
                 })
                 .collect(),
             d => Err(CoreError::format(
-                &self.path,
+                self.path(),
                 format!("tensor {name:?} has dtype {}, expected I32, I64 or U32", d.name()),
             )),
         }

@@ -340,10 +340,6 @@ impl EmbedModel {
     pub fn id_limit(&self) -> usize {
         self.id_limit
     }
-    /// The table's on-disk dtype.
-    pub fn row_type(&self) -> RowType {
-        self.ty
-    }
     /// The table's tensor entry.
     pub fn table(&self) -> &TensorMeta {
         &self.table

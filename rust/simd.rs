@@ -78,6 +78,7 @@ pub fn clamp(level: Isa) -> Isa {
 }
 
 /// The levels up to `best`, lowest first.
+#[cfg(any(test, feature = "internals"))]
 fn levels_up_to(best: Isa) -> Vec<Isa> {
     [Isa::Scalar, Isa::Avx2, Isa::Avx512]
         .into_iter()
@@ -87,6 +88,7 @@ fn levels_up_to(best: Isa) -> Vec<Isa> {
 
 /// The ISA levels this process may run, best last (always starts with `Scalar`; only `Scalar`
 /// when `TOKVEC_FORCE_SCALAR` is set). For tests and benches that compare paths.
+#[cfg(any(test, feature = "internals"))]
 pub fn available() -> Vec<Isa> {
     levels_up_to(isa())
 }

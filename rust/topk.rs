@@ -27,13 +27,13 @@ use std::collections::BinaryHeap;
 use rayon::prelude::*;
 
 use crate::cancel::Cancel;
-use crate::dot::{dot, dot_scalar, lower_threshold, row_norms, rows_of};
+#[cfg(any(test, feature = "internals"))]
+use crate::dot::dot_scalar;
+use crate::dot::{dot, lower_threshold, row_norms, rows_of};
 use crate::error::{CoreError, Result};
 use crate::int8::{int8_available, scan_int8, Int8Bound, PackedCorpus, QuantQueries, INT8_MAX_D, QT};
 use crate::simd::{isa, Isa};
 
-/// The public bound on row norms, where callers of the top-k look for it.
-pub use crate::dot::MAX_NORM;
 /// f32 unit roundoff, under the name `dedup` uses.
 pub(crate) use crate::dot::U32 as U32_ERR;
 
@@ -145,7 +145,8 @@ fn check_k(k: usize) -> Result<()> {
 /// the result is identical to [`topk_scalar`] on every CPU and for any number of threads.
 ///
 /// Errors on `d == 0`, `k == 0`, a length that is not a multiple of `d`, and rows with NaN,
-/// infinity or a norm above [`MAX_NORM`].
+/// infinity or a norm above [`crate::dot::MAX_NORM`].
+#[cfg(any(test, feature = "internals"))]
 pub fn topk(queries: &[f32], corpus: &[f32], d: usize, k: usize) -> Result<(Vec<f32>, Vec<u32>)> {
     topk_cancellable(queries, corpus, d, k, Cancel::never())
 }
@@ -168,6 +169,7 @@ pub fn topk_cancellable(
 }
 
 /// The simple reference for [`topk`]: every canonical score, fully sorted. Same contract.
+#[cfg(any(test, feature = "internals"))]
 pub fn topk_scalar(queries: &[f32], corpus: &[f32], d: usize, k: usize) -> Result<(Vec<f32>, Vec<u32>)> {
     check_k(k)?;
     let nq = rows_of(queries, d, "queries")?;
@@ -182,6 +184,7 @@ pub fn topk_scalar(queries: &[f32], corpus: &[f32], d: usize, k: usize) -> Resul
 /// The reference top-k behind every `topk_scalar`: for each of `nq` queries, every `score(query,
 /// corpus row)` of the `nc` corpus rows, fully sorted (best first, ties broken by the lower
 /// index), and its first `min(k, nc)` entries, flattened as [`flatten`] does.
+#[cfg(any(test, feature = "internals"))]
 pub(crate) fn topk_by_sorting(
     nq: usize,
     nc: usize,

@@ -16,8 +16,9 @@ On a fresh machine::
     python scripts/build_default_model.py --recipe pca --out DIR   # the PCA floor, elsewhere
     python scripts/build_default_model.py --compare ../shared/data/stsb/sts-dev.tsv   # the PCA recipe measurement
 
-The PCA output is byte-for-byte reproducible for the same inputs (the safetensors header is written with sorted
-keys); a different LAPACK/BLAS can at most move the last bit of some F16 values.
+The PCA output is byte-for-byte reproducible for the same inputs (it is written by tokvec's model-folder writer,
+``tokvec.train.distill.save_model``, as the tuned model is: tensors and header keys in a fixed order); a different
+LAPACK/BLAS can at most move the last bit of some F16 values.
 
 The PCA recipe:
   1. read ``embeddings.word_embeddings.weight`` (F32 [30522, 384]) and hash its bytes;
@@ -47,9 +48,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ from safetensors.numpy import load_file
 
 # Plain, unweighted covariance PCA in float64, each component's largest-|value| entry made positive (so the
 # output does not depend on LAPACK's signs): the same function `tokvec distill` uses.
-from tokvec.train.distill import pca_components
+from tokvec.train.distill import pca_components, save_model
 from tokvec.train.evaluate import read_pairs, spearman
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -119,25 +120,16 @@ def project(table: np.ndarray, center: np.ndarray, comps: np.ndarray, k: int) ->
     return (table.astype(np.float64) - center) @ comps[:, :k]
 
 
-def write_safetensors(path: Path, name: str, array: np.ndarray, metadata: dict[str, str]) -> None:
-    """Write one tensor as safetensors with a byte-reproducible header.
-
-    ``safetensors.numpy.save_file`` keeps ``__metadata__`` in a hash map, so its key order (and the file's sha256)
-    changes from run to run. The format is simple enough to write directly: an 8-byte little-endian header size,
-    the JSON header with sorted keys padded with spaces to a multiple of 8, then the raw little-endian data.
-    """
-    dtypes = {np.dtype("float16"): "F16", np.dtype("float32"): "F32"}
-    data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-    header = {
-        "__metadata__": dict(sorted(metadata.items())),
-        name: {"dtype": dtypes[array.dtype], "shape": list(array.shape), "data_offsets": [0, len(data)]},
-    }
-    raw = json.dumps(header, separators=(",", ":"), sort_keys=True).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        f.write(data)
+def replace_files(staging: Path, out_dir: Path) -> None:
+    """Puts the files of a complete model folder written at `staging` into `out_dir` (made if missing), removing the
+    files it held. The shipped folder is tracked by git, so it is refreshed in place: `write_model_folder` (which
+    `save_model` uses) only writes a folder that is missing or empty."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.iterdir():
+        if old.is_file():
+            old.unlink()
+    for f in staging.iterdir():
+        shutil.copyfile(f, out_dir / f.name)
 
 
 def notice_text(source_sha: str, explained: float, recipe: str) -> str:
@@ -226,31 +218,34 @@ def build(
     say(f"  embeddings: float16 {emb.shape}, |max| {np.abs(projected).max():.4f}, max F16 rounding error {err:.2e}")
 
     license_bytes = find_apache_license(out_dir)  # read before anything in out_dir is touched
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_safetensors(out_dir / "model.safetensors", "embeddings", emb, metadata)
-    check = load_file(str(out_dir / "model.safetensors"))["embeddings"]  # read back with the reference reader
-    if check.dtype != np.float16 or not np.array_equal(check.view(np.uint16), emb.view(np.uint16)):
-        sys.exit("error: model.safetensors does not read back as written")
-    shutil.copyfile(model_dir / "tokenizer.json", out_dir / "tokenizer.json")
-    config = {
-        "format": "tokvec",
-        "format_version": 1,
-        "dim": OUT_DIM,
-        "normalize": True,
-        "pooling": "mean",
-        "add_special_tokens": False,
-        "source": {
-            "model": SOURCE_MODEL,
-            "package": SOURCE_PIN,
-            "tensor": SOURCE_TENSOR,
-            "sha256": source_sha,
-            "recipe": recipe,
-        },
-        "license": "Apache-2.0",
+    source = {
+        "model": SOURCE_MODEL,
+        "package": SOURCE_PIN,
+        "tensor": SOURCE_TENSOR,
+        "sha256": source_sha,
+        "recipe": recipe,
     }
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "LICENSE").write_bytes(license_bytes)
-    (out_dir / "NOTICE").write_text(notice_text(source_sha, explained, recipe), encoding="utf-8")
+    work = Path(tempfile.mkdtemp(prefix="tokvec-build-"))
+    try:
+        # tokvec's one model-folder writer (byte-reproducible: tensors and header keys in a fixed order), as the
+        # tuned recipe uses; the metadata's keys are written in sorted order after "format"
+        staging = save_model(
+            work / "out",
+            emb,
+            None,
+            (model_dir / "tokenizer.json").read_text(encoding="utf-8"),
+            {"source": source, "license": "Apache-2.0"},
+            dtype="f16",
+            metadata=metadata,
+        )
+        check = load_file(str(staging / "model.safetensors"))["embeddings"]  # read back with the reference reader
+        if check.dtype != np.float16 or not np.array_equal(check.view(np.uint16), emb.view(np.uint16)):
+            sys.exit("error: model.safetensors does not read back as written")
+        (staging / "LICENSE").write_bytes(license_bytes)
+        (staging / "NOTICE").write_text(notice_text(source_sha, explained, recipe), encoding="utf-8")
+        replace_files(staging, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
     total = 0
     say(f"wrote {out_dir}:")

@@ -202,12 +202,9 @@ def build(
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (staging / "LICENSE").write_bytes(license_bytes)
         (staging / "NOTICE").write_text(notice_text(source_sha, recipe), encoding="utf-8")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for old in out_dir.iterdir():
-            if old.is_file():
-                old.unlink()
-        for f in staging.iterdir():
-            shutil.copyfile(f, out_dir / f.name)
+        from build_default_model import replace_files  # the PCA recipe's script: one way to refresh the folder
+
+        replace_files(staging, out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     total = 0

@@ -70,6 +70,7 @@ DATA = REPO.parent / "shared" / "data"
 SENTENCES_TSV = DATA / "wikipedia-sentences" / "sentences.tsv"
 STSB_DIR = DATA / "stsb"
 
+
 def default_signals() -> None:
     """`preexec_fn` for a child that a test signals: SIGINT, SIGTERM and SIGHUP at their default actions, whatever
     the test run inherited. A background job of a shell without job control starts with SIGINT ignored (CPython
@@ -195,6 +196,41 @@ def near_dup_corpus(wiki_sentences: list[str]) -> list[str]:
     rng = np.random.default_rng(7)
     base = [wiki_sentences[i] for i in rng.choice(len(wiki_sentences), size=300, replace=False)]
     return with_near_copies(base, rng, 150, 20)
+
+
+def naive_split(model: Any, text: str, target: int) -> list[str]:
+    """`Model.split` of a text of at most one block of pieces, the rule written out directly: the pieces of
+    `split_units` start as segments; each step scores every neighbouring pair whose merge fits the target (the
+    cosine of the segments' length-weighted float64 sums: as float32 rows normalized by the core, then
+    `_core.scores`), merges the highest-scoring pair (the leftmost of equal scores), and the split ends when no
+    pair fits. A plain list and an argmax per step, where the library keeps a heap of scores it never recomputes."""
+    from tokvec import _core
+    from tokvec.split import split_units
+
+    units = split_units(text, max(1, target // 4))
+    chunks = list(units)
+    size = [len(u) for u in units]
+    sums = [e * max(len(u), 1) for e, u in zip(model.embed(units).astype(np.float64), units)]
+
+    def score(i: int) -> float:
+        if size[i] + size[i + 1] > target:
+            return -np.inf
+        a, b = (np.array(sums[k], np.float32, ndmin=2) for k in (i, i + 1))
+        _core.normalize_rows(a)
+        _core.normalize_rows(b)
+        return float(_core.scores(a, b)[0, 0])
+
+    s = np.array([score(i) for i in range(len(chunks) - 1)])
+    while len(s) and s.max() > -np.inf:
+        i = int(np.argmax(s))  # the first of the highest scores: the leftmost pair
+        chunks[i : i + 2] = [chunks[i] + chunks[i + 1]]
+        size[i : i + 2] = [size[i] + size[i + 1]]
+        sums[i : i + 2] = [sums[i] + sums[i + 1]]
+        s = np.delete(s, i)
+        for p in (i - 1, i):
+            if 0 <= p < len(s):
+                s[p] = score(p)
+    return chunks
 
 
 # ------------------------------------------------------------------------------------------------------- tokenizers

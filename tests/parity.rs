@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokvec::pool::{EmbedModel, Encoder, HfEncoder, ModelSpec};
-use tokvec::simd::Isa;
-use tokvec::SafetensorsFile;
+use tokvec::internals::pool::{EmbedModel, Encoder, HfEncoder, ModelSpec};
+use tokvec::internals::simd::Isa;
+use tokvec::internals::SafetensorsFile;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny")

@@ -2,7 +2,8 @@
 from its source, and quality.
 
 These tests read the shipped files with the ``safetensors`` and ``tokenizers`` packages and numpy only; they do not
-import tokvec, so they check the artefact independently of the code that loads it.
+import tokvec's loading code, so they check the artefact independently of it. One test calls tokvec's model-folder
+writer (what the build scripts write with), to check that it writes the shipped bytes again.
 """
 
 from __future__ import annotations
@@ -135,6 +136,27 @@ def test_license_and_notice():
     notice = (MODEL / "NOTICE").read_text(encoding="utf-8")
     assert "sentence-transformers/all-MiniLM-L6-v2" in notice
     assert "Apache License, Version 2.0" in notice
+
+
+def _header(path: Path) -> dict:
+    """The safetensors JSON header, its keys in file order."""
+    raw = path.read_bytes()
+    return json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+
+
+def test_the_writer_writes_the_shipped_bytes_again(tmp_path, shipped, weights):
+    # the build scripts write through `save_model` (tokvec's one safetensors and model-folder writer): given the
+    # shipped tensors and metadata, it writes the shipped model.safetensors byte for byte, so a re-run of the build
+    # that computes the same tensors ships the same bytes
+    from tokvec.train.distill import save_model
+
+    with safe_open(str(MODEL / "model.safetensors"), framework="numpy") as f:
+        meta = f.metadata()
+    assert next(iter(_header(MODEL / "model.safetensors")["__metadata__"])) == "format"
+    tokenizer = (MODEL / "tokenizer.json").read_text(encoding="utf-8")
+    out = save_model(tmp_path / "again", shipped, weights, tokenizer, {}, dtype="f16", metadata=meta)
+    assert (out / "model.safetensors").read_bytes() == (MODEL / "model.safetensors").read_bytes()
+    assert (out / "tokenizer.json").read_bytes() == (MODEL / "tokenizer.json").read_bytes()
 
 
 # --- reproducible from the source package --------------------------------------------------------------------------
@@ -277,6 +299,13 @@ def test_pca_floor_recipe(tmp_path, shipped, weights, source_table):
     )
     pca = load_file(str(out / "model.safetensors"))["embeddings"]
     assert pca.dtype == np.float16 and pca.shape == (30522, 256)
+    # written by the writer that wrote the shipped model: the same header layout (metadata first, "format" first in
+    # it, the rest sorted; a tensor's keys as dtype, shape, data_offsets)
+    ours, theirs = _header(out / "model.safetensors"), _header(MODEL / "model.safetensors")
+    assert list(ours) == ["__metadata__", "embeddings"]
+    meta = list(ours["__metadata__"])
+    assert meta == ["format", *sorted(meta[1:])]
+    assert list(ours["embeddings"]) == list(theirs["embeddings"]) == ["dtype", "shape", "data_offsets"]
     full = _stsb_spearman(source_table, SOURCE / "tokenizer.json")
     floor = _stsb_spearman(pca, out / "tokenizer.json")
     assert floor >= full - 0.02  # measured 0.738 against 0.645

@@ -153,6 +153,7 @@ def test_analogy_default_model_and_smollm(default, smollm):
 # ------------------------------------------------------------------------------------------------- plot
 def test_plot_tokens_writes_png(tmp_path, minilm_model):
     import matplotlib  # noqa: F401  (a test dependency: the `plot` extra)
+
     words = ["king", "queen", "man", "woman", "prince", "princess", "paris", "london", "france", "england"]
     p = tokvec.plot_tokens(minilm_model, words, tmp_path / "tokens.png")
     data = p.read_bytes()
@@ -177,6 +178,7 @@ def test_plot_tokens_without_matplotlib_names_the_extra(tmp_path, minilm_model, 
 def test_plot_tokens_leaves_the_matplotlib_backend_alone(tmp_path, minilm_model):
     """plot_tokens draws on its own Figure and Agg canvas: the user's backend and pyplot's figures stay as they were."""
     import matplotlib
+
     before = matplotlib.get_backend()
     try:
         matplotlib.use("svg")  # a user's choice that is not Agg (and needs no display)

@@ -1,7 +1,9 @@
 """One cosine: every float score a `Model` gives (rank, topk, filter, similarity, key) is the core's canonical
 score, `_core.scores`, the value `tokvec.topk` and the dedup engine compute. So `rank` orders docs exactly as
 `topk` does (exact duplicates tie and keep input order, near-ties fall the same way), `filter` keeps exactly the
-docs the dedup engine finds above the same threshold, and `similarity` and `key` return those same values."""
+docs the dedup engine finds above the same threshold, and `similarity` and `key` return those same values. The token
+explorer (`most_similar_tokens`, `analogy`) scores and orders tokens as `topk` does over the core-normalized rows, and
+`split` merges the pair of segments the canonical score puts first."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import itertools
 import numpy as np
 import pytest
 import tokvec
+from conftest import naive_split
 from tokvec import _core
 
 
@@ -112,3 +115,91 @@ def test_key_is_the_canonical_score(model, query, docs, canonical) -> None:
     # so sorting by the key (stable, also with reverse) is rank's order
     assert sorted(docs, key=key, reverse=True) == [d for d, _ in model.rank(query, docs)]
     assert max(docs, key=key) == model.topk(query, docs, 1)[0]
+
+
+# ------------------------------------------------------------------------------------------ the token explorer
+@pytest.fixture(scope="module")
+def unit_rows(model: tokvec.Model) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """(ids the explorer searches, their rows as unit vectors normalized by the core, id -> token): every token of
+    the vocabulary but the model's skipped ids, each row read as the model pools a one-token text."""
+    vocab = {i: t for t, i in model.tokenizer.get_vocab(with_added_tokens=True).items() if i < model.vocab_size}
+    ids = np.array(sorted(set(vocab) - set(model._skip_ids)), np.int64)
+    assert model.normalize  # so the model's vectors are unit rows normalized by the core
+    return ids, model.embed_ids(ids, np.arange(len(ids) + 1)), vocab
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    out = np.array(v, np.float32, ndmin=2)
+    _core.normalize_rows(out)
+    return out[0]
+
+
+def neighbours(unit_rows, q: np.ndarray, exclude: list[int], k: int) -> list[tuple[str, float]]:
+    """The k best tokens of `tokvec.topk` over the unit rows (ties: the lower id), `exclude` left out."""
+    ids, rows, vocab = unit_rows
+    s, idx = tokvec.topk(q, rows, k + len(exclude))
+    return [(vocab[int(ids[j])], float(v)) for v, j in zip(s, idx.tolist()) if int(ids[j]) not in exclude][:k]
+
+
+def assert_same(got: list[tuple[str, float]], want: list[tuple[str, float]]) -> None:
+    assert [t for t, _ in got] == [t for t, _ in want]
+    np.testing.assert_array_equal(bits([v for _, v in got]), bits([v for _, v in want]))
+
+
+def test_most_similar_tokens_scores_and_orders_as_topk(model, unit_rows) -> None:
+    ids, rows, _ = unit_rows
+    picked = np.random.default_rng(3).choice(len(ids), 40, replace=False).tolist()
+    picked += [int(np.searchsorted(ids, model.tokenizer.token_to_id(w))) for w in ("king", "paris", "dog", "the")]
+    for p in picked:
+        i = int(ids[p])
+        got = model.most_similar_tokens(i, 200)
+        want = neighbours(unit_rows, rows[p], [i], 200)
+        assert_same(got, want)
+        # and each score is `_core.scores` of the query row with that token's row
+        pos = np.searchsorted(ids, [model.tokenizer.token_to_id(t) for t, _ in got])
+        np.testing.assert_array_equal(bits([v for _, v in got]), bits(_core.scores(rows[p : p + 1], rows[pos])[0]))
+
+
+def test_most_similar_tokens_orders_near_ties_as_topk(model, unit_rows) -> None:
+    # the query halfway between two unit rows has the same cosine with both, up to rounding: the two tokens mostly
+    # come first, their float32 scores equal or one unit in the last place apart, in topk's order
+    ids, rows, vocab = unit_rows
+    rng = np.random.default_rng(11)
+    close = 0
+    for p, q in rng.choice(len(ids), (200, 2)).tolist():
+        if p == q:
+            continue
+        v = rows[p] + rows[q]
+        got = model.most_similar_tokens(v, 5)
+        assert_same(got, neighbours(unit_rows, unit(v), [], 5))
+        s0, s1 = bits([got[0][1], got[1][1]]).tolist()
+        close += {t for t, _ in got[:2]} == {vocab[int(ids[p])], vocab[int(ids[q])]} and abs(s0 - s1) <= 1
+    assert close >= 30
+
+
+def test_most_similar_tokens_of_a_vector_and_analogy_score_as_topk(model, unit_rows, stsb_sentences) -> None:
+    ids, rows, _ = unit_rows
+    for text in stsb_sentences[:30]:
+        v = model.embed([text])[0] * np.float32(3.0)  # not a unit vector: the explorer normalizes it
+        assert_same(model.most_similar_tokens(v, 100), neighbours(unit_rows, unit(v), [], 100))
+    for a, b, c in [("king", "man", "woman"), ("paris", "france", "germany"), ("walking", "walk", "swim")]:
+        abc = [model.tokenizer.token_to_id(w) for w in (a, b, c)]
+        ua, ub, uc = (rows[np.searchsorted(ids, i)] for i in abc)
+        assert_same(model.analogy(a, b, c, 100), neighbours(unit_rows, unit(ua - ub + uc), abc, 100))
+
+
+# ------------------------------------------------------------------------------------------ semantic chunking
+def test_split_merges_near_ties_as_the_canonical_score_orders_them(model, wiki_sentences) -> None:
+    # lines that are word shuffles of one sentence: the same tokens summed in another order, so neighbouring
+    # segments score near-ties, and which pair merges first decides the chunks. The split must follow the core's
+    # canonical score (`conftest.naive_split` scores with `_core.scores`), as every other score in tokvec does.
+    rng = np.random.default_rng(3)
+    cases = 0
+    for sentence in wiki_sentences[:400:20]:
+        words = sentence.split(" ")
+        lines = [sentence] + [" ".join(rng.permutation(words).tolist()) for _ in range(7)]
+        text = "\n".join(lines) + "\n"
+        for target in (2 * len(sentence) + 2, 3 * len(sentence) + 3, 4 * len(sentence) + 5):
+            assert model.split(text, target_size=target) == naive_split(model, text, target), (sentence, target)
+            cases += 1
+    assert cases == 60

@@ -1,11 +1,11 @@
 """Semantic chunking on long texts and tiny targets: pieces are merged in blocks, so memory does not grow with the
 number of pieces (10 MB at target 8 is about 5 million pieces), while the chunks stay those of one global merge on
-real documents, and those of the implementation before blocks on documents of normal size."""
+real documents, and those of the split rule written out naively (`conftest.naive_split`) on documents of normal
+size."""
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import itertools
 import json
 import subprocess
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import tokvec
+from conftest import naive_split
 from tokvec.split import _BLOCK, _merge, semantic_split, split_units
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,21 +63,11 @@ def _global_merge(model: tokvec.Model, text: str, target: int) -> list[str]:
     return ["".join(units[a:b]) for a, b in zip(starts, [*starts[1:], len(units)])]
 
 
-def _before_blocks():
-    """`tokvec/split.py` as it was before blocks (one global merge), kept verbatim as a test fixture."""
-    spec = importlib.util.spec_from_file_location("split_before_blocks", REPO / "tests" / "fixtures" /
-                                                  "split_before_blocks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("target", [256, 512, 1536, 4096])
-def test_same_chunks_as_before_blocks(model, scifact, wikipedia, target: int) -> None:
-    before = _before_blocks()
+def test_same_chunks_as_the_rule_written_naively(model, scifact, wikipedia, target: int) -> None:
     for text in (scifact, wikipedia):
         assert len(split_units(text, target // 4)) <= _BLOCK  # documents of normal size are one block
-        assert semantic_split(model, text, target) == before.semantic_split(model, text, target)
+        assert semantic_split(model, text, target) == naive_split(model, text, target)
 
 
 @pytest.mark.parametrize("target", [8, 64, 256])

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tokvec
+from safetensors.numpy import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokvec.cli import main
 from tokvec.formats import DEFAULT_MODEL_DIR
@@ -147,18 +148,6 @@ def _tokenizer(texts: list[str]) -> Tokenizer:
     return tok
 
 
-def _write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    header, blobs, off = {}, [], 0
-    for name in sorted(tensors):
-        b = np.ascontiguousarray(tensors[name], dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(tensors[name].shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    path.write_bytes(len(h).to_bytes(8, "little") + h + b"".join(blobs))
-
-
 def _random_bert(rng: np.random.Generator, vocab: int) -> dict[str, np.ndarray]:
     def r(*shape: int, scale: float = 0.3) -> np.ndarray:
         return (rng.standard_normal(shape) * scale).astype(np.float32)
@@ -200,7 +189,7 @@ def tiny_teacher(tmp_path_factory, corpus_texts) -> Path:
     tok.save(str(d / "tokenizer.json"))
     vocab = tok.get_vocab_size(with_added_tokens=True)
     weights = _random_bert(np.random.default_rng(7), vocab)
-    _write_safetensors(d / "model.safetensors", weights)
+    save_file({k: np.ascontiguousarray(v, dtype="<f4") for k, v in weights.items()}, str(d / "model.safetensors"))
     cfg = {
         "model_type": "bert",
         "hidden_size": H,
@@ -367,6 +356,28 @@ def test_distill_tune_save_load_embed(tmp_path, tiny_teacher, corpus_file, corpu
     again = tune(out, tiny_teacher, corpus_file, tmp_path / "tuned2", **kw)
     assert (again / "model.safetensors").read_bytes() == (tuned / "model.safetensors").read_bytes()
     assert list((tmp_path / "cache" / "teacher").glob("*/*.npy"))
+
+
+def test_tune_reads_a_bf16_table_as_its_values(tmp_path):
+    # the bundled model with its table and weights stored as BF16 (each float32 value's top 16 bits): tune must
+    # train on the values those bits stand for, which is what tokvec pools, not on the bits read as integers
+    from tokvec._io import write_safetensors
+    from tokvec.train.tune import _load_student
+
+    src = load_file(str(DEFAULT_MODEL_DIR / "model.safetensors"))
+    bits = {k: (np.ascontiguousarray(v, np.float32).view(np.uint32) >> 16).astype("<u2") for k, v in src.items()}
+    folder = tmp_path / "bf16"
+    folder.mkdir()
+    write_safetensors(folder / "model.safetensors", {k: ("BF16", list(b.shape), b.tobytes()) for k, b in bits.items()})
+    for name in ("config.json", "tokenizer.json"):
+        (folder / name).write_bytes((DEFAULT_MODEL_DIR / name).read_bytes())
+    values = {k: (b.astype(np.uint32) << 16).view(np.float32) for k, b in bits.items()}
+    model, student = _load_student(folder)
+    assert model._core.dtype == "BF16"
+    np.testing.assert_array_equal(student.E, values["embeddings"])
+    np.testing.assert_array_equal(student.w, values["weights"])
+    texts = _texts(200)
+    np.testing.assert_allclose(student.pool(*student.csr(*model._core.encode(texts))), model.embed(texts), atol=1e-5)
 
 
 def test_tune_options(tmp_path, tiny_teacher, corpus_file, corpus_texts):

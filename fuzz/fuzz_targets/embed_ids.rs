@@ -7,9 +7,9 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use tokvec::pool::{EmbedModel, ModelSpec};
-use tokvec::simd::Isa;
-use tokvec::SafetensorsFile;
+use tokvec::internals::pool::{EmbedModel, ModelSpec};
+use tokvec::internals::simd::Isa;
+use tokvec::internals::SafetensorsFile;
 
 const DTYPES: [(&str, usize); 7] = [
     ("F16", 2),

@@ -1,11 +1,11 @@
 //! Any bytes as a GGUF file: parsing must return Ok or a Format error naming the file, never panic,
 //! overflow or allocate past what the file can hold; every accepted tensor and metadata array lies
-//! inside the file, and every accepted array decodes.
+//! inside the file, tensors start on the file's alignment, and every accepted array decodes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tokvec::gguf::{parse, MetaArray, Value};
-use tokvec::CoreError;
+use tokvec::internals::gguf::{parse, MetaArray, Value};
+use tokvec::internals::CoreError;
 
 /// An accepted array lies inside the file, its raw bytes are `len` elements, and decoding it on
 /// demand (nested arrays too) yields exactly `len` values without an error.
@@ -28,11 +28,15 @@ fuzz_target!(|data: &[u8]| {
     match parse(data, "fuzz.gguf") {
         Ok(h) => {
             assert!(h.data_start <= data.len());
+            // The data section and every tensor in it start on the file's alignment.
+            assert!(h.alignment.is_power_of_two(), "alignment {}", h.alignment);
+            assert_eq!(h.data_start as u64 % h.alignment, 0);
             for t in &h.tensors {
                 assert!(
                     t.start >= h.data_start && t.start <= t.end && t.end <= data.len(),
                     "{t:?}"
                 );
+                assert_eq!(t.start as u64 % h.alignment, 0, "{t:?}");
                 assert!(!t.dims.is_empty());
                 let _ = t.shape();
                 let _ = &data[t.start..t.end];

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tokvec::{dedup, hamming, Cancel};
+use tokvec::internals::{dedup, hamming, Cancel};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 4 {

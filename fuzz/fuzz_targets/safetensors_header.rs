@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tokvec::header::validate;
-use tokvec::{CoreError, SafetensorsFile};
+use tokvec::internals::header::validate;
+use tokvec::internals::{CoreError, SafetensorsFile};
 
 fuzz_target!(|data: &[u8]| {
     match validate(data, "fuzz.safetensors") {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tokvec::{hamming, topk, Cancel};
+use tokvec::internals::{hamming, topk, Cancel};
 
 /// Floats from the input: mostly small values from a byte, sometimes raw bit patterns.
 fn floats(data: &[u8], n: usize) -> Vec<f32> {

@@ -71,6 +71,12 @@ def read_tensor(f: Any, name: str) -> np.ndarray:
     return np.frombuffer(f.tensor_bytes(name), dtype=np.dtype(_NP_DTYPES[dt]).newbyteorder("<")).reshape(shape)
 
 
+def read_float32(f: Any, name: str) -> np.ndarray:
+    """One float tensor of a `_core.SafetensorsFile` as a new float32 array: BF16 bits widened exactly (not read as
+    the integers they are stored as), the other element types converted."""
+    return np.array(widen_bf16(read_tensor(f, name), f.tensors()[name][0]), dtype=np.float32)
+
+
 def read_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Every float tensor of a safetensors file as a float32 array (BF16 widened exactly); integer tensors
     (position ids, a model2vec `mapping`) are left out.
@@ -83,7 +89,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name, (dt, _) in f.tensors().items():
         if dt in FLOAT_DTYPES:
-            out[name] = np.array(widen_bf16(read_tensor(f, name), dt), dtype=np.float32)
+            out[name] = read_float32(f, name)
     return out
 
 

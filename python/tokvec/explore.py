@@ -139,15 +139,17 @@ def _table(model: TokenTable) -> _Explorer:
         skip = set(model._skip_ids)
         cand = np.array([i for i, t in enumerate(ex.tokens) if t is not None and i not in skip], np.int64)
         rows = _rows(ex, cand)
-        norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        np.divide(rows, norms, out=rows, where=norms > 0)
+        _core.normalize_rows(rows)
         ex.candidates, ex.unit = cand, rows
     return ex
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
-    n = float(np.linalg.norm(v))
-    return v / n if n > 0 else v
+    """v as a float32 unit vector (a zero vector stays zero), normalized by the core as the table's rows and the
+    model's embeddings are: its scores against the rows are then `_core.scores`, the values `tokvec.topk` gives."""
+    out = np.array(v, np.float32, ndmin=2)
+    _core.normalize_rows(out)
+    return out[0]
 
 
 def _query(model: TokenTable, token_or_vector: Any) -> tuple[np.ndarray, list[int]]:
@@ -167,7 +169,8 @@ def _query(model: TokenTable, token_or_vector: Any) -> tuple[np.ndarray, list[in
 
 
 def nearest(model: TokenTable, v: np.ndarray, exclude: list[int], k: int) -> list[tuple[str, float]]:
-    """The k tokens whose rows have the highest cosine with the unit vector v, `exclude` ids left out."""
+    """The k tokens whose rows have the highest cosine with the unit vector v, `exclude` ids left out: the scores
+    are the core's canonical dot of v with the unit rows (`tokvec.topk`, bit for bit `_core.scores`)."""
     k = int_at_least(k, "k")
     ex = _table(model)
     assert ex.unit is not None and ex.candidates is not None  # set by _table

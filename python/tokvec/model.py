@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from tokvec.split import semantic_split
 from tokvec.tokenizer import LoadedTokenizer, check_fits, load_tokenizer
 
 __all__ = ["Model", "load"]
+
 
 class _ModelDefault:
     """The default of `load(max_length=...)`: what the model's format says (None is "no cap")."""
@@ -115,8 +117,13 @@ def load(
         "path": None if path is None else os.fspath(path) if r.revision else os.fspath(Path(path).resolve()),
         "revision": r.revision,
         "tokenizer": None if tokenizer is None else os.fspath(Path(tokenizer).resolve()),
-        "table": table, "dim": dim, "binary": binary, "normalize": normalize, "max_length": max_length,
-        "fast_tokenizer": fast_tokenizer, "mmap": mmap,
+        "table": table,
+        "dim": dim,
+        "binary": binary,
+        "normalize": normalize,
+        "max_length": max_length,
+        "fast_tokenizer": fast_tokenizer,
+        "mmap": mmap,
     }
     return m
 
@@ -136,8 +143,18 @@ class Model:
     Rust core releases the GIL while it works.
     """
 
-    def __init__(self, core: Any, tokenizer: LoadedTokenizer, resolved: Resolved, binary: bool,
-                 max_length: int | None, skip_ids: tuple[int, ...], *, scalar: bool = False, mmap: bool = True) -> None:
+    def __init__(
+        self,
+        core: Any,
+        tokenizer: LoadedTokenizer,
+        resolved: Resolved,
+        binary: bool,
+        max_length: int | None,
+        skip_ids: tuple[int, ...],
+        *,
+        scalar: bool = False,
+        mmap: bool = True,
+    ) -> None:
         self._core = core
         self._tok = tokenizer
         self._resolved = resolved
@@ -158,8 +175,18 @@ class Model:
         return (_reload, (self._load_args,))
 
     @classmethod
-    def _build(cls, r: Resolved, tok: LoadedTokenizer, *, dim: int | None, binary: bool,
-               normalize: bool | None, max_length: int | None, scalar: bool = False, mmap: bool = True) -> Model:
+    def _build(
+        cls,
+        r: Resolved,
+        tok: LoadedTokenizer,
+        *,
+        dim: int | None,
+        binary: bool,
+        normalize: bool | None,
+        max_length: int | None,
+        scalar: bool = False,
+        mmap: bool = True,
+    ) -> Model:
         if r.skip_ids is not None:
             skip = tuple(r.skip_ids)
         else:
@@ -170,7 +197,7 @@ class Model:
         info = _core.SafetensorsFile(r.safetensors).tensors()
         if r.table not in info:
             raise _core.FormatError(f"{r.safetensors}: no tensor named {r.table!r}")
-        dtype, shape = info[r.table]
+        _, shape = info[r.table]
         if len(shape) != 2:
             raise _core.FormatError(f"{r.safetensors}: table {r.table!r} must be 2-D [vocab, dim], has shape {shape}")
         if dim is not None and dim > shape[1]:
@@ -182,8 +209,16 @@ class Model:
                 f"{r.safetensors.parent / 'config.json'}: key 'skip_ids' holds id {max(r.skip_ids)}, "
                 f"past the table's {id_limit} token ids"
             )
-        core = _new_core(r, tok, skip, dim=dim, normalize=r.normalize if normalize is None else normalize,
-                         max_length=max_length, scalar=scalar, mmap=mmap)
+        core = _new_core(
+            r,
+            tok,
+            skip,
+            dim=dim,
+            normalize=r.normalize if normalize is None else normalize,
+            max_length=max_length,
+            scalar=scalar,
+            mmap=mmap,
+        )
         return cls(core, tok, r, binary, max_length, skip, scalar=scalar, mmap=mmap)
 
     def _raw_core(self) -> Any:
@@ -202,8 +237,16 @@ class Model:
                     "the file may have changed since); load it with tokvec.load(..., normalize=False) instead: "
                     "its vectors are the raw means, and normalize_embeddings=True gives this model's vectors"
                 )
-            self._raw = _new_core(self._resolved, self._tok, self._skip_ids, dim=self.dim, normalize=False,
-                                  max_length=self._max_length, scalar=self._scalar, mmap=True)
+            self._raw = _new_core(
+                self._resolved,
+                self._tok,
+                self._skip_ids,
+                dim=self.dim,
+                normalize=False,
+                max_length=self._max_length,
+                scalar=self._scalar,
+                mmap=True,
+            )
         return self._raw
 
     # ---------------------------------------------------------------- properties
@@ -239,8 +282,10 @@ class Model:
 
     def __repr__(self) -> str:
         kind = "binary" if self._binary else ("normalized" if self.normalize else "raw")
-        return (f"Model(format={self.format!r}, path={str(self._resolved.safetensors)!r}, table={self._core.table!r}, "
-                f"vocab={self.vocab_size}, dim={self.dim}, dtype={self._core.dtype}, {kind})")
+        return (
+            f"Model(format={self.format!r}, path={str(self._resolved.safetensors)!r}, table={self._core.table!r}, "
+            f"vocab={self.vocab_size}, dim={self.dim}, dtype={self._core.dtype}, {kind})"
+        )
 
     # ---------------------------------------------------------------- embedding
     @staticmethod
@@ -261,7 +306,11 @@ class Model:
         raise TypeError(f"{name} must be a list of str, got {type(texts).__name__}")
 
     def embed(
-        self, texts: str | Sequence[str], *, norm: bool | None = None, return_np: bool = True,
+        self,
+        texts: str | Sequence[str],
+        *,
+        norm: bool | None = None,
+        return_np: bool = True,
         batch_size: int | None = None,
     ) -> Any:
         """Embeds texts.
@@ -298,8 +347,9 @@ class Model:
             e = self._pooled(self._texts(texts), norm, batch)
         return e if return_np else e.tolist()
 
-    def _pooled(self, items: list[str], normalize: bool | None, batch_size: int | None = None,
-                bar: Any = None) -> np.ndarray:
+    def _pooled(
+        self, items: list[str], normalize: bool | None, batch_size: int | None = None, bar: Any = None
+    ) -> np.ndarray:
         """The one pooling path of `embed`, `encode` and the scoring methods: packed bits for a binary
         model, else float32 rows, normalized as asked (None: as the model's config says), pooled
         `batch_size` texts per core call (None: one call), `bar.update` called after each call."""
@@ -334,8 +384,13 @@ class Model:
         return self._pooled(texts, True)
 
     def encode(
-        self, sentences: str | Sequence[str], batch_size: int | None = None, show_progress_bar: bool | None = False,
-        normalize_embeddings: bool | None = None, convert_to_numpy: bool = True, **kwargs: Any,
+        self,
+        sentences: str | Sequence[str],
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = False,
+        normalize_embeddings: bool | None = None,
+        convert_to_numpy: bool = True,
+        **kwargs: Any,
     ) -> Any:
         """Embeds texts as sentence-transformers' and model2vec's `encode` do, so that libraries
         written for those (semhash, BERTopic, ...) can take a tokvec model. Float vectors always.
@@ -424,8 +479,13 @@ class Model:
             info = f.tensors()
             h = hashlib.sha256()
             dt, shape = info[r.table]
-            settings = {"dim": self.dim, "binary": self._binary, "max_length": self._max_length,
-                        "skip_ids": list(self._skip_ids), "table": [dt, shape]}
+            settings = {
+                "dim": self.dim,
+                "binary": self._binary,
+                "max_length": self._max_length,
+                "skip_ids": list(self._skip_ids),
+                "table": [dt, shape],
+            }
             h.update(json.dumps(settings, sort_keys=True).encode())
             for name in (r.table, r.weights, r.mapping):
                 if name:
@@ -444,7 +504,7 @@ class Model:
             one list of ids per text.
         """
         ids, offsets = self._core.encode(self._texts(texts))
-        return [ids[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+        return [ids[a:b].tolist() for a, b in itertools.pairwise(offsets)]
 
     def embed_ids(self, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Pools pre-tokenized ids given in CSR form (text i is `ids[offsets[i]:offsets[i+1]]`).
@@ -502,8 +562,13 @@ class Model:
             return np.zeros(0, np.float32)
         return self._sim_matrix(self._unit_embed([query]), self._pooled(docs, True, batch_size))[0]
 
-    def rank(self, query: str, docs: Sequence[str], sort: bool = True, batch_size: int | None = None,
-             ) -> list[tuple[str, float]]:
+    def rank(
+        self,
+        query: str,
+        docs: Sequence[str],
+        sort: bool = True,
+        batch_size: int | None = None,
+    ) -> list[tuple[str, float]]:
         """Scores every doc against the query.
 
         Args:
@@ -597,9 +662,18 @@ class Model:
         return _key
 
     def deduplicate(
-        self, docs: Sequence[str], threshold: float = 0.9, *, return_indices: bool = False, explain: bool = False,
-        reference: Sequence[str] | None = None, drop_empty: bool = False, approx: bool = False, neighbors: int = 32,
-        ann_dtype: str = "i8", batch_size: int | None = None,
+        self,
+        docs: Sequence[str],
+        threshold: float = 0.9,
+        *,
+        return_indices: bool = False,
+        explain: bool = False,
+        reference: Sequence[str] | None = None,
+        drop_empty: bool = False,
+        approx: bool = False,
+        neighbors: int = 32,
+        ann_dtype: str = "i8",
+        batch_size: int | None = None,
     ) -> Any:
         """Removes duplicates, greedily in input order: a doc is dropped when it is identical to an
         earlier doc, or when its cosine similarity with an earlier *kept* doc is > threshold. Exact
@@ -645,8 +719,14 @@ class Model:
         plan = plan_texts(items, reference_keys=None if ref is None else text_keys(ref), drop_empty=drop_empty)
         vectors = self._pooled([items[i] for i in plan.vector_items.tolist()], True, batch)
         res = resolve_texts(
-            plan, vectors, t, reference=None if ref is None else self._unit_embed(ref),
-            bits=self.dim if self._binary else None, approx=approx, neighbors=neighbors, ann_dtype=ann_dtype,
+            plan,
+            vectors,
+            t,
+            reference=None if ref is None else self._unit_embed(ref),
+            bits=self.dim if self._binary else None,
+            approx=approx,
+            neighbors=neighbors,
+            ann_dtype=ann_dtype,
         )
         res.texts, res.reference_texts = items, ref
         if explain:
@@ -786,8 +866,11 @@ class Model:
         """
         if format not in _SAVE_FORMATS:
             raise ValueError(f"format must be one of {', '.join(map(repr, _SAVE_FORMATS))}, got {format!r}")
-        write = {"tokvec": self._save_tokvec, "model2vec": self._save_model2vec,
-                 "sentence-transformers": self._save_sentence_transformers}[format]
+        write = {
+            "tokvec": self._save_tokvec,
+            "model2vec": self._save_model2vec,
+            "sentence-transformers": self._save_sentence_transformers,
+        }[format]
 
         def fill(tmp: Path) -> None:
             write(tmp)
@@ -881,20 +964,30 @@ class Model:
         static.mkdir()
         write_safetensors(static / "model.safetensors", {"embedding.weight": _tensor_entry("F32", rows)})
         (static / "tokenizer.json").write_text(self._tok.json, encoding="utf-8")
-        modules = [{"idx": 0, "name": "0", "path": "0_StaticEmbedding",
-                    "type": "sentence_transformers.models.StaticEmbedding"}]
+        modules = [
+            {"idx": 0, "name": "0", "path": "0_StaticEmbedding", "type": "sentence_transformers.models.StaticEmbedding"}
+        ]
         if self.normalize:
             (tmp / "1_Normalize").mkdir()
-            modules.append({"idx": 1, "name": "1", "path": "1_Normalize",
-                            "type": "sentence_transformers.models.Normalize"})
+            modules.append(
+                {"idx": 1, "name": "1", "path": "1_Normalize", "type": "sentence_transformers.models.Normalize"}
+            )
         _write_json(tmp / "modules.json", modules)
-        _write_json(tmp / "config_sentence_transformers.json", {
-            "__version__": {"tokvec": _core.__version__}, "prompts": {}, "default_prompt_name": None,
-            "similarity_fn_name": "cosine",
-            "tokvec": {"source": self._source(), "rows": "each token id's row as tokvec pools it: after the "
-                       "mapping, times the id's weight" if self._resolved.weights or self._resolved.mapping else
-                       "the table's rows"},
-        })
+        _write_json(
+            tmp / "config_sentence_transformers.json",
+            {
+                "__version__": {"tokvec": _core.__version__},
+                "prompts": {},
+                "default_prompt_name": None,
+                "similarity_fn_name": "cosine",
+                "tokvec": {
+                    "source": self._source(),
+                    "rows": "each token id's row as tokvec pools it: after the mapping, times the id's weight"
+                    if self._resolved.weights or self._resolved.mapping
+                    else "the table's rows",
+                },
+            },
+        )
 
     def _source(self) -> dict[str, Any]:
         """Where the model came from: a tokvec model's own record, else the file it was read from."""
@@ -920,11 +1013,29 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def _new_core(r: Resolved, tok: LoadedTokenizer, skip: Sequence[int], *, dim: int | None, normalize: bool,
-              max_length: int | None, scalar: bool, mmap: bool) -> Any:
+def _new_core(
+    r: Resolved,
+    tok: LoadedTokenizer,
+    skip: Sequence[int],
+    *,
+    dim: int | None,
+    normalize: bool,
+    max_length: int | None,
+    scalar: bool,
+    mmap: bool,
+) -> Any:
     return _core.Model(
-        str(r.safetensors), r.table, weights=r.weights, mapping=r.mapping, tokenizer=tok.core, skip_ids=list(skip),
-        dim=dim, normalize=normalize, max_length=max_length, scalar=scalar, mmap=mmap,
+        str(r.safetensors),
+        r.table,
+        weights=r.weights,
+        mapping=r.mapping,
+        tokenizer=tok.core,
+        skip_ids=list(skip),
+        dim=dim,
+        normalize=normalize,
+        max_length=max_length,
+        scalar=scalar,
+        mmap=mmap,
     )
 
 

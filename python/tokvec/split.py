@@ -2,9 +2,9 @@
 sentences), embed the pieces, then merge neighbouring segments, most similar first, as long as the
 merged segment stays within the target size. The chunks concatenate back to the input exactly.
 
-Memory notes: a piece is embedded as `dim` floats (and merged in float64), so a tiny target on a long
-text (10 MB at target 8 is about 5 million pieces) cannot have every piece embedded at once. Pieces are
-therefore cut lazily and merged in blocks of at most `_BLOCK` pieces: a block's segments are final up to
+Memory notes: a piece is embedded as `dim` floats (and merged in float64, scored as float32 unit rows), so a
+tiny target on a long text (10 MB at target 8 is about 5 million pieces) cannot have every piece embedded at
+once. Pieces are therefore cut lazily and merged in blocks of at most `_BLOCK` pieces: a block's segments are final up to
 the segment that holds its last `_LOOKAHEAD` pieces, which are carried, unmerged and with their
 embeddings, into the next block. At most `_BLOCK` embeddings exist at a time, whatever the text's
 length. A text of at most `_BLOCK` pieces (about 800 KB at target 256, 2 MB at 1536) is one block: the
@@ -17,12 +17,12 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
-import math
 import re
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from tokvec import _core
 from tokvec._embedder import Embedder
 from tokvec._validate import int_at_least, is_int
 
@@ -35,7 +35,8 @@ _SENT = re.compile(r".+?[.!?][\"')\]]*(?:\s+|$)|.+$", re.DOTALL)
 # a word with its trailing whitespace
 _WORD = re.compile(r"\S+\s*|\s+")
 
-# pieces merged at once (16384 x dim floats: 48 MB at dim 256, as float32 plus float64)
+# pieces merged at once (16384 x dim floats: 64 MB at dim 256, as float32 embeddings, their float64 sums and
+# float32 unit rows)
 _BLOCK = 16384
 # pieces at the end of a block that are merged again with the next block
 _LOOKAHEAD = _BLOCK // 4
@@ -107,36 +108,26 @@ def _merge(E: np.ndarray, lens: list[int], target_size: int) -> list[int]:
         the index of each segment's first piece, in order (starting with 0).
     """
     n = len(lens)
-    # segment state: linked list over piece ranges, summed vectors (length-weighted mean direction)
+    # segment state: linked list over piece ranges, summed vectors (length-weighted mean direction) in float64
     lens_a = np.array(lens, np.int64)
     vec = E.astype(np.float64)
     vec *= np.maximum(lens_a, 1)[:, None]
-    # Each segment's norm is kept and recomputed only when the segment changes. A row @ column matmul of
-    # shape (1, dim) @ (dim, 1) runs numpy's dot kernel, the one `a @ b` and `np.linalg.norm` run on two
-    # vectors, so the first norms and similarities below are computed at once yet bit for bit as the pairwise
-    # ones in the loop (einsum or sum(axis=1) would add in another order and could reorder near ties).
-    norm = np.sqrt((vec[:, None, :] @ vec[:, :, None])[:, 0, 0])
-    dots = (vec[:-1, None, :] @ vec[1:, :, None])[:, 0, 0]
-    both = (norm[:-1] > 0) & (norm[1:] > 0)
-    first = np.zeros(n - 1)
-    np.divide(dots, norm[:-1] * norm[1:], out=first, where=both)
+    # The similarity of two segments is tokvec's one cosine: their sums as float32 rows normalized by the core,
+    # then the core's canonical dot (`_core.dot_pairs`), the value `tokvec.topk` and `Model.similarity` give, so
+    # near-ties fall as they do everywhere else. A segment's unit row is redone only when the segment changes.
+    unit = vec.astype(np.float32)
+    _core.normalize_rows(unit)
+    left = np.arange(n - 1, dtype=np.int64)
+    first = _core.dot_pairs(unit, unit, left, left + 1)
     fits = np.flatnonzero(lens_a[:-1] + lens_a[1:] <= target_size)
     # highest similarity first; ties: leftmost first
     heap = [(-s, a, a + 1, 0, 0) for s, a in zip(first[fits].tolist(), fits.tolist())]
     heapq.heapify(heap)
-    norm = norm.tolist()
     size = list(lens)
     nxt = list(range(1, n)) + [-1]
     prv = [-1, *range(n - 1)]
     alive = [True] * n
     version = [0] * n
-
-    def push(a: int) -> None:
-        b = nxt[a]
-        if b >= 0 and size[a] + size[b] <= target_size:
-            na, nb = norm[a], norm[b]
-            s = float(vec[a] @ vec[b]) / (na * nb) if na > 0 and nb > 0 else 0.0
-            heapq.heappush(heap, (-s, a, b, version[a], version[b]))
 
     while heap:
         _, a, b, va, vb = heapq.heappop(heap)
@@ -144,16 +135,22 @@ def _merge(E: np.ndarray, lens: list[int], target_size: int) -> list[int]:
             continue
         # merge b into a
         vec[a] += vec[b]
-        norm[a] = math.sqrt(vec[a] @ vec[a])
+        unit[a] = vec[a]
+        _core.normalize_rows(unit[a : a + 1])
         size[a] += size[b]
         alive[b] = False
         nxt[a] = nxt[b]
         if nxt[b] >= 0:
             prv[nxt[b]] = a
         version[a] += 1
-        push(a)
-        if prv[a] >= 0:
-            push(prv[a])
+        # the pairs (previous, a) and (a, next) that still fit, scored in one call on just their rows (the core
+        # checks every row it is given: the whole block would cost a block's scan per merge); the canonical dot
+        # is symmetric, so a . previous is previous . a
+        near = [x for x in (prv[a], nxt[a]) if x >= 0 and size[a] + size[x] <= target_size]
+        if near:
+            for x, s in zip(near, _core.scores(unit[a : a + 1], unit[near])[0].tolist()):
+                p, q = (x, a) if x < a else (a, x)
+                heapq.heappush(heap, (-s, p, q, version[p], version[q]))
     starts: list[int] = []
     a = 0
     while a >= 0:

@@ -197,6 +197,7 @@ impl Tokenizer {
     }
 
     /// The `tokenizers` crate's tokenizer for the same JSON, built now if it was not yet.
+    #[cfg(any(test, feature = "internals"))]
     pub fn hf(&self) -> Result<&HfEncoder> {
         self.hf.get().map(|h| &**h)
     }

@@ -3,11 +3,12 @@
 //! thread writing to the array meanwhile gives unspecified but memory-safe results); outputs are
 //! moved into new arrays without a copy.
 
-use numpy::ndarray::{Array1, Array2};
+use numpy::ndarray::Array1;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use super::arrays::matrix;
 use super::interrupt::{self, work};
 use crate::cluster::{kmeans_cancellable, KMeansOptions};
 
@@ -65,10 +66,9 @@ fn py_kmeans<'py>(
     let cost = work(&[n, k, d, max_iter, if init_s.is_some() { 1 } else { n_init }]);
     let r = interrupt::run(py, cost, |stop| kmeans_cancellable(xs, d, k, opts, init_s, stop))?;
     let labels: Vec<i64> = r.labels.into_iter().map(i64::from).collect();
-    let c = Array2::from_shape_vec((k, d), r.centroids).map_err(|e| PyValueError::new_err(e.to_string()))?;
     Ok((
         Array1::from(labels).into_pyarray(py),
-        c.into_pyarray(py),
+        matrix(py, k, d, r.centroids)?,
         r.inertia,
         r.n_iter,
     ))

@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use pyo3::IntoPyObjectExt;
 
+use super::arrays::rows_into;
 use crate::convert::{encode_rows, Table};
 use crate::dtype::ElemType;
 use crate::gguf::{GgufFile, Value};
@@ -240,13 +240,8 @@ impl PyTable {
     ///     ValueError: not `0 <= start <= end <= rows` (checked before any memory is allocated).
     ///     FormatError: a row holds NaN or Inf (the message lists the row ids).
     fn read_f32<'py>(&self, py: Python<'py>, start: usize, end: usize) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let cols = self.inner.cols();
         let n = self.inner.check_rows(start, end)?;
-        let mut out = vec![0f32; n * cols];
-        py.detach(|| self.inner.read_f32(start, end, &mut out))?;
-        Ok(Array2::from_shape_vec((n, cols), out)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?
-            .into_pyarray(py))
+        rows_into(py, n, self.inner.cols(), |out| self.inner.read_f32(start, end, out))
     }
 
     /// The ids of the rows in `[start, end)` holding NaN or Inf, ascending (a bounded-memory scan).

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use numpy::ndarray::Array2;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1};
 use pyo3::exceptions::{PyIsADirectoryError, PyOSError, PyPermissionError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
+use super::arrays::rows_into;
 use crate::error::CoreError;
 use crate::fasttok;
 use crate::header::SafetensorsFile;
@@ -435,20 +435,6 @@ impl PyModel {
     ) -> PyResult<(Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u64>>)> {
         csr_of(py, texts, |strs| self.inner.encode(strs))
     }
-}
-
-/// An `n × width` array filled by `fill` with the GIL released.
-fn rows_into<'py, T: numpy::Element + Copy + Default + Send>(
-    py: Python<'py>,
-    n: usize,
-    width: usize,
-    fill: impl FnOnce(&mut [T]) -> Result<(), CoreError> + Send,
-) -> PyResult<Bound<'py, PyArray2<T>>> {
-    let mut out = vec![T::default(); n * width];
-    py.detach(|| fill(&mut out))?;
-    Ok(Array2::from_shape_vec((n, width), out)
-        .map_err(|e| PyValueError::new_err(e.to_string()))?
-        .into_pyarray(py))
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

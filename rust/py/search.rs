@@ -13,7 +13,7 @@
 //! `duplicate_pairs`, `dedup_indices`, `tokvec.dedup`), and kernel errors are renamed to them, so
 //! a message names what the user passed (`embeddings: row 3 ...`, not the core's `e`).
 
-use numpy::ndarray::{Array1, Array2, Dimension};
+use numpy::ndarray::{Array1, Dimension};
 use numpy::{
     Element, IntoPyArray, PyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray, PyReadonlyArray1,
     PyReadonlyArray2, PyReadwriteArray2, PyUntypedArray, PyUntypedArrayMethods,
@@ -22,6 +22,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use rayon::prelude::*;
 
+use super::arrays::matrix;
 use super::interrupt::{self, work};
 use crate::cancel::Cancel;
 use crate::dedup::{self, Dedup, Pair};
@@ -37,6 +38,11 @@ const CROSS: &[(&str, &str)] = &[("a", "reference"), ("b", "embeddings")];
 fn named(names: &'static [(&'static str, &'static str)]) -> impl Fn(CoreError) -> CoreError {
     move |e| e.with_arg_names(names)
 }
+
+/// Rows of float32 embeddings.
+type F32Rows<'py> = PyReadonlyArray2<'py, f32>;
+/// Rows of packed sign bits (uint64 words), as `embed_binary` returns them.
+type Signs<'py> = PyReadonlyArray2<'py, u64>;
 
 type TopkOut<'py> = (Bound<'py, PyArray2<f32>>, Bound<'py, PyArray2<i64>>);
 type PairsOut<'py> = (
@@ -129,6 +135,21 @@ where
     })
 }
 
+/// [`within`] for packed sign bits: checks `bits` against the words per row first, and passes it
+/// to `kernel(rows, n, words, bits, threshold, cancel)`.
+fn within_bits<R: Send>(
+    py: Python<'_>,
+    embeddings: &PyReadonlyArray2<'_, u64>,
+    threshold: f64,
+    bits: i64,
+    kernel: fn(&[u64], usize, usize, usize, f32, &Cancel) -> Result<R>,
+) -> PyResult<R> {
+    let bits = check_bits(bits, words(embeddings))?;
+    within(py, embeddings, threshold, 4, |x, n, w, t, stop| {
+        kernel(x, n, w, bits, t, stop)
+    })
+}
+
 /// What [`exact_array`] asks of a matrix of float rows.
 const F32_ROWS: &str = "2-d float32 array";
 
@@ -159,10 +180,8 @@ fn exact_array<'py, T: Element, D: Dimension>(
 }
 
 fn topk_out<'py>(py: Python<'py>, nq: usize, kk: usize, scores: Vec<f32>, idx: Vec<u32>) -> PyResult<TopkOut<'py>> {
-    let s = Array2::from_shape_vec((nq, kk), scores).map_err(|e| PyValueError::new_err(e.to_string()))?;
     let idx: Vec<i64> = idx.into_iter().map(i64::from).collect();
-    let i = Array2::from_shape_vec((nq, kk), idx).map_err(|e| PyValueError::new_err(e.to_string()))?;
-    Ok((s.into_pyarray(py), i.into_pyarray(py)))
+    Ok((matrix(py, nq, kk, scores)?, matrix(py, nq, kk, idx)?))
 }
 
 fn pairs_out(py: Python<'_>, pairs: Vec<Pair>) -> PairsOut<'_> {
@@ -198,14 +217,8 @@ fn dedup_out(py: Python<'_>, d: Dedup) -> PairsOut<'_> {
 ///
 /// Raises:
 ///     ValueError: k < 1, mismatched columns, a non-contiguous array, NaN/inf or huge rows.
-#[pyfunction]
-#[pyo3(name = "topk")]
-fn py_topk<'py>(
-    py: Python<'py>,
-    queries: PyReadonlyArray2<'py, f32>,
-    corpus: PyReadonlyArray2<'py, f32>,
-    k: i64,
-) -> PyResult<TopkOut<'py>> {
+#[pyfunction(name = "topk")]
+fn py_topk<'py>(py: Python<'py>, queries: F32Rows<'py>, corpus: F32Rows<'py>, k: i64) -> PyResult<TopkOut<'py>> {
     let k = check_k(k)?;
     let (nq, nc, d, q, c) = two_sets(&queries, &corpus, "queries and corpus")?;
     let (s, i) = interrupt::run(py, work(&[nq, nc, d]), |stop| topk::topk_cancellable(q, c, d, k, stop))?;
@@ -226,8 +239,7 @@ fn py_topk<'py>(
 ///     ValueError: an argument that is not a C-contiguous 2-d float32 array, mismatched columns,
 ///         d = 0, NaN/inf or rows with a norm above 1e18 (naming q or c).
 ///     KeyboardInterrupt: Ctrl-C (or the exception of another signal handler) during the run.
-#[pyfunction]
-#[pyo3(name = "scores")]
+#[pyfunction(name = "scores")]
 fn py_scores<'py>(
     py: Python<'py>,
     q: &Bound<'py, PyAny>,
@@ -238,8 +250,7 @@ fn py_scores<'py>(
     let s = interrupt::run(py, work(&[nq, nc, d]), |stop| {
         dot::scores_cancellable(qs, cs, d, stop).map_err(named(&[("d", "q")]))
     })?;
-    let s = Array2::from_shape_vec((nq, nc), s).map_err(|e| PyValueError::new_err(e.to_string()))?;
-    Ok(s.into_pyarray(py))
+    matrix(py, nq, nc, s)
 }
 
 /// The canonical scores dot(a[i[t]], b[j[t]]) of given pairs: the entries of `scores(a, b)` at
@@ -258,8 +269,7 @@ fn py_scores<'py>(
 ///     ValueError: an argument of the wrong type or layout, mismatched columns or lengths, an index
 ///         out of range, d = 0, NaN/inf or rows with a norm above 1e18 (naming the argument).
 ///     KeyboardInterrupt: Ctrl-C (or the exception of another signal handler) during the run.
-#[pyfunction]
-#[pyo3(name = "dot_pairs")]
+#[pyfunction(name = "dot_pairs")]
 fn py_dot_pairs<'py>(
     py: Python<'py>,
     a: &Bound<'py, PyAny>,
@@ -279,30 +289,6 @@ fn py_dot_pairs<'py>(
     Ok(Array1::from(s).into_pyarray(py))
 }
 
-/// All pairs (i, j), i < j, with dot(embeddings[i], embeddings[j]) > threshold, sorted by (i, j);
-/// GIL released, Ctrl-C stops it.
-///
-/// Args:
-///     embeddings: C-contiguous float32 array (n, d).
-///     threshold: a finite float.
-///
-/// Returns:
-///     (i int64 (m,), j int64 (m,), score float32 (m,)).
-///
-/// Raises:
-///     ValueError: a non-finite threshold, a non-contiguous array, NaN/inf or huge rows.
-///     KeyboardInterrupt: Ctrl-C (or the exception of another signal handler) during the search.
-#[pyfunction]
-#[pyo3(name = "duplicate_pairs")]
-fn py_duplicate_pairs<'py>(
-    py: Python<'py>,
-    embeddings: PyReadonlyArray2<'py, f32>,
-    threshold: f64,
-) -> PyResult<PairsOut<'py>> {
-    let pairs = within(py, &embeddings, threshold, 1, dedup::pairs_above_cancellable)?;
-    Ok(pairs_out(py, pairs))
-}
-
 /// All pairs (i in reference, j in embeddings) with dot(reference[i], embeddings[j]) > threshold,
 /// sorted by (i, j); GIL released, Ctrl-C stops it.
 ///
@@ -317,12 +303,11 @@ fn py_duplicate_pairs<'py>(
 /// Raises:
 ///     ValueError: mismatched columns, a non-finite threshold, a non-contiguous array, NaN/inf rows.
 ///     KeyboardInterrupt: Ctrl-C (or the exception of another signal handler) during the search.
-#[pyfunction]
-#[pyo3(name = "duplicate_pairs_cross")]
+#[pyfunction(name = "duplicate_pairs_cross")]
 fn py_duplicate_pairs_cross<'py>(
     py: Python<'py>,
-    reference: PyReadonlyArray2<'py, f32>,
-    embeddings: PyReadonlyArray2<'py, f32>,
+    reference: F32Rows<'py>,
+    embeddings: F32Rows<'py>,
     threshold: f64,
 ) -> PyResult<PairsOut<'py>> {
     let t = check_threshold(threshold)?;
@@ -330,6 +315,25 @@ fn py_duplicate_pairs_cross<'py>(
     let pairs = interrupt::run(py, work(&[na, nb, d]), |stop| {
         dedup::pairs_above_cross_cancellable(xa, na, xb, nb, d, t, stop).map_err(named(CROSS))
     })?;
+    Ok(pairs_out(py, pairs))
+}
+
+/// All pairs (i, j), i < j, with dot(embeddings[i], embeddings[j]) > threshold, sorted by (i, j);
+/// GIL released, Ctrl-C stops it.
+///
+/// Args:
+///     embeddings: C-contiguous float32 array (n, d).
+///     threshold: a finite float.
+///
+/// Returns:
+///     (i int64 (m,), j int64 (m,), score float32 (m,)).
+///
+/// Raises:
+///     ValueError: a non-finite threshold, a non-contiguous array, NaN/inf or huge rows.
+///     KeyboardInterrupt: Ctrl-C (or the exception of another signal handler) during the search.
+#[pyfunction(name = "duplicate_pairs")]
+fn py_duplicate_pairs<'py>(py: Python<'py>, embeddings: F32Rows<'py>, threshold: f64) -> PyResult<PairsOut<'py>> {
+    let pairs = within(py, &embeddings, threshold, 1, dedup::pairs_above_cancellable)?;
     Ok(pairs_out(py, pairs))
 }
 
@@ -347,9 +351,8 @@ fn py_duplicate_pairs_cross<'py>(
 /// Raises:
 ///     ValueError: a non-finite threshold, a non-contiguous array, NaN/inf or huge rows.
 ///     KeyboardInterrupt: Ctrl-C (or the exception of another signal handler) during the search.
-#[pyfunction]
-#[pyo3(name = "dedup")]
-fn py_dedup<'py>(py: Python<'py>, embeddings: PyReadonlyArray2<'py, f32>, threshold: f64) -> PyResult<PairsOut<'py>> {
+#[pyfunction(name = "dedup")]
+fn py_dedup<'py>(py: Python<'py>, embeddings: F32Rows<'py>, threshold: f64) -> PyResult<PairsOut<'py>> {
     let r = within(py, &embeddings, threshold, 1, dedup::dedup_greedy_cancellable)?;
     Ok(dedup_out(py, r))
 }
@@ -368,12 +371,11 @@ fn py_dedup<'py>(py: Python<'py>, embeddings: PyReadonlyArray2<'py, f32>, thresh
 ///
 /// Raises:
 ///     ValueError: k < 1, bits out of range, mismatched words, non-zero padding bits.
-#[pyfunction]
-#[pyo3(name = "topk_binary")]
+#[pyfunction(name = "topk_binary")]
 fn py_topk_binary<'py>(
     py: Python<'py>,
-    queries: PyReadonlyArray2<'py, u64>,
-    corpus: PyReadonlyArray2<'py, u64>,
+    queries: Signs<'py>,
+    corpus: Signs<'py>,
     k: i64,
     bits: i64,
 ) -> PyResult<TopkOut<'py>> {
@@ -399,18 +401,14 @@ fn py_topk_binary<'py>(
 ///
 /// Raises:
 ///     ValueError: bits out of range, a non-finite threshold, non-zero padding bits.
-#[pyfunction]
-#[pyo3(name = "duplicate_pairs_binary")]
+#[pyfunction(name = "duplicate_pairs_binary")]
 fn py_duplicate_pairs_binary<'py>(
     py: Python<'py>,
-    embeddings: PyReadonlyArray2<'py, u64>,
+    embeddings: Signs<'py>,
     threshold: f64,
     bits: i64,
 ) -> PyResult<PairsOut<'py>> {
-    let bits = check_bits(bits, words(&embeddings))?;
-    let pairs = within(py, &embeddings, threshold, 4, |x, n, w, t, stop| {
-        hamming::pairs_above_cancellable(x, n, w, bits, t, stop)
-    })?;
+    let pairs = within_bits(py, &embeddings, threshold, bits, hamming::pairs_above_cancellable)?;
     Ok(pairs_out(py, pairs))
 }
 
@@ -428,18 +426,9 @@ fn py_duplicate_pairs_binary<'py>(
 ///
 /// Raises:
 ///     ValueError: bits out of range, a non-finite threshold, non-zero padding bits.
-#[pyfunction]
-#[pyo3(name = "dedup_binary")]
-fn py_dedup_binary<'py>(
-    py: Python<'py>,
-    embeddings: PyReadonlyArray2<'py, u64>,
-    threshold: f64,
-    bits: i64,
-) -> PyResult<PairsOut<'py>> {
-    let bits = check_bits(bits, words(&embeddings))?;
-    let r = within(py, &embeddings, threshold, 4, |x, n, w, t, stop| {
-        hamming::dedup_greedy_cancellable(x, n, w, bits, t, stop)
-    })?;
+#[pyfunction(name = "dedup_binary")]
+fn py_dedup_binary<'py>(py: Python<'py>, embeddings: Signs<'py>, threshold: f64, bits: i64) -> PyResult<PairsOut<'py>> {
+    let r = within_bits(py, &embeddings, threshold, bits, hamming::dedup_greedy_cancellable)?;
     Ok(dedup_out(py, r))
 }
 
@@ -461,8 +450,7 @@ fn py_dedup_binary<'py>(
 ///
 /// Raises:
 ///     ValueError: arrays of different lengths, a pair with i >= j or j >= n, a non-finite threshold.
-#[pyfunction]
-#[pyo3(name = "dedup_resolve")]
+#[pyfunction(name = "dedup_resolve")]
 fn py_dedup_resolve<'py>(
     py: Python<'py>,
     n: usize,
@@ -509,8 +497,7 @@ fn py_dedup_resolve<'py>(
 ///
 /// Raises:
 ///     ValueError: a non-contiguous or read-only array.
-#[pyfunction]
-#[pyo3(name = "normalize_rows")]
+#[pyfunction(name = "normalize_rows")]
 fn py_normalize_rows(py: Python<'_>, mut e: PyReadwriteArray2<'_, f32>) -> PyResult<()> {
     let d = e.shape()[1];
     let x = e.as_slice_mut()?;

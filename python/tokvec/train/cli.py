@@ -26,7 +26,6 @@ def dev_data_dir() -> Path:
     return here / "shared" / "data"
 
 
-
 def _progress(args: argparse.Namespace) -> bool:
     return not getattr(args, "quiet", False) and sys.stderr.isatty()
 
@@ -187,8 +186,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decay", type=float, default=0.0, help="pull of the trained rows toward the starting table")
     p.add_argument("--no-center", action="store_true", help="targets: the teacher's vectors as they are, not centred")
     p.add_argument("--cache", default=None, help="teacher-vector cache folder (default ~/.cache/tokvec)")
-    p.add_argument("--data", default=None, help="evaluation data folder for dev selection (default: $TOKVEC_EVAL_DATA, else the first shared/data "
-                   "found upwards)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="evaluation data folder for dev selection (default: $TOKVEC_EVAL_DATA, else the first shared/data "
+        "found upwards)",
+    )
     p.add_argument("--no-select", action="store_true", help="keep the last epoch instead of the best on dev")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16"])
     p.add_argument("-q", "--quiet", action="store_true")
@@ -199,8 +202,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", default="sts,sick,pair,retrieval", help="comma-separated: sts,sick,pair,retrieval")
     p.add_argument("--split", default="test", choices=["test", "dev"], help="dev splits for tuning and selection")
     p.add_argument("--dims", default=None, help="also score truncations, e.g. 256,128,64")
-    p.add_argument("--data", default=None, help="data folder (stsb/, sick-r/, ...; default: $TOKVEC_EVAL_DATA, else the first "
-                   "shared/data found upwards)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="data folder (stsb/, sick-r/, ...; default: $TOKVEC_EVAL_DATA, else the first shared/data found upwards)",
+    )
     p.add_argument("--limit", type=int, default=None, help="first N pairs / queries of each set")
     p.add_argument("--teacher", default=None, help="teacher folder for the ceiling row (default: MiniLM if installed)")
     p.add_argument("--no-teacher", action="store_true", help="skip the teacher row")

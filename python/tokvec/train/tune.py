@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from tokvec import _core
-from tokvec._io import read_tensor
+from tokvec._io import read_float32
 from tokvec.model import load
 
 __all__ = ["Student", "TuneConfig", "target_basis", "tune", "tune_table"]
@@ -308,14 +308,10 @@ def _load_student(model: str | os.PathLike[str]) -> tuple[Any, Student]:
     m = load(model)
     r = m._resolved
     f = _core.SafetensorsFile(r.safetensors)
-
-    def read(name: str) -> np.ndarray:
-        return read_tensor(f, name).astype(np.float32)
-
     if r.mapping:
         raise ValueError(f"{model}: models with a `mapping` tensor cannot be tuned")
-    table = read(r.table)
-    weights = read(r.weights) if r.weights else None
+    table = read_float32(f, r.table)
+    weights = read_float32(f, r.weights) if r.weights else None
     return m, Student(table, weights, m._skip_ids)
 
 
@@ -384,8 +380,10 @@ def tune(
     cfg = config or TuneConfig()
     _check_config(cfg)  # before the teacher runs, not after
     if select and data_dir is None:
-        raise TypeError("select=True picks the best epoch on the dev sets: pass data_dir=<folder holding stsb/, "
-                        "sick-r/, scifact/>, or select=False to keep the last epoch")
+        raise TypeError(
+            "select=True picks the best epoch on the dev sets: pass data_dir=<folder holding stsb/, "
+            "sick-r/, scifact/>, or select=False to keep the last epoch"
+        )
     dst = Path(out)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise FileExistsError(f"{dst}: exists and is not an empty folder")
