@@ -439,34 +439,77 @@ mod x86 {
         }
     }
 
-    /// Canonical dot, AVX-512 (the one-pair case of [`dot_rows_avx512`]).
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        // SAFETY: the caller guarantees AVX-512F, as for this function.
-        unsafe { dot_rows_avx512::<1>(a, b, n, n)[0] }
+    /// One pair of kernels per ISA, all the same code: `$dot` is the canonical dot of two rows (the
+    /// one-pair case of `$rows`), `$rows` the canonical dot of `q` with each of the `R` rows
+    /// `c[r * s..r * s + d]`: per pair, lanes 0..64 in `64 / $w` registers of `$w` lanes (lanes
+    /// 0-15, 16-31, ... for AVX-512), each evolving exactly as in the one-pair kernel, then the
+    /// tree reduction `$reduce`; the query's block is loaded once for the `R` pairs. A zero-padded
+    /// tail adds `+0` to lanes that the scalar version skips, which leaves them unchanged (a lane
+    /// sum starts at +0 and can never become -0).
+    macro_rules! dot_kernels {
+        ($dot:ident, $rows:ident, $features:literal, $v:ty, $w:literal, $zero:ident, $load:ident, $add:ident,
+         $mul:ident, $reduce:ident) => {
+            /// # Safety
+            #[doc = concat!("The CPU must have ", $features, ".")]
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $dot(a: &[f32], b: &[f32]) -> f32 {
+                let n = a.len().min(b.len());
+                // SAFETY: the caller guarantees the target features, as for this function.
+                unsafe { $rows::<1>(a, b, n, n)[0] }
+            }
+
+            /// # Safety
+            #[doc = concat!("The CPU must have ", $features, " (the slices' bounds are checked).")]
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $rows<const R: usize>(q: &[f32], c: &[f32], d: usize, s: usize) -> [f32; R] {
+                let mut acc = [[$zero(); LANES / $w]; R];
+                sweep::<_, R>(
+                    q,
+                    c,
+                    d,
+                    s,
+                    &mut acc,
+                    |acc: &mut [[$v; LANES / $w]; R], pq, pc, stride| {
+                        for v in 0..LANES / $w {
+                            // SAFETY: `sweep` passes 64 readable f32s at `pq` and at `pc + r * stride`.
+                            let x = unsafe { $load(pq.add(v * $w)) };
+                            for (r, ac) in acc.iter_mut().enumerate() {
+                                // SAFETY: as above.
+                                let y = unsafe { $load(pc.add(r * stride + v * $w)) };
+                                ac[v] = $add(ac[v], $mul(x, y));
+                            }
+                        }
+                    },
+                );
+                acc.map(|a| $reduce(a))
+            }
+        };
     }
 
-    /// The canonical dot of `q` with each of the `R` rows `c[r * s..r * s + d]`, AVX-512: per pair, lanes 0-15, 16-31, 32-47, 48-63 in four registers, each evolving exactly
-    /// as in the one-pair kernel; the query's block is loaded once for the `R` pairs. A
-    /// zero-padded tail adds `+0` to lanes that the scalar version skips, which leaves them
-    /// unchanged (a lane sum starts at +0 and can never become -0).
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dot_rows_avx512<const R: usize>(q: &[f32], c: &[f32], d: usize, s: usize) -> [f32; R] {
-        let mut acc = [[_mm512_setzero_ps(); 4]; R];
-        sweep::<_, R>(q, c, d, s, &mut acc, |acc: &mut [[__m512; 4]; R], pq, pc, stride| {
-            for v in 0..4 {
-                // SAFETY: `sweep` passes 64 readable f32s at `pq` and at `pc + r * stride`.
-                let x = unsafe { _mm512_loadu_ps(pq.add(v * 16)) };
-                for (r, ac) in acc.iter_mut().enumerate() {
-                    // SAFETY: as above.
-                    let y = unsafe { _mm512_loadu_ps(pc.add(r * stride + v * 16)) };
-                    ac[v] = _mm512_add_ps(ac[v], _mm512_mul_ps(x, y));
-                }
-            }
-        });
-        acc.map(|a| reduce_avx512(a))
-    }
+    dot_kernels!(
+        dot_avx512,
+        dot_rows_avx512,
+        "avx512f",
+        __m512,
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_add_ps,
+        _mm512_mul_ps,
+        reduce_avx512
+    );
+    dot_kernels!(
+        dot_avx2,
+        dot_rows_avx2,
+        "avx2,fma",
+        __m256,
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_add_ps,
+        _mm256_mul_ps,
+        reduce_avx2
+    );
 
     /// The tree reduction of 64 lanes held in four 16-lane registers.
     #[inline]
@@ -487,32 +530,6 @@ mod x86 {
         let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
         let s1 = _mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2));
         _mm_cvtss_f32(s1)
-    }
-
-    /// Canonical dot, AVX2 (the one-pair case of [`dot_rows_avx2`]).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        // SAFETY: the caller guarantees AVX2 and FMA, as for this function.
-        unsafe { dot_rows_avx2::<1>(a, b, n, n)[0] }
-    }
-
-    /// [`dot_rows_avx512`] for AVX2: per pair, lanes in eight 8-wide registers.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_rows_avx2<const R: usize>(q: &[f32], c: &[f32], d: usize, s: usize) -> [f32; R] {
-        let mut acc = [[_mm256_setzero_ps(); 8]; R];
-        sweep::<_, R>(q, c, d, s, &mut acc, |acc: &mut [[__m256; 8]; R], pq, pc, stride| {
-            for v in 0..8 {
-                // SAFETY: `sweep` passes 64 readable f32s at `pq` and at `pc + r * stride`.
-                let x = unsafe { _mm256_loadu_ps(pq.add(v * 8)) };
-                for (r, ac) in acc.iter_mut().enumerate() {
-                    // SAFETY: as above.
-                    let y = unsafe { _mm256_loadu_ps(pc.add(r * stride + v * 8)) };
-                    ac[v] = _mm256_add_ps(ac[v], _mm256_mul_ps(x, y));
-                }
-            }
-        });
-        acc.map(|a| reduce_avx2(a))
     }
 
     /// The tree reduction of 64 lanes held in eight 8-lane registers.

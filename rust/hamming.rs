@@ -33,7 +33,12 @@ use crate::dedup::{check_threshold, greedy_blocked, BlockScorer, Dedup, Pair, DE
 use crate::dedup::{greedy_scalar, pairs_scalar};
 use crate::error::{CoreError, Result};
 use crate::simd::{extensions, isa, Isa};
+#[cfg(any(test, feature = "internals"))]
+use crate::topk::topk_by_sorting;
 use crate::topk::{flatten, TopK};
+
+/// A top-k result: `nq * k'` scores and corpus indices, each query's `k'` best first.
+type Ranked = (Vec<f32>, Vec<u32>);
 
 /// The similarity of Hamming distance `h` over `bits` bits: `(bits - 2h) / bits` in f32.
 #[inline]
@@ -254,7 +259,7 @@ pub fn topk_cancellable(
     bits: usize,
     k: usize,
     cancel: &Cancel,
-) -> Result<(Vec<f32>, Vec<u32>)> {
+) -> Result<Ranked> {
     check_topk_args(q, nq, c, nc, words, bits, k)?;
     let rows = |x, n| BitRows { x, n, words, bits };
     topk_with(rows(q, nq), rows(c, nc), k, best_level(), cancel)
@@ -262,32 +267,14 @@ pub fn topk_cancellable(
 
 /// The reference for [`topk_cancellable`]: every similarity, fully sorted.
 #[cfg(any(test, feature = "internals"))]
-pub fn topk_scalar(
-    q: &[u64],
-    nq: usize,
-    c: &[u64],
-    nc: usize,
-    words: usize,
-    bits: usize,
-    k: usize,
-) -> Result<(Vec<f32>, Vec<u32>)> {
+pub fn topk_scalar(q: &[u64], nq: usize, c: &[u64], nc: usize, words: usize, bits: usize, k: usize) -> Result<Ranked> {
     check_topk_args(q, nq, c, nc, words, bits, k)?;
-    let kk = k.min(nc);
-    let mut scores = Vec::with_capacity(nq * kk);
-    let mut idx = Vec::with_capacity(nq * kk);
-    for qr in q.chunks(words) {
-        let mut all: Vec<(f32, u32)> = c
-            .chunks(words)
-            .enumerate()
-            .map(|(j, cr)| (similarity(hamming_scalar(qr, cr), bits), j as u32))
-            .collect();
-        all.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        for &(s, i) in &all[..kk] {
-            scores.push(s);
-            idx.push(i);
-        }
-    }
-    Ok((scores, idx))
+    Ok(topk_by_sorting(nq, nc, k, |i, j| {
+        similarity(
+            hamming_scalar(&q[i * words..(i + 1) * words], &c[j * words..(j + 1) * words]),
+            bits,
+        )
+    }))
 }
 
 fn check_topk_args(q: &[u64], nq: usize, c: &[u64], nc: usize, words: usize, bits: usize, k: usize) -> Result<()> {
@@ -300,7 +287,7 @@ fn check_topk_args(q: &[u64], nq: usize, c: &[u64], nc: usize, words: usize, bit
 }
 
 /// Top-k of checked rows (see [`check_topk_args`]).
-fn topk_with(qs: BitRows, cs: BitRows, k: usize, level: Level, cancel: &Cancel) -> Result<(Vec<f32>, Vec<u32>)> {
+fn topk_with(qs: BitRows, cs: BitRows, k: usize, level: Level, cancel: &Cancel) -> Result<Ranked> {
     let (q, nq, c, nc, words, bits) = (qs.x, qs.n, cs.x, cs.n, cs.words, cs.bits);
     let kk = k.min(nc);
     if nq == 0 || kk == 0 {

@@ -21,6 +21,8 @@
 //! * Without AVX2 there is no int8 kernel ([`int8_available`] is false) and the callers score
 //!   every pair with the canonical dot.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::dot::{canonical_rel_err, U32};
@@ -310,42 +312,52 @@ pub(crate) fn scan_int8<F>(
     F: FnMut(usize, usize, f32) -> f32,
 {
     let kernel = int8_kernel().expect("callers check int8_available() first");
-    scan_int8_using(kernel, qz, qrows, pk, g0, g1, thr, cand)
+    scan_int8_using(kernel, Scan::new(qz, qrows, pk, g0..g1), thr, cand)
+}
+
+/// The arguments of one [`scan_int8`]: the queries `qrows` of `qz` against the groups `groups` of
+/// `pk`, checked by [`Scan::new`] to be in bounds (which the kernels' raw pointer reads rely on).
+pub(crate) struct Scan<'a> {
+    qz: &'a QuantQueries,
+    qrows: &'a [usize],
+    pk: &'a PackedCorpus,
+    groups: Range<usize>,
+}
+
+impl<'a> Scan<'a> {
+    /// Panics unless `1 <= qrows.len() <= QT`, every `qrows` entry is a row of `qz`, `groups` lies
+    /// within `pk` and both sides have the same padded dimension.
+    pub(crate) fn new(qz: &'a QuantQueries, qrows: &'a [usize], pk: &'a PackedCorpus, groups: Range<usize>) -> Self {
+        assert!(!qrows.is_empty() && qrows.len() <= QT && qz.dp == pk.dp);
+        assert!(groups.start <= groups.end && groups.end <= pk.groups);
+        assert!(qrows.iter().all(|&q| q < qz.s.len()));
+        Scan { qz, qrows, pk, groups }
+    }
 }
 
 /// [`scan_int8`] with a given kernel (tests compare the kernels). Panics if the CPU lacks it.
-pub(crate) fn scan_int8_using<F>(
-    kernel: Int8Kernel,
-    qz: &QuantQueries,
-    qrows: &[usize],
-    pk: &PackedCorpus,
-    g0: usize,
-    g1: usize,
-    thr: &mut [f32; QT],
-    cand: F,
-) where
+pub(crate) fn scan_int8_using<F>(kernel: Int8Kernel, scan: Scan, thr: &mut [f32; QT], cand: F)
+where
     F: FnMut(usize, usize, f32) -> f32,
 {
-    assert!(!qrows.is_empty() && qrows.len() <= QT && g0 <= g1 && g1 <= pk.groups && qz.dp == pk.dp);
-    assert!(qrows.iter().all(|&q| q < qz.s.len()));
     #[cfg(target_arch = "x86_64")]
     match kernel {
         Int8Kernel::Vnni => {
             assert!(int8_kernel() == Some(Int8Kernel::Vnni));
-            // SAFETY: checked AVX-512F/BW/VL + VNNI on this CPU just above; the asserts above
-            // guarantee every query row and group index is in bounds of `qz` and `pk` (which is
-            // what the kernel's raw pointer reads rely on).
-            unsafe { x86::scan_int8(qz, qrows, pk, g0, g1, thr, cand) }
+            // SAFETY: checked AVX-512F/BW/VL + VNNI on this CPU just above; `Scan::new` checked
+            // that every query row and group index is in bounds of `qz` and `pk` (which is what
+            // the kernel's raw pointer reads rely on).
+            unsafe { x86::scan_int8(scan, thr, cand) }
         }
         Int8Kernel::Avx2 => {
             assert!(is_x86_feature_detected!("avx2"));
             // SAFETY: AVX2 checked just above; bounds as for the VNNI kernel.
-            unsafe { x86::scan_int8_avx2(qz, qrows, pk, g0, g1, thr, cand) }
+            unsafe { x86::scan_int8_avx2(scan, thr, cand) }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (kernel, qz, qrows, pk, g0, g1, thr, cand);
+        let _ = (kernel, scan, thr, cand);
         unreachable!("int8 pre-score is x86-64 only")
     }
 }
@@ -358,12 +370,118 @@ pub(crate) fn scan_int8_using<F>(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{PackedCorpus, QuantQueries, QuantRow, QT};
+    use super::{PackedCorpus, QuantRow, Scan, QT};
 
     /// [`super::quantize_row_impl`] compiled for AVX-512 (same result).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn quantize_row_avx512(x: &[f32], out: &mut [i8]) -> QuantRow {
         super::quantize_row_impl(x, out)
+    }
+
+    /// The query row of every slot of a tile: `qrows[i]`, and for the padding slots past
+    /// `qrows.len()` the last query again, with threshold +inf. The kernels finish only the real
+    /// slots all the same: a pre-score can overflow to +inf when the rows hold huge values (e.g.
+    /// written by another thread after the callers' checks), so +inf does not keep them out.
+    #[inline(always)]
+    fn slot_rows(qrows: &[usize], thr: &mut [f32; QT]) -> [usize; QT] {
+        let nq = qrows.len();
+        for t in &mut thr[nq..] {
+            *t = f32::INFINITY;
+        }
+        std::array::from_fn(|i| qrows[i.min(nq - 1)])
+    }
+
+    /// One register of i32 accumulators (one per corpus slot) as the kernels finish it.
+    trait Slots {
+        /// The accumulator register.
+        type Acc: Copy;
+        /// The pre-scores `fl(fl(I * s_c) * s_q)` of the register's slots (`sc`: their scales), as
+        /// the bit mask of the slots whose pre-score is >= `t`, and, where any is, the pre-scores
+        /// in `out`.
+        ///
+        /// # Safety
+        /// `sc` has a readable f32 per slot; the CPU has the register's features.
+        unsafe fn prescore(acc: Self::Acc, sc: *const f32, sq: f32, t: f32, out: &mut [f32; 16]) -> u32;
+    }
+
+    /// A register type for [`Slots`], its operations named for its width; `|$v, $t| $mask`
+    /// gives the bit mask of the lanes of `$v` that are >= `$t`.
+    macro_rules! slots {
+        ($name:ident, $acc:ty, $lanes:literal, $cvt:ident, $load:ident, $mul:ident, $set1:ident, $store:ident,
+         |$v:ident, $t:ident| $mask:expr) => {
+            #[doc = concat!($lanes, " slots in one register.")]
+            struct $name;
+            impl Slots for $name {
+                type Acc = $acc;
+                #[inline(always)]
+                unsafe fn prescore(acc: $acc, sc: *const f32, sq: f32, t: f32, out: &mut [f32; 16]) -> u32 {
+                    // SAFETY: the features per the contract; `sc` has a readable f32 per slot and
+                    // `out` holds 16 >= `$lanes`.
+                    unsafe {
+                        let ($v, $t) = ($mul($mul($cvt(acc), $load(sc)), $set1(sq)), $set1(t));
+                        let m = $mask;
+                        if m != 0 {
+                            $store(out.as_mut_ptr(), $v);
+                        }
+                        m
+                    }
+                }
+            }
+        };
+    }
+
+    // The VNNI kernel's zmm registers (AVX-512F) and the AVX2 kernel's ymm registers.
+    slots!(
+        Zmm,
+        __m512i,
+        16,
+        _mm512_cvtepi32_ps,
+        _mm512_loadu_ps,
+        _mm512_mul_ps,
+        _mm512_set1_ps,
+        _mm512_storeu_ps,
+        |v, t| _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, t) as u32
+    );
+    slots!(
+        Ymm,
+        __m256i,
+        8,
+        _mm256_cvtepi32_ps,
+        _mm256_loadu_ps,
+        _mm256_mul_ps,
+        _mm256_set1_ps,
+        _mm256_storeu_ps,
+        |v, t| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(v, t)) as u32
+    );
+
+    /// Finishes one register of accumulators of query slot `qi` (scale `sq`, threshold `thr`)
+    /// against the corpus slots from `slot0` (one per lane of the register): `cand` for each slot
+    /// whose pre-score passes the threshold, in slot order, each time with the threshold that
+    /// `cand` last returned.
+    /// Inlined into each kernel, so the register operations run with its target features.
+    ///
+    /// # Safety
+    /// `pk.sc` has a slot per lane of the register from `slot0`; the CPU has the features of `S`.
+    #[inline(always)]
+    unsafe fn report<S: Slots, F>(
+        acc: S::Acc,
+        pk: &PackedCorpus,
+        slot0: usize,
+        sq: f32,
+        qi: usize,
+        thr: &mut f32,
+        cand: &mut F,
+    ) where
+        F: FnMut(usize, usize, f32) -> f32,
+    {
+        let mut vals = [0.0f32; 16];
+        // SAFETY: the slots of `sc` from `slot0` are in bounds per the contract, as are the features.
+        let mut m = unsafe { S::prescore(acc, pk.sc.as_ptr().add(slot0), sq, *thr, &mut vals) };
+        while m != 0 {
+            let lane = m.trailing_zeros() as usize;
+            m &= m - 1;
+            *thr = cand(qi, slot0 + lane, vals[lane]);
+        }
     }
 
     /// The int8 micro-kernel: `Q` query rows (u8) x `R` groups of 16 corpus rows (i8), `steps` x 4
@@ -403,59 +521,30 @@ mod x86 {
     /// See [`super::scan_int8`].
     ///
     /// # Safety
-    /// AVX-512F/BW/VL + VNNI; every `qrows` entry a row of `qz`; `g0 <= g1 <= pk.groups`;
-    /// `qz.dp == pk.dp`; `1 <= qrows.len() <= QT`.
+    /// AVX-512F/BW/VL + VNNI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) unsafe fn scan_int8<F>(
-        qz: &QuantQueries,
-        qrows: &[usize],
-        pk: &PackedCorpus,
-        g0: usize,
-        g1: usize,
-        thr: &mut [f32; QT],
-        mut cand: F,
-    ) where
+    pub(super) unsafe fn scan_int8<F>(scan: Scan, thr: &mut [f32; QT], mut cand: F)
+    where
         F: FnMut(usize, usize, f32) -> f32,
     {
         const R: usize = 3;
+        let Scan { qz, qrows, pk, groups } = scan;
+        let (g0, g1) = (groups.start, groups.end);
         let nq = qrows.len();
-        let mut qp = [std::ptr::null::<u8>(); QT];
-        let mut sq = [_mm512_setzero_ps(); QT];
-        for i in 0..QT {
-            let q = qrows[i.min(nq - 1)];
-            qp[i] = qz.row(q).as_ptr();
-            sq[i] = _mm512_set1_ps(qz.s[q]);
-            if i >= nq {
-                thr[i] = f32::INFINITY;
-            }
-        }
+        let rows = slot_rows(qrows, thr);
+        let qp = rows.map(|q| qz.row(q).as_ptr());
+        let sq = rows.map(|q| qz.s[q]);
         let gb = pk.group_bytes();
         let steps = pk.dp / 4;
         let base = pk.data.as_ptr();
         let mut g = g0;
-        // Handles one tile's accumulators: pre-scores, threshold test, candidates.
-        // Only the `nq` real slots are finished: the padding slots repeat the last query, and a
-        // threshold of +inf does not keep them out (a pre-score can overflow to +inf when the
-        // rows hold huge values, e.g. written by another thread after the callers' checks).
+        // Handles one tile's accumulators: pre-scores, threshold test, candidates (real slots only).
         macro_rules! finish {
             ($acc:expr, $rr:expr) => {
                 for qi in 0..nq {
                     for r in 0..$rr {
-                        let slot0 = (g + r) * 16;
-                        // SAFETY: `g + r < pk.groups`, so 16 slots of `sc` are in bounds.
-                        let sc = unsafe { _mm512_loadu_ps(pk.sc.as_ptr().add(slot0)) };
-                        let v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps($acc[qi][r]), sc), sq[qi]);
-                        let mut m = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, _mm512_set1_ps(thr[qi]));
-                        if m != 0 {
-                            let mut vals = [0.0f32; 16];
-                            // SAFETY: `vals` holds 16 f32s.
-                            unsafe { _mm512_storeu_ps(vals.as_mut_ptr(), v) };
-                            while m != 0 {
-                                let lane = m.trailing_zeros() as usize;
-                                m &= m - 1;
-                                thr[qi] = cand(qi, slot0 + lane, vals[lane]);
-                            }
-                        }
+                        // SAFETY: `g + r < pk.groups`, so 16 slots of `sc` from `(g + r) * 16` are in bounds.
+                        unsafe { report::<Zmm, F>($acc[qi][r], pk, (g + r) * 16, sq[qi], qi, &mut thr[qi], &mut cand) };
                     }
                 }
             };
@@ -530,45 +619,35 @@ mod x86 {
     /// (`fl(fl(I * s_c) * s_q)` from the same integer `I`).
     ///
     /// # Safety
-    /// AVX2; every `qrows` entry a row of `qz`; `g0 <= g1 <= pk.groups`; `qz.dp == pk.dp`;
-    /// `1 <= qrows.len() <= QT`.
+    /// AVX2.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn scan_int8_avx2<F>(
-        qz: &QuantQueries,
-        qrows: &[usize],
-        pk: &PackedCorpus,
-        g0: usize,
-        g1: usize,
-        thr: &mut [f32; QT],
-        mut cand: F,
-    ) where
+    pub(super) unsafe fn scan_int8_avx2<F>(scan: Scan, thr: &mut [f32; QT], mut cand: F)
+    where
         F: FnMut(usize, usize, f32) -> f32,
     {
+        let Scan { qz, qrows, pk, groups } = scan;
         /// Queries per tile: 8 accumulators + 2 corpus + 2 query registers + temporaries fit
         /// the 16 ymm registers.
         const Q: usize = 4;
         let nq = qrows.len();
         let dp = qz.dp;
+        let rows = slot_rows(qrows, thr);
         // Signed bytes (`u8 ^ 0x80 = q`) and their absolute values, once per call.
         let mut signed = vec![0i8; QT * dp];
         let mut absval = vec![0i8; QT * dp];
-        for i in 0..QT {
-            let q = qrows[i.min(nq - 1)];
+        for (i, &q) in rows.iter().enumerate() {
             for (j, &b) in qz.row(q).iter().enumerate() {
                 let v = (b ^ 0x80) as i8;
                 signed[i * dp + j] = v;
                 // |v| <= 127: the quantizer's range is [-127, 127]
                 absval[i * dp + j] = v.unsigned_abs() as i8;
             }
-            if i >= nq {
-                thr[i] = f32::INFINITY;
-            }
         }
         let gb = pk.group_bytes();
         let steps = dp / 4;
         let base = pk.data.as_ptr();
         let tiles = nq.div_ceil(Q);
-        for g in g0..g1 {
+        for g in groups {
             for tq in 0..tiles {
                 let q0 = tq * Q;
                 let mut ps = [std::ptr::null::<i8>(); Q];
@@ -585,24 +664,11 @@ mod x86 {
                     if qi >= nq {
                         break;
                     }
-                    let sq = _mm256_set1_ps(qz.s[qrows[qi]]);
                     for (h, &ah) in a.iter().enumerate() {
-                        let slot0 = g * 16 + h * 8;
-                        // SAFETY: `g < pk.groups`, so 8 slots of `sc` from `slot0` are in bounds.
-                        let sc = unsafe { _mm256_loadu_ps(pk.sc.as_ptr().add(slot0)) };
-                        let v = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(ah), sc), sq);
-                        let ge = _mm256_cmp_ps::<_CMP_GE_OQ>(v, _mm256_set1_ps(thr[qi]));
-                        let mut m = _mm256_movemask_ps(ge) as u32;
-                        if m != 0 {
-                            let mut vals = [0.0f32; 8];
-                            // SAFETY: `vals` holds 8 f32s.
-                            unsafe { _mm256_storeu_ps(vals.as_mut_ptr(), v) };
-                            while m != 0 {
-                                let lane = m.trailing_zeros() as usize;
-                                m &= m - 1;
-                                thr[qi] = cand(qi, slot0 + lane, vals[lane]);
-                            }
-                        }
+                        // SAFETY: `g < pk.groups`, so 8 slots of `sc` from `g * 16 + h * 8` are in bounds.
+                        unsafe {
+                            report::<Ymm, F>(ah, pk, g * 16 + h * 8, qz.s[rows[qi]], qi, &mut thr[qi], &mut cand)
+                        };
                     }
                 }
             }
@@ -670,7 +736,7 @@ mod tests {
                 let qrows: Vec<usize> = (0..nq).collect();
                 let mut got = vec![vec![f32::NAN; pk.groups * 16]; nq];
                 let mut thr = [f32::NEG_INFINITY; QT];
-                scan_int8_using(k, &qz, &qrows, &pk, 0, pk.groups, &mut thr, |qi, slot, v| {
+                scan_int8_using(k, Scan::new(&qz, &qrows, &pk, 0..pk.groups), &mut thr, |qi, slot, v| {
                     got[qi][slot] = v;
                     f32::NEG_INFINITY
                 });
@@ -711,7 +777,7 @@ mod tests {
                 let mut inf_seen = false;
                 for t in [f32::INFINITY, f32::NAN, 1.0e30, f32::NEG_INFINITY] {
                     let mut thr = [t; QT];
-                    scan_int8_using(k, &qz, &qrows, &pk, 0, pk.groups, &mut thr, |slot, cs, v| {
+                    scan_int8_using(k, Scan::new(&qz, &qrows, &pk, 0..pk.groups), &mut thr, |slot, cs, v| {
                         assert!(
                             slot < nq,
                             "{k:?} nq={nq} thr={t}: slot {slot} reported (corpus {cs}, {v})"

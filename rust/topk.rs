@@ -176,15 +176,28 @@ pub fn topk_scalar(queries: &[f32], corpus: &[f32], d: usize, k: usize) -> Resul
     let nc = rows_of(corpus, d, "corpus")?;
     row_norms(queries, d, "queries")?;
     row_norms(corpus, d, "corpus")?;
+    Ok(topk_by_sorting(nq, nc, k, |i, j| {
+        dot_scalar(&queries[i * d..(i + 1) * d], &corpus[j * d..(j + 1) * d])
+    }))
+}
+
+/// The reference top-k behind every `topk_scalar`: for each of `nq` queries, every `score(query,
+/// corpus row)` of the `nc` corpus rows, fully sorted (best first, ties broken by the lower
+/// index), and its first `min(k, nc)` entries, flattened as [`flatten`] does.
+#[cfg(any(test, feature = "internals"))]
+pub(crate) fn topk_by_sorting(
+    nq: usize,
+    nc: usize,
+    k: usize,
+    score: impl Fn(usize, usize) -> f32,
+) -> (Vec<f32>, Vec<u32>) {
     let kk = k.min(nc);
     let mut scores = Vec::with_capacity(nq * kk);
     let mut idx = Vec::with_capacity(nq * kk);
-    for q in queries.chunks(d) {
-        let mut all: Vec<Entry> = corpus
-            .chunks(d)
-            .enumerate()
-            .map(|(j, c)| Entry {
-                score: dot_scalar(q, c),
+    for i in 0..nq {
+        let mut all: Vec<Entry> = (0..nc)
+            .map(|j| Entry {
+                score: score(i, j),
                 idx: j as u32,
             })
             .collect();
@@ -194,7 +207,7 @@ pub fn topk_scalar(queries: &[f32], corpus: &[f32], d: usize, k: usize) -> Resul
             idx.push(e.idx);
         }
     }
-    Ok((scores, idx))
+    (scores, idx)
 }
 
 /// Which pre-score the blocked top-k uses.
