@@ -285,6 +285,30 @@ fn collect_strings<'py>(texts: &Bound<'py, PyList>) -> PyResult<Vec<Bound<'py, P
 #[pyclass(name = "Model", module = "tokvec._core", frozen)]
 pub struct PyModel {
     inner: EmbedModel,
+    /// Output dimension.
+    #[pyo3(get)]
+    dim: usize,
+    /// Rows of the table.
+    #[pyo3(get)]
+    rows: usize,
+    /// Columns of the table.
+    #[pyo3(get)]
+    cols: usize,
+    /// Number of valid token ids.
+    #[pyo3(get)]
+    id_limit: usize,
+    /// On-disk dtype of the table ("F16", ...).
+    #[pyo3(get)]
+    dtype: &'static str,
+    /// Name of the table tensor.
+    #[pyo3(get)]
+    table: String,
+    /// Path of the model file.
+    #[pyo3(get)]
+    path: String,
+    /// Whether outputs are L2-normalized.
+    #[pyo3(get)]
+    normalize: bool,
 }
 
 #[pymethods]
@@ -329,48 +353,17 @@ impl PyModel {
             }
             Ok(m)
         })?;
-        Ok(PyModel { inner })
-    }
-
-    /// Output dimension.
-    #[getter]
-    fn dim(&self) -> usize {
-        self.inner.dim()
-    }
-    /// Rows of the table.
-    #[getter]
-    fn rows(&self) -> usize {
-        self.inner.rows()
-    }
-    /// Columns of the table.
-    #[getter]
-    fn cols(&self) -> usize {
-        self.inner.cols()
-    }
-    /// Number of valid token ids.
-    #[getter]
-    fn id_limit(&self) -> usize {
-        self.inner.id_limit()
-    }
-    /// On-disk dtype of the table ("F16", ...).
-    #[getter]
-    fn dtype(&self) -> &'static str {
-        self.inner.table().dtype.name()
-    }
-    /// Name of the table tensor.
-    #[getter]
-    fn table(&self) -> &str {
-        &self.inner.table().name
-    }
-    /// Path of the model file.
-    #[getter]
-    fn path(&self) -> &str {
-        self.inner.file().path()
-    }
-    /// Whether outputs are L2-normalized.
-    #[getter]
-    fn normalize(&self) -> bool {
-        self.inner.normalize()
+        Ok(PyModel {
+            dim: inner.dim(),
+            rows: inner.rows(),
+            cols: inner.cols(),
+            id_limit: inner.id_limit(),
+            dtype: inner.table().dtype.name(),
+            table: inner.table().name.clone(),
+            path: inner.file().path().to_owned(),
+            normalize: inner.normalize(),
+            inner,
+        })
     }
 
     /// Embeds texts (tokenize + pool in one parallel pass, GIL released).
