@@ -72,6 +72,7 @@ from minilm_source import (
     find_apache_license,
     find_source,
     load_table,
+    replace_files,
     sha256_file,
 )
 
@@ -118,18 +119,6 @@ def frequency_mean(table: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 def project(table: np.ndarray, center: np.ndarray, comps: np.ndarray, k: int) -> np.ndarray:
     return (table.astype(np.float64) - center) @ comps[:, :k]
-
-
-def replace_files(staging: Path, out_dir: Path) -> None:
-    """Puts the files of a complete model folder written at `staging` into `out_dir` (made if missing), removing the
-    files it held. The shipped folder is tracked by git, so it is refreshed in place: `write_model_folder` (which
-    `save_model` uses) only writes a folder that is missing or empty."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.iterdir():
-        if old.is_file():
-            old.unlink()
-    for f in staging.iterdir():
-        shutil.copyfile(f, out_dir / f.name)
 
 
 def notice_text(source_sha: str, explained: float, recipe: str) -> str:

@@ -202,9 +202,7 @@ def build(
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (staging / "LICENSE").write_bytes(license_bytes)
         (staging / "NOTICE").write_text(notice_text(source_sha, recipe), encoding="utf-8")
-        from build_default_model import replace_files  # the PCA recipe's script: one way to refresh the folder
-
-        replace_files(staging, out_dir)
+        base.replace_files(staging, out_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     total = 0

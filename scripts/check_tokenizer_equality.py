@@ -181,7 +181,6 @@ def added_contents(json_str: str) -> list[str]:
 def compare(json_str: str, texts: list[str], batch: int = 20_000) -> tuple[int, list[int]]:
     """(texts checked, indices of mismatching texts) between tokvec's fast tokenizer and `tokenizers`."""
     from tokenizers import Tokenizer
-
     from tokvec import _core
 
     core = _core.Tokenizer(json_str, False, True)
@@ -212,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     wiki = corpora["wikipedia-sentences"]
     toks = tokenizer_jsons(wiki[:50_000])
     print(f"RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', '(unset)')}, data: {args.data}")
-    print(f"corpora: " + ", ".join(f"{k} {len(v):,}" for k, v in corpora.items()))
+    print("corpora: " + ", ".join(f"{k} {len(v):,}" for k, v in corpora.items()))
     total_checked = total_bad = 0
     header = f"{'tokenizer':<52} {'kind':<19} {'corpus':<20} {'texts':>9} {'mismatches':>10} {'via hf':>7}"
     print(header)

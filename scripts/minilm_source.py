@@ -10,6 +10,7 @@ import glob
 import hashlib
 import importlib.util
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -91,3 +92,15 @@ def load_table(model_dir: Path) -> tuple[np.ndarray, str]:
     # safetensors stores little-endian; on a little-endian host these are the file's bytes.
     digest = sha256_bytes(np.ascontiguousarray(table, dtype="<f4").tobytes())
     return table, digest
+
+
+def replace_files(staging: Path, out_dir: Path) -> None:
+    """Puts the files of a complete model folder written at `staging` into `out_dir` (made if missing), removing the
+    files it held. The shipped folder is tracked by git, so it is refreshed in place: `write_model_folder` (which
+    `save_model` uses) only writes a folder that is missing or empty."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.iterdir():
+        if old.is_file():
+            old.unlink()
+    for f in staging.iterdir():
+        shutil.copyfile(f, out_dir / f.name)
