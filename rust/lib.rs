@@ -21,6 +21,7 @@ pub mod gguf;
 pub mod hamming;
 pub mod header;
 pub mod int8;
+mod ivf;
 pub mod pool;
 pub mod simd;
 #[cfg(test)]
