@@ -11,7 +11,7 @@ Each run reports (one JSON line per method on stderr as it finishes, all of them
 rows kept, the share of the rows exact removes that the run removes too (`removed_share`), rows kept only by the
 run / only by exact, and the sampled residual-duplicate rate of benches/ann_dedup.py (`sampled_residual`: sampled
 kept rows that still have an earlier kept row above the threshold). faiss (when importable): `IndexIVFFlat` with
-the inner product, the same number of lists trained on the same evenly spaced rows, `range_search` at the
+the inner product, the same number of lists trained on evenly spaced rows (39 per list, as faiss asks), `range_search` at the
 threshold, the pairs re-scored with the canonical dot (`_core.dot_pairs`) and resolved by the same greedy pass
 (`_core.dedup_resolve`), so it is comparable.
 """
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import tokvec
 from tokvec import _core
+from tokvec.dedup import dedup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ann_dedup import sampled_residual, texts
@@ -58,7 +59,7 @@ def faiss_dedup(E: np.ndarray, t: float, nlist: int, nprobe: int, sample: int) -
     t1 = time.perf_counter()
     lims, _, I = index.range_search(E, t)
     t2 = time.perf_counter()
-    qi = np.repeat(np.arange(n, dtype=np.int64), np.diff(lims))
+    qi = np.repeat(np.arange(n, dtype=np.int64), np.diff(lims).astype(np.int64))
     I = I.astype(np.int64)
     keep = qi != I
     lo, hi = np.minimum(qi[keep], I[keep]), np.maximum(qi[keep], I[keep])
@@ -115,7 +116,7 @@ def main() -> None:
 
     if not a.skip_exact:
         t1 = time.perf_counter()
-        r = tokvec.dedup(E, t)
+        r = dedup(E, t)
         dt = time.perf_counter() - t1
         exact_kept = np.zeros(n, bool)
         exact_kept[r.kept] = True
@@ -124,7 +125,7 @@ def main() -> None:
     for p in [int(x) for x in a.nprobe.split(",") if x.strip()]:
         st: dict[str, Any] = {}
         t1 = time.perf_counter()
-        r = tokvec.dedup(E, t, approx=True, nprobe=p, nlist=a.nlist, stats=st)
+        r = dedup(E, t, approx=True, nprobe=p, nlist=a.nlist, stats=st)
         dt = time.perf_counter() - t1
         nlist = st["nlist"]
         sample = st["sample"]
@@ -137,7 +138,8 @@ def main() -> None:
             print("faiss is not importable: skipped", file=sys.stderr)
         else:
             t1 = time.perf_counter()
-            kept, st = faiss_dedup(E, t, nlist, a.faiss_nprobe, sample)
+            # faiss asks for 39 training rows per list
+            kept, st = faiss_dedup(E, t, nlist, a.faiss_nprobe, min(max(sample, 39 * nlist), n))
             report(f"faiss IVFFlat nlist={nlist} nprobe={a.faiss_nprobe}", time.perf_counter() - t1, kept, **st)
     print(json.dumps({**head, "runs": runs}))
 

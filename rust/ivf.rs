@@ -6,12 +6,12 @@
 //! only with the kept rows of its `nprobe` nearest lists:
 //!
 //! * every row gets its `nprobe` nearest centroids by the int8 pre-score of [`crate::int8`]
-//!   (deterministic integer arithmetic; the exact top-k of [`crate::topk`] without int8); the first
-//!   one is its *home* list, where it is stored if kept;
-//! * a pair `(i, j)`, `i < j`, is seen iff `j` probes `home(i)`, whatever the block size or the
-//!   number of threads; every seen pair is scored with the int8 pre-score and re-scored with the
-//!   canonical dot (so its score is bit-identical to the exact one), and the greedy resolution is
-//!   [`crate::dedup::greedy_blocked`], the exact path's own;
+//!   (deterministic integer arithmetic; the exact top-k of [`crate::topk`] without int8); a kept row
+//!   is stored in its `spill` nearest lists (default 4);
+//! * a pair `(i, j)`, `i < j`, is seen iff one of the `spill` lists of `i` is among the `nprobe`
+//!   lists of `j`, whatever the block size or the number of threads; every seen pair is scored with
+//!   the int8 pre-score and re-scored with the canonical dot (so its score is bit-identical to the
+//!   exact one), and the greedy resolution is [`crate::dedup::greedy_blocked`], the exact path's own;
 //! * so every removal is justified by a kept row above the threshold, and with `nprobe = nlist`
 //!   the result equals exact deduplication bit for bit. With fewer probes, a pair whose rows fall
 //!   in lists too far apart is missed: the removed row may then be kept (and, rarely, remove a later
@@ -29,8 +29,11 @@
 //!   previous ones while it is at least half as large), so a kept row is packed `O(log n)` times
 //!   and a list has `O(log n)` chunks; kept rows are never copied as f32 (the re-score reads the
 //!   input).
-//! * Within a block, the block's rows are packed per home list the same way and meet the block's
-//!   probing rows: the same "`j` probes `home(i)`" rule, so memory stays one block's pairs.
+//! * Within a block, the block's rows are packed per list the same way (in their `spill` lists) and
+//!   meet the block's probing rows: the same rule, so memory stays one block's pairs.
+//! * Storing a kept row in several lists (spilling) finds pairs that straddle a list border from
+//!   both sides, as a search where every row queries its lists does: on 1M texts it missed fewer
+//!   pairs than more probes at the same cost (see [`DEFAULT_SPILL`]).
 //! * Tasks are (list, up to [`QCHUNK`] probing rows) in parallel; their pairs and counters are
 //!   collected in task order, so nothing depends on scheduling.
 
@@ -66,6 +69,8 @@ pub(crate) struct IvfOptions {
     pub(crate) sample: Option<usize>,
     /// Rows per block of the greedy resolution.
     pub(crate) block: Option<usize>,
+    /// Lists a kept row is stored in (its nearest; at most `nprobe`).
+    pub(crate) spill: Option<usize>,
     /// Force the exact (canonical dot) scan instead of the int8 pre-score (tests).
     pub(crate) exact_scan: bool,
 }
@@ -75,6 +80,7 @@ pub(crate) struct IvfOptions {
 pub(crate) struct IvfStats {
     pub(crate) nlist: usize,
     pub(crate) nprobe: usize,
+    pub(crate) spill: usize,
     pub(crate) sample: usize,
     pub(crate) block: usize,
     pub(crate) kmeans_iterations: usize,
@@ -82,7 +88,7 @@ pub(crate) struct IvfStats {
     pub(crate) prescored: u64,
     /// Pairs re-scored with the canonical dot.
     pub(crate) rescored: u64,
-    /// Pairs above the threshold.
+    /// Pairs above the threshold (a pair met in several lists counts each time).
     pub(crate) found: u64,
     /// Rows in the largest list (by home).
     pub(crate) largest_list: usize,
@@ -102,6 +108,11 @@ pub(crate) fn default_nlist(n: usize) -> usize {
 /// Default probes: 8 (clamped to `nlist`).
 pub(crate) const DEFAULT_NPROBE: usize = 8;
 
+/// Default lists a kept row is stored in. On 1M texts (2,000 lists) at 0.9, 8 probes x 4 lists
+/// found 99.97 % of exact's removals with 6.2e9 pre-scored pairs, 32 x 1 99.92 % with 5.0e9 and
+/// 16 x 2 99.95 % with 5.7e9 (8 x 1: 99.57 %, 1.5e9).
+pub(crate) const DEFAULT_SPILL: usize = 4;
+
 /// Default k-means sample: 16 rows per list, at most `n`.
 pub(crate) fn default_sample(n: usize, nlist: usize) -> usize {
     (16 * nlist).max(4096).min(n)
@@ -110,7 +121,7 @@ pub(crate) fn default_sample(n: usize, nlist: usize) -> usize {
 /// k-means steps on the sample: the lists only need to be coherent, not converged.
 const KMEANS_ITER: usize = 10;
 
-fn check_options(n: usize, o: &IvfOptions) -> Result<(usize, usize, usize, usize)> {
+fn check_options(n: usize, o: &IvfOptions) -> Result<(usize, usize, usize, usize, usize)> {
     if o.nlist == Some(0) {
         return Err(CoreError::arg("nlist", "must be at least 1, got 0"));
     }
@@ -131,6 +142,9 @@ fn check_options(n: usize, o: &IvfOptions) -> Result<(usize, usize, usize, usize
     if o.block == Some(0) {
         return Err(CoreError::arg("block", "must be at least 1, got 0"));
     }
+    if o.spill == Some(0) {
+        return Err(CoreError::arg("spill", "must be at least 1, got 0"));
+    }
     // k-means needs at least as many rows as lists: a larger nlist is lowered to n (and nprobe to
     // the lists there are), which probes everything it asked for
     let nlist = o.nlist.unwrap_or_else(|| default_nlist(n)).clamp(1, n.max(1));
@@ -139,7 +153,8 @@ fn check_options(n: usize, o: &IvfOptions) -> Result<(usize, usize, usize, usize
         .sample
         .unwrap_or_else(|| default_sample(n, nlist))
         .clamp(nlist, n.max(nlist));
-    Ok((nlist, nprobe, sample, o.block.unwrap_or(IVF_BLOCK)))
+    let spill = o.spill.unwrap_or(DEFAULT_SPILL).min(nprobe);
+    Ok((nlist, nprobe, sample, o.block.unwrap_or(IVF_BLOCK), spill))
 }
 
 /// Greedy deduplication in input order (the rule of [`crate::dedup::dedup_greedy_cancellable`])
@@ -158,11 +173,12 @@ pub(crate) fn dedup_ivf_cancellable(
 ) -> Result<(Dedup, IvfStats)> {
     check_n(e, n, d, "e")?;
     check_threshold(threshold)?;
-    let (nlist, nprobe, sample, block) = check_options(n, opts)?;
+    let (nlist, nprobe, sample, block, spill) = check_options(n, opts)?;
     let norms = row_norms(e, d, "e")?;
     let mut st = IvfStats {
         nlist,
         nprobe,
+        spill,
         sample,
         block,
         ..IvfStats::default()
@@ -170,6 +186,7 @@ pub(crate) fn dedup_ivf_cancellable(
     if n == 0 {
         st.nlist = 0;
         st.nprobe = 0;
+        st.spill = 0;
         st.sample = 0;
         let empty = Dedup {
             kept: Vec::new(),
@@ -201,6 +218,7 @@ pub(crate) fn dedup_ivf_cancellable(
         int8,
         probes: &probes,
         nprobe,
+        spill,
         nlist,
         lists: (0..nlist).map(|_| List::default()).collect(),
         kept: 0,
@@ -412,6 +430,8 @@ struct IvfBlocks<'a> {
     /// `n x nprobe` list numbers, nearest first.
     probes: &'a [u32],
     nprobe: usize,
+    /// Lists a kept row is stored in (its nearest `spill`, `<= nprobe`).
+    spill: usize,
     nlist: usize,
     lists: Vec<List>,
     /// Rows kept so far.
@@ -423,6 +443,11 @@ struct IvfBlocks<'a> {
 }
 
 impl IvfBlocks<'_> {
+    /// The lists row `r` is stored in (if kept): its `spill` nearest.
+    fn stored_in(&self, r: usize) -> &[u32] {
+        &self.probes[r * self.nprobe..r * self.nprobe + self.spill]
+    }
+
     fn row(&self, r: usize) -> &[f32] {
         &self.e[r * self.d..(r + 1) * self.d]
     }
@@ -579,10 +604,12 @@ impl BlockScorer for IvfBlocks<'_> {
         self.queries(&rows);
         let bq = lock(&self.block_qz);
         let bq = bq.as_ref().expect("block queries built above");
-        // the block's rows by home list, packed as one chunk per list
+        // the block's rows by the lists they are stored in, packed as one chunk per list
         let mut home: Vec<Vec<u32>> = vec![Vec::new(); self.nlist];
         for r in rows.clone() {
-            home[self.probes[r * self.nprobe] as usize].push((r - rows.start) as u32);
+            for &l in self.stored_in(r) {
+                home[l as usize].push((r - rows.start) as u32);
+            }
         }
         let (e, d, norms, int8, base) = (self.e, self.d, self.norms, self.int8, rows.start);
         let blk = &e[base * d..rows.end * d];
@@ -603,9 +630,10 @@ impl BlockScorer for IvfBlocks<'_> {
     fn keep(&mut self, rows: &[u32]) {
         let mut by: Vec<(Vec<u32>, Vec<u32>)> = vec![(Vec::new(), Vec::new()); self.nlist];
         for (t, &r) in rows.iter().enumerate() {
-            let l = self.probes[r as usize * self.nprobe] as usize;
-            by[l].0.push(r);
-            by[l].1.push(self.kept + t as u32);
+            for &l in self.stored_in(r as usize) {
+                by[l as usize].0.push(r);
+                by[l as usize].1.push(self.kept + t as u32);
+            }
         }
         self.kept += rows.len() as u32;
         let (e, d, norms, int8) = (self.e, self.d, self.norms, self.int8);
@@ -661,6 +689,7 @@ mod tests {
                             nlist: Some(nlist),
                             nprobe: Some(nlist),
                             block: Some(block),
+                            spill: Some(1 + block % 3),
                             exact_scan,
                             ..IvfOptions::default()
                         };
@@ -682,7 +711,8 @@ mod tests {
         for exact_scan in modes() {
             let o = IvfOptions {
                 nlist: Some(50),
-                nprobe: Some(2),
+                nprobe: Some(3),
+                spill: Some(if exact_scan { 1 } else { 2 }),
                 exact_scan,
                 ..IvfOptions::default()
             };
@@ -817,6 +847,16 @@ mod tests {
                 0.9
             ),
             "block"
+        );
+        assert_eq!(
+            err(
+                IvfOptions {
+                    spill: Some(0),
+                    ..IvfOptions::default()
+                },
+                0.9
+            ),
+            "spill"
         );
         assert!(matches!(
             dedup_ivf_cancellable(&e, n + 1, d, 0.9, &IvfOptions::default(), Cancel::never()),

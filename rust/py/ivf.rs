@@ -41,10 +41,11 @@ fn count(v: Option<i64>, name: &str) -> PyResult<Option<usize>> {
 ///     nprobe: lists probed per row, <= nlist (None: 8, at most nlist).
 ///     sample: rows sampled for the k-means (None: 16 per list, at least 4096, at most n).
 ///     block: rows per block of the greedy resolution (None: 8192).
+///     spill: lists a kept row is stored in, its nearest ones (None: 4, at most nprobe).
 ///
 /// Returns:
 ///     (kept int64 ascending, dup_of int64 (n,) — -1 for kept rows —, score float32 (n,) — NaN for
-///     kept rows —, stats dict: nlist, nprobe, sample, block, kmeans_iterations, prescored,
+///     kept rows —, stats dict: nlist, nprobe, spill, sample, block, kmeans_iterations, prescored,
 ///     rescored, found, largest_list, train_seconds, assign_seconds, search_seconds).
 ///
 /// Raises:
@@ -52,7 +53,7 @@ fn count(v: Option<i64>, name: &str) -> PyResult<Option<usize>> {
 ///         non-contiguous array, NaN/inf or huge rows.
 ///     KeyboardInterrupt: Ctrl-C (or the exception of another signal handler) during the run.
 #[pyfunction]
-#[pyo3(name = "dedup_ivf", signature = (embeddings, threshold, *, nlist=None, nprobe=None, sample=None, block=None))]
+#[pyo3(name = "dedup_ivf", signature = (embeddings, threshold, *, nlist=None, nprobe=None, sample=None, block=None, spill=None))]
 fn py_dedup_ivf<'py>(
     py: Python<'py>,
     embeddings: PyReadonlyArray2<'py, f32>,
@@ -61,6 +62,7 @@ fn py_dedup_ivf<'py>(
     nprobe: Option<i64>,
     sample: Option<i64>,
     block: Option<i64>,
+    spill: Option<i64>,
 ) -> PyResult<IvfOut<'py>> {
     if !threshold.is_finite() {
         return Err(PyValueError::new_err(format!(
@@ -72,6 +74,7 @@ fn py_dedup_ivf<'py>(
         nprobe: count(nprobe, "nprobe")?,
         sample: count(sample, "sample")?,
         block: count(block, "block")?,
+        spill: count(spill, "spill")?,
         exact_scan: false,
     };
     let [n, d]: [usize; 2] = embeddings.shape().try_into().unwrap_or([0, 0]);
@@ -84,6 +87,7 @@ fn py_dedup_ivf<'py>(
     let counts = [
         ("nlist", st.nlist as u64),
         ("nprobe", st.nprobe as u64),
+        ("spill", st.spill as u64),
         ("sample", st.sample as u64),
         ("block", st.block as u64),
         ("kmeans_iterations", st.kmeans_iterations as u64),
