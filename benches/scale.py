@@ -3,6 +3,7 @@
     python benches/scale.py 100000
     python benches/scale.py 320000 --nprobe 8,4,16 --cache /tmp/e320k.npy
     python benches/scale.py 1000000 --skip-exact          # partitioned and faiss only
+    python benches/scale.py 1000000 --exact-cache /tmp/k1m.npy --skip-faiss   # exact's kept set from an earlier run
 
 Texts and embeddings as benches/ann_dedup.py (`texts()`: Wikipedia sentences, past 320,000 perturbed copies;
 the bundled default model), embedded once (`--cache` keeps the vectors in a .npy file for the next run).
@@ -88,6 +89,7 @@ def main() -> None:
     ap.add_argument("--skip-faiss", action="store_true")
     ap.add_argument("--sample", type=int, default=2000, help="rows sampled for the residual-duplicate rate")
     ap.add_argument("--cache", default=None, help=".npy file holding the embeddings between runs")
+    ap.add_argument("--exact-cache", default=None, help=".npy file holding exact's kept mask between runs")
     a = ap.parse_args()
     t = a.threshold
     t0 = time.perf_counter()
@@ -114,13 +116,17 @@ def main() -> None:
         runs.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 
-    if not a.skip_exact:
+    if a.exact_cache and Path(a.exact_cache).exists():
+        exact_kept = np.load(a.exact_cache)
+    elif not a.skip_exact:
         t1 = time.perf_counter()
         r = dedup(E, t)
         dt = time.perf_counter() - t1
         exact_kept = np.zeros(n, bool)
         exact_kept[r.kept] = True
         report("exact", dt, r.kept)
+        if a.exact_cache:
+            np.save(a.exact_cache, exact_kept)
     nlist = None
     for p in [int(x) for x in a.nprobe.split(",") if x.strip()]:
         st: dict[str, Any] = {}

@@ -115,10 +115,10 @@ def test_default_knob_removes_nearly_all_exact_removes(E) -> None:
     share = len(ex & set(r.removed.tolist())) / len(ex)
     assert len(ex) > 3000 and share >= 0.99, share
     assert st["nprobe"] == 8 and st["spill"] == 4 and st["prescored"] < len(E) ** 2 / 8
-    # one list per kept row instead of four: fewer pairs met, none found that four lists miss
-    one: dict = {}
-    k1, d1, _, one = _core.dedup_ivf(E, T, nprobe=8, spill=1)
-    assert one["prescored"] < st["prescored"] and len(k1) >= len(r.kept)
+    # one list per kept row instead of four: fewer pairs met (a subset) and, on these texts, fewer of exact's removals
+    _, d1, _, one = _core.dedup_ivf(E, T, nprobe=8, spill=1)
+    assert one["spill"] == 1 and one["prescored"] < st["prescored"]
+    assert len(ex & set(removed(d1).tolist())) <= len(ex & set(r.removed.tolist()))
 
 
 SCRIPT = """
