@@ -47,7 +47,7 @@ use crate::cancel::Cancel;
 use crate::dedup::{check_n, check_threshold, greedy_blocked, BlockScorer, Dedup, Pair};
 use crate::dot::{dot, lower_threshold, row_norms};
 use crate::error::{CoreError, Result};
-use crate::int8::{int8_available, scan_int8, Int8Bound, PackedCorpus, QuantQueries, INT8_MAX_D, QT};
+use crate::int8::{int8_available, quantize_row, scan_int8, Int8Bound, PackedCorpus, QuantQueries, INT8_MAX_D, QT};
 use crate::simd::isa;
 use crate::topk;
 
@@ -221,6 +221,7 @@ pub(crate) fn dedup_ivf_cancellable(
         spill,
         nlist,
         lists: (0..nlist).map(|_| List::default()).collect(),
+        codes: int8.then(|| Codes::new(e, d)),
         kept: 0,
         block_qz: Mutex::new(None),
         counts: Mutex::new([0; 3]),
@@ -362,6 +363,64 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The int8 codes of every row, quantized once: a row stored in several lists, and packed again
+/// as its list's chunks merge, is copied, not quantized again (re-quantizing was a third of the run).
+struct Codes {
+    /// `n x dp` codes, each row padded with zeros to `dp` (a multiple of 4), as [`PackedCorpus`]
+    /// takes them.
+    q: Vec<i8>,
+    dp: usize,
+    /// Per row: scale, `sum q` and `sum |q|`.
+    meta: Vec<(f32, i64, i64)>,
+}
+
+impl Codes {
+    fn new(e: &[f32], d: usize) -> Self {
+        let dp = d.div_ceil(4) * 4;
+        let n = e.len() / d;
+        let mut q = vec![0i8; n * dp];
+        let meta = q
+            .par_chunks_mut(dp)
+            .zip(e.par_chunks(d))
+            .with_min_len(256)
+            .map(|(out, x)| {
+                let r = quantize_row(x, &mut out[..d]);
+                (r.s, r.sum, r.l1)
+            })
+            .collect();
+        Codes { q, dp, meta }
+    }
+
+    /// Rows `rows` packed as [`PackedCorpus::fill`] packs them: groups of 16 slots, interleaved by
+    /// 4 bytes (`[group][dp / 4][16 slots][4 bytes]`), with per-slot scale, accumulator start
+    /// `-128 sum q` and `||c~||_1`; slots past the rows are zero.
+    fn pack(&self, d: usize, rows: impl ExactSizeIterator<Item = usize>) -> PackedCorpus {
+        let mut pk = PackedCorpus::empty(d);
+        let (dp, gb) = (pk.dp, pk.group_bytes());
+        debug_assert_eq!(dp, self.dp);
+        let groups = rows.len().div_ceil(16);
+        pk.groups = groups;
+        pk.data = vec![0i8; groups * gb];
+        pk.sc = vec![0.0; groups * 16];
+        pk.init = vec![0; groups * 16];
+        pk.l1 = vec![0.0; groups * 16];
+        for (slot, r) in rows.enumerate() {
+            let (g, lane) = (slot / 16, slot % 16);
+            let src = &self.q[r * dp..(r + 1) * dp];
+            let out = &mut pk.data[g * gb..(g + 1) * gb];
+            for t in 0..dp / 4 {
+                out[t * 64 + lane * 4..t * 64 + lane * 4 + 4].copy_from_slice(&src[t * 4..t * 4 + 4]);
+            }
+            let (sc, sum, l1) = self.meta[r];
+            pk.sc[slot] = sc;
+            // |sum| <= 127 d < 2^31 / 255 for d <= INT8_MAX_D (checked by the caller)
+            pk.init[slot] = (-128 * sum) as i32;
+            pk.l1[slot] = sc as f64 * l1 as f64;
+        }
+        pk
+    }
+}
+
 /// Rows stored together and scanned as one packed int8 corpus.
 struct Chunk {
     /// Row numbers (of the input, or of the block for a block's own chunks).
@@ -373,13 +432,11 @@ struct Chunk {
 }
 
 impl Chunk {
-    fn new(e: &[f32], d: usize, norms: &[f64], rows: Vec<u32>, ids: Vec<u32>, int8: bool) -> Self {
-        let pk = int8.then(|| {
-            let mut pk = PackedCorpus::empty(d);
-            pk.fill(rows.len(), d, |s| {
-                rows.get(s).map(|&r| &e[r as usize * d..(r as usize + 1) * d])
-            });
-            let bound = Int8Bound::new(d, &pk.sc, &pk.l1, rows.iter().map(|&r| norms[r as usize]));
+    /// A chunk of rows `base + rows[i]` (codes and norms of the whole input).
+    fn new(codes: Option<&Codes>, d: usize, norms: &[f64], base: usize, rows: Vec<u32>, ids: Vec<u32>) -> Self {
+        let pk = codes.map(|c| {
+            let pk = c.pack(d, rows.iter().map(|&r| base + r as usize));
+            let bound = Int8Bound::new(d, &pk.sc, &pk.l1, rows.iter().map(|&r| norms[base + r as usize]));
             (pk, bound)
         });
         Chunk { rows, ids, pk }
@@ -395,7 +452,7 @@ struct List {
 impl List {
     /// Adds rows (after every row stored so far): a new chunk that absorbs the last chunks while
     /// it is at least half as large as them, so chunk sizes halve along the list.
-    fn add(&mut self, e: &[f32], d: usize, norms: &[f64], mut rows: Vec<u32>, mut ids: Vec<u32>, int8: bool) {
+    fn add(&mut self, codes: Option<&Codes>, d: usize, norms: &[f64], mut rows: Vec<u32>, mut ids: Vec<u32>) {
         while let Some(last) = self.chunks.last() {
             if 2 * rows.len() < last.rows.len() {
                 break;
@@ -407,7 +464,7 @@ impl List {
             rows = r;
             ids = i;
         }
-        self.chunks.push(Chunk::new(e, d, norms, rows, ids, int8));
+        self.chunks.push(Chunk::new(codes, d, norms, 0, rows, ids));
     }
 }
 
@@ -434,6 +491,8 @@ struct IvfBlocks<'a> {
     spill: usize,
     nlist: usize,
     lists: Vec<List>,
+    /// Every row's int8 codes (int8 scan only).
+    codes: Option<Codes>,
     /// Rows kept so far.
     kept: u32,
     /// (Mutexes only to share the scorer with the tasks: one thread takes them, between tasks.)
@@ -611,15 +670,14 @@ impl BlockScorer for IvfBlocks<'_> {
                 home[l as usize].push((r - rows.start) as u32);
             }
         }
-        let (e, d, norms, int8, base) = (self.e, self.d, self.norms, self.int8, rows.start);
-        let blk = &e[base * d..rows.end * d];
+        let (codes, d, norms, base) = (self.codes.as_ref(), self.d, self.norms, rows.start);
         let chunks: Vec<Vec<Chunk>> = home
             .into_par_iter()
             .map(|h| {
                 if h.is_empty() {
                     Vec::new()
                 } else {
-                    vec![Chunk::new(blk, d, &norms[base..], h.clone(), h, int8)]
+                    vec![Chunk::new(codes, d, norms, base, h.clone(), h)]
                 }
             })
             .collect();
@@ -636,13 +694,13 @@ impl BlockScorer for IvfBlocks<'_> {
             }
         }
         self.kept += rows.len() as u32;
-        let (e, d, norms, int8) = (self.e, self.d, self.norms, self.int8);
+        let (codes, d, norms) = (self.codes.as_ref(), self.d, self.norms);
         self.lists
             .par_iter_mut()
             .zip(by.into_par_iter())
             .for_each(|(list, (r, ids))| {
                 if !r.is_empty() {
-                    list.add(e, d, norms, r, ids, int8);
+                    list.add(codes, d, norms, r, ids);
                 }
             });
         // the block's queries are not needed any more
@@ -800,6 +858,26 @@ mod tests {
         };
         let (g, st) = run(&e[..d], 1, d, 0.9, o);
         assert_eq!((g.kept, st.nlist, st.nprobe), (vec![0], 1, 1));
+    }
+
+    #[test]
+    fn packed_codes_equal_fill() {
+        // the copy of the codes must be the layout the int8 kernels read
+        for d in [1usize, 7, 16, 33, 256] {
+            let mut e = gaussian(40, d, d as u64);
+            e[3 * d..4 * d].iter_mut().for_each(|v| *v = 0.0);
+            let codes = Codes::new(&e, d);
+            let rows: Vec<usize> = vec![5, 3, 0, 39, 17, 3, 22, 8, 9, 10, 11, 12, 13, 14, 15, 16, 30, 31];
+            let got = codes.pack(d, rows.iter().copied());
+            let mut want = PackedCorpus::empty(d);
+            want.fill(rows.len(), d, |s| rows.get(s).map(|&r| &e[r * d..(r + 1) * d]));
+            assert_eq!((got.dp, got.groups), (want.dp, want.groups), "d={d}");
+            assert_eq!(got.data, want.data, "d={d}");
+            assert_eq!(bits(&got.sc), bits(&want.sc), "d={d}");
+            assert_eq!(got.init, want.init, "d={d}");
+            let b = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(b(&got.l1), b(&want.l1), "d={d}");
+        }
     }
 
     #[test]
