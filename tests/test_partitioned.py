@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import tokvec
 from conftest import near_copy
+from test_interrupt import run_and_signal
 from tokvec import _core
 from tokvec.cli import main
 from tokvec.dedup import REFERENCE, SELF, dedup, plan_texts, resolve_texts
@@ -247,3 +249,12 @@ def test_cli(tmp_path: Path, capsys, corpus) -> None:
     assert "--nprobe must be >= 1" in capsys.readouterr().err
     assert main(["dedup", str(src), "--approx", "--nlist", "3", "--nprobe", "4", "-o", str(out)]) == 2
     assert "--nprobe must be at most --nlist (3)" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_the_kernel() -> None:
+    # every list probed: all-pairs work on the 400,000 random vectors of test_interrupt, far longer than the wait
+    r = run_and_signal("tokvec.dedup.dedup(E, 0.9, approx=True, nlist=64, nprobe=64)", signal.SIGINT)
+    assert "kernel finished" not in r.stdout, "the call ended before the signal; make its input larger"
+    assert r.returncode == -signal.SIGINT, (r.returncode, r.stderr)
+    assert r.stderr.rstrip().endswith("KeyboardInterrupt"), r.stderr
+    assert "_core.dedup_ivf(" in r.stderr, r.stderr
