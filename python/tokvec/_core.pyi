@@ -159,4 +159,5 @@ def dedup_ivf(
     nprobe: int | None = None,
     sample: int | None = None,
     block: int | None = None,
+    spill: int | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32], dict[str, int | float]]: ...

@@ -200,16 +200,18 @@ def dedup(
         neighbors: with approx and method "hnsw", neighbours searched per item.
         ann_dtype: with approx and method "hnsw", usearch's storage type ("i8", "f16" or "f32").
         method: with approx, "ivf" (default): the items are split into `nlist` lists by k-means on a sample,
-            and an item meets the earlier kept items of its `nprobe` nearest lists (in Rust, no extra
-            package; deterministic; with nprobe = nlist the result is exact). "hnsw": candidate pairs from a
-            usearch index (`tokvec.ann`: each item's `neighbors` nearest items; `pip install 'tokvec[ann]'`).
+            a kept item is stored in its 4 nearest lists, and an item meets the earlier kept items stored in
+            its `nprobe` nearest lists (in Rust, no extra package; deterministic; with nprobe = nlist the
+            result is exact; docs/dedup.md has the costs). "hnsw": candidate pairs from a usearch index
+            (`tokvec.ann`: each item's `neighbors` nearest items; `pip install 'tokvec[ann]'`).
         nprobe: with method "ivf", lists probed per item (default 8, at most nlist): more finds more
             duplicates and costs proportionally more.
         nlist: with method "ivf", number of lists (default 2 sqrt(n), at most n).
-        stats: with method "ivf", a dict filled with what the run did: `nlist`, `nprobe`, `sample` (rows
-            of the k-means), `block`, `kmeans_iterations`, `prescored` / `rescored` / `found` (pairs
-            pre-scored in int8, re-scored exactly, above the threshold), `largest_list`, and the seconds
-            of each stage (`train_seconds`, `assign_seconds`, `search_seconds`).
+        stats: with method "ivf", a dict filled with what the run did: `nlist`, `nprobe`, `spill` (lists a
+            kept item is stored in), `sample` (rows of the k-means), `block`, `kmeans_iterations`,
+            `prescored` / `rescored` / `found` (pairs pre-scored in int8, re-scored exactly, above the
+            threshold; a pair met in several lists counts each time), `largest_list`, and the seconds of
+            each stage (`train_seconds`, `assign_seconds`, `search_seconds`).
 
     Returns:
         a `DedupResult`.
