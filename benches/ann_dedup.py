@@ -60,6 +60,26 @@ def texts(n: int, seed: int = 0) -> list[str]:
     return [out[i] for i in rng.permutation(n).tolist()]
 
 
+def sampled_residual(E: np.ndarray, is_kept: np.ndarray, t: float, sample: int,
+                     seed: int = 1) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Duplicates a deduplication left in, from `sample` random rows whose exact pairs above `t` with every row
+    come from the exact cross kernel: `sampled_kept` (sampled rows kept) and `sampled_kept_with_duplicate_left`
+    (those with an exact pair above `t` with an earlier kept row). Also returns the sampled exact pairs (lo, hi)."""
+    n = len(E)
+    rng = np.random.default_rng(seed)
+    R = np.sort(rng.choice(n, size=min(sample, n), replace=False))
+    ri, rj, _ = _core.duplicate_pairs_cross(np.ascontiguousarray(E[R]), E, t)
+    ri = R[ri]
+    off = ri != rj
+    ri, rj = ri[off], rj[off]
+    lo, hi = np.minimum(ri, rj), np.maximum(ri, rj)
+    left = np.zeros(n, bool)
+    earlier = (rj < ri) & is_kept[rj] & is_kept[ri]
+    left[ri[earlier]] = True
+    ks = R[is_kept[R]]
+    return {"sampled_kept": len(ks), "sampled_kept_with_duplicate_left": int(left[ks].sum())}, lo, hi
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("n", type=int)
@@ -89,24 +109,11 @@ def main() -> None:
     is_kept = np.zeros(n, bool)
     is_kept[kept] = True
 
-    # sampled exact pairs: every pair of the sampled rows with any row, exact
-    rng = np.random.default_rng(1)
-    R = np.sort(rng.choice(n, size=min(a.sample, n), replace=False))
-    ri, rj, _ = _core.duplicate_pairs_cross(np.ascontiguousarray(E[R]), E, t)
-    ri = R[ri]
-    off = ri != rj
-    ri, rj = ri[off], rj[off]
-    lo, hi = np.minimum(ri, rj), np.maximum(ri, rj)
+    res, lo, hi = sampled_residual(E, is_kept, t, a.sample)
     found = np.isin(lo * n + hi, ai * n + aj)
     out["sampled_exact_pairs"] = len(lo)
     out["sampled_pair_recall"] = round(float(found.mean()), 4) if len(lo) else None
-    # kept sampled rows with an exact pair above t with an earlier kept row: duplicates left in
-    left = np.zeros(n, bool)
-    earlier = (rj < ri) & is_kept[rj] & is_kept[ri]
-    left[ri[earlier]] = True
-    ks = R[is_kept[R]]
-    out["sampled_kept"] = len(ks)
-    out["sampled_kept_with_duplicate_left"] = int(left[ks].sum())
+    out.update(res)
     print(json.dumps(out), file=sys.stderr, flush=True)
 
     if a.exact == "all":

@@ -65,7 +65,7 @@ pub(crate) fn check_threshold(threshold: f32) -> Result<()> {
     Ok(())
 }
 
-fn check_n(x: &[f32], n: usize, d: usize, what: &'static str) -> Result<()> {
+pub(crate) fn check_n(x: &[f32], n: usize, d: usize, what: &'static str) -> Result<()> {
     let rows = rows_of(x, d, what)?;
     if rows != n {
         return Err(CoreError::arg(

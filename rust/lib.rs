@@ -31,6 +31,7 @@ mod gguf;
 mod hamming;
 mod header;
 mod int8;
+mod ivf;
 mod pool;
 mod simd;
 #[cfg(test)]

@@ -101,13 +101,14 @@ def test_all_neighbours_equals_exact(model) -> None:
     exact = model.deduplicate(texts, 0.8, return_indices=True)
     for dt in ("i8", "f16", "f32"):
         assert model.deduplicate(texts, 0.8, return_indices=True, approx=True, neighbors=len(texts),
-                                 ann_dtype=dt) == exact
-    res = model.deduplicate(texts, 0.8, explain=True, approx=True, neighbors=len(texts))
+                                 ann_dtype=dt, method="hnsw") == exact
+    res = model.deduplicate(texts, 0.8, explain=True, approx=True, neighbors=len(texts), method="hnsw")
     ref = model.deduplicate(texts, 0.8, explain=True)
     np.testing.assert_array_equal(res.dup_of, ref.dup_of)
     np.testing.assert_array_equal(res.score, ref.score)
     # against a reference set too
-    a = dedup(model.embed(texts[50:]), 0.8, reference=model.embed(texts[:50]), approx=True, neighbors=500)
+    a = dedup(model.embed(texts[50:]), 0.8, reference=model.embed(texts[:50]), approx=True, neighbors=500,
+              method="hnsw")
     b = dedup(model.embed(texts[50:]), 0.8, reference=model.embed(texts[:50]))
     np.testing.assert_array_equal(a.dup_of, b.dup_of)
     np.testing.assert_array_equal(a.source, b.source)
@@ -139,7 +140,8 @@ def test_cli_dedup_approx(tmp_path: Path, capsys, wiki) -> None:
     src = tmp_path / "in.txt"
     src.write_text("\n".join(texts) + "\n", encoding="utf-8")
     out, rep = tmp_path / "kept.txt", tmp_path / "removed.jsonl"
-    assert main(["dedup", str(src), "-o", str(out), "--report", str(rep), "--approx", "--json", "-q"]) == 0
+    assert main(["dedup", str(src), "-o", str(out), "--report", str(rep), "--approx", "--approx-method", "hnsw",
+                 "--json", "-q"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["approx"] is True and info["neighbors"] == 32 and info["ann_dtype"] == "i8"
     kept = out.read_text(encoding="utf-8").splitlines()

@@ -151,3 +151,13 @@ class Table:
     def read_bytes(self, start: int, end: int, dtype: str) -> npt.NDArray[np.uint8]: ...
 
 def encode_table(x: npt.NDArray[np.float32], dtype: str, row0: int = 0) -> npt.NDArray[np.uint8]: ...
+def dedup_ivf(
+    embeddings: npt.NDArray[np.float32],
+    threshold: float,
+    *,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    sample: int | None = None,
+    block: int | None = None,
+    spill: int | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32], dict[str, int | float]]: ...

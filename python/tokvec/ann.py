@@ -1,4 +1,6 @@
-"""Approximate duplicate search for very large sets, on the usearch HNSW index (`pip install 'tokvec[ann]'`).
+"""Approximate duplicate search for very large sets, on the usearch HNSW index (`pip install 'tokvec[ann]'`): the
+`method="hnsw"` of `tokvec.dedup.dedup(..., approx=True)` (its default, "ivf", is the partitioned search of the core,
+`_core.dedup_ivf`, which needs no extra package), and `tokvec.dedup_indices(..., approx=True)`.
 
 The exact path (`tokvec.dedup_indices`, `_core.duplicate_pairs`) scores every pair that could be above the
 threshold, so its cost grows with n². Here each vector only meets its `neighbors` nearest vectors found by a

@@ -31,6 +31,7 @@ import numpy as np
 from tokvec import _core, ann
 from tokvec._io import write_safetensors
 from tokvec._validate import matrix as _matrix
+from tokvec._validate import positive_int_or_none
 from tokvec._validate import threshold as _threshold
 from tokvec.search import dedup_indices
 from tokvec.textio import write_atomic
@@ -177,6 +178,10 @@ def dedup(
     approx: bool = False,
     neighbors: int = 32,
     ann_dtype: str = "i8",
+    method: str = "ivf",
+    nprobe: int | None = None,
+    nlist: int | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> DedupResult:
     """Greedy exact deduplication with an explanation for every removed item.
 
@@ -188,11 +193,25 @@ def dedup(
             not deduplicated and is not part of the result.
         self_dedup: also remove items duplicating an earlier kept item of `embeddings` (default).
             False only removes reference matches (pure decontamination).
-        approx: candidate pairs from a usearch index (`tokvec.ann`: each item's `neighbors` nearest items,
-            and nearest reference items) instead of the exact pair search; scores stay exact and the greedy
-            pass is the same, but missed pairs are not seen (no item is removed without a true duplicate).
-        neighbors: with approx, neighbours searched per item.
-        ann_dtype: with approx, usearch's storage type ("i8", "f16" or "f32").
+        approx: for very large sets: each item meets only some of the earlier items instead of every one
+            that could be above the threshold (see `method`); scores stay exact and the greedy pass is the same,
+            but missed pairs are not seen (no item is removed without a true duplicate). A reference set is
+            still searched exactly with method "ivf".
+        neighbors: with approx and method "hnsw", neighbours searched per item.
+        ann_dtype: with approx and method "hnsw", usearch's storage type ("i8", "f16" or "f32").
+        method: with approx, "ivf" (default): the items are split into `nlist` lists by k-means on a sample,
+            a kept item is stored in its 4 nearest lists, and an item meets the earlier kept items stored in
+            its `nprobe` nearest lists (in Rust, no extra package; deterministic; with nprobe = nlist the
+            result is exact; docs/dedup.md has the costs). "hnsw": candidate pairs from a usearch index
+            (`tokvec.ann`: each item's `neighbors` nearest items; `pip install 'tokvec[ann]'`).
+        nprobe: with method "ivf", lists probed per item (default 8, at most nlist): more finds more
+            duplicates and costs proportionally more.
+        nlist: with method "ivf", number of lists (default 2 sqrt(n), at most n).
+        stats: with method "ivf", a dict filled with what the run did: `nlist`, `nprobe`, `spill` (lists a
+            kept item is stored in), `sample` (rows of the k-means), `block`, `kmeans_iterations`,
+            `prescored` / `rescored` / `found` (pairs pre-scored in int8, re-scored exactly, above the
+            threshold; a pair met in several lists counts each time), `largest_list`, and the seconds of
+            each stage (`train_seconds`, `assign_seconds`, `search_seconds`).
 
     Returns:
         a `DedupResult`.
@@ -202,6 +221,11 @@ def dedup(
         raise TypeError("dedup with explanations takes float vectors; use tokvec.dedup_indices for packed bits")
     t = _threshold(threshold)
     n = e.shape[0]
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    ivf = {"nlist": positive_int_or_none(nlist, "nlist"), "nprobe": positive_int_or_none(nprobe, "nprobe")}
+    if approx and method == "ivf":
+        return _dedup_ivf(e, t, reference, self_dedup, ivf, stats)
     akw = {"neighbors": neighbors, "dtype": ann_dtype}
     if reference is None and self_dedup and not approx:
         # the plain case: pairs found and resolved inside Rust, no pair list crosses into Python
@@ -239,6 +263,42 @@ def dedup(
     dup_of = np.where(dup_of >= m, dup_of - m, dup_of)
     kept = np.flatnonzero(dup_of < 0).astype(np.int64)
     return DedupResult(kept=kept, dup_of=dup_of.astype(np.int64), score=score, source=source, threshold=t)
+
+
+#: Candidate searches of `dedup(..., approx=True)`.
+METHODS = ("ivf", "hnsw")
+
+
+def _dedup_ivf(e: np.ndarray, t: float, reference: Any, self_dedup: bool, ivf: dict[str, int | None],
+               stats: dict[str, Any] | None) -> DedupResult:
+    """`dedup(..., approx=True, method="ivf")`: reference matches from the exact cross search, then the
+    partitioned greedy pass (`_core.dedup_ivf`) over the items that match no reference item. That is the greedy
+    rule over the reference followed by the items: reference items are always kept, so an item matching one is
+    removed whatever the earlier items, and only the other items can be kept and remove later ones. (An item that
+    matches both is reported against the reference.)"""
+    n = e.shape[0]
+    dup_of = np.full(n, -1, np.int64)
+    score = np.full(n, np.nan, np.float32)
+    source = np.full(n, KEPT, np.int8)
+    rest = np.arange(n, dtype=np.int64)
+    if reference is not None:
+        r = _matrix(reference, "reference")
+        ci, cj, cs = _cross(r, e, t)
+        if ci.size:
+            # each item's best reference item: the greedy pass over the cross pairs alone
+            _, rd, rs = _resolve(r.shape[0] + n, ci, cj + r.shape[0], cs, t)
+            hit = rd[r.shape[0]:] >= 0
+            dup_of[hit], score[hit], source[hit] = rd[r.shape[0]:][hit], rs[r.shape[0]:][hit], REFERENCE
+            rest = np.flatnonzero(~hit).astype(np.int64)
+    if self_dedup:
+        sub = e if rest.shape[0] == n else np.ascontiguousarray(e[rest])
+        _, d, sc, st = _core.dedup_ivf(sub, t, **ivf)
+        own = d >= 0
+        dup_of[rest[own]], score[rest[own]], source[rest[own]] = rest[d[own]], sc[own], SELF
+        if stats is not None:
+            stats.update(st)
+    kept = np.flatnonzero(source == KEPT).astype(np.int64)
+    return DedupResult(kept=kept, dup_of=dup_of, score=score, source=source, threshold=t)
 
 
 def dedup_sweep(embeddings: Any, thresholds: Any) -> list[dict[str, float | int]]:
@@ -374,6 +434,10 @@ def resolve_texts(
     approx: bool = False,
     neighbors: int = 32,
     ann_dtype: str = "i8",
+    method: str = "ivf",
+    nprobe: int | None = None,
+    nlist: int | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> DedupResult:
     """The vector pass over `plan.vector_items`, then the exact pass's decisions, as one result.
 
@@ -389,9 +453,13 @@ def resolve_texts(
         threshold: in [-1, 1].
         reference: the reference set's vectors (rows matching `reference_keys`), or None.
         bits: for packed sign bits, the number of meaningful bits.
-        approx: candidate pairs from a usearch index (see `dedup`).
-        neighbors: with approx, neighbours searched per item.
-        ann_dtype: with approx, usearch's storage type.
+        approx: compare each item with some of the earlier items only (see `dedup`).
+        neighbors: with approx and method "hnsw", neighbours searched per item.
+        ann_dtype: with approx and method "hnsw", usearch's storage type.
+        method: with approx, "ivf" (default) or "hnsw" (see `dedup`).
+        nprobe: with method "ivf", lists probed per item.
+        nlist: with method "ivf", number of lists.
+        stats: with method "ivf", a dict filled with the run's statistics (see `dedup`).
 
     Returns:
         a `DedupResult` over the plan's n items.
@@ -413,7 +481,7 @@ def resolve_texts(
             src = np.where(d < 0, KEPT, SELF).astype(np.int8)
         else:
             r = dedup(e, t, reference=reference, self_dedup=plan.self_dedup, approx=approx, neighbors=neighbors,
-                      ann_dtype=ann_dtype)
+                      ann_dtype=ann_dtype, method=method, nprobe=nprobe, nlist=nlist, stats=stats)
             d, sc, src = r.dup_of, r.score, r.source
         own = src == SELF
         d = d.copy()

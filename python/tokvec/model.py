@@ -674,6 +674,9 @@ class Model:
         neighbors: int = 32,
         ann_dtype: str = "i8",
         batch_size: int | None = None,
+        method: str = "ivf",
+        nprobe: int | None = None,
+        nlist: int | None = None,
     ) -> Any:
         """Removes duplicates, greedily in input order: a doc is dropped when it is identical to an
         earlier doc, or when its cosine similarity with an earlier *kept* doc is > threshold. Exact
@@ -698,14 +701,17 @@ class Model:
                 deduplicated.
             drop_empty: remove empty docs (no characters, or whitespace only). By default every
                 empty doc is kept, none is a duplicate of another, and `.summary()` counts them.
-            approx: for very large sets: candidate pairs from a usearch index (each doc's `neighbors`
-                nearest docs), re-scored exactly and resolved by the same greedy pass. A removed doc always
-                has a kept doc above the threshold, but pairs the index misses are not seen (`tokvec.ann`;
-                `pip install 'tokvec[ann]'`).
-            neighbors: with approx, neighbours searched per doc.
-            ann_dtype: with approx, usearch's storage type ("i8", "f16" or "f32").
+            approx: for very large sets: each doc meets only some earlier docs (see `method`); scores are
+                exact and the greedy pass is the same. A removed doc always has a kept doc above the
+                threshold, but pairs the search does not meet are not seen (`tokvec.dedup`).
+            neighbors: with approx and method "hnsw", neighbours searched per doc.
+            ann_dtype: with approx and method "hnsw", usearch's storage type ("i8", "f16" or "f32").
             batch_size: WordLlama's keyword (its block size): texts pooled per core call; the result
                 does not depend on it.
+            method: with approx, "ivf" (default: k-means lists, each doc against the kept docs of its
+                `nprobe` nearest lists) or "hnsw" (a usearch index, `pip install 'tokvec[ann]'`).
+            nprobe: with method "ivf", lists probed per doc (default 8).
+            nlist: with method "ivf", number of lists (default 2 sqrt(n)).
 
         Returns:
             the kept docs in input order, or their indices, or a `DedupResult`.
@@ -727,6 +733,9 @@ class Model:
             approx=approx,
             neighbors=neighbors,
             ann_dtype=ann_dtype,
+            method=method,
+            nprobe=nprobe,
+            nlist=nlist,
         )
         res.texts, res.reference_texts = items, ref
         if explain:

@@ -10,6 +10,7 @@ mod cluster;
 mod errors;
 mod extract;
 mod interrupt;
+mod ivf;
 mod model;
 mod search;
 
@@ -27,5 +28,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     model::register(m)?;
     search::register(m)?;
     cluster::register(m)?;
+    ivf::register(m)?;
     Ok(())
 }
