@@ -420,8 +420,7 @@ mod tests {
     fn a_set_flag_interrupts_kmeans() {
         let d = 8;
         let (x, _) = blobs(200, d, 3);
-        let stop = Cancel::new();
-        stop.cancel();
+        let stop = crate::testutil::stopped();
         let opts = KMeansOptions::default();
         assert!(matches!(
             kmeans_cancellable(&x, d, 4, opts, None, &stop),

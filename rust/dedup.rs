@@ -1437,8 +1437,7 @@ mod tests {
     fn a_set_flag_interrupts_every_kernel() {
         let (n, d) = (3000, 32);
         let e = clustered(n, d, 30, 0.4, 5);
-        let stop = Cancel::new();
-        stop.cancel();
+        let stop = crate::testutil::stopped();
         let interrupted = |r: Result<()>| matches!(r, Err(CoreError::Interrupted));
         for p in paths() {
             assert!(interrupted(pairs_with(&e, n, d, 0.8, p, &stop).map(drop)), "{p:?}");
@@ -1486,8 +1485,7 @@ mod tests {
         let (n, d) = (6000, 16);
         let e = clustered(n, d, 50, 0.3, 8);
         let norms = row_norms(&e, d, "e").unwrap();
-        let stop = Cancel::new();
-        stop.cancel();
+        let stop = crate::testutil::stopped();
         let (nodes, _, _) = tree(&e, d, &norms, isa(), 0.9, &stop);
         assert_eq!(nodes.len(), 1, "a set flag builds no tree");
         let go = Cancel::new();

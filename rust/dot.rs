@@ -742,8 +742,7 @@ pub(crate) mod tests {
                     assert_eq!(m[x * 301 + y].to_bits(), want.to_bits(), "nq={nq} ({x}, {y})");
                 }
             }
-            let stop = Cancel::new();
-            stop.cancel();
+            let stop = crate::testutil::stopped();
             assert!(matches!(
                 scores_cancellable(&q, &c, d, &stop),
                 Err(CoreError::Interrupted)
@@ -755,8 +754,7 @@ pub(crate) mod tests {
     fn a_set_flag_interrupts_scores_and_pairs() {
         let d = 16;
         let (q, c) = (gaussian(4, d, 1), gaussian(50, d, 2));
-        let stop = Cancel::new();
-        stop.cancel();
+        let stop = crate::testutil::stopped();
         assert!(matches!(
             scores_cancellable(&q, &c, d, &stop),
             Err(CoreError::Interrupted)

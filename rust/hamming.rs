@@ -750,8 +750,7 @@ mod tests {
     fn a_set_flag_interrupts_every_kernel() {
         let (n, words, bits) = (3000, 4, 250);
         let e = rows(n, words, bits, 20, 7);
-        let stop = Cancel::new();
-        stop.cancel();
+        let stop = crate::testutil::stopped();
         let q = &e[..50 * words];
         let interrupted = |r: Result<()>| matches!(r, Err(CoreError::Interrupted));
         let (qs, cs) = (

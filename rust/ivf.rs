@@ -78,11 +78,17 @@ pub(crate) struct IvfOptions {
 /// What a run did, for the caller's statistics.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct IvfStats {
+    /// Lists (k-means centroids) the rows were split into.
     pub(crate) nlist: usize,
+    /// Lists each row searches (its nearest).
     pub(crate) nprobe: usize,
+    /// Lists each kept row is stored in (its nearest).
     pub(crate) spill: usize,
+    /// Rows the k-means was trained on.
     pub(crate) sample: usize,
+    /// Rows per block of the greedy resolution.
     pub(crate) block: usize,
+    /// k-means steps run.
     pub(crate) kmeans_iterations: usize,
     /// (query, stored row) pairs pre-scored (or scored, without int8).
     pub(crate) prescored: u64,
@@ -92,8 +98,11 @@ pub(crate) struct IvfStats {
     pub(crate) found: u64,
     /// Rows in the largest list (by home).
     pub(crate) largest_list: usize,
+    /// Seconds of the k-means.
     pub(crate) train_seconds: f64,
+    /// Seconds of finding each row's nearest lists.
     pub(crate) assign_seconds: f64,
+    /// Seconds of the search and the greedy resolution.
     pub(crate) search_seconds: f64,
 }
 
@@ -949,8 +958,7 @@ mod tests {
     fn a_set_flag_interrupts() {
         let (n, d) = (3000, 32);
         let e = clustered(n, d, 30, 0.4, 5);
-        let stop = Cancel::new();
-        stop.cancel();
+        let stop = crate::testutil::stopped();
         for exact_scan in modes() {
             let o = IvfOptions {
                 exact_scan,

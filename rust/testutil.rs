@@ -8,3 +8,10 @@ pub(crate) fn in_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) 
         .unwrap()
         .install(f)
 }
+
+/// A flag that is already set: every cancellable kernel given it must stop with `Interrupted`.
+pub(crate) fn stopped() -> crate::cancel::Cancel {
+    let stop = crate::cancel::Cancel::new();
+    stop.cancel();
+    stop
+}

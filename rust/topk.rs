@@ -350,8 +350,7 @@ mod tests {
     fn a_set_flag_interrupts_topk() {
         let (d, nq, nc) = (40, 20, 5000);
         let (q, c) = (gaussian(nq, d, 1), gaussian(nc, d, 2));
-        let stop = Cancel::new();
-        stop.cancel();
+        let stop = crate::testutil::stopped();
         for p in paths() {
             assert!(
                 matches!(topk_with(&q, &c, d, 3, p, &stop), Err(CoreError::Interrupted)),

@@ -5,6 +5,7 @@ removed without a kept item above the threshold. Plus the Python and CLI entry p
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tokvec import _core
 from tokvec.ann import approx_pairs, approx_pairs_cross, canonical_dot_pairs
 from tokvec.cli import main
 from tokvec.dedup import dedup
+from tokvec.search import METHODS
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SENTENCES = DATA / "wikipedia-sentences" / "sentences.tsv"
@@ -116,20 +118,21 @@ def test_all_neighbours_equals_exact(model) -> None:
 
 def test_approx_small_and_bad_inputs(model) -> None:
     E = model.embed(["one text", "another"])
-    for n in (0, 1):
-        kept, dup_of, _ = tokvec.dedup_indices(E[:n], T, approx=True)
+    for n, method in itertools.product((0, 1), METHODS):
+        kept, dup_of, _ = tokvec.dedup_indices(E[:n], T, approx=True, method=method)
         assert kept.tolist() == list(range(n)) and dup_of.tolist() == [-1] * n
     with pytest.raises(ValueError, match="neighbors"):
         tokvec.dedup_indices(E, T, approx=True, neighbors=0)
     with pytest.raises(ValueError, match="dtype"):
         tokvec.dedup_indices(E, T, approx=True, ann_dtype="f64")
-    with pytest.raises(ValueError, match="float"):
-        tokvec.dedup_indices(np.zeros((2, 4), np.uint64), T, approx=True)
+    for method in METHODS:
+        with pytest.raises(ValueError, match="float"):
+            tokvec.dedup_indices(np.zeros((2, 4), np.uint64), T, approx=True, method=method)
     with pytest.raises(ValueError, match="normalized"):
-        tokvec.dedup_indices(E * 100, T, approx=True)
+        tokvec.dedup_indices(E * 100, T, approx=True, method="hnsw")
     big = E * 100  # inner products up to 10^4: f16 storage works, the result is the exact one
     exact = tokvec.dedup_indices(big, T)[0].tolist()
-    assert tokvec.dedup_indices(big, T, approx=True, ann_dtype="f16")[0].tolist() == exact
+    assert tokvec.dedup_indices(big, T, approx=True, method="hnsw", ann_dtype="f16")[0].tolist() == exact
     b = tokvec.load(binary=True)
     with pytest.raises(ValueError, match="float model"):
         b.deduplicate(["a", "b"], approx=True)

@@ -21,6 +21,7 @@ from test_interrupt import run_and_signal
 from tokvec import _core
 from tokvec.cli import main
 from tokvec.dedup import REFERENCE, SELF, dedup, plan_texts, resolve_texts
+from tokvec.search import Approx
 
 T = 0.9
 
@@ -195,7 +196,7 @@ def test_texts_entry_points(model, corpus) -> None:
     plan = plan_texts(texts)
     vecs = model.embed([texts[i] for i in plan.vector_items.tolist()])
     st: dict = {}
-    a = resolve_texts(plan, vecs, T, approx=True, nprobe=4, stats=st)
+    a = resolve_texts(plan, vecs, T, approx=Approx(nprobe=4), stats=st)
     assert st["nprobe"] == 4
     b = model.deduplicate(texts, T, explain=True, approx=True, nprobe=4)
     np.testing.assert_array_equal(a.dup_of, b.dup_of)
@@ -258,3 +259,28 @@ def test_ctrl_c_stops_the_kernel() -> None:
     assert r.returncode == -signal.SIGINT, (r.returncode, r.stderr)
     assert r.stderr.rstrip().endswith("KeyboardInterrupt"), r.stderr
     assert "_core.dedup_ivf(" in r.stderr, r.stderr
+
+
+def test_dedup_indices_uses_the_partitioned_search(E) -> None:
+    X = np.ascontiguousarray(E[:5000])
+    kept, dup_of, score = tokvec.dedup_indices(X, T, approx=True, nprobe=2)
+    r = dedup(X, T, approx=True, nprobe=2)
+    np.testing.assert_array_equal(kept, r.kept)
+    np.testing.assert_array_equal(dup_of, r.dup_of)
+    np.testing.assert_array_equal(score.view(np.uint32), r.score.view(np.uint32))
+    # every list probed: the exact result, bit for bit
+    full = tokvec.dedup_indices(X, T, approx=Approx(nlist=16, nprobe=16))
+    for a, b in zip(full, tokvec.dedup_indices(X, T)):
+        np.testing.assert_array_equal(a.view(np.uint32) if a.dtype == np.float32 else a,
+                                      b.view(np.uint32) if b.dtype == np.float32 else b)
+
+
+def test_bad_search_options_fail_before_any_text_is_embedded(model) -> None:
+    # the options are checked first: a doc that cannot be embedded (not a str) is never reached
+    docs = ["a text", 42]
+    for kw, name in (({"nprobe": 0}, "nprobe"), ({"nlist": 3, "nprobe": 4}, "nprobe"), ({"method": "lsh"}, "method"),
+                     ({"neighbors": 0}, "neighbors"), ({"ann_dtype": "f64"}, "ann_dtype")):
+        with pytest.raises(ValueError, match=name):
+            model.deduplicate(docs, T, approx=True, **kw)
+    with pytest.raises(TypeError):
+        model.deduplicate(docs, T, approx=True)

@@ -201,6 +201,7 @@ def _input_notes(src) -> str:
 def cmd_dedup(args: argparse.Namespace) -> None:
     from tokvec._validate import threshold as _threshold
     from tokvec.dedup import DedupIndex, parse_thresholds, plan_texts, resolve_texts, sweep_texts, text_keys
+    from tokvec.search import Approx
     from tokvec.textio import Outputs, check_distinct, output_format
 
     sweep = None
@@ -236,6 +237,7 @@ def cmd_dedup(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} must be >= 1, got {v}")
     if args.nprobe is not None and args.nlist is not None and args.nprobe > args.nlist:
         raise UsageError(f"--nprobe must be at most --nlist ({args.nlist}), got {args.nprobe}")
+    search = Approx(args.approx_method, args.nprobe, args.nlist, args.neighbors, args.ann_dtype) if args.approx else None
     if args.no_self and not (args.against or args.index):
         raise UsageError("--no-self needs --against REF or --index PATH")
     # everything the run needs, before the work: inputs, outputs, packages, the index
@@ -292,9 +294,7 @@ def cmd_dedup(args: argparse.Namespace) -> None:
         t1 = time.perf_counter()
         bits = m.dim if m.binary else None
         approx_stats: dict = {}
-        res = resolve_texts(plan, E, threshold, reference=R, bits=bits, approx=args.approx,
-                            neighbors=args.neighbors, ann_dtype=args.ann_dtype, method=args.approx_method,
-                            nprobe=args.nprobe, nlist=args.nlist, stats=approx_stats)
+        res = resolve_texts(plan, E, threshold, reference=R, bits=bits, approx=search, stats=approx_stats)
         t_dedup = time.perf_counter() - t1
         res.texts, res.reference_texts, res.rows, res.reference_rows = texts, ref_texts, rows, ref_rows
         kept = res.kept.tolist()

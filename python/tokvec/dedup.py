@@ -31,9 +31,8 @@ import numpy as np
 from tokvec import _core, ann
 from tokvec._io import write_safetensors
 from tokvec._validate import matrix as _matrix
-from tokvec._validate import positive_int_or_none
 from tokvec._validate import threshold as _threshold
-from tokvec.search import dedup_indices
+from tokvec.search import Approx, approx_options, dedup_indices
 from tokvec.textio import write_atomic
 
 __all__ = ["DedupIndex", "DedupResult", "TextPlan", "dedup", "dedup_sweep", "plan_texts", "resolve_texts", "text_keys"]
@@ -175,7 +174,7 @@ def dedup(
     *,
     reference: Any = None,
     self_dedup: bool = True,
-    approx: bool = False,
+    approx: bool | Approx = False,
     neighbors: int = 32,
     ann_dtype: str = "i8",
     method: str = "ivf",
@@ -193,10 +192,10 @@ def dedup(
             not deduplicated and is not part of the result.
         self_dedup: also remove items duplicating an earlier kept item of `embeddings` (default).
             False only removes reference matches (pure decontamination).
-        approx: for very large sets: each item meets only some of the earlier items instead of every one
-            that could be above the threshold (see `method`); scores stay exact and the greedy pass is the same,
-            but missed pairs are not seen (no item is removed without a true duplicate). A reference set is
-            still searched exactly with method "ivf".
+        approx: True (or an `Approx` holding the keywords below) for very large sets: each item meets only
+            some of the earlier items instead of every one that could be above the threshold (see `method`);
+            scores stay exact and the greedy pass is the same, but missed pairs are not seen (no item is removed
+            without a true duplicate). A reference set is still searched exactly with method "ivf".
         neighbors: with approx and method "hnsw", neighbours searched per item.
         ann_dtype: with approx and method "hnsw", usearch's storage type ("i8", "f16" or "f32").
         method: with approx, "ivf" (default): the items are split into `nlist` lists by k-means on a sample,
@@ -221,13 +220,10 @@ def dedup(
         raise TypeError("dedup with explanations takes float vectors; use tokvec.dedup_indices for packed bits")
     t = _threshold(threshold)
     n = e.shape[0]
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
-    ivf = {"nlist": positive_int_or_none(nlist, "nlist"), "nprobe": positive_int_or_none(nprobe, "nprobe")}
-    if approx and method == "ivf":
-        return _dedup_ivf(e, t, reference, self_dedup, ivf, stats)
-    akw = {"neighbors": neighbors, "dtype": ann_dtype}
-    if reference is None and self_dedup and not approx:
+    a = approx_options(approx, method=method, nprobe=nprobe, nlist=nlist, neighbors=neighbors, ann_dtype=ann_dtype)
+    if a is not None and a.method == "ivf":
+        return _dedup_ivf(e, t, reference, self_dedup, a, stats)
+    if reference is None and self_dedup and a is None:
         # the plain case: pairs found and resolved inside Rust, no pair list crosses into Python
         if n < 2:
             dup_of = np.full(n, -1, np.int64)
@@ -245,10 +241,10 @@ def dedup(
         m = r.shape[0]
         if r.shape[0] and r.shape[1] != e.shape[1]:
             raise ValueError(f"the reference vectors have {r.shape[1]} dimensions, the items {e.shape[1]}")
-        ci, cj, cs = ann.approx_pairs_cross(r, e, t, **akw) if approx else _cross(r, e, t)
+        ci, cj, cs = ann.approx_pairs_cross(r, e, t, neighbors=a.neighbors, dtype=a.ann_dtype) if a else _cross(r, e, t)
         parts = [(ci, cj + m, cs)]
     if self_dedup:
-        pi, pj, ps = ann.approx_pairs(e, t, **akw) if approx else _pairs(e, t)
+        pi, pj, ps = ann.approx_pairs(e, t, neighbors=a.neighbors, dtype=a.ann_dtype) if a else _pairs(e, t)
         parts.append((pi + m, pj + m, ps))
     if parts:
         i = np.concatenate([p[0] for p in parts])
@@ -265,11 +261,7 @@ def dedup(
     return DedupResult(kept=kept, dup_of=dup_of.astype(np.int64), score=score, source=source, threshold=t)
 
 
-#: Candidate searches of `dedup(..., approx=True)`.
-METHODS = ("ivf", "hnsw")
-
-
-def _dedup_ivf(e: np.ndarray, t: float, reference: Any, self_dedup: bool, ivf: dict[str, int | None],
+def _dedup_ivf(e: np.ndarray, t: float, reference: Any, self_dedup: bool, a: Approx,
                stats: dict[str, Any] | None) -> DedupResult:
     """`dedup(..., approx=True, method="ivf")`: reference matches from the exact cross search, then the
     partitioned greedy pass (`_core.dedup_ivf`) over the items that match no reference item. That is the greedy
@@ -292,7 +284,7 @@ def _dedup_ivf(e: np.ndarray, t: float, reference: Any, self_dedup: bool, ivf: d
             rest = np.flatnonzero(~hit).astype(np.int64)
     if self_dedup:
         sub = e if rest.shape[0] == n else np.ascontiguousarray(e[rest])
-        _, d, sc, st = _core.dedup_ivf(sub, t, **ivf)
+        _, d, sc, st = _core.dedup_ivf(sub, t, nlist=a.nlist, nprobe=a.nprobe)
         own = d >= 0
         dup_of[rest[own]], score[rest[own]], source[rest[own]] = rest[d[own]], sc[own], SELF
         if stats is not None:
@@ -431,12 +423,7 @@ def resolve_texts(
     *,
     reference: Any = None,
     bits: int | None = None,
-    approx: bool = False,
-    neighbors: int = 32,
-    ann_dtype: str = "i8",
-    method: str = "ivf",
-    nprobe: int | None = None,
-    nlist: int | None = None,
+    approx: Approx | None = None,
     stats: dict[str, Any] | None = None,
 ) -> DedupResult:
     """The vector pass over `plan.vector_items`, then the exact pass's decisions, as one result.
@@ -453,13 +440,9 @@ def resolve_texts(
         threshold: in [-1, 1].
         reference: the reference set's vectors (rows matching `reference_keys`), or None.
         bits: for packed sign bits, the number of meaningful bits.
-        approx: compare each item with some of the earlier items only (see `dedup`).
-        neighbors: with approx and method "hnsw", neighbours searched per item.
-        ann_dtype: with approx and method "hnsw", usearch's storage type.
-        method: with approx, "ivf" (default) or "hnsw" (see `dedup`).
-        nprobe: with method "ivf", lists probed per item.
-        nlist: with method "ivf", number of lists.
-        stats: with method "ivf", a dict filled with the run's statistics (see `dedup`).
+        approx: compare each item with some of the earlier items only, searched as this says (see `dedup`);
+            None: exact.
+        stats: with approx method "ivf", a dict filled with the run's statistics (see `dedup`).
 
     Returns:
         a `DedupResult` over the plan's n items.
@@ -475,13 +458,12 @@ def resolve_texts(
         raise ValueError(f"got {e.shape[0]} vectors for the plan's {len(v)} vector items")
     if e is not None and t < 1.0:
         if e.dtype == np.uint64:
-            if reference is not None or approx:
+            if reference is not None or approx is not None:
                 raise ValueError("a reference set and approx=True need float vectors, not packed sign bits")
             _, d, sc = dedup_indices(e, t, bits=bits)
             src = np.where(d < 0, KEPT, SELF).astype(np.int8)
         else:
-            r = dedup(e, t, reference=reference, self_dedup=plan.self_dedup, approx=approx, neighbors=neighbors,
-                      ann_dtype=ann_dtype, method=method, nprobe=nprobe, nlist=nlist, stats=stats)
+            r = dedup(e, t, reference=reference, self_dedup=plan.self_dedup, approx=approx or False, stats=stats)
             d, sc, src = r.dup_of, r.score, r.source
         own = src == SELF
         d = d.copy()

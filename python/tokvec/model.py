@@ -22,6 +22,7 @@ from tokvec.cluster import kmeans
 from tokvec.config import FORMAT_VERSION
 from tokvec.dedup import plan_texts, resolve_texts, text_keys
 from tokvec.formats import Resolved, resolve
+from tokvec.search import approx_options
 from tokvec.search import topk as _topk
 from tokvec.split import semantic_split
 from tokvec.tokenizer import LoadedTokenizer, check_fits, load_tokenizer
@@ -718,6 +719,8 @@ class Model:
         """
         t = _threshold(threshold)
         batch = _positive_int(batch_size, "batch_size")
+        search = approx_options(approx, method=method, nprobe=nprobe, nlist=nlist, neighbors=neighbors,
+                                ann_dtype=ann_dtype)
         items = self._texts(docs, "docs")
         ref = None if reference is None else self._texts(reference, "reference")
         if self._binary and (ref is not None or approx):
@@ -730,12 +733,7 @@ class Model:
             t,
             reference=None if ref is None else self._unit_embed(ref),
             bits=self.dim if self._binary else None,
-            approx=approx,
-            neighbors=neighbors,
-            ann_dtype=ann_dtype,
-            method=method,
-            nprobe=nprobe,
-            nlist=nlist,
+            approx=search,
         )
         res.texts, res.reference_texts = items, ref
         if explain:
