@@ -18,7 +18,7 @@ import pytest
 import tokvec
 from conftest import near_copy
 from test_interrupt import run_and_signal
-from tokvec import _core
+from tokvec import _core, cli
 from tokvec.cli import main
 from tokvec.dedup import REFERENCE, SELF, dedup, plan_texts, resolve_texts
 from tokvec.search import Approx
@@ -250,6 +250,39 @@ def test_cli(tmp_path: Path, capsys, corpus) -> None:
     assert "--nprobe must be >= 1" in capsys.readouterr().err
     assert main(["dedup", str(src), "--approx", "--nlist", "3", "--nprobe", "4", "-o", str(out)]) == 2
     assert "--nprobe must be at most --nlist (3)" in capsys.readouterr().err
+
+
+def test_cli_picks_the_partitioned_search_for_large_inputs(tmp_path: Path, capsys, monkeypatch, model, corpus) -> None:
+    rng = np.random.default_rng(5)
+    texts = corpus[:3000] + [near_copy(t, rng) for t in corpus[:300]]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    out = tmp_path / "kept.txt"
+    monkeypatch.setattr(cli, "AUTO_APPROX_TEXTS", 1000)  # instead of embedding 500,000 texts
+
+    def run(*flags: str) -> tuple[dict, str, list[str]]:
+        assert main(["dedup", str(src), "-o", str(out), "--json", *flags]) == 0
+        cap = capsys.readouterr()
+        return json.loads(cap.out), cap.err, out.read_text(encoding="utf-8").splitlines()
+
+    info, err, kept = run()
+    assert info["approx"] is True and info["approx_method"] == "ivf" and info["ivf"]["nprobe"] == 8
+    assert "texts to compare: the partitioned search" in err and "--exact" in err
+    want = model.deduplicate(texts, T, approx=True)
+    assert kept == want
+    info, err, kept = run("--exact")
+    assert info["approx"] is False and "partitioned" not in err
+    assert kept == model.deduplicate(texts, T)
+    # a sweep is exact: it stays exact without being told
+    info, err, _ = run("--sweep", "0.8,0.9")
+    assert info["approx"] is False and "partitioned" not in err
+    _, err, _ = run("-q")
+    assert err == ""
+    monkeypatch.setattr(cli, "AUTO_APPROX_TEXTS", 10**6)
+    info, err, _ = run()
+    assert info["approx"] is False and "partitioned" not in err
+    assert main(["dedup", str(src), "-o", str(out), "--approx", "--exact"]) == 2
+    assert "either --approx or --exact" in capsys.readouterr().err
 
 
 def test_ctrl_c_stops_the_kernel() -> None:

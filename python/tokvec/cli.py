@@ -198,6 +198,19 @@ def _input_notes(src) -> str:
     return "; ".join(notes)
 
 
+#: From this many texts to compare (after identical texts), `tokvec dedup` uses the partitioned search unless told
+#: --exact: exact greedy deduplication grows with n^2 (on 2 cores, 320k texts took 32 s exact and 5 s partitioned
+#: with 99.98 % of exact's removals; 1M texts 274 s and 13 s, 99.97 %; benches/scale.py).
+AUTO_APPROX_TEXTS = 500_000
+
+
+def _auto_approx(args: argparse.Namespace, sweep: list[float] | None, binary: bool, n: int) -> bool:
+    """Whether a run that asked for neither --approx nor --exact uses the partitioned search: a large input, and
+    nothing that needs the exact search (a sweep, an HTML report, a reference set or index, a binary model)."""
+    exact_only = args.exact or sweep is not None or args.report_html or args.against or args.index or binary
+    return not exact_only and n >= AUTO_APPROX_TEXTS
+
+
 def cmd_dedup(args: argparse.Namespace) -> None:
     from tokvec._validate import threshold as _threshold
     from tokvec.dedup import DedupIndex, parse_thresholds, plan_texts, resolve_texts, sweep_texts, text_keys
@@ -228,6 +241,8 @@ def cmd_dedup(args: argparse.Namespace) -> None:
     if args.report_html and (threshold is None or args.against or args.index or args.approx):
         raise UsageError("--report-html shows duplicates within IN at a threshold: give --threshold (not auto), "
                          "without --against/--index/--approx")
+    if args.approx and args.exact:
+        raise UsageError("use either --approx or --exact, not both")
     if args.approx and sweep is not None:
         raise UsageError("--approx does not apply to --threshold auto / --sweep (they are exact)")
     if args.neighbors < 1:
@@ -272,6 +287,11 @@ def cmd_dedup(args: argparse.Namespace) -> None:
         elif index is not None:
             ref_keys = index.keys
         plan = plan_texts(texts, reference_keys=ref_keys, self_dedup=not args.no_self, drop_empty=args.drop_empty)
+        if search is None and _auto_approx(args, sweep, m.binary, len(plan.vector_items)):
+            search = Approx(nprobe=args.nprobe, nlist=args.nlist)
+            if not args.quiet:
+                print(f"tokvec dedup: {len(plan.vector_items):,} texts to compare: the partitioned search "
+                      "(approximate: a few lists per text; --exact for the exact one)", file=sys.stderr)
         E = _embed(m, [texts[i] for i in plan.vector_items.tolist()], args, "embed")
         R = _embed(m, ref_texts, args, "embed reference") if ref_texts is not None else None
         if index is not None:
@@ -328,10 +348,12 @@ def cmd_dedup(args: argparse.Namespace) -> None:
                 removed_empty=st["removed_empty"], empty=int(plan.empty.sum()), threshold=threshold,
                 output=args.output, seconds=round(dt, 3), embed_seconds=round(t_embed, 3),
                 dedup_seconds=round(t_dedup, 3))
-    if args.approx and args.approx_method == "hnsw":
+    if search is not None and search.method == "hnsw":
         info.update(approx=True, approx_method="hnsw", neighbors=args.neighbors, ann_dtype=args.ann_dtype)
-    elif args.approx:
+    elif search is not None:
         info.update(approx=True, approx_method="ivf", ivf=approx_stats)
+    else:
+        info.update(approx=False)
     extra = ""
     if ref_src is not None or index is not None:
         extra = f", {st['removed_reference']} matching the {'index' if index is not None else 'reference'}"
@@ -644,6 +666,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--approx", action="store_true",
                    help="very large inputs: each text meets only the kept texts of a few partitions (see "
                    "--approx-method); scores stay exact, pairs across unprobed partitions are not seen")
+    p.add_argument("--exact", action="store_true",
+                   help=f"always the exact search (by default inputs of {AUTO_APPROX_TEXTS:,} texts or more to compare "
+                   "use --approx's partitioned search, and the run says so)")
     p.add_argument("--approx-method", default="ivf", choices=["ivf", "hnsw"],
                    help="with --approx: ivf (k-means lists, in the core; default) or hnsw (a usearch index; "
                    "pip install 'tokvec[ann]')")
