@@ -409,6 +409,29 @@ impl Codes {
         pk
     }
 
+    /// Rows `rows` of `e` as int8 queries: what [`QuantQueries::new`] makes of them (the same
+    /// quantizer, so the same bytes and scales), from their codes instead of quantizing again.
+    fn queries(&self, e: &[f32], d: usize, rows: Range<usize>) -> QuantQueries {
+        let dp = self.dp;
+        let mut data = vec![0u8; rows.len() * dp];
+        data.par_chunks_mut(dp)
+            .zip(self.q[rows.start * dp..rows.end * dp].par_chunks(dp))
+            .with_min_len(256)
+            .for_each(|(o, q)| {
+                // padding codes are 0, as the queries' padding (128 = 0)
+                for (b, &v) in o.iter_mut().zip(q) {
+                    *b = (v as i16 + 128) as u8;
+                }
+            });
+        let l1 = e[rows.start * d..rows.end * d]
+            .par_chunks(d)
+            .with_min_len(256)
+            .map(|r| r.iter().map(|v| v.abs() as f64).sum())
+            .collect();
+        let s = self.meta[rows].iter().map(|m| m.0).collect();
+        QuantQueries { dp, data, s, l1 }
+    }
+
     /// Packs rows `rows` into the slots of `pk` from `used` on (the slots from `used` on are zero:
     /// padding of the last group), adding groups as needed.
     fn append(&self, pk: &mut PackedCorpus, used: usize, rows: impl ExactSizeIterator<Item = usize>) {
@@ -553,9 +576,7 @@ impl IvfBlocks<'_> {
             return;
         }
         let d = self.d;
-        let qz = self
-            .int8
-            .then(|| QuantQueries::new(&self.e[rows.start * d..rows.end * d], d));
+        let qz = self.codes.as_ref().map(|c| c.queries(self.e, d, rows.clone()));
         let mut start = vec![0usize; self.nlist + 1];
         let ps = &self.probes[rows.start * self.nprobe..rows.end * self.nprobe];
         for &l in ps {
@@ -657,8 +678,13 @@ impl IvfBlocks<'_> {
         let stored = ch.rows.len();
         match (&ch.pk, &bq.qz) {
             (Some((pk, bound)), Some(qz)) => {
+                let mut buf = [0usize; QT];
                 for tile in qrows.chunks(QT) {
-                    let idx: Vec<usize> = tile.iter().map(|&q| q as usize).collect();
+                    let idx = &mut buf[..tile.len()];
+                    for (i, &q) in idx.iter_mut().zip(tile) {
+                        *i = q as usize;
+                    }
+                    let idx = &*idx;
                     let mut t = [f32::INFINITY; QT];
                     for (slot, &q) in idx.iter().enumerate() {
                         let eps = bound.eps(qz.s[q], qz.l1[q], self.norms[base + q]);
@@ -666,7 +692,7 @@ impl IvfBlocks<'_> {
                     }
                     let keep = t;
                     cnt[0] += (tile.len() * stored) as u64;
-                    scan_int8(qz, &idx, pk, 0, pk.groups, &mut t, |slot, c, _| {
+                    scan_int8(qz, idx, pk, 0, pk.groups, &mut t, |slot, c, _| {
                         if c < stored {
                             rescore(tile[slot], c, cnt);
                         }
@@ -932,6 +958,14 @@ mod tests {
             );
             let t = |x: &Int8Bound| [x.m_l1, x.m_s, x.m_norm, x.sqrt_d, x.rel].map(f64::to_bits);
             assert_eq!(t(gb), t(wb), "d={d}");
+            // the queries made from the codes are the ones quantized afresh
+            let (got, want) = (codes.queries(&e, d, 3..40), QuantQueries::new(&e[3 * d..40 * d], d));
+            assert_eq!(
+                (got.dp, &got.data, bits(&got.s)),
+                (want.dp, &want.data, bits(&want.s)),
+                "d={d}"
+            );
+            assert_eq!(b(&got.l1), b(&want.l1), "d={d}");
         }
     }
 
