@@ -224,7 +224,6 @@ pub(crate) fn dedup_ivf_cancellable(
         d,
         norms: &norms,
         threshold,
-        int8,
         probes: &probes,
         nprobe,
         spill,
@@ -541,7 +540,6 @@ struct IvfBlocks<'a> {
     d: usize,
     norms: &'a [f64],
     threshold: f32,
-    int8: bool,
     /// `n x nprobe` list numbers, nearest first.
     probes: &'a [u32],
     nprobe: usize,
