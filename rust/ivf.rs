@@ -55,6 +55,9 @@ use crate::topk;
 /// `block^2 / 2`, as in exact deduplication).
 pub(crate) const IVF_BLOCK: usize = 8192;
 
+/// Candidates ahead whose stored row is prefetched before the re-score.
+const PREFETCH_AHEAD: usize = 4;
+
 /// Probing rows of one list per task.
 const QCHUNK: usize = 64;
 
@@ -567,6 +570,22 @@ impl IvfBlocks<'_> {
         &self.e[r * self.d..(r + 1) * self.d]
     }
 
+    /// Asks the CPU to bring row `r` into the cache (a hint: no effect on any result).
+    #[inline]
+    fn prefetch_row(&self, r: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let row = self.row(r);
+            for k in (0..row.len()).step_by(16) {
+                // SAFETY: a prefetch never faults nor changes memory; the address is in `row`.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row[k..].as_ptr() as *const i8) };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = r;
+    }
+
     /// The block's queries, built on the first call for `rows` and kept for the second.
     fn queries(&self, rows: &Range<usize>) {
         let mut slot = lock(&self.block_qz);
@@ -677,6 +696,7 @@ impl IvfBlocks<'_> {
         match (&ch.pk, &bq.qz) {
             (Some((pk, bound)), Some(qz)) => {
                 let mut buf = [0usize; QT];
+                let mut cands: Vec<(u32, u32)> = Vec::new();
                 for tile in qrows.chunks(QT) {
                     let idx = &mut buf[..tile.len()];
                     for (i, &q) in idx.iter_mut().zip(tile) {
@@ -690,12 +710,22 @@ impl IvfBlocks<'_> {
                     }
                     let keep = t;
                     cnt[0] += (tile.len() * stored) as u64;
+                    cands.clear();
                     scan_int8(qz, idx, pk, 0, pk.groups, &mut t, |slot, c, _| {
                         if c < stored {
-                            rescore(tile[slot], c, cnt);
+                            cands.push((tile[slot], c as u32));
                         }
                         keep[slot]
                     });
+                    // the stored rows are spread over the input: fetching a few candidates ahead
+                    // overlaps their memory latency (a kept row is seldom in the cache)
+                    for (k, &(q, c)) in cands.iter().enumerate() {
+                        if let Some(&(_, c2)) = cands.get(k + PREFETCH_AHEAD) {
+                            let sr = ch.rows[c2 as usize] as usize;
+                            self.prefetch_row(if within { base + sr } else { sr });
+                        }
+                        rescore(q, c as usize, cnt);
+                    }
                 }
             }
             _ => {
