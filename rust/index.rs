@@ -34,6 +34,14 @@ use crate::ivf;
 use crate::simd::isa;
 use crate::topk::{check_k, flatten, TopK};
 
+/// Default k-means sample: 64 rows per list (at least 4,096, at most `n`). Deduplication's 16 per
+/// list ([`ivf::default_sample`]) gives coherent lists but not the best boundaries: on 20,000
+/// sentence vectors (283 lists, 35 probes) it found 0.914 of the exact top-10, all 20,000 rows
+/// 0.938 (faiss `IndexIVFFlat` with its k-means on all rows: 0.940).
+pub(crate) fn default_sample(n: usize, nlist: usize) -> usize {
+    (64 * nlist).max(4096).min(n)
+}
+
 /// What a result slot holds when the probed lists have fewer than `k` rows: score -inf, this index.
 pub(crate) const NO_ROW: u32 = u32::MAX;
 
@@ -68,7 +76,7 @@ fn at_least_one(v: Option<usize>, name: &'static str) -> Result<()> {
 
 impl IvfIndex {
     /// An index over `x` (`n x d`, n >= 1): `nlist` lists (default [`ivf::default_nlist`], at most
-    /// `n`) trained on `sample` rows (default [`ivf::default_sample`], between `nlist` and `n`).
+    /// `n`) trained on `sample` rows (default [`default_sample`], between `nlist` and `n`).
     /// Errors on no rows, a length that is not a multiple of `d`, `d == 0`, rows with NaN, infinity
     /// or a huge norm, and `nlist` or `sample` of 0; stops with [`CoreError::Interrupted`] soon
     /// after `cancel` is set.
@@ -95,7 +103,7 @@ impl IvfIndex {
         let n = check_rows(x, d)?;
         let norms = row_norms(x, d, "vectors")?;
         let nlist = nlist.unwrap_or_else(|| ivf::default_nlist(n)).min(n);
-        let sample = sample.unwrap_or_else(|| ivf::default_sample(n, nlist)).clamp(nlist, n);
+        let sample = sample.unwrap_or_else(|| default_sample(n, nlist)).clamp(nlist, n);
         let (centroids, _) = ivf::train(x, n, d, &norms, nlist, sample, int8, cancel)?;
         let labels = ivf::nearest_lists(x, n, d, &centroids, nlist, 1, int8, cancel)?;
         Self::assemble(x, d, centroids, labels, &norms, int8, cancel)

@@ -41,7 +41,7 @@ fn shape2<T: numpy::Element>(a: &PyReadonlyArray2<'_, T>) -> (usize, usize) {
 /// Args:
 ///     vectors: C-contiguous float32 array (n, d), n >= 1.
 ///     nlist: number of lists (None: 2 sqrt(n); at most n).
-///     sample: rows sampled for the k-means (None: 16 per list, at least 4096; between nlist and n).
+///     sample: rows sampled for the k-means (None: 64 per list, at least 4096; between nlist and n).
 ///     centroids: with labels, the lists of a saved index instead of training: float32 (nlist, d).
 ///     labels: the home list of every row, uint32 (n,), each < nlist.
 ///
