@@ -17,11 +17,16 @@
 //!
 //! * A list's rows are packed once, at build time, as one int8 corpus ([`PackedCorpus`]), so a
 //!   search only quantizes its queries.
-//! * Queries are tiled by [`QT`] (the int8 micro-kernel's height) after a stable sort by their
-//!   nearest list: queries near each other probe mostly the same lists, so a tile scans a list with
-//!   several queries at once. Tiles run in parallel; each keeps its queries' heaps across all
-//!   their lists (the k-th best so far prunes the next lists), and the result of a query does not
-//!   depend on its tile (top-k under a total order is unique).
+//! * The int8 micro-kernel scores [`QT`] queries at once, so a list is best scanned by a full tile of
+//!   the queries that probe it. A search runs in two phases. Phase 1: each query scans its nearest
+//!   list, the queries sorted by it (stable) and tiled, so queries of one list share a tile. Phase 2:
+//!   each other probed list is scanned by all the queries that probe it, in full tiles, with each
+//!   query's k-th best of phase 1 as a floor (a row whose exact score is below it cannot enter the
+//!   result, so the pre-score drops it); the per-list bests are merged into the query's heap. Tiles
+//!   and (list, tile) tasks run in parallel; the result does not depend on the grouping (top-k
+//!   under a total order is unique). On 200k sentence vectors, 1,000 queries, 128 of 894 lists:
+//!   0.07 s, against 0.48 s when each tile of 8 neighbouring queries scanned all their lists (a
+//!   list then met 1-2 queries of a tile; runs on a shared machine).
 //! * With `nprobe = nlist` the probe step is skipped: every query scans every list.
 
 use rayon::prelude::*;
@@ -32,7 +37,7 @@ use crate::error::{CoreError, Result};
 use crate::int8::{int8_available, scan_int8, Int8Bound, PackedCorpus, QuantQueries, INT8_MAX_D, QT};
 use crate::ivf;
 use crate::simd::isa;
-use crate::topk::{check_k, flatten, TopK};
+use crate::topk::{check_k, flatten, Entry, TopK};
 
 /// Default k-means sample: 64 rows per list (at least 4,096, at most `n`). Deduplication's 16 per
 /// list ([`ivf::default_sample`]) gives coherent lists but not the best boundaries: on 20,000
@@ -303,77 +308,147 @@ impl IvfIndex {
         } else {
             ivf::nearest_lists(queries, nq, d, &self.centroids, nlist, nprobe, self.int8, cancel)?
         };
-        let probes_of = |q: usize| {
+        // phase 1: the lists every query of a tile scans together (all lists; or its nearest list,
+        // the queries sorted by it so that the queries of one list are neighbours in a tile)
+        let first = |q: usize| {
             if all {
                 &probes[..]
             } else {
-                &probes[q * nprobe..(q + 1) * nprobe]
+                &probes[q * nprobe..q * nprobe + 1]
             }
         };
         let mut qorder: Vec<usize> = (0..nq).collect();
         if !all {
             qorder.sort_by_key(|&q| probes[q * nprobe]);
         }
-        let qz = self.int8.then(|| QuantQueries::new(queries, d));
-        let query = |q: usize| &queries[q * d..(q + 1) * d];
-        let row = |r: u32| &x[r as usize * d..(r as usize + 1) * d];
+        let scan = Scanner {
+            ix: self,
+            x,
+            queries,
+            qnorms: &qnorms,
+            qz: self.int8.then(|| QuantQueries::new(queries, d)),
+        };
         let tiles: Vec<Vec<TopK>> = qorder
             .par_chunks(QT)
             .map(|qs| {
                 let mut heaps: Vec<TopK> = qs.iter().map(|_| TopK::new(kk)).collect();
-                // (list, slot) for every list a query of the tile probes, by list
+                // (list, slot) for every list a query of the tile scans, by list: each list's slots
+                // are a run (all slots, or neighbours with the same nearest list)
                 let mut visits: Vec<(u32, usize)> = qs
                     .iter()
                     .enumerate()
-                    .flat_map(|(slot, &q)| probes_of(q).iter().map(move |&l| (l, slot)))
+                    .flat_map(|(slot, &q)| first(q).iter().map(move |&l| (l, slot)))
                     .collect();
                 visits.sort_unstable();
+                let floor = [f32::NEG_INFINITY; QT];
                 for group in visits.chunk_by(|a, b| a.0 == b.0) {
                     if cancel.is_cancelled() {
                         break;
                     }
-                    let l = group[0].0 as usize;
-                    let rows = &self.order[self.offsets[l]..self.offsets[l + 1]];
-                    match (&qz, self.packed.get(l)) {
-                        (Some(qz), Some(Some((pk, bound)))) => {
-                            let slots: Vec<usize> = group.iter().map(|v| v.1).collect();
-                            let qrows: Vec<usize> = slots.iter().map(|&s| qs[s]).collect();
-                            let mut eps = [0.0f64; QT];
-                            let mut thr = [f32::INFINITY; QT];
-                            for (i, (&s, &q)) in slots.iter().zip(&qrows).enumerate() {
-                                eps[i] = bound.eps(qz.s[q], qz.l1[q], qnorms[q]);
-                                thr[i] = lower_threshold(heaps[s].kth() as f64, eps[i]);
-                            }
-                            scan_int8(qz, &qrows, pk, 0, pk.groups, &mut thr, |i, c, _| {
-                                let h = &mut heaps[slots[i]];
-                                if let Some(&r) = rows.get(c) {
-                                    h.push(dot(isa(), query(qrows[i]), row(r)), r);
-                                }
-                                lower_threshold(h.kth() as f64, eps[i])
-                            });
-                        }
-                        _ => {
-                            for &(_, s) in group {
-                                for &r in rows {
-                                    heaps[s].push(dot(isa(), query(qs[s]), row(r)), r);
-                                }
-                            }
-                        }
-                    }
-                }
-                for h in &mut heaps {
-                    // worse than any real entry (scores are finite): fills only what is missing
-                    for _ in 0..kk {
-                        h.push(f32::NEG_INFINITY, NO_ROW);
-                    }
+                    let (s0, s1) = (group[0].1, group[0].1 + group.len());
+                    debug_assert!(group.iter().zip(s0..s1).all(|(v, s)| v.1 == s));
+                    scan.list(group[0].0 as usize, &qs[s0..s1], &mut heaps[s0..s1], &floor);
                 }
                 heaps
             })
             .collect();
         cancel.check()?;
-        let mut by_query: Vec<(usize, TopK)> = qorder.into_iter().zip(tiles.into_iter().flatten()).collect();
-        by_query.sort_unstable_by_key(|e| e.0);
-        Ok(flatten(by_query.into_iter().map(|e| e.1).collect(), kk))
+        let mut heaps: Vec<TopK> = {
+            let mut by_query: Vec<(usize, TopK)> = qorder.into_iter().zip(tiles.into_iter().flatten()).collect();
+            by_query.sort_unstable_by_key(|e| e.0);
+            by_query.into_iter().map(|e| e.1).collect()
+        };
+        if !all && nprobe > 1 {
+            // phase 2: every other probed list with all the queries that probe it, in full tiles, each
+            // query's k-th best of phase 1 as a floor (a row below it cannot enter the result); the
+            // per-list bests are merged into the query's heap (top-k of a set: the order is free)
+            let mut by_list: Vec<Vec<usize>> = vec![Vec::new(); nlist];
+            for q in 0..nq {
+                for &l in &probes[q * nprobe + 1..(q + 1) * nprobe] {
+                    by_list[l as usize].push(q);
+                }
+            }
+            let floors: Vec<f32> = heaps.iter().map(TopK::kth).collect();
+            let tasks: Vec<(usize, &[usize])> = by_list
+                .iter()
+                .enumerate()
+                .flat_map(|(l, qs)| qs.chunks(QT).map(move |c| (l, c)))
+                .collect();
+            let found: Vec<Vec<(usize, Vec<Entry>)>> = tasks
+                .par_iter()
+                .map(|&(l, qs)| {
+                    if cancel.is_cancelled() {
+                        return Vec::new();
+                    }
+                    let mut floor = [f32::NEG_INFINITY; QT];
+                    for (f, &q) in floor.iter_mut().zip(qs) {
+                        *f = floors[q];
+                    }
+                    let mut hs: Vec<TopK> = qs.iter().map(|_| TopK::new(kk)).collect();
+                    scan.list(l, qs, &mut hs, &floor);
+                    qs.iter().copied().zip(hs.into_iter().map(TopK::into_sorted)).collect()
+                })
+                .collect();
+            cancel.check()?;
+            for (q, entries) in found.into_iter().flatten() {
+                for e in entries {
+                    heaps[q].push(e.score, e.idx);
+                }
+            }
+        }
+        for h in &mut heaps {
+            // worse than any real entry (scores are finite): fills only what is missing
+            for _ in 0..kk {
+                h.push(f32::NEG_INFINITY, NO_ROW);
+            }
+        }
+        Ok(flatten(heaps, kk))
+    }
+}
+
+/// What scanning one list needs: the index, its rows, the queries (and their int8 codes).
+struct Scanner<'a> {
+    ix: &'a IvfIndex,
+    x: &'a [f32],
+    queries: &'a [f32],
+    qnorms: &'a [f64],
+    qz: Option<QuantQueries>,
+}
+
+impl Scanner<'_> {
+    /// Offers the rows of list `l` to up to [`QT`] queries `qs` (their heaps `heaps`): the int8
+    /// pre-score picks the rows that can reach the k-th best so far or `floor` (per query, a lower
+    /// bound of the final k-th best), each re-scored with the canonical dot; without int8, every
+    /// row is scored.
+    fn list(&self, l: usize, qs: &[usize], heaps: &mut [TopK], floor: &[f32; QT]) {
+        let (ix, d) = (self.ix, self.ix.d);
+        let rows = &ix.order[ix.offsets[l]..ix.offsets[l + 1]];
+        let query = |q: usize| &self.queries[q * d..(q + 1) * d];
+        let row = |r: u32| &self.x[r as usize * d..(r as usize + 1) * d];
+        match (&self.qz, ix.packed.get(l)) {
+            (Some(qz), Some(Some((pk, bound)))) => {
+                let mut eps = [0.0f64; QT];
+                let mut thr = [f32::INFINITY; QT];
+                for (i, &q) in qs.iter().enumerate() {
+                    eps[i] = bound.eps(qz.s[q], qz.l1[q], self.qnorms[q]);
+                    thr[i] = lower_threshold(heaps[i].kth().max(floor[i]) as f64, eps[i]);
+                }
+                scan_int8(qz, qs, pk, 0, pk.groups, &mut thr, |i, c, _| {
+                    let h = &mut heaps[i];
+                    if let Some(&r) = rows.get(c) {
+                        h.push(dot(isa(), query(qs[i]), row(r)), r);
+                    }
+                    lower_threshold(h.kth().max(floor[i]) as f64, eps[i])
+                });
+            }
+            _ => {
+                for (h, &q) in heaps.iter_mut().zip(qs) {
+                    for &r in rows {
+                        h.push(dot(isa(), query(q), row(r)), r);
+                    }
+                }
+            }
+        }
     }
 }
 
