@@ -257,7 +257,7 @@ pub(crate) fn dedup_ivf_cancellable(
 /// 320k rows with 1,131 lists (`sample x nlist x d` per step); the int8 pre-score is several
 /// times cheaper, and the lists only need to be coherent, not the best partition.
 #[allow(clippy::too_many_arguments)]
-fn train(
+pub(crate) fn train(
     e: &[f32],
     n: usize,
     d: usize,
@@ -322,7 +322,7 @@ const ROWS_AT_ONCE: usize = 1 << 16;
 /// lowest centroid on ties): which lists a row probes needs no exact score, and the pre-score is the
 /// same integer arithmetic on every CPU and thread count. Without int8, the exact top-k.
 #[allow(clippy::too_many_arguments)]
-fn nearest_lists(
+pub(crate) fn nearest_lists(
     x: &[f32],
     n: usize,
     d: usize,

@@ -30,6 +30,7 @@ mod gather;
 mod gguf;
 mod hamming;
 mod header;
+mod index;
 mod int8;
 mod ivf;
 mod pool;

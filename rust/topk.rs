@@ -131,7 +131,7 @@ pub(crate) fn flatten(heaps: Vec<TopK>, kk: usize) -> (Vec<f32>, Vec<u32>) {
 // Top-k
 // ---------------------------------------------------------------------------------------------
 
-fn check_k(k: usize) -> Result<()> {
+pub(crate) fn check_k(k: usize) -> Result<()> {
     if k == 0 {
         return Err(CoreError::arg("k", "must be at least 1"));
     }

@@ -13,6 +13,7 @@ from tokvec.explore import TokenError, plot_tokens
 from tokvec.extract import extract, inspect
 from tokvec.model import Model, load
 from tokvec.search import dedup_indices, duplicate_pairs, topk
+from tokvec.index import Index
 from tokvec.cluster import KMeansResult, kmeans
 from tokvec.dedup import DedupIndex, DedupResult, dedup_sweep
 from tokvec.train.evaluate import evaluate
@@ -22,6 +23,7 @@ __all__ = [
     "DedupIndex",
     "DedupResult",
     "FormatError",
+    "Index",
     "KMeansResult",
     "Model",
     "SafetensorsFile",

@@ -19,7 +19,7 @@ type IvfOut<'py> = (
 );
 
 /// An optional count >= 1, or a ValueError naming the argument.
-fn count(v: Option<i64>, name: &str) -> PyResult<Option<usize>> {
+pub(super) fn count(v: Option<i64>, name: &str) -> PyResult<Option<usize>> {
     match v {
         None => Ok(None),
         Some(x) if x >= 1 => usize::try_from(x)

@@ -9,6 +9,7 @@ mod arrays;
 mod cluster;
 mod errors;
 mod extract;
+mod index;
 mod interrupt;
 mod ivf;
 mod model;
@@ -29,5 +30,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     search::register(m)?;
     cluster::register(m)?;
     ivf::register(m)?;
+    index::register(m)?;
     Ok(())
 }
