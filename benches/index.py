@@ -24,6 +24,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import tokvec
+from timing import best
 
 SENTENCES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikipedia-sentences" / "sentences.tsv"
 K = 10
@@ -34,15 +35,6 @@ def sentences() -> list[str]:
         r = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         next(r)
         return [row[1] for row in r]
-
-
-def best(fn, repeat: int) -> tuple[float, object]:
-    out, t = None, float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        t = min(t, time.perf_counter() - t0)
-    return t, out
 
 
 def recall(found: np.ndarray, exact: np.ndarray) -> float:
@@ -83,32 +75,27 @@ def main() -> None:
     ivf.train(E)
     ivf.add(E)
     fbuild = time.perf_counter() - t0
+
+    def faiss_search(p: int) -> tuple[np.ndarray, np.ndarray]:
+        ivf.nprobe = p
+        return ivf.search(Q, K)
+
+    engines = (("tokvec", build, lambda p: ix.search(Q, K, nprobe=p)), ("faiss IndexIVFFlat", fbuild, faiss_search))
     for p in a.nprobe:
         if p > nlist:
             continue
-        t, (_, ti) = best(lambda p=p: ix.search(Q, K, nprobe=p), a.repeat)
-        line(
-            engine="tokvec",
-            kind="ivf",
-            nlist=nlist,
-            nprobe=p,
-            build_s=round(build, 2),
-            search_s=round(t, 4),
-            qps=round(nq / t),
-            recall=round(recall(ti, ex[1]), 4),
-        )
-        ivf.nprobe = p
-        t, (_, fi) = best(lambda: ivf.search(Q, K), a.repeat)
-        line(
-            engine="faiss IndexIVFFlat",
-            kind="ivf",
-            nlist=nlist,
-            nprobe=p,
-            build_s=round(fbuild, 2),
-            search_s=round(t, 4),
-            qps=round(nq / t),
-            recall=round(recall(fi, ex[1]), 4),
-        )
+        for engine, build_s, search in engines:
+            t, (_, found) = best(lambda search=search, p=p: search(p), a.repeat)
+            line(
+                engine=engine,
+                kind="ivf",
+                nlist=nlist,
+                nprobe=p,
+                build_s=round(build_s, 2),
+                search_s=round(t, 4),
+                qps=round(nq / t),
+                recall=round(recall(found, ex[1]), 4),
+            )
 
 
 if __name__ == "__main__":

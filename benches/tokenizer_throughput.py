@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,7 +26,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 def measure(n: int, repeats: int) -> list[dict]:
     import tokenizers
     from check_tokenizer_equality import load_corpora, tokenizer_jsons
-
+    from timing import best
     from tokvec import _core
 
     texts = load_corpora()["wikipedia-sentences"][:n]
@@ -39,19 +38,11 @@ def measure(n: int, repeats: int) -> list[dict]:
         hf.no_truncation()
         hf.no_padding()
 
-        def best(fn):
-            out, t = None, float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                out = fn()
-                t = min(t, time.perf_counter() - t0)
-            return t, out
-
-        t_fast, (ids, _) = best(lambda: fast.encode(texts))
-        t_slow, _ = best(lambda: slow.encode(texts))
-        t_hf, _ = best(lambda: hf.encode_batch(texts, add_special_tokens=False))
+        t_fast, (ids, _) = best(lambda f=fast: f.encode(texts), repeats)
+        t_slow, _ = best(lambda s=slow: s.encode(texts), repeats)
+        t_hf, _ = best(lambda h=hf: h.encode_batch(texts, add_special_tokens=False), repeats)
         rows.append(
-            {"family": name, "kind": fast.kind, "tokens": int(len(ids)), "fast": t_fast, "crate": t_slow, "hf": t_hf}
+            {"family": name, "kind": fast.kind, "tokens": len(ids), "fast": t_fast, "crate": t_slow, "hf": t_hf}
         )
     return rows
 
@@ -66,17 +57,24 @@ def main() -> None:
     if a.child:
         print(json.dumps(measure(a.n, a.repeats)))
         return
-    print(f"{'family':52} {'thr':>3} {'fast texts/s':>13} {'crate texts/s':>14} {'HF batch texts/s':>17} "
-          f"{'fast Mtok/s':>11} {'fast/HF':>8}")
+    print(
+        f"{'family':52} {'thr':>3} {'fast texts/s':>13} {'crate texts/s':>14} {'HF batch texts/s':>17} "
+        f"{'fast Mtok/s':>11} {'fast/HF':>8}"
+    )
     for t in a.threads.split(","):
         env = {**os.environ, "RAYON_NUM_THREADS": t, "RAYON_RS_NUM_CPUS": t, "TOKENIZERS_PARALLELISM": "true"}
         out = subprocess.run(
             [sys.executable, __file__, "--child", "--n", str(a.n), "--repeats", str(a.repeats)],
-            env=env, check=True, capture_output=True, text=True,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         for r in json.loads(out.strip().splitlines()[-1]):
-            print(f"{r['family']:52} {t:>3} {a.n / r['fast']:>13,.0f} {a.n / r['crate']:>14,.0f} "
-                  f"{a.n / r['hf']:>17,.0f} {r['tokens'] / r['fast'] / 1e6:>11.2f} {r['hf'] / r['fast']:>7.2f}x")
+            print(
+                f"{r['family']:52} {t:>3} {a.n / r['fast']:>13,.0f} {a.n / r['crate']:>14,.0f} "
+                f"{a.n / r['hf']:>17,.0f} {r['tokens'] / r['fast'] / 1e6:>11.2f} {r['hf'] / r['fast']:>7.2f}x"
+            )
 
 
 if __name__ == "__main__":
