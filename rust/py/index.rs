@@ -53,6 +53,15 @@ fn shape2<T: numpy::Element>(a: &PyReadonlyArray2<'_, T>) -> (usize, usize) {
 pub struct PyIvfIndex {
     inner: IvfIndex,
     vectors: Py<PyArray2<f32>>,
+    /// Rows indexed.
+    #[pyo3(get)]
+    n: usize,
+    /// Columns of every row.
+    #[pyo3(get)]
+    d: usize,
+    /// Number of lists.
+    #[pyo3(get)]
+    nlist: usize,
 }
 
 #[pymethods]
@@ -99,7 +108,13 @@ impl PyIvfIndex {
                 ))
             }
         };
-        Ok(PyIvfIndex { inner, vectors: held })
+        Ok(PyIvfIndex {
+            n: inner.n(),
+            d: inner.d(),
+            nlist: inner.nlist(),
+            inner,
+            vectors: held,
+        })
     }
 
     /// For every query, the k rows of its `nprobe` nearest lists with the highest inner product,
@@ -176,24 +191,6 @@ impl PyIvfIndex {
         let ix = &self.inner;
         let l = interrupt::run(py, work(&[m, ix.nlist(), d]), |stop| ix.assign(y, stop))?;
         Ok(Array1::from(l).into_pyarray(py))
-    }
-
-    /// Rows indexed.
-    #[getter]
-    fn n(&self) -> usize {
-        self.inner.n()
-    }
-
-    /// Columns of every row.
-    #[getter]
-    fn d(&self) -> usize {
-        self.inner.d()
-    }
-
-    /// Number of lists.
-    #[getter]
-    fn nlist(&self) -> usize {
-        self.inner.nlist()
     }
 
     /// The rows the index was built over (the array it was given).
