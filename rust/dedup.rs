@@ -37,7 +37,7 @@ use crate::cancel::Cancel;
 use crate::dot::dot_scalar;
 use crate::dot::{canonical_rel_err, dot, lower_threshold, row_norms, rows_of};
 use crate::error::{CoreError, Result};
-use crate::int8::{int8_available, scan_int8, Int8Bound, PackedCorpus, QuantQueries, INT8_MAX_D, QT};
+use crate::int8::{int8_available, int8_serves, scan_int8, Int8Bound, PackedCorpus, QuantQueries, QT};
 use crate::simd::{isa, Isa};
 
 /// The result of greedy deduplication.
@@ -369,7 +369,7 @@ fn default_path() -> Path {
 
 fn effective(path: Path, d: usize) -> Path {
     match path {
-        Path::Int8 if int8_available() && d <= INT8_MAX_D => Path::Int8,
+        Path::Int8 if int8_serves(d) => Path::Int8,
         Path::Int8 => Path::Exact(isa()),
         p => p,
     }

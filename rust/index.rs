@@ -34,7 +34,7 @@ use rayon::prelude::*;
 use crate::cancel::Cancel;
 use crate::dot::{dot, lower_threshold, row_norms, rows_of};
 use crate::error::{CoreError, Result};
-use crate::int8::{int8_available, scan_int8, Int8Bound, PackedCorpus, QuantQueries, INT8_MAX_D, QT};
+use crate::int8::{int8_serves, scan_int8, Int8Bound, PackedCorpus, QuantQueries, QT};
 use crate::ivf;
 use crate::simd::isa;
 use crate::topk::{check_k, flatten, Entry, TopK};
@@ -66,19 +66,6 @@ pub(crate) struct IvfIndex {
     int8: bool,
 }
 
-/// Whether the int8 pre-score serves `d` columns on this CPU (as [`crate::topk`] decides).
-fn int8_for(d: usize) -> bool {
-    int8_available() && d <= INT8_MAX_D
-}
-
-/// An optional count that must be at least 1 when given.
-fn at_least_one(v: Option<usize>, name: &'static str) -> Result<()> {
-    if v == Some(0) {
-        return Err(CoreError::arg(name, "must be at least 1, got 0"));
-    }
-    Ok(())
-}
-
 impl IvfIndex {
     /// An index over `x` (`n x d`, n >= 1): `nlist` lists (default [`ivf::default_nlist`], at most
     /// `n`) trained on `sample` rows (default [`default_sample`], between `nlist` and `n`).
@@ -92,7 +79,7 @@ impl IvfIndex {
         sample: Option<usize>,
         cancel: &Cancel,
     ) -> Result<Self> {
-        Self::build_with(x, d, nlist, sample, int8_for(d), cancel)
+        Self::build_with(x, d, nlist, sample, int8_serves(d), cancel)
     }
 
     fn build_with(
@@ -103,8 +90,8 @@ impl IvfIndex {
         int8: bool,
         cancel: &Cancel,
     ) -> Result<Self> {
-        at_least_one(nlist, "nlist")?;
-        at_least_one(sample, "sample")?;
+        ivf::at_least_one(nlist, "nlist")?;
+        ivf::at_least_one(sample, "sample")?;
         let n = check_rows(x, d)?;
         let norms = row_norms(x, d, "vectors")?;
         let nlist = nlist.unwrap_or_else(|| ivf::default_nlist(n)).min(n);
@@ -125,7 +112,7 @@ impl IvfIndex {
         labels: Vec<u32>,
         cancel: &Cancel,
     ) -> Result<Self> {
-        Self::from_parts_with(x, d, centroids, labels, int8_for(d), cancel)
+        Self::from_parts_with(x, d, centroids, labels, int8_serves(d), cancel)
     }
 
     fn from_parts_with(
@@ -479,7 +466,7 @@ mod tests {
     }
 
     fn modes() -> Vec<bool> {
-        if int8_for(1) {
+        if int8_serves(1) {
             vec![false, true]
         } else {
             vec![false]
@@ -648,7 +635,7 @@ mod tests {
             assert_eq!(one, go(3, int8));
         }
         // the int8 pre-score drops no row the exact scan of the same lists finds
-        if int8_for(d) {
+        if int8_serves(d) {
             let ix = build(&x, d, 50, true);
             let mut exact = IvfIndex::from_parts_with(
                 &x,

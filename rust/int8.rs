@@ -246,6 +246,12 @@ pub(crate) fn int8_available() -> bool {
     int8_kernel().is_some()
 }
 
+/// Whether the int8 pre-score serves rows of `d` columns on this CPU: a kernel is available and
+/// `d <= INT8_MAX_D` (so its integer sums cannot overflow).
+pub(crate) fn int8_serves(d: usize) -> bool {
+    d <= INT8_MAX_D && int8_available()
+}
+
 /// The error bound of the int8 pre-score against the canonical dot, for one query (or row)
 /// against any row of a set, from maxima over that set.
 #[derive(Clone, Copy, Debug, Default)]

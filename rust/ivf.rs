@@ -47,7 +47,7 @@ use crate::cancel::Cancel;
 use crate::dedup::{check_n, check_threshold, greedy_blocked, BlockScorer, Dedup, Pair};
 use crate::dot::{dot, lower_threshold, row_norms};
 use crate::error::{CoreError, Result};
-use crate::int8::{int8_available, quantize_row, scan_int8, Int8Bound, PackedCorpus, QuantQueries, INT8_MAX_D, QT};
+use crate::int8::{int8_serves, quantize_row, scan_int8, Int8Bound, PackedCorpus, QuantQueries, QT};
 use crate::simd::isa;
 use crate::topk;
 
@@ -133,13 +133,17 @@ pub(crate) fn default_sample(n: usize, nlist: usize) -> usize {
 /// k-means steps on the sample: the lists only need to be coherent, not converged.
 const KMEANS_ITER: usize = 10;
 
+/// An optional count that must be at least 1 when given.
+pub(crate) fn at_least_one(v: Option<usize>, name: &'static str) -> Result<()> {
+    if v == Some(0) {
+        return Err(CoreError::arg(name, "must be at least 1, got 0"));
+    }
+    Ok(())
+}
+
 fn check_options(n: usize, o: &IvfOptions) -> Result<(usize, usize, usize, usize, usize)> {
-    if o.nlist == Some(0) {
-        return Err(CoreError::arg("nlist", "must be at least 1, got 0"));
-    }
-    if o.nprobe == Some(0) {
-        return Err(CoreError::arg("nprobe", "must be at least 1, got 0"));
-    }
+    at_least_one(o.nlist, "nlist")?;
+    at_least_one(o.nprobe, "nprobe")?;
     if let (Some(p), Some(l)) = (o.nprobe, o.nlist) {
         if p > l {
             return Err(CoreError::arg(
@@ -148,15 +152,9 @@ fn check_options(n: usize, o: &IvfOptions) -> Result<(usize, usize, usize, usize
             ));
         }
     }
-    if o.sample == Some(0) {
-        return Err(CoreError::arg("sample", "must be at least 1, got 0"));
-    }
-    if o.block == Some(0) {
-        return Err(CoreError::arg("block", "must be at least 1, got 0"));
-    }
-    if o.spill == Some(0) {
-        return Err(CoreError::arg("spill", "must be at least 1, got 0"));
-    }
+    at_least_one(o.sample, "sample")?;
+    at_least_one(o.block, "block")?;
+    at_least_one(o.spill, "spill")?;
     // k-means needs at least as many rows as lists: a larger nlist is lowered to n (and nprobe to
     // the lists there are), which probes everything it asked for
     let nlist = o.nlist.unwrap_or_else(|| default_nlist(n)).clamp(1, n.max(1));
@@ -209,7 +207,7 @@ pub(crate) fn dedup_ivf_cancellable(
     }
     // the lists come from the int8 pre-score whenever there is one (`exact_scan` only changes how
     // pairs are scored, so both scans see the same lists)
-    let int8_lists = int8_available() && d <= INT8_MAX_D;
+    let int8_lists = int8_serves(d);
     let int8 = !opts.exact_scan && int8_lists;
     let t0 = Instant::now();
     let (centroids, iters) = train(e, n, d, &norms, nlist, sample, int8_lists, cancel)?;
@@ -812,7 +810,7 @@ mod tests {
     }
 
     fn modes() -> Vec<bool> {
-        if int8_available() {
+        if crate::int8::int8_available() {
             vec![false, true]
         } else {
             vec![true]

@@ -31,7 +31,7 @@ use crate::cancel::Cancel;
 use crate::dot::dot_scalar;
 use crate::dot::{dot, lower_threshold, row_norms, rows_of};
 use crate::error::{CoreError, Result};
-use crate::int8::{int8_available, scan_int8, Int8Bound, PackedCorpus, QuantQueries, INT8_MAX_D, QT};
+use crate::int8::{int8_serves, scan_int8, Int8Bound, PackedCorpus, QuantQueries, QT};
 use crate::simd::{isa, Isa};
 
 /// f32 unit roundoff, under the name `dedup` uses.
@@ -160,11 +160,7 @@ pub fn topk_cancellable(
     k: usize,
     cancel: &Cancel,
 ) -> Result<(Vec<f32>, Vec<u32>)> {
-    let path = if int8_available() && d <= INT8_MAX_D {
-        Path::Int8
-    } else {
-        Path::Exact(isa())
-    };
+    let path = if int8_serves(d) { Path::Int8 } else { Path::Exact(isa()) };
     topk_with(queries, corpus, d, k, path, cancel)
 }
 
@@ -237,9 +233,7 @@ pub(crate) fn topk_with(
         return Ok((Vec::new(), Vec::new()));
     }
     let heaps = match path {
-        Path::Int8 if int8_available() && d <= INT8_MAX_D => {
-            topk_int8(queries, corpus, d, kk, &qnorms, &cnorms, cancel)
-        }
+        Path::Int8 if int8_serves(d) => topk_int8(queries, corpus, d, kk, &qnorms, &cnorms, cancel),
         Path::Int8 => topk_exact(queries, corpus, d, kk, isa(), cancel),
         Path::Exact(level) => topk_exact(queries, corpus, d, kk, level, cancel),
     };
@@ -340,7 +334,7 @@ mod tests {
 
     fn paths() -> Vec<Path> {
         let mut p: Vec<Path> = levels().into_iter().map(Path::Exact).collect();
-        if int8_available() {
+        if crate::int8::int8_available() {
             p.push(Path::Int8);
         }
         p

@@ -13,7 +13,6 @@ memory-maps the vectors.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -251,8 +250,6 @@ def _raw(a: np.ndarray) -> Any:
 
 def _mapped(p: Path, n: int, d: int) -> np.ndarray:
     """Tensor `vectors` of a safetensors file whose header the core has validated (offsets inside the file), as a
-    read-only memory map."""
-    with open(p, "rb") as fh:
-        size = int.from_bytes(fh.read(8), "little")
-        start = json.loads(fh.read(size))["vectors"]["data_offsets"][0]
-    return np.memmap(p, dtype="<f4", mode="r", offset=8 + size + start, shape=(n, d))
+    read-only memory map at the byte range the core reports."""
+    start, _ = _core.Table(p, "vectors", "safetensors").byte_range
+    return np.memmap(p, dtype="<f4", mode="r", offset=start, shape=(n, d))
