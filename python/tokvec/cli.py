@@ -82,11 +82,20 @@ def _read(src, args: argparse.Namespace, desc: str) -> tuple[list[int], list[str
     return rows, texts
 
 
-def _embed(m, texts: list[str], args: argparse.Namespace, desc: str) -> np.ndarray:
-    """Unit vectors of texts (cosine even for a `normalize: false` model), pooled --batch-size texts at a time."""
+def _embed(m, texts: list[str], args: argparse.Namespace, desc: str, scratch: bool = False) -> np.ndarray:
+    """Unit vectors of texts (cosine even for a `normalize: false` model), pooled --batch-size texts at a time;
+    `scratch`: in a scratch file when they are too many for memory (`_scratch.matrix`, disk space checked first)."""
+    from tokvec import _scratch
+
+    out = None
+    if scratch and not m.binary:
+        try:
+            out = _scratch.matrix(len(texts), m.dim, what=desc)
+        except OSError as e:
+            raise UsageError(str(e)) from None
     prog = Progress(args, desc, len(texts))
     try:
-        return m._pooled(texts, True, args.batch_size, prog)
+        return m._pooled(texts, True, args.batch_size, prog, out=out)
     finally:
         prog.close()
 
@@ -292,7 +301,7 @@ def cmd_dedup(args: argparse.Namespace) -> None:
             if not args.quiet:
                 print(f"tokvec dedup: {len(plan.vector_items):,} texts to compare: the partitioned search "
                       "(approximate: a few lists per text; --exact for the exact one)", file=sys.stderr)
-        E = _embed(m, [texts[i] for i in plan.vector_items.tolist()], args, "embed")
+        E = _embed(m, [texts[i] for i in plan.vector_items.tolist()], args, "embed", scratch=True)
         R = _embed(m, ref_texts, args, "embed reference") if ref_texts is not None else None
         if index is not None:
             R = index.embeddings

@@ -30,6 +30,7 @@ import numpy as np
 
 from tokvec import _core, ann
 from tokvec._io import write_safetensors
+from tokvec._scratch import bounded_residency
 from tokvec._validate import matrix as _matrix
 from tokvec._validate import threshold as _threshold
 from tokvec.search import Approx, approx_options, dedup_indices
@@ -284,7 +285,8 @@ def _dedup_ivf(e: np.ndarray, t: float, reference: Any, self_dedup: bool, a: App
             rest = np.flatnonzero(~hit).astype(np.int64)
     if self_dedup:
         sub = e if rest.shape[0] == n else np.ascontiguousarray(e[rest])
-        _, d, sc, st = _core.dedup_ivf(sub, t, nlist=a.nlist, nprobe=a.nprobe)
+        with bounded_residency(sub):
+            _, d, sc, st = _core.dedup_ivf(sub, t, nlist=a.nlist, nprobe=a.nprobe)
         own = d >= 0
         dup_of[rest[own]], score[rest[own]], source[rest[own]] = rest[d[own]], sc[own], SELF
         if stats is not None:
