@@ -44,7 +44,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::cancel::Cancel;
-use crate::dedup::{check_n, check_threshold, greedy_blocked, BlockScorer, Dedup, Pair};
+use crate::dedup::{check_n, check_threshold, greedy_blocked, BlockScorer, Dedup, Pair, PROGRESS_KMEANS};
 use crate::dot::{dot, lower_threshold, row_norms};
 use crate::error::{CoreError, Result};
 use crate::int8::{int8_serves, quantize_row, scan_int8, Int8Bound, PackedCorpus, QuantQueries, QT};
@@ -306,6 +306,7 @@ pub(crate) fn train(
         cancel.check()?;
         let labels = nearest_lists(&x, sample, d, &c, nlist, 1, int8, cancel)?;
         steps += 1;
+        cancel.set_progress(PROGRESS_KMEANS, steps as u64);
         if labels == prev {
             break;
         }
