@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +42,9 @@ def matrix(n: int, d: int, *, directory: str | os.PathLike[str] | None = None,
         OSError: not enough free space for the file (the message names the directory and the sizes), or the file
             cannot be made.
     """
+    import shutil
+    import tempfile
+
     size = n * d * 4
     if size <= SPILL_BYTES:
         return None

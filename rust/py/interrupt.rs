@@ -120,10 +120,16 @@ where
                     }
                 }
             }
-            match worker.join() {
-                Ok(r) => Ok(r?),
+            let r = match worker.join() {
+                Ok(r) => r?,
                 Err(panic) => std::panic::resume_unwind(panic),
+            };
+            // the last progress, which the kernel may have recorded after the last check
+            let last = cancel.progress();
+            if let Some(f) = progress.as_ref().filter(|_| last != seen) {
+                Python::attach(|py| f.call1(py, last))?;
             }
+            Ok(r)
         })
     })
 }

@@ -1,11 +1,19 @@
-"""Vectors past memory (`tokvec._scratch`): above the spill size a batch job's vectors go to an unlinked scratch file
-whose written pages are released as it fills, the core reads a mapped matrix with a bounded share of it mapped, and
-none of it changes a result: the vectors and the deduplication are those of the in-memory run, bit for bit. Small
-spill and residency sizes stand in for the 2 GiB / 1 GiB of a real run."""
+"""Jobs past a few million texts. Vectors past memory (`tokvec._scratch`): above the spill size a batch job's vectors
+go to an unlinked scratch file whose written pages are released as it fills, the core reads a mapped matrix with a
+bounded share of it mapped, and none of it changes a result: the vectors and the deduplication are those of the
+in-memory run, bit for bit (small spill and residency sizes stand in for the 2 GiB / 1 GiB of a real run). Progress:
+the partitioned run reports its stages while it runs (a callable, and the CLI's bars on a terminal)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
 import threading
 from pathlib import Path
 
@@ -13,7 +21,7 @@ import numpy as np
 import pytest
 import tokvec
 from conftest import near_copy
-from tokvec import _scratch
+from tokvec import _core, _scratch
 from tokvec.cli import main
 
 pytestmark = pytest.mark.skipif(_scratch.mapped_file_bytes() is None, reason="needs /proc/self/status (Linux)")
@@ -127,3 +135,78 @@ def test_too_little_disk_is_refused_before_the_work(tmp_path: Path, capsys, monk
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "scratch space" in err[0], err
     assert not out.exists()
+
+
+def test_the_partitioned_run_reports_its_stages(model, corpus) -> None:
+    e = model.embed(corpus)
+    want = _core.dedup_ivf(e, 0.9)
+    calls: list[tuple[int, int]] = []
+    got = _core.dedup_ivf(e, 0.9, progress=lambda stage, done: calls.append((stage, done)))
+    for w, g in zip(want[:3], got[:3]):
+        assert np.array_equal(w.view(np.int32) if w.dtype == np.float32 else w,
+                              g.view(np.int32) if g.dtype == np.float32 else g)
+    # k-means steps, then rows resolved, each moving forward, and the last report is the end of the run
+    stages = [c[0] for c in calls]
+    assert stages == sorted(stages) and set(stages) <= {1, 2}
+    for s in (1, 2):
+        done = [c[1] for c in calls if c[0] == s]
+        assert done == sorted(done)
+    assert calls[-1] == (2, len(corpus))
+    assert all(1 <= c[1] <= 10 for c in calls if c[0] == 1)
+
+
+def test_a_progress_callable_that_raises_stops_the_run(model, corpus) -> None:
+    e = model.embed(corpus)
+
+    def stop(stage: int, done: int) -> None:
+        raise RuntimeError(f"stopped at stage {stage}")
+
+    with pytest.raises(RuntimeError, match="stopped at stage"):
+        _core.dedup_ivf(e, 0.9, progress=stop)
+    with pytest.raises(TypeError, match="progress must be a callable"):
+        _core.dedup_ivf(e, 0.9, progress=3)
+    # and the next run is whole
+    assert np.array_equal(_core.dedup_ivf(e, 0.9)[0], _core.dedup_ivf(e, 0.9)[0])
+
+
+def test_the_cli_shows_a_bar_per_stage_on_a_terminal(tmp_path: Path, corpus) -> None:
+    src, out = tmp_path / "in.txt", tmp_path / "kept.txt"
+    src.write_text("\n".join(corpus) + "\n", encoding="utf-8")
+    master, slave = pty.openpty()
+    # a terminal 160 columns wide (a new pty has 0, where tqdm draws nothing)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    p = subprocess.Popen([sys.executable, "-m", "tokvec", "dedup", str(src), "-o", str(out), "--approx"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    seen = b""
+    while True:
+        r, _, _ = select.select([master], [], [], 1.0)
+        if r:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif p.poll() is not None:
+            break
+    os.close(master)
+    assert p.wait() == 0
+    text = seen.decode("utf-8", "replace")
+    for bar in ("read", "embed", "lists", "dedup"):
+        assert f"{bar}:" in text, text[-2000:]
+    assert f"{len(corpus)}/{len(corpus)}" in text.replace(",", "") or "16.0k/16.0k" in text, text[-2000:]
+
+
+def test_a_nan_past_the_first_rows_of_a_mapped_matrix_is_found(tmp_path: Path) -> None:
+    # the finite check goes 65,536 rows at a time: the NaN sits in the second step
+    e = np.zeros((70000, 8), np.float32)
+    e[:, 0] = 1.0
+    e[69999, 3] = np.nan
+    np.save(tmp_path / "e.npy", e)
+    mapped = np.load(tmp_path / "e.npy", mmap_mode="r")
+    with pytest.raises(ValueError, match="embeddings contains NaN or infinity"):
+        tokvec.dedup_indices(mapped, 0.9, approx=True)
+    with pytest.raises(ValueError, match="embeddings contains NaN or infinity"):
+        tokvec.dedup_indices(mapped.astype(np.float64), 0.9)
