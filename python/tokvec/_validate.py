@@ -16,15 +16,16 @@ from tokvec import _scratch
 _FINITE_ROWS = 1 << 16
 
 
-def all_finite(arr: np.ndarray) -> bool:
-    """Whether every value is finite, checked `_FINITE_ROWS` rows at a time: no temporary the size of the array
-    (2.5 GB of booleans for 10M x 256), and the pages of a mapped matrix released after each step, so a check of a
-    file larger than memory does not map all of it."""
+def nonfinite_row(arr: np.ndarray) -> int | None:
+    """The first row of a 2-D float array with NaN or infinity, or None. Checked `_FINITE_ROWS` rows at a time: no
+    temporary the size of the array (2.5 GB of booleans for 10M x 256), and the pages of a mapped matrix released
+    after each step, so a check of a file larger than memory does not map all of it."""
     for a in range(0, arr.shape[0], _FINITE_ROWS):
-        if not np.isfinite(arr[a : a + _FINITE_ROWS]).all():
-            return False
+        bad = ~np.isfinite(arr[a : a + _FINITE_ROWS]).all(axis=1)
+        if bad.any():
+            return a + int(np.argmax(bad))
         _scratch.release(arr)
-    return True
+    return None
 
 
 def matrix(x: Any, name: str) -> np.ndarray:
@@ -36,7 +37,7 @@ def matrix(x: Any, name: str) -> np.ndarray:
         pass
     elif arr.dtype.kind == "f":
         if arr.dtype != np.float32:
-            if arr.size and not all_finite(arr):
+            if arr.size and not np.isfinite(arr).all():
                 raise ValueError(f"{name} contains NaN or infinity")
             big = float(np.abs(arr).max()) if arr.size else 0.0
             if big > float(np.finfo(np.float32).max):
@@ -50,7 +51,7 @@ def matrix(x: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be 2-D (n, dim), got shape {arr.shape}")
     if arr.shape[1] == 0:
         raise ValueError(f"{name} has 0 columns; vectors need at least one dimension")
-    if arr.dtype == np.float32 and arr.size and not all_finite(arr):
+    if arr.dtype == np.float32 and arr.size and nonfinite_row(arr) is not None:
         raise ValueError(f"{name} contains NaN or infinity")
     return np.ascontiguousarray(arr)
 
