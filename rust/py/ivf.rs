@@ -43,8 +43,8 @@ pub(super) fn count(v: Option<i64>, name: &str) -> PyResult<Option<usize>> {
 ///         most nlist).
 ///     sample: rows sampled for the k-means (None: 16 per list, at least 4096, at most n).
 ///     block: rows per block of the greedy resolution (None: 8192).
-///     spill: lists a kept row is stored in, its nearest ones (None: 4 while the lists' copies of n
-///         rows fit in 2 GiB, fewer past that, at least 1; at most nprobe).
+///     spill: lists a kept row is stored in, its nearest ones (None: 4 while the lists' copies of
+///         the kept rows fit in 2 GiB, then 2, then 1; at most nprobe).
 ///     progress: None, or a callable `progress(stage, done)`, called from this thread while the
 ///         run goes on, each time it moved: stage 1 = k-means steps done (of at most 10), stage 2 =
 ///         rows resolved (of n). An exception it raises stops the run.
@@ -90,7 +90,7 @@ fn py_dedup_ivf<'py>(
         sample: count(sample, "sample")?,
         block: count(block, "block")?,
         spill: count(spill, "spill")?,
-        exact_scan: false,
+        ..IvfOptions::default()
     };
     let [n, d]: [usize; 2] = embeddings.shape().try_into().unwrap_or([0, 0]);
     let x = embeddings.as_slice()?;
