@@ -44,7 +44,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::cancel::Cancel;
-use crate::dedup::{check_n, check_threshold, greedy_blocked, BlockScorer, Dedup, Pair};
+use crate::dedup::{check_n, check_threshold, greedy_blocked, BlockScorer, Dedup, Pair, PROGRESS_KMEANS};
 use crate::dot::{dot, lower_threshold, row_norms};
 use crate::error::{CoreError, Result};
 use crate::int8::{int8_serves, quantize_row, scan_int8, Int8Bound, PackedCorpus, QuantQueries, QT};
@@ -76,6 +76,8 @@ pub(crate) struct IvfOptions {
     pub(crate) spill: Option<usize>,
     /// Force the exact (canonical dot) scan instead of the int8 pre-score (tests).
     pub(crate) exact_scan: bool,
+    /// Bytes of stored copies past which the default `spill` goes down (default 2 GiB; tests).
+    pub(crate) list_bytes: Option<u64>,
 }
 
 /// What a run did, for the caller's statistics.
@@ -83,9 +85,9 @@ pub(crate) struct IvfOptions {
 pub(crate) struct IvfStats {
     /// Lists (k-means centroids) the rows were split into.
     pub(crate) nlist: usize,
-    /// Lists each row searches (its nearest).
+    /// Lists each row of the last block searched (its nearest).
     pub(crate) nprobe: usize,
-    /// Lists each kept row is stored in (its nearest).
+    /// Lists each kept row of the last block was stored in (its nearest).
     pub(crate) spill: usize,
     /// Rows the k-means was trained on.
     pub(crate) sample: usize,
@@ -117,13 +119,58 @@ pub(crate) fn default_nlist(n: usize) -> usize {
     ((2.0 * (n as f64).sqrt()).round() as usize).clamp(1, n.clamp(1, 1 << 16))
 }
 
-/// Default probes: 8 (clamped to `nlist`).
-pub(crate) const DEFAULT_NPROBE: usize = 8;
+/// Default probes times lists a kept row is stored in: a pair is seen when one of `spill` lists
+/// of one row is among the `nprobe` of the other, so quality and cost follow the product. On 1M
+/// texts (2,000 lists) at 0.9, 8 probes x 4 lists found 99.97 % of exact's removals with 6.2e9
+/// pre-scored pairs, 32 x 1 99.92 % with 5.0e9 and 16 x 2 99.95 % with 5.7e9 (8 x 1: 99.57 %,
+/// 1.5e9). The default probes are `PROBES_X_SPILL / spill` (clamped to `nlist`).
+const PROBES_X_SPILL: usize = 32;
 
-/// Default lists a kept row is stored in. On 1M texts (2,000 lists) at 0.9, 8 probes x 4 lists
-/// found 99.97 % of exact's removals with 6.2e9 pre-scored pairs, 32 x 1 99.92 % with 5.0e9 and
-/// 16 x 2 99.95 % with 5.7e9 (8 x 1: 99.57 %, 1.5e9).
+/// Default lists a kept row is stored in while memory allows (see [`Copies`]).
 pub(crate) const DEFAULT_SPILL: usize = 4;
+
+/// Bytes the lists' copies of the kept rows may take before the default `spill` goes down.
+const LIST_BYTES: u64 = 2 << 30;
+
+/// Bytes a list takes per stored row: its codes (`d` rounded up to 4) and 24 bytes of scale,
+/// accumulator start, L1 term, row and id.
+fn stored_row_bytes(d: usize) -> u64 {
+    (d.div_ceil(4) * 4 + 24) as u64
+}
+
+/// Lists a kept row is stored in (`spill`) and lists a row probes (`nprobe`), block by block.
+///
+/// By default a kept row goes to its 4 nearest lists and a row probes 8, while the lists' copies
+/// fit in [`LIST_BYTES`]; a block whose kept rows could pass it stores them in 2 lists (16 probes),
+/// then 1 (32 probes). More copies find pairs across list borders from both sides (on 1M texts
+/// 8 x 4 found 99.97 % of exact's removals, 32 x 1 99.92 %, at about the same cost), but memory
+/// grows with them: so a set whose kept rows are few (a dedup that removes most rows) keeps 4
+/// copies at any size, and a set of unique rows ends with one copy per row (10M x 256: 2.8 GB).
+/// The choice depends only on the rows kept before the block, so the run stays deterministic;
+/// and since a later block only probes more, every pair an earlier rule would see is still seen
+/// from the later row's side. A given `spill` or `nprobe` is used for every block.
+#[derive(Clone, Copy, Debug)]
+struct Copies {
+    nprobe: Option<usize>,
+    spill: Option<usize>,
+    nlist: usize,
+    /// Stored copies the lists may hold with the default spill.
+    budget: u64,
+}
+
+impl Copies {
+    /// (nprobe, spill) of a block of `rows` rows when the lists hold `stored` copies.
+    fn at(&self, stored: u64, rows: usize) -> (usize, usize) {
+        let spill = self.spill.unwrap_or_else(|| {
+            [DEFAULT_SPILL, 2, 1]
+                .into_iter()
+                .find(|&s| stored + (rows * s) as u64 <= self.budget)
+                .unwrap_or(1)
+        });
+        let nprobe = self.nprobe.unwrap_or(PROBES_X_SPILL / spill).clamp(1, self.nlist);
+        (nprobe, spill.min(nprobe))
+    }
+}
 
 /// Default k-means sample: 16 rows per list, at most `n`.
 pub(crate) fn default_sample(n: usize, nlist: usize) -> usize {
@@ -141,7 +188,7 @@ pub(crate) fn at_least_one(v: Option<usize>, name: &'static str) -> Result<()> {
     Ok(())
 }
 
-fn check_options(n: usize, o: &IvfOptions) -> Result<(usize, usize, usize, usize, usize)> {
+fn check_options(n: usize, d: usize, o: &IvfOptions) -> Result<(usize, usize, usize, Copies)> {
     at_least_one(o.nlist, "nlist")?;
     at_least_one(o.nprobe, "nprobe")?;
     if let (Some(p), Some(l)) = (o.nprobe, o.nlist) {
@@ -158,13 +205,17 @@ fn check_options(n: usize, o: &IvfOptions) -> Result<(usize, usize, usize, usize
     // k-means needs at least as many rows as lists: a larger nlist is lowered to n (and nprobe to
     // the lists there are), which probes everything it asked for
     let nlist = o.nlist.unwrap_or_else(|| default_nlist(n)).clamp(1, n.max(1));
-    let nprobe = o.nprobe.unwrap_or(DEFAULT_NPROBE).min(nlist);
     let sample = o
         .sample
         .unwrap_or_else(|| default_sample(n, nlist))
         .clamp(nlist, n.max(nlist));
-    let spill = o.spill.unwrap_or(DEFAULT_SPILL).min(nprobe);
-    Ok((nlist, nprobe, sample, o.block.unwrap_or(IVF_BLOCK), spill))
+    let copies = Copies {
+        nprobe: o.nprobe,
+        spill: o.spill,
+        nlist,
+        budget: o.list_bytes.unwrap_or(LIST_BYTES) / stored_row_bytes(d),
+    };
+    Ok((nlist, sample, o.block.unwrap_or(IVF_BLOCK), copies))
 }
 
 /// Greedy deduplication in input order (the rule of [`crate::dedup::dedup_greedy_cancellable`])
@@ -183,7 +234,8 @@ pub(crate) fn dedup_ivf_cancellable(
 ) -> Result<(Dedup, IvfStats)> {
     check_n(e, n, d, "e")?;
     check_threshold(threshold)?;
-    let (nlist, nprobe, sample, block, spill) = check_options(n, opts)?;
+    let (nlist, sample, block, copies) = check_options(n, d, opts)?;
+    let (nprobe, spill) = copies.at(0, block.min(n));
     let norms = row_norms(e, d, "e")?;
     let mut st = IvfStats {
         nlist,
@@ -213,36 +265,36 @@ pub(crate) fn dedup_ivf_cancellable(
     let (centroids, iters) = train(e, n, d, &norms, nlist, sample, int8_lists, cancel)?;
     st.kmeans_iterations = iters;
     let t1 = Instant::now();
-    let probes = nearest_lists(e, n, d, &centroids, nlist, nprobe, int8_lists, cancel)?;
-    let t2 = Instant::now();
-    let mut sizes = vec![0usize; nlist];
-    for r in 0..n {
-        sizes[probes[r * nprobe] as usize] += 1;
-    }
-    st.largest_list = sizes.iter().copied().max().unwrap_or(0);
+    // each block finds its rows' lists when it is reached: the lists of all rows at once were
+    // `n x nprobe` words (1.3 GB at 10M rows and 32 probes)
     let mut scorer = IvfBlocks {
         e,
         d,
         norms: &norms,
         threshold,
-        probes: &probes,
-        nprobe,
-        spill,
+        nearest: Nearest::new(&centroids, nlist, d, int8_lists),
+        copies,
+        stored: 0,
+        last: (nprobe, spill),
         nlist,
         lists: (0..nlist).map(|_| List::default()).collect(),
-        codes: int8.then(|| Codes::new(e, d)),
+        int8,
         kept: 0,
         block_qz: Mutex::new(None),
         counts: Mutex::new([0; 3]),
+        assigned: Mutex::new((vec![0; nlist], std::time::Duration::ZERO)),
     };
     let (res, _) = greedy_blocked(n, block, &mut scorer, cancel)?;
+    (st.nprobe, st.spill) = scorer.last;
     let [prescored, rescored, found] = *lock(&scorer.counts);
+    let (sizes, assign) = std::mem::take(&mut *lock(&scorer.assigned));
+    st.largest_list = sizes.iter().copied().max().unwrap_or(0);
     st.prescored = prescored;
     st.rescored = rescored;
     st.found = found;
     st.train_seconds = (t1 - t0).as_secs_f64();
-    st.assign_seconds = (t2 - t1).as_secs_f64();
-    st.search_seconds = t2.elapsed().as_secs_f64();
+    st.assign_seconds = assign.as_secs_f64();
+    st.search_seconds = (t1.elapsed() - assign).as_secs_f64();
     Ok((res, st))
 }
 
@@ -287,6 +339,7 @@ pub(crate) fn train(
         cancel.check()?;
         let labels = nearest_lists(&x, sample, d, &c, nlist, 1, int8, cancel)?;
         steps += 1;
+        cancel.set_progress(PROGRESS_KMEANS, steps as u64);
         if labels == prev {
             break;
         }
@@ -330,41 +383,75 @@ pub(crate) fn nearest_lists(
     int8: bool,
     cancel: &Cancel,
 ) -> Result<Vec<u32>> {
-    if !int8 {
-        return Ok(topk::topk_with(x, centroids, d, k, topk::Path::Exact(isa()), cancel)?.1);
-    }
-    let mut pk = PackedCorpus::empty(d);
-    pk.fill(nlist, d, |s| (s < nlist).then(|| &centroids[s * d..(s + 1) * d]));
-    let mut out = vec![0u32; n * k];
-    for (b, chunk) in out.chunks_mut(ROWS_AT_ONCE * k).enumerate() {
-        cancel.check()?;
-        let r0 = b * ROWS_AT_ONCE;
-        let rows = chunk.len() / k;
-        let qz = QuantQueries::new(&x[r0 * d..(r0 + rows) * d], d);
-        chunk.par_chunks_mut(QT * k).enumerate().for_each(|(t, o)| {
-            if cancel.is_cancelled() {
-                return;
-            }
-            let q0 = t * QT;
-            let qrows: Vec<usize> = (q0..q0 + o.len() / k).collect();
-            let mut heaps: Vec<topk::TopK> = qrows.iter().map(|_| topk::TopK::new(k)).collect();
-            let mut thr = [f32::INFINITY; QT];
-            thr[..qrows.len()].fill(f32::NEG_INFINITY);
-            scan_int8(&qz, &qrows, &pk, 0, pk.groups, &mut thr, |slot, c, pre| {
-                if c < nlist {
-                    heaps[slot].push(pre, c as u32);
-                }
-                heaps[slot].kth()
-            });
-            for (h, o) in heaps.into_iter().zip(o.chunks_mut(k)) {
-                for (e, v) in h.into_sorted().into_iter().zip(o.iter_mut()) {
-                    *v = e.idx;
-                }
-            }
+    Nearest::new(centroids, nlist, d, int8).lists(x, n, k, cancel)
+}
+
+/// The centroids as [`nearest_lists`] scans them, packed once for many calls (the partitioned
+/// dedup asks for each block's lists as it reaches the block).
+struct Nearest<'a> {
+    centroids: &'a [f32],
+    nlist: usize,
+    d: usize,
+    /// The packed int8 centroids (int8 pre-score only).
+    pk: Option<PackedCorpus>,
+}
+
+impl<'a> Nearest<'a> {
+    fn new(centroids: &'a [f32], nlist: usize, d: usize, int8: bool) -> Self {
+        let pk = int8.then(|| {
+            let mut pk = PackedCorpus::empty(d);
+            pk.fill(nlist, d, |s| (s < nlist).then(|| &centroids[s * d..(s + 1) * d]));
+            pk
         });
+        Nearest {
+            centroids,
+            nlist,
+            d,
+            pk,
+        }
     }
-    cancel.check()?;
-    Ok(out)
+
+    /// [`nearest_lists`] of the `n` rows of `x`.
+    fn lists(&self, x: &[f32], n: usize, k: usize, cancel: &Cancel) -> Result<Vec<u32>> {
+        let Some(pk) = &self.pk else {
+            return Ok(topk::topk_with(x, self.centroids, self.d, k, topk::Path::Exact(isa()), cancel)?.1);
+        };
+        self.int8_lists(pk, x, n, k, cancel)
+    }
+
+    fn int8_lists(&self, pk: &PackedCorpus, x: &[f32], n: usize, k: usize, cancel: &Cancel) -> Result<Vec<u32>> {
+        let (d, nlist) = (self.d, self.nlist);
+        let mut out = vec![0u32; n * k];
+        for (b, chunk) in out.chunks_mut(ROWS_AT_ONCE * k).enumerate() {
+            cancel.check()?;
+            let r0 = b * ROWS_AT_ONCE;
+            let rows = chunk.len() / k;
+            let qz = QuantQueries::new(&x[r0 * d..(r0 + rows) * d], d);
+            chunk.par_chunks_mut(QT * k).enumerate().for_each(|(t, o)| {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                let q0 = t * QT;
+                let qrows: Vec<usize> = (q0..q0 + o.len() / k).collect();
+                let mut heaps: Vec<topk::TopK> = qrows.iter().map(|_| topk::TopK::new(k)).collect();
+                let mut thr = [f32::INFINITY; QT];
+                thr[..qrows.len()].fill(f32::NEG_INFINITY);
+                scan_int8(&qz, &qrows, pk, 0, pk.groups, &mut thr, |slot, c, pre| {
+                    if c < nlist {
+                        heaps[slot].push(pre, c as u32);
+                    }
+                    heaps[slot].kth()
+                });
+                for (h, o) in heaps.into_iter().zip(o.chunks_mut(k)) {
+                    for (e, v) in h.into_sorted().into_iter().zip(o.iter_mut()) {
+                        *v = e.idx;
+                    }
+                }
+            });
+        }
+        cancel.check()?;
+        Ok(out)
+    }
 }
 
 /// A mutex's value; a panic elsewhere (which would reach the caller anyway) does not poison it.
@@ -372,11 +459,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The int8 codes of every row, quantized once: a row stored in several lists, and packed again
-/// as its list's chunks merge, is copied, not quantized again (re-quantizing was a third of the run).
+/// The int8 codes of one block's rows, quantized once: a row is a query of its block and, if
+/// kept, is stored in several lists, all from the same codes (re-quantizing was a third of the
+/// run). Only the block's codes exist at a time (the codes of all rows, `n x d` bytes, were 2.5 GB
+/// at 10M x 256): the lists hold the kept rows' own packed copies.
 struct Codes {
-    /// `n x dp` codes, each row padded with zeros to `dp` (a multiple of 4), as [`PackedCorpus`]
-    /// takes them.
+    /// The input row of the first code row.
+    base: usize,
+    /// `rows x dp` codes, each row padded with zeros to `dp` (a multiple of 4), as
+    /// [`PackedCorpus`] takes them.
     q: Vec<i8>,
     dp: usize,
     /// Per row: scale, `sum q` and `sum |q|`.
@@ -384,23 +475,28 @@ struct Codes {
 }
 
 impl Codes {
-    fn new(e: &[f32], d: usize) -> Self {
+    /// The codes of input rows `rows` of `e`.
+    fn new(e: &[f32], d: usize, rows: Range<usize>) -> Self {
         let dp = d.div_ceil(4) * 4;
-        let n = e.len() / d;
-        let mut q = vec![0i8; n * dp];
+        let mut q = vec![0i8; rows.len() * dp];
         let meta = q
             .par_chunks_mut(dp)
-            .zip(e.par_chunks(d))
+            .zip(e[rows.start * d..rows.end * d].par_chunks(d))
             .with_min_len(256)
             .map(|(out, x)| {
                 let r = quantize_row(x, &mut out[..d]);
                 (r.s, r.sum, r.l1)
             })
             .collect();
-        Codes { q, dp, meta }
+        Codes {
+            base: rows.start,
+            q,
+            dp,
+            meta,
+        }
     }
 
-    /// Rows `rows` packed as [`PackedCorpus::fill`] packs them: groups of 16 slots, interleaved by
+    /// Input rows `rows` (among the coded ones) packed as [`PackedCorpus::fill`] packs them: groups of 16 slots, interleaved by
     /// 4 bytes (`[group][dp / 4][16 slots][4 bytes]`), with per-slot scale, accumulator start
     /// `-128 sum q` and `||c~||_1`; slots past the rows are zero.
     fn pack(&self, d: usize, rows: impl ExactSizeIterator<Item = usize>) -> PackedCorpus {
@@ -409,13 +505,15 @@ impl Codes {
         pk
     }
 
-    /// Rows `rows` of `e` as int8 queries: what [`QuantQueries::new`] makes of them (the same
-    /// quantizer, so the same bytes and scales), from their codes instead of quantizing again.
+    /// Input rows `rows` (among the coded ones) of `e` as int8 queries: what
+    /// [`QuantQueries::new`] makes of them (the same quantizer, so the same bytes and scales),
+    /// from their codes instead of quantizing again.
     fn queries(&self, e: &[f32], d: usize, rows: Range<usize>) -> QuantQueries {
         let dp = self.dp;
+        let (a, b) = (rows.start - self.base, rows.end - self.base);
         let mut data = vec![0u8; rows.len() * dp];
         data.par_chunks_mut(dp)
-            .zip(self.q[rows.start * dp..rows.end * dp].par_chunks(dp))
+            .zip(self.q[a * dp..b * dp].par_chunks(dp))
             .with_min_len(256)
             .for_each(|(o, q)| {
                 // padding codes are 0, as the queries' padding (128 = 0)
@@ -428,11 +526,11 @@ impl Codes {
             .with_min_len(256)
             .map(|r| r.iter().map(|v| v.abs() as f64).sum())
             .collect();
-        let s = self.meta[rows].iter().map(|m| m.0).collect();
+        let s = self.meta[a..b].iter().map(|m| m.0).collect();
         QuantQueries { dp, data, s, l1 }
     }
 
-    /// Packs rows `rows` into the slots of `pk` from `used` on (the slots from `used` on are zero:
+    /// Packs input rows `rows` (among the coded ones) into the slots of `pk` from `used` on (the slots from `used` on are zero:
     /// padding of the last group), adding groups as needed.
     fn append(&self, pk: &mut PackedCorpus, used: usize, rows: impl ExactSizeIterator<Item = usize>) {
         let (dp, gb) = (pk.dp, pk.group_bytes());
@@ -447,6 +545,7 @@ impl Codes {
             pk.l1.resize(groups * 16, 0.0);
         }
         for (slot, r) in (used..).zip(rows) {
+            let r = r - self.base;
             let (g, lane) = (slot / 16, slot % 16);
             let src = &self.q[r * dp..(r + 1) * dp];
             let out = &mut pk.data[g * gb..(g + 1) * gb];
@@ -473,7 +572,7 @@ struct Chunk {
 }
 
 impl Chunk {
-    /// A chunk of rows `base + rows[i]` (codes and norms of the whole input).
+    /// A chunk of input rows `base + rows[i]` (`codes` has them; `norms` of the whole input).
     fn new(codes: Option<&Codes>, d: usize, norms: &[f64], base: usize, rows: Vec<u32>, ids: Vec<u32>) -> Self {
         let pk = codes.map(|c| {
             let pk = c.pack(d, rows.iter().map(|&r| base + r as usize));
@@ -526,9 +625,17 @@ impl List {
     }
 }
 
-/// The block being resolved: its int8 queries, and for each list the block rows that probe it.
+/// The block being resolved: its rows' lists, codes and int8 queries, and for each list the block
+/// rows that probe it.
 struct BlockQueries {
     rows: Range<usize>,
+    /// Lists each block row probes, and the lists a kept one is stored in (its nearest).
+    nprobe: usize,
+    spill: usize,
+    /// `rows x nprobe` list numbers, nearest first.
+    probes: Vec<u32>,
+    /// The block rows' codes (int8 scan only).
+    codes: Option<Codes>,
     qz: Option<QuantQueries>,
     /// `start[l]..start[l + 1]` of `by_list`: block rows (local, ascending) probing list `l`.
     start: Vec<usize>,
@@ -541,29 +648,37 @@ struct IvfBlocks<'a> {
     d: usize,
     norms: &'a [f64],
     threshold: f32,
-    /// `n x nprobe` list numbers, nearest first.
-    probes: &'a [u32],
-    nprobe: usize,
-    /// Lists a kept row is stored in (its nearest `spill`, `<= nprobe`).
-    spill: usize,
+    /// Finds each block's lists.
+    nearest: Nearest<'a>,
+    /// Each block's probes and lists per kept row.
+    copies: Copies,
+    /// Copies of kept rows the lists hold.
+    stored: u64,
+    /// (nprobe, spill) of the last block.
+    last: (usize, usize),
     nlist: usize,
     lists: Vec<List>,
-    /// Every row's int8 codes (int8 scan only).
-    codes: Option<Codes>,
+    /// Whether pairs are pre-scored with int8 codes.
+    int8: bool,
     /// Rows kept so far.
     kept: u32,
     /// (Mutexes only to share the scorer with the tasks: one thread takes them, between tasks.)
     block_qz: Mutex<Option<BlockQueries>>,
     /// Pre-scored, re-scored and found pairs so far.
     counts: Mutex<[u64; 3]>,
+    /// Rows per list by their nearest list, and the time spent finding lists, so far.
+    assigned: Mutex<(Vec<usize>, std::time::Duration)>,
+}
+
+impl BlockQueries {
+    /// The lists input row `r` of the block is stored in (if kept): its `spill` nearest.
+    fn stored_in(&self, r: usize) -> &[u32] {
+        let t = (r - self.rows.start) * self.nprobe;
+        &self.probes[t..t + self.spill]
+    }
 }
 
 impl IvfBlocks<'_> {
-    /// The lists row `r` is stored in (if kept): its `spill` nearest.
-    fn stored_in(&self, r: usize) -> &[u32] {
-        &self.probes[r * self.nprobe..r * self.nprobe + self.spill]
-    }
-
     fn row(&self, r: usize) -> &[f32] {
         &self.e[r * self.d..(r + 1) * self.d]
     }
@@ -584,16 +699,29 @@ impl IvfBlocks<'_> {
         let _ = r;
     }
 
-    /// The block's queries, built on the first call for `rows` and kept for the second.
-    fn queries(&self, rows: &Range<usize>) {
+    /// The block's lists, codes and queries, built on the first call for `rows` and kept until
+    /// its kept rows are stored.
+    fn queries(&self, rows: &Range<usize>, cancel: &Cancel) -> Result<()> {
         let mut slot = lock(&self.block_qz);
         if slot.as_ref().is_some_and(|b| b.rows == *rows) {
-            return;
+            return Ok(());
         }
-        let d = self.d;
-        let qz = self.codes.as_ref().map(|c| c.queries(self.e, d, rows.clone()));
+        let (d, e) = (self.d, self.e);
+        let t0 = Instant::now();
+        let x = &e[rows.start * d..rows.end * d];
+        let (nprobe, spill) = self.copies.at(self.stored, rows.len());
+        let probes = self.nearest.lists(x, rows.len(), nprobe, cancel)?;
+        {
+            let mut a = lock(&self.assigned);
+            for ps in probes.chunks(nprobe) {
+                a.0[ps[0] as usize] += 1;
+            }
+            a.1 += t0.elapsed();
+        }
+        let codes = self.int8.then(|| Codes::new(e, d, rows.clone()));
+        let qz = codes.as_ref().map(|c| c.queries(e, d, rows.clone()));
         let mut start = vec![0usize; self.nlist + 1];
-        let ps = &self.probes[rows.start * self.nprobe..rows.end * self.nprobe];
+        let ps = &probes;
         for &l in ps {
             start[l as usize + 1] += 1;
         }
@@ -603,15 +731,20 @@ impl IvfBlocks<'_> {
         let mut fill = start.clone();
         let mut by_list = vec![0u32; ps.len()];
         for (t, &l) in ps.iter().enumerate() {
-            by_list[fill[l as usize]] = (t / self.nprobe) as u32;
+            by_list[fill[l as usize]] = (t / nprobe) as u32;
             fill[l as usize] += 1;
         }
         *slot = Some(BlockQueries {
             rows: rows.clone(),
+            nprobe,
+            spill,
+            probes,
+            codes,
             qz,
             start,
             by_list,
         });
+        Ok(())
     }
 
     /// Pairs `(stored id, block row, score)` above the threshold between the chunks of each list
@@ -740,24 +873,24 @@ impl IvfBlocks<'_> {
 
 impl BlockScorer for IvfBlocks<'_> {
     fn against_kept(&self, rows: Range<usize>, cancel: &Cancel) -> Result<Vec<Pair>> {
-        self.queries(&rows);
+        self.queries(&rows, cancel)?;
         let bq = lock(&self.block_qz);
         let bq = bq.as_ref().expect("block queries built above");
         self.scan(bq, |l| self.lists[l].chunks(), false, cancel)
     }
 
     fn within(&self, rows: Range<usize>, cancel: &Cancel) -> Result<Vec<Pair>> {
-        self.queries(&rows);
+        self.queries(&rows, cancel)?;
         let bq = lock(&self.block_qz);
         let bq = bq.as_ref().expect("block queries built above");
         // the block's rows by the lists they are stored in, packed as one chunk per list
         let mut home: Vec<Vec<u32>> = vec![Vec::new(); self.nlist];
         for r in rows.clone() {
-            for &l in self.stored_in(r) {
+            for &l in bq.stored_in(r) {
                 home[l as usize].push((r - rows.start) as u32);
             }
         }
-        let (codes, d, norms, base) = (self.codes.as_ref(), self.d, self.norms, rows.start);
+        let (codes, d, norms, base) = (bq.codes.as_ref(), self.d, self.norms, rows.start);
         let chunks: Vec<Vec<Chunk>> = home
             .into_par_iter()
             .map(|h| {
@@ -773,15 +906,22 @@ impl BlockScorer for IvfBlocks<'_> {
     }
 
     fn keep(&mut self, rows: &[u32]) {
+        // the block's lists and codes are not needed after this
+        let Some(bq) = self.block_qz.get_mut().unwrap_or_else(|p| p.into_inner()).take() else {
+            debug_assert!(rows.is_empty(), "kept rows of a block never scored");
+            return;
+        };
         let mut by: Vec<(Vec<u32>, Vec<u32>)> = vec![(Vec::new(), Vec::new()); self.nlist];
         for (t, &r) in rows.iter().enumerate() {
-            for &l in self.stored_in(r as usize) {
+            for &l in bq.stored_in(r as usize) {
                 by[l as usize].0.push(r);
                 by[l as usize].1.push(self.kept + t as u32);
             }
         }
         self.kept += rows.len() as u32;
-        let (codes, d, norms) = (self.codes.as_ref(), self.d, self.norms);
+        self.stored += (rows.len() * bq.spill) as u64;
+        self.last = (bq.nprobe, bq.spill);
+        let (codes, d, norms) = (bq.codes.as_ref(), self.d, self.norms);
         self.lists
             .par_iter_mut()
             .zip(by.into_par_iter())
@@ -790,8 +930,6 @@ impl BlockScorer for IvfBlocks<'_> {
                     list.add(codes, d, norms, r, ids);
                 }
             });
-        // the block's queries are not needed any more
-        *lock(&self.block_qz) = None;
     }
 }
 
@@ -892,6 +1030,48 @@ mod tests {
     }
 
     #[test]
+    fn fewer_copies_past_the_budget_still_find_true_pairs_only() {
+        // a budget of ~2 blocks of copies: the run moves from 4 lists per kept row to 1 (and from
+        // 8 probes to 32) as it goes, the same way on any thread count
+        let (n, d, thr) = (4000, 24, 0.85f32);
+        let e = clustered(n, d, 40, 0.6, 8);
+        let w = dedup_greedy_scalar(&e, n, d, thr).unwrap();
+        let o = IvfOptions {
+            nlist: Some(60),
+            block: Some(250),
+            list_bytes: Some(4 * 250 * stored_row_bytes(d)),
+            ..IvfOptions::default()
+        };
+        let go = |t: usize| crate::testutil::in_threads(t, || run(&e, n, d, thr, o));
+        let (g, st) = go(1);
+        // the first block alone may hold 4 x 250 copies; past 750 kept rows' copies, 1
+        assert!(g.kept.len() > 750, "{}", g.kept.len());
+        assert_eq!((st.nprobe, st.spill), (32, 1));
+        let (g2, st2) = go(2);
+        assert_eq!(
+            (&g.kept, &g.dup_of, bits(&g.score)),
+            (&g2.kept, &g2.dup_of, bits(&g2.score))
+        );
+        assert_eq!(st.prescored, st2.prescored);
+        for j in 0..n {
+            if let Ok(i) = usize::try_from(g.dup_of[j]) {
+                assert!(i < j && g.dup_of[i] < 0);
+                let s = crate::dot::dot_scalar(&e[i * d..(i + 1) * d], &e[j * d..(j + 1) * d]);
+                assert_eq!(g.score[j].to_bits(), s.to_bits());
+            }
+        }
+        let removed = |x: &Dedup| x.dup_of.iter().filter(|&&v| v >= 0).count();
+        assert!(removed(&g) * 10 >= removed(&w) * 9);
+        // with every list probed it is exact whatever the copies
+        let all = IvfOptions { nprobe: Some(60), ..o };
+        let (g, _) = run(&e, n, d, thr, all);
+        assert_eq!(
+            (&g.kept, &g.dup_of, bits(&g.score)),
+            (&w.kept, &w.dup_of, bits(&w.score))
+        );
+    }
+
+    #[test]
     fn same_for_any_thread_count_and_int8_matches_exact_scan() {
         let (n, d) = (5000, 32);
         let e = clustered(n, d, 30, 0.4, 9);
@@ -953,7 +1133,7 @@ mod tests {
         for d in [1usize, 7, 16, 33, 256] {
             let mut e = gaussian(40, d, d as u64);
             e[3 * d..4 * d].iter_mut().for_each(|v| *v = 0.0);
-            let codes = Codes::new(&e, d);
+            let codes = Codes::new(&e, d, 0..40);
             let rows: Vec<usize> = vec![5, 3, 0, 39, 17, 3, 22, 8, 9, 10, 11, 12, 13, 14, 15, 16, 30, 31];
             let got = codes.pack(d, rows.iter().copied());
             let mut want = PackedCorpus::empty(d);
@@ -992,6 +1172,16 @@ mod tests {
                 "d={d}"
             );
             assert_eq!(b(&got.l1), b(&want.l1), "d={d}");
+            // a block's codes (rows 3..40) pack and query its rows as the codes of all rows do
+            let block = Codes::new(&e, d, 3..40);
+            let inner: Vec<usize> = rows.iter().copied().filter(|&r| r >= 3).collect();
+            let (a, c) = (
+                block.pack(d, inner.iter().copied()),
+                codes.pack(d, inner.iter().copied()),
+            );
+            assert_eq!((&a.data, bits(&a.sc), &a.init), (&c.data, bits(&c.sc), &c.init));
+            let (qa, qc) = (block.queries(&e, d, 5..40), codes.queries(&e, d, 5..40));
+            assert_eq!((&qa.data, bits(&qa.s), b(&qa.l1)), (&qc.data, bits(&qc.s), b(&qc.l1)));
         }
     }
 
@@ -1002,6 +1192,30 @@ mod tests {
         assert_eq!(default_nlist(1_000_000), 2000);
         assert!(default_sample(1_000_000, 4000) <= 1_000_000);
         assert_eq!(default_sample(100, default_nlist(100)), 100);
+        // four copies of each kept row while they fit in 2 GiB, then fewer and more probes
+        let c = check_options(10_000_000, 256, &IvfOptions::default()).unwrap().3;
+        let budget = (2u64 << 30) / 280;
+        assert_eq!(c.budget, budget);
+        assert_eq!(c.at(0, 8192), (8, 4));
+        assert_eq!(c.at(budget - 4 * 8192, 8192), (8, 4));
+        assert_eq!(c.at(budget - 4 * 8192 + 1, 8192), (16, 2));
+        assert_eq!(c.at(budget - 2 * 8192 + 1, 8192), (32, 1));
+        assert_eq!(c.at(budget * 3, 8192), (32, 1));
+        // given values hold for every block; probes never pass nlist, nor spill probes
+        let given = |nprobe, spill, nlist| {
+            let o = IvfOptions {
+                nprobe,
+                spill,
+                nlist,
+                ..IvfOptions::default()
+            };
+            check_options(1000, 16, &o).unwrap().3
+        };
+        let g = given(Some(3), None, None);
+        assert_eq!(g.at(g.budget * 3, 64), (3, 1));
+        assert_eq!(given(Some(3), None, None).at(0, 64), (3, 3));
+        assert_eq!(given(None, Some(2), None).at(0, 64), (16, 2));
+        assert_eq!(given(None, None, Some(5)).at(0, 64), (5, 4));
     }
 
     #[test]

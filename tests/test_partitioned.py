@@ -1,4 +1,4 @@
-"""Partitioned deduplication (`tokvec.dedup(..., approx=True)`, method "ivf", `_core.dedup_ivf`) on real Wikipedia
+"""Partitioned deduplication (`tokvec.dedup(..., approx=True)`, `_core.dedup_ivf`) on real Wikipedia
 sentences and lightly edited copies of them, embedded with the bundled default model: with every list probed it is
 exact deduplication bit for bit; with few probes every found pair has the exact canonical score and every removal a
 kept, earlier item above the threshold; at the default knob it removes nearly all that exact removes; the result

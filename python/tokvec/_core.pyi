@@ -1,6 +1,7 @@
 """Type stubs for the compiled core (rust/py/). Checked with `python -m mypy.stubtest tokvec._core`."""
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -160,6 +161,7 @@ def dedup_ivf(
     sample: int | None = None,
     block: int | None = None,
     spill: int | None = None,
+    progress: Callable[[int, int], object] | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32], dict[str, int | float]]: ...
 
 class IvfIndex:

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::interrupt::{self, work};
+use crate::dedup::{PROGRESS_KMEANS, PROGRESS_ROWS};
 use crate::ivf::{dedup_ivf_cancellable, IvfOptions};
 
 type IvfOut<'py> = (
@@ -38,10 +39,15 @@ pub(super) fn count(v: Option<i64>, name: &str) -> PyResult<Option<usize>> {
 ///     embeddings: C-contiguous float32 array (n, d).
 ///     threshold: a finite float.
 ///     nlist: number of lists (None: 2 sqrt(n), at most n).
-///     nprobe: lists probed per row, <= nlist (None: 8, at most nlist).
+///     nprobe: lists probed per row, <= nlist (None: 32 / spill, so 8 with 4 lists per kept row; at
+///         most nlist).
 ///     sample: rows sampled for the k-means (None: 16 per list, at least 4096, at most n).
 ///     block: rows per block of the greedy resolution (None: 8192).
-///     spill: lists a kept row is stored in, its nearest ones (None: 4, at most nprobe).
+///     spill: lists a kept row is stored in, its nearest ones (None: 4 while the lists' copies of
+///         the kept rows fit in 2 GiB, then 2, then 1; at most nprobe).
+///     progress: None, or a callable `progress(stage, done)`, called from this thread while the
+///         run goes on, each time it moved: stage 1 = k-means steps done (of at most 10), stage 2 =
+///         rows resolved (of n). An exception it raises stops the run.
 ///
 /// Returns:
 ///     (kept int64 ascending, dup_of int64 (n,) — -1 for kept rows —, score float32 (n,) — NaN for
@@ -53,7 +59,7 @@ pub(super) fn count(v: Option<i64>, name: &str) -> PyResult<Option<usize>> {
 ///         non-contiguous array, NaN/inf or huge rows.
 ///     KeyboardInterrupt: Ctrl-C (or the exception of another signal handler) during the run.
 #[pyfunction]
-#[pyo3(name = "dedup_ivf", signature = (embeddings, threshold, *, nlist=None, nprobe=None, sample=None, block=None, spill=None))]
+#[pyo3(name = "dedup_ivf", signature = (embeddings, threshold, *, nlist=None, nprobe=None, sample=None, block=None, spill=None, progress=None))]
 fn py_dedup_ivf<'py>(
     py: Python<'py>,
     embeddings: PyReadonlyArray2<'py, f32>,
@@ -63,7 +69,16 @@ fn py_dedup_ivf<'py>(
     sample: Option<i64>,
     block: Option<i64>,
     spill: Option<i64>,
+    progress: Option<Bound<'py, PyAny>>,
 ) -> PyResult<IvfOut<'py>> {
+    if let Some(p) = &progress {
+        if !p.is_callable() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "progress must be a callable or None, got {}",
+                p.get_type().name()?
+            )));
+        }
+    }
     if !threshold.is_finite() {
         return Err(PyValueError::new_err(format!(
             "threshold must be a finite number, got {threshold}"
@@ -75,12 +90,16 @@ fn py_dedup_ivf<'py>(
         sample: count(sample, "sample")?,
         block: count(block, "block")?,
         spill: count(spill, "spill")?,
-        exact_scan: false,
+        ..IvfOptions::default()
     };
     let [n, d]: [usize; 2] = embeddings.shape().try_into().unwrap_or([0, 0]);
     let x = embeddings.as_slice()?;
     let t = threshold as f32;
-    let (r, st) = interrupt::run(py, work(&[n, 64, d]), |stop| {
+    const _: () = assert!(
+        PROGRESS_KMEANS == 1 && PROGRESS_ROWS == 2,
+        "the stages documented above"
+    );
+    let (r, st) = interrupt::run_reporting(py, work(&[n, 64, d]), progress.as_ref(), |stop| {
         dedup_ivf_cancellable(x, n, d, t, &opts, stop).map_err(|e| e.with_arg_names(&[("e", "embeddings")]))
     })?;
     let stats = PyDict::new(py);
