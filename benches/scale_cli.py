@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--exact", action="store_true", help="run with --exact too")
+    ap.add_argument("--flags", default="", help="more flags for the default run, e.g. '--nprobe 16'")
     ap.add_argument("--sample", type=int, default=4000, help="kept rows sampled for the residual rate")
     ap.add_argument("--only-residual", action="store_true", help="the residual of an earlier run's kept file")
     args = ap.parse_args()
@@ -110,7 +111,8 @@ def main() -> None:
             f.writelines(s.replace("\n", " ") + "\n" for s in T)
     env = {**os.environ, "TMPDIR": str(work)}
     report: dict = {"n": args.n, "threshold": args.threshold, "cores": os.cpu_count()}
-    modes = [("default", [])] + ([("exact", ["--exact"])] if args.exact else [])
+    name = "default" if not args.flags else "default" + args.flags.replace(" ", "")
+    modes = [(name, args.flags.split())] + ([("exact", ["--exact"])] if args.exact else [])
     for name, extra in modes:
         out = work / f"kept-{name}-{args.n}.jsonl"
         cmd = [sys.executable, "-m", "tokvec", "dedup", str(src), "-o", str(out), "--json", "-q",
