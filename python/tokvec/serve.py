@@ -13,6 +13,7 @@ import asyncio
 import base64
 import bisect
 import dataclasses
+import functools
 import hmac
 import os
 import signal
@@ -26,7 +27,6 @@ from typing import Any
 import numpy as np
 import orjson
 
-from tokvec import _core
 from tokvec.model import Model
 
 __all__ = ["App", "Limits", "main", "parse_models", "run"]
@@ -127,35 +127,20 @@ def parse_models(specs: Sequence[str] | None) -> list[tuple[str, str | None]]:
 
 
 class _Served:
-    """A model as the service runs it: its vectors and the token counts of one batch of texts."""
+    """A model as the service runs it: the vectors and token counts of a batch of texts."""
 
     def __init__(self, name: str, model: Model) -> None:
         self.name = name
-        self.model = model
         self.dim = model.dim
         # One tokenization per text gives both the ids pooled and the count reported in `usage`: the core's
         # `encode` then `embed_ids` is the very computation of `embed` (the same pooling of the same ids).
         self._encode = model._core.encode
         self._pool = model._core.embed_ids
-        self._raw_pool: Callable[..., np.ndarray] | None = None
 
-    def compute(self, texts: list[str], dims: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """(vectors, token counts) of texts; `dims` < dim: the first `dims` columns as `load(..., dim=dims)` gives
-        them (pooling is per column, so they are the full pooling's first columns, normalized again when the model
-        normalizes, with the core's arithmetic: bit for bit the truncated model's)."""
+    def compute(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors, token counts) of texts."""
         ids, offsets = self._encode(texts)
-        counts = np.diff(offsets)
-        if dims is None or dims == self.dim:
-            return self._pool(ids, offsets), counts
-        if not self.model.normalize:
-            return np.ascontiguousarray(self._pool(ids, offsets)[:, :dims]), counts
-        if self._raw_pool is None:
-            # the raw means come from a second core over the same mapped file and tokenizer, built once
-            self._raw_pool = self.model._raw_core().embed_ids
-        v = np.ascontiguousarray(self._raw_pool(ids, offsets)[:, :dims])
-        if len(v):
-            _core.normalize_rows(v)
-        return v, counts
+        return self._pool(ids, offsets), np.diff(offsets)
 
 
 class Batcher:
@@ -166,14 +151,12 @@ class Batcher:
     def __init__(
         self,
         served: _Served,
-        dims: int | None,
         window: float,
         max_texts: int,
         executor: ThreadPoolExecutor,
         stats: Metrics,
     ) -> None:
         self.served = served
-        self.dims = dims
         self.window = window
         self.max_texts = max_texts
         self.executor = executor
@@ -221,7 +204,7 @@ class Batcher:
         self.stats.batch(len(batch))
         if sum(map(len, texts)) <= INLINE_CHARS:
             try:
-                result = self.served.compute(texts, self.dims)
+                result = self.served.compute(texts)
             except Exception:  # noqa: BLE001 - redone request by request, each failing alone
                 self._one_by_one(batch)
             else:
@@ -229,7 +212,7 @@ class Batcher:
             self._next()
             return
         self.busy = True
-        task = asyncio.get_running_loop().run_in_executor(self.executor, self.served.compute, texts, self.dims)
+        task = asyncio.get_running_loop().run_in_executor(self.executor, self.served.compute, texts)
         task.add_done_callback(lambda t: self._done(batch, t))
 
     def _done(self, batch: list[tuple[list[str], asyncio.Future]], task: asyncio.Future) -> None:
@@ -261,7 +244,7 @@ class Batcher:
             if fut.done():
                 continue
             try:
-                fut.set_result(self.served.compute(texts, self.dims))
+                fut.set_result(self.served.compute(texts))
             except Exception as e:  # noqa: BLE001 - answered as this request's error
                 fut.set_exception(e)
 
@@ -335,28 +318,65 @@ def _label(s: str) -> str:
 
 
 class App:
-    """The ASGI application. `models` maps the names clients pass as `model` to loaded models."""
+    """The ASGI application. `models` maps the names clients pass as `model` to what `tokvec.load` opens (None: the
+    bundled model); each is loaded here, memory-mapped, once. A request's `dimensions` below a model's dim is served
+    by the model loaded with `dim=dimensions` (on first use; the pages of the file are shared), whose vectors are
+    the truncated ones re-normalized with the core's own arithmetic."""
 
-    def __init__(self, models: dict[str, Model], *, api_key: str | None = None, limits: Limits | None = None) -> None:
+    #: How many truncated variants (`dimensions`) of each model stay loaded; the least recently used goes first.
+    MAX_VARIANTS = 8
+
+    def __init__(
+        self,
+        models: dict[str, str | os.PathLike[str] | None],
+        *,
+        api_key: str | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        import tokvec
+
         if not models:
             raise ValueError("no model to serve")
         self.limits = limits or Limits()
         self.limits.check()
-        self.models = {name: _Served(name, m) for name, m in models.items()}
+        self._load = tokvec.load
+        self.paths = dict(models)
         self.api_key = api_key.encode() if api_key else None
         self.metrics = Metrics()
         self.created = int(time.time())
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokvec-embed")
-        self.batchers: dict[tuple[str, int | None], Batcher] = {}
+        self.models = {name: self._batched(name, self._load(path)) for name, path in models.items()}
+        self.variants: dict[tuple[str, int], tuple[_Served, Batcher]] = {}
         self._models_body = orjson.dumps(
             {
                 "object": "list",
                 "data": [
                     {"id": n, "object": "model", "created": self.created, "owned_by": "tokvec", "dim": s.dim}
-                    for n, s in self.models.items()
+                    for n, (s, _) in self.models.items()
                 ],
             }
         )
+
+    def _batched(self, name: str, model: Model) -> tuple[_Served, Batcher]:
+        served = _Served(name, model)
+        lim = self.limits
+        return served, Batcher(served, lim.batch_window_ms / 1000, lim.max_batch_texts, self.executor, self.metrics)
+
+    async def _variant(self, name: str, dims: int) -> tuple[_Served, Batcher]:
+        """The model `name` loaded with `dim=dims`: loaded on the embedding thread on first use, then kept (at most
+        MAX_VARIANTS per model, the least recently used dropped first)."""
+        key = (name, dims)
+        got = self.variants.pop(key, None)
+        if got is None:
+            load = functools.partial(self._load, self.paths[name], dim=dims)
+            model = await asyncio.get_running_loop().run_in_executor(self.executor, load)
+            # another request may have loaded it meanwhile: either copy will do
+            got = self.variants.pop(key, None) or self._batched(name, model)
+        self.variants[key] = got  # the most recently used last
+        mine = [k for k in self.variants if k[0] == name]
+        for k in mine[: max(0, len(mine) - self.MAX_VARIANTS)]:
+            del self.variants[k]
+        return got
 
     # ------------------------------------------------------------------ ASGI
     async def __call__(
@@ -513,7 +533,7 @@ class App:
         finally:
             timer.cancel()
 
-    def _request(self, raw: bytes) -> tuple[_Served, list[str], str, int | None]:
+    def _request(self, raw: bytes) -> tuple[tuple[_Served, Batcher], list[str], str, int | None]:
         """The checked fields of an embeddings request: model, texts, encoding format, dimensions."""
         try:
             req = orjson.loads(raw)
@@ -541,8 +561,8 @@ class App:
             )
         if not isinstance(name, str):
             raise ApiError(400, f"'model' must be a string, got {_kind(name)}", param="model", code="invalid_type")
-        served = self.models.get(name)
-        if served is None:
+        entry = self.models.get(name)
+        if entry is None:
             raise ApiError(
                 404,
                 f"no model named {name!r}; this service has {_names(self.models)}",
@@ -565,18 +585,19 @@ class App:
                 raise ApiError(
                     400, f"'dimensions' must be an integer, got {_kind(dims)}", param="dimensions", code="invalid_type"
                 )
-            if not 1 <= dims <= served.dim:
+            dim = entry[0].dim
+            if not 1 <= dims <= dim:
                 raise ApiError(
                     400,
-                    f"'dimensions' must be in [1, {served.dim}] for model {name!r} (its vectors have "
-                    f"{served.dim}; fewer keeps the first ones), got {dims}",
+                    f"'dimensions' must be in [1, {dim}] for model {name!r} (its vectors have "
+                    f"{dim}; fewer keeps the first ones), got {dims}",
                     param="dimensions",
                     code="invalid_value",
                 )
         user = req.get("user")
         if user is not None and not isinstance(user, str):
             raise ApiError(400, f"'user' must be a string, got {_kind(user)}", param="user", code="invalid_type")
-        return served, self._texts(req.get("input")), fmt, dims
+        return entry, self._texts(req.get("input")), fmt, dims
 
     def _texts(self, inp: Any) -> list[str]:
         lim = self.limits
@@ -626,18 +647,9 @@ class App:
         return texts
 
     async def _embeddings(self, hdrs: dict[bytes, bytes], receive: Callable[[], Awaitable[dict]]) -> bytes:
-        served, texts, fmt, dims = self._request(await self._read_body(hdrs, receive))
-        key = (served.name, None if dims == served.dim else dims)
-        batcher = self.batchers.get(key)
-        if batcher is None:
-            batcher = self.batchers[key] = Batcher(
-                served,
-                key[1],
-                self.limits.batch_window_ms / 1000,
-                self.limits.max_batch_texts,
-                self.executor,
-                self.metrics,
-            )
+        (served, batcher), texts, fmt, dims = self._request(await self._read_body(hdrs, receive))
+        if dims is not None and dims != served.dim:
+            served, batcher = await self._variant(served.name, dims)
         try:
             vecs, counts = await batcher.submit(texts)
         except ValueError as e:
@@ -740,7 +752,7 @@ def run(
         timeout_graceful_shutdown=drain_timeout,
     )
     server = uvicorn.Server(config)
-    names = ", ".join(f"{n} (dim {s.dim})" for n, s in app.models.items())
+    names = ", ".join(f"{n} (dim {s.dim})" for n, (s, _) in app.models.items())
     print(
         f"tokvec serve: listening on http://{shown}:{bound[1]}/v1/embeddings; models: {names}",
         file=sys.stderr,
@@ -767,7 +779,6 @@ def run(
 def main(args: Any) -> None:
     """`tokvec serve` from its parsed arguments: everything is checked and every model loaded before the socket
     is opened."""
-    import tokvec
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)}
     limits = Limits(**{k: v for k, v in given.items() if v is not None})
@@ -783,6 +794,5 @@ def main(args: Any) -> None:
         raise ValueError(
             "the API key must be printable ASCII without spaces at either end (it travels in an HTTP header)"
         )
-    models = {name: tokvec.load(path) for name, path in parse_models(args.model)}
-    app = App(models, api_key=key, limits=limits)
+    app = App(dict(parse_models(args.model)), api_key=key, limits=limits)
     run(app, args.host, args.port, drain_timeout=args.drain_timeout, access_log=args.access_log)
