@@ -15,6 +15,7 @@ import bisect
 import dataclasses
 import functools
 import hmac
+import ipaddress
 import os
 import signal
 import socket
@@ -722,6 +723,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+        return False
+
+
 def run(
     app: App,
     host: str = "127.0.0.1",
@@ -795,4 +803,10 @@ def main(args: Any) -> None:
             "the API key must be printable ASCII without spaces at either end (it travels in an HTTP header)"
         )
     app = App(dict(parse_models(args.model)), api_key=key, limits=limits)
+    if key is None and not _loopback(args.host):
+        print(
+            f"tokvec serve: warning: listening on {args.host} without an API key: anyone who reaches this port can "
+            f"use the service (set --api-key or TOKVEC_API_KEY)",
+            file=sys.stderr,
+        )
     run(app, args.host, args.port, drain_timeout=args.drain_timeout, access_log=args.access_log)
