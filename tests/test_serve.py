@@ -596,3 +596,11 @@ def test_bad_flags_are_refused_before_listening(args: list[str], message: str) -
     assert r.returncode == 2, r.stderr
     assert message in r.stderr
     assert "listening" not in r.stderr
+
+
+def test_only_loopback_counts_as_private() -> None:
+    # a service on another address without a key gets a warning at start (main); these decide when
+    from tokvec.serve import _loopback
+
+    assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("localhost")
+    assert not _loopback("0.0.0.0") and not _loopback("::")

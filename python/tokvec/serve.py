@@ -10,7 +10,7 @@ the GIL and spreads a large batch over the cores. Not imported by `import tokvec
 from __future__ import annotations
 
 import asyncio
-import base64
+import binascii
 import bisect
 import dataclasses
 import functools
@@ -660,13 +660,14 @@ class App:
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         if fmt == "base64":
             # OpenAI's base64: the float32 values' little-endian bytes
-            raw = np.ascontiguousarray(vecs, dtype="<f4").tobytes()
+            raw = memoryview(np.ascontiguousarray(vecs, dtype="<f4")).cast("B")
             step = vecs.shape[1] * 4
+            b64 = binascii.b2a_base64
             data = [
                 {
                     "object": "embedding",
                     "index": i,
-                    "embedding": base64.b64encode(raw[i * step : (i + 1) * step]).decode("ascii"),
+                    "embedding": b64(raw[i * step : (i + 1) * step], newline=False).decode("ascii"),
                 }
                 for i in range(len(texts))
             ]
