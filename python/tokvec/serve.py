@@ -235,7 +235,7 @@ class Batcher:
         a = 0
         for texts, fut in batch:
             b = a + len(texts)
-            if not fut.done():  # a request whose client went away is cancelled
+            if not fut.done():  # cancelled: its request was stopped (the drain timed out)
                 fut.set_result((vecs[a:b], counts[a:b]))
             a = b
 
