@@ -8,12 +8,14 @@ import base64
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -548,19 +550,31 @@ def test_metrics(server: Server) -> None:
     assert values["tokvec_batched_requests_total"] >= values["tokvec_batches_total"] >= 1
 
 
-def test_sigterm_drains_the_request_in_flight_and_exits_0(model: tokvec.Model) -> None:
-    s = Server(["--api-key", KEY])
+def _in_flight(port: int) -> float:
+    """`tokvec_requests_in_flight` of the process that answers this /metrics request (the request itself counts)."""
+    text = raw(port, "GET", "/metrics", key=None)[2].decode()
+    return float(re.search(r"^tokvec_requests_in_flight (\S+)$", text, re.MULTILINE).group(1))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_drains_the_request_in_flight_and_exits_0(model: tokvec.Model, workers: int) -> None:
+    s = Server(["--api-key", KEY, "--workers", str(workers)])
     body = json.dumps({"model": "default", "input": ["in flight at SIGTERM"], "encoding_format": "float"}).encode()
     conn = _open(s.port, _head(len(body)) + body[:20])
     try:
-        # the request is in flight once the app answers a request sent after it on another connection
-        assert raw(s.port, "GET", "/health")[0] == 200
+        # the request is in flight once a process counts it besides the /metrics request that asks (with two
+        # workers, asked until the one holding it answers)
+        for _ in range(10000):
+            if _in_flight(s.port) >= 2:
+                break
+        else:
+            pytest.fail("no process counts the request in flight")
         s.proc.send_signal(signal.SIGTERM)
         # once the listener is closed, the service is draining
         while True:
             try:
                 socket.create_connection(("127.0.0.1", s.port), timeout=60).close()
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):  # reset: it closed with this one in its queue
                 break
         conn.sendall(body[20:])
         status, got = _answer(conn)
@@ -574,12 +588,34 @@ def test_sigterm_drains_the_request_in_flight_and_exits_0(model: tokvec.Model) -
     assert "stopped (SIGTERM)" in err
 
 
+def test_workers_share_the_port_and_answer_alike(model: tokvec.Model, texts: list[str]) -> None:
+    s = Server(["--workers", "2", "--model", f"default={DEFAULT_MODEL_DIR}"])
+    try:
+        workers = [int(x) for x in Path(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children").read_text().split()]
+        assert len(workers) == 2
+        with client(s.port) as c:
+            for k in range(8):  # connections land on either worker
+                ask = texts[k : k + 5]
+                r = c.embeddings.create(model="default", input=ask, dimensions=100)
+                want = tokvec.load(dim=100).embed(ask)
+                np.testing.assert_array_equal(np.array([d.embedding for d in r.data], np.float32), want)
+        # a worker that dies stops the service, which fails (its supervisor restarts it)
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = s.proc.communicate(timeout=60)
+    finally:
+        if s.proc.poll() is None:
+            s.stop()
+    assert s.proc.returncode == 1
+    assert "a worker process ended by itself (exit statuses [-9])" in err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--max-inputs", "0"], "--max-inputs must be an integer >= 1"),
         (["--read-timeout", "0"], "--read-timeout must be > 0"),
         (["--port", "70000"], "--port must be in [0, 65535]"),
+        (["--workers", "0"], "--workers must be >= 1"),
         (["--api-key", " "], "the API key is empty"),
         (["--model", "a=x", "--model", "a=y"], "two models are named 'a'"),
         (["--model", "m=/nonexistent/model"], "/nonexistent/model"),

@@ -785,6 +785,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on SIGTERM, seconds to let requests in flight finish")
     p.add_argument("--access-log", action="store_true", help="log every request on stderr")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes answering requests (each maps the models; the HTTP work of one runs on one core)")
+    p.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # a worker of --workers N
     p.set_defaults(fn=cmd_serve)
 
     from tokvec.train.cli import add_parsers as _train_parsers

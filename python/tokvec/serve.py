@@ -736,19 +736,22 @@ def run(
     host: str = "127.0.0.1",
     port: int = 8080,
     *,
+    sock: socket.socket | None = None,
     drain_timeout: float = 30.0,
     access_log: bool = False,
     log_level: str = "warning",
 ) -> None:
-    """Serves `app` until SIGTERM or SIGINT, then stops accepting connections, lets the requests in flight finish
-    (at most `drain_timeout` seconds) and returns."""
+    """Serves `app` on host:port (or on the listening socket `sock`, whose start-up line is then its owner's to
+    print) until SIGTERM or SIGINT, then stops accepting connections, lets the requests in flight finish (at most
+    `drain_timeout` seconds) and returns."""
     import importlib.util
 
     import uvicorn
 
-    sock = bind(host, port)
-    bound = sock.getsockname()
-    shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
+    worker = sock is not None
+    if sock is None:
+        sock = bind(host, port)
+        _announce(sock, app, "")
     config = uvicorn.Config(
         app,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
@@ -761,12 +764,6 @@ def run(
         timeout_graceful_shutdown=drain_timeout,
     )
     server = uvicorn.Server(config)
-    names = ", ".join(f"{n} (dim {s.dim})" for n, (s, _) in app.models.items())
-    print(
-        f"tokvec serve: listening on http://{shown}:{bound[1]}/v1/embeddings; models: {names}",
-        file=sys.stderr,
-        flush=True,
-    )
     stops: list[int] = []
 
     # uvicorn catches SIGTERM/SIGINT while it serves and drains; afterwards it raises the signal again for the
@@ -781,8 +778,85 @@ def run(
         for s, h in old.items():
             signal.signal(s, h)
         sock.close()
+    who = f"worker {os.getpid()} " if worker else ""
     why = f" ({signal.Signals(stops[0]).name})" if stops else ""
-    print(f"tokvec serve: stopped{why}; {app.metrics.latency_count} /v1/embeddings requests answered", file=sys.stderr)
+    print(
+        f"tokvec serve: {who}stopped{why}; {app.metrics.latency_count} /v1/embeddings requests answered",
+        file=sys.stderr,
+    )
+
+
+def _announce(sock: socket.socket, app: App, how: str) -> None:
+    bound = sock.getsockname()
+    shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
+    names = ", ".join(f"{n} (dim {s.dim})" for n, (s, _) in app.models.items())
+    print(
+        f"tokvec serve: listening on http://{shown}:{bound[1]}/v1/embeddings; models: {names}{how}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _supervise(app: App, args: Any, key: str | None) -> None:
+    """`--workers N`: N processes `tokvec serve` accept from one listening socket, each with the models mapped (the
+    pages of the files are shared). SIGTERM or SIGINT is passed on to each, which drains; if one stops by itself,
+    the others are stopped and the command fails."""
+    import subprocess
+
+    sock = bind(args.host, args.port)
+    argv = [sys.executable, "-m", "tokvec", "serve", "--listen-fd", str(sock.fileno())]
+    for m in args.model or []:
+        argv += ["--model", m]
+    for f in dataclasses.fields(Limits):
+        v = getattr(args, f.name)
+        if v is not None:
+            argv += [f"--{f.name.replace('_', '-')}", str(v)]
+    argv += ["--drain-timeout", str(args.drain_timeout)] + (["--access-log"] if args.access_log else [])
+    # the key goes by the environment, not the command line that `ps` shows
+    env = {k: v for k, v in os.environ.items() if k != "TOKVEC_API_KEY"}
+    if key is not None:
+        env["TOKVEC_API_KEY"] = key
+    stopping: list[int] = []
+    procs: list[subprocess.Popen] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        stopping.append(signum)
+        for p in procs:
+            if p.returncode is None:
+                p.send_signal(signal.SIGTERM)
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    failed: list[int] = []
+    try:
+        procs += [subprocess.Popen(argv, env=env, pass_fds=(sock.fileno(),)) for _ in range(args.workers)]
+        _announce(sock, app, f"; {args.workers} worker processes")
+        sock.close()  # the workers hold it
+        if stopping:  # a signal came while they were starting
+            stop(stopping[0], None)
+        alive = {p.pid: p for p in procs}
+        while alive:
+            pid, status = os.wait()
+            p = alive.pop(pid, None)
+            if p is None:
+                continue
+            p.returncode = os.waitstatus_to_exitcode(status)
+            if p.returncode != 0:
+                failed.append(p.returncode)
+            if not stopping:
+                stop(0, None)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        sock.close()
+    if not stopping or stopping[0] == 0:
+        raise SystemExit(f"tokvec serve: a worker process ended by itself (exit statuses {failed or [0]}); stopped")
+    # a worker that was still starting when the signal came ends by it (-15, or 143 through the command's handler)
+    failed = [c for c in failed if c not in (-signal.SIGTERM, 128 + signal.SIGTERM)]
+    if failed:
+        raise SystemExit(f"tokvec serve: stopped; worker exit statuses {failed}")
+    print(
+        f"tokvec serve: stopped ({signal.Signals(stopping[0]).name}); {args.workers} workers drained", file=sys.stderr
+    )
 
 
 def main(args: Any) -> None:
@@ -803,11 +877,21 @@ def main(args: Any) -> None:
         raise ValueError(
             "the API key must be printable ASCII without spaces at either end (it travels in an HTTP header)"
         )
+    workers = getattr(args, "workers", 1)
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
     app = App(dict(parse_models(args.model)), api_key=key, limits=limits)
+    fd = getattr(args, "listen_fd", None)
+    if fd is not None:  # one of the processes of `--workers N`
+        run(app, sock=socket.socket(fileno=fd), drain_timeout=args.drain_timeout, access_log=args.access_log)
+        return
     if key is None and not _loopback(args.host):
         print(
             f"tokvec serve: warning: listening on {args.host} without an API key: anyone who reaches this port can "
             f"use the service (set --api-key or TOKVEC_API_KEY)",
             file=sys.stderr,
         )
-    run(app, args.host, args.port, drain_timeout=args.drain_timeout, access_log=args.access_log)
+    if workers > 1:
+        _supervise(app, args, key)
+    else:
+        run(app, args.host, args.port, drain_timeout=args.drain_timeout, access_log=args.access_log)
