@@ -17,6 +17,7 @@ Usage::
     python benches/serve.py                                  # ~1 min: every scenario, 5 s each
     python benches/serve.py --seconds 3 --config window=2     # server flags: a batching window of 2 ms
     python benches/serve.py --config nobatch                 # every request embedded alone (--max-batch-texts 1)
+    python benches/serve.py --config default --config workers=2   # one process against two
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ CONFIGS = {
     "nobatch": ["--max-batch-texts", "1"],
     "window=1": ["--batch-window-ms", "1"],
     "window=2": ["--batch-window-ms", "2"],
+    "workers=2": ["--workers", "2"],
 }
 
 WRK_SCRIPT = """
@@ -111,16 +113,28 @@ class Server:
             raise RuntimeError(f"the server did not start: {line}{self.proc.stderr.read()}")
         self.port = int(m.group(1))
 
+    def pids(self) -> list[int]:
+        """The server and, with --workers N, its worker processes."""
+        pid = self.proc.pid
+        return [pid] + [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
     def status(self, key: str) -> int:
-        """A VmRSS/VmHWM line of the server's /proc status, in kB."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-        return 0
+        """A VmRSS/VmHWM line of the /proc status of the server's processes, in kB, added up (pages of the model
+        file that several workers map are counted once per worker)."""
+        total = 0
+        for pid in self.pids():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    total += int(line.split()[1])
+        return total
 
     def cpu(self) -> float:
-        f = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU seconds used so far by the server's processes."""
+        total = 0
+        for pid in self.pids():
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.terminate()
