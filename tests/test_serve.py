@@ -550,25 +550,16 @@ def test_metrics(server: Server) -> None:
     assert values["tokvec_batched_requests_total"] >= values["tokvec_batches_total"] >= 1
 
 
-def _in_flight(port: int) -> float:
-    """`tokvec_requests_in_flight` of the process that answers this /metrics request (the request itself counts)."""
-    text = raw(port, "GET", "/metrics", key=None)[2].decode()
-    return float(re.search(r"^tokvec_requests_in_flight (\S+)$", text, re.MULTILINE).group(1))
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_drains_the_request_in_flight_and_exits_0(model: tokvec.Model, workers: int) -> None:
     s = Server(["--api-key", KEY, "--workers", str(workers)])
     body = json.dumps({"model": "default", "input": ["in flight at SIGTERM"], "encoding_format": "float"}).encode()
-    conn = _open(s.port, _head(len(body)) + body[:20])
+    # a GET, then the POST's head and the start of its body, in one write on one connection: HTTP/1.1 answers them in
+    # order, so once the GET is answered, the process holding the connection has the POST in flight (with two workers,
+    # whichever took it)
+    conn = _open(s.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + _head(len(body)) + body[:20])
     try:
-        # the request is in flight once a process counts it besides the /metrics request that asks (with two
-        # workers, asked until the one holding it answers)
-        for _ in range(10000):
-            if _in_flight(s.port) >= 2:
-                break
-        else:
-            pytest.fail("no process counts the request in flight")
+        assert _answer(conn)[0] == 200
         s.proc.send_signal(signal.SIGTERM)
         # once the listener is closed, the service is draining
         while True:
@@ -588,17 +579,18 @@ def test_sigterm_drains_the_request_in_flight_and_exits_0(model: tokvec.Model, w
     assert "stopped (SIGTERM)" in err
 
 
-def test_workers_share_the_port_and_answer_alike(model: tokvec.Model, texts: list[str]) -> None:
+def test_workers_share_the_port_and_answer_alike(texts: list[str]) -> None:
     s = Server(["--workers", "2", "--model", f"default={DEFAULT_MODEL_DIR}"])
     try:
         workers = [int(x) for x in Path(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children").read_text().split()]
         assert len(workers) == 2
-        with client(s.port) as c:
-            for k in range(8):  # connections land on either worker
-                ask = texts[k : k + 5]
-                r = c.embeddings.create(model="default", input=ask, dimensions=100)
-                want = tokvec.load(dim=100).embed(ask)
-                np.testing.assert_array_equal(np.array([d.embedding for d in r.data], np.float32), want)
+        want = tokvec.load(dim=100)
+        for k in range(8):  # a connection each: they go to whichever worker accepts first
+            ask = texts[k : k + 5]
+            st, _, got = raw(s.port, "POST", "/v1/embeddings", {"model": "default", "input": ask, "dimensions": 100})
+            assert st == 200
+            vecs = np.array([d["embedding"] for d in got["data"]], np.float32)
+            np.testing.assert_array_equal(vecs, want.embed(ask))
         # a worker that dies stops the service, which fails (its supervisor restarts it)
         os.kill(workers[0], signal.SIGKILL)
         _, err = s.proc.communicate(timeout=60)
@@ -606,7 +598,8 @@ def test_workers_share_the_port_and_answer_alike(model: tokvec.Model, texts: lis
         if s.proc.poll() is None:
             s.stop()
     assert s.proc.returncode == 1
-    assert "a worker process ended by itself (exit statuses [-9])" in err
+    # the other worker drained (not listed), or was still starting and ended by the SIGTERM passed on (143)
+    assert re.search(r"a worker process ended by itself \(exit statuses \[-9(, 143)?\]\)", err), err
 
 
 @pytest.mark.parametrize(
