@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from tokvec.model import Model
+from tokvec.model import Model, load
 
 __all__ = ["App", "Limits", "main", "parse_models", "run"]
 
@@ -334,13 +334,11 @@ class App:
         api_key: str | None = None,
         limits: Limits | None = None,
     ) -> None:
-        import tokvec
-
         if not models:
             raise ValueError("no model to serve")
         self.limits = limits or Limits()
         self.limits.check()
-        self._load = tokvec.load
+        self._load = load
         self.paths = dict(models)
         self.api_key = api_key.encode() if api_key else None
         self.metrics = Metrics()
