@@ -1,4 +1,4 @@
-"""Command line: `tokvec embed | dedup | rank | cluster | split | info | extract`. Errors are one line on stderr
+"""Command line: `tokvec embed | dedup | rank | cluster | split | info | extract | serve`. Errors are one line on stderr
 and exit 2."""
 
 from __future__ import annotations
@@ -647,6 +647,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(json.dumps(r) if args.json else bench.format_report(r))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    _needs("uvicorn", "tokvec serve", "serve")
+    _needs("orjson", "tokvec serve", "serve")
+    from tokvec import serve
+
+    serve.main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tokvec` command."""
     ap = argparse.ArgumentParser(prog="tokvec", description="Fast static text embeddings.")
@@ -786,6 +794,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     common(p)
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible /v1/embeddings service (docs/serve.md)")
+    p.add_argument("--model", action="append", default=None, metavar="NAME=PATH",
+                   help="a model to serve, as NAME=PATH or PATH (folder, .safetensors, Hub id; its name is PATH); "
+                   "repeat for several (default: the bundled model, named default)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8080, help="port (0: a free one, printed at start)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1/ (default: env TOKVEC_API_KEY, else none)")
+    # limits: None keeps the service's default (tokvec.serve.Limits, listed in docs/serve.md)
+    p.add_argument("--max-body-bytes", type=int, default=None, help="largest request body (413 above; 8 MiB)")
+    p.add_argument("--max-inputs", type=int, default=None, help="most texts in one request (2048)")
+    p.add_argument("--max-text-chars", type=int, default=None, help="longest text, in characters (100,000)")
+    p.add_argument("--read-timeout", type=float, default=None, help="seconds for a request body to arrive (408; 30)")
+    p.add_argument("--batch-window-ms", type=float, default=None,
+                   help="wait this long to gather concurrent requests into one batch (0: gather what is waiting)")
+    p.add_argument("--max-batch-texts", type=int, default=None, help="most texts embedded in one core call (4096)")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="on SIGTERM, seconds to let requests in flight finish")
+    p.add_argument("--access-log", action="store_true", help="log every request on stderr")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes answering requests (each maps the models; the HTTP work of one runs on one core)")
+    p.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # a worker of --workers N
+    p.set_defaults(fn=cmd_serve)
 
     from tokvec.train.cli import add_parsers as _train_parsers
 
