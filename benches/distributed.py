@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import pickle
@@ -28,9 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# this file's name would shadow the `distributed` package (Dask's) if its folder stayed on the path
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+_spec = importlib.util.spec_from_file_location("ann_dedup", HERE / "ann_dedup.py")
+ann_dedup = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ann_dedup)
+SENTENCES, perturb = ann_dedup.SENTENCES, ann_dedup.perturb
+
 import tokvec
-from ann_dedup import SENTENCES, perturb
 from tokvec import _core
 from tokvec.distributed import ivf_plan, route_rows, sample_rows, train_centroids
 

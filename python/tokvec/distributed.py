@@ -281,6 +281,10 @@ def route_rows(vectors: np.ndarray, offset: int, centroids: np.ndarray, nprobe: 
     return out
 
 
+#: Probing rows of a list scored at once in `list_pairs` (against the stored rows before them).
+_PAIR_BLOCK = 512
+
+
 def list_pairs(rows: ListRows, threshold: float, spill: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Stage 4 on the copies of one or more lists: per list, the pairs (i, j), i < j global rows, i stored in the
     list (among its first `spill` lists), with canonical score dot(x_i, x_j) > threshold; a pair is reported by
@@ -300,20 +304,27 @@ def list_pairs(rows: ListRows, threshold: float, spill: int) -> tuple[np.ndarray
         if len(stored) == 0:
             continue
         vec = np.ascontiguousarray(rows.vectors[seg])
-        scored += len(stored) * len(seg)
-        a, b, s = _core.duplicate_pairs_cross(np.ascontiguousarray(vec[stored]), vec, t)
-        gi, gj = gid[stored[a]], gid[b]
-        keep = gi < gj
-        a, b, s, gi, gj = stored[a[keep]], b[keep], s[keep], gi[keep], gj[keep]
-        if len(a):
-            # the list that reports the pair: i's first spill list among j's probes
-            si, pj = probes[a, :spill], probes[b]
-            hit = (si[:, :, None] == pj[:, None, :]).any(axis=2)
-            first = si[np.arange(len(a)), hit.argmax(axis=1)]
-            mine = first == lst
-            out_i.append(gi[mine])
-            out_j.append(gj[mine])
-            out_s.append(s[mine])
+        xs = np.ascontiguousarray(vec[stored])
+        # the rows are in global order: a block of rows only needs the stored rows before its end (i < j),
+        # which scores about half of stored x rows instead of all of it
+        for p0 in range(0, len(seg), _PAIR_BLOCK):
+            p1 = min(p0 + _PAIR_BLOCK, len(seg))
+            ns = int(np.searchsorted(stored, p1 - 1))
+            if ns == 0:
+                continue
+            scored += ns * (p1 - p0)
+            a, b, s = _core.duplicate_pairs_cross(xs[:ns], vec[p0:p1], t)
+            b = b + p0
+            keep = stored[a] < b
+            a, b, s = stored[a[keep]], b[keep], s[keep]
+            if len(a):
+                # the list that reports the pair: i's first spill list among j's probes
+                si, pj = probes[a, :spill], probes[b]
+                hit = (si[:, :, None] == pj[:, None, :]).any(axis=2)
+                mine = si[np.arange(len(a)), hit.argmax(axis=1)] == lst
+                out_i.append(gid[a[mine]])
+                out_j.append(gid[b[mine]])
+                out_s.append(s[mine])
     z = np.zeros(0, np.int64)
     return (
         np.concatenate(out_i + [z]),
@@ -398,7 +409,8 @@ def dask_partitioned_dedup(
             coll = coll[column]
         parts_fut = client.compute(coll.to_delayed())
     else:
-        parts_fut = client.scatter([list(p) for p in partitions_or_bag], hash=False)
+        # object arrays: Dask pickles a list element by element (4.5 s for 50,000 sentences here, 0.15 s as arrays)
+        parts_fut = client.scatter([np.array(list(p), dtype=object) for p in partitions_or_bag], hash=False)
     model_fut = client.scatter(model, broadcast=True, hash=False)
     emb = [client.submit(_embed, model_fut, p, pure=False) for p in parts_fut]
     sizes = client.gather([client.submit(len, e, pure=False) for e in emb])
