@@ -521,6 +521,8 @@ def ray_partitioned_dedup(
     if not ray.is_initialized():
         raise RuntimeError("ray_partitioned_dedup runs on a Ray cluster: call ray.init(...) first")
     t0 = time.perf_counter()
+    if workers is None:
+        workers = max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
     if isinstance(dataset_or_texts, ray.data.Dataset):
         ds = dataset_or_texts
         n = ds.count()
@@ -529,7 +531,8 @@ def ray_partitioned_dedup(
 
         texts = list(dataset_or_texts)
         n = len(texts)
-        step = max(batch_size, -(-n // 64))
+        # blocks of at most one batch, and at least two per actor (one block can only feed one actor)
+        step = max(1, min(batch_size, -(-n // (2 * workers))))
         ds = ray.data.from_arrow(
             [
                 pa.table({id_column: np.arange(a, min(a + step, n)), column: texts[a : a + step]})
@@ -537,8 +540,6 @@ def ray_partitioned_dedup(
             ]
             or [pa.table({id_column: [], column: []})]
         )
-    if workers is None:
-        workers = max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
     if n == 0:
         return _empty(model.dim, {"n": 0, "embed_seconds": 0.0})
     emb = ds.map_batches(
