@@ -64,10 +64,13 @@ def same(r, want) -> bool:
 
 def per_worker(st: dict, workers: int) -> dict:
     pair_s = st.get("pairs_seconds", st.get("assign_pairs_seconds"))
-    return {
+    out = {
         "embed_texts_per_s_per_worker": round(st["n"] / st["embed_seconds"] / workers),
         "pairs_scored_per_s_per_worker": round(st["pairs_scored"] / pair_s / workers),
     }
+    if "pairs_compute_seconds" in st:  # the group tasks' own time, without waiting for their inputs
+        out["pairs_scored_per_task_second"] = round(st["pairs_scored"] / st["pairs_compute_seconds"])
+    return out
 
 
 def shipping(model: tokvec.Model, texts: list[str], E: np.ndarray, nprobe: int) -> dict:

@@ -137,6 +137,8 @@ def test_stages_with_every_list_probed_equal_exact(vectors: np.ndarray) -> None:
 
 def test_dask_cluster(model: tokvec.Model, corpus: list[str], vectors: np.ndarray) -> None:
     import dask.bag as db
+    import dask.dataframe as dd
+    import pandas as pd
     from dask import distributed
     from tokvec.distributed import dask_partitioned_dedup
 
@@ -154,6 +156,9 @@ def test_dask_cluster(model: tokvec.Model, corpus: list[str], vectors: np.ndarra
         assert r.stats["nlist"] == 346 and r.stats["pairs_found"] >= len(corpus) - len(want[0])
         bag = db.from_sequence(small, npartitions=5)
         r = dask_partitioned_dedup(client, model, bag, T, **kw)
+        assert_same((r.kept, r.dup_of, r.score), single(vectors[:2000], **kw))
+        frame = dd.from_pandas(pd.DataFrame({"id": np.arange(2000), "text": small}), npartitions=3)
+        r = dask_partitioned_dedup(client, model, frame, T, **kw)
         assert_same((r.kept, r.dup_of, r.score), single(vectors[:2000], **kw))
         # empty partitions are rows of nothing
         r = dask_partitioned_dedup(client, model, [small[:700], [], small[700:]], T, **kw)

@@ -361,8 +361,11 @@ def _take(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def _pairs_of(
     pieces: Sequence[ListRows], threshold: float, spill: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    return list_pairs(ListRows.concat(pieces), threshold, spill)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
+    """Stage 4 on one bucket's pieces, and the seconds the worker spent on it (the transfers aside)."""
+    t = time.perf_counter()
+    i, j, s, scored = list_pairs(ListRows.concat(pieces), threshold, spill)
+    return i, j, s, scored, time.perf_counter() - t
 
 
 def _empty(d: int, stats: dict[str, Any]) -> PartitionedDedup:
@@ -397,7 +400,8 @@ def dask_partitioned_dedup(
         buckets: group tasks of the shuffle (None: 4 per worker thread); each takes the lists l % buckets.
 
     Returns:
-        a `PartitionedDedup`; `stats` has the settings, `pairs_scored`, `pairs_found` and `*_seconds` per stage.
+        a `PartitionedDedup`; `stats` has the settings, `pairs_scored`, `pairs_found`, the wall `*_seconds` per stage
+        and `pairs_compute_seconds` (the group tasks' own time, summed over tasks).
     """
     from dask.distributed import wait
 
@@ -444,7 +448,11 @@ def dask_partitioned_dedup(
     stats["pairs_seconds"] = t4 - t3
     kept, dup_of, score, m = resolve_pairs(n, found, t)
     stats.update(
-        pairs_scored=int(sum(f[3] for f in found)), pairs_found=m, buckets=nb, resolve_seconds=time.perf_counter() - t4
+        pairs_scored=int(sum(f[3] for f in found)),
+        pairs_compute_seconds=sum(f[4] for f in found),
+        pairs_found=m,
+        buckets=nb,
+        resolve_seconds=time.perf_counter() - t4,
     )
     return PartitionedDedup(kept, dup_of, score, centroids, stats)
 
@@ -549,6 +557,9 @@ def ray_partitioned_dedup(
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
     ).materialize()
+    lo, hi = emb.min("gid"), emb.max("gid")
+    if (lo, hi) != (0, n - 1):
+        raise ValueError(f"{id_column} must number the rows 0 .. n-1 (n = {n}) once each, got {lo} .. {hi}")
     t1 = time.perf_counter()
     plan = ivf_plan(n, nlist=nlist, nprobe=nprobe, spill=spill, sample=sample)
     stats: dict[str, Any] = {**plan, "n": n, "workers": workers, "embed_seconds": t1 - t0}
