@@ -81,7 +81,7 @@ def shipping(model: tokvec.Model, texts: list[str], E: np.ndarray, nprobe: int) 
     model._unit_embed(sub)
     embed_us = (time.perf_counter() - t) / m * 1e6  # all threads of this process
     text_bytes = sum(len(s.encode()) for s in sub) / m
-    plan = ivf_plan(len(E))
+    plan = ivf_plan(*E.shape)
     C = train_centroids(E[sample_rows(len(E), plan["sample"])], plan["nlist"])
     (rows,) = route_rows(E[:m], 0, C, nprobe, 1)
     t = time.perf_counter()

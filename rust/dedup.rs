@@ -200,6 +200,11 @@ pub(crate) trait BlockScorer {
     fn keep(&mut self, rows: &[u32]);
 }
 
+/// Progress stage ([`Cancel::set_progress`]) of the partitioned dedup's k-means: steps done.
+pub(crate) const PROGRESS_KMEANS: u8 = 1;
+/// Progress stage of [`greedy_blocked`]: rows resolved.
+pub(crate) const PROGRESS_ROWS: u8 = 2;
+
 /// Greedy deduplication of `n` rows in blocks of `block` rows in input order: a block is scored
 /// against the rows kept so far and against itself, then resolved in order. Removed rows are never
 /// scored again and one block's pairs exist at a time. Returns the result and the most pairs held
@@ -258,6 +263,7 @@ pub(crate) fn greedy_blocked(
             }
         }
         scorer.keep(&new_kept);
+        cancel.set_progress(PROGRESS_ROWS, b1 as u64);
         b0 = b1;
     }
     Ok((Dedup { kept, dup_of, score }, peak))

@@ -66,30 +66,24 @@ pub(crate) struct IvfIndex {
     int8: bool,
 }
 
-impl IvfIndex {
-    /// An index over `x` (`n x d`, n >= 1): `nlist` lists (default [`ivf::default_nlist`], at most
-    /// `n`) trained on `sample` rows (default [`default_sample`], between `nlist` and `n`).
-    /// Errors on no rows, a length that is not a multiple of `d`, `d == 0`, rows with NaN, infinity
-    /// or a huge norm, and `nlist` or `sample` of 0; stops with [`CoreError::Interrupted`] soon
-    /// after `cancel` is set.
-    pub(crate) fn build(
-        x: &[f32],
-        d: usize,
-        nlist: Option<usize>,
-        sample: Option<usize>,
-        cancel: &Cancel,
-    ) -> Result<Self> {
-        Self::build_with(x, d, nlist, sample, int8_serves(d), cancel)
-    }
+/// How [`IvfIndex::build`] makes an index; `None` picks the default for `n`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct IndexOptions {
+    /// Number of lists (default [`ivf::default_nlist`], at most `n`).
+    pub(crate) nlist: Option<usize>,
+    /// Rows the k-means is trained on (default [`default_sample`], between `nlist` and `n`).
+    pub(crate) sample: Option<usize>,
+    /// Score with the canonical dot only, never the int8 pre-score (tests: both paths).
+    pub(crate) exact_scan: bool,
+}
 
-    fn build_with(
-        x: &[f32],
-        d: usize,
-        nlist: Option<usize>,
-        sample: Option<usize>,
-        int8: bool,
-        cancel: &Cancel,
-    ) -> Result<Self> {
+impl IvfIndex {
+    /// An index over `x` (`n x d`, n >= 1), made as `o` says. Errors on no rows, a length that is
+    /// not a multiple of `d`, `d == 0`, rows with NaN, infinity or a huge norm, and `nlist` or
+    /// `sample` of 0; stops with [`CoreError::Interrupted`] soon after `cancel` is set.
+    pub(crate) fn build(x: &[f32], d: usize, o: &IndexOptions, cancel: &Cancel) -> Result<Self> {
+        let (nlist, sample) = (o.nlist, o.sample);
+        let int8 = !o.exact_scan && int8_serves(d);
         ivf::at_least_one(nlist, "nlist")?;
         ivf::at_least_one(sample, "sample")?;
         let n = check_rows(x, d)?;
@@ -104,25 +98,16 @@ impl IvfIndex {
     /// An index over `x` with given unit `centroids` (`nlist x d`) and the home list of every row
     /// (`labels`, each `< nlist`): a saved index, or one grown by [`IvfIndex::assign`]. Errors as
     /// [`IvfIndex::build`], and on centroids with another width or bad values, and on labels of
-    /// another length or out of range.
+    /// another length or out of range. `exact_scan` as in [`IndexOptions`].
     pub(crate) fn from_parts(
         x: &[f32],
         d: usize,
         centroids: Vec<f32>,
         labels: Vec<u32>,
+        exact_scan: bool,
         cancel: &Cancel,
     ) -> Result<Self> {
-        Self::from_parts_with(x, d, centroids, labels, int8_serves(d), cancel)
-    }
-
-    fn from_parts_with(
-        x: &[f32],
-        d: usize,
-        centroids: Vec<f32>,
-        labels: Vec<u32>,
-        int8: bool,
-        cancel: &Cancel,
-    ) -> Result<Self> {
+        let int8 = !exact_scan && int8_serves(d);
         let n = check_rows(x, d)?;
         let nlist = rows_of(&centroids, d, "centroids")?;
         if nlist == 0 {
@@ -474,7 +459,12 @@ mod tests {
     }
 
     fn build(x: &[f32], d: usize, nlist: usize, int8: bool) -> IvfIndex {
-        IvfIndex::build_with(x, d, Some(nlist), None, int8, Cancel::never()).unwrap()
+        let o = IndexOptions {
+            nlist: Some(nlist),
+            exact_scan: !int8,
+            ..IndexOptions::default()
+        };
+        IvfIndex::build(x, d, &o, Cancel::never()).unwrap()
     }
 
     fn search(ix: &IvfIndex, x: &[f32], q: &[f32], k: usize, nprobe: usize) -> (Vec<f32>, Vec<u32>) {
@@ -565,12 +555,12 @@ mod tests {
             x.extend(v.iter().map(|a| a * (1.0 + t as f32 / 100.0)));
         }
         for int8 in modes() {
-            let ix = IvfIndex::from_parts_with(
+            let ix = IvfIndex::from_parts(
                 &x,
                 d,
                 vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0],
                 vec![0, 0, 0, 1, 1, 1],
-                int8,
+                !int8,
                 Cancel::never(),
             )
             .unwrap();
@@ -590,16 +580,16 @@ mod tests {
             let mut labels = first.labels().to_vec();
             labels.extend(first.assign(&x[2000 * d..], Cancel::never()).unwrap());
             let grown =
-                IvfIndex::from_parts_with(&x, d, first.centroids().to_vec(), labels, int8, Cancel::never()).unwrap();
+                IvfIndex::from_parts(&x, d, first.centroids().to_vec(), labels, !int8, Cancel::never()).unwrap();
             assert_eq!(grown.n(), n);
             assert_eq!(search(&grown, &x, &q, k, 25), topk_scalar(&q, &x, d, k).unwrap());
             // the same lists give the same index
-            let again = IvfIndex::from_parts_with(
+            let again = IvfIndex::from_parts(
                 &x[..2000 * d],
                 d,
                 first.centroids().to_vec(),
                 first.labels().to_vec(),
-                int8,
+                !int8,
                 Cancel::never(),
             )
             .unwrap();
@@ -637,12 +627,12 @@ mod tests {
         // the int8 pre-score drops no row the exact scan of the same lists finds
         if int8_serves(d) {
             let ix = build(&x, d, 50, true);
-            let mut exact = IvfIndex::from_parts_with(
+            let mut exact = IvfIndex::from_parts(
                 &x,
                 d,
                 ix.centroids().to_vec(),
                 ix.labels().to_vec(),
-                false,
+                true,
                 Cancel::never(),
             )
             .unwrap();
@@ -664,37 +654,89 @@ mod tests {
             Ok(_) => panic!("expected an argument error"),
         };
         let never = Cancel::never();
-        assert_eq!(arg(IvfIndex::build(&x, d, Some(0), None, never)), "nlist");
-        assert_eq!(arg(IvfIndex::build(&x, d, None, Some(0), never)), "sample");
-        assert_eq!(arg(IvfIndex::build(&[], d, None, None, never)), "vectors");
-        assert_eq!(arg(IvfIndex::build(&x[..9], d, None, None, never)), "vectors");
-        assert_eq!(arg(IvfIndex::build(&x, 0, None, None, never)), "d");
+        assert_eq!(
+            arg(IvfIndex::build(
+                &x,
+                d,
+                &IndexOptions {
+                    nlist: Some(0),
+                    ..IndexOptions::default()
+                },
+                never
+            )),
+            "nlist"
+        );
+        assert_eq!(
+            arg(IvfIndex::build(
+                &x,
+                d,
+                &IndexOptions {
+                    sample: Some(0),
+                    ..IndexOptions::default()
+                },
+                never
+            )),
+            "sample"
+        );
+        assert_eq!(arg(IvfIndex::build(&[], d, &IndexOptions::default(), never)), "vectors");
+        assert_eq!(
+            arg(IvfIndex::build(&x[..9], d, &IndexOptions::default(), never)),
+            "vectors"
+        );
+        assert_eq!(arg(IvfIndex::build(&x, 0, &IndexOptions::default(), never)), "d");
         let mut bad = x.clone();
         bad[5 * d + 1] = f32::NAN;
-        let e = IvfIndex::build(&bad, d, None, None, never).err().unwrap();
+        let e = IvfIndex::build(&bad, d, &IndexOptions::default(), never).err().unwrap();
         assert!(e.to_string().contains("row 5"), "{e}");
         let c = x[..2 * d].to_vec();
         assert_eq!(
-            arg(IvfIndex::from_parts(&x, d, c.clone(), vec![0; n - 1], never)),
+            arg(IvfIndex::from_parts(&x, d, c.clone(), vec![0; n - 1], false, never)),
             "labels"
         );
         let mut labels = vec![0; n];
         labels[7] = 2;
-        let e = IvfIndex::from_parts(&x, d, c.clone(), labels, never).err().unwrap();
+        let e = IvfIndex::from_parts(&x, d, c.clone(), labels, false, never)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("entry 7"), "{e}");
         assert_eq!(
-            arg(IvfIndex::from_parts(&x, d, c[..d + 1].to_vec(), vec![0; n], never)),
+            arg(IvfIndex::from_parts(
+                &x,
+                d,
+                c[..d + 1].to_vec(),
+                vec![0; n],
+                false,
+                never
+            )),
             "centroids"
         );
         assert_eq!(
-            arg(IvfIndex::from_parts(&x, d, Vec::new(), vec![0; n], never)),
+            arg(IvfIndex::from_parts(&x, d, Vec::new(), vec![0; n], false, never)),
             "centroids"
         );
 
         // nlist above n is lowered to n
-        let ix = IvfIndex::build(&x[..3 * d], d, Some(10), None, never).unwrap();
+        let ix = IvfIndex::build(
+            &x[..3 * d],
+            d,
+            &IndexOptions {
+                nlist: Some(10),
+                ..IndexOptions::default()
+            },
+            never,
+        )
+        .unwrap();
         assert_eq!(ix.nlist(), 3);
-        let ix = IvfIndex::build(&x, d, Some(10), None, never).unwrap();
+        let ix = IvfIndex::build(
+            &x,
+            d,
+            &IndexOptions {
+                nlist: Some(10),
+                ..IndexOptions::default()
+            },
+            never,
+        )
+        .unwrap();
         let s = |q: &[f32], k: usize, p: usize, xs: &[f32]| match ix.search(xs, q, k, p, never) {
             Err(CoreError::InvalidArgument { arg, .. }) => arg,
             other => panic!("expected an argument error, got {other:?}"),
@@ -718,7 +760,7 @@ mod tests {
         let x = clustered(n, d, 30, 0.4, 5);
         let stop = crate::testutil::stopped();
         assert!(matches!(
-            IvfIndex::build(&x, d, None, None, &stop),
+            IvfIndex::build(&x, d, &IndexOptions::default(), &stop),
             Err(CoreError::Interrupted)
         ));
         for int8 in modes() {

@@ -44,7 +44,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::cancel::Cancel;
-use crate::dedup::{check_n, check_threshold, greedy_blocked, BlockScorer, Dedup, Pair};
+use crate::dedup::{check_n, check_threshold, greedy_blocked, BlockScorer, Dedup, Pair, PROGRESS_KMEANS};
 use crate::dot::{dot, lower_threshold, row_norms};
 use crate::error::{CoreError, Result};
 use crate::int8::{int8_serves, quantize_row, scan_int8, Int8Bound, PackedCorpus, QuantQueries, QT};
@@ -120,13 +120,33 @@ pub(crate) fn default_nlist(n: usize) -> usize {
     ((2.0 * (n as f64).sqrt()).round() as usize).clamp(1, n.clamp(1, 1 << 16))
 }
 
-/// Default probes: 8 (clamped to `nlist`).
-pub(crate) const DEFAULT_NPROBE: usize = 8;
+/// Default probes times lists a kept row is stored in: a pair is seen when one of `spill` lists
+/// of one row is among the `nprobe` of the other, so quality and cost follow the product. On 1M
+/// texts (2,000 lists) at 0.9, 8 probes x 4 lists found 99.97 % of exact's removals with 6.2e9
+/// pre-scored pairs, 32 x 1 99.92 % with 5.0e9 and 16 x 2 99.95 % with 5.7e9 (8 x 1: 99.57 %,
+/// 1.5e9). The default probes are `PROBES_X_SPILL / spill` (clamped to `nlist`).
+const PROBES_X_SPILL: usize = 32;
 
-/// Default lists a kept row is stored in. On 1M texts (2,000 lists) at 0.9, 8 probes x 4 lists
-/// found 99.97 % of exact's removals with 6.2e9 pre-scored pairs, 32 x 1 99.92 % with 5.0e9 and
-/// 16 x 2 99.95 % with 5.7e9 (8 x 1: 99.57 %, 1.5e9).
+/// Default lists a kept row is stored in when memory allows (see [`default_spill`]).
 pub(crate) const DEFAULT_SPILL: usize = 4;
+
+/// Bytes the lists' copies of the kept rows may take with the default `spill`.
+const LIST_BYTES: u64 = 2 << 30;
+
+/// Bytes a list takes per stored row: its codes (`d` rounded up to 4) and 24 bytes of scale,
+/// accumulator start, L1 term, row and id.
+fn stored_row_bytes(d: usize) -> u64 {
+    (d.div_ceil(4) * 4 + 24) as u64
+}
+
+/// Default lists a kept row is stored in: [`DEFAULT_SPILL`], fewer (at least 1) where `n` kept
+/// rows would make the lists larger than 2 GiB (10M x 256: 1, so 32 probes; at most 1.9M x 256:
+/// 4). More copies find pairs across list borders from both sides, but the memory grows with
+/// them, and one copy with four times the probes costs the same and finds almost as much.
+pub(crate) fn default_spill(n: usize, d: usize) -> usize {
+    let copies = LIST_BYTES / (n.max(1) as u64 * stored_row_bytes(d));
+    (copies as usize).clamp(1, DEFAULT_SPILL)
+}
 
 /// Default k-means sample: 16 rows per list, at most `n`.
 pub(crate) fn default_sample(n: usize, nlist: usize) -> usize {
@@ -144,7 +164,7 @@ pub(crate) fn at_least_one(v: Option<usize>, name: &'static str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn check_options(n: usize, o: &IvfOptions) -> Result<(usize, usize, usize, usize, usize)> {
+pub(crate) fn check_options(n: usize, d: usize, o: &IvfOptions) -> Result<(usize, usize, usize, usize, usize)> {
     at_least_one(o.nlist, "nlist")?;
     at_least_one(o.nprobe, "nprobe")?;
     if let (Some(p), Some(l)) = (o.nprobe, o.nlist) {
@@ -161,12 +181,13 @@ pub(crate) fn check_options(n: usize, o: &IvfOptions) -> Result<(usize, usize, u
     // k-means needs at least as many rows as lists: a larger nlist is lowered to n (and nprobe to
     // the lists there are), which probes everything it asked for
     let nlist = o.nlist.unwrap_or_else(|| default_nlist(n)).clamp(1, n.max(1));
-    let nprobe = o.nprobe.unwrap_or(DEFAULT_NPROBE).min(nlist);
+    let spill = o.spill.unwrap_or_else(|| default_spill(n, d));
+    let nprobe = o.nprobe.unwrap_or(PROBES_X_SPILL / spill).clamp(1, nlist);
     let sample = o
         .sample
         .unwrap_or_else(|| default_sample(n, nlist))
         .clamp(nlist, n.max(nlist));
-    let spill = o.spill.unwrap_or(DEFAULT_SPILL).min(nprobe);
+    let spill = spill.min(nprobe);
     Ok((nlist, nprobe, sample, o.block.unwrap_or(IVF_BLOCK), spill))
 }
 
@@ -186,7 +207,7 @@ pub(crate) fn dedup_ivf_cancellable(
 ) -> Result<(Dedup, IvfStats)> {
     check_n(e, n, d, "e")?;
     check_threshold(threshold)?;
-    let (nlist, nprobe, sample, block, spill) = check_options(n, opts)?;
+    let (nlist, nprobe, sample, block, spill) = check_options(n, d, opts)?;
     let norms = row_norms(e, d, "e")?;
     let mut st = IvfStats {
         nlist,
@@ -219,36 +240,34 @@ pub(crate) fn dedup_ivf_cancellable(
     };
     st.kmeans_iterations = iters;
     let t1 = Instant::now();
-    let probes = nearest_lists(e, n, d, &centroids, nlist, nprobe, int8_lists, cancel)?;
-    let t2 = Instant::now();
-    let mut sizes = vec![0usize; nlist];
-    for r in 0..n {
-        sizes[probes[r * nprobe] as usize] += 1;
-    }
-    st.largest_list = sizes.iter().copied().max().unwrap_or(0);
+    // each block finds its rows' lists when it is reached: the lists of all rows at once were
+    // `n x nprobe` words (1.3 GB at 10M rows and 32 probes)
     let mut scorer = IvfBlocks {
         e,
         d,
         norms: &norms,
         threshold,
-        probes: &probes,
+        nearest: Nearest::new(&centroids, nlist, d, int8_lists),
         nprobe,
         spill,
         nlist,
         lists: (0..nlist).map(|_| List::default()).collect(),
-        codes: int8.then(|| Codes::new(e, d)),
+        int8,
         kept: 0,
         block_qz: Mutex::new(None),
         counts: Mutex::new([0; 3]),
+        assigned: Mutex::new((vec![0; nlist], std::time::Duration::ZERO)),
     };
     let (res, _) = greedy_blocked(n, block, &mut scorer, cancel)?;
     let [prescored, rescored, found] = *lock(&scorer.counts);
+    let (sizes, assign) = std::mem::take(&mut *lock(&scorer.assigned));
+    st.largest_list = sizes.iter().copied().max().unwrap_or(0);
     st.prescored = prescored;
     st.rescored = rescored;
     st.found = found;
     st.train_seconds = (t1 - t0).as_secs_f64();
-    st.assign_seconds = (t2 - t1).as_secs_f64();
-    st.search_seconds = t2.elapsed().as_secs_f64();
+    st.assign_seconds = assign.as_secs_f64();
+    st.search_seconds = (t1.elapsed() - assign).as_secs_f64();
     Ok((res, st))
 }
 
@@ -306,6 +325,7 @@ pub(crate) fn train(
         cancel.check()?;
         let labels = nearest_lists(&x, sample, d, &c, nlist, 1, int8, cancel)?;
         steps += 1;
+        cancel.set_progress(PROGRESS_KMEANS, steps as u64);
         if labels == prev {
             break;
         }
@@ -349,41 +369,75 @@ pub(crate) fn nearest_lists(
     int8: bool,
     cancel: &Cancel,
 ) -> Result<Vec<u32>> {
-    if !int8 {
-        return Ok(topk::topk_with(x, centroids, d, k, topk::Path::Exact(isa()), cancel)?.1);
-    }
-    let mut pk = PackedCorpus::empty(d);
-    pk.fill(nlist, d, |s| (s < nlist).then(|| &centroids[s * d..(s + 1) * d]));
-    let mut out = vec![0u32; n * k];
-    for (b, chunk) in out.chunks_mut(ROWS_AT_ONCE * k).enumerate() {
-        cancel.check()?;
-        let r0 = b * ROWS_AT_ONCE;
-        let rows = chunk.len() / k;
-        let qz = QuantQueries::new(&x[r0 * d..(r0 + rows) * d], d);
-        chunk.par_chunks_mut(QT * k).enumerate().for_each(|(t, o)| {
-            if cancel.is_cancelled() {
-                return;
-            }
-            let q0 = t * QT;
-            let qrows: Vec<usize> = (q0..q0 + o.len() / k).collect();
-            let mut heaps: Vec<topk::TopK> = qrows.iter().map(|_| topk::TopK::new(k)).collect();
-            let mut thr = [f32::INFINITY; QT];
-            thr[..qrows.len()].fill(f32::NEG_INFINITY);
-            scan_int8(&qz, &qrows, &pk, 0, pk.groups, &mut thr, |slot, c, pre| {
-                if c < nlist {
-                    heaps[slot].push(pre, c as u32);
-                }
-                heaps[slot].kth()
-            });
-            for (h, o) in heaps.into_iter().zip(o.chunks_mut(k)) {
-                for (e, v) in h.into_sorted().into_iter().zip(o.iter_mut()) {
-                    *v = e.idx;
-                }
-            }
+    Nearest::new(centroids, nlist, d, int8).lists(x, n, k, cancel)
+}
+
+/// The centroids as [`nearest_lists`] scans them, packed once for many calls (the partitioned
+/// dedup asks for each block's lists as it reaches the block).
+struct Nearest<'a> {
+    centroids: &'a [f32],
+    nlist: usize,
+    d: usize,
+    /// The packed int8 centroids (int8 pre-score only).
+    pk: Option<PackedCorpus>,
+}
+
+impl<'a> Nearest<'a> {
+    fn new(centroids: &'a [f32], nlist: usize, d: usize, int8: bool) -> Self {
+        let pk = int8.then(|| {
+            let mut pk = PackedCorpus::empty(d);
+            pk.fill(nlist, d, |s| (s < nlist).then(|| &centroids[s * d..(s + 1) * d]));
+            pk
         });
+        Nearest {
+            centroids,
+            nlist,
+            d,
+            pk,
+        }
     }
-    cancel.check()?;
-    Ok(out)
+
+    /// [`nearest_lists`] of the `n` rows of `x`.
+    fn lists(&self, x: &[f32], n: usize, k: usize, cancel: &Cancel) -> Result<Vec<u32>> {
+        let Some(pk) = &self.pk else {
+            return Ok(topk::topk_with(x, self.centroids, self.d, k, topk::Path::Exact(isa()), cancel)?.1);
+        };
+        self.int8_lists(pk, x, n, k, cancel)
+    }
+
+    fn int8_lists(&self, pk: &PackedCorpus, x: &[f32], n: usize, k: usize, cancel: &Cancel) -> Result<Vec<u32>> {
+        let (d, nlist) = (self.d, self.nlist);
+        let mut out = vec![0u32; n * k];
+        for (b, chunk) in out.chunks_mut(ROWS_AT_ONCE * k).enumerate() {
+            cancel.check()?;
+            let r0 = b * ROWS_AT_ONCE;
+            let rows = chunk.len() / k;
+            let qz = QuantQueries::new(&x[r0 * d..(r0 + rows) * d], d);
+            chunk.par_chunks_mut(QT * k).enumerate().for_each(|(t, o)| {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                let q0 = t * QT;
+                let qrows: Vec<usize> = (q0..q0 + o.len() / k).collect();
+                let mut heaps: Vec<topk::TopK> = qrows.iter().map(|_| topk::TopK::new(k)).collect();
+                let mut thr = [f32::INFINITY; QT];
+                thr[..qrows.len()].fill(f32::NEG_INFINITY);
+                scan_int8(&qz, &qrows, pk, 0, pk.groups, &mut thr, |slot, c, pre| {
+                    if c < nlist {
+                        heaps[slot].push(pre, c as u32);
+                    }
+                    heaps[slot].kth()
+                });
+                for (h, o) in heaps.into_iter().zip(o.chunks_mut(k)) {
+                    for (e, v) in h.into_sorted().into_iter().zip(o.iter_mut()) {
+                        *v = e.idx;
+                    }
+                }
+            });
+        }
+        cancel.check()?;
+        Ok(out)
+    }
 }
 
 /// A mutex's value; a panic elsewhere (which would reach the caller anyway) does not poison it.
@@ -391,11 +445,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The int8 codes of every row, quantized once: a row stored in several lists, and packed again
-/// as its list's chunks merge, is copied, not quantized again (re-quantizing was a third of the run).
+/// The int8 codes of one block's rows, quantized once: a row is a query of its block and, if
+/// kept, is stored in several lists, all from the same codes (re-quantizing was a third of the
+/// run). Only the block's codes exist at a time (the codes of all rows, `n x d` bytes, were 2.5 GB
+/// at 10M x 256): the lists hold the kept rows' own packed copies.
 struct Codes {
-    /// `n x dp` codes, each row padded with zeros to `dp` (a multiple of 4), as [`PackedCorpus`]
-    /// takes them.
+    /// The input row of the first code row.
+    base: usize,
+    /// `rows x dp` codes, each row padded with zeros to `dp` (a multiple of 4), as
+    /// [`PackedCorpus`] takes them.
     q: Vec<i8>,
     dp: usize,
     /// Per row: scale, `sum q` and `sum |q|`.
@@ -403,23 +461,28 @@ struct Codes {
 }
 
 impl Codes {
-    fn new(e: &[f32], d: usize) -> Self {
+    /// The codes of input rows `rows` of `e`.
+    fn new(e: &[f32], d: usize, rows: Range<usize>) -> Self {
         let dp = d.div_ceil(4) * 4;
-        let n = e.len() / d;
-        let mut q = vec![0i8; n * dp];
+        let mut q = vec![0i8; rows.len() * dp];
         let meta = q
             .par_chunks_mut(dp)
-            .zip(e.par_chunks(d))
+            .zip(e[rows.start * d..rows.end * d].par_chunks(d))
             .with_min_len(256)
             .map(|(out, x)| {
                 let r = quantize_row(x, &mut out[..d]);
                 (r.s, r.sum, r.l1)
             })
             .collect();
-        Codes { q, dp, meta }
+        Codes {
+            base: rows.start,
+            q,
+            dp,
+            meta,
+        }
     }
 
-    /// Rows `rows` packed as [`PackedCorpus::fill`] packs them: groups of 16 slots, interleaved by
+    /// Input rows `rows` (among the coded ones) packed as [`PackedCorpus::fill`] packs them: groups of 16 slots, interleaved by
     /// 4 bytes (`[group][dp / 4][16 slots][4 bytes]`), with per-slot scale, accumulator start
     /// `-128 sum q` and `||c~||_1`; slots past the rows are zero.
     fn pack(&self, d: usize, rows: impl ExactSizeIterator<Item = usize>) -> PackedCorpus {
@@ -428,13 +491,15 @@ impl Codes {
         pk
     }
 
-    /// Rows `rows` of `e` as int8 queries: what [`QuantQueries::new`] makes of them (the same
-    /// quantizer, so the same bytes and scales), from their codes instead of quantizing again.
+    /// Input rows `rows` (among the coded ones) of `e` as int8 queries: what
+    /// [`QuantQueries::new`] makes of them (the same quantizer, so the same bytes and scales),
+    /// from their codes instead of quantizing again.
     fn queries(&self, e: &[f32], d: usize, rows: Range<usize>) -> QuantQueries {
         let dp = self.dp;
+        let (a, b) = (rows.start - self.base, rows.end - self.base);
         let mut data = vec![0u8; rows.len() * dp];
         data.par_chunks_mut(dp)
-            .zip(self.q[rows.start * dp..rows.end * dp].par_chunks(dp))
+            .zip(self.q[a * dp..b * dp].par_chunks(dp))
             .with_min_len(256)
             .for_each(|(o, q)| {
                 // padding codes are 0, as the queries' padding (128 = 0)
@@ -447,11 +512,11 @@ impl Codes {
             .with_min_len(256)
             .map(|r| r.iter().map(|v| v.abs() as f64).sum())
             .collect();
-        let s = self.meta[rows].iter().map(|m| m.0).collect();
+        let s = self.meta[a..b].iter().map(|m| m.0).collect();
         QuantQueries { dp, data, s, l1 }
     }
 
-    /// Packs rows `rows` into the slots of `pk` from `used` on (the slots from `used` on are zero:
+    /// Packs input rows `rows` (among the coded ones) into the slots of `pk` from `used` on (the slots from `used` on are zero:
     /// padding of the last group), adding groups as needed.
     fn append(&self, pk: &mut PackedCorpus, used: usize, rows: impl ExactSizeIterator<Item = usize>) {
         let (dp, gb) = (pk.dp, pk.group_bytes());
@@ -466,6 +531,7 @@ impl Codes {
             pk.l1.resize(groups * 16, 0.0);
         }
         for (slot, r) in (used..).zip(rows) {
+            let r = r - self.base;
             let (g, lane) = (slot / 16, slot % 16);
             let src = &self.q[r * dp..(r + 1) * dp];
             let out = &mut pk.data[g * gb..(g + 1) * gb];
@@ -492,7 +558,7 @@ struct Chunk {
 }
 
 impl Chunk {
-    /// A chunk of rows `base + rows[i]` (codes and norms of the whole input).
+    /// A chunk of input rows `base + rows[i]` (`codes` has them; `norms` of the whole input).
     fn new(codes: Option<&Codes>, d: usize, norms: &[f64], base: usize, rows: Vec<u32>, ids: Vec<u32>) -> Self {
         let pk = codes.map(|c| {
             let pk = c.pack(d, rows.iter().map(|&r| base + r as usize));
@@ -545,9 +611,14 @@ impl List {
     }
 }
 
-/// The block being resolved: its int8 queries, and for each list the block rows that probe it.
+/// The block being resolved: its rows' lists, codes and int8 queries, and for each list the block
+/// rows that probe it.
 struct BlockQueries {
     rows: Range<usize>,
+    /// `rows x nprobe` list numbers, nearest first.
+    probes: Vec<u32>,
+    /// The block rows' codes (int8 scan only).
+    codes: Option<Codes>,
     qz: Option<QuantQueries>,
     /// `start[l]..start[l + 1]` of `by_list`: block rows (local, ascending) probing list `l`.
     start: Vec<usize>,
@@ -560,29 +631,34 @@ struct IvfBlocks<'a> {
     d: usize,
     norms: &'a [f64],
     threshold: f32,
-    /// `n x nprobe` list numbers, nearest first.
-    probes: &'a [u32],
+    /// Finds each block's lists.
+    nearest: Nearest<'a>,
     nprobe: usize,
     /// Lists a kept row is stored in (its nearest `spill`, `<= nprobe`).
     spill: usize,
     nlist: usize,
     lists: Vec<List>,
-    /// Every row's int8 codes (int8 scan only).
-    codes: Option<Codes>,
+    /// Whether pairs are pre-scored with int8 codes.
+    int8: bool,
     /// Rows kept so far.
     kept: u32,
     /// (Mutexes only to share the scorer with the tasks: one thread takes them, between tasks.)
     block_qz: Mutex<Option<BlockQueries>>,
     /// Pre-scored, re-scored and found pairs so far.
     counts: Mutex<[u64; 3]>,
+    /// Rows per list by their nearest list, and the time spent finding lists, so far.
+    assigned: Mutex<(Vec<usize>, std::time::Duration)>,
+}
+
+impl BlockQueries {
+    /// The lists input row `r` of the block is stored in (if kept): its `spill` nearest.
+    fn stored_in(&self, r: usize, nprobe: usize, spill: usize) -> &[u32] {
+        let t = (r - self.rows.start) * nprobe;
+        &self.probes[t..t + spill]
+    }
 }
 
 impl IvfBlocks<'_> {
-    /// The lists row `r` is stored in (if kept): its `spill` nearest.
-    fn stored_in(&self, r: usize) -> &[u32] {
-        &self.probes[r * self.nprobe..r * self.nprobe + self.spill]
-    }
-
     fn row(&self, r: usize) -> &[f32] {
         &self.e[r * self.d..(r + 1) * self.d]
     }
@@ -603,16 +679,28 @@ impl IvfBlocks<'_> {
         let _ = r;
     }
 
-    /// The block's queries, built on the first call for `rows` and kept for the second.
-    fn queries(&self, rows: &Range<usize>) {
+    /// The block's lists, codes and queries, built on the first call for `rows` and kept until
+    /// its kept rows are stored.
+    fn queries(&self, rows: &Range<usize>, cancel: &Cancel) -> Result<()> {
         let mut slot = lock(&self.block_qz);
         if slot.as_ref().is_some_and(|b| b.rows == *rows) {
-            return;
+            return Ok(());
         }
-        let d = self.d;
-        let qz = self.codes.as_ref().map(|c| c.queries(self.e, d, rows.clone()));
+        let (d, e) = (self.d, self.e);
+        let t0 = Instant::now();
+        let x = &e[rows.start * d..rows.end * d];
+        let probes = self.nearest.lists(x, rows.len(), self.nprobe, cancel)?;
+        {
+            let mut a = lock(&self.assigned);
+            for ps in probes.chunks(self.nprobe) {
+                a.0[ps[0] as usize] += 1;
+            }
+            a.1 += t0.elapsed();
+        }
+        let codes = self.int8.then(|| Codes::new(e, d, rows.clone()));
+        let qz = codes.as_ref().map(|c| c.queries(e, d, rows.clone()));
         let mut start = vec![0usize; self.nlist + 1];
-        let ps = &self.probes[rows.start * self.nprobe..rows.end * self.nprobe];
+        let ps = &probes;
         for &l in ps {
             start[l as usize + 1] += 1;
         }
@@ -627,10 +715,13 @@ impl IvfBlocks<'_> {
         }
         *slot = Some(BlockQueries {
             rows: rows.clone(),
+            probes,
+            codes,
             qz,
             start,
             by_list,
         });
+        Ok(())
     }
 
     /// Pairs `(stored id, block row, score)` above the threshold between the chunks of each list
@@ -759,24 +850,24 @@ impl IvfBlocks<'_> {
 
 impl BlockScorer for IvfBlocks<'_> {
     fn against_kept(&self, rows: Range<usize>, cancel: &Cancel) -> Result<Vec<Pair>> {
-        self.queries(&rows);
+        self.queries(&rows, cancel)?;
         let bq = lock(&self.block_qz);
         let bq = bq.as_ref().expect("block queries built above");
         self.scan(bq, |l| self.lists[l].chunks(), false, cancel)
     }
 
     fn within(&self, rows: Range<usize>, cancel: &Cancel) -> Result<Vec<Pair>> {
-        self.queries(&rows);
+        self.queries(&rows, cancel)?;
         let bq = lock(&self.block_qz);
         let bq = bq.as_ref().expect("block queries built above");
         // the block's rows by the lists they are stored in, packed as one chunk per list
         let mut home: Vec<Vec<u32>> = vec![Vec::new(); self.nlist];
         for r in rows.clone() {
-            for &l in self.stored_in(r) {
+            for &l in bq.stored_in(r, self.nprobe, self.spill) {
                 home[l as usize].push((r - rows.start) as u32);
             }
         }
-        let (codes, d, norms, base) = (self.codes.as_ref(), self.d, self.norms, rows.start);
+        let (codes, d, norms, base) = (bq.codes.as_ref(), self.d, self.norms, rows.start);
         let chunks: Vec<Vec<Chunk>> = home
             .into_par_iter()
             .map(|h| {
@@ -792,15 +883,20 @@ impl BlockScorer for IvfBlocks<'_> {
     }
 
     fn keep(&mut self, rows: &[u32]) {
+        // the block's lists and codes are not needed after this
+        let Some(bq) = self.block_qz.get_mut().unwrap_or_else(|p| p.into_inner()).take() else {
+            debug_assert!(rows.is_empty(), "kept rows of a block never scored");
+            return;
+        };
         let mut by: Vec<(Vec<u32>, Vec<u32>)> = vec![(Vec::new(), Vec::new()); self.nlist];
         for (t, &r) in rows.iter().enumerate() {
-            for &l in self.stored_in(r as usize) {
+            for &l in bq.stored_in(r as usize, self.nprobe, self.spill) {
                 by[l as usize].0.push(r);
                 by[l as usize].1.push(self.kept + t as u32);
             }
         }
         self.kept += rows.len() as u32;
-        let (codes, d, norms) = (self.codes.as_ref(), self.d, self.norms);
+        let (codes, d, norms) = (bq.codes.as_ref(), self.d, self.norms);
         self.lists
             .par_iter_mut()
             .zip(by.into_par_iter())
@@ -809,8 +905,6 @@ impl BlockScorer for IvfBlocks<'_> {
                     list.add(codes, d, norms, r, ids);
                 }
             });
-        // the block's queries are not needed any more
-        *lock(&self.block_qz) = None;
     }
 }
 
@@ -972,7 +1066,7 @@ mod tests {
         for d in [1usize, 7, 16, 33, 256] {
             let mut e = gaussian(40, d, d as u64);
             e[3 * d..4 * d].iter_mut().for_each(|v| *v = 0.0);
-            let codes = Codes::new(&e, d);
+            let codes = Codes::new(&e, d, 0..40);
             let rows: Vec<usize> = vec![5, 3, 0, 39, 17, 3, 22, 8, 9, 10, 11, 12, 13, 14, 15, 16, 30, 31];
             let got = codes.pack(d, rows.iter().copied());
             let mut want = PackedCorpus::empty(d);
@@ -1011,6 +1105,16 @@ mod tests {
                 "d={d}"
             );
             assert_eq!(b(&got.l1), b(&want.l1), "d={d}");
+            // a block's codes (rows 3..40) pack and query its rows as the codes of all rows do
+            let block = Codes::new(&e, d, 3..40);
+            let inner: Vec<usize> = rows.iter().copied().filter(|&r| r >= 3).collect();
+            let (a, c) = (
+                block.pack(d, inner.iter().copied()),
+                codes.pack(d, inner.iter().copied()),
+            );
+            assert_eq!((&a.data, bits(&a.sc), &a.init), (&c.data, bits(&c.sc), &c.init));
+            let (qa, qc) = (block.queries(&e, d, 5..40), codes.queries(&e, d, 5..40));
+            assert_eq!((&qa.data, bits(&qa.s), b(&qa.l1)), (&qc.data, bits(&qc.s), b(&qc.l1)));
         }
     }
 
@@ -1024,7 +1128,7 @@ mod tests {
             spill: Some(2),
             ..IvfOptions::default()
         };
-        let (nlist, _, sample, _, _) = check_options(n, &o).unwrap();
+        let (nlist, _, sample, _, _) = check_options(n, d, &o).unwrap();
         let norms = row_norms(&e, d, "e").unwrap();
         let (c, _) = train(&e, n, d, &norms, nlist, sample, int8_serves(d), Cancel::never()).unwrap();
         let (want, _) = run(&e, n, d, 0.85, o);
@@ -1060,6 +1164,16 @@ mod tests {
         assert_eq!(default_nlist(1_000_000), 2000);
         assert!(default_sample(1_000_000, 4000) <= 1_000_000);
         assert_eq!(default_sample(100, default_nlist(100)), 100);
+        // four copies of each kept row while they fit in 2 GiB, then fewer and more probes
+        assert_eq!(default_spill(1_000_000, 256), 4);
+        assert_eq!(default_spill(3_000_000, 256), 2);
+        assert_eq!(default_spill(10_000_000, 256), 1);
+        assert_eq!(default_spill(0, 1), 4);
+        let o = IvfOptions::default();
+        let (nlist, nprobe, _, _, spill) = check_options(10_000_000, 256, &o).unwrap();
+        assert_eq!((nlist, nprobe, spill), (6325, 32, 1));
+        assert_eq!(check_options(1_000_000, 256, &o).unwrap().1, 8);
+        assert_eq!(check_options(100, 256, &o).unwrap().1, 8);
     }
 
     #[test]

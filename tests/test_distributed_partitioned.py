@@ -57,7 +57,7 @@ def assert_same(got, want) -> None:
 def staged(E: np.ndarray, parts: int, buckets: int, **kw) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The stages run in this process over `parts` partitions, the shuffle into `buckets` group tasks."""
     n = len(E)
-    plan = ivf_plan(n, **kw)
+    plan = ivf_plan(n, E.shape[1], **kw)
     C = train_centroids(E[sample_rows(n, plan["sample"])], plan["nlist"])
     np.testing.assert_array_equal(C, _core.ivf_train(E, plan["nlist"], sample=kw.get("sample")))
     cuts = np.linspace(0, n, parts + 1).astype(int)
@@ -69,7 +69,7 @@ def staged(E: np.ndarray, parts: int, buckets: int, **kw) -> tuple[np.ndarray, n
 
 def test_core_hooks(vectors: np.ndarray) -> None:
     E = vectors[:5000]
-    plan = _core.ivf_settings(len(E))
+    plan = _core.ivf_settings(len(E), E.shape[1])
     assert plan == {"nlist": 141, "nprobe": 8, "sample": 4096, "spill": 4}
     C = _core.ivf_train(E, 141)
     assert C.shape == (141, E.shape[1]) and C.dtype == np.float32
@@ -100,7 +100,7 @@ def test_core_hooks(vectors: np.ndarray) -> None:
         (lambda E, C: _core.dedup_ivf(E, T, centroids=C, nlist=5), r"nlist \(5\) differs from the number of"),
         (lambda E, C: _core.dedup_ivf(E[:5], T, centroids=C), "10 lists for 5 rows"),
         (lambda E, C: _core.dedup_ivf(E, T, centroids=np.full_like(C, np.inf)), "centroids: row 0"),
-        (lambda E, C: _core.ivf_settings(10, nprobe=5, nlist=4), r"nprobe: must be at most nlist \(4\)"),
+        (lambda E, C: _core.ivf_settings(10, 256, nprobe=5, nlist=4), r"nprobe: must be at most nlist \(4\)"),
     ],
 )
 def test_core_hooks_reject_bad_arguments(vectors: np.ndarray, call, match: str) -> None:
@@ -125,7 +125,7 @@ def test_stages_with_every_list_probed_equal_exact(vectors: np.ndarray) -> None:
     kw = {"nlist": 12, "nprobe": 12, "spill": 12}
     assert_same(staged(E, 3, 5, **kw), _core.dedup(E, T))
     # and a pair is reported by one list only, even when both rows are stored in every list
-    plan = ivf_plan(len(E), **kw)
+    plan = ivf_plan(len(E), E.shape[1], **kw)
     C = train_centroids(E[sample_rows(len(E), plan["sample"])], plan["nlist"])
     (rows,) = route_rows(E, 0, C, 12, 1)
     i, j, _, scored = list_pairs(rows, T, 12)

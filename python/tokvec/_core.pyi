@@ -1,6 +1,7 @@
 """Type stubs for the compiled core (rust/py/). Checked with `python -m mypy.stubtest tokvec._core`."""
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -160,10 +161,11 @@ def dedup_ivf(
     sample: int | None = None,
     block: int | None = None,
     spill: int | None = None,
+    progress: Callable[[int, int], object] | None = None,
     centroids: npt.NDArray[np.float32] | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32], dict[str, int | float]]: ...
 def ivf_settings(
-    n: int, *, nlist: int | None = None, nprobe: int | None = None, sample: int | None = None, spill: int | None = None
+    n: int, d: int, *, nlist: int | None = None, nprobe: int | None = None, sample: int | None = None, spill: int | None = None
 ) -> dict[str, int]: ...
 def ivf_train(vectors: npt.NDArray[np.float32], nlist: int, sample: int | None = None) -> npt.NDArray[np.float32]: ...
 def ivf_assign(

@@ -10,6 +10,23 @@ from typing import Any
 
 import numpy as np
 
+from tokvec import _scratch
+
+#: rows checked at a time by `all_finite` (a bounded temporary, and a mapped matrix's pages released as it goes).
+_FINITE_ROWS = 1 << 16
+
+
+def nonfinite_row(arr: np.ndarray) -> int | None:
+    """The first row of a 2-D float array with NaN or infinity, or None. Checked `_FINITE_ROWS` rows at a time: no
+    temporary the size of the array (2.5 GB of booleans for 10M x 256), and the pages of a mapped matrix released
+    after each step, so a check of a file larger than memory does not map all of it."""
+    for a in range(0, arr.shape[0], _FINITE_ROWS):
+        bad = ~np.isfinite(arr[a : a + _FINITE_ROWS]).all(axis=1)
+        if bad.any():
+            return a + int(np.argmax(bad))
+        _scratch.release(arr)
+    return None
+
 
 def matrix(x: Any, name: str) -> np.ndarray:
     """Validates a 2-D float or uint64 array and returns it C-contiguous (float32 or uint64)."""
@@ -34,7 +51,7 @@ def matrix(x: Any, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be 2-D (n, dim), got shape {arr.shape}")
     if arr.shape[1] == 0:
         raise ValueError(f"{name} has 0 columns; vectors need at least one dimension")
-    if arr.dtype == np.float32 and arr.size and not np.isfinite(arr).all():
+    if arr.dtype == np.float32 and arr.size and nonfinite_row(arr) is not None:
         raise ValueError(f"{name} contains NaN or infinity")
     return np.ascontiguousarray(arr)
 

@@ -38,12 +38,13 @@ class Progress:
     """A tqdm bar on stderr (texts done, texts/s, ETA when the total is known), shown only when stderr
     is a terminal and --quiet is not given. `total` may be a function, called only when the bar shows."""
 
-    def __init__(self, args: argparse.Namespace, desc: str, total: int | Callable[[], int | None] | None = None) -> None:
+    def __init__(self, args: argparse.Namespace, desc: str, total: int | Callable[[], int | None] | None = None,
+                 unit: str = " texts") -> None:
         self.bar = None
         if not getattr(args, "quiet", False) and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total() if callable(total) else total, desc=desc, unit=" texts", unit_scale=True,
+            self.bar = tqdm(total=total() if callable(total) else total, desc=desc, unit=unit, unit_scale=True,
                             file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 
     def update(self, n: int) -> None:
@@ -53,6 +54,30 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class StageProgress:
+    """One `Progress` bar per stage of a core run, fed by its `progress(stage, done)` reports: `stages` maps a
+    stage number to (description, total, unit)."""
+
+    def __init__(self, args: argparse.Namespace, stages: dict[int, tuple[str, int, str]]) -> None:
+        self.args, self.stages = args, stages
+        self.stage, self.done, self.bar = None, 0, None
+
+    def __call__(self, stage: int, done: int) -> None:
+        if stage not in self.stages:
+            return
+        if stage != self.stage:
+            self.close()
+            desc, total, unit = self.stages[stage]
+            self.stage, self.done, self.bar = stage, 0, Progress(self.args, desc, total, unit)
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _input(args: argparse.Namespace, path: str, *, keep: bool = False):
@@ -82,11 +107,20 @@ def _read(src, args: argparse.Namespace, desc: str) -> tuple[list[int], list[str
     return rows, texts
 
 
-def _embed(m, texts: list[str], args: argparse.Namespace, desc: str) -> np.ndarray:
-    """Unit vectors of texts (cosine even for a `normalize: false` model), pooled --batch-size texts at a time."""
+def _embed(m, texts: list[str], args: argparse.Namespace, desc: str, scratch: bool = False) -> np.ndarray:
+    """Unit vectors of texts (cosine even for a `normalize: false` model), pooled --batch-size texts at a time;
+    `scratch`: in a scratch file when they are too many for memory (`_scratch.matrix`, disk space checked first)."""
+    from tokvec import _scratch
+
+    out = None
+    if scratch and not m.binary:
+        try:
+            out = _scratch.matrix(len(texts), m.dim, what=desc)
+        except OSError as e:
+            raise UsageError(str(e)) from None
     prog = Progress(args, desc, len(texts))
     try:
-        return m._pooled(texts, True, args.batch_size, prog)
+        return m._pooled(texts, True, args.batch_size, prog, out=out)
     finally:
         prog.close()
 
@@ -292,7 +326,7 @@ def cmd_dedup(args: argparse.Namespace) -> None:
             if not args.quiet:
                 print(f"tokvec dedup: {len(plan.vector_items):,} texts to compare: the partitioned search "
                       "(approximate: a few lists per text; --exact for the exact one)", file=sys.stderr)
-        E = _embed(m, [texts[i] for i in plan.vector_items.tolist()], args, "embed")
+        E = _embed(m, [texts[i] for i in plan.vector_items.tolist()], args, "embed", scratch=True)
         R = _embed(m, ref_texts, args, "embed reference") if ref_texts is not None else None
         if index is not None:
             R = index.embeddings
@@ -314,7 +348,13 @@ def cmd_dedup(args: argparse.Namespace) -> None:
         t1 = time.perf_counter()
         bits = m.dim if m.binary else None
         approx_stats: dict = {}
-        res = resolve_texts(plan, E, threshold, reference=R, bits=bits, approx=search, stats=approx_stats)
+        # the partitioned search's stages: k-means steps (at most 10), then texts resolved
+        stages = StageProgress(args, {1: ("lists", 10, " steps"), 2: ("dedup", len(plan.vector_items), " texts")})
+        try:
+            res = resolve_texts(plan, E, threshold, reference=R, bits=bits, approx=search, stats=approx_stats,
+                                progress=stages if search is not None else None)
+        finally:
+            stages.close()
         t_dedup = time.perf_counter() - t1
         res.texts, res.reference_texts, res.rows, res.reference_rows = texts, ref_texts, rows, ref_rows
         kept = res.kept.tolist()

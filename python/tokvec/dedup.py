@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import numpy as np
 
 from tokvec import _core, ann
 from tokvec._io import write_safetensors
+from tokvec._scratch import bounded_residency
 from tokvec._validate import matrix as _matrix
 from tokvec._validate import threshold as _threshold
 from tokvec.search import Approx, approx_options, dedup_indices
@@ -181,6 +182,7 @@ def dedup(
     nprobe: int | None = None,
     nlist: int | None = None,
     stats: dict[str, Any] | None = None,
+    progress: Callable[[int, int], object] | None = None,
 ) -> DedupResult:
     """Greedy exact deduplication with an explanation for every removed item.
 
@@ -211,6 +213,9 @@ def dedup(
             `prescored` / `rescored` / `found` (pairs pre-scored in int8, re-scored exactly, above the
             threshold; a pair met in several lists counts each time), `largest_list`, and the seconds of
             each stage (`train_seconds`, `assign_seconds`, `search_seconds`).
+        progress: with method "ivf", a callable `progress(stage, done)` called (from this thread) as the run
+            moves: stage 1 = k-means steps done (of at most 10), stage 2 = items resolved (of the items
+            searched: those matching no reference item). An exception it raises stops the run.
 
     Returns:
         a `DedupResult`.
@@ -222,7 +227,7 @@ def dedup(
     n = e.shape[0]
     a = approx_options(approx, method=method, nprobe=nprobe, nlist=nlist, neighbors=neighbors, ann_dtype=ann_dtype)
     if a is not None and a.method == "ivf":
-        return _dedup_ivf(e, t, reference, self_dedup, a, stats)
+        return _dedup_ivf(e, t, reference, self_dedup, a, stats, progress)
     if reference is None and self_dedup and a is None:
         # the plain case: pairs found and resolved inside Rust, no pair list crosses into Python
         if n < 2:
@@ -262,7 +267,7 @@ def dedup(
 
 
 def _dedup_ivf(e: np.ndarray, t: float, reference: Any, self_dedup: bool, a: Approx,
-               stats: dict[str, Any] | None) -> DedupResult:
+               stats: dict[str, Any] | None, progress: Callable[[int, int], object] | None = None) -> DedupResult:
     """`dedup(..., approx=True, method="ivf")`: reference matches from the exact cross search, then the
     partitioned greedy pass (`_core.dedup_ivf`) over the items that match no reference item. That is the greedy
     rule over the reference followed by the items: reference items are always kept, so an item matching one is
@@ -284,7 +289,8 @@ def _dedup_ivf(e: np.ndarray, t: float, reference: Any, self_dedup: bool, a: App
             rest = np.flatnonzero(~hit).astype(np.int64)
     if self_dedup:
         sub = e if rest.shape[0] == n else np.ascontiguousarray(e[rest])
-        _, d, sc, st = _core.dedup_ivf(sub, t, nlist=a.nlist, nprobe=a.nprobe)
+        with bounded_residency(sub):
+            _, d, sc, st = _core.dedup_ivf(sub, t, nlist=a.nlist, nprobe=a.nprobe, progress=progress)
         own = d >= 0
         dup_of[rest[own]], score[rest[own]], source[rest[own]] = rest[d[own]], sc[own], SELF
         if stats is not None:
@@ -425,6 +431,7 @@ def resolve_texts(
     bits: int | None = None,
     approx: Approx | None = None,
     stats: dict[str, Any] | None = None,
+    progress: Callable[[int, int], object] | None = None,
 ) -> DedupResult:
     """The vector pass over `plan.vector_items`, then the exact pass's decisions, as one result.
 
@@ -443,6 +450,7 @@ def resolve_texts(
         approx: compare each item with some of the earlier items only, searched as this says (see `dedup`);
             None: exact.
         stats: with approx method "ivf", a dict filled with the run's statistics (see `dedup`).
+        progress: with approx method "ivf", called as the run moves (see `dedup`).
 
     Returns:
         a `DedupResult` over the plan's n items.
@@ -463,7 +471,8 @@ def resolve_texts(
             _, d, sc = dedup_indices(e, t, bits=bits)
             src = np.where(d < 0, KEPT, SELF).astype(np.int8)
         else:
-            r = dedup(e, t, reference=reference, self_dedup=plan.self_dedup, approx=approx or False, stats=stats)
+            r = dedup(e, t, reference=reference, self_dedup=plan.self_dedup, approx=approx or False, stats=stats,
+                      progress=progress)
             d, sc, src = r.dup_of, r.score, r.source
         own = src == SELF
         d = d.copy()

@@ -247,10 +247,17 @@ class ListRows:
 
 
 def ivf_plan(
-    n: int, *, nlist: int | None = None, nprobe: int | None = None, spill: int | None = None, sample: int | None = None
+    n: int,
+    d: int,
+    *,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    spill: int | None = None,
+    sample: int | None = None,
 ) -> dict[str, int]:
-    """The settings `_core.dedup_ivf` takes for n rows (its defaults and clamps): nlist, nprobe, sample, spill."""
-    return dict(_core.ivf_settings(n, nlist=nlist, nprobe=nprobe, sample=sample, spill=spill))
+    """The settings `_core.dedup_ivf` takes for n rows of d columns (its defaults and clamps): nlist, nprobe,
+    sample, spill."""
+    return dict(_core.ivf_settings(n, d, nlist=nlist, nprobe=nprobe, sample=sample, spill=spill))
 
 
 def sample_rows(n: int, sample: int) -> np.ndarray:
@@ -420,7 +427,7 @@ def dask_partitioned_dedup(
     sizes = client.gather([client.submit(len, e, pure=False) for e in emb])
     t1 = time.perf_counter()
     n = int(sum(sizes))
-    plan = ivf_plan(n, nlist=nlist, nprobe=nprobe, spill=spill, sample=sample)
+    plan = ivf_plan(n, model.dim, nlist=nlist, nprobe=nprobe, spill=spill, sample=sample)
     stats: dict[str, Any] = {**plan, "n": n, "partitions": len(sizes), "embed_seconds": t1 - t0}
     if n == 0:
         return _empty(model.dim, stats)
@@ -561,7 +568,7 @@ def ray_partitioned_dedup(
     if (lo, hi) != (0, n - 1):
         raise ValueError(f"{id_column} must number the rows 0 .. n-1 (n = {n}) once each, got {lo} .. {hi}")
     t1 = time.perf_counter()
-    plan = ivf_plan(n, nlist=nlist, nprobe=nprobe, spill=spill, sample=sample)
+    plan = ivf_plan(n, model.dim, nlist=nlist, nprobe=nprobe, spill=spill, sample=sample)
     stats: dict[str, Any] = {**plan, "n": n, "workers": workers, "embed_seconds": t1 - t0}
     rows = sample_rows(n, plan["sample"])
     got = list(

@@ -22,7 +22,7 @@ import numpy as np
 
 from tokvec import _core
 from tokvec._io import read_float32, read_tensor, write_safetensors
-from tokvec._validate import int_at_least, matrix, positive_int_or_none
+from tokvec._validate import int_at_least, matrix, nonfinite_row, positive_int_or_none
 from tokvec.search import topk
 from tokvec.textio import write_atomic
 
@@ -233,12 +233,11 @@ class Index:
         return ix
 
 
-def _check_finite(v: np.ndarray, rows: int = 1 << 16) -> None:
-    """ValueError naming the first row of `v` with NaN or infinity (checked in blocks: a memory map stays mapped)."""
-    for r0 in range(0, v.shape[0], rows):
-        bad = ~np.isfinite(v[r0 : r0 + rows]).all(axis=1)
-        if bad.any():
-            raise ValueError(f"vectors: row {r0 + int(np.argmax(bad))} contains NaN or infinity")
+def _check_finite(v: np.ndarray) -> None:
+    """ValueError naming the first row of `v` with NaN or infinity."""
+    r = nonfinite_row(v)
+    if r is not None:
+        raise ValueError(f"vectors: row {r} contains NaN or infinity")
 
 
 def _raw(a: np.ndarray) -> Any:

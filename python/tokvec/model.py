@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tokvec import _core, explore
+from tokvec import _core, _scratch, explore
 from tokvec._io import _NP_DTYPES, read_tensor, widen_bf16, write_model_folder, write_safetensors
 from tokvec._validate import int_at_least, is_int
 from tokvec._validate import positive_int_or_none as _positive_int
@@ -349,11 +349,18 @@ class Model:
         return e if return_np else e.tolist()
 
     def _pooled(
-        self, items: list[str], normalize: bool | None, batch_size: int | None = None, bar: Any = None
+        self,
+        items: list[str],
+        normalize: bool | None,
+        batch_size: int | None = None,
+        bar: Any = None,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """The one pooling path of `embed`, `encode` and the scoring methods: packed bits for a binary
         model, else float32 rows, normalized as asked (None: as the model's config says), pooled
-        `batch_size` texts per core call (None: one call), `bar.update` called after each call."""
+        `batch_size` texts per core call (None: one call), `bar.update` called after each call.
+        `out`: a float (n, dim) matrix to fill instead (`_scratch.matrix`: a map whose written pages
+        are released after each call, at most `_BAR_BATCH` texts a call by default)."""
         if self._binary:
             fn, fix = self._core.embed_binary, False
         elif normalize is None or normalize == self.normalize:
@@ -363,6 +370,18 @@ class Model:
         else:
             fn, fix = self._raw_core().embed, False
         n = len(items)
+        if out is not None:
+            batch_size = batch_size or _BAR_BATCH
+            if self._binary or out.shape != (n, self.dim):
+                raise ValueError(f"out must be a float ({n}, {self.dim}) matrix, got {out.shape}")
+            for a in range(0, n, batch_size):
+                out[a : a + batch_size] = fn(items[a : a + batch_size])
+                if fix:
+                    _core.normalize_rows(out[a : a + batch_size])
+                _scratch.release(out)
+                if bar is not None:
+                    bar.update(min(batch_size, n - a))
+            return out
         if batch_size is None or n <= batch_size:
             out = fn(items)
             if bar is not None:
@@ -726,7 +745,9 @@ class Model:
         if self._binary and (ref is not None or approx):
             raise ValueError("reference= and approx=True need a float model (binary=False)")
         plan = plan_texts(items, reference_keys=None if ref is None else text_keys(ref), drop_empty=drop_empty)
-        vectors = self._pooled([items[i] for i in plan.vector_items.tolist()], True, batch)
+        nv = len(plan.vector_items)
+        out = None if self._binary else _scratch.matrix(nv, self.dim)
+        vectors = self._pooled([items[i] for i in plan.vector_items.tolist()], True, batch, out=out)
         res = resolve_texts(
             plan,
             vectors,

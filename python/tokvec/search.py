@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from tokvec import _core, ann
+from tokvec._scratch import bounded_residency
 from tokvec._validate import int_at_least, is_int, matrix, positive_int_or_none
 from tokvec._validate import threshold as check_threshold
 from tokvec.ann import approx_dedup
@@ -182,6 +183,7 @@ def dedup_indices(
     if e.dtype == np.uint64:
         return _core.dedup_binary(e, t, _bits(e, bits))
     if a is not None:
-        kept, dup_of, score, _ = _core.dedup_ivf(e, t, nlist=a.nlist, nprobe=a.nprobe)
+        with bounded_residency(e):
+            kept, dup_of, score, _ = _core.dedup_ivf(e, t, nlist=a.nlist, nprobe=a.nprobe)
         return kept, dup_of, score
     return _core.dedup(e, t)

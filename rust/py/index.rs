@@ -15,7 +15,7 @@ use super::arrays::matrix;
 use super::interrupt::{self, work};
 use super::ivf::count;
 use crate::error::CoreError;
-use crate::index::{IvfIndex, NO_ROW};
+use crate::index::{IndexOptions, IvfIndex, NO_ROW};
 
 /// The core's `d` is the width of the rows the user passed.
 fn named(e: CoreError) -> CoreError {
@@ -93,13 +93,23 @@ impl PyIvfIndex {
                 }
                 let (c, l) = (c.as_slice()?.to_vec(), l.as_slice()?.to_vec());
                 interrupt::run(py, work(&[n, d]), |stop| {
-                    IvfIndex::from_parts(x, d, c, l, stop).map_err(named)
+                    IvfIndex::from_parts(x, d, c, l, false, stop).map_err(named)
                 })?
             }
             (None, None) => {
                 let lists = nlist.unwrap_or_else(|| crate::ivf::default_nlist(n));
                 interrupt::run(py, work(&[n, lists, d, 4]), |stop| {
-                    IvfIndex::build(x, d, nlist, sample, stop).map_err(named)
+                    IvfIndex::build(
+                        x,
+                        d,
+                        &IndexOptions {
+                            nlist,
+                            sample,
+                            exact_scan: false,
+                        },
+                        stop,
+                    )
+                    .map_err(named)
                 })?
             }
             _ => {

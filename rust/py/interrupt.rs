@@ -50,6 +50,24 @@ where
     T: Send,
     F: FnOnce(&Cancel) -> Result<T, CoreError> + Send,
 {
+    run_reporting(py, work, None, kernel)
+}
+
+/// [`run`], and while the kernel runs, `progress(stage, done)` (a Python callable) each time the
+/// kernel's recorded progress ([`Cancel::set_progress`]) changed since the last check, called
+/// from the waiting thread with the GIL. An exception it raises stops the kernel as a signal
+/// handler's does. A kernel run inline (small work) reports nothing.
+pub(crate) fn run_reporting<T, F>(
+    py: Python<'_>,
+    work: u64,
+    progress: Option<&Bound<'_, PyAny>>,
+    kernel: F,
+) -> PyResult<T>
+where
+    T: Send,
+    F: FnOnce(&Cancel) -> Result<T, CoreError> + Send,
+{
+    let progress = progress.map(|p| p.clone().unbind());
     if work < INLINE_WORK {
         return Ok(py.detach(|| kernel(Cancel::never()))?);
     }
@@ -77,12 +95,23 @@ where
                     )))
                 }
             };
+            let mut seen = (0u8, 0u64);
             loop {
                 match finished.recv_timeout(POLL) {
                     // finished, or the worker panicked (the join below re-raises the panic)
                     Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if let Err(e) = Python::attach(|py| py.check_signals()) {
+                        let now = cancel.progress();
+                        let report = progress.as_ref().filter(|_| now != seen);
+                        seen = now;
+                        let checked = Python::attach(|py| {
+                            py.check_signals()?;
+                            if let Some(f) = report {
+                                f.call1(py, now)?;
+                            }
+                            Ok::<(), PyErr>(())
+                        });
+                        if let Err(e) = checked {
                             cancel.cancel();
                             // the kernel sees the flag at its next poll; its result is discarded
                             let _ = worker.join();
@@ -91,10 +120,16 @@ where
                     }
                 }
             }
-            match worker.join() {
-                Ok(r) => Ok(r?),
+            let r = match worker.join() {
+                Ok(r) => r?,
                 Err(panic) => std::panic::resume_unwind(panic),
+            };
+            // the last progress, which the kernel may have recorded after the last check
+            let last = cancel.progress();
+            if let Some(f) = progress.as_ref().filter(|_| last != seen) {
+                Python::attach(|py| f.call1(py, last))?;
             }
+            Ok(r)
         })
     })
 }

@@ -10,6 +10,7 @@ use pyo3::types::PyDict;
 
 use super::arrays::matrix;
 use super::interrupt::{self, work};
+use crate::dedup::{PROGRESS_KMEANS, PROGRESS_ROWS};
 use crate::dot::row_norms;
 use crate::error::CoreError;
 use crate::int8::int8_serves;
@@ -53,12 +54,14 @@ fn check_centroids(c: &PyReadonlyArray2<'_, f32>, d: usize) -> PyResult<usize> {
     Ok(k)
 }
 
-/// The settings `dedup_ivf` would use for n rows: the defaults and clamps of the core, so a run
-/// split over several machines takes the very lists, probes and k-means sample of a single one.
+/// The settings `dedup_ivf` would use for n rows of d columns: the defaults and clamps of the core,
+/// so a run split over several machines takes the very lists, probes, spill and k-means sample of
+/// a single one.
 ///
 /// Args:
 ///     n: number of rows.
-///     nlist, nprobe, sample, spill: as `dedup_ivf` takes them (None: the default for n).
+///     d: columns of a row (the default spill depends on the lists' memory).
+///     nlist, nprobe, sample, spill: as `dedup_ivf` takes them (None: the default for n and d).
 ///
 /// Returns:
 ///     dict: nlist, nprobe, sample, spill.
@@ -66,10 +69,12 @@ fn check_centroids(c: &PyReadonlyArray2<'_, f32>, d: usize) -> PyResult<usize> {
 /// Raises:
 ///     ValueError: nlist/nprobe/sample/spill < 1, nprobe > nlist.
 #[pyfunction]
-#[pyo3(name = "ivf_settings", signature = (n, *, nlist=None, nprobe=None, sample=None, spill=None))]
+#[pyo3(name = "ivf_settings", signature = (n, d, *, nlist=None, nprobe=None, sample=None, spill=None))]
+#[allow(clippy::too_many_arguments)]
 fn py_ivf_settings<'py>(
     py: Python<'py>,
     n: usize,
+    d: usize,
     nlist: Option<i64>,
     nprobe: Option<i64>,
     sample: Option<i64>,
@@ -82,7 +87,7 @@ fn py_ivf_settings<'py>(
         spill: count(spill, "spill")?,
         ..IvfOptions::default()
     };
-    let (nlist, nprobe, sample, _, spill) = check_options(n, &opts)?;
+    let (nlist, nprobe, sample, _, spill) = check_options(n, d, &opts)?;
     let out = PyDict::new(py);
     for (k, v) in [
         ("nlist", nlist),
@@ -131,7 +136,7 @@ fn py_ivf_train<'py>(
         )));
     }
     let x = vectors.as_slice()?;
-    let (nlist, _, sample, _, _) = check_options(n, &opts)?;
+    let (nlist, _, sample, _, _) = check_options(n, d, &opts)?;
     let (c, _) = interrupt::run(py, work(&[sample, nlist, d, 10]), |stop| {
         let norms = row_norms(x, d, "vectors")?;
         train(x, n, d, &norms, nlist, sample, int8_serves(d), stop)
@@ -192,10 +197,15 @@ fn py_ivf_assign<'py>(
 ///     embeddings: C-contiguous float32 array (n, d).
 ///     threshold: a finite float.
 ///     nlist: number of lists (None: 2 sqrt(n), at most n).
-///     nprobe: lists probed per row, <= nlist (None: 8, at most nlist).
+///     nprobe: lists probed per row, <= nlist (None: 32 / spill, so 8 with 4 lists per kept row; at
+///         most nlist).
 ///     sample: rows sampled for the k-means (None: 16 per list, at least 4096, at most n).
 ///     block: rows per block of the greedy resolution (None: 8192).
-///     spill: lists a kept row is stored in, its nearest ones (None: 4, at most nprobe).
+///     spill: lists a kept row is stored in, its nearest ones (None: 4 while the lists' copies of n
+///         rows fit in 2 GiB, fewer past that, at least 1; at most nprobe).
+///     progress: None, or a callable `progress(stage, done)`, called from this thread while the
+///         run goes on, each time it moved: stage 1 = k-means steps done (of at most 10), stage 2 =
+///         rows resolved (of n). An exception it raises stops the run.
 ///     centroids: float32 (nlist, d), the lists instead of the k-means (e.g. `ivf_train`'s);
 ///         nlist is then their number of rows (at most n).
 ///
@@ -209,7 +219,7 @@ fn py_ivf_assign<'py>(
 ///         non-contiguous array, NaN/inf or huge rows, centroids that do not fit.
 ///     KeyboardInterrupt: Ctrl-C (or the exception of another signal handler) during the run.
 #[pyfunction]
-#[pyo3(name = "dedup_ivf", signature = (embeddings, threshold, *, nlist=None, nprobe=None, sample=None, block=None, spill=None, centroids=None))]
+#[pyo3(name = "dedup_ivf", signature = (embeddings, threshold, *, nlist=None, nprobe=None, sample=None, block=None, spill=None, progress=None, centroids=None))]
 #[allow(clippy::too_many_arguments)]
 fn py_dedup_ivf<'py>(
     py: Python<'py>,
@@ -220,8 +230,17 @@ fn py_dedup_ivf<'py>(
     sample: Option<i64>,
     block: Option<i64>,
     spill: Option<i64>,
+    progress: Option<Bound<'py, PyAny>>,
     centroids: Option<PyReadonlyArray2<'py, f32>>,
 ) -> PyResult<IvfOut<'py>> {
+    if let Some(p) = &progress {
+        if !p.is_callable() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "progress must be a callable or None, got {}",
+                p.get_type().name()?
+            )));
+        }
+    }
     if !threshold.is_finite() {
         return Err(PyValueError::new_err(format!(
             "threshold must be a finite number, got {threshold}"
@@ -255,7 +274,11 @@ fn py_dedup_ivf<'py>(
     };
     let x = embeddings.as_slice()?;
     let t = threshold as f32;
-    let (r, st) = interrupt::run(py, work(&[n, 64, d]), |stop| {
+    const _: () = assert!(
+        PROGRESS_KMEANS == 1 && PROGRESS_ROWS == 2,
+        "the stages documented above"
+    );
+    let (r, st) = interrupt::run_reporting(py, work(&[n, 64, d]), progress.as_ref(), |stop| {
         dedup_ivf_cancellable(x, n, d, t, &opts, stop).map_err(|e| e.with_arg_names(&[("e", "embeddings")]))
     })?;
     let stats = PyDict::new(py);
