@@ -288,8 +288,10 @@ def route_rows(vectors: np.ndarray, offset: int, centroids: np.ndarray, nprobe: 
     return out
 
 
-#: Probing rows of a list scored at once in `list_pairs` (against the stored rows before them).
-_PAIR_BLOCK = 512
+#: Probing rows of a list scored at once in `list_pairs` (against the stored rows before them). Smaller blocks
+#: score fewer pairs but call the core more often: on 100,000 sentences, one thread, blocks of 512 / 2,048 / whole
+#: lists took 5.3 / 3.7 / 3.7 s for 0.44 / 0.64 / 0.69e9 pairs.
+_PAIR_BLOCK = 2048
 
 
 def list_pairs(rows: ListRows, threshold: float, spill: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -312,8 +314,7 @@ def list_pairs(rows: ListRows, threshold: float, spill: int) -> tuple[np.ndarray
             continue
         vec = np.ascontiguousarray(rows.vectors[seg])
         xs = np.ascontiguousarray(vec[stored])
-        # the rows are in global order: a block of rows only needs the stored rows before its end (i < j),
-        # which scores about half of stored x rows instead of all of it
+        # the rows are in global order: a block of rows only needs the stored rows before its end (i < j)
         for p0 in range(0, len(seg), _PAIR_BLOCK):
             p1 = min(p0 + _PAIR_BLOCK, len(seg))
             ns = int(np.searchsorted(stored, p1 - 1))
