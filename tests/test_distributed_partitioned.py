@@ -164,6 +164,8 @@ def test_dask_cluster(model: tokvec.Model, corpus: list[str], vectors: np.ndarra
         r = dask_partitioned_dedup(client, model, [small[:700], [], small[700:]], T, **kw)
         assert_same((r.kept, r.dup_of, r.score), single(vectors[:2000], **kw))
         assert dask_partitioned_dedup(client, model, [[], []], T).kept.size == 0
+        with pytest.raises(ValueError, match="spill must be >= 1"):
+            dask_partitioned_dedup(client, model, parts, T, spill=0)
 
 
 # Ray 2.60's DataContext() warns about its own defaults of deprecated fields
@@ -193,6 +195,10 @@ def test_ray_local(model: tokvec.Model, corpus: list[str], vectors: np.ndarray) 
         )
         with pytest.raises(ValueError, match="id must number the rows 0 .. n-1"):
             ray_partitioned_dedup(bad, model, T, workers=2, **kw)
+        with pytest.raises(ValueError, match="the dataset has no column 'sentence'"):
+            ray_partitioned_dedup(bad, model, T, column="sentence")
+        with pytest.raises(ValueError, match=r"nprobe: must be at most nlist \(4\)"):
+            ray_partitioned_dedup(bad, model, T, nlist=4, nprobe=5)
     finally:
         ray.shutdown()
 

@@ -414,6 +414,7 @@ def dask_partitioned_dedup(
     from dask.distributed import wait
 
     t = _threshold(threshold)
+    ivf_plan(1, model.dim, nlist=nlist, nprobe=nprobe, spill=spill, sample=sample)  # bad settings fail first
     t0 = time.perf_counter()
     if hasattr(partitions_or_bag, "to_delayed"):
         coll = partitions_or_bag
@@ -534,6 +535,7 @@ def ray_partitioned_dedup(
     import ray
 
     t = _threshold(threshold)
+    ivf_plan(1, model.dim, nlist=nlist, nprobe=nprobe, spill=spill, sample=sample)  # bad settings fail first
     if not ray.is_initialized():
         raise RuntimeError("ray_partitioned_dedup runs on a Ray cluster: call ray.init(...) first")
     t0 = time.perf_counter()
@@ -541,6 +543,10 @@ def ray_partitioned_dedup(
         workers = max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
     if isinstance(dataset_or_texts, ray.data.Dataset):
         ds = dataset_or_texts
+        names = ds.schema().names
+        missing = [c for c in (column, id_column) if c not in names]
+        if missing:
+            raise ValueError(f"the dataset has no column {missing[0]!r} (its columns: {', '.join(names)})")
         n = ds.count()
     else:
         import pyarrow as pa
