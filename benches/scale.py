@@ -1,4 +1,4 @@
-"""Exact against partitioned (`approx=True`, method "ivf") deduplication, and faiss IVF, at a given size.
+"""Exact against partitioned (`approx=True`) deduplication, and faiss IVF, at a given size.
 
     python benches/scale.py 100000
     python benches/scale.py 320000 --nprobe 8,4,16 --cache /tmp/e320k.npy

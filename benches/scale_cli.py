@@ -8,8 +8,8 @@ residual-duplicate rate of its kept set.
 Texts: benches/ann_dedup.py `texts(n)` (Wikipedia sentences, past 320,000 perturbed copies, shuffled), written
 once to WORKDIR/in-N.txt. The run: the CLI picks the partitioned search past 500,000 texts and puts vectors above
 2 GiB in a scratch file (`tokvec._scratch`; TMPDIR=WORKDIR here). Residual: `--sample` random rows, their exact
-pairs above the threshold with every row (the texts embedded again into WORKDIR/vectors-N.npy, a map; exact cross
-kernel in chunks), and the share of sampled kept rows that have an earlier kept row above the threshold.
+kept rows and their exact pairs above the threshold with every kept row (the texts embedded again into
+WORKDIR/vectors-N.npy, a map; exact cross kernel): the share of them with an earlier kept row above the threshold.
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ def run(cmd: list[str], env: dict[str, str]) -> dict:
 
 
 def residual(T: list[str], kept_rows: np.ndarray, workdir: Path, t: float, sample: int) -> dict:
+    """Of `sample` random kept rows, how many have an earlier kept row above `t` (exact cross kernel against the
+    kept rows: only those count)."""
     n = len(T)
     path = workdir / f"vectors-{n}.npy"
     m = tokvec.load()
@@ -79,19 +81,15 @@ def residual(T: list[str], kept_rows: np.ndarray, workdir: Path, t: float, sampl
         E.flush()
         del E
     E = np.load(path, mmap_mode="r")
-    is_kept = np.zeros(n, bool)
-    is_kept[kept_rows] = True
+    kept_rows = np.sort(kept_rows)
+    K = np.ascontiguousarray(E[kept_rows])
     rng = np.random.default_rng(1)
-    R = np.sort(rng.choice(n, size=min(sample, n), replace=False))
-    Q = np.ascontiguousarray(E[R])
-    left = np.zeros(len(R), bool)
-    for a in range(0, n, 1_000_000):
-        qi, cj, _ = _core.duplicate_pairs_cross(Q, np.ascontiguousarray(E[a : a + 1_000_000]), t)
-        j = cj + a
-        hit = (j < R[qi]) & is_kept[j]
-        left[qi[hit]] = True
-    ks = is_kept[R]
-    return {"sampled_kept": int(ks.sum()), "sampled_kept_with_duplicate_left": int((left & ks).sum())}
+    pick = np.sort(rng.choice(len(kept_rows), size=min(sample, len(kept_rows)), replace=False))
+    qi, kj, _ = _core.duplicate_pairs_cross(np.ascontiguousarray(K[pick]), K, t)
+    left = np.zeros(len(pick), bool)
+    left[qi[kj < pick[qi]]] = True
+    return {"sampled_kept": len(pick), "sampled_kept_with_duplicate_left": int(left.sum()),
+            "rate": round(float(left.mean()), 5)}
 
 
 def main() -> None:
@@ -100,7 +98,9 @@ def main() -> None:
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--exact", action="store_true", help="run with --exact too")
-    ap.add_argument("--sample", type=int, default=2000)
+    ap.add_argument("--flags", default="", help="more flags for the default run, e.g. '--nprobe 16'")
+    ap.add_argument("--sample", type=int, default=4000, help="kept rows sampled for the residual rate")
+    ap.add_argument("--only-residual", action="store_true", help="the residual of an earlier run's kept file")
     args = ap.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -111,12 +111,13 @@ def main() -> None:
             f.writelines(s.replace("\n", " ") + "\n" for s in T)
     env = {**os.environ, "TMPDIR": str(work)}
     report: dict = {"n": args.n, "threshold": args.threshold, "cores": os.cpu_count()}
-    modes = [("default", [])] + ([("exact", ["--exact"])] if args.exact else [])
+    name = "default" if not args.flags else "default" + args.flags.replace(" ", "")
+    modes = [(name, args.flags.split())] + ([("exact", ["--exact"])] if args.exact else [])
     for name, extra in modes:
         out = work / f"kept-{name}-{args.n}.jsonl"
         cmd = [sys.executable, "-m", "tokvec", "dedup", str(src), "-o", str(out), "--json", "-q",
                "--threshold", str(args.threshold), *extra]
-        r = run(cmd, env)
+        r = {} if args.only_residual else run(cmd, env)
         with open(out, encoding="utf-8") as f:
             kept = np.array([json.loads(line)["index"] for line in f], np.int64)
         r["kept"] = len(kept)

@@ -76,6 +76,8 @@ pub(crate) struct IvfOptions<'a> {
     pub(crate) spill: Option<usize>,
     /// Force the exact (canonical dot) scan instead of the int8 pre-score (tests).
     pub(crate) exact_scan: bool,
+    /// Bytes of stored copies past which the default `spill` goes down (default 2 GiB; tests).
+    pub(crate) list_bytes: Option<u64>,
     /// Given centroids (`nlist x d`, with `nlist` set to their rows) instead of the k-means: the
     /// lists of another run, e.g. trained once for a dataset processed on several machines.
     pub(crate) centroids: Option<&'a [f32]>,
@@ -86,9 +88,9 @@ pub(crate) struct IvfOptions<'a> {
 pub(crate) struct IvfStats {
     /// Lists (k-means centroids) the rows were split into.
     pub(crate) nlist: usize,
-    /// Lists each row searches (its nearest).
+    /// Lists each row of the last block searched (its nearest).
     pub(crate) nprobe: usize,
-    /// Lists each kept row is stored in (its nearest).
+    /// Lists each kept row of the last block was stored in (its nearest).
     pub(crate) spill: usize,
     /// Rows the k-means was trained on.
     pub(crate) sample: usize,
@@ -127,10 +129,10 @@ pub(crate) fn default_nlist(n: usize) -> usize {
 /// 1.5e9). The default probes are `PROBES_X_SPILL / spill` (clamped to `nlist`).
 const PROBES_X_SPILL: usize = 32;
 
-/// Default lists a kept row is stored in when memory allows (see [`default_spill`]).
+/// Default lists a kept row is stored in while memory allows (see [`Copies`]).
 pub(crate) const DEFAULT_SPILL: usize = 4;
 
-/// Bytes the lists' copies of the kept rows may take with the default `spill`.
+/// Bytes the lists' copies of the kept rows may take before the default `spill` goes down.
 const LIST_BYTES: u64 = 2 << 30;
 
 /// Bytes a list takes per stored row: its codes (`d` rounded up to 4) and 24 bytes of scale,
@@ -139,13 +141,38 @@ fn stored_row_bytes(d: usize) -> u64 {
     (d.div_ceil(4) * 4 + 24) as u64
 }
 
-/// Default lists a kept row is stored in: [`DEFAULT_SPILL`], fewer (at least 1) where `n` kept
-/// rows would make the lists larger than 2 GiB (10M x 256: 1, so 32 probes; at most 1.9M x 256:
-/// 4). More copies find pairs across list borders from both sides, but the memory grows with
-/// them, and one copy with four times the probes costs the same and finds almost as much.
-pub(crate) fn default_spill(n: usize, d: usize) -> usize {
-    let copies = LIST_BYTES / (n.max(1) as u64 * stored_row_bytes(d));
-    (copies as usize).clamp(1, DEFAULT_SPILL)
+/// Lists a kept row is stored in (`spill`) and lists a row probes (`nprobe`), block by block.
+///
+/// By default a kept row goes to its 4 nearest lists and a row probes 8, while the lists' copies
+/// fit in [`LIST_BYTES`]; a block whose kept rows could pass it stores them in 2 lists (16 probes),
+/// then 1 (32 probes). More copies find pairs across list borders from both sides (on 1M texts
+/// 8 x 4 found 99.97 % of exact's removals, 32 x 1 99.92 %, at about the same cost), but memory
+/// grows with them: so a set whose kept rows are few (a dedup that removes most rows) keeps 4
+/// copies at any size, and a set of unique rows ends with one copy per row (10M x 256: 2.8 GB).
+/// The choice depends only on the rows kept before the block, so the run stays deterministic;
+/// and since a later block only probes more, every pair an earlier rule would see is still seen
+/// from the later row's side. A given `spill` or `nprobe` is used for every block.
+#[derive(Clone, Copy, Debug)]
+struct Copies {
+    nprobe: Option<usize>,
+    spill: Option<usize>,
+    nlist: usize,
+    /// Stored copies the lists may hold with the default spill.
+    budget: u64,
+}
+
+impl Copies {
+    /// (nprobe, spill) of a block of `rows` rows when the lists hold `stored` copies.
+    fn at(&self, stored: u64, rows: usize) -> (usize, usize) {
+        let spill = self.spill.unwrap_or_else(|| {
+            [DEFAULT_SPILL, 2, 1]
+                .into_iter()
+                .find(|&s| stored + (rows * s) as u64 <= self.budget)
+                .unwrap_or(1)
+        });
+        let nprobe = self.nprobe.unwrap_or(PROBES_X_SPILL / spill).clamp(1, self.nlist);
+        (nprobe, spill.min(nprobe))
+    }
 }
 
 /// Default k-means sample: 16 rows per list, at most `n`.
@@ -164,7 +191,7 @@ pub(crate) fn at_least_one(v: Option<usize>, name: &'static str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn check_options(n: usize, d: usize, o: &IvfOptions) -> Result<(usize, usize, usize, usize, usize)> {
+fn check_options(n: usize, d: usize, o: &IvfOptions) -> Result<(usize, usize, usize, Copies)> {
     at_least_one(o.nlist, "nlist")?;
     at_least_one(o.nprobe, "nprobe")?;
     if let (Some(p), Some(l)) = (o.nprobe, o.nlist) {
@@ -181,14 +208,25 @@ pub(crate) fn check_options(n: usize, d: usize, o: &IvfOptions) -> Result<(usize
     // k-means needs at least as many rows as lists: a larger nlist is lowered to n (and nprobe to
     // the lists there are), which probes everything it asked for
     let nlist = o.nlist.unwrap_or_else(|| default_nlist(n)).clamp(1, n.max(1));
-    let spill = o.spill.unwrap_or_else(|| default_spill(n, d));
-    let nprobe = o.nprobe.unwrap_or(PROBES_X_SPILL / spill).clamp(1, nlist);
     let sample = o
         .sample
         .unwrap_or_else(|| default_sample(n, nlist))
         .clamp(nlist, n.max(nlist));
-    let spill = spill.min(nprobe);
-    Ok((nlist, nprobe, sample, o.block.unwrap_or(IVF_BLOCK), spill))
+    let copies = Copies {
+        nprobe: o.nprobe,
+        spill: o.spill,
+        nlist,
+        budget: o.list_bytes.unwrap_or(LIST_BYTES) / stored_row_bytes(d),
+    };
+    Ok((nlist, sample, o.block.unwrap_or(IVF_BLOCK), copies))
+}
+
+/// `(nlist, nprobe, sample, spill)` of a run over `n` rows of `d` columns: nprobe and spill of its
+/// first block, those of every block while the lists stay within memory (and given ones of all).
+pub(crate) fn settings(n: usize, d: usize, o: &IvfOptions) -> Result<(usize, usize, usize, usize)> {
+    let (nlist, sample, block, copies) = check_options(n, d, o)?;
+    let (nprobe, spill) = copies.at(0, block.min(n));
+    Ok((nlist, nprobe, sample, spill))
 }
 
 /// Greedy deduplication in input order (the rule of [`crate::dedup::dedup_greedy_cancellable`])
@@ -207,7 +245,8 @@ pub(crate) fn dedup_ivf_cancellable(
 ) -> Result<(Dedup, IvfStats)> {
     check_n(e, n, d, "e")?;
     check_threshold(threshold)?;
-    let (nlist, nprobe, sample, block, spill) = check_options(n, d, opts)?;
+    let (nlist, sample, block, copies) = check_options(n, d, opts)?;
+    let (nprobe, spill) = copies.at(0, block.min(n));
     let norms = row_norms(e, d, "e")?;
     let mut st = IvfStats {
         nlist,
@@ -248,8 +287,9 @@ pub(crate) fn dedup_ivf_cancellable(
         norms: &norms,
         threshold,
         nearest: Nearest::new(&centroids, nlist, d, int8_lists),
-        nprobe,
-        spill,
+        copies,
+        stored: 0,
+        last: (nprobe, spill),
         nlist,
         lists: (0..nlist).map(|_| List::default()).collect(),
         int8,
@@ -259,6 +299,7 @@ pub(crate) fn dedup_ivf_cancellable(
         assigned: Mutex::new((vec![0; nlist], std::time::Duration::ZERO)),
     };
     let (res, _) = greedy_blocked(n, block, &mut scorer, cancel)?;
+    (st.nprobe, st.spill) = scorer.last;
     let [prescored, rescored, found] = *lock(&scorer.counts);
     let (sizes, assign) = std::mem::take(&mut *lock(&scorer.assigned));
     st.largest_list = sizes.iter().copied().max().unwrap_or(0);
@@ -615,6 +656,9 @@ impl List {
 /// rows that probe it.
 struct BlockQueries {
     rows: Range<usize>,
+    /// Lists each block row probes, and the lists a kept one is stored in (its nearest).
+    nprobe: usize,
+    spill: usize,
     /// `rows x nprobe` list numbers, nearest first.
     probes: Vec<u32>,
     /// The block rows' codes (int8 scan only).
@@ -633,9 +677,12 @@ struct IvfBlocks<'a> {
     threshold: f32,
     /// Finds each block's lists.
     nearest: Nearest<'a>,
-    nprobe: usize,
-    /// Lists a kept row is stored in (its nearest `spill`, `<= nprobe`).
-    spill: usize,
+    /// Each block's probes and lists per kept row.
+    copies: Copies,
+    /// Copies of kept rows the lists hold.
+    stored: u64,
+    /// (nprobe, spill) of the last block.
+    last: (usize, usize),
     nlist: usize,
     lists: Vec<List>,
     /// Whether pairs are pre-scored with int8 codes.
@@ -652,9 +699,9 @@ struct IvfBlocks<'a> {
 
 impl BlockQueries {
     /// The lists input row `r` of the block is stored in (if kept): its `spill` nearest.
-    fn stored_in(&self, r: usize, nprobe: usize, spill: usize) -> &[u32] {
-        let t = (r - self.rows.start) * nprobe;
-        &self.probes[t..t + spill]
+    fn stored_in(&self, r: usize) -> &[u32] {
+        let t = (r - self.rows.start) * self.nprobe;
+        &self.probes[t..t + self.spill]
     }
 }
 
@@ -689,10 +736,11 @@ impl IvfBlocks<'_> {
         let (d, e) = (self.d, self.e);
         let t0 = Instant::now();
         let x = &e[rows.start * d..rows.end * d];
-        let probes = self.nearest.lists(x, rows.len(), self.nprobe, cancel)?;
+        let (nprobe, spill) = self.copies.at(self.stored, rows.len());
+        let probes = self.nearest.lists(x, rows.len(), nprobe, cancel)?;
         {
             let mut a = lock(&self.assigned);
-            for ps in probes.chunks(self.nprobe) {
+            for ps in probes.chunks(nprobe) {
                 a.0[ps[0] as usize] += 1;
             }
             a.1 += t0.elapsed();
@@ -710,11 +758,13 @@ impl IvfBlocks<'_> {
         let mut fill = start.clone();
         let mut by_list = vec![0u32; ps.len()];
         for (t, &l) in ps.iter().enumerate() {
-            by_list[fill[l as usize]] = (t / self.nprobe) as u32;
+            by_list[fill[l as usize]] = (t / nprobe) as u32;
             fill[l as usize] += 1;
         }
         *slot = Some(BlockQueries {
             rows: rows.clone(),
+            nprobe,
+            spill,
             probes,
             codes,
             qz,
@@ -863,7 +913,7 @@ impl BlockScorer for IvfBlocks<'_> {
         // the block's rows by the lists they are stored in, packed as one chunk per list
         let mut home: Vec<Vec<u32>> = vec![Vec::new(); self.nlist];
         for r in rows.clone() {
-            for &l in bq.stored_in(r, self.nprobe, self.spill) {
+            for &l in bq.stored_in(r) {
                 home[l as usize].push((r - rows.start) as u32);
             }
         }
@@ -890,12 +940,14 @@ impl BlockScorer for IvfBlocks<'_> {
         };
         let mut by: Vec<(Vec<u32>, Vec<u32>)> = vec![(Vec::new(), Vec::new()); self.nlist];
         for (t, &r) in rows.iter().enumerate() {
-            for &l in bq.stored_in(r as usize, self.nprobe, self.spill) {
+            for &l in bq.stored_in(r as usize) {
                 by[l as usize].0.push(r);
                 by[l as usize].1.push(self.kept + t as u32);
             }
         }
         self.kept += rows.len() as u32;
+        self.stored += (rows.len() * bq.spill) as u64;
+        self.last = (bq.nprobe, bq.spill);
         let (codes, d, norms) = (bq.codes.as_ref(), self.d, self.norms);
         self.lists
             .par_iter_mut()
@@ -1002,6 +1054,48 @@ mod tests {
                 removed(&w)
             );
         }
+    }
+
+    #[test]
+    fn fewer_copies_past_the_budget_still_find_true_pairs_only() {
+        // a budget of ~2 blocks of copies: the run moves from 4 lists per kept row to 1 (and from
+        // 8 probes to 32) as it goes, the same way on any thread count
+        let (n, d, thr) = (4000, 24, 0.85f32);
+        let e = clustered(n, d, 40, 0.6, 8);
+        let w = dedup_greedy_scalar(&e, n, d, thr).unwrap();
+        let o = IvfOptions {
+            nlist: Some(60),
+            block: Some(250),
+            list_bytes: Some(4 * 250 * stored_row_bytes(d)),
+            ..IvfOptions::default()
+        };
+        let go = |t: usize| crate::testutil::in_threads(t, || run(&e, n, d, thr, o));
+        let (g, st) = go(1);
+        // the first block alone may hold 4 x 250 copies; past 750 kept rows' copies, 1
+        assert!(g.kept.len() > 750, "{}", g.kept.len());
+        assert_eq!((st.nprobe, st.spill), (32, 1));
+        let (g2, st2) = go(2);
+        assert_eq!(
+            (&g.kept, &g.dup_of, bits(&g.score)),
+            (&g2.kept, &g2.dup_of, bits(&g2.score))
+        );
+        assert_eq!(st.prescored, st2.prescored);
+        for j in 0..n {
+            if let Ok(i) = usize::try_from(g.dup_of[j]) {
+                assert!(i < j && g.dup_of[i] < 0);
+                let s = crate::dot::dot_scalar(&e[i * d..(i + 1) * d], &e[j * d..(j + 1) * d]);
+                assert_eq!(g.score[j].to_bits(), s.to_bits());
+            }
+        }
+        let removed = |x: &Dedup| x.dup_of.iter().filter(|&&v| v >= 0).count();
+        assert!(removed(&g) * 10 >= removed(&w) * 9);
+        // with every list probed it is exact whatever the copies
+        let all = IvfOptions { nprobe: Some(60), ..o };
+        let (g, _) = run(&e, n, d, thr, all);
+        assert_eq!(
+            (&g.kept, &g.dup_of, bits(&g.score)),
+            (&w.kept, &w.dup_of, bits(&w.score))
+        );
     }
 
     #[test]
@@ -1128,7 +1222,7 @@ mod tests {
             spill: Some(2),
             ..IvfOptions::default()
         };
-        let (nlist, _, sample, _, _) = check_options(n, d, &o).unwrap();
+        let (nlist, _, sample, _) = check_options(n, d, &o).unwrap();
         let norms = row_norms(&e, d, "e").unwrap();
         let (c, _) = train(&e, n, d, &norms, nlist, sample, int8_serves(d), Cancel::never()).unwrap();
         let (want, _) = run(&e, n, d, 0.85, o);
@@ -1165,15 +1259,29 @@ mod tests {
         assert!(default_sample(1_000_000, 4000) <= 1_000_000);
         assert_eq!(default_sample(100, default_nlist(100)), 100);
         // four copies of each kept row while they fit in 2 GiB, then fewer and more probes
-        assert_eq!(default_spill(1_000_000, 256), 4);
-        assert_eq!(default_spill(3_000_000, 256), 2);
-        assert_eq!(default_spill(10_000_000, 256), 1);
-        assert_eq!(default_spill(0, 1), 4);
-        let o = IvfOptions::default();
-        let (nlist, nprobe, _, _, spill) = check_options(10_000_000, 256, &o).unwrap();
-        assert_eq!((nlist, nprobe, spill), (6325, 32, 1));
-        assert_eq!(check_options(1_000_000, 256, &o).unwrap().1, 8);
-        assert_eq!(check_options(100, 256, &o).unwrap().1, 8);
+        let c = check_options(10_000_000, 256, &IvfOptions::default()).unwrap().3;
+        let budget = (2u64 << 30) / 280;
+        assert_eq!(c.budget, budget);
+        assert_eq!(c.at(0, 8192), (8, 4));
+        assert_eq!(c.at(budget - 4 * 8192, 8192), (8, 4));
+        assert_eq!(c.at(budget - 4 * 8192 + 1, 8192), (16, 2));
+        assert_eq!(c.at(budget - 2 * 8192 + 1, 8192), (32, 1));
+        assert_eq!(c.at(budget * 3, 8192), (32, 1));
+        // given values hold for every block; probes never pass nlist, nor spill probes
+        let given = |nprobe, spill, nlist| {
+            let o = IvfOptions {
+                nprobe,
+                spill,
+                nlist,
+                ..IvfOptions::default()
+            };
+            check_options(1000, 16, &o).unwrap().3
+        };
+        let g = given(Some(3), None, None);
+        assert_eq!(g.at(g.budget * 3, 64), (3, 1));
+        assert_eq!(given(Some(3), None, None).at(0, 64), (3, 3));
+        assert_eq!(given(None, Some(2), None).at(0, 64), (16, 2));
+        assert_eq!(given(None, None, Some(5)).at(0, 64), (5, 4));
     }
 
     #[test]

@@ -172,7 +172,6 @@ def test_lower_modules_do_not_import_the_model():
         "tokvec.cluster",
         "tokvec.split",
         "tokvec.explore",
-        "tokvec.ann",
         "tokvec.distributed",
         "tokvec.formats",
         "tokvec.textio",

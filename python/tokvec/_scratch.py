@@ -4,7 +4,7 @@
 file (gone when the last reference goes, even after a crash or a signal), checked for free disk space before any
 work.
 `release` hands the pages of rows just written back to the kernel, and `bounded_residency` keeps the share of a
-map's pages that stay mapped while the core reads it (with the GIL released) below `RESIDENT_BYTES`: pages of a
+map's pages that stay mapped while the core reads it (with the GIL released) near `RESIDENT_BYTES`: pages of a
 file map count in a process's RSS as long as they stay mapped, so 10M x 256 vectors (10 GB) would otherwise show
 as 10 GB of RSS once read. Released pages stay in the page cache (or go to the disk, under memory pressure) and
 come back on the next access; nothing of the data changes.
@@ -25,10 +25,11 @@ import numpy as np
 
 #: vectors above this many bytes go to a scratch file (10M x 256 float32 is 10 GB; 2M x 256 is 2 GB).
 SPILL_BYTES = 2 << 30
-#: pages of a shared map that may stay mapped while the core reads it.
-RESIDENT_BYTES = 1 << 30
-#: seconds between two looks at the process's mapped file pages.
-_POLL = 0.05
+#: pages of a shared map that may stay mapped while the core reads it. The core reads a whole matrix at memory speed
+#: at the start (norms, the finite check), so a poll can find up to a few hundred MB more mapped than this.
+RESIDENT_BYTES = 512 << 20
+#: seconds between two looks at the process's mapped file pages (a look reads /proc/self/status: ~30 us).
+_POLL = 0.025
 #: free space kept on the scratch file's disk beyond the file itself.
 _MARGIN = 256 << 20
 

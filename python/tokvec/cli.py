@@ -279,14 +279,12 @@ def cmd_dedup(args: argparse.Namespace) -> None:
         raise UsageError("use either --approx or --exact, not both")
     if args.approx and sweep is not None:
         raise UsageError("--approx does not apply to --threshold auto / --sweep (they are exact)")
-    if args.neighbors < 1:
-        raise UsageError(f"--neighbors must be >= 1, got {args.neighbors}")
     for flag, v in (("--nprobe", args.nprobe), ("--nlist", args.nlist)):
         if v is not None and v < 1:
             raise UsageError(f"{flag} must be >= 1, got {v}")
     if args.nprobe is not None and args.nlist is not None and args.nprobe > args.nlist:
         raise UsageError(f"--nprobe must be at most --nlist ({args.nlist}), got {args.nprobe}")
-    search = Approx(args.approx_method, args.nprobe, args.nlist, args.neighbors, args.ann_dtype) if args.approx else None
+    search = Approx(nprobe=args.nprobe, nlist=args.nlist) if args.approx else None
     if args.no_self and not (args.against or args.index):
         raise UsageError("--no-self needs --against REF or --index PATH")
     # everything the run needs, before the work: inputs, outputs, packages, the index
@@ -298,8 +296,6 @@ def cmd_dedup(args: argparse.Namespace) -> None:
             output_format(path, (fmt,))
     check_distinct({"-o": args.output, "--report": args.report, "--index": args.index, "--report-html": args.report_html},
                    {"input": args.input, "--against": args.against})
-    if args.approx and args.approx_method == "hnsw":
-        _needs("usearch", "--approx-method hnsw", "ann")
     m = _load(args)
     if m.binary and (args.approx or args.against or args.index or sweep is not None or args.report_html):
         raise UsageError("--approx, --against, --index, --sweep and --report-html need a float model")
@@ -388,9 +384,8 @@ def cmd_dedup(args: argparse.Namespace) -> None:
                 removed_empty=st["removed_empty"], empty=int(plan.empty.sum()), threshold=threshold,
                 output=args.output, seconds=round(dt, 3), embed_seconds=round(t_embed, 3),
                 dedup_seconds=round(t_dedup, 3))
-    if search is not None and search.method == "hnsw":
-        info.update(approx=True, approx_method="hnsw", neighbors=args.neighbors, ann_dtype=args.ann_dtype)
-    elif search is not None:
+    if search is not None:
+        # approx_method stays ("ivf", the only one): scripts that read --json look for it
         info.update(approx=True, approx_method="ivf", ivf=approx_stats)
     else:
         info.update(approx=False)
@@ -704,21 +699,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-self", action="store_true",
                    help="with --against/--index: only remove matches of REF/the index, not duplicates within IN")
     p.add_argument("--approx", action="store_true",
-                   help="very large inputs: each text meets only the kept texts of a few partitions (see "
-                   "--approx-method); scores stay exact, pairs across unprobed partitions are not seen")
+                   help="very large inputs: each text meets only the kept texts of a few k-means lists (see "
+                   "--nprobe); scores stay exact, pairs across unprobed lists are not seen")
     p.add_argument("--exact", action="store_true",
                    help=f"always the exact search (by default inputs of {AUTO_APPROX_TEXTS:,} texts or more to compare "
                    "use --approx's partitioned search, and the run says so)")
-    p.add_argument("--approx-method", default="ivf", choices=["ivf", "hnsw"],
-                   help="with --approx: ivf (k-means lists, in the core; default) or hnsw (a usearch index; "
-                   "pip install 'tokvec[ann]')")
     p.add_argument("--nprobe", type=int, default=None,
-                   help="with --approx (ivf): lists probed per text (default 8; more finds more, costs more)")
+                   help="with --approx: lists probed per text (default 8; more finds more, costs more)")
     p.add_argument("--nlist", type=int, default=None,
-                   help="with --approx (ivf): number of lists (default 2 sqrt(n))")
-    p.add_argument("--neighbors", type=int, default=32, help="with --approx-method hnsw: neighbours searched per text")
-    p.add_argument("--ann-dtype", default="i8", choices=["i8", "f16", "f32"],
-                   help="with --approx-method hnsw: how usearch stores the vectors")
+                   help="with --approx: number of lists (default 2 sqrt(n))")
     common(p)
     io_opts(p)
     p.set_defaults(fn=cmd_dedup)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from tokvec import _core, ann
+from tokvec import _core
 from tokvec._io import write_safetensors
 from tokvec._scratch import bounded_residency
 from tokvec._validate import matrix as _matrix
@@ -176,9 +176,6 @@ def dedup(
     reference: Any = None,
     self_dedup: bool = True,
     approx: bool | Approx = False,
-    neighbors: int = 32,
-    ann_dtype: str = "i8",
-    method: str = "ivf",
     nprobe: int | None = None,
     nlist: int | None = None,
     stats: dict[str, Any] | None = None,
@@ -195,25 +192,21 @@ def dedup(
         self_dedup: also remove items duplicating an earlier kept item of `embeddings` (default).
             False only removes reference matches (pure decontamination).
         approx: True (or an `Approx` holding the keywords below) for very large sets: each item meets only
-            some of the earlier items instead of every one that could be above the threshold (see `method`);
-            scores stay exact and the greedy pass is the same, but missed pairs are not seen (no item is removed
-            without a true duplicate). A reference set is still searched exactly with method "ivf".
-        neighbors: with approx and method "hnsw", neighbours searched per item.
-        ann_dtype: with approx and method "hnsw", usearch's storage type ("i8", "f16" or "f32").
-        method: with approx, "ivf" (default): the items are split into `nlist` lists by k-means on a sample,
+            some of the earlier items instead of every one that could be above the threshold; scores stay exact
+            and the greedy pass is the same, but missed pairs are not seen (no item is removed without a true
+            duplicate). The partitioned search: the items are split into `nlist` lists by k-means on a sample,
             a kept item is stored in its 4 nearest lists, and an item meets the earlier kept items stored in
-            its `nprobe` nearest lists (in Rust, no extra package; deterministic; with nprobe = nlist the
-            result is exact; docs/dedup.md has the costs). "hnsw": candidate pairs from a usearch index
-            (`tokvec.ann`: each item's `neighbors` nearest items; `pip install 'tokvec[ann]'`).
-        nprobe: with method "ivf", lists probed per item (default 8, at most nlist): more finds more
-            duplicates and costs proportionally more.
-        nlist: with method "ivf", number of lists (default 2 sqrt(n), at most n).
-        stats: with method "ivf", a dict filled with what the run did: `nlist`, `nprobe`, `spill` (lists a
+            its `nprobe` nearest lists (in Rust; deterministic; with nprobe = nlist the result is exact;
+            docs/dedup.md has the costs). A reference set is still searched exactly.
+        nprobe: with approx, lists probed per item (default 8, at most nlist): more finds more duplicates and
+            costs proportionally more.
+        nlist: with approx, number of lists (default 2 sqrt(n), at most n).
+        stats: with approx, a dict filled with what the run did: `nlist`, `nprobe`, `spill` (lists a
             kept item is stored in), `sample` (rows of the k-means), `block`, `kmeans_iterations`,
             `prescored` / `rescored` / `found` (pairs pre-scored in int8, re-scored exactly, above the
             threshold; a pair met in several lists counts each time), `largest_list`, and the seconds of
             each stage (`train_seconds`, `assign_seconds`, `search_seconds`).
-        progress: with method "ivf", a callable `progress(stage, done)` called (from this thread) as the run
+        progress: with approx, a callable `progress(stage, done)` called (from this thread) as the run
             moves: stage 1 = k-means steps done (of at most 10), stage 2 = items resolved (of the items
             searched: those matching no reference item). An exception it raises stops the run.
 
@@ -225,10 +218,10 @@ def dedup(
         raise TypeError("dedup with explanations takes float vectors; use tokvec.dedup_indices for packed bits")
     t = _threshold(threshold)
     n = e.shape[0]
-    a = approx_options(approx, method=method, nprobe=nprobe, nlist=nlist, neighbors=neighbors, ann_dtype=ann_dtype)
-    if a is not None and a.method == "ivf":
+    a = approx_options(approx, nprobe=nprobe, nlist=nlist)
+    if a is not None:
         return _dedup_ivf(e, t, reference, self_dedup, a, stats, progress)
-    if reference is None and self_dedup and a is None:
+    if reference is None and self_dedup:
         # the plain case: pairs found and resolved inside Rust, no pair list crosses into Python
         if n < 2:
             dup_of = np.full(n, -1, np.int64)
@@ -246,10 +239,10 @@ def dedup(
         m = r.shape[0]
         if r.shape[0] and r.shape[1] != e.shape[1]:
             raise ValueError(f"the reference vectors have {r.shape[1]} dimensions, the items {e.shape[1]}")
-        ci, cj, cs = ann.approx_pairs_cross(r, e, t, neighbors=a.neighbors, dtype=a.ann_dtype) if a else _cross(r, e, t)
+        ci, cj, cs = _cross(r, e, t)
         parts = [(ci, cj + m, cs)]
     if self_dedup:
-        pi, pj, ps = ann.approx_pairs(e, t, neighbors=a.neighbors, dtype=a.ann_dtype) if a else _pairs(e, t)
+        pi, pj, ps = _pairs(e, t)
         parts.append((pi + m, pj + m, ps))
     if parts:
         i = np.concatenate([p[0] for p in parts])
@@ -268,7 +261,7 @@ def dedup(
 
 def _dedup_ivf(e: np.ndarray, t: float, reference: Any, self_dedup: bool, a: Approx,
                stats: dict[str, Any] | None, progress: Callable[[int, int], object] | None = None) -> DedupResult:
-    """`dedup(..., approx=True, method="ivf")`: reference matches from the exact cross search, then the
+    """`dedup(..., approx=True)`: reference matches from the exact cross search, then the
     partitioned greedy pass (`_core.dedup_ivf`) over the items that match no reference item. That is the greedy
     rule over the reference followed by the items: reference items are always kept, so an item matching one is
     removed whatever the earlier items, and only the other items can be kept and remove later ones. (An item that
@@ -449,8 +442,8 @@ def resolve_texts(
         bits: for packed sign bits, the number of meaningful bits.
         approx: compare each item with some of the earlier items only, searched as this says (see `dedup`);
             None: exact.
-        stats: with approx method "ivf", a dict filled with the run's statistics (see `dedup`).
-        progress: with approx method "ivf", called as the run moves (see `dedup`).
+        stats: with approx, a dict filled with the run's statistics (see `dedup`).
+        progress: with approx, called as the run moves (see `dedup`).
 
     Returns:
         a `DedupResult` over the plan's n items.

@@ -256,7 +256,9 @@ def ivf_plan(
     sample: int | None = None,
 ) -> dict[str, int]:
     """The settings `_core.dedup_ivf` takes for n rows of d columns (its defaults and clamps): nlist, nprobe,
-    sample, spill."""
+    sample, spill. nprobe and spill are those of its first block, which every row uses here: a single machine
+    keeps them while its lists' copies of the kept rows fit in 2 GiB (about 1.9M kept rows of 256 dimensions) and
+    then stores fewer copies, unless they are given."""
     return dict(_core.ivf_settings(n, d, nlist=nlist, nprobe=nprobe, sample=sample, spill=spill))
 
 
@@ -403,7 +405,8 @@ def dask_partitioned_dedup(
         partitions_or_bag: a list of lists of texts, a `dask.bag.Bag` of texts, or a `dask.dataframe` Series of
             texts or DataFrame with a `column` of texts; the global order is the partitions' order.
         threshold: in [-1, 1].
-        nprobe, nlist, spill, sample: as `_core.dedup_ivf` (None: its defaults for the number of texts).
+        nprobe, nlist, spill, sample: as `_core.dedup_ivf` (None: its defaults for the number of texts; nprobe and
+            spill those of its first block, see `ivf_plan`).
         column: the text column of a DataFrame.
         buckets: group tasks of the shuffle (None: 4 per worker thread); each takes the lists l % buckets.
 
@@ -525,7 +528,8 @@ def ray_partitioned_dedup(
             `column` and an integer `id_column` numbering its rows 0 .. n-1 in the greedy order.
         model: a `tokvec.Model` (each embedding actor unpickles it once, by path).
         threshold: in [-1, 1].
-        nprobe, nlist, spill, sample: as `_core.dedup_ivf` (None: its defaults for the number of texts).
+        nprobe, nlist, spill, sample: as `_core.dedup_ivf` (None: its defaults for the number of texts; nprobe and
+            spill those of its first block, see `ivf_plan`).
         workers: embedding actors (None: Ray's CPUs minus one, at least one: a slot stays free for reads).
         batch_size: rows per embedding batch.
 

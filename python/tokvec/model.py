@@ -691,10 +691,7 @@ class Model:
         reference: Sequence[str] | None = None,
         drop_empty: bool = False,
         approx: bool = False,
-        neighbors: int = 32,
-        ann_dtype: str = "i8",
         batch_size: int | None = None,
-        method: str = "ivf",
         nprobe: int | None = None,
         nlist: int | None = None,
     ) -> Any:
@@ -721,25 +718,20 @@ class Model:
                 deduplicated.
             drop_empty: remove empty docs (no characters, or whitespace only). By default every
                 empty doc is kept, none is a duplicate of another, and `.summary()` counts them.
-            approx: for very large sets: each doc meets only some earlier docs (see `method`); scores are
-                exact and the greedy pass is the same. A removed doc always has a kept doc above the
-                threshold, but pairs the search does not meet are not seen (`tokvec.dedup`).
-            neighbors: with approx and method "hnsw", neighbours searched per doc.
-            ann_dtype: with approx and method "hnsw", usearch's storage type ("i8", "f16" or "f32").
+            approx: for very large sets: each doc meets only the earlier kept docs of its `nprobe` nearest
+                k-means lists; scores are exact and the greedy pass is the same. A removed doc always has a
+                kept doc above the threshold, but pairs the search does not meet are not seen (`tokvec.dedup`).
             batch_size: WordLlama's keyword (its block size): texts pooled per core call; the result
                 does not depend on it.
-            method: with approx, "ivf" (default: k-means lists, each doc against the kept docs of its
-                `nprobe` nearest lists) or "hnsw" (a usearch index, `pip install 'tokvec[ann]'`).
-            nprobe: with method "ivf", lists probed per doc (default 8).
-            nlist: with method "ivf", number of lists (default 2 sqrt(n)).
+            nprobe: with approx, lists probed per doc (default 8).
+            nlist: with approx, number of lists (default 2 sqrt(n)).
 
         Returns:
             the kept docs in input order, or their indices, or a `DedupResult`.
         """
         t = _threshold(threshold)
         batch = _positive_int(batch_size, "batch_size")
-        search = approx_options(approx, method=method, nprobe=nprobe, nlist=nlist, neighbors=neighbors,
-                                ann_dtype=ann_dtype)
+        search = approx_options(approx, nprobe=nprobe, nlist=nlist)
         items = self._texts(docs, "docs")
         ref = None if reference is None else self._texts(reference, "reference")
         if self._binary and (ref is not None or approx):

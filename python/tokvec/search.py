@@ -11,42 +11,28 @@ from typing import Any
 
 import numpy as np
 
-from tokvec import _core, ann
+from tokvec import _core
 from tokvec._scratch import bounded_residency
 from tokvec._validate import int_at_least, is_int, matrix, positive_int_or_none
 from tokvec._validate import threshold as check_threshold
-from tokvec.ann import approx_dedup
 
 __all__ = ["Approx", "approx_options", "dedup_indices", "duplicate_pairs", "topk"]
-
-
-#: Candidate searches of `dedup(..., approx=True)`.
-METHODS = ("ivf", "hnsw")
 
 
 @dataclass(frozen=True)
 class Approx:
     """How `approx=True` searches (the keywords of `dedup`), checked when made, so a bad value fails before any
-    work: `method` "ivf" (k-means lists in the core; `nprobe`, `nlist`) or "hnsw" (a usearch index; `neighbors`,
-    `ann_dtype`)."""
+    work: the partitioned search of the core (k-means lists; `nprobe` lists probed of `nlist`)."""
 
-    method: str = "ivf"
     nprobe: int | None = None
     nlist: int | None = None
-    neighbors: int = 32
-    ann_dtype: str = "i8"
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {self.method!r}")
         nprobe, nlist = positive_int_or_none(self.nprobe, "nprobe"), positive_int_or_none(self.nlist, "nlist")
         if nprobe is not None and nlist is not None and nprobe > nlist:
             raise ValueError(f"nprobe must be at most nlist ({nlist}), got {nprobe}")
         object.__setattr__(self, "nprobe", nprobe)
         object.__setattr__(self, "nlist", nlist)
-        object.__setattr__(self, "neighbors", int_at_least(self.neighbors, "neighbors"))
-        if self.ann_dtype not in ann.DTYPES:
-            raise ValueError(f"ann_dtype must be one of {', '.join(ann.DTYPES)}, got {self.ann_dtype!r}")
 
 
 def approx_options(approx: bool | Approx, **kw: Any) -> Approx | None:
@@ -139,9 +125,6 @@ def dedup_indices(
     *,
     bits: int | None = None,
     approx: bool | Approx = False,
-    neighbors: int = 32,
-    ann_dtype: str = "i8",
-    method: str = "ivf",
     nprobe: int | None = None,
     nlist: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -153,16 +136,12 @@ def dedup_indices(
         threshold: in [-1, 1].
         bits: for uint64 inputs, the number of meaningful bits.
         approx: True (or an `Approx`) for very large sets: each item meets only some of the earlier items
-            (method "ivf", the default: the kept items stored in the `nprobe` nearest of `nlist` k-means lists,
-            in the core; "hnsw": each item's `neighbors` nearest items in a usearch index, `pip install
-            'tokvec[ann]'`). Scores are exact and the greedy pass is the same: every removed item is above the
-            threshold with a kept item, but pairs the search does not meet are not seen. Float vectors only;
-            `tokvec.dedup.dedup` documents the knobs and their cost.
-        neighbors: with approx and method "hnsw", the neighbours searched per item.
-        ann_dtype: with approx and method "hnsw", how usearch stores the vectors: "i8", "f16" or "f32".
-        method: with approx, "ivf" (default) or "hnsw".
-        nprobe: with method "ivf", lists probed per item (default 8).
-        nlist: with method "ivf", number of lists (default 2 sqrt(n)).
+            (the kept items stored in the `nprobe` nearest of `nlist` k-means lists, in the core). Scores are
+            exact and the greedy pass is the same: every removed item is above the threshold with a kept item,
+            but pairs the search does not meet are not seen. Float vectors only; `tokvec.dedup.dedup` documents
+            the knobs and their cost.
+        nprobe: with approx, lists probed per item (default 8).
+        nlist: with approx, number of lists (default 2 sqrt(n)).
 
     Returns:
         (kept int64 indices ascending, dup_of int64 [n] — the kept item each dropped item
@@ -170,12 +149,10 @@ def dedup_indices(
     """
     e = matrix(embeddings, "embeddings")
     t = check_threshold(threshold)
-    a = approx_options(approx, method=method, nprobe=nprobe, nlist=nlist, neighbors=neighbors, ann_dtype=ann_dtype)
+    a = approx_options(approx, nprobe=nprobe, nlist=nlist)
     n = e.shape[0]
     if a is not None and e.dtype == np.uint64:
         raise ValueError("approx=True takes float vectors, not packed sign bits")
-    if a is not None and a.method == "hnsw":
-        return approx_dedup(e, t, neighbors=a.neighbors, dtype=a.ann_dtype)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     if n == 1:

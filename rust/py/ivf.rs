@@ -14,7 +14,7 @@ use crate::dedup::{PROGRESS_KMEANS, PROGRESS_ROWS};
 use crate::dot::row_norms;
 use crate::error::CoreError;
 use crate::int8::int8_serves;
-use crate::ivf::{check_options, dedup_ivf_cancellable, nearest_lists, train, IvfOptions};
+use crate::ivf::{dedup_ivf_cancellable, nearest_lists, settings, train, IvfOptions};
 
 type IvfOut<'py> = (
     Bound<'py, PyArray1<i64>>,
@@ -64,7 +64,10 @@ fn check_centroids(c: &PyReadonlyArray2<'_, f32>, d: usize) -> PyResult<usize> {
 ///     nlist, nprobe, sample, spill: as `dedup_ivf` takes them (None: the default for n and d).
 ///
 /// Returns:
-///     dict: nlist, nprobe, sample, spill.
+///     dict: nlist, nprobe, sample, spill. nprobe and spill are those of the first block: with
+///     neither given, `dedup_ivf` lowers spill (and raises nprobe) for later blocks once its
+///     lists' copies of the kept rows pass 2 GiB (about 1.9M kept rows of 256 dimensions); given
+///     ones hold for every block.
 ///
 /// Raises:
 ///     ValueError: nlist/nprobe/sample/spill < 1, nprobe > nlist.
@@ -87,7 +90,7 @@ fn py_ivf_settings<'py>(
         spill: count(spill, "spill")?,
         ..IvfOptions::default()
     };
-    let (nlist, nprobe, sample, _, spill) = check_options(n, d, &opts)?;
+    let (nlist, nprobe, sample, spill) = settings(n, d, &opts)?;
     let out = PyDict::new(py);
     for (k, v) in [
         ("nlist", nlist),
@@ -136,7 +139,7 @@ fn py_ivf_train<'py>(
         )));
     }
     let x = vectors.as_slice()?;
-    let (nlist, _, sample, _, _) = check_options(n, d, &opts)?;
+    let (nlist, _, sample, _) = settings(n, d, &opts)?;
     let (c, _) = interrupt::run(py, work(&[sample, nlist, d, 10]), |stop| {
         let norms = row_norms(x, d, "vectors")?;
         train(x, n, d, &norms, nlist, sample, int8_serves(d), stop)
@@ -201,8 +204,8 @@ fn py_ivf_assign<'py>(
 ///         most nlist).
 ///     sample: rows sampled for the k-means (None: 16 per list, at least 4096, at most n).
 ///     block: rows per block of the greedy resolution (None: 8192).
-///     spill: lists a kept row is stored in, its nearest ones (None: 4 while the lists' copies of n
-///         rows fit in 2 GiB, fewer past that, at least 1; at most nprobe).
+///     spill: lists a kept row is stored in, its nearest ones (None: 4 while the lists' copies of
+///         the kept rows fit in 2 GiB, then 2, then 1; at most nprobe).
 ///     progress: None, or a callable `progress(stage, done)`, called from this thread while the
 ///         run goes on, each time it moved: stage 1 = k-means steps done (of at most 10), stage 2 =
 ///         rows resolved (of n). An exception it raises stops the run.
@@ -269,8 +272,8 @@ fn py_dedup_ivf<'py>(
         sample: count(sample, "sample")?,
         block: count(block, "block")?,
         spill: count(spill, "spill")?,
-        exact_scan: false,
         centroids: centroids.as_ref().map(|c| c.as_slice()).transpose()?,
+        ..IvfOptions::default()
     };
     let x = embeddings.as_slice()?;
     let t = threshold as f32;
