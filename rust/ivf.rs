@@ -63,7 +63,7 @@ const QCHUNK: usize = 64;
 
 /// Settings of [`dedup_ivf_cancellable`]; `None` picks the default for `n`.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct IvfOptions {
+pub(crate) struct IvfOptions<'a> {
     /// Number of lists (k-means centroids).
     pub(crate) nlist: Option<usize>,
     /// Lists probed per row.
@@ -78,6 +78,9 @@ pub(crate) struct IvfOptions {
     pub(crate) exact_scan: bool,
     /// Bytes of stored copies past which the default `spill` goes down (default 2 GiB; tests).
     pub(crate) list_bytes: Option<u64>,
+    /// Given centroids (`nlist x d`, with `nlist` set to their rows) instead of the k-means: the
+    /// lists of another run, e.g. trained once for a dataset processed on several machines.
+    pub(crate) centroids: Option<&'a [f32]>,
 }
 
 /// What a run did, for the caller's statistics.
@@ -218,6 +221,14 @@ fn check_options(n: usize, d: usize, o: &IvfOptions) -> Result<(usize, usize, us
     Ok((nlist, sample, o.block.unwrap_or(IVF_BLOCK), copies))
 }
 
+/// `(nlist, nprobe, sample, spill)` of a run over `n` rows of `d` columns: nprobe and spill of its
+/// first block, those of every block while the lists stay within memory (and given ones of all).
+pub(crate) fn settings(n: usize, d: usize, o: &IvfOptions) -> Result<(usize, usize, usize, usize)> {
+    let (nlist, sample, block, copies) = check_options(n, d, o)?;
+    let (nprobe, spill) = copies.at(0, block.min(n));
+    Ok((nlist, nprobe, sample, spill))
+}
+
 /// Greedy deduplication in input order (the rule of [`crate::dedup::dedup_greedy_cancellable`])
 /// over the pairs the lists let meet (see the module docs). Errors on a length mismatch, `d == 0`,
 /// a non-finite threshold, rows with NaN, infinity or a norm above [`crate::topk::MAX_NORM`], and
@@ -262,7 +273,10 @@ pub(crate) fn dedup_ivf_cancellable(
     let int8_lists = int8_serves(d);
     let int8 = !opts.exact_scan && int8_lists;
     let t0 = Instant::now();
-    let (centroids, iters) = train(e, n, d, &norms, nlist, sample, int8_lists, cancel)?;
+    let (centroids, iters) = match opts.centroids {
+        Some(c) => (given_centroids(c, nlist, d)?, 0),
+        None => train(e, n, d, &norms, nlist, sample, int8_lists, cancel)?,
+    };
     st.kmeans_iterations = iters;
     let t1 = Instant::now();
     // each block finds its rows' lists when it is reached: the lists of all rows at once were
@@ -296,6 +310,19 @@ pub(crate) fn dedup_ivf_cancellable(
     st.assign_seconds = assign.as_secs_f64();
     st.search_seconds = (t1.elapsed() - assign).as_secs_f64();
     Ok((res, st))
+}
+
+/// Centroids given to [`dedup_ivf_cancellable`], checked: `nlist` rows (the lists the options
+/// settled on) of `d` finite values.
+fn given_centroids(c: &[f32], nlist: usize, d: usize) -> Result<Vec<f32>> {
+    if c.len() != nlist * d {
+        return Err(CoreError::arg(
+            "centroids",
+            format!("has {} values, expected nlist x d = {nlist} x {d}", c.len()),
+        ));
+    }
+    row_norms(c, d, "centroids")?;
+    Ok(c.to_vec())
 }
 
 /// Unit centroids of `nlist` lists: spherical k-means (Lloyd) on the unit directions of `sample`
@@ -1183,6 +1210,45 @@ mod tests {
             let (qa, qc) = (block.queries(&e, d, 5..40), codes.queries(&e, d, 5..40));
             assert_eq!((&qa.data, bits(&qa.s), b(&qa.l1)), (&qc.data, bits(&qc.s), b(&qc.l1)));
         }
+    }
+
+    #[test]
+    fn given_trained_centroids_give_the_same_result() {
+        let (n, d) = (4000, 32);
+        let e = clustered(n, d, 40, 0.4, 11);
+        let o = IvfOptions {
+            nlist: Some(30),
+            nprobe: Some(4),
+            spill: Some(2),
+            ..IvfOptions::default()
+        };
+        let (nlist, _, sample, _) = check_options(n, d, &o).unwrap();
+        let norms = row_norms(&e, d, "e").unwrap();
+        let (c, _) = train(&e, n, d, &norms, nlist, sample, int8_serves(d), Cancel::never()).unwrap();
+        let (want, _) = run(&e, n, d, 0.85, o);
+        let with = IvfOptions {
+            centroids: Some(&c),
+            ..o
+        };
+        let (got, st) = run(&e, n, d, 0.85, with);
+        assert_eq!((&got.kept, &got.dup_of), (&want.kept, &want.dup_of));
+        assert_eq!(bits(&got.score), bits(&want.score));
+        assert_eq!(st.kmeans_iterations, 0);
+        // centroids that do not fit the lists or hold NaN are refused
+        let bad = |c: &[f32]| {
+            let o = IvfOptions {
+                centroids: Some(c),
+                ..o
+            };
+            match dedup_ivf_cancellable(&e, n, d, 0.85, &o, Cancel::never()) {
+                Err(CoreError::InvalidArgument { arg, .. }) => arg,
+                other => panic!("expected an argument error, got {other:?}"),
+            }
+        };
+        assert_eq!(bad(&c[..29 * d]), "centroids");
+        let mut nan = c.clone();
+        nan[5] = f32::NAN;
+        assert_eq!(bad(&nan), "centroids");
     }
 
     #[test]

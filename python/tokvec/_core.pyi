@@ -162,7 +162,15 @@ def dedup_ivf(
     block: int | None = None,
     spill: int | None = None,
     progress: Callable[[int, int], object] | None = None,
+    centroids: npt.NDArray[np.float32] | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32], dict[str, int | float]]: ...
+def ivf_settings(
+    n: int, d: int, *, nlist: int | None = None, nprobe: int | None = None, sample: int | None = None, spill: int | None = None
+) -> dict[str, int]: ...
+def ivf_train(vectors: npt.NDArray[np.float32], nlist: int, sample: int | None = None) -> npt.NDArray[np.float32]: ...
+def ivf_assign(
+    vectors: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32], k: int
+) -> npt.NDArray[np.uint32]: ...
 
 class IvfIndex:
     def __new__(
