@@ -126,8 +126,12 @@ pub(crate) fn default_nlist(n: usize) -> usize {
 /// of one row is among the `nprobe` of the other, so quality and cost follow the product. On 1M
 /// texts (2,000 lists) at 0.9, 8 probes x 4 lists found 99.97 % of exact's removals with 6.2e9
 /// pre-scored pairs, 32 x 1 99.92 % with 5.0e9 and 16 x 2 99.95 % with 5.7e9 (8 x 1: 99.57 %,
-/// 1.5e9). The default probes are `PROBES_X_SPILL / spill` (clamped to `nlist`).
-const PROBES_X_SPILL: usize = 32;
+/// 1.5e9); 16 x 4 found 99.99 % with 1.1e10 (16.1 s against 12.7 s for 8 x 4). The default is
+/// 16 x 4: what a greedy pass misses grows with the removals per kept row, and on 10M texts
+/// (23 removed per kept one) 8 x 4 left 0.95 % of the kept texts with a kept duplicate, 16 x 4
+/// 0.30 %, for 12 % more time (188.7 s against 168.3 s, embedding included). The default probes
+/// are `PROBES_X_SPILL / spill` (clamped to `nlist`).
+const PROBES_X_SPILL: usize = 64;
 
 /// Default lists a kept row is stored in while memory allows (see [`Copies`]).
 pub(crate) const DEFAULT_SPILL: usize = 4;
@@ -143,10 +147,10 @@ fn stored_row_bytes(d: usize) -> u64 {
 
 /// Lists a kept row is stored in (`spill`) and lists a row probes (`nprobe`), block by block.
 ///
-/// By default a kept row goes to its 4 nearest lists and a row probes 8, while the lists' copies
-/// fit in [`LIST_BYTES`]; a block whose kept rows could pass it stores them in 2 lists (16 probes),
-/// then 1 (32 probes). More copies find pairs across list borders from both sides (on 1M texts
-/// 8 x 4 found 99.97 % of exact's removals, 32 x 1 99.92 %, at about the same cost), but memory
+/// By default a kept row goes to its 4 nearest lists and a row probes 16, while the lists' copies
+/// fit in [`LIST_BYTES`]; a block whose kept rows could pass it stores them in 2 lists (32
+/// probes), then 1 (64 probes). More copies find pairs across list borders from both sides (on 1M
+/// texts 8 x 4 found 99.97 % of exact's removals, 32 x 1 99.92 %, at about the same cost), but memory
 /// grows with them: so a set whose kept rows are few (a dedup that removes most rows) keeps 4
 /// copies at any size, and a set of unique rows ends with one copy per row (10M x 256: 2.8 GB).
 /// The choice depends only on the rows kept before the block, so the run stays deterministic;
@@ -1059,12 +1063,12 @@ mod tests {
     #[test]
     fn fewer_copies_past_the_budget_still_find_true_pairs_only() {
         // a budget of ~2 blocks of copies: the run moves from 4 lists per kept row to 1 (and from
-        // 8 probes to 32) as it goes, the same way on any thread count
+        // 16 probes to 64) as it goes, the same way on any thread count
         let (n, d, thr) = (4000, 24, 0.85f32);
         let e = clustered(n, d, 40, 0.6, 8);
         let w = dedup_greedy_scalar(&e, n, d, thr).unwrap();
         let o = IvfOptions {
-            nlist: Some(60),
+            nlist: Some(120),
             block: Some(250),
             list_bytes: Some(4 * 250 * stored_row_bytes(d)),
             ..IvfOptions::default()
@@ -1073,7 +1077,7 @@ mod tests {
         let (g, st) = go(1);
         // the first block alone may hold 4 x 250 copies; past 750 kept rows' copies, 1
         assert!(g.kept.len() > 750, "{}", g.kept.len());
-        assert_eq!((st.nprobe, st.spill), (32, 1));
+        assert_eq!((st.nprobe, st.spill), (64, 1));
         let (g2, st2) = go(2);
         assert_eq!(
             (&g.kept, &g.dup_of, bits(&g.score)),
@@ -1090,7 +1094,7 @@ mod tests {
         let removed = |x: &Dedup| x.dup_of.iter().filter(|&&v| v >= 0).count();
         assert!(removed(&g) * 10 >= removed(&w) * 9);
         // with every list probed it is exact whatever the copies
-        let all = IvfOptions { nprobe: Some(60), ..o };
+        let all = IvfOptions { nprobe: Some(120), ..o };
         let (g, _) = run(&e, n, d, thr, all);
         assert_eq!(
             (&g.kept, &g.dup_of, bits(&g.score)),
@@ -1262,11 +1266,11 @@ mod tests {
         let c = check_options(10_000_000, 256, &IvfOptions::default()).unwrap().3;
         let budget = (2u64 << 30) / 280;
         assert_eq!(c.budget, budget);
-        assert_eq!(c.at(0, 8192), (8, 4));
-        assert_eq!(c.at(budget - 4 * 8192, 8192), (8, 4));
-        assert_eq!(c.at(budget - 4 * 8192 + 1, 8192), (16, 2));
-        assert_eq!(c.at(budget - 2 * 8192 + 1, 8192), (32, 1));
-        assert_eq!(c.at(budget * 3, 8192), (32, 1));
+        assert_eq!(c.at(0, 8192), (16, 4));
+        assert_eq!(c.at(budget - 4 * 8192, 8192), (16, 4));
+        assert_eq!(c.at(budget - 4 * 8192 + 1, 8192), (32, 2));
+        assert_eq!(c.at(budget - 2 * 8192 + 1, 8192), (64, 1));
+        assert_eq!(c.at(budget * 3, 8192), (64, 1));
         // given values hold for every block; probes never pass nlist, nor spill probes
         let given = |nprobe, spill, nlist| {
             let o = IvfOptions {
@@ -1280,7 +1284,7 @@ mod tests {
         let g = given(Some(3), None, None);
         assert_eq!(g.at(g.budget * 3, 64), (3, 1));
         assert_eq!(given(Some(3), None, None).at(0, 64), (3, 3));
-        assert_eq!(given(None, Some(2), None).at(0, 64), (16, 2));
+        assert_eq!(given(None, Some(2), None).at(0, 64), (32, 2));
         assert_eq!(given(None, None, Some(5)).at(0, 64), (5, 4));
     }
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tokvec
-from conftest import near_copy
+from conftest import with_near_copies
 from tokvec import _core, _scratch
 from tokvec.cli import main
 
@@ -34,11 +34,8 @@ def model() -> tokvec.Model:
 
 @pytest.fixture(scope="module")
 def corpus(wiki_sentences: list[str]) -> list[str]:
-    """12,000 Wikipedia sentences and 4,000 edited copies, shuffled (fixed seed)."""
-    rng = np.random.default_rng(5)
-    base = wiki_sentences[:12000]
-    out = base + [near_copy(base[i], rng) for i in rng.integers(0, len(base), 4000).tolist()]
-    return [out[i] for i in rng.permutation(len(out)).tolist()]
+    """12,000 Wikipedia sentences, edited copies of 4,000 of them, shuffled (fixed seed)."""
+    return with_near_copies(wiki_sentences[:12000], np.random.default_rng(5), 4000, 0)
 
 
 def test_small_matrices_stay_in_memory_and_large_ones_go_to_an_unnamed_file(monkeypatch, tmp_path: Path,
