@@ -126,12 +126,18 @@ pub(crate) fn default_nlist(n: usize) -> usize {
 /// of one row is among the `nprobe` of the other, so quality and cost follow the product. On 1M
 /// texts (2,000 lists) at 0.9, 8 probes x 4 lists found 99.97 % of exact's removals with 6.2e9
 /// pre-scored pairs, 32 x 1 99.92 % with 5.0e9 and 16 x 2 99.95 % with 5.7e9 (8 x 1: 99.57 %,
-/// 1.5e9); 16 x 4 found 99.99 % with 1.1e10 (16.1 s against 12.7 s for 8 x 4). The default is
-/// 16 x 4: what a greedy pass misses grows with the removals per kept row, and on 10M texts
-/// (23 removed per kept one) 8 x 4 left 0.95 % of the kept texts with a kept duplicate, 16 x 4
-/// 0.30 %, for 12 % more time (188.7 s against 168.3 s, embedding included). The default probes
-/// are `PROBES_X_SPILL / spill` (clamped to `nlist`).
-const PROBES_X_SPILL: usize = 64;
+/// 1.5e9); 16 x 4 found 99.99 % with 1.1e10 (15.7 s against 11.5 s for 8 x 4, exact 152.4 s).
+/// The default probes are `PROBES_X_SPILL / spill` (clamped to `nlist`), twice that past
+/// [`MANY_REMOVALS`].
+const PROBES_X_SPILL: usize = 32;
+
+/// Rows removed per kept row (so far) past which the default probes double. A pair the lists
+/// miss leaves a kept duplicate, so the share of kept rows left with one grows with the removals
+/// per kept row: on 10M texts (23 removed per kept one) 8 x 4 left 0.95 % of the kept texts with
+/// a kept duplicate and 16 x 4 0.30 %, for 12 % more time (188.7 s against 168.3 s, embedding
+/// included); at 1M (2 removed per kept one) 8 x 4 left none in the sample and 16 x 4 took 37 %
+/// longer.
+const MANY_REMOVALS: usize = 4;
 
 /// Default lists a kept row is stored in while memory allows (see [`Copies`]).
 pub(crate) const DEFAULT_SPILL: usize = 4;
@@ -147,13 +153,14 @@ fn stored_row_bytes(d: usize) -> u64 {
 
 /// Lists a kept row is stored in (`spill`) and lists a row probes (`nprobe`), block by block.
 ///
-/// By default a kept row goes to its 4 nearest lists and a row probes 16, while the lists' copies
-/// fit in [`LIST_BYTES`]; a block whose kept rows could pass it stores them in 2 lists (32
-/// probes), then 1 (64 probes). More copies find pairs across list borders from both sides (on 1M
+/// By default a kept row goes to its 4 nearest lists and a row probes 8 (16 once the rows so far
+/// removed more than [`MANY_REMOVALS`] per kept row), while the lists' copies fit in
+/// [`LIST_BYTES`]; a block whose kept rows could pass it stores them in 2 lists (twice the
+/// probes), then 1 (four times). More copies find pairs across list borders from both sides (on 1M
 /// texts 8 x 4 found 99.97 % of exact's removals, 32 x 1 99.92 %, at about the same cost), but memory
 /// grows with them: so a set whose kept rows are few (a dedup that removes most rows) keeps 4
 /// copies at any size, and a set of unique rows ends with one copy per row (10M x 256: 2.8 GB).
-/// The choice depends only on the rows kept before the block, so the run stays deterministic;
+/// The choice depends only on the rows resolved before the block, so the run stays deterministic;
 /// and since a later block only probes more, every pair an earlier rule would see is still seen
 /// from the later row's side. A given `spill` or `nprobe` is used for every block.
 #[derive(Clone, Copy, Debug)]
@@ -166,15 +173,18 @@ struct Copies {
 }
 
 impl Copies {
-    /// (nprobe, spill) of a block of `rows` rows when the lists hold `stored` copies.
-    fn at(&self, stored: u64, rows: usize) -> (usize, usize) {
+    /// (nprobe, spill) of a block of `rows` rows when the lists hold `stored` copies and `kept` of
+    /// the `done` rows before the block were kept.
+    fn at(&self, stored: u64, rows: usize, done: usize, kept: usize) -> (usize, usize) {
         let spill = self.spill.unwrap_or_else(|| {
             [DEFAULT_SPILL, 2, 1]
                 .into_iter()
                 .find(|&s| stored + (rows * s) as u64 <= self.budget)
                 .unwrap_or(1)
         });
-        let nprobe = self.nprobe.unwrap_or(PROBES_X_SPILL / spill).clamp(1, self.nlist);
+        let many = done - kept > MANY_REMOVALS * kept;
+        let product = PROBES_X_SPILL << usize::from(many);
+        let nprobe = self.nprobe.unwrap_or(product / spill).clamp(1, self.nlist);
         (nprobe, spill.min(nprobe))
     }
 }
@@ -229,7 +239,7 @@ fn check_options(n: usize, d: usize, o: &IvfOptions) -> Result<(usize, usize, us
 /// first block, those of every block while the lists stay within memory (and given ones of all).
 pub(crate) fn settings(n: usize, d: usize, o: &IvfOptions) -> Result<(usize, usize, usize, usize)> {
     let (nlist, sample, block, copies) = check_options(n, d, o)?;
-    let (nprobe, spill) = copies.at(0, block.min(n));
+    let (nprobe, spill) = copies.at(0, block.min(n), 0, 0);
     Ok((nlist, nprobe, sample, spill))
 }
 
@@ -250,7 +260,7 @@ pub(crate) fn dedup_ivf_cancellable(
     check_n(e, n, d, "e")?;
     check_threshold(threshold)?;
     let (nlist, sample, block, copies) = check_options(n, d, opts)?;
-    let (nprobe, spill) = copies.at(0, block.min(n));
+    let (nprobe, spill) = copies.at(0, block.min(n), 0, 0);
     let norms = row_norms(e, d, "e")?;
     let mut st = IvfStats {
         nlist,
@@ -740,7 +750,7 @@ impl IvfBlocks<'_> {
         let (d, e) = (self.d, self.e);
         let t0 = Instant::now();
         let x = &e[rows.start * d..rows.end * d];
-        let (nprobe, spill) = self.copies.at(self.stored, rows.len());
+        let (nprobe, spill) = self.copies.at(self.stored, rows.len(), rows.start, self.kept as usize);
         let probes = self.nearest.lists(x, rows.len(), nprobe, cancel)?;
         {
             let mut a = lock(&self.assigned);
@@ -1063,7 +1073,7 @@ mod tests {
     #[test]
     fn fewer_copies_past_the_budget_still_find_true_pairs_only() {
         // a budget of ~2 blocks of copies: the run moves from 4 lists per kept row to 1 (and from
-        // 16 probes to 64) as it goes, the same way on any thread count
+        // 8 probes to 32) as it goes, the same way on any thread count
         let (n, d, thr) = (4000, 24, 0.85f32);
         let e = clustered(n, d, 40, 0.6, 8);
         let w = dedup_greedy_scalar(&e, n, d, thr).unwrap();
@@ -1077,7 +1087,8 @@ mod tests {
         let (g, st) = go(1);
         // the first block alone may hold 4 x 250 copies; past 750 kept rows' copies, 1
         assert!(g.kept.len() > 750, "{}", g.kept.len());
-        assert_eq!((st.nprobe, st.spill), (64, 1));
+        // (fewer than 4 removed per kept row: 32 probes for 1 list)
+        assert_eq!((st.nprobe, st.spill), (32, 1));
         let (g2, st2) = go(2);
         assert_eq!(
             (&g.kept, &g.dup_of, bits(&g.score)),
@@ -1266,11 +1277,17 @@ mod tests {
         let c = check_options(10_000_000, 256, &IvfOptions::default()).unwrap().3;
         let budget = (2u64 << 30) / 280;
         assert_eq!(c.budget, budget);
-        assert_eq!(c.at(0, 8192), (16, 4));
-        assert_eq!(c.at(budget - 4 * 8192, 8192), (16, 4));
-        assert_eq!(c.at(budget - 4 * 8192 + 1, 8192), (32, 2));
-        assert_eq!(c.at(budget - 2 * 8192 + 1, 8192), (64, 1));
-        assert_eq!(c.at(budget * 3, 8192), (64, 1));
+        // (few removals so far: 5,000 of 10,000 rows kept)
+        assert_eq!(c.at(0, 8192, 10_000, 5_000), (8, 4));
+        assert_eq!(c.at(budget - 4 * 8192, 8192, 10_000, 5_000), (8, 4));
+        assert_eq!(c.at(budget - 4 * 8192 + 1, 8192, 10_000, 5_000), (16, 2));
+        assert_eq!(c.at(budget - 2 * 8192 + 1, 8192, 10_000, 5_000), (32, 1));
+        assert_eq!(c.at(budget * 3, 8192, 10_000, 5_000), (32, 1));
+        // twice the probes once more than 4 rows were removed per kept one
+        assert_eq!(c.at(0, 8192, 0, 0), (8, 4));
+        assert_eq!(c.at(0, 8192, 5_000, 1_000), (8, 4));
+        assert_eq!(c.at(0, 8192, 5_001, 1_000), (16, 4));
+        assert_eq!(c.at(budget * 3, 8192, 100_000, 1_000), (64, 1));
         // given values hold for every block; probes never pass nlist, nor spill probes
         let given = |nprobe, spill, nlist| {
             let o = IvfOptions {
@@ -1282,10 +1299,10 @@ mod tests {
             check_options(1000, 16, &o).unwrap().3
         };
         let g = given(Some(3), None, None);
-        assert_eq!(g.at(g.budget * 3, 64), (3, 1));
-        assert_eq!(given(Some(3), None, None).at(0, 64), (3, 3));
-        assert_eq!(given(None, Some(2), None).at(0, 64), (32, 2));
-        assert_eq!(given(None, None, Some(5)).at(0, 64), (5, 4));
+        assert_eq!(g.at(g.budget * 3, 64, 900, 10), (3, 1));
+        assert_eq!(given(Some(3), None, None).at(0, 64, 0, 0), (3, 3));
+        assert_eq!(given(None, Some(2), None).at(0, 64, 0, 0), (16, 2));
+        assert_eq!(given(None, None, Some(5)).at(0, 64, 0, 0), (5, 4));
     }
 
     #[test]
