@@ -713,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"always the exact search (by default inputs of {AUTO_APPROX_TEXTS:,} texts or more to compare "
                    "use --approx's partitioned search, and the run says so)")
     p.add_argument("--nprobe", type=int, default=None,
-                   help="with --approx: lists probed per text (default 8, 16 once more than 4 texts were removed per "
+                   help="with --approx: lists probed per text (default 8, 16 once more than 3 texts were removed per "
                         "kept one; more finds more, costs more)")
     p.add_argument("--nlist", type=int, default=None,
                    help="with --approx: number of lists (default 2 sqrt(n))")

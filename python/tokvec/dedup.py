@@ -198,7 +198,7 @@ def dedup(
             a kept item is stored in its 4 nearest lists, and an item meets the earlier kept items stored in
             its `nprobe` nearest lists (in Rust; deterministic; with nprobe = nlist the result is exact;
             docs/dedup.md has the costs). A reference set is still searched exactly.
-        nprobe: with approx, lists probed per item (default 8, at most nlist; twice that once more than 4 items
+        nprobe: with approx, lists probed per item (default 8, at most nlist; twice that once more than 3 items
             were removed per kept one, and more once the kept items' copies pass 2 GiB, see docs/dedup.md): more
             finds more duplicates and costs proportionally more.
         nlist: with approx, number of lists (default 2 sqrt(n), at most n).

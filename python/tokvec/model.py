@@ -723,7 +723,7 @@ class Model:
                 kept doc above the threshold, but pairs the search does not meet are not seen (`tokvec.dedup`).
             batch_size: WordLlama's keyword (its block size): texts pooled per core call; the result
                 does not depend on it.
-            nprobe: with approx, lists probed per doc (default 8; 16 once more than 4 docs were removed
+            nprobe: with approx, lists probed per doc (default 8; 16 once more than 3 docs were removed
                 per kept one).
             nlist: with approx, number of lists (default 2 sqrt(n)).
 

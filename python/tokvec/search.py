@@ -140,7 +140,7 @@ def dedup_indices(
             exact and the greedy pass is the same: every removed item is above the threshold with a kept item,
             but pairs the search does not meet are not seen. Float vectors only; `tokvec.dedup.dedup` documents
             the knobs and their cost.
-        nprobe: with approx, lists probed per item (default 8; 16 once more than 4 items were removed per
+        nprobe: with approx, lists probed per item (default 8; 16 once more than 3 items were removed per
             kept one).
         nlist: with approx, number of lists (default 2 sqrt(n)).
 

@@ -201,7 +201,7 @@ fn py_ivf_assign<'py>(
 ///     threshold: a finite float.
 ///     nlist: number of lists (None: 2 sqrt(n), at most n).
 ///     nprobe: lists probed per row, <= nlist (None: 32 / spill, so 8 with 4 lists per kept row,
-///         twice that for a block after more than 4 rows were removed per kept row; at most nlist).
+///         twice that for a block after more than 3 rows were removed per kept row; at most nlist).
 ///     sample: rows sampled for the k-means (None: 16 per list, at least 4096, at most n).
 ///     block: rows per block of the greedy resolution (None: 8192).
 ///     spill: lists a kept row is stored in, its nearest ones (None: 4 while the lists' copies of
