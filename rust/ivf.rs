@@ -237,7 +237,8 @@ fn check_options(n: usize, d: usize, o: &IvfOptions) -> Result<(usize, usize, us
 }
 
 /// `(nlist, nprobe, sample, spill)` of a run over `n` rows of `d` columns: nprobe and spill of its
-/// first block, those of every block while the lists stay within memory (and given ones of all).
+/// first block, those of every block while the lists stay within memory and at most
+/// [`MANY_REMOVALS`] rows were removed per kept row (and given ones of all blocks).
 pub(crate) fn settings(n: usize, d: usize, o: &IvfOptions) -> Result<(usize, usize, usize, usize)> {
     let (nlist, sample, block, copies) = check_options(n, d, o)?;
     let (nprobe, spill) = copies.at(0, block.min(n), 0, 0);
