@@ -28,7 +28,8 @@ SPILL_BYTES = 2 << 30
 #: pages of a shared map that may stay mapped while the core reads it. The core reads a whole matrix at memory speed
 #: at the start (norms, the finite check), so a poll can find up to a few hundred MB more mapped than this.
 RESIDENT_BYTES = 512 << 20
-#: seconds between two looks at the process's mapped file pages (a look reads /proc/self/status: ~30 us, so 0.3 % of a core).
+#: seconds between two looks at the process's mapped file pages (a look reads /proc/self/status: ~30 us, so 0.3 %
+#: of a core).
 _POLL = 0.01
 #: free space kept on the scratch file's disk beyond the file itself.
 _MARGIN = 256 << 20
