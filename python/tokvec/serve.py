@@ -765,9 +765,12 @@ def run(
     stops: list[int] = []
 
     # uvicorn catches SIGTERM/SIGINT while it serves and drains; afterwards it raises the signal again for the
-    # handler that was there before. This one records it, so that a drained service exits with status 0.
+    # handler that was there before. This one records it, so that a drained service exits with status 0; and a signal
+    # that comes before uvicorn's handler is in place (a worker still starting) makes uvicorn stop as soon as it has
+    # started, instead of serving on with the stop lost.
     def stopped(signum: int, frame: Any) -> None:
         stops.append(signum)
+        server.should_exit = True
 
     old = {s: signal.signal(s, stopped) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
