@@ -12,7 +12,7 @@ import numpy as np
 
 from tokvec import _scratch
 
-#: rows checked at a time by `all_finite` (a bounded temporary, and a mapped matrix's pages released as it goes).
+#: rows checked at a time by `nonfinite_row` (a bounded temporary, and a mapped matrix's pages released as it goes).
 _FINITE_ROWS = 1 << 16
 
 
