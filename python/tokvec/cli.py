@@ -431,15 +431,24 @@ def cmd_rank(args: argparse.Namespace) -> None:
         raise UsageError(f"-k must be >= 1, got {args.k}")
     if (args.query is None) == (args.queries is None):
         raise UsageError("give either a QUERY or --queries QFILE")
+    if args.nprobe is not None and args.index is None:
+        raise UsageError("--nprobe applies to a search index: give --index INDEX.safetensors")
+    if args.nprobe is not None and args.nprobe < 1:
+        raise UsageError(f"--nprobe must be >= 1, got {args.nprobe}")
     many = args.queries is not None
     src = _input(args, args.input, keep=args.output is not None)
     mode = None
+    reuse = args.index is not None and os.path.exists(args.index)
+    if args.index is not None:
+        output_format(args.index, ("safetensors",))
     if args.output:
         if many:
             output_format(args.output, ("jsonl",))
         else:
             mode = _rows_output("-o", args.output, src)
-        check_distinct({"-o": args.output}, {"input": args.input, "--queries": args.queries})
+    # an index that exists is read, one that does not is written
+    check_distinct({"-o": args.output, **({} if reuse else {"--index": args.index})},
+                   {"input": args.input, "--queries": args.queries, **({"--index": args.index} if reuse else {})})
     qsrc = None
     if many:
         from tokvec.textio import Input
@@ -447,10 +456,27 @@ def cmd_rank(args: argparse.Namespace) -> None:
         qsrc = Input(args.queries, column=args.query_column, field=args.query_field)
         qsrc.check()
     m = _load(args)
+    if args.index is not None and m.binary:
+        raise UsageError("--index needs a float model")
+    ix = _rank_index(args, m) if reuse else None
     with Outputs() as outs:
         outs.add(args.output)
+        if args.index is not None and not reuse:
+            outs.add(args.index)
         rows, texts = _read(src, args, "read")
-        E = _embed(m, texts, args, "embed")
+        if ix is not None:
+            _check_index_texts(args, ix, texts)
+            E = ix.vectors
+        else:
+            E = _embed(m, texts, args, "embed")
+            if args.index is not None:
+                if not texts:
+                    raise UsageError(f"--index {args.index}: {args.input} has no texts to index")
+                ix = tokvec.Index(E)
+                meta = {"model": str(args.model or "default"), "model_fingerprint": m.fingerprint,
+                        "texts_digest": tokvec.index.texts_digest(texts)}
+                with outs.writing(args.index) as tmp:
+                    ix.save(tmp, meta)
         qtexts = [t for _, c in qsrc.chunks() for t in c] if qsrc is not None else [args.query]
         if not texts or not qtexts:
             if args.output:
@@ -458,11 +484,16 @@ def cmd_rank(args: argparse.Namespace) -> None:
             if args.json:
                 print(json.dumps({"command": "rank", "queries": len(qtexts), "texts": len(texts), "results": []}))
             return
-        scores, idx = tokvec.topk(m._unit_embed(qtexts), E, k=args.k)
+        Q = m._unit_embed(qtexts)
+        if ix is None:
+            scores, idx = tokvec.topk(Q, E, k=args.k)
+        else:
+            scores, idx = ix.search(Q, args.k, nprobe=args.nprobe) if not ix.exact else ix.search(Q, args.k)
         blocks = []
         for qi, q in enumerate(qtexts):
+            # a slot the probed lists could not fill holds index -1: not a result
             hits = [{"rank": r + 1, "index": rows[i], "score": round(float(s), 6), "text": texts[i]}
-                    for r, (s, i) in enumerate(zip(scores[qi].tolist(), idx[qi].tolist()))]
+                    for r, (s, i) in enumerate(zip(scores[qi].tolist(), idx[qi].tolist())) if i >= 0]
             blocks.append({"query_index": qi, "query": q, "results": hits})
             if args.json:
                 print(json.dumps(blocks[-1], ensure_ascii=False))
@@ -476,6 +507,41 @@ def cmd_rank(args: argparse.Namespace) -> None:
             _write_rows(outs, args.output, mode, src, [h["index"] for h in hits], [h["text"] for h in hits],
                         extra=lambda k: {"rank": hits[k]["rank"], "score": hits[k]["score"]})
     src.close()
+
+
+def _rank_index(args: argparse.Namespace, m):
+    """The saved search index `--index` names, checked against the model and `--nprobe` before any work
+    (FormatError naming the file and what differs)."""
+    import tokvec
+    from tokvec._core import FormatError
+
+    ix = tokvec.Index.load(args.index)
+    meta = ix.metadata
+    if "model_fingerprint" not in meta or "texts_digest" not in meta:
+        raise FormatError(f"{args.index}: this index does not record the model and texts it was built from, so "
+                          "tokvec cannot check it belongs to this input; name a new --index file to build one")
+    if meta["model_fingerprint"] != m.fingerprint:
+        raise FormatError(f"{args.index}: built with another model ({meta.get('model', '?')}, fingerprint "
+                          f"{meta['model_fingerprint'][:12]}; this model's is {m.fingerprint[:12]}); use that "
+                          "model, or name a new --index file to build one for this model")
+    if args.nprobe is not None:
+        if ix.exact:
+            raise UsageError(f"--nprobe: {args.index} is an exact index (no lists); leave --nprobe out")
+        if args.nprobe > ix.nlist:
+            raise UsageError(f"--nprobe must be at most the index's {ix.nlist} lists, got {args.nprobe}")
+    return ix
+
+
+def _check_index_texts(args: argparse.Namespace, ix, texts: list[str]) -> None:
+    """FormatError unless the index at `--index` was built from exactly `texts` (count and digest)."""
+    import tokvec
+    from tokvec._core import FormatError
+
+    digest = tokvec.index.texts_digest(texts)
+    if len(texts) != len(ix) or digest != ix.metadata["texts_digest"]:
+        raise FormatError(f"{args.index}: built from other texts ({len(ix)}, digest {ix.metadata['texts_digest'][:12]})"
+                          f" than {args.input} gives ({len(texts)}, digest {digest[:12]}); delete it to rebuild, or "
+                          "name another --index file")
 
 
 def _save_npy(path, arr) -> None:
@@ -731,6 +797,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", default=None,
                    help="the k best rows, best first: whole in the input's format, or texts as .txt / .jsonl "
                    "(with --queries: .jsonl, one line per query)")
+    p.add_argument("--index", default=None, metavar="INDEX.safetensors",
+                   help="a partitioned search index of INPUT: built and saved on the first run (embedding, k-means "
+                   "lists), loaded on later runs instead of embedding INPUT again (it must come from the same texts "
+                   "and model: checked). Searches scan each query's nearest lists (--nprobe)")
+    p.add_argument("--nprobe", type=int, default=None,
+                   help="with --index: lists each query scans (default: tokvec.index.default_nprobe; the index's "
+                   "number of lists gives the exact result)")
     common(p)
     io_opts(p)
     p.set_defaults(fn=cmd_rank)

@@ -7,12 +7,14 @@ one (bit-identical to `tokvec.topk`), and with `nprobe = nlist` the result is `t
 recall for speed. `exact=True` keeps no lists and searches every row with `tokvec.topk`.
 
 An index is saved as one safetensors file (tensors `vectors` F32 [n, d], and for a partitioned index `centroids` F32
-[nlist, d] and `labels` U32 [n], the home list of every row; metadata `format` = "tokvec-index"); `Index.load`
-memory-maps the vectors.
+[nlist, d] and `labels` U32 [n], the home list of every row; metadata `format` = "tokvec-index", `count`, `dim`,
+`nlist`, and the caller's own entries); `Index.load` memory-maps the vectors.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,10 +28,14 @@ from tokvec._validate import int_at_least, matrix, nonfinite_row, positive_int_o
 from tokvec.search import topk
 from tokvec.textio import write_atomic
 
-__all__ = ["Index", "default_nprobe"]
+__all__ = ["Index", "default_nprobe", "texts_digest"]
 
 #: `format` metadata of a saved index.
 FORMAT = "tokvec-index"
+#: Metadata keys a saved index sets itself (the caller's `metadata` may not use them).
+_OWN_KEYS = frozenset({"format", "count", "dim", "nlist"})
+#: Texts hashed per step by `texts_digest` (bounds the joined copy).
+_DIGEST_CHUNK = 65_536
 
 
 def default_nprobe(nlist: int) -> int:
@@ -70,6 +76,7 @@ class Index:
             raise ValueError("vectors has no rows; an index needs at least one")
         self._vectors = v
         self._core: _core.IvfIndex | None = None if exact else _core.IvfIndex(v, nlist=nlist)
+        self._metadata: dict[str, str] = {}
 
     @classmethod
     def from_texts(cls, model: Any, texts: Iterable[str], **kwargs: Any) -> Index:
@@ -100,6 +107,11 @@ class Index:
     def nlist(self) -> int | None:
         """Number of lists (None for an exact index)."""
         return None if self._core is None else int(self._core.nlist)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The caller's metadata given to `save` (or read by `load`); a copy."""
+        return dict(self._metadata)
 
     @property
     def vectors(self) -> np.ndarray:
@@ -163,21 +175,32 @@ class Index:
             self._core = _core.IvfIndex(allv, centroids=self._core.centroids, labels=labels)
         self._vectors = allv
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
+    def save(self, path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> Path:
         """Writes the index as one safetensors file, atomically (a temporary file renamed over `path`).
+
+        Args:
+            path: the file.
+            metadata: str -> str entries to keep with the index (what it was built from, say); `load` gives them
+                back as `Index.metadata`. The keys format, count, dim and nlist are the index's own.
 
         Returns:
             the path written.
+
+        Raises:
+            TypeError / ValueError: metadata that is not str -> str, or uses one of the index's own keys.
         """
+        extra = self._metadata if metadata is None else _user_metadata(metadata)
         v = self._vectors
         tensors = {"vectors": ("F32", list(v.shape), _raw(v))}
-        meta = {"format": FORMAT, "count": str(len(self)), "dim": str(self.dim)}
+        meta = {**extra, "format": FORMAT, "count": str(len(self)), "dim": str(self.dim)}
         if self._core is not None:
             c, lab = self._core.centroids, self._core.labels
             tensors["centroids"] = ("F32", list(c.shape), _raw(c))
             tensors["labels"] = ("U32", [len(lab)], _raw(lab))
             meta["nlist"] = str(self._core.nlist)
-        return write_atomic(path, lambda tmp: write_safetensors(tmp, tensors, meta))
+        out = write_atomic(path, lambda tmp: write_safetensors(tmp, tensors, meta))
+        self._metadata = dict(extra)
+        return out
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], mmap: bool = True) -> Index:
@@ -222,6 +245,7 @@ class Index:
         ix = cls.__new__(cls)
         ix._vectors = vectors
         ix._core = None
+        ix._metadata = {k: v for k, v in meta.items() if k not in _OWN_KEYS}
         try:
             if partitioned:  # the core checks every row as it packs the lists
                 labels = np.ascontiguousarray(read_tensor(f, "labels"), np.uint32)
@@ -231,6 +255,30 @@ class Index:
         except ValueError as e:
             raise _core.FormatError(f"{p}: {e}") from None
         return ix
+
+
+def texts_digest(texts: Iterable[str]) -> str:
+    """A hex digest (BLAKE2b, 128 bits) of a sequence of texts, order included: what a saved index can record of the
+    texts it was built from, so that a later run can tell whether it is given the same ones. Texts are hashed with
+    their lengths, so no two different sequences join into the same bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    it = iter(texts)
+    while chunk := list(itertools.islice(it, _DIGEST_CHUNK)):
+        h.update(np.fromiter(map(len, chunk), np.int64, len(chunk)).tobytes())
+        h.update("".join(chunk).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def _user_metadata(metadata: Any) -> dict[str, str]:
+    """`metadata` as a str -> str dict without the index's own keys (TypeError / ValueError naming the bad entry)."""
+    if not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict of str to str, got {type(metadata).__name__}")
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"metadata must map str to str; entry {k!r}: {v!r} does not")
+        if k in _OWN_KEYS:
+            raise ValueError(f"metadata key {k!r} is the index's own (format, count, dim, nlist); pick another name")
+    return dict(metadata)
 
 
 def _check_finite(v: np.ndarray) -> None:
