@@ -214,7 +214,15 @@ def dedup(
     Returns:
         a `DedupResult`.
     """
-    e = _matrix(embeddings, "embeddings")
+    return _dedup(_matrix(embeddings, "embeddings"), threshold, reference=reference, self_dedup=self_dedup,
+                  approx=approx, nprobe=nprobe, nlist=nlist, stats=stats, progress=progress)
+
+
+def _dedup(e: np.ndarray, threshold: float, *, reference: Any, self_dedup: bool, approx: bool | Approx,
+           nprobe: int | None, nlist: int | None, stats: dict[str, Any] | None,
+           progress: Callable[[int, int], object] | None) -> DedupResult:
+    """`dedup` of a matrix that `_matrix` has checked already: a caller that validated its vectors does not pay for
+    a second finite check (a pass over every row: 6.4 GB at 10M texts)."""
     if e.dtype != np.float32:
         raise TypeError("dedup with explanations takes float vectors; use tokvec.dedup_indices for packed bits")
     t = _threshold(threshold)
@@ -465,8 +473,8 @@ def resolve_texts(
             _, d, sc = dedup_indices(e, t, bits=bits)
             src = np.where(d < 0, KEPT, SELF).astype(np.int8)
         else:
-            r = dedup(e, t, reference=reference, self_dedup=plan.self_dedup, approx=approx or False, stats=stats,
-                      progress=progress)
+            r = _dedup(e, t, reference=reference, self_dedup=plan.self_dedup, approx=approx or False, nprobe=None,
+                       nlist=None, stats=stats, progress=progress)
             d, sc, src = r.dup_of, r.score, r.source
         own = src == SELF
         d = d.copy()
