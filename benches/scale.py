@@ -4,9 +4,12 @@
     python benches/scale.py 320000 --nprobe 8,4,16 --cache /tmp/e320k.npy
     python benches/scale.py 1000000 --skip-exact          # partitioned and faiss only
     python benches/scale.py 1000000 --exact-cache /tmp/k1m.npy --skip-faiss   # exact's kept set from an earlier run
+    python benches/scale.py 1000000 --vectors /tmp/passages-10m.npy   # the first 1M rows of another corpus
 
 Texts and embeddings as benches/ann_dedup.py (`texts()`: Wikipedia sentences, past 320,000 perturbed copies;
-the bundled default model), embedded once (`--cache` keeps the vectors in a .npy file for the next run).
+the bundled default model), embedded once (`--cache` keeps the vectors in a .npy file for the next run). `--vectors
+FILE.npy` takes the first N rows of a file instead, e.g. the two-sentence passages of benches/index.py (`--corpus
+passages --cache FILE.npy`), a corpus of mostly distinct texts.
 
 Each run reports (one JSON line per method on stderr as it finishes, all of them on stdout at the end): seconds,
 rows kept, the share of the rows exact removes that the run removes too (`removed_share`), rows kept only by the
@@ -35,7 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ann_dedup import sampled_residual, texts
 
 
-def embed(n: int, cache: str | None) -> np.ndarray:
+def embed(n: int, cache: str | None, vectors: str | None = None) -> np.ndarray:
+    if vectors:
+        V = np.load(vectors, mmap_mode="r")
+        if V.shape[0] < n:
+            raise SystemExit(f"{vectors} has {V.shape[0]} rows, fewer than {n}")
+        return np.ascontiguousarray(V[:n], np.float32)
     if cache and Path(cache).exists():
         E = np.load(cache)
         if E.shape[0] == n:
@@ -82,7 +90,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("n", type=int)
     ap.add_argument("--threshold", type=float, default=0.9)
-    ap.add_argument("--nprobe", default="8,4,16", help="partitioned runs: comma-separated nprobe values")
+    ap.add_argument("--nprobe", default="default,4,16",
+                    help="partitioned runs: comma-separated nprobe values, `default` for dedup's own choice")
     ap.add_argument("--nlist", type=int, default=None, help="lists (default: tokvec's default for n)")
     ap.add_argument("--faiss-nprobe", type=int, default=8)
     ap.add_argument("--skip-exact", action="store_true")
@@ -90,10 +99,11 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=2000, help="rows sampled for the residual-duplicate rate")
     ap.add_argument("--cache", default=None, help=".npy file holding the embeddings between runs")
     ap.add_argument("--exact-cache", default=None, help=".npy file holding exact's kept mask between runs")
+    ap.add_argument("--vectors", default=None, help=".npy file whose first n rows are the vectors (no embedding)")
     a = ap.parse_args()
     t = a.threshold
     t0 = time.perf_counter()
-    E = embed(a.n, a.cache)
+    E = embed(a.n, a.cache, a.vectors)
     n = E.shape[0]
     head = {"n": n, "threshold": t, "embed_seconds": round(time.perf_counter() - t0, 1), "cpu": tokvec.CPU_FEATURES}
     print(json.dumps(head), file=sys.stderr, flush=True)
@@ -128,7 +138,7 @@ def main() -> None:
         if a.exact_cache:
             np.save(a.exact_cache, exact_kept)
     nlist = None
-    for p in [int(x) for x in a.nprobe.split(",") if x.strip()]:
+    for p in [None if x.strip() == "default" else int(x) for x in a.nprobe.split(",") if x.strip()]:
         st: dict[str, Any] = {}
         t1 = time.perf_counter()
         r = dedup(E, t, approx=True, nprobe=p, nlist=a.nlist, stats=st)
@@ -136,7 +146,7 @@ def main() -> None:
         nlist = st["nlist"]
         sample = st["sample"]
         st = {k: round(v, 2) if isinstance(v, float) else v for k, v in st.items()}
-        report(f"ivf nprobe={p}", dt, r.kept, stats=st)
+        report(f"ivf nprobe={p or 'default'}", dt, r.kept, stats=st)
     if not a.skip_faiss and nlist is not None:
         try:
             import faiss  # noqa: F401
