@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import serve as bench  # noqa: E402 - benches/serve.py: its server and wrk helpers
+import serve as bench
 
 CONNECTIONS = 16
 
@@ -51,8 +51,7 @@ def bodies(texts: list[str], path: Path) -> None:
                 reqs.append({"input": next(singles), "encoding_format": "base64", "dimensions": 64})
                 reqs.append({"input": next(batches), "encoding_format": "base64"})
                 reqs.append({"input": next(batches), "encoding_format": "float"})
-                for r in reqs:
-                    f.write(json.dumps({"model": "default", **r}) + "\n")
+                f.writelines(json.dumps({"model": "default", **r}) + "\n" for r in reqs)
         except StopIteration:
             pass
 
@@ -60,7 +59,7 @@ def bodies(texts: list[str], path: Path) -> None:
 def server_errors(port: int) -> int:
     """The /v1/embeddings answers other than 200 that the server's /metrics counted."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
-    found = re.findall(r'^tokvec_requests_total\{endpoint="/v1/embeddings",status="(\d+)"\} (\d+)$', text, re.M)
+    found = re.findall(r'^tokvec_requests_total\{endpoint="/v1/embeddings",status="(\d+)"\} (\d+)$', text, re.MULTILINE)
     return sum(int(n) for st, n in found if st != "200")
 
 
