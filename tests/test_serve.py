@@ -650,7 +650,7 @@ def test_workers_metrics_are_the_totals_of_all_workers(texts: list[str]) -> None
     finally:
         for pid in workers:
             os.kill(pid, signal.SIGCONT)
-    rc, err = s.stop()
+        rc, err = s.stop()
     assert rc == 0, err
     # each worker's own count when it stops
     for pid, (n, _) in sent.items():

@@ -456,30 +456,29 @@ class App:
         self.metrics.begin()
         headers: list[tuple[bytes, bytes]] = [_JSON]
         try:
-            try:
-                status, body, headers = await self._route(scope, receive, path)
-            except ApiError as e:
-                status, body = e.status, e.body()
-                headers = [_JSON, *e.headers]
-            except _Gone:
-                return
-            except Exception as e:  # noqa: BLE001 - a bug must answer 500, not drop the connection
-                print(
-                    f"tokvec serve: error answering {scope['method']} {path}: {type(e).__name__}: {e}", file=sys.stderr
-                )
-                status = 500
-                body = ApiError(500, f"internal error: {type(e).__name__}: {e}", type="server_error").body()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [*headers, (b"content-length", str(len(body)).encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-            self.metrics.request(endpoint, status, time.perf_counter() - t0)
+            status, body, headers = await self._route(scope, receive, path)
+        except ApiError as e:
+            status, body = e.status, e.body()
+            headers = [_JSON, *e.headers]
+        except _Gone:
+            return
+        except Exception as e:  # noqa: BLE001 - a bug must answer 500, not drop the connection
+            print(f"tokvec serve: error answering {scope['method']} {path}: {type(e).__name__}: {e}", file=sys.stderr)
+            status = 500
+            body = ApiError(500, f"internal error: {type(e).__name__}: {e}", type="server_error").body()
         finally:
             self.metrics.end()
+        # counted before the answer goes out: a client that has its answer finds it in /metrics, whichever worker
+        # of `--workers N` answers the scrape
+        self.metrics.request(endpoint, status, time.perf_counter() - t0)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
     async def _route(
         self, scope: dict, receive: Callable[[], Awaitable[dict]], path: str
