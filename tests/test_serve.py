@@ -178,6 +178,7 @@ def test_usage_counts_the_tokenizers_tokens(server: Server, model: tokvec.Model,
         r = c.embeddings.create(model="default", input=texts)
     assert r.usage.prompt_tokens == want > len(texts)
     assert r.usage.total_tokens == want
+    assert r.usage.prompt_tokens == model.count_tokens(texts).sum()  # the public count of the same tokens
 
 
 def test_models(server: Server) -> None:

@@ -135,7 +135,9 @@ class _Served:
         self.name = name
         self.dim = model.dim
         # One tokenization per text gives both the ids pooled and the count reported in `usage`: the core's
-        # `encode` then `embed_ids` is the very computation of `embed` (the same pooling of the same ids).
+        # `encode` then `embed_ids` is the very computation of `embed` (the same pooling of the same ids), and the
+        # count is `Model.count_tokens`'s (the lengths of the same ids). Calling `embed` and `count_tokens` would
+        # tokenize every text twice: ~30 us more CPU for a request of 32 short texts (of ~250 us), 1-4 us for one.
         self._encode = model._core.encode
         self._pool = model._core.embed_ids
 
