@@ -169,10 +169,14 @@ def main() -> None:
 
         t = [r["t"] for r in rows]
         fig, (a, b) = plt.subplots(2, 1, sharex=True, figsize=(8, 5))
-        a.plot(t, [r["rss_mb"] for r in rows])
-        a.set_ylabel("server RSS, MB")
+        a.plot(t, [r["rss_mb"] for r in rows], label="RSS")
+        a.plot(t, [r["anon_mb"] for r in rows], label="anonymous")
+        a.set_ylim(bottom=0)  # from 0, so that a flat line looks flat
+        a.set_ylabel("server memory, MB")
+        a.legend()
         b.plot(t, [r["p99_ms"] for r in rows], label="p99")
         b.plot(t, [r["p50_ms"] for r in rows], label="p50")
+        b.set_yscale("log")
         b.set_ylabel("latency, ms")
         b.set_xlabel("seconds")
         b.legend()
