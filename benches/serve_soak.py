@@ -163,6 +163,7 @@ def main() -> None:
     )
     if args.png:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -177,6 +178,8 @@ def main() -> None:
         b.plot(t, [r["p99_ms"] for r in rows], label="p99")
         b.plot(t, [r["p50_ms"] for r in rows], label="p50")
         b.set_yscale("log")
+        b.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        b.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         b.set_ylabel("latency, ms")
         b.set_xlabel("seconds")
         b.legend()
