@@ -178,6 +178,7 @@ def test_usage_counts_the_tokenizers_tokens(server: Server, model: tokvec.Model,
         r = c.embeddings.create(model="default", input=texts)
     assert r.usage.prompt_tokens == want > len(texts)
     assert r.usage.total_tokens == want
+    assert r.usage.prompt_tokens == model.count_tokens(texts).sum()  # the public count of the same tokens
 
 
 def test_models(server: Server) -> None:
@@ -600,6 +601,61 @@ def test_workers_share_the_port_and_answer_alike(texts: list[str]) -> None:
     assert s.proc.returncode == 1
     # the other worker drained (not listed), or was still starting and ended by the SIGTERM passed on (143)
     assert re.search(r"a worker process ended by itself \(exit statuses \[-9(, 143)?\]\)", err), err
+
+
+def _metrics(port: int) -> dict[str, float]:
+    st, _, text = raw(port, "GET", "/metrics", key=None)
+    assert st == 200
+    return {k: float(v) for k, v in (x.rsplit(" ", 1) for x in text.decode().splitlines() if not x.startswith("#"))}
+
+
+def _paused(pid: int) -> None:
+    """SIGSTOP pid and wait until it is stopped: the connections made meanwhile go to the other worker."""
+    os.kill(pid, signal.SIGSTOP)
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        pass
+
+
+def test_workers_metrics_are_the_totals_of_all_workers(texts: list[str]) -> None:
+    s = Server(["--workers", "2"])
+    workers = [int(x) for x in Path(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children").read_text().split()]
+    assert len(workers) == 2
+    try:
+        # each worker answers requests alone while the other is paused: 3 requests of 2 texts, then 5 of 1
+        sent = {workers[0]: (3, 2), workers[1]: (5, 1)}
+        scrapes = []
+        for pid, other in (workers, workers[::-1]):
+            _paused(other)
+            n, k = sent[pid]
+            for i in range(n):
+                st, _, _ = raw(s.port, "POST", "/v1/embeddings", {"model": "default", "input": texts[i : i + k]})
+                assert st == 200
+            scrapes.append(_metrics(s.port))  # answered by pid
+            os.kill(other, signal.SIGCONT)
+        # both workers' answers, whichever worker is scraped
+        for pid, other in (workers, workers[::-1]):
+            _paused(other)
+            scrapes.append(_metrics(s.port))
+            os.kill(other, signal.SIGCONT)
+        for i, got in enumerate(scrapes[1:], 1):
+            assert got['tokvec_requests_total{endpoint="/v1/embeddings",status="200"}'] == 8, i
+            assert got['tokvec_requests_total{endpoint="/health",status="200"}'] == 1, i
+            assert got['tokvec_requests_total{endpoint="/metrics",status="200"}'] == i, i
+            assert got['tokvec_texts_total{model="default"}'] == 3 * 2 + 5, i
+            assert got['tokvec_request_duration_seconds_bucket{le="+Inf"}'] == 8, i
+            assert got["tokvec_request_duration_seconds_count"] == 8, i
+            assert got["tokvec_requests_in_flight"] == 1, i  # the scrape itself
+            assert got["tokvec_batched_requests_total"] == 8, i
+        assert scrapes[0]['tokvec_requests_total{endpoint="/v1/embeddings",status="200"}'] == 3
+        assert scrapes[-1]["tokvec_request_duration_seconds_sum"] > scrapes[0]["tokvec_request_duration_seconds_sum"]
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+        rc, err = s.stop()
+    assert rc == 0, err
+    # each worker's own count when it stops
+    for pid, (n, _) in sent.items():
+        assert f"worker {pid} stopped (SIGTERM); {n} /v1/embeddings requests answered" in err, err
 
 
 @pytest.mark.parametrize(

@@ -526,6 +526,25 @@ class Model:
         ids, offsets = self._core.encode(self._texts(texts))
         return [ids[a:b].tolist() for a, b in itertools.pairwise(offsets)]
 
+    def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
+        """How many tokens the model's tokenizer makes of each text: the ids `encode_ids` gives, which `embed`
+        pools, counted before `max_length` (a cap does not lower the count). Special tokens are counted: those the
+        tokenizer adds when the model's config asks for them (`add_special_tokens`), and those written in the text;
+        `embed` leaves them out of the mean.
+
+        Args:
+            texts: a list of str.
+
+        Returns:
+            int64 (len(texts),).
+
+        Raises:
+            TypeError: texts is a single str (wrap it in a list) or not a list of str.
+            ValueError: a text holds a lone surrogate and cannot be encoded as UTF-8.
+        """
+        _, offsets = self._core.encode(self._texts(texts))
+        return np.diff(offsets).astype(np.int64, copy=False)
+
     def embed_ids(self, ids: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """Pools pre-tokenized ids given in CSR form (text i is `ids[offsets[i]:offsets[i+1]]`).
 
