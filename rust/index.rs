@@ -34,7 +34,7 @@ use rayon::prelude::*;
 use crate::cancel::Cancel;
 use crate::dot::{dot, lower_threshold, row_norms, rows_of};
 use crate::error::{CoreError, Result};
-use crate::int8::{int8_serves, scan_int8, Int8Bound, PackedCorpus, QuantQueries, QT};
+use crate::int8::{int8_serves, quantize_row, scan_int8, Int8Bound, PackedCorpus, QuantQueries, QT};
 use crate::ivf;
 use crate::simd::isa;
 use crate::topk::{check_k, flatten, Entry, TopK};
@@ -157,21 +157,7 @@ impl IvfIndex {
             fill[l as usize] += 1;
         }
         let packed = if int8 {
-            (0..nlist)
-                .into_par_iter()
-                .map(|l| {
-                    let rows = &order[offsets[l]..offsets[l + 1]];
-                    if rows.is_empty() || cancel.is_cancelled() {
-                        return None;
-                    }
-                    let mut pk = PackedCorpus::empty(d);
-                    pk.fill(rows.len(), d, |s| {
-                        rows.get(s).map(|&r| &x[r as usize * d..(r as usize + 1) * d])
-                    });
-                    let bound = Int8Bound::new(d, &pk.sc, &pk.l1, rows.iter().map(|&r| norms[r as usize]));
-                    Some((pk, bound))
-                })
-                .collect()
+            pack_lists(x, d, &offsets, &order, norms, cancel)?
         } else {
             Vec::new()
         };
@@ -378,6 +364,96 @@ impl IvfIndex {
     }
 }
 
+/// Rows quantized per step of [`pack_lists`] (16 MiB of codes at d = 256).
+const PACK_CHUNK: usize = 65_536;
+
+/// Every list's packed int8 codes and error bound (`None` for an empty list): what
+/// [`PackedCorpus::fill`] makes of each list's rows, bit for bit, but reading `x` once in row order.
+/// Filling list by list reads the rows of a list, spread over all of `x`, one after the other: on a
+/// memory-mapped matrix larger than the page cache (a loaded 10M-row index is 10 GB) that is a random
+/// read per row. Here each chunk of rows is quantized (in parallel), then every list takes the
+/// chunk's rows it holds: they are the next run of its rows, since a list's rows ascend.
+fn pack_lists(
+    x: &[f32],
+    d: usize,
+    offsets: &[usize],
+    order: &[u32],
+    norms: &[f64],
+    cancel: &Cancel,
+) -> Result<Vec<Option<(PackedCorpus, Int8Bound)>>> {
+    let nlist = offsets.len() - 1;
+    let n = order.len();
+    let mut packed: Vec<Option<PackedCorpus>> = (0..nlist)
+        .map(|l| {
+            let len = offsets[l + 1] - offsets[l];
+            (len > 0).then(|| {
+                let mut pk = PackedCorpus::empty(d);
+                pk.groups = len.div_ceil(16);
+                pk.data = vec![0; pk.groups * pk.group_bytes()];
+                pk.sc = vec![0.0; pk.groups * 16];
+                pk.init = vec![0; pk.groups * 16];
+                pk.l1 = vec![0.0; pk.groups * 16];
+                pk
+            })
+        })
+        .collect();
+    let dp = d.div_ceil(4) * 4;
+    // per list, how many of its rows are packed so far
+    let mut done = vec![0usize; nlist];
+    let mut codes = vec![0i8; PACK_CHUNK.min(n) * dp];
+    let mut meta = vec![(0.0f32, 0i32, 0.0f64); PACK_CHUNK.min(n)];
+    for c0 in (0..n).step_by(PACK_CHUNK) {
+        cancel.check()?;
+        let c1 = (c0 + PACK_CHUNK).min(n);
+        codes[..(c1 - c0) * dp]
+            .par_chunks_mut(dp)
+            .zip(meta[..c1 - c0].par_iter_mut())
+            .enumerate()
+            .with_min_len(256)
+            .for_each(|(i, (out, m))| {
+                let r = c0 + i;
+                let q = quantize_row(&x[r * d..(r + 1) * d], &mut out[..d]);
+                // |sum| <= 127 d; `d * 255 * 127 < 2^31` holds on the int8 path (`int8_serves`)
+                *m = (q.s, (-128 * q.sum) as i32, q.s as f64 * q.l1 as f64);
+            });
+        packed
+            .par_iter_mut()
+            .zip(done.par_iter_mut())
+            .enumerate()
+            .for_each(|(l, (pk, done))| {
+                let Some(pk) = pk else { return };
+                let rows = &order[offsets[l]..offsets[l + 1]];
+                while let Some(&r) = rows.get(*done) {
+                    let r = r as usize;
+                    if r >= c1 {
+                        break;
+                    }
+                    let (slot, i) = (*done, r - c0);
+                    let (g, lane) = (slot / 16, slot % 16);
+                    let out = &mut pk.data[g * dp * 16..(g + 1) * dp * 16];
+                    let src = &codes[i * dp..(i + 1) * dp];
+                    for t in 0..dp / 4 {
+                        out[t * 64 + lane * 4..t * 64 + lane * 4 + 4].copy_from_slice(&src[t * 4..t * 4 + 4]);
+                    }
+                    (pk.sc[slot], pk.init[slot], pk.l1[slot]) = meta[i];
+                    *done += 1;
+                }
+            });
+    }
+    cancel.check()?;
+    Ok(packed
+        .into_iter()
+        .enumerate()
+        .map(|(l, pk)| {
+            pk.map(|pk| {
+                let rows = &order[offsets[l]..offsets[l + 1]];
+                let bound = Int8Bound::new(d, &pk.sc, &pk.l1, rows.iter().map(|&r| norms[r as usize]));
+                (pk, bound)
+            })
+        })
+        .collect())
+}
+
 /// What scanning one list needs: the index, its rows, the queries (and their int8 codes).
 struct Scanner<'a> {
     ix: &'a IvfIndex,
@@ -469,6 +545,55 @@ mod tests {
 
     fn search(ix: &IvfIndex, x: &[f32], q: &[f32], k: usize, nprobe: usize) -> (Vec<f32>, Vec<u32>) {
         ix.search(x, q, k, nprobe, Cancel::never()).unwrap()
+    }
+
+    #[test]
+    fn lists_are_packed_as_fill_packs_them() {
+        if !int8_serves(12) {
+            return;
+        }
+        // more rows than one packing step, lists of every shape: empty, one row, not a multiple of 16
+        let (n, d, nlist) = (PACK_CHUNK + 4_321, 12usize, 40usize);
+        let x = gaussian(n, d, 11);
+        let centroids = gaussian(nlist, d, 12);
+        let mut rng = crate::dot::tests::Rng(99);
+        let mut labels: Vec<u32> = (0..n).map(|_| (rng.next_u64() % nlist as u64) as u32).collect();
+        labels.iter_mut().for_each(|l| {
+            if *l == 3 || *l == 5 {
+                *l = 4;
+            }
+        });
+        labels[77] = 5;
+        let ix = IvfIndex::from_parts(&x, d, centroids, labels, false, Cancel::never()).unwrap();
+        let norms = row_norms(&x, d, "x").unwrap();
+        for l in 0..nlist {
+            let rows = &ix.order[ix.offsets[l]..ix.offsets[l + 1]];
+            let got = &ix.packed[l];
+            if rows.is_empty() {
+                assert!(got.is_none(), "list {l}");
+                continue;
+            }
+            let (pk, bound) = got.as_ref().unwrap();
+            let mut want = PackedCorpus::empty(d);
+            want.fill(rows.len(), d, |s| {
+                rows.get(s).map(|&r| &x[r as usize * d..(r as usize + 1) * d])
+            });
+            let wb = Int8Bound::new(d, &want.sc, &want.l1, rows.iter().map(|&r| norms[r as usize]));
+            assert_eq!((pk.groups, pk.dp), (want.groups, want.dp), "list {l}");
+            assert_eq!(pk.data, want.data, "list {l}");
+            assert_eq!(bits(&pk.sc), bits(&want.sc), "list {l}");
+            assert_eq!(pk.init, want.init, "list {l}");
+            assert_eq!(
+                pk.l1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.l1.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                [bound.m_l1, bound.m_s, bound.m_norm].map(f64::to_bits),
+                [wb.m_l1, wb.m_s, wb.m_norm].map(f64::to_bits),
+                "list {l}"
+            );
+        }
+        assert!(ix.packed[5].as_ref().unwrap().0.groups == 1);
     }
 
     #[test]
