@@ -57,11 +57,16 @@ fi
 cargo test "${args[@]}" --target "$target" --no-run
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# The features each CPU must report (simd::describe(), printed by a simd test), so that a CPU model whose features
+# changed cannot leave the dotprod or the plain NEON kernels untested.
+declare -A want=([max]=neon+dotprod [cortex-a53]=neon)
 for cpu in max cortex-a53; do
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L /usr/aarch64-linux-gnu -cpu $cpu"
     echo "=== aarch64 under qemu -cpu $cpu"
     t0=$SECONDS
-    cargo test "${args[@]}" --target "$target" -- "${sel[@]}" --skip "$parent"
+    cargo test "${args[@]}" --target "$target" -- "${sel[@]}" --skip "$parent" --show-output | tee "$log"
+    grep -qx "cpu features: ${want[$cpu]}" "$log" ||
+        { echo "-cpu $cpu: expected the CPU features '${want[$cpu]}' (see 'cpu features:' above)" >&2; exit 1; }
     TOKVEC_FORCE_SCALAR=1 cargo test --lib --target "$target" -- --exact "$child" --ignored | tee "$log"
     grep -q "test result: ok. 1 passed" "$log" || { echo "$child did not run" >&2; exit 1; }
     echo "=== aarch64 -cpu $cpu: passed in $((SECONDS - t0)) s"
