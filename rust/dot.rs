@@ -6,9 +6,9 @@
 //!
 //! [`dot_scalar`] is the reference: 64 lanes, element `i` goes to lane `i % 64`, each lane is
 //! summed in index order with a separate multiply and add (no FMA), and the lanes are reduced as a
-//! fixed binary tree (`l += l + 32`, then 16, 8, 4, 2, 1). The AVX-512 and AVX2 versions perform
-//! exactly the same IEEE operations in the same order, so every path returns bit-identical scores,
-//! and no result depends on the ISA, the blocking or the number of threads.
+//! fixed binary tree (`l += l + 32`, then 16, 8, 4, 2, 1). The AVX-512, AVX2 and NEON versions
+//! perform exactly the same IEEE operations in the same order, so every path returns bit-identical
+//! scores, and no result depends on the ISA, the blocking or the number of threads.
 //!
 //! # Input bound
 //!
