@@ -27,6 +27,7 @@ use crate::dtype::ElemType;
 use crate::error::{CoreError, Result};
 use crate::gguf::GgufFile;
 use crate::header::SafetensorsFile;
+#[cfg(target_arch = "x86_64")]
 use crate::simd::{isa, Isa};
 
 impl ElemType {

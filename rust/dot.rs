@@ -6,9 +6,9 @@
 //!
 //! [`dot_scalar`] is the reference: 64 lanes, element `i` goes to lane `i % 64`, each lane is
 //! summed in index order with a separate multiply and add (no FMA), and the lanes are reduced as a
-//! fixed binary tree (`l += l + 32`, then 16, 8, 4, 2, 1). The AVX-512 and AVX2 versions perform
-//! exactly the same IEEE operations in the same order, so every path returns bit-identical scores,
-//! and no result depends on the ISA, the blocking or the number of threads.
+//! fixed binary tree (`l += l + 32`, then 16, 8, 4, 2, 1). The AVX-512, AVX2 and NEON versions
+//! perform exactly the same IEEE operations in the same order, so every path returns bit-identical
+//! scores, and no result depends on the ISA, the blocking or the number of threads.
 //!
 //! # Input bound
 //!
@@ -70,10 +70,15 @@ pub fn dot(level: Isa, a: &[f32], b: &[f32]) -> f32 {
             Isa::Avx512 => return unsafe { x86::dot_avx512(a, b) },
             // SAFETY: `clamp` returns Avx2 only when detection reported AVX2 and FMA.
             Isa::Avx2 => return unsafe { x86::dot_avx2(a, b) },
-            Isa::Scalar => {}
+            Isa::Scalar | Isa::Neon => {}
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    if crate::simd::clamp(level) == Isa::Neon {
+        // SAFETY: `clamp` returns Neon only when detection reported NEON on this CPU.
+        return unsafe { neon::dot_neon(a, b) };
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let _ = level;
     dot_scalar(a, b)
 }
@@ -127,7 +132,7 @@ pub(crate) fn dot_rows(level: Isa, q: &[f32], c: &[f32], d: usize, out: &mut [f3
             Isa::Avx2 => blocked::<ROWS_AVX2>(q, c, d, out, |q, c, s| unsafe {
                 x86::dot_rows_avx2::<ROWS_AVX2>(q, c, d, s)
             }),
-            Isa::Scalar => 0,
+            Isa::Scalar | Isa::Neon => 0,
         };
         for (y, v) in out.iter_mut().enumerate().skip(done) {
             *v = dot(level, q, &c[y * d..(y + 1) * d]);
@@ -390,6 +395,94 @@ pub fn dot_pairs_cancellable(
 }
 
 // ---------------------------------------------------------------------------------------------
+// SIMD kernels: the loop and the kernel template both architectures share
+// ---------------------------------------------------------------------------------------------
+
+/// The loop every kernel shares: `R` pairs of one row `q` (length `d`) with the `R` rows
+/// `c[r * s..r * s + d]` of `c` (`s` f32s apart). Feeds `step` every full block of 64
+/// elements, then the tail (`< 64` elements) copied into zero-padded buffers, each time as a
+/// pointer to 64 readable f32s of `q` and one to the same block of row 0 of `c`, with the
+/// distance in f32s from one row's block to the next. Inlined into each kernel, so `step` runs
+/// with its target features.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+fn sweep<A, const R: usize>(
+    q: &[f32],
+    c: &[f32],
+    d: usize,
+    s: usize,
+    acc: &mut A,
+    step: impl Fn(&mut A, *const f32, *const f32, usize),
+) {
+    // Bounds checked once here, so the pointers below stay inside `q` and `c`.
+    let (q, c) = (&q[..d], &c[..(R - 1) * s + d]);
+    let mut i = 0;
+    while i + LANES <= d {
+        step(acc, q[i..].as_ptr(), c[i..].as_ptr(), s);
+        i += LANES;
+    }
+    if i < d {
+        let t = d - i;
+        let mut tq = [0.0f32; LANES];
+        tq[..t].copy_from_slice(&q[i..]);
+        let mut tc = [[0.0f32; LANES]; R];
+        for (r, row) in tc.iter_mut().enumerate() {
+            row[..t].copy_from_slice(&c[r * s + i..r * s + d]);
+        }
+        step(acc, tq.as_ptr(), tc.as_ptr().cast::<f32>(), LANES);
+    }
+}
+
+/// One pair of kernels per ISA, all the same code (each expanded in its architecture's module, with
+/// `sweep` and `LANES` in scope): `$dot` is the canonical dot of two rows (the
+/// one-pair case of `$rows`), `$rows` the canonical dot of `q` with each of the `R` rows
+/// `c[r * s..r * s + d]`: per pair, lanes 0..64 in `64 / $w` registers of `$w` lanes (lanes
+/// 0-15, 16-31, ... for AVX-512, 0-3, 4-7, ... for NEON), each evolving exactly as in the one-pair kernel, then the
+/// tree reduction `$reduce`; the query's block is loaded once for the `R` pairs. A zero-padded
+/// tail adds `+0` to lanes that the scalar version skips, which leaves them unchanged (a lane
+/// sum starts at +0 and can never become -0).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! dot_kernels {
+    ($dot:ident, $rows:ident, $features:literal, $v:ty, $w:literal, $zero:ident, $load:ident, $add:ident,
+     $mul:ident, $reduce:ident) => {
+        /// # Safety
+        #[doc = concat!("The CPU must have ", $features, ".")]
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $dot(a: &[f32], b: &[f32]) -> f32 {
+            let n = a.len().min(b.len());
+            // SAFETY: the caller guarantees the target features, as for this function.
+            unsafe { $rows::<1>(a, b, n, n)[0] }
+        }
+
+        /// # Safety
+        #[doc = concat!("The CPU must have ", $features, " (the slices' bounds are checked).")]
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $rows<const R: usize>(q: &[f32], c: &[f32], d: usize, s: usize) -> [f32; R] {
+            let mut acc = [[$zero(); LANES / $w]; R];
+            sweep::<_, R>(
+                q,
+                c,
+                d,
+                s,
+                &mut acc,
+                |acc: &mut [[$v; LANES / $w]; R], pq, pc, stride| {
+                    for v in 0..LANES / $w {
+                        // SAFETY: `sweep` passes 64 readable f32s at `pq` and at `pc + r * stride`.
+                        let x = unsafe { $load(pq.add(v * $w)) };
+                        for (r, ac) in acc.iter_mut().enumerate() {
+                            // SAFETY: as above.
+                            let y = unsafe { $load(pc.add(r * stride + v * $w)) };
+                            ac[v] = $add(ac[v], $mul(x, y));
+                        }
+                    }
+                },
+            );
+            acc.map(|a| $reduce(a))
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
 // x86-64 kernels
 // ---------------------------------------------------------------------------------------------
 
@@ -397,93 +490,12 @@ pub fn dot_pairs_cancellable(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::LANES;
+    use super::{sweep, LANES};
 
     /// [`super::norm_impl`] compiled for AVX-512 (same result).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn norm_avx512(x: &[f32]) -> f64 {
         super::norm_impl(x)
-    }
-
-    /// The loop every kernel shares: `R` pairs of one row `q` (length `d`) with the `R` rows
-    /// `c[r * s..r * s + d]` of `c` (`s` f32s apart). Feeds `step` every full block of 64
-    /// elements, then the tail (`< 64` elements) copied into zero-padded buffers, each time as a
-    /// pointer to 64 readable f32s of `q` and one to the same block of row 0 of `c`, with the
-    /// distance in f32s from one row's block to the next. Inlined into each kernel, so `step` runs
-    /// with its target features.
-    #[inline(always)]
-    fn sweep<A, const R: usize>(
-        q: &[f32],
-        c: &[f32],
-        d: usize,
-        s: usize,
-        acc: &mut A,
-        step: impl Fn(&mut A, *const f32, *const f32, usize),
-    ) {
-        // Bounds checked once here, so the pointers below stay inside `q` and `c`.
-        let (q, c) = (&q[..d], &c[..(R - 1) * s + d]);
-        let mut i = 0;
-        while i + LANES <= d {
-            step(acc, q[i..].as_ptr(), c[i..].as_ptr(), s);
-            i += LANES;
-        }
-        if i < d {
-            let t = d - i;
-            let mut tq = [0.0f32; LANES];
-            tq[..t].copy_from_slice(&q[i..]);
-            let mut tc = [[0.0f32; LANES]; R];
-            for (r, row) in tc.iter_mut().enumerate() {
-                row[..t].copy_from_slice(&c[r * s + i..r * s + d]);
-            }
-            step(acc, tq.as_ptr(), tc.as_ptr().cast::<f32>(), LANES);
-        }
-    }
-
-    /// One pair of kernels per ISA, all the same code: `$dot` is the canonical dot of two rows (the
-    /// one-pair case of `$rows`), `$rows` the canonical dot of `q` with each of the `R` rows
-    /// `c[r * s..r * s + d]`: per pair, lanes 0..64 in `64 / $w` registers of `$w` lanes (lanes
-    /// 0-15, 16-31, ... for AVX-512), each evolving exactly as in the one-pair kernel, then the
-    /// tree reduction `$reduce`; the query's block is loaded once for the `R` pairs. A zero-padded
-    /// tail adds `+0` to lanes that the scalar version skips, which leaves them unchanged (a lane
-    /// sum starts at +0 and can never become -0).
-    macro_rules! dot_kernels {
-        ($dot:ident, $rows:ident, $features:literal, $v:ty, $w:literal, $zero:ident, $load:ident, $add:ident,
-         $mul:ident, $reduce:ident) => {
-            /// # Safety
-            #[doc = concat!("The CPU must have ", $features, ".")]
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn $dot(a: &[f32], b: &[f32]) -> f32 {
-                let n = a.len().min(b.len());
-                // SAFETY: the caller guarantees the target features, as for this function.
-                unsafe { $rows::<1>(a, b, n, n)[0] }
-            }
-
-            /// # Safety
-            #[doc = concat!("The CPU must have ", $features, " (the slices' bounds are checked).")]
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn $rows<const R: usize>(q: &[f32], c: &[f32], d: usize, s: usize) -> [f32; R] {
-                let mut acc = [[$zero(); LANES / $w]; R];
-                sweep::<_, R>(
-                    q,
-                    c,
-                    d,
-                    s,
-                    &mut acc,
-                    |acc: &mut [[$v; LANES / $w]; R], pq, pc, stride| {
-                        for v in 0..LANES / $w {
-                            // SAFETY: `sweep` passes 64 readable f32s at `pq` and at `pc + r * stride`.
-                            let x = unsafe { $load(pq.add(v * $w)) };
-                            for (r, ac) in acc.iter_mut().enumerate() {
-                                // SAFETY: as above.
-                                let y = unsafe { $load(pc.add(r * stride + v * $w)) };
-                                ac[v] = $add(ac[v], $mul(x, y));
-                            }
-                        }
-                    },
-                );
-                acc.map(|a| $reduce(a))
-            }
-        };
     }
 
     dot_kernels!(
@@ -546,6 +558,53 @@ mod x86 {
         // l + l+16, then l + l+8.
         let s16 = [_mm256_add_ps(s32[0], s32[2]), _mm256_add_ps(s32[1], s32[3])];
         reduce8(_mm256_add_ps(s16[0], s16[1]))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// aarch64 kernels
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::{sweep, LANES};
+
+    /// A register of four +0 lanes (the template calls `$zero()`).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn zero() -> float32x4_t {
+        vdupq_n_f32(0.0)
+    }
+
+    // 16 registers of 4 lanes per pair: one pair (`R = 1`) takes 16 of the 32 vector registers, a
+    // second would spill, so `super::dot_rows` calls the one-pair kernel per row.
+    dot_kernels!(
+        dot_neon,
+        dot_rows_neon,
+        "neon",
+        float32x4_t,
+        4,
+        zero,
+        vld1q_f32,
+        vaddq_f32,
+        vmulq_f32,
+        reduce_neon
+    );
+
+    /// The tree reduction of 64 lanes held in sixteen 4-lane registers (lanes `4v..4v + 4` in
+    /// register `v`): l + l+32 is register v + v+8, then v + v+4, v + v+2, v + v+1; then lanes
+    /// l + l+2 and l + l+1 of the last register.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn reduce_neon(acc: [float32x4_t; 16]) -> f32 {
+        let s32: [float32x4_t; 8] = std::array::from_fn(|v| vaddq_f32(acc[v], acc[v + 8]));
+        let s16: [float32x4_t; 4] = std::array::from_fn(|v| vaddq_f32(s32[v], s32[v + 4]));
+        let s8 = [vaddq_f32(s16[0], s16[2]), vaddq_f32(s16[1], s16[3])];
+        let s4 = vaddq_f32(s8[0], s8[1]);
+        let s2 = vadd_f32(vget_low_f32(s4), vget_high_f32(s4));
+        vpadds_f32(s2)
     }
 }
 

@@ -7,8 +7,9 @@
 //! - Rows are read with unaligned loads: safetensors does not guarantee any alignment for data
 //!   offsets (the header length is arbitrary), so no `&[f16]` is ever formed from the map.
 //! - AVX-512: 16 lanes per step (`vcvtph2ps`, or zero-extend + shift for bf16), fused multiply-add.
-//!   AVX2+F16C: 8 lanes. The scalar path is the reference the tests compare against; SIMD results
-//!   differ from it only by FMA's single rounding (≤ 1 ulp per step).
+//!   AVX2+F16C: 8 lanes. NEON (aarch64): 8 lanes per step in two registers (`fcvtl`/`fcvtl2` for
+//!   f16, `shll` by 16 for bf16), fused multiply-add. The scalar path is the reference the tests
+//!   compare against; SIMD results differ from it only by FMA's single rounding (≤ 1 ulp per step).
 
 use crate::simd::{self, Isa};
 
@@ -70,12 +71,108 @@ pub fn accumulate(acc: &mut [f32], row: &[u8], w: f32, ty: RowType, isa: Isa) {
         // row length is checked above.
         return unsafe { kernel(acc, row, w) };
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    if let Some(kernel) = neon::kernel(simd::clamp(isa), ty) {
+        // SAFETY: `neon::kernel` gives a kernel only for Neon, which `simd::clamp` returns only when
+        // run-time detection found NEON on this CPU, and the row length is checked above.
+        return unsafe { kernel(acc, row, w) };
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let _ = isa;
     accumulate_scalar(acc, row, w, ty)
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+    use std::arch::asm;
+
+    use crate::simd::Isa;
+
+    /// A kernel: `acc[i] += w * row[i]`; unsafe because it needs NEON and a long enough row.
+    pub(super) type Kernel = unsafe fn(&mut [f32], &[u8], f32);
+
+    /// The kernel for an ISA level and a row type, if there is one (else the scalar path serves).
+    pub(super) fn kernel(isa: Isa, ty: super::RowType) -> Option<Kernel> {
+        use super::RowType::{BF16, F16, F32};
+        let k: Kernel = match (isa, ty) {
+            (Isa::Neon, F16) => acc_f16_neon,
+            (Isa::Neon, BF16) => acc_bf16_neon,
+            (Isa::Neon, F32) => acc_f32_neon,
+            _ => return None,
+        };
+        Some(k)
+    }
+
+    /// Eight f16 values to f32, exactly (`fcvtl` and `fcvtl2`). Inline assembly because the
+    /// intrinsics that take `float16x4_t` are not stable Rust. `lo` is a plain output so that it
+    /// does not share a register with `h`, which the second instruction still reads.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn f16x8_to_f32(h: uint16x8_t) -> (float32x4_t, float32x4_t) {
+        let (lo, hi): (float32x4_t, float32x4_t);
+        // SAFETY: two register-only conversions (no memory access, no flags), NEON per this
+        // function's target feature.
+        unsafe {
+            asm!(
+                "fcvtl {lo:v}.4s, {h:v}.4h",
+                "fcvtl2 {hi:v}.4s, {h:v}.8h",
+                h = in(vreg) h,
+                lo = out(vreg) lo,
+                hi = lateout(vreg) hi,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+        }
+        (lo, hi)
+    }
+
+    /// One kernel per element type, all the same loop: 8 elements per step, loaded from `$bytes`
+    /// bytes each and widened to two registers of f32 by `$load` (`$p` is the row pointer at the
+    /// step), then `acc += w * x` with one fused multiply-add per register; the tail goes to the
+    /// scalar reference.
+    macro_rules! acc_kernel {
+        ($name:ident, $ty:ident, $bytes:literal, |$p:ident| $load:expr) => {
+            /// # Safety
+            #[doc = concat!("CPU must have NEON; `row.len() >= ", $bytes, " * acc.len()`.")]
+            #[target_feature(enable = "neon")]
+            pub unsafe fn $name(acc: &mut [f32], row: &[u8], w: f32) {
+                let n = acc.len();
+                let mut i = 0;
+                while i + 8 <= n {
+                    // SAFETY: i + 8 <= n, and row holds `bytes` bytes per accumulator float, so
+                    // both the loaded row bytes and the accumulator floats lie in their slices
+                    // (byte loads: no alignment needed).
+                    unsafe {
+                        let $p = row.as_ptr().add($bytes * i);
+                        let (x0, x1): (float32x4_t, float32x4_t) = $load;
+                        let a = acc.as_mut_ptr().add(i);
+                        vst1q_f32(a, vfmaq_n_f32(vld1q_f32(a), x0, w));
+                        vst1q_f32(a.add(4), vfmaq_n_f32(vld1q_f32(a.add(4)), x1, w));
+                    }
+                    i += 8;
+                }
+                super::accumulate_scalar(&mut acc[i..], &row[$bytes * i..], w, super::RowType::$ty);
+            }
+        };
+    }
+
+    acc_kernel!(acc_f16_neon, F16, 2, |p| f16x8_to_f32(vreinterpretq_u16_u8(vld1q_u8(
+        p
+    ))));
+    // bf16 is the top half of an f32: widen each u16 to u32 shifted left by 16.
+    acc_kernel!(acc_bf16_neon, BF16, 2, |p| {
+        let h = vreinterpretq_u16_u8(vld1q_u8(p));
+        (
+            vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(h))),
+            vreinterpretq_f32_u32(vshll_high_n_u16::<16>(h)),
+        )
+    });
+    acc_kernel!(acc_f32_neon, F32, 4, |p| (
+        vreinterpretq_f32_u8(vld1q_u8(p)),
+        vreinterpretq_f32_u8(vld1q_u8(p.add(16)))
+    ));
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use crate::simd::Isa;
@@ -206,6 +303,28 @@ mod tests {
         }
     }
 
+    /// Every f16 and bf16 value but NaN (subnormals, both zeros, the largest values, infinities)
+    /// decodes to the same f32 on every level: with `w = 1` into zeros, the fused multiply-add
+    /// of the SIMD paths rounds nothing, so any difference is a conversion error.
+    #[test]
+    fn every_half_value_decodes_exactly_on_every_level() {
+        for (ty, exp) in [(RowType::F16, 0x7C00u16), (RowType::BF16, 0x7F80)] {
+            let bits: Vec<u16> = (0..=u16::MAX)
+                .filter(|b| b & exp != exp || b & !(exp | 0x8000) == 0)
+                .collect();
+            let row: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+            let mut want = vec![0.0f32; bits.len()];
+            accumulate_scalar(&mut want, &row, 1.0, ty);
+            for isa in available_isas() {
+                let mut got = vec![0.0f32; bits.len()];
+                accumulate(&mut got, &row, 1.0, ty, isa);
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{ty:?} {isa:?} {:#06x}", bits[i]);
+                }
+            }
+        }
+    }
+
     #[test]
     fn scalar_decodes_exactly() {
         let vals = [1.0f32, -2.5, 0.0, 65504.0, -0.000061035156];
@@ -237,7 +356,7 @@ mod tests {
         let (init, row) = fma_sensitive(64);
         let mut want = init.clone();
         accumulate_scalar(&mut want, &row, 0.7, RowType::F32);
-        for level in [Isa::Avx2, Isa::Avx512] {
+        for level in [Isa::Neon, Isa::Avx2, Isa::Avx512] {
             let mut got = init.clone();
             accumulate(&mut got, &row, 0.7, RowType::F32, level);
             let gb: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();

@@ -11,7 +11,9 @@
 //! * With AVX-512 VPOPCNTDQ the corpus is packed in blocks of 8 rows, interleaved by word, so one
 //!   `vpxorq` + `vpopcntq` + `vpaddq` advances 8 distances by one word; the micro-kernel keeps a
 //!   4-query x 32-row tile of accumulators. Otherwise `u64::count_ones` is compiled twice, with and
-//!   without the `popcnt` target feature, and chosen at run time.
+//!   without the `popcnt` target feature, and chosen at run time. On aarch64 the same packed blocks
+//!   are scored by a NEON micro-kernel: `eor` + `cnt` (a popcount per byte) + `uadalp` (pairwise
+//!   widening add into 16-bit lanes) advance two rows by one word, for 4 queries x 8 rows.
 //! * Top-k sweeps the corpus in super-blocks (packed just before use, small enough for L2) with
 //!   all query tiles in parallel and a bounded heap per query; pairs are found in blocked tasks
 //!   (only the upper triangle) and sorted at the end. Results are independent of the thread count.
@@ -75,6 +77,8 @@ pub(crate) enum Level {
     Portable,
     /// `count_ones` compiled with the `popcnt` instruction.
     Popcnt,
+    /// aarch64 NEON micro-kernel over the packed blocks.
+    Neon,
     /// AVX-512 VPOPCNTDQ micro-kernel.
     Vpopcnt,
 }
@@ -92,23 +96,42 @@ fn vpopcnt_available() -> bool {
     cfg!(target_arch = "x86_64") && isa() == Isa::Avx512 && extensions().vpopcntdq
 }
 
-fn best_level() -> Level {
-    if vpopcnt_available() {
-        Level::Vpopcnt
-    } else if popcnt_available() {
-        Level::Popcnt
-    } else {
-        Level::Portable
+fn neon_available() -> bool {
+    cfg!(target_arch = "aarch64") && isa() == Isa::Neon
+}
+
+impl Level {
+    /// Whether this CPU runs the level.
+    fn available(self) -> bool {
+        match self {
+            Level::Portable => true,
+            Level::Popcnt => popcnt_available(),
+            Level::Neon => neon_available(),
+            Level::Vpopcnt => vpopcnt_available(),
+        }
+    }
+
+    /// Whether the level scores the packed blocks ([`Packed`], [`scan_packed`]).
+    fn packed(self) -> bool {
+        matches!(self, Level::Neon | Level::Vpopcnt)
     }
 }
 
-/// The levels this CPU supports (for tests).
-#[cfg(test)]
+/// The levels this CPU supports, lowest first.
 fn levels() -> Vec<Level> {
-    [Level::Portable, Level::Popcnt, Level::Vpopcnt]
+    [Level::Portable, Level::Popcnt, Level::Neon, Level::Vpopcnt]
         .into_iter()
-        .filter(|&l| l <= best_level())
+        .filter(|l| l.available())
         .collect()
+}
+
+fn best_level() -> Level {
+    *levels().last().expect("Portable is always available")
+}
+
+/// The best level this CPU runs that is not above `level`.
+fn usable(level: Level) -> Level {
+    levels().into_iter().rfind(|&l| l <= level).unwrap_or(Level::Portable)
 }
 
 #[inline(always)]
@@ -211,28 +234,44 @@ impl Packed {
     }
 }
 
-/// Query tile height of the VPOPCNTDQ micro-kernel.
+/// Query tile height of the packed micro-kernels (VPOPCNTDQ and NEON).
 const HQ: usize = 4;
 
-/// Distances of up to [`HQ`] query rows (`qrows` of `q`) against the 8-row `blocks` of `pk`. For
-/// every pair with distance <= `hthr[slot]`, `cand(slot, corpus_row, h)` returns the new bound.
-fn scan_vpopcnt<F>(q: &[u64], qrows: &[usize], pk: &Packed, blocks: Range<usize>, hthr: &mut [u64; HQ], cand: F)
-where
+/// Distances of up to [`HQ`] query rows (`qrows` of `q`) against the 8-row `blocks` of `pk`, with
+/// the micro-kernel of `level` (a packed level this CPU runs). For every pair with distance <=
+/// `hthr[slot]` (its value when the pair's block is reached), in row order, `cand(slot,
+/// corpus_row, h)` returns the new bound.
+fn scan_packed<F>(
+    level: Level,
+    q: &[u64],
+    qrows: &[usize],
+    pk: &Packed,
+    blocks: Range<usize>,
+    hthr: &mut [u64; HQ],
+    cand: F,
+) where
     F: FnMut(usize, usize, u64) -> u64,
 {
     let w = pk.words;
     assert!(!qrows.is_empty() && qrows.len() <= HQ && blocks.start <= blocks.end && blocks.end <= pk.blocks);
     assert!(qrows.iter().all(|&r| (r + 1) * w <= q.len()));
-    assert!(vpopcnt_available());
+    assert!(level.packed() && level.available());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512F + VPOPCNTDQ were detected; the asserts bound every query row and block read.
+    // SAFETY: the only packed level of x86-64 is Vpopcnt, so AVX-512F + VPOPCNTDQ were detected; the
+    // asserts bound every query row and block read.
     unsafe {
         x86::scan_vpopcnt(q, qrows, pk, blocks, hthr, cand)
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: the only packed level of aarch64 is Neon, so NEON was detected; the asserts bound
+    // every query row and block read.
+    unsafe {
+        neon::scan_neon(q, qrows, pk, blocks, hthr, cand)
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         let _ = (q, qrows, pk, blocks, hthr, cand);
-        unreachable!("VPOPCNTDQ is x86-64 only")
+        unreachable!("no packed kernel on this architecture")
     }
 }
 
@@ -293,7 +332,7 @@ fn topk_with(qs: BitRows, cs: BitRows, k: usize, level: Level, cancel: &Cancel) 
     if nq == 0 || kk == 0 {
         return Ok((Vec::new(), Vec::new()));
     }
-    let level = level.min(best_level());
+    let level = usable(level);
     let mut heaps: Vec<TopK> = (0..nq).map(|_| TopK::new(kk)).collect();
     let bound = |h: &TopK| {
         let kth = h.kth();
@@ -308,7 +347,7 @@ fn topk_with(qs: BitRows, cs: BitRows, k: usize, level: Level, cancel: &Cancel) 
     while base < nc && !cancel.is_cancelled() {
         let rows = H_SUPER_BLOCK.min(nc - base);
         let block = &c[base * words..(base + rows) * words];
-        if level == Level::Vpopcnt {
+        if level.packed() {
             let pk = Packed::new(block, words);
             heaps.par_chunks_mut(HQ).enumerate().for_each(|(t, hs)| {
                 if cancel.is_cancelled() {
@@ -319,7 +358,7 @@ fn topk_with(qs: BitRows, cs: BitRows, k: usize, level: Level, cancel: &Cancel) 
                 for (i, h) in hs.iter().enumerate() {
                     hthr[i] = bound(h);
                 }
-                scan_vpopcnt(q, &qrows, &pk, 0..pk.blocks, &mut hthr, |slot, r, h| {
+                scan_packed(level, q, &qrows, &pk, 0..pk.blocks, &mut hthr, |slot, r, h| {
                     if r < rows {
                         hs[slot].push(similarity(h, bits), (base + r) as u32);
                     }
@@ -457,8 +496,8 @@ fn pairs_with(x: BitRows, threshold: f32, level: Level, cancel: &Cancel) -> Resu
 /// `PQ x PC` distances).
 fn scan_pairs(q: BitRows, c: BitRows, tri: bool, hmax: u64, level: Level, cancel: &Cancel) -> Result<Vec<Pair>> {
     let (words, bits) = (c.words, c.bits);
-    let level = level.min(best_level());
-    let pk = (level == Level::Vpopcnt).then(|| Packed::new(c.x, words));
+    let level = usable(level);
+    let pk = level.packed().then(|| Packed::new(c.x, words));
     let mut tasks = Vec::new();
     for q0 in (0..q.n).step_by(PQ) {
         // tri: corpus blocks start at the query block (upper triangle); PC and PQ are multiples of 8
@@ -483,7 +522,7 @@ fn scan_pairs(q: BitRows, c: BitRows, tri: bool, hmax: u64, level: Level, cancel
                         let qrows: Vec<usize> = (a0..a1).collect();
                         let mut hthr = [hmax; HQ];
                         let b0 = if tri { c0.max(a0) } else { c0 } / 8;
-                        scan_vpopcnt(q.x, &qrows, pk, b0..c1.div_ceil(8), &mut hthr, |slot, r, h| {
+                        scan_packed(level, q.x, &qrows, pk, b0..c1.div_ceil(8), &mut hthr, |slot, r, h| {
                             let a = a0 + slot;
                             if (!tri || a < r) && r < c1 {
                                 found.push((a as u32, r as u32, similarity(h, bits)));
@@ -603,7 +642,7 @@ mod x86 {
         acc
     }
 
-    /// See [`super::scan_vpopcnt`].
+    /// See [`super::scan_packed`].
     ///
     /// # Safety
     /// AVX-512F + VPOPCNTDQ; `1 <= qrows.len() <= HQ`; every query row within `q`;
@@ -668,6 +707,119 @@ mod x86 {
             let acc = unsafe { tile::<HQ, 1>(&qp, base.add(b * bw), words) };
             finish!(acc, 1);
             b += 1;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// aarch64 kernels
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::{Packed, HQ};
+
+    /// Words per call of [`tile`]: a 16-bit lane gains at most 16 per word (two byte counts of at
+    /// most 8), so 4095 words cannot overflow it (65,520 < 2^16; 4096 could reach 2^16 and wrap).
+    const RUN: usize = 4095;
+
+    /// `Q` query rows x one block of 8 corpus rows (four registers of two rows), words `w0..w1`
+    /// (`w1 - w0 <= RUN`): the distances, two rows per register.
+    ///
+    /// # Safety
+    /// NEON; each `q[i]` has `w1` readable u64s; `g + 8 * w1` readable (`g` 8-byte aligned).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn tile<const Q: usize>(q: &[*const u64; Q], g: *const u64, w0: usize, w1: usize) -> [[uint64x2_t; 4]; Q] {
+        let mut acc = [[vdupq_n_u16(0); 4]; Q];
+        for w in w0..w1 {
+            let mut c = [vdupq_n_u8(0); 4];
+            for (r, cr) in c.iter_mut().enumerate() {
+                // SAFETY: in bounds per the function contract.
+                *cr = vreinterpretq_u8_u64(unsafe { vld1q_u64(g.add(w * 8 + 2 * r)) });
+            }
+            for (qi, a) in acc.iter_mut().enumerate() {
+                // SAFETY: in bounds per the function contract.
+                let b = vreinterpretq_u8_u64(unsafe { vld1q_dup_u64(q[qi].add(w)) });
+                for r in 0..4 {
+                    a[r] = vpadalq_u8(a[r], vcntq_u8(veorq_u8(b, c[r])));
+                }
+            }
+        }
+        let mut out = [[vdupq_n_u64(0); 4]; Q];
+        for (o, a) in out.iter_mut().zip(&acc) {
+            for r in 0..4 {
+                o[r] = vpaddlq_u32(vpaddlq_u16(a[r]));
+            }
+        }
+        out
+    }
+
+    /// See [`super::scan_packed`].
+    ///
+    /// # Safety
+    /// NEON; `1 <= qrows.len() <= HQ`; every query row within `q`; `blocks.start <= blocks.end <=
+    /// pk.blocks`.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn scan_neon<F>(
+        q: &[u64],
+        qrows: &[usize],
+        pk: &Packed,
+        blocks: std::ops::Range<usize>,
+        hthr: &mut [u64; HQ],
+        mut cand: F,
+    ) where
+        F: FnMut(usize, usize, u64) -> u64,
+    {
+        let words = pk.words;
+        let nq = qrows.len();
+        // Padding slots repeat the last query (the tile computes them) and are never finished.
+        let mut qp = [std::ptr::null::<u64>(); HQ];
+        for (i, p) in qp.iter_mut().enumerate() {
+            *p = q[qrows[i.min(nq - 1)] * words..].as_ptr();
+        }
+        let base = pk.data.as_ptr();
+        for b in blocks {
+            // SAFETY: block b < pk.blocks is within `pk.data`.
+            let g = unsafe { base.add(b * words * 8) };
+            let mut dist = [[vdupq_n_u64(0); 4]; HQ];
+            let mut w0 = 0;
+            while w0 < words {
+                let w1 = (w0 + RUN).min(words);
+                // SAFETY: query rows hold `words >= w1` u64s; the block holds `8 * words`.
+                let part = unsafe { tile::<HQ>(&qp, g, w0, w1) };
+                for (d, p) in dist.iter_mut().zip(&part) {
+                    for r in 0..4 {
+                        d[r] = vaddq_u64(d[r], p[r]);
+                    }
+                }
+                w0 = w1;
+            }
+            for (qi, d) in dist.iter().enumerate().take(nq) {
+                let t0 = hthr[qi];
+                let t = vdupq_n_u64(t0);
+                let le = vorrq_u64(
+                    vorrq_u64(vcleq_u64(d[0], t), vcleq_u64(d[1], t)),
+                    vorrq_u64(vcleq_u64(d[2], t), vcleq_u64(d[3], t)),
+                );
+                if vmaxvq_u32(vreinterpretq_u32_u64(le)) == 0 {
+                    continue;
+                }
+                let mut vals = [0u64; 8];
+                for (r, &v) in d.iter().enumerate() {
+                    // SAFETY: `vals` holds 8 u64s, two per register.
+                    unsafe { vst1q_u64(vals.as_mut_ptr().add(2 * r), v) };
+                }
+                // The lanes within the threshold at the block's start, each checked against the
+                // bound `cand` last returned (as the VPOPCNTDQ kernel does).
+                for (lane, &h) in vals.iter().enumerate() {
+                    if h <= t0 && h <= hthr[qi] {
+                        hthr[qi] = cand(qi, b * 8 + lane, h);
+                    }
+                }
+            }
         }
     }
 }
@@ -792,6 +944,21 @@ mod tests {
             let q = rows(nq, words, bits, 12, 17);
             check(&q, nq, &c, nc, words, bits, k, thr);
         }
+    }
+
+    /// Rows longer than a run of the NEON kernel's 16-bit accumulators (4095 words), with
+    /// distances up to all bits: every level agrees with the reference.
+    #[test]
+    fn rows_longer_than_an_accumulator_run() {
+        let (words, bits) = (4100, 4100 * 64 - 5);
+        let mut c = rows(9, words, bits, 40, 11);
+        c[..words].fill(0);
+        c[words..2 * words - 1].fill(u64::MAX);
+        c[2 * words - 1] = (1 << (64 - 5)) - 1;
+        let q = c[words..2 * words].to_vec();
+        check(&q, 1, &c, 9, words, bits, 9, -0.99);
+        let all = hamming_scalar(&c[..words], &c[words..2 * words]);
+        assert_eq!(all, bits as u64);
     }
 
     #[test]

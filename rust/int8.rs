@@ -18,8 +18,12 @@
 //! * On AVX2 CPUs (and AVX-512 CPUs without VNNI) the same packed data is scored by an AVX2 kernel
 //!   (`vpsignb` + `vpmaddubsw` + `vpmaddwd`, 32 multiply-adds per three instructions) that
 //!   produces the same exact integers, so pre-scores are bit-identical to the VNNI path.
-//! * Without AVX2 there is no int8 kernel ([`int8_available`] is false) and the callers score
-//!   every pair with the canonical dot.
+//! * On aarch64 the packed data is scored by a NEON kernel with the same exact integers: `sdot`
+//!   (16 signed multiply-adds per instruction) where the CPU has the dotprod extension, else
+//!   `smull`/`smull2` + `addp` + `sadalp` (16 per four instructions, exact for the same reason as
+//!   the AVX2 kernel); both take the queries as signed bytes, so their accumulators start at 0.
+//! * Without AVX2 (x86-64) or NEON (aarch64) there is no int8 kernel ([`int8_available`] is false)
+//!   and the callers score every pair with the canonical dot.
 
 use std::ops::Range;
 
@@ -215,16 +219,25 @@ impl PackedCorpus {
 /// Largest `d` for which the int8 accumulators cannot overflow: `d * 255 * 127 < 2^31`.
 pub(crate) const INT8_MAX_D: usize = 65_536;
 
-/// The micro-kernel that computes the int8 pre-score. Both give the same i32 dot products (exact
+/// The micro-kernel that computes the int8 pre-score. All give the same i32 dot products (exact
 /// integers), hence bit-identical pre-scores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Int8Kernel {
     /// AVX-512 VNNI `vpdpbusd`: 64 u8 x i8 multiply-adds per instruction.
+    #[cfg(target_arch = "x86_64")]
     Vnni,
     /// AVX2 `vpsignb` + `vpmaddubsw` + `vpmaddwd`: 32 multiply-adds per three instructions. With
     /// `|q|, |c| <= 127` (the quantizer never produces -128), a pair sum is at most
     /// `2 * 127 * 127 < 2^15`, so `vpmaddubsw` never saturates and the result is exact.
+    #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// aarch64 NEON + dotprod `sdot`: 16 i8 x i8 multiply-adds per instruction.
+    #[cfg(target_arch = "aarch64")]
+    Sdot,
+    /// aarch64 NEON `smull`/`smull2` + `addp` + `sadalp`: 16 multiply-adds per four instructions;
+    /// the pair sums of `addp` are exact 16-bit integers for the same reason as with the AVX2 kernel.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 /// The best int8 kernel of this CPU, if any.
@@ -237,6 +250,14 @@ pub(crate) fn int8_kernel() -> Option<Int8Kernel> {
             Isa::Avx512 if is_x86_feature_detected!("avx2") => return Some(Int8Kernel::Avx2),
             _ => {}
         }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if isa() == Isa::Neon {
+        return Some(if extensions().dotprod {
+            Int8Kernel::Sdot
+        } else {
+            Int8Kernel::Neon
+        });
     }
     None
 }
@@ -361,10 +382,87 @@ where
             unsafe { x86::scan_int8_avx2(scan, thr, cand) }
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    match kernel {
+        Int8Kernel::Sdot => {
+            assert!(int8_kernel() == Some(Int8Kernel::Sdot));
+            // SAFETY: checked NEON + dotprod on this CPU just above; `Scan::new` checked that every
+            // query row and group index is in bounds of `qz` and `pk`.
+            unsafe { neon::scan_int8_sdot(scan, thr, cand) }
+        }
+        Int8Kernel::Neon => {
+            assert!(int8_kernel().is_some());
+            // SAFETY: NEON checked just above (any aarch64 int8 kernel implies it); bounds as above.
+            unsafe { neon::scan_int8_neon(scan, thr, cand) }
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         let _ = (kernel, scan, thr, cand);
-        unreachable!("int8 pre-score is x86-64 only")
+        unreachable!("no int8 pre-score kernel on this architecture")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the kernels of both architectures share
+// ---------------------------------------------------------------------------------------------
+
+/// The query row of every slot of a tile: `qrows[i]`, and for the padding slots past
+/// `qrows.len()` the last query again, with threshold +inf. The kernels finish only the real
+/// slots all the same: a pre-score can overflow to +inf when the rows hold huge values (e.g.
+/// written by another thread after the callers' checks), so +inf does not keep them out.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+fn slot_rows(qrows: &[usize], thr: &mut [f32; QT]) -> [usize; QT] {
+    let nq = qrows.len();
+    for t in &mut thr[nq..] {
+        *t = f32::INFINITY;
+    }
+    std::array::from_fn(|i| qrows[i.min(nq - 1)])
+}
+
+/// One register of i32 accumulators (one per corpus slot) as the kernels finish it.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+trait Slots {
+    /// The accumulator register.
+    type Acc: Copy;
+    /// The pre-scores `fl(fl(I * s_c) * s_q)` of the register's slots (`sc`: their scales), as
+    /// the bit mask of the slots whose pre-score is >= `t`, and, where any is, the pre-scores
+    /// in `out`.
+    ///
+    /// # Safety
+    /// `sc` has a readable f32 per slot; the CPU has the register's features.
+    unsafe fn prescore(acc: Self::Acc, sc: *const f32, sq: f32, t: f32, out: &mut [f32; 16]) -> u32;
+}
+
+/// Finishes one register of accumulators of query slot `qi` (scale `sq`, threshold `thr`)
+/// against the corpus slots from `slot0` (one per lane of the register): `cand` for each slot
+/// whose pre-score passes the threshold, in slot order, each time with the threshold that
+/// `cand` last returned.
+/// Inlined into each kernel, so the register operations run with its target features.
+///
+/// # Safety
+/// `pk.sc` has a slot per lane of the register from `slot0`; the CPU has the features of `S`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+unsafe fn report<S: Slots, F>(
+    acc: S::Acc,
+    pk: &PackedCorpus,
+    slot0: usize,
+    sq: f32,
+    qi: usize,
+    thr: &mut f32,
+    cand: &mut F,
+) where
+    F: FnMut(usize, usize, f32) -> f32,
+{
+    let mut vals = [0.0f32; 16];
+    // SAFETY: the slots of `sc` from `slot0` are in bounds per the contract, as are the features.
+    let mut m = unsafe { S::prescore(acc, pk.sc.as_ptr().add(slot0), sq, *thr, &mut vals) };
+    while m != 0 {
+        let lane = m.trailing_zeros() as usize;
+        m &= m - 1;
+        *thr = cand(qi, slot0 + lane, vals[lane]);
     }
 }
 
@@ -376,38 +474,12 @@ where
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{PackedCorpus, QuantRow, Scan, QT};
+    use super::{report, slot_rows, QuantRow, Scan, Slots, QT};
 
     /// [`super::quantize_row_impl`] compiled for AVX-512 (same result).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn quantize_row_avx512(x: &[f32], out: &mut [i8]) -> QuantRow {
         super::quantize_row_impl(x, out)
-    }
-
-    /// The query row of every slot of a tile: `qrows[i]`, and for the padding slots past
-    /// `qrows.len()` the last query again, with threshold +inf. The kernels finish only the real
-    /// slots all the same: a pre-score can overflow to +inf when the rows hold huge values (e.g.
-    /// written by another thread after the callers' checks), so +inf does not keep them out.
-    #[inline(always)]
-    fn slot_rows(qrows: &[usize], thr: &mut [f32; QT]) -> [usize; QT] {
-        let nq = qrows.len();
-        for t in &mut thr[nq..] {
-            *t = f32::INFINITY;
-        }
-        std::array::from_fn(|i| qrows[i.min(nq - 1)])
-    }
-
-    /// One register of i32 accumulators (one per corpus slot) as the kernels finish it.
-    trait Slots {
-        /// The accumulator register.
-        type Acc: Copy;
-        /// The pre-scores `fl(fl(I * s_c) * s_q)` of the register's slots (`sc`: their scales), as
-        /// the bit mask of the slots whose pre-score is >= `t`, and, where any is, the pre-scores
-        /// in `out`.
-        ///
-        /// # Safety
-        /// `sc` has a readable f32 per slot; the CPU has the register's features.
-        unsafe fn prescore(acc: Self::Acc, sc: *const f32, sq: f32, t: f32, out: &mut [f32; 16]) -> u32;
     }
 
     /// A register type for [`Slots`], its operations named for its width; `|$v, $t| $mask`
@@ -459,36 +531,6 @@ mod x86 {
         _mm256_storeu_ps,
         |v, t| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(v, t)) as u32
     );
-
-    /// Finishes one register of accumulators of query slot `qi` (scale `sq`, threshold `thr`)
-    /// against the corpus slots from `slot0` (one per lane of the register): `cand` for each slot
-    /// whose pre-score passes the threshold, in slot order, each time with the threshold that
-    /// `cand` last returned.
-    /// Inlined into each kernel, so the register operations run with its target features.
-    ///
-    /// # Safety
-    /// `pk.sc` has a slot per lane of the register from `slot0`; the CPU has the features of `S`.
-    #[inline(always)]
-    unsafe fn report<S: Slots, F>(
-        acc: S::Acc,
-        pk: &PackedCorpus,
-        slot0: usize,
-        sq: f32,
-        qi: usize,
-        thr: &mut f32,
-        cand: &mut F,
-    ) where
-        F: FnMut(usize, usize, f32) -> f32,
-    {
-        let mut vals = [0.0f32; 16];
-        // SAFETY: the slots of `sc` from `slot0` are in bounds per the contract, as are the features.
-        let mut m = unsafe { S::prescore(acc, pk.sc.as_ptr().add(slot0), sq, *thr, &mut vals) };
-        while m != 0 {
-            let lane = m.trailing_zeros() as usize;
-            m &= m - 1;
-            *thr = cand(qi, slot0 + lane, vals[lane]);
-        }
-    }
 
     /// The int8 micro-kernel: `Q` query rows (u8) x `R` groups of 16 corpus rows (i8), `steps` x 4
     /// dimensions. Returns the i32 accumulators (started at `init`).
@@ -682,6 +724,156 @@ mod x86 {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// aarch64 kernels
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+    use std::arch::asm;
+
+    use super::{report, slot_rows, Scan, Slots, QT};
+
+    /// Four slots (corpus rows) in one register.
+    struct Q4;
+    impl Slots for Q4 {
+        type Acc = int32x4_t;
+        #[inline(always)]
+        unsafe fn prescore(acc: int32x4_t, sc: *const f32, sq: f32, t: f32, out: &mut [f32; 16]) -> u32 {
+            const BIT: [u32; 4] = [1, 2, 4, 8];
+            // SAFETY: `sc` has 4 readable f32s and `BIT` 4 u32s; `out` holds 16 >= 4.
+            unsafe {
+                let v = vmulq_f32(vmulq_f32(vcvtq_f32_s32(acc), vld1q_f32(sc)), vdupq_n_f32(sq));
+                // lanes >= t (false for NaN, as `_CMP_GE_OQ`), as a bit mask
+                let m = vaddvq_u32(vandq_u32(vcgeq_f32(v, vdupq_n_f32(t)), vld1q_u32(BIT.as_ptr())));
+                if m != 0 {
+                    vst1q_f32(out.as_mut_ptr(), v);
+                }
+                m
+            }
+        }
+    }
+
+    /// Queries per tile: 16 accumulators, 4 corpus registers and the query words fit the 32
+    /// vector registers.
+    const Q: usize = 4;
+
+    /// One scan per multiply-add: `$madd(acc, c, q)` adds to each i32 lane of `acc` the dot
+    /// product of its 4 bytes of `c` (4 dimensions of one corpus row) with the 4 bytes of `q`
+    /// (the same 4 dimensions of the query, in every lane). `$tile` is the micro-kernel over `Q`
+    /// queries x one group of 16 rows (four registers of 4 rows), `$scan` the whole scan: the
+    /// queries as signed bytes (`u8 ^ 0x80 = q`), so every accumulator starts at 0 and ends at the
+    /// exact integer dot product, the same as the x86-64 kernels'.
+    macro_rules! neon_scan {
+        ($scan:ident, $tile:ident, $features:literal, |$acc:ident, $c:ident, $q:ident| $madd:expr) => {
+            /// # Safety
+            /// Each `qp[i]` must have `4 * steps` readable bytes, `g + 64 * steps` must be readable;
+            #[doc = concat!("the CPU must have ", $features, ".")]
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn $tile(qp: &[*const i8; Q], g: *const i8, steps: usize) -> [[int32x4_t; 4]; Q] {
+                let mut acc = [[vdupq_n_s32(0); 4]; Q];
+                for t in 0..steps {
+                    let mut cs = [vdupq_n_s8(0); 4];
+                    for (r, cr) in cs.iter_mut().enumerate() {
+                        // SAFETY: in bounds per the function contract.
+                        *cr = unsafe { vld1q_s8(g.add(t * 64 + r * 16)) };
+                    }
+                    for (qi, a) in acc.iter_mut().enumerate() {
+                        // SAFETY: in bounds per the function contract (unaligned read).
+                        let w = unsafe { (qp[qi].add(t * 4) as *const i32).read_unaligned() };
+                        let $q = vreinterpretq_s8_s32(vdupq_n_s32(w));
+                        for (r, &$c) in cs.iter().enumerate() {
+                            let $acc = a[r];
+                            a[r] = $madd;
+                        }
+                    }
+                }
+                acc
+            }
+
+            /// See [`super::scan_int8`].
+            ///
+            /// # Safety
+            #[doc = concat!("The CPU must have ", $features, ".")]
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $scan<F>(scan: Scan, thr: &mut [f32; QT], mut cand: F)
+            where
+                F: FnMut(usize, usize, f32) -> f32,
+            {
+                let Scan {
+                    qz,
+                    qrows,
+                    pk,
+                    groups,
+                } = scan;
+                let nq = qrows.len();
+                let dp = qz.dp;
+                let rows = slot_rows(qrows, thr);
+                let mut signed = vec![0i8; QT * dp];
+                for (i, &q) in rows.iter().enumerate() {
+                    for (s, &b) in signed[i * dp..(i + 1) * dp].iter_mut().zip(qz.row(q)) {
+                        *s = (b ^ 0x80) as i8;
+                    }
+                }
+                let gb = pk.group_bytes();
+                let steps = dp / 4;
+                let base = pk.data.as_ptr();
+                for g in groups {
+                    for q0 in (0..nq).step_by(Q) {
+                        let qp: [*const i8; Q] = std::array::from_fn(|i| signed[(q0 + i) * dp..].as_ptr());
+                        // SAFETY: group g < pk.groups is within `pk.data`; the query buffer holds
+                        // `QT * dp >= (q0 + Q) * dp` bytes (q0 + Q <= 8 = QT).
+                        let acc = unsafe { $tile(&qp, base.add(g * gb), steps) };
+                        for (i, a) in acc.iter().enumerate().take(nq - q0) {
+                            let qi = q0 + i;
+                            for (r, &ar) in a.iter().enumerate() {
+                                // SAFETY: `g < pk.groups`, so 4 slots of `sc` from `g * 16 + r * 4`
+                                // are in bounds.
+                                unsafe {
+                                    report::<Q4, F>(
+                                        ar,
+                                        pk,
+                                        g * 16 + r * 4,
+                                        qz.s[rows[qi]],
+                                        qi,
+                                        &mut thr[qi],
+                                        &mut cand,
+                                    )
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+        };
+    }
+
+    // `sdot` by inline assembly: its intrinsic (`vdotq_s32`) is not stable Rust.
+    neon_scan!(scan_int8_sdot, tile_sdot, "neon,dotprod", |acc, c, q| {
+        let mut a = acc;
+        // SAFETY: one register-only instruction; dotprod per the enclosing function's features.
+        unsafe {
+            asm!(
+                "sdot {a:v}.4s, {c:v}.16b, {q:v}.16b",
+                a = inout(vreg) a,
+                c = in(vreg) c,
+                q = in(vreg) q,
+                options(pure, nomem, nostack, preserves_flags)
+            )
+        };
+        a
+    });
+    // Rows 0-1 and 2-3 of the register times the query (i16 products), pairs of dimensions added
+    // (`addp`: at most 2 * 127 * 127 < 2^15), then the two pair sums of each row into its i32 lane.
+    neon_scan!(scan_int8_neon, tile_neon, "neon", |acc, c, q| {
+        let lo = vmull_s8(vget_low_s8(c), vget_low_s8(q));
+        let hi = vmull_high_s8(c, q);
+        vpadalq_s16(acc, vpaddq_s16(lo, hi))
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -722,14 +914,25 @@ mod tests {
                 kernels.push(Int8Kernel::Avx2);
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if int8_kernel() == Some(Int8Kernel::Sdot) {
+                kernels.push(Int8Kernel::Sdot);
+            }
+            if int8_kernel().is_some() {
+                kernels.push(Int8Kernel::Neon);
+            }
+        }
         kernels
     }
 
     /// Every int8 kernel this CPU has gives the same pre-scores as the scalar emulation (so the
-    /// AVX2 and VNNI kernels agree bit for bit).
+    /// AVX2 and VNNI kernels, and the two NEON ones, agree bit for bit).
     #[test]
     fn int8_kernels_match_integer_reference() {
         let kernels = kernels();
+        // NEON is part of the base architecture: an aarch64 CPU always has an int8 kernel.
+        assert!(!kernels.is_empty() || !cfg!(target_arch = "aarch64") || isa() == Isa::Scalar);
         for &(d, nq, nc) in &[(77usize, 8usize, 70usize), (256, 5, 48), (3, 1, 17), (64, 3, 16)] {
             let mut rng = Rng(d as u64 * 31 + 7);
             let c: Vec<f32> = (0..nc * d).map(|_| rng.normal()).collect();

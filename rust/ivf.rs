@@ -738,7 +738,19 @@ impl IvfBlocks<'_> {
                 unsafe { _mm_prefetch::<_MM_HINT_T0>(row[k..].as_ptr() as *const i8) };
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        {
+            // `prfm` by inline assembly: the prefetch intrinsic is not stable Rust on aarch64.
+            let row = self.row(r);
+            for k in (0..row.len()).step_by(16) {
+                // SAFETY: a prefetch never faults nor changes memory; the address is in `row`.
+                unsafe {
+                    std::arch::asm!("prfm pldl1keep, [{p}]", p = in(reg) row[k..].as_ptr(),
+                        options(nostack, readonly, preserves_flags))
+                };
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         let _ = r;
     }
 

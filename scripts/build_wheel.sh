@@ -3,8 +3,9 @@
 # distributions without a manylinux container, then checks its platform tag and external symbols with
 # auditwheel. Needs a Rust toolchain; installs maturin, ziglang and auditwheel from PyPI.
 #
-#   bash scripts/build_wheel.sh            # wheel in target/wheels/
-#   bash scripts/build_wheel.sh --check    # quick form for CI, no second Rust build (see check_release below)
+#   bash scripts/build_wheel.sh                    # wheel in target/wheels/
+#   bash scripts/build_wheel.sh --target aarch64   # the aarch64 (ARM64) wheel, cross-built, in target/wheels-aarch64/
+#   bash scripts/build_wheel.sh --check            # quick form for CI, no second Rust build (see check_release below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install "maturin>=1.7,<2.0" "ziglang>=0.11" "auditwheel>=6"
@@ -74,13 +75,31 @@ print(f"sdist {sdist.name}: metadata ok, extras {sorted(extras)}; wheel {wheel.n
 PY
     rm -rf "$tmp"
 }
-if [ "${1:-}" = "--check" ]; then
-    check_release
-    exit 0
-fi
-rm -rf target/wheels
-maturin build --release --zig --compatibility manylinux2014 --out target/wheels
-wheel=$(ls target/wheels/tokvec-*.whl)
+case "${1:-}" in
+    --check)
+        check_release
+        exit 0
+        ;;
+    --target)
+        # zig is the C/C++ compiler and linker for the target too (it ships every target's libc headers and
+        # glibc 2.17 stubs), so no cross toolchain is needed; rustup provides the Rust standard library.
+        case "${2:-}" in
+            aarch64) triple=aarch64-unknown-linux-gnu ;;
+            *) echo "usage: $0 [--check | --target aarch64]" >&2; exit 2 ;;
+        esac
+        rustup target list --installed | grep -qx "$triple" || rustup target add "$triple"
+        out=target/wheels-${2}
+        target_args=(--target "$triple")
+        ;;
+    "")
+        out=target/wheels
+        target_args=()
+        ;;
+    *) echo "usage: $0 [--check | --target aarch64]" >&2; exit 2 ;;
+esac
+rm -rf "$out"
+maturin build --release --zig "${target_args[@]}" --compatibility manylinux2014 --out "$out"
+wheel=$(ls "$out"/tokvec-*.whl)
 auditwheel show "$wheel"
 ls -l "$wheel"
 echo "wheel: $wheel ($(du -h "$wheel" | cut -f1))"
