@@ -103,7 +103,7 @@ def run(sizes: list[int], out: Path, cap: float, cache_dir: Path | None, methods
                 last[name] = (n, dt)
                 is_kept = np.zeros(n, bool)
                 is_kept[kept] = True
-                row: dict[str, Any] = {"n": n, "method": name, "seconds": round(dt, 1), "kept": int(len(kept)), **extra}
+                row: dict[str, Any] = {"n": n, "method": name, "seconds": round(dt, 1), "kept": len(kept), **extra}
                 if name == "exact":
                     exact_kept = is_kept
                 elif exact_kept is not None:
@@ -113,7 +113,9 @@ def run(sizes: list[int], out: Path, cap: float, cache_dir: Path | None, methods
                 # (all 10M rows would take 12.5 GB more)
                 Ek = np.ascontiguousarray(E[np.sort(kept)])
                 res, _, _ = sampled_residual(Ek, np.ones(len(Ek), bool), T, 2000)
-                row["sampled_residual"] = round(res["sampled_kept_with_duplicate_left"] / max(res["sampled_kept"], 1), 4)
+                row["sampled_residual"] = round(
+                    res["sampled_kept_with_duplicate_left"] / max(res["sampled_kept"], 1), 4
+                )
                 emit(row)
             del E
 
@@ -130,7 +132,7 @@ def plot(src: Path, dst: Path) -> None:
         done = sorted((r["n"], r["seconds"]) for r in rows if r["method"] == name and not r.get("skipped"))
         proj = sorted((r["n"], r["projected_seconds"]) for r in rows if r["method"] == name and r.get("skipped"))
         if done:
-            line, = ax.plot(*zip(*done), style, label=name)
+            (line,) = ax.plot(*zip(*done), style, label=name)
             if proj:
                 ax.plot(*zip(done[-1], *proj), ":", color=line.get_color(), alpha=0.6)
     ax.set_xscale("log")

@@ -125,21 +125,36 @@ def main() -> None:
     nq = len(Q)
 
     def line(**kw) -> None:
-        print(json.dumps({"n": a.n, "corpus": a.corpus, "queries": nq, "threads": faiss.omp_get_max_threads(), **kw}),
-              flush=True)
+        print(
+            json.dumps({"n": a.n, "corpus": a.corpus, "queries": nq, "threads": faiss.omp_get_max_threads(), **kw}),
+            flush=True,
+        )
 
     t, ex = best(lambda: tokvec.Index(E, exact=True).search(Q, K), a.repeat)
     line(engine="tokvec", kind="exact", search_s=round(t, 4), qps=round(nq / t))
     t, (_, fi) = best(lambda: faiss.knn(Q, E, K, metric=faiss.METRIC_INNER_PRODUCT), a.repeat)
-    line(engine="faiss knn (IndexFlatIP)", kind="exact", search_s=round(t, 4), qps=round(nq / t),
-         recall=recall(fi, ex[1]))
+    line(
+        engine="faiss knn (IndexFlatIP)",
+        kind="exact",
+        search_s=round(t, 4),
+        qps=round(nq / t),
+        recall=recall(fi, ex[1]),
+    )
 
     def run(engine: str, build_s: float, index_bytes: int, search, probes: list[int]) -> None:
         for p in probes:
             t, (_, found) = best(lambda p=p: search(p), a.repeat)
-            line(engine=engine, kind="ivf", nlist=nlist, nprobe=p, build_s=round(build_s, 2),
-                 index_mb=round(index_bytes / 2**20), search_s=round(t, 4), qps=round(nq / t),
-                 recall=round(recall(found, ex[1]), 4))
+            line(
+                engine=engine,
+                kind="ivf",
+                nlist=nlist,
+                nprobe=p,
+                build_s=round(build_s, 2),
+                index_mb=round(index_bytes / 2**20),
+                search_s=round(t, 4),
+                qps=round(nq / t),
+                recall=round(recall(found, ex[1]), 4),
+            )
 
     gc.collect()
     before = anon_bytes()
@@ -149,7 +164,7 @@ def main() -> None:
     nlist = ix.nlist
     dflt = tokvec.index.default_nprobe(nlist)
     probes = sorted({p for p in a.nprobe if p <= nlist} | {dflt})
-    run("tokvec", build, anon_bytes() - before, lambda p: ix.search(Q, K, nprobe=p), probes)
+    run("tokvec", build, anon_bytes() - before, lambda p, ix=ix: ix.search(Q, K, nprobe=p), probes)
     del ix
     gc.collect()
     if a.no_faiss_ivf:

@@ -36,8 +36,9 @@ def queries() -> list[str]:
 
 
 def rank_json(capsys, *args: str) -> list[dict]:
-    assert main(["rank", "--queries", str(QUERIES), str(CORPUS), "--field", "title", "-k", str(K), "--json",
-                 *args]) == 0
+    assert (
+        main(["rank", "--queries", str(QUERIES), str(CORPUS), "--field", "title", "-k", str(K), "--json", *args]) == 0
+    )
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
@@ -53,8 +54,11 @@ def test_built_once_then_loaded(tmp_path: Path, capsys, model, titles, queries) 
     # the index is the partitioned index of the input's vectors, and says what it was built from
     assert len(ix) == len(titles) and not ix.exact
     np.testing.assert_array_equal(np.asarray(ix.vectors), model.embed(titles))
-    assert ix.metadata == {"model": "default", "model_fingerprint": model.fingerprint,
-                           "texts_digest": texts_digest(titles)}
+    assert ix.metadata == {
+        "model": "default",
+        "model_fingerprint": model.fingerprint,
+        "texts_digest": texts_digest(titles),
+    }
     # the results are its search at the default nprobe, on the 60 first queries
     s, i = ix.search(model.embed(queries), K)
     assert hits(built, len(queries)) == [[(int(a), round(float(b), 6)) for a, b in zip(r, q)] for r, q in zip(i, s)]
@@ -68,9 +72,11 @@ def test_built_once_then_loaded(tmp_path: Path, capsys, model, titles, queries) 
     # fewer probes find fewer of the exact hits, never other scores for the hits they find
     few = rank_json(capsys, "--index", str(path), "--nprobe", "1")
     exact_score = {(b["query_index"], h["index"]): h["score"] for b in exact for h in b["results"]}
-    full = {(b["query_index"], h["index"]): h["score"] for b in rank_json(capsys, "--index", str(path), "--nprobe",
-                                                                          str(ix.nlist), "-k", "50")
-            for h in b["results"]}
+    full = {
+        (b["query_index"], h["index"]): h["score"]
+        for b in rank_json(capsys, "--index", str(path), "--nprobe", str(ix.nlist), "-k", "50")
+        for h in b["results"]
+    }
     found = [(b["query_index"], h["index"], h["score"]) for b in few for h in b["results"]]
     assert 0 < sum((q, r) in exact_score for q, r, _ in found) < len(exact_score)
     assert all(full.get((q, r), s) == s for q, r, s in found)
