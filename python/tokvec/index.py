@@ -42,7 +42,7 @@ _DIGEST_CHUNK = 65_536
 def default_nprobe(nlist: int) -> int:
     """Lists a query scans by default: 2.5 sqrt(nlist), at least 16 (at most nlist). The fraction of the rows scanned
     falls as the index grows, and the recall stays near 0.95: measured on Wikipedia text with the default model
-    (2,000 query sentences of other articles; docs/python.md), 0.95-0.96 of the exact top-10 from 283 lists (20,000
+    (query sentences of other articles; docs/python.md), 0.950-0.968 of the exact top-10 from 283 lists (20,000
     sentences: 42 probes) to 6,325 lists (10M two-sentence passages: 199 probes)."""
     return min(nlist, max(16, round(2.5 * math.sqrt(nlist))))
 
