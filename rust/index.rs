@@ -34,7 +34,7 @@ use rayon::prelude::*;
 use crate::cancel::Cancel;
 use crate::dot::{dot, lower_threshold, row_norms, rows_of};
 use crate::error::{CoreError, Result};
-use crate::int8::{int8_serves, quantize_row, scan_int8, Int8Bound, PackedCorpus, QuantQueries, QT};
+use crate::int8::{int8_serves, quantize_row, scan_int8, Int8Bound, PackedCorpus, QuantQueries, QuantRow, QT};
 use crate::ivf;
 use crate::simd::isa;
 use crate::topk::{check_k, flatten, Entry, TopK};
@@ -386,35 +386,25 @@ fn pack_lists(
     let mut packed: Vec<Option<PackedCorpus>> = (0..nlist)
         .map(|l| {
             let len = offsets[l + 1] - offsets[l];
-            (len > 0).then(|| {
-                let mut pk = PackedCorpus::empty(d);
-                pk.groups = len.div_ceil(16);
-                pk.data = vec![0; pk.groups * pk.group_bytes()];
-                pk.sc = vec![0.0; pk.groups * 16];
-                pk.init = vec![0; pk.groups * 16];
-                pk.l1 = vec![0.0; pk.groups * 16];
-                pk
-            })
+            (len > 0).then(|| PackedCorpus::zeroed(len, d))
         })
         .collect();
     let dp = d.div_ceil(4) * 4;
     // per list, how many of its rows are packed so far
     let mut done = vec![0usize; nlist];
     let mut codes = vec![0i8; PACK_CHUNK.min(n) * dp];
-    let mut meta = vec![(0.0f32, 0i32, 0.0f64); PACK_CHUNK.min(n)];
+    let mut terms = vec![QuantRow::default(); PACK_CHUNK.min(n)];
     for c0 in (0..n).step_by(PACK_CHUNK) {
         cancel.check()?;
         let c1 = (c0 + PACK_CHUNK).min(n);
         codes[..(c1 - c0) * dp]
             .par_chunks_mut(dp)
-            .zip(meta[..c1 - c0].par_iter_mut())
+            .zip(terms[..c1 - c0].par_iter_mut())
             .enumerate()
             .with_min_len(256)
-            .for_each(|(i, (out, m))| {
+            .for_each(|(i, (out, q))| {
                 let r = c0 + i;
-                let q = quantize_row(&x[r * d..(r + 1) * d], &mut out[..d]);
-                // |sum| <= 127 d; `d * 255 * 127 < 2^31` holds on the int8 path (`int8_serves`)
-                *m = (q.s, (-128 * q.sum) as i32, q.s as f64 * q.l1 as f64);
+                *q = quantize_row(&x[r * d..(r + 1) * d], &mut out[..d]);
             });
         packed
             .par_iter_mut()
@@ -424,18 +414,11 @@ fn pack_lists(
                 let Some(pk) = pk else { return };
                 let rows = &order[offsets[l]..offsets[l + 1]];
                 while let Some(&r) = rows.get(*done) {
-                    let r = r as usize;
-                    if r >= c1 {
+                    if r as usize >= c1 {
                         break;
                     }
-                    let (slot, i) = (*done, r - c0);
-                    let (g, lane) = (slot / 16, slot % 16);
-                    let out = &mut pk.data[g * dp * 16..(g + 1) * dp * 16];
-                    let src = &codes[i * dp..(i + 1) * dp];
-                    for t in 0..dp / 4 {
-                        out[t * 64 + lane * 4..t * 64 + lane * 4 + 4].copy_from_slice(&src[t * 4..t * 4 + 4]);
-                    }
-                    (pk.sc[slot], pk.init[slot], pk.l1[slot]) = meta[i];
+                    let i = r as usize - c0;
+                    pk.put(*done, &codes[i * dp..(i + 1) * dp], &terms[i]);
                     *done += 1;
                 }
             });

@@ -36,6 +36,7 @@ use crate::simd::{extensions, isa, Isa};
 pub(crate) const HALF_STEP: f64 = 0.5001;
 
 /// One quantized row: `x ~= s * q`, `q` in [-127, 127].
+#[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct QuantRow {
     /// Scale.
     pub(crate) s: f32,
@@ -43,6 +44,15 @@ pub(crate) struct QuantRow {
     pub(crate) l1: i64,
     /// `sum q_i`.
     pub(crate) sum: i64,
+}
+
+impl QuantRow {
+    /// What a corpus slot keeps of the row: scale, accumulator start `-128 * sum(q)` and `||c~||_1`.
+    #[inline]
+    pub(crate) fn slot_terms(&self) -> (f32, i32, f64) {
+        // |sum| <= 127 d; `d * 255 * 127 < 2^31` is checked by the callers (int8 path).
+        (self.s, (-128 * self.sum) as i32, self.s as f64 * self.l1 as f64)
+    }
 }
 
 /// Quantizes `x` into `out` (same length) with a per-row scale.
@@ -174,15 +184,17 @@ impl PackedCorpus {
         self.dp * 16
     }
 
-    /// Re-fills with `slots` rows; `row(slot)` gives the f32 row for a slot or `None` for a zero slot.
-    /// `slots` is rounded up to a multiple of 16.
-    pub(crate) fn fill<'a, F>(&mut self, slots: usize, d: usize, row: F)
-    where
-        F: Fn(usize) -> Option<&'a [f32]> + Sync,
-    {
+    /// `slots` zero slots (rounded up to a multiple of 16), to be set by [`PackedCorpus::put`].
+    pub(crate) fn zeroed(slots: usize, d: usize) -> Self {
+        let mut pk = Self::empty(d);
+        pk.reset(slots);
+        pk
+    }
+
+    /// Makes it `slots` zero slots (rounded up to a multiple of 16), keeping the buffers.
+    fn reset(&mut self, slots: usize) {
         let groups = slots.div_ceil(16);
         let gb = self.group_bytes();
-        let dp = self.dp;
         self.groups = groups;
         self.data.clear();
         self.data.resize(groups * gb, 0);
@@ -192,6 +204,34 @@ impl PackedCorpus {
         self.init.resize(groups * 16, 0);
         self.l1.clear();
         self.l1.resize(groups * 16, 0.0);
+    }
+
+    /// Writes one quantized row (`codes`: `dp` bytes from [`quantize_row`], zero past `d`) into lane
+    /// `lane` of a group's bytes `group` (`[dp / 4][16 rows][4 bytes]`).
+    #[inline]
+    pub(crate) fn put_lane(group: &mut [i8], lane: usize, codes: &[i8]) {
+        for (t, c) in codes.chunks_exact(4).enumerate() {
+            group[t * 64 + lane * 4..t * 64 + lane * 4 + 4].copy_from_slice(c);
+        }
+    }
+
+    /// Sets slot `slot` to a quantized row: its `codes` (as [`PackedCorpus::put_lane`]) and terms `q`.
+    pub(crate) fn put(&mut self, slot: usize, codes: &[i8], q: &QuantRow) {
+        let gb = self.group_bytes();
+        let (g, lane) = (slot / 16, slot % 16);
+        Self::put_lane(&mut self.data[g * gb..(g + 1) * gb], lane, codes);
+        (self.sc[slot], self.init[slot], self.l1[slot]) = q.slot_terms();
+    }
+
+    /// Re-fills with `slots` rows; `row(slot)` gives the f32 row for a slot or `None` for a zero slot.
+    /// `slots` is rounded up to a multiple of 16.
+    pub(crate) fn fill<'a, F>(&mut self, slots: usize, d: usize, row: F)
+    where
+        F: Fn(usize) -> Option<&'a [f32]> + Sync,
+    {
+        self.reset(slots);
+        let gb = self.group_bytes();
+        let dp = self.dp;
         self.data
             .par_chunks_mut(gb)
             .zip(self.sc.par_chunks_mut(16))
@@ -204,13 +244,8 @@ impl PackedCorpus {
                 for lane in 0..16 {
                     let Some(r) = row(g * 16 + lane) else { continue };
                     let q = quantize_row(r, &mut tmp[..d]);
-                    sc[lane] = q.s;
-                    // |sum| <= 127 d; `d * 255 * 127 < 2^31` is checked by the callers (int8 path).
-                    init[lane] = (-128 * q.sum) as i32;
-                    l1[lane] = q.s as f64 * q.l1 as f64;
-                    for t in 0..dp / 4 {
-                        out[t * 64 + lane * 4..t * 64 + lane * 4 + 4].copy_from_slice(&tmp[t * 4..t * 4 + 4]);
-                    }
+                    (sc[lane], init[lane], l1[lane]) = q.slot_terms();
+                    Self::put_lane(out, lane, &tmp);
                 }
             });
     }
