@@ -466,7 +466,6 @@ def cmd_rank(args: argparse.Namespace) -> None:
         rows, texts = _read(src, args, "read")
         if ix is not None:
             _check_index_texts(args, ix, texts)
-            E = ix.vectors
         else:
             E = _embed(m, texts, args, "embed")
             if args.index is not None:
@@ -488,7 +487,7 @@ def cmd_rank(args: argparse.Namespace) -> None:
         if ix is None:
             scores, idx = tokvec.topk(Q, E, k=args.k)
         else:
-            scores, idx = ix.search(Q, args.k, nprobe=args.nprobe) if not ix.exact else ix.search(Q, args.k)
+            scores, idx = ix.search(Q, args.k, nprobe=args.nprobe)  # None for an exact index (_rank_index)
         blocks = []
         for qi, q in enumerate(qtexts):
             # a slot the probed lists could not fill holds index -1: not a result
