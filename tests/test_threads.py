@@ -276,6 +276,13 @@ holder = {"arr": base.copy(), "gen": 0, "rows": ()}
 stop = threading.Event()
 
 
+def benign(gen):
+    # every fourth call, the writers write only small finite values into `a` and leave the row numbers alone: such a
+    # call must run to the end (no input check can refuse it), so every run shows kernels finishing under writes,
+    # not only refusing; the other calls meet special values and bad row numbers too
+    return gen % 4 == 0
+
+
 def writer(seed):
     # after each new array, wait a random few milliseconds (past the kernels' up-front NaN/inf checks, often), then
     # write until the next array: benign values, special ones (NaN, inf, huge, denormal) and whole huge rows
@@ -285,12 +292,16 @@ def writer(seed):
         if holder["gen"] == gen:
             time.sleep(0)
             continue
-        gen = holder["gen"]
+        # the array is taken once per call (it is set before the call's number), so a writer still busy with the
+        # previous call never writes special values into a benign call's array
+        gen, arr = holder["gen"], holder["arr"]
         time.sleep(rng.uniform(0, 0.004))
         while holder["gen"] == gen and not stop.is_set():
-            arr = holder["arr"]
             rows = rng.integers(0, arr.shape[0], 4)
             cols = rng.integers(0, arr.shape[1], 4)
+            if benign(gen):
+                arr[rows, cols] = rng.standard_normal(4).astype(np.float32) * 0.1
+                continue
             kind = rng.integers(3)
             if kind == 0:
                 arr[rows, cols] = rng.standard_normal(4).astype(np.float32)
@@ -298,7 +309,7 @@ def writer(seed):
                 arr[rows, cols] = SPECIAL[rng.integers(0, len(SPECIAL), 4)]
             else:
                 arr[rows[0]] = rng.standard_normal(arr.shape[1]).astype(np.float32) * 1e30
-            for idx in holder["rows"]:
+            for idx in holder["rows"] if holder["gen"] == gen else ():
                 idx[rng.integers(0, len(idx), 4)] = BAD_ROWS[rng.integers(0, len(BAD_ROWS), 4)]
 
 
@@ -344,12 +355,13 @@ def run_scores(a):
     assert m.shape == (40, n)
 
 
+PAIR_ROWS = np.random.default_rng(0).integers(0, n, (2, 200_000))
+
+
 def run_dot_pairs(a):
-    # the row numbers are read in place too, and written meanwhile: in every other call, so that half the calls
-    # meet only the writes into `a` (as `scores` does) and show the kernel running to the end, not only refusing
-    rng = np.random.default_rng(0)
-    i, j = rng.integers(0, n, 200_000), rng.integers(0, n, 200_000)
-    holder["rows"] = (i, j) if holder["gen"] % 2 else ()
+    # the row numbers are read in place too, and written meanwhile (except in the benign calls)
+    i, j = PAIR_ROWS.copy()
+    holder["rows"] = () if benign(holder["gen"]) else (i, j)
     try:
         assert _core.dot_pairs(a, a, i, j).shape == (200_000,)
     finally:
@@ -359,7 +371,7 @@ def run_dot_pairs(a):
 JOBS = {"topk": run_topk, "duplicate_pairs": run_pairs, "dedup": run_dedup, "kmeans": run_kmeans,
         "normalize_rows": run_normalize, "scores": run_scores, "dot_pairs": run_dot_pairs}
 JOBS = {name: JOBS[name] for name in sys.argv[3].split(",")}
-summary = {name: {"ok": 0, "errors": {}} for name in JOBS}
+summary = {name: {"ok": 0, "benign_ok": 0, "benign_calls": 0, "errors": {}} for name in JOBS}
 threads = [threading.Thread(target=writer, args=(s,), daemon=True) for s in range(3)]
 for t in threads:
     t.start()
@@ -370,9 +382,12 @@ try:
             calls += 1
             holder["arr"] = arr = base.copy()
             holder["gen"] += 1
+            calm = benign(holder["gen"])
+            summary[name]["benign_calls"] += calm
             try:
                 job(arr)
                 summary[name]["ok"] += 1
+                summary[name]["benign_ok"] += calm
             except Exception as e:  # a panic (PanicException is a BaseException) is not caught: it fails the run
                 key = type(e).__name__ + ": " + str(e)[:60]
                 summary[name]["errors"][key] = summary[name]["errors"].get(key, 0) + 1
@@ -408,7 +423,8 @@ def test_inputs_written_by_other_threads_during_the_call(race_input, job):
     res = json.loads(r.stdout)[job]
     # only the documented input errors: a value written meanwhile can fail the NaN/inf/size checks
     assert all(key.startswith("ValueError: ") for key in res["errors"]), res["errors"]
-    assert res["ok"] > 0, res
+    # the calls that met only small finite writes all ran to the end
+    assert res["benign_calls"] > 0 and res["benign_ok"] == res["benign_calls"], res
 
 
 # ------------------------------------------------------------------------------------------ mixed work, lifetimes
