@@ -1127,11 +1127,47 @@ impl<'a> Rows<'a> {
     }
 }
 
+/// Rows of each side that [`cross_with`] copies and quantizes at a time: 64 Ki rows of 256 floats
+/// is 64 MB of floats plus 16 MB of int8 codes per side, whatever the sizes of `a` and `b`.
+const CROSS_BLOCK: usize = 1 << 16;
+
 fn cross_with(a: &Rows, b: &Rows, threshold: f32, path: Path, cancel: &Cancel) -> Result<Vec<Pair>> {
-    let path = effective(path, a.d);
-    let mut qs = Slots::queries(a.d, path);
-    qs.append(a.e, &(0..a.n as u32).collect::<Vec<u32>>(), &a.norms);
-    cross_kept(&qs, b.e, b.n, &b.norms, threshold, path, cancel)
+    cross_blocked(a, b, threshold, path, CROSS_BLOCK, cancel).map(|(pairs, _)| pairs)
+}
+
+/// [`cross_with`] over blocks of `block` rows of each side: a block of `a` (copied and quantized
+/// once) against each block of `b` in turn (copied and packed), so the working memory is two
+/// blocks and not a copy of both inputs (at 10M x 256, 12.5 GB). A block of `b` is packed once per
+/// block of `a`: `nb * na / block` row packings, a small part of the `na * nb` pair scan. Also
+/// returns the most rows held as slots at once.
+fn cross_blocked(
+    a: &Rows,
+    b: &Rows,
+    threshold: f32,
+    path: Path,
+    block: usize,
+    cancel: &Cancel,
+) -> Result<(Vec<Pair>, usize)> {
+    let (d, path) = (a.d, effective(path, a.d));
+    let mut out = Vec::new();
+    let mut held = 0;
+    for q0 in (0..a.n).step_by(block) {
+        let q1 = (q0 + block).min(a.n);
+        let mut qs = Slots::queries(d, path);
+        qs.append(a.e, &(q0 as u32..q1 as u32).collect::<Vec<u32>>(), &a.norms);
+        for c0 in (0..b.n).step_by(block) {
+            let c1 = (c0 + block).min(b.n);
+            let rows = &b.e[c0 * d..c1 * d];
+            let found = cross_kept(&qs, rows, c1 - c0, &b.norms[c0..c1], threshold, path, cancel)?;
+            held = held.max((q1 - q0) + (c1 - c0).div_ceil(16) * 16);
+            out.extend(found.into_iter().map(|(i, j, s)| (i + q0 as u32, j + c0 as u32, s)));
+        }
+    }
+    if b.n > block {
+        // each block's pairs are sorted; with one block of `b`, the blocks of `a` follow in order
+        out.par_sort_unstable_by_key(|&(i, j, _)| (i, j));
+    }
+    Ok((out, held))
 }
 
 /// Pairs `(query slot, row of b, score)` with canonical score above `threshold`, sorted, for the
@@ -1392,6 +1428,13 @@ mod tests {
                     bits(&want),
                     "{p:?}"
                 );
+                // blocks smaller than either side, not dividing them, one row, larger than both
+                for block in [1usize, 7, 64, 256, 1000] {
+                    let (got, held) = cross_blocked(&ra, &rb, thr, p, block, Cancel::never()).unwrap();
+                    assert_eq!(bits(&got), bits(&want), "{p:?} block {block}");
+                    let bound = block.min(300) + block.min(500).div_ceil(16) * 16;
+                    assert!(held <= bound, "{p:?} block {block}: {held} rows held, bound {bound}");
+                }
             }
         }
         assert!(pairs_above_cross_cancellable(&a, 300, &[], 0, d, 0.5, Cancel::never())

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -287,3 +290,53 @@ def test_dedup_resolve_checks_pairs() -> None:
         _core.dedup_resolve(2, i, np.array([1, 2], np.int64), s, 0.9)
     with pytest.raises(ValueError, match="same length"):
         _core.dedup_resolve(3, i, np.array([1], np.int64), s, 0.9)
+
+
+_CROSS_RSS = r"""
+import sys
+import numpy as np
+from tokvec.dedup import dedup
+
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+base, ref = np.load(sys.argv[1]), np.load(sys.argv[2])
+copies, t = int(sys.argv[3]), float(sys.argv[4])
+rng = np.random.default_rng(0)
+# the items: each base vector again and again with a little noise, built a copy at a time (no big temporaries,
+# so the high-water mark below is the matrix itself)
+E = np.empty((copies * len(base), base.shape[1]), np.float32)
+for c in range(copies):
+    x = base + rng.standard_normal(base.shape, dtype=np.float32) * 0.01
+    E[c * len(base):(c + 1) * len(base)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+del x
+before = hwm()
+res = dedup(E, t, reference=ref, self_dedup=False)
+grew = hwm() - before
+# the oracle: an item goes when its best reference score is above the threshold (numpy, by blocks)
+best = np.concatenate([(E[s:s + 65536] @ ref.T).max(axis=1) for s in range(0, len(E), 65536)])
+print(grew, E.nbytes, int((res.source == 1).sum()), int((best > t).sum()), int((np.abs(best - t) < 1e-5).sum()))
+want = np.flatnonzero(best <= t)
+near = np.abs(best - t) < 1e-5
+assert np.array_equal(np.setdiff1d(res.kept, np.flatnonzero(near)), np.setdiff1d(want, np.flatnonzero(near)))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_reference_search_does_not_copy_the_items(model, wiki_sentences: list[str], tmp_path: Path) -> None:
+    """Decontaminating 600k items (614 MB of vectors) against a reference set: the cross search reads the items in
+    blocks, so the process's peak memory grows by much less than the items (it copied them as floats and as int8
+    codes before: 1.25x their size), and the items removed are those numpy finds above the threshold."""
+    base = model.embed(wiki_sentences[:2000])
+    ref = model.embed(wiki_sentences[:40] + wiki_sentences[5000:5060])
+    np.save(tmp_path / "base.npy", base)
+    np.save(tmp_path / "ref.npy", ref)
+    argv = [sys.executable, "-c", _CROSS_RSS, str(tmp_path / "base.npy"), str(tmp_path / "ref.npy"), "300", "0.9"]
+    r = subprocess.run(argv, check=False, capture_output=True, text=True, env={**os.environ, "RAYON_NUM_THREADS": "2"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    grew, size, removed, want_removed, near = map(int, r.stdout.split())
+    assert size == 600_000 * base.shape[1] * 4
+    assert removed >= 40 * 300 and abs(removed - want_removed) <= near
+    assert grew < 0.4 * size, f"peak memory grew by {grew / 1e6:.0f} MB for {size / 1e6:.0f} MB of items"
