@@ -9,9 +9,11 @@
 //!   canonical dot, and a bounded heap per query keeps the best `k` under the total order (score,
 //!   then the lower row index). So every score is bit-identical to the exact one, and with
 //!   `nprobe = nlist` the result *is* `topk`'s, indices and score bits, on any CPU and thread count.
-//! * The index holds no f32 copy of the rows: the caller passes the same rows to every search (the
-//!   binding keeps the array), and the re-score reads them by row index. It holds the lists (row
-//!   numbers grouped by list) and, on the int8 path, each list's packed int8 codes.
+//! * The index holds no f32 copy of the rows: the caller passes the same rows to every search, as
+//!   one or more consecutive parts ([`Parts`]: the built rows, then each block [`IvfIndex::add`]
+//!   appended), and the re-score reads them by row index. It holds the lists (row numbers grouped
+//!   by list, ascending) and, on the int8 path, each list's packed int8 codes. Adding rows appends
+//!   them to their lists and packs only them: the cost is the new rows', not the index's.
 //!
 //! # Performance notes
 //!
@@ -57,13 +59,56 @@ pub(crate) struct IvfIndex {
     centroids: Vec<f32>,
     /// Home list of every row, in input order.
     labels: Vec<u32>,
-    /// `offsets[l]..offsets[l + 1]` of `order`: the rows of list `l`, ascending.
-    offsets: Vec<usize>,
-    order: Vec<u32>,
+    /// The rows of each list, ascending.
+    lists: Vec<Vec<u32>>,
     /// Per list, its rows' packed int8 codes and their error bound (int8 path; `None` for an empty
-    /// list or without int8).
+    /// list; empty without int8).
     packed: Vec<Option<(PackedCorpus, Int8Bound)>>,
     int8: bool,
+}
+
+/// The rows of an index as consecutive parts: part `p` holds rows `ends[p - 1]..ends[p]`.
+pub(crate) struct Parts<'a> {
+    parts: Vec<&'a [f32]>,
+    ends: Vec<usize>,
+    d: usize,
+}
+
+impl<'a> Parts<'a> {
+    /// Errors (naming `vectors`) on `d == 0` or a part whose length is not a multiple of `d`.
+    pub(crate) fn new(parts: Vec<&'a [f32]>, d: usize) -> Result<Self> {
+        let mut ends = Vec::with_capacity(parts.len());
+        let mut n = 0;
+        for p in &parts {
+            n += rows_of(p, d, "vectors")?;
+            ends.push(n);
+        }
+        Ok(Parts { parts, ends, d })
+    }
+
+    /// One part.
+    #[cfg(test)]
+    pub(crate) fn one(x: &'a [f32], d: usize) -> Result<Self> {
+        Self::new(vec![x], d)
+    }
+
+    /// Rows in all parts.
+    pub(crate) fn n(&self) -> usize {
+        self.ends.last().copied().unwrap_or(0)
+    }
+
+    /// Row `r` (< [`Parts::n`]).
+    #[inline]
+    fn row(&self, r: usize) -> &'a [f32] {
+        let p = if self.parts.len() == 1 {
+            0
+        } else {
+            self.ends.partition_point(|&e| e <= r)
+        };
+        let start = if p == 0 { 0 } else { self.ends[p - 1] };
+        let i = r - start;
+        &self.parts[p][i * self.d..(i + 1) * self.d]
+    }
 }
 
 /// How [`IvfIndex::build`] makes an index; `None` picks the default for `n`.
@@ -141,37 +186,67 @@ impl IvfIndex {
         cancel: &Cancel,
     ) -> Result<Self> {
         cancel.check()?;
-        let n = labels.len();
         let nlist = centroids.len() / d;
-        let mut offsets = vec![0usize; nlist + 1];
-        for &l in &labels {
-            offsets[l as usize + 1] += 1;
-        }
-        for l in 0..nlist {
-            offsets[l + 1] += offsets[l];
-        }
-        let mut fill = offsets.clone();
-        let mut order = vec![0u32; n];
-        for (r, &l) in labels.iter().enumerate() {
-            order[fill[l as usize]] = r as u32;
-            fill[l as usize] += 1;
-        }
-        let packed = if int8 {
-            pack_lists(x, d, &offsets, &order, norms, cancel)?
-        } else {
-            Vec::new()
-        };
-        cancel.check()?;
-        Ok(IvfIndex {
-            n,
+        let mut ix = IvfIndex {
+            n: 0,
             d,
             centroids,
-            labels,
-            offsets,
-            order,
-            packed,
+            labels: Vec::new(),
+            lists: vec![Vec::new(); nlist],
+            packed: if int8 {
+                (0..nlist).map(|_| None).collect()
+            } else {
+                Vec::new()
+            },
             int8,
-        })
+        };
+        ix.append(x, labels, norms, cancel)?;
+        Ok(ix)
+    }
+
+    /// Appends the rows `x` (checked, with their `norms`) as rows `n..`, each to its list in
+    /// `labels`, and packs them. Stops (leaving a partial index, which the callers drop) soon after
+    /// `cancel` is set.
+    fn append(&mut self, x: &[f32], labels: Vec<u32>, norms: &[f64], cancel: &Cancel) -> Result<()> {
+        let (n0, d) = (self.n, self.d);
+        let m = labels.len();
+        let mut counts = vec![0usize; self.lists.len()];
+        for &l in &labels {
+            counts[l as usize] += 1;
+        }
+        let before: Vec<usize> = self.lists.iter().map(Vec::len).collect();
+        for (list, c) in self.lists.iter_mut().zip(&counts) {
+            list.reserve_exact(*c);
+        }
+        for (r, &l) in labels.iter().enumerate() {
+            self.lists[l as usize].push((n0 + r) as u32);
+        }
+        self.labels.extend(labels);
+        self.n = n0 + m;
+        if self.int8 {
+            pack_rows(x, d, n0, &self.lists, &before, &mut self.packed, norms, cancel)?;
+        }
+        cancel.check()
+    }
+
+    /// Appends rows `y` (`m x d`) as rows `n..n + m`, each joining its nearest list (the
+    /// centroids are not retrained), and packs only them. Errors (the index unchanged) on a width
+    /// other than the index's, bad values (naming `vectors`) and more rows in all than an index
+    /// holds; stops with [`CoreError::Interrupted`] (the index unchanged) if `cancel` is set during
+    /// the assignment, the part that grows with the lists.
+    pub(crate) fn add(&mut self, y: &[f32], cancel: &Cancel) -> Result<()> {
+        let m = rows_of(y, self.d, "vectors")?;
+        if self.n + m >= NO_ROW as usize {
+            return Err(CoreError::arg(
+                "vectors",
+                format!("an index holds fewer than {NO_ROW} rows; {} + {m} is more", self.n),
+            ));
+        }
+        let norms = row_norms(y, self.d, "vectors")?;
+        let labels = ivf::nearest_lists(y, m, self.d, &self.centroids, self.nlist(), 1, self.int8, cancel)?;
+        cancel.check()?;
+        // packing m rows is O(m d): it runs to the end, so the index is never left half-grown
+        self.append(y, labels, &norms, Cancel::never())
     }
 
     /// Rows indexed.
@@ -186,7 +261,7 @@ impl IvfIndex {
 
     /// Number of lists.
     pub(crate) fn nlist(&self) -> usize {
-        self.offsets.len() - 1
+        self.lists.len()
     }
 
     /// The unit centroids, `nlist x d`.
@@ -200,13 +275,18 @@ impl IvfIndex {
     }
 
     /// Row offsets of the lists in [`IvfIndex::order`] (`nlist + 1` entries).
-    pub(crate) fn offsets(&self) -> &[usize] {
-        &self.offsets
+    pub(crate) fn offsets(&self) -> Vec<usize> {
+        let mut off = vec![0usize];
+        off.extend(self.lists.iter().scan(0, |acc, l| {
+            *acc += l.len();
+            Some(*acc)
+        }));
+        off
     }
 
     /// The rows grouped by list, ascending within a list.
-    pub(crate) fn order(&self) -> &[u32] {
-        &self.order
+    pub(crate) fn order(&self) -> Vec<u32> {
+        self.lists.concat()
     }
 
     /// The home list of each row of `y` (`m x d`): the lists new rows join. Errors on a width
@@ -218,18 +298,19 @@ impl IvfIndex {
     }
 
     /// For every query row, the `k` rows of its `nprobe` nearest lists with the highest canonical
-    /// dot product, best first, ties broken by the lower row index: `nq * min(k, n)` scores and row
-    /// indices; slots the probed lists cannot fill hold -inf and [`NO_ROW`]. `x` must be the rows
-    /// the index was built over (checked by length only; other values give other scores, never an
-    /// out-of-bounds read). With `nprobe = nlist`, equal to [`crate::topk::topk_cancellable`] over
-    /// `x`, bit for bit.
+    /// dot product, best first, ties broken by the lower row index: `nq * min(k, x.n())` scores and
+    /// row indices; slots the probed lists cannot fill hold -inf and [`NO_ROW`]. `x` must be the
+    /// first rows of the index, all of them or fewer (a caller's view taken before rows were added:
+    /// the rows past it are not searched); they are checked by count only (other values give other
+    /// scores, never an out-of-bounds read). With `nprobe = nlist` and all rows, equal to
+    /// [`crate::topk::topk_cancellable`] over them, bit for bit.
     ///
-    /// Errors on `k == 0`, `nprobe` of 0 or above `nlist`, `x` of another length (`vectors`), and
-    /// queries of another width or with bad values; stops with [`CoreError::Interrupted`] soon
-    /// after `cancel` is set (polled per query tile and list).
+    /// Errors on `k == 0`, `nprobe` of 0 or above `nlist`, `x` with no rows or more than the index
+    /// (`vectors`), and queries of another width or with bad values; stops with
+    /// [`CoreError::Interrupted`] soon after `cancel` is set (polled per query tile and list).
     pub(crate) fn search(
         &self,
-        x: &[f32],
+        x: &Parts,
         queries: &[f32],
         k: usize,
         nprobe: usize,
@@ -244,19 +325,19 @@ impl IvfIndex {
             ));
         }
         let d = self.d;
-        if x.len() != self.n * d {
+        let seen = x.n();
+        if x.d != d || seen == 0 || seen > self.n {
             return Err(CoreError::arg(
                 "vectors",
                 format!(
-                    "the index holds {} rows of {d} columns, but {} values were passed",
-                    self.n,
-                    x.len()
+                    "the index holds {} rows of {d} columns, but {seen} rows of {} were passed",
+                    self.n, x.d
                 ),
             ));
         }
         let nq = rows_of(queries, d, "queries")?;
         let qnorms = row_norms(queries, d, "queries")?;
-        let kk = k.min(self.n);
+        let kk = k.min(seen);
         if nq == 0 {
             return Ok((Vec::new(), Vec::new()));
         }
@@ -282,6 +363,7 @@ impl IvfIndex {
         let scan = Scanner {
             ix: self,
             x,
+            seen,
             queries,
             qnorms: &qnorms,
             qz: self.int8.then(|| QuantQueries::new(queries, d)),
@@ -364,39 +446,51 @@ impl IvfIndex {
     }
 }
 
-/// Rows quantized per step of [`pack_lists`] (16 MiB of codes at d = 256).
+/// Rows quantized per step of [`pack_rows`] (16 MiB of codes at d = 256).
 const PACK_CHUNK: usize = 65_536;
 
-/// Every list's packed int8 codes and error bound (`None` for an empty list): what
-/// [`PackedCorpus::fill`] makes of each list's rows, bit for bit, but reading `x` once in row order.
-/// Filling list by list reads the rows of a list, spread over all of `x`, one after the other: on a
-/// memory-mapped matrix larger than the page cache (a loaded 10M-row index is 10 GB) that is a random
-/// read per row. Here each chunk of rows is quantized (in parallel), then every list takes the
-/// chunk's rows it holds: they are the next run of its rows, since a list's rows ascend.
-fn pack_lists(
+/// Packs rows `r0..r0 + x.len() / d` (`x`, with their `norms`), the last rows of their lists:
+/// list `l` held `before[l]` packed rows and now holds `lists[l]`. Each list's codes and error bound
+/// end up what [`PackedCorpus::fill`] and [`Int8Bound::new`] make of all its rows, bit for bit (the
+/// bound is a maximum, so the new rows' is merged into the old one). The rows are read once, in
+/// row order: filling list by list reads the rows of a list, spread over all of `x`, one after the
+/// other, which on a memory-mapped matrix larger than the page cache (a loaded 10M-row index is
+/// 10 GB) is a random read per row. Here each chunk of rows is quantized (in parallel), then every
+/// list takes the chunk's rows it holds: they are the next run of its rows, since a list's rows
+/// ascend.
+#[allow(clippy::too_many_arguments)]
+fn pack_rows(
     x: &[f32],
     d: usize,
-    offsets: &[usize],
-    order: &[u32],
+    r0: usize,
+    lists: &[Vec<u32>],
+    before: &[usize],
+    packed: &mut [Option<(PackedCorpus, Int8Bound)>],
     norms: &[f64],
     cancel: &Cancel,
-) -> Result<Vec<Option<(PackedCorpus, Int8Bound)>>> {
-    let nlist = offsets.len() - 1;
-    let n = order.len();
-    let mut packed: Vec<Option<PackedCorpus>> = (0..nlist)
-        .map(|l| {
-            let len = offsets[l + 1] - offsets[l];
-            (len > 0).then(|| PackedCorpus::zeroed(len, d))
-        })
-        .collect();
+) -> Result<()> {
+    let m = x.len() / d;
+    // grow each list that gains rows (zero slots past the old ones), keeping its packed rows
+    packed
+        .par_iter_mut()
+        .zip(lists.par_iter().zip(before.par_iter()))
+        .for_each(|(slot, (rows, &b))| {
+            if rows.len() == b {
+                return;
+            }
+            match slot {
+                Some((pk, _)) => pk.grow(rows.len()),
+                None => *slot = Some((PackedCorpus::zeroed(rows.len(), d), Int8Bound::default())),
+            }
+        });
     let dp = d.div_ceil(4) * 4;
     // per list, how many of its rows are packed so far
-    let mut done = vec![0usize; nlist];
-    let mut codes = vec![0i8; PACK_CHUNK.min(n) * dp];
-    let mut terms = vec![QuantRow::default(); PACK_CHUNK.min(n)];
-    for c0 in (0..n).step_by(PACK_CHUNK) {
+    let mut done = before.to_vec();
+    let mut codes = vec![0i8; PACK_CHUNK.min(m) * dp];
+    let mut terms = vec![QuantRow::default(); PACK_CHUNK.min(m)];
+    for c0 in (0..m).step_by(PACK_CHUNK) {
         cancel.check()?;
-        let c1 = (c0 + PACK_CHUNK).min(n);
+        let c1 = (c0 + PACK_CHUNK).min(m);
         codes[..(c1 - c0) * dp]
             .par_chunks_mut(dp)
             .zip(terms[..c1 - c0].par_iter_mut())
@@ -410,37 +504,41 @@ fn pack_lists(
             .par_iter_mut()
             .zip(done.par_iter_mut())
             .enumerate()
-            .for_each(|(l, (pk, done))| {
-                let Some(pk) = pk else { return };
-                let rows = &order[offsets[l]..offsets[l + 1]];
+            .for_each(|(l, (slot, done))| {
+                let Some((pk, _)) = slot else { return };
+                let rows = &lists[l];
                 while let Some(&r) = rows.get(*done) {
-                    if r as usize >= c1 {
+                    if r as usize >= r0 + c1 {
                         break;
                     }
-                    let i = r as usize - c0;
+                    let i = r as usize - r0 - c0;
                     pk.put(*done, &codes[i * dp..(i + 1) * dp], &terms[i]);
                     *done += 1;
                 }
             });
     }
     cancel.check()?;
-    Ok(packed
-        .into_iter()
-        .enumerate()
-        .map(|(l, pk)| {
-            pk.map(|pk| {
-                let rows = &order[offsets[l]..offsets[l + 1]];
-                let bound = Int8Bound::new(d, &pk.sc, &pk.l1, rows.iter().map(|&r| norms[r as usize]));
-                (pk, bound)
-            })
-        })
-        .collect())
+    packed
+        .par_iter_mut()
+        .zip(lists.par_iter().zip(before.par_iter()))
+        .for_each(|(slot, (rows, &b))| {
+            let Some((pk, bound)) = slot else { return };
+            if rows.len() == b {
+                return;
+            }
+            let new = rows[b..].iter().map(|&r| norms[r as usize - r0]);
+            let add = Int8Bound::new(d, &pk.sc[b..rows.len()], &pk.l1[b..rows.len()], new);
+            *bound = if b == 0 { add } else { bound.merge(&add) };
+        });
+    Ok(())
 }
 
 /// What scanning one list needs: the index, its rows, the queries (and their int8 codes).
 struct Scanner<'a> {
     ix: &'a IvfIndex,
-    x: &'a [f32],
+    x: &'a Parts<'a>,
+    /// Rows searched: those of `x`, the first of the index.
+    seen: usize,
     queries: &'a [f32],
     qnorms: &'a [f64],
     qz: Option<QuantQueries>,
@@ -453,9 +551,15 @@ impl Scanner<'_> {
     /// row is scored.
     fn list(&self, l: usize, qs: &[usize], heaps: &mut [TopK], floor: &[f32; QT]) {
         let (ix, d) = (self.ix, self.ix.d);
-        let rows = &ix.order[ix.offsets[l]..ix.offsets[l + 1]];
+        let all = &ix.lists[l];
+        // rows added after the caller's view of the rows are at the end of the list
+        let rows = if self.seen == ix.n {
+            &all[..]
+        } else {
+            &all[..all.partition_point(|&r| (r as usize) < self.seen)]
+        };
         let query = |q: usize| &self.queries[q * d..(q + 1) * d];
-        let row = |r: u32| &self.x[r as usize * d..(r as usize + 1) * d];
+        let row = |r: u32| self.x.row(r as usize);
         match (&self.qz, ix.packed.get(l)) {
             (Some(qz), Some(Some((pk, bound)))) => {
                 let mut eps = [0.0f64; QT];
@@ -464,7 +568,7 @@ impl Scanner<'_> {
                     eps[i] = bound.eps(qz.s[q], qz.l1[q], self.qnorms[q]);
                     thr[i] = lower_threshold(heaps[i].kth().max(floor[i]) as f64, eps[i]);
                 }
-                scan_int8(qz, qs, pk, 0, pk.groups, &mut thr, |i, c, _| {
+                scan_int8(qz, qs, pk, 0, rows.len().div_ceil(16), &mut thr, |i, c, _| {
                     let h = &mut heaps[i];
                     if let Some(&r) = rows.get(c) {
                         h.push(dot(isa(), query(qs[i]), row(r)), r);
@@ -527,7 +631,8 @@ mod tests {
     }
 
     fn search(ix: &IvfIndex, x: &[f32], q: &[f32], k: usize, nprobe: usize) -> (Vec<f32>, Vec<u32>) {
-        ix.search(x, q, k, nprobe, Cancel::never()).unwrap()
+        ix.search(&Parts::one(x, ix.d()).unwrap(), q, k, nprobe, Cancel::never())
+            .unwrap()
     }
 
     #[test]
@@ -550,7 +655,7 @@ mod tests {
         let ix = IvfIndex::from_parts(&x, d, centroids, labels, false, Cancel::never()).unwrap();
         let norms = row_norms(&x, d, "x").unwrap();
         for l in 0..nlist {
-            let rows = &ix.order[ix.offsets[l]..ix.offsets[l + 1]];
+            let rows = &ix.lists[l];
             let got = &ix.packed[l];
             if rows.is_empty() {
                 assert!(got.is_none(), "list {l}");
@@ -716,6 +821,98 @@ mod tests {
         }
     }
 
+    /// The packed codes and bound of every list, as bits.
+    fn packed_bits(ix: &IvfIndex) -> Vec<Option<(Vec<i8>, Vec<u32>, Vec<i32>, Vec<u64>, [u64; 3])>> {
+        ix.packed
+            .iter()
+            .map(|p| {
+                p.as_ref().map(|(pk, b)| {
+                    (
+                        pk.data.clone(),
+                        bits(&pk.sc),
+                        pk.init.clone(),
+                        pk.l1.iter().map(|v| v.to_bits()).collect(),
+                        [b.m_l1, b.m_s, b.m_norm].map(f64::to_bits),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn added_rows_make_the_index_built_with_them() {
+        // blocks of every shape: one row, fewer rows than a 16-row group, more than a packing step
+        let d = 20;
+        let n = 2000 + 1 + 7 + PACK_CHUNK + 33;
+        let x = clustered(n, d, 30, 0.4, 21);
+        let q = gaussian(12, d, 22);
+        let cuts = [0usize, 2000, 2001, 2008, n];
+        for int8 in modes() {
+            let mut ix = build(&x[..2000 * d], d, 25, int8);
+            let before = search(&ix, &x[..2000 * d], &q, 6, 5);
+            for w in cuts[1..].windows(2) {
+                ix.add(&x[w[0] * d..w[1] * d], Cancel::never()).unwrap();
+            }
+            assert_eq!(ix.n(), n);
+            let whole = IvfIndex::from_parts(
+                &x,
+                d,
+                ix.centroids().to_vec(),
+                ix.labels().to_vec(),
+                !int8,
+                Cancel::never(),
+            )
+            .unwrap();
+            assert_eq!(ix.lists, whole.lists, "int8={int8}");
+            assert!(packed_bits(&ix) == packed_bits(&whole), "int8={int8}");
+            // the rows as the parts they were added in
+            let parts: Vec<&[f32]> = cuts.windows(2).map(|w| &x[w[0] * d..w[1] * d]).collect();
+            let px = Parts::new(parts, d).unwrap();
+            assert_eq!(px.n(), n);
+            for r in [0, 1999, 2000, 2001, 2007, 2008, n - 1] {
+                assert_eq!(px.row(r), &x[r * d..(r + 1) * d]);
+            }
+            let all = ix.search(&px, &q, 9, ix.nlist(), Cancel::never()).unwrap();
+            assert_eq!(all, topk_scalar(&q, &x, d, 9).unwrap(), "int8={int8}");
+            assert_eq!(
+                ix.search(&px, &q, 9, 4, Cancel::never()).unwrap(),
+                search(&whole, &x, &q, 9, 4)
+            );
+            // a view of the first rows only (taken before the adds) searches them only
+            assert_eq!(search(&ix, &x[..2000 * d], &q, 6, 5), before);
+            let seen = Parts::new(vec![&x[..2000 * d], &x[2000 * d..2001 * d]], d).unwrap();
+            let (_, i) = ix.search(&seen, &q, 6, ix.nlist(), Cancel::never()).unwrap();
+            assert_eq!(i, topk_scalar(&q, &x[..2001 * d], d, 6).unwrap().1);
+        }
+    }
+
+    #[test]
+    fn a_refused_add_leaves_the_index_unchanged() {
+        let (n, d) = (500, 8);
+        let x = gaussian(n, d, 4);
+        for int8 in modes() {
+            let mut ix = build(&x, d, 10, int8);
+            let want = packed_bits(&ix);
+            let mut bad = x[..4 * d].to_vec();
+            bad[2 * d + 3] = f32::NAN;
+            let e = ix.add(&bad, Cancel::never()).unwrap_err();
+            assert!(e.to_string().contains("row 2"), "{e}");
+            assert!(matches!(
+                ix.add(&x[..d + 1], Cancel::never()),
+                Err(CoreError::InvalidArgument { arg: "vectors", .. })
+            ));
+            assert!(matches!(
+                ix.add(&x[..4 * d], &crate::testutil::stopped()),
+                Err(CoreError::Interrupted)
+            ));
+            assert_eq!((ix.n(), ix.labels().len()), (n, n));
+            assert!(packed_bits(&ix) == want);
+            // an empty block adds nothing
+            ix.add(&[], Cancel::never()).unwrap();
+            assert_eq!(ix.n(), n);
+        }
+    }
+
     #[test]
     fn same_for_any_thread_count_and_int8_matches_exact_scan() {
         let (n, d, k) = (5000, 32, 10);
@@ -845,7 +1042,8 @@ mod tests {
             never,
         )
         .unwrap();
-        let s = |q: &[f32], k: usize, p: usize, xs: &[f32]| match ix.search(xs, q, k, p, never) {
+        let s = |q: &[f32], k: usize, p: usize, xs: &[f32]| match ix.search(&Parts::one(xs, d).unwrap(), q, k, p, never)
+        {
             Err(CoreError::InvalidArgument { arg, .. }) => arg,
             other => panic!("expected an argument error, got {other:?}"),
         };
@@ -854,12 +1052,14 @@ mod tests {
         assert_eq!(s(&x[..d], 1, 11, &x), "nprobe");
         assert_eq!(s(&x[..d - 1], 1, 1, &x), "queries");
         assert_eq!(s(&bad[..8 * d], 1, 1, &x), "queries");
-        assert_eq!(s(&x[..d], 1, 1, &x[..d]), "vectors");
+        // more rows than the index holds, or none
+        assert_eq!(s(&x[..d], 1, 1, &[x.clone(), x[..d].to_vec()].concat()), "vectors");
+        assert_eq!(s(&x[..d], 1, 1, &[]), "vectors");
         assert!(matches!(
             ix.assign(&x[..3], never),
             Err(CoreError::InvalidArgument { arg: "vectors", .. })
         ));
-        assert_eq!(ix.search(&x, &[], 3, 2, never).unwrap(), (vec![], vec![]));
+        assert_eq!(search(&ix, &x, &[], 3, 2), (vec![], vec![]));
     }
 
     #[test]
@@ -875,7 +1075,7 @@ mod tests {
             let ix = build(&x, d, 30, int8);
             for nprobe in [3, 30] {
                 assert!(matches!(
-                    ix.search(&x, &x[..40 * d], 5, nprobe, &stop),
+                    ix.search(&Parts::one(&x, d).unwrap(), &x[..40 * d], 5, nprobe, &stop),
                     Err(CoreError::Interrupted)
                 ));
             }

@@ -191,6 +191,18 @@ impl PackedCorpus {
         pk
     }
 
+    /// Grows it to `slots` slots (rounded up to a multiple of 16), the new ones zero, keeping the
+    /// slots it has (the layout is group after group, so the groups are appended).
+    pub(crate) fn grow(&mut self, slots: usize) {
+        let groups = slots.div_ceil(16).max(self.groups);
+        let gb = self.group_bytes();
+        self.groups = groups;
+        self.data.resize(groups * gb, 0);
+        self.sc.resize(groups * 16, 0.0);
+        self.init.resize(groups * 16, 0);
+        self.l1.resize(groups * 16, 0.0);
+    }
+
     /// Makes it `slots` zero slots (rounded up to a multiple of 16), keeping the buffers.
     fn reset(&mut self, slots: usize) {
         let groups = slots.div_ceil(16);
@@ -335,6 +347,16 @@ impl Int8Bound {
             m_norm,
             sqrt_d: (d as f64).sqrt(),
             rel: canonical_rel_err(d),
+        }
+    }
+
+    /// The bound of the union of two sets (maxima of maxima, as [`Int8Bound::new`] over both).
+    pub(crate) fn merge(&self, other: &Self) -> Self {
+        Int8Bound {
+            m_l1: self.m_l1.max(other.m_l1),
+            m_s: self.m_s.max(other.m_s),
+            m_norm: self.m_norm.max(other.m_norm),
+            ..*self
         }
     }
 

@@ -6,6 +6,7 @@ that name the argument or the file."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -154,6 +155,110 @@ def test_add_equals_a_fresh_index(E, Q, exact, tmp_path: Path) -> None:
     same(ex.search(Q, K), tokvec.topk(Q, E[:300], K))
 
 
+def test_many_adds_keep_few_parts_and_equal_one_index(E, Q) -> None:
+    # blocks of 1 to 3,000 rows: the index equals the core index built over all rows with the same lists, at the
+    # default nprobe too, and its rows stay in few parts (the first one never copied)
+    ix = Index(E[:8000])
+    first = ix._parts[0]
+    sizes = [1, 7, 100, 3000, 2, 2, 2, 500, 1, 4385] + [1] * 100
+    start = 8000
+    for m in sizes:
+        ix.add(E[start : start + m])
+        start += m
+    assert len(ix) == start == 16100
+    assert ix._parts[0] is first and len(ix._parts) <= 12, [p.shape[0] for p in ix._parts]
+    np.testing.assert_array_equal(bits(ix.vectors), bits(E[:start]))
+    whole = _core.IvfIndex(E[:start], centroids=ix._core.centroids, labels=ix._core.labels)
+    np.testing.assert_array_equal(whole.order, ix._core.order)
+    for nprobe in (default_nprobe(ix.nlist), 3):
+        same(ix.search(Q, K, nprobe=nprobe), whole.search(Q, K, nprobe, [E[:start]]))
+    same(ix.search(Q, K, nprobe=ix.nlist), tokvec.topk(Q, E[:start], K))
+    ex = Index(E[:50], exact=True)
+    for a in range(50, 2000, 390):
+        ex.add(E[a : a + 390])
+    same(ex.search(Q, 25), tokvec.topk(Q, E[:2000], 25))
+    same(ex.search(Q[:3], 5000), tokvec.topk(Q[:3], E[:2000], 5000))
+
+
+def test_searches_in_other_threads_see_whole_adds(E, Q) -> None:
+    # four threads search (every list, so the answer is topk over the rows they saw) while the main thread adds
+    # blocks: each answer is topk over the rows before or after some add, never a mix
+    import threading
+
+    cuts = [6000, 6500, 9000, 9001, 12000]
+    want = {c: tokvec.topk(Q[:40], E[:c], K) for c in cuts}
+    ix = Index(E[: cuts[0]], nlist=60)
+    seen: list[int] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def search() -> None:
+        try:
+            while not done.is_set():
+                s, i = ix.search(Q[:40], K, nprobe=60)
+                match = [c for c in cuts if np.array_equal(i, want[c][1]) and np.array_equal(bits(s), bits(want[c][0]))]
+                assert match, "a search answered with rows of no single moment"
+                seen.append(match[-1])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=search) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for a, b in itertools.pairwise(cuts):
+        ix.add(E[a:b])
+    done.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert len(ix) == cuts[-1] and seen
+    same(ix.search(Q[:40], K, nprobe=60), want[cuts[-1]])
+
+
+_ADD_RSS = r"""
+import sys
+import numpy as np
+from tokvec import Index
+
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+ix = Index.load(sys.argv[1])
+new = np.load(sys.argv[2])
+before = hwm()
+ix.add(new)
+grew = hwm() - before
+s, i = ix.search(new[:3], 1)
+print(grew, len(ix), i[:, 0].tolist())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_add_to_a_loaded_index_reads_no_old_rows(E, tmp_path: Path) -> None:
+    # a saved index of 400,000 rows (410 MB of vectors), loaded memory-mapped: adding 100 rows costs their memory,
+    # not a copy of the 410 MB (the add concatenated all rows before), and the new rows are found
+    rng = np.random.default_rng(3)
+    big = np.empty((400_000, E.shape[1]), np.float32)
+    for c in range(20):
+        x = E + rng.standard_normal(E.shape, dtype=np.float32) * 0.02
+        big[c * 20000 : (c + 1) * 20000] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    path = Index(big).save(tmp_path / "big.safetensors")
+    del big
+    np.save(tmp_path / "new.npy", E[:100] * -1.0)
+    r = subprocess.run(
+        [sys.executable, "-c", _ADD_RSS, str(path), str(tmp_path / "new.npy")],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    grew, n, found = r.stdout.split(maxsplit=2)
+    assert int(n) == 400_100 and found.strip() == "[400000, 400001, 400002]"
+    assert int(grew) < 40_000_000, f"peak memory grew by {int(grew) / 1e6:.0f} MB to add 100 rows"
+
+
 CHILD = """
 import sys
 import numpy as np
@@ -215,7 +320,14 @@ def test_bad_arguments(index, E, Q) -> None:
         Index.from_texts(None, "one text")
     # the core names the argument too
     with pytest.raises(ValueError, match="nprobe: must be in 1..="):
-        index._core.search(Q, 3, index.nlist + 5)
+        index._core.search(Q, 3, index.nlist + 5, [E])
+    # the rows a search is given: more than the index holds, none, or of another width
+    with pytest.raises(ValueError, match="vectors: the index holds 20000 rows"):
+        index._core.search(Q, 3, 2, [E, E[:1]])
+    with pytest.raises(ValueError, match="vectors: the index holds 20000 rows"):
+        index._core.search(Q, 3, 2, [])
+    with pytest.raises(ValueError, match="vectors have 3 columns"):
+        index._core.search(Q, 3, 2, [E[:, :3]])
     with pytest.raises(ValueError, match="centroids and labels go together"):
         _core.IvfIndex(E, centroids=E[:3])
 

@@ -33,30 +33,33 @@ FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 
 
 def write_safetensors(
-    path: Path, tensors: dict[str, tuple[str, list[int], bytes]], metadata: dict[str, str] | None = None
+    path: Path, tensors: dict[str, tuple[str, list[int], Any]], metadata: dict[str, str] | None = None
 ) -> None:
     """Writes a safetensors file: tensors in name order, header padded to 8 bytes.
 
     Args:
         path: the file to write.
-        tensors: name -> (dtype "F16"/..., shape, little-endian bytes).
+        tensors: name -> (dtype "F16"/..., shape, little-endian bytes, or a list of byte buffers written one after
+            the other: a tensor held in parts is not joined first).
         metadata: optional `__metadata__` strings.
     """
     header: dict[str, Any] = {}
     if metadata:
         header["__metadata__"] = metadata
+    chunks = {name: data if isinstance(data, list) else [data] for name, (_, _, data) in tensors.items()}
     off = 0
     for name in sorted(tensors):
-        dt, shape, data = tensors[name]
-        header[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [off, off + len(data)]}
-        off += len(data)
+        dt, shape, _ = tensors[name]
+        size = sum(len(c) for c in chunks[name])
+        header[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [off, off + size]}
+        off += size
     h = json.dumps(header, separators=(",", ":")).encode()
     h += b" " * (-len(h) % 8)
     with open(path, "wb") as fh:
         fh.write(len(h).to_bytes(8, "little"))
         fh.write(h)
         for name in sorted(tensors):
-            fh.write(tensors[name][2])
+            fh.writelines(chunks[name])
 
 
 def widen_bf16(a: np.ndarray, dtype: str) -> np.ndarray:

@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import math
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,16 @@ class Index:
         v = _floats(vectors, "vectors")
         if v.shape[0] == 0:
             raise ValueError("vectors has no rows; an index needs at least one")
-        self._vectors = v
-        self._core: _core.IvfIndex | None = None if exact else _core.IvfIndex(v, nlist=nlist)
-        self._metadata: dict[str, str] = {}
+        self._start(v, None if exact else _core.IvfIndex(v, nlist=nlist), {})
+
+    def _start(self, v: np.ndarray, core: _core.IvfIndex | None, metadata: dict[str, str]) -> None:
+        # the rows are kept as parts (the given or loaded rows, then the blocks `add` appended), replaced as a whole
+        # tuple, so a search reads one consistent view while another thread adds: the core then holds more rows
+        # than the view, and searches the view's
+        self._parts: tuple[np.ndarray, ...] = (v,)
+        self._core = core
+        self._metadata = metadata
+        self._adding = threading.Lock()
 
     @classmethod
     def from_texts(cls, model: Any, texts: Iterable[str], **kwargs: Any) -> Index:
@@ -90,7 +98,7 @@ class Index:
         return cls(model.embed(list(texts)), **kwargs)
 
     def __len__(self) -> int:
-        return int(self._vectors.shape[0])
+        return sum(int(p.shape[0]) for p in self._parts)
 
     def __repr__(self) -> str:
         kind = "exact" if self._core is None else f"nlist={self._core.nlist}"
@@ -99,7 +107,7 @@ class Index:
     @property
     def dim(self) -> int:
         """Columns of every vector."""
-        return int(self._vectors.shape[1])
+        return int(self._parts[0].shape[1])
 
     @property
     def exact(self) -> bool:
@@ -118,8 +126,10 @@ class Index:
 
     @property
     def vectors(self) -> np.ndarray:
-        """The indexed vectors, float32 (n, d), row i being index i (memory-mapped for a loaded index)."""
-        return self._vectors
+        """The indexed vectors, float32 (n, d), row i being index i: the array given (memory-mapped for a loaded
+        index); once `add` has grown the index, a concatenated copy."""
+        parts = self._parts
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def search(self, queries: Any, k: int = 10, *, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The `k` rows with the highest inner product for every query, as `tokvec.topk`.
@@ -144,39 +154,45 @@ class Index:
             raise ValueError(f"queries have {q.shape[1]} columns but the index holds vectors of {self.dim}")
         k = int_at_least(k, "k")
         nprobe = positive_int_or_none(nprobe, "nprobe")
+        parts = self._parts
         if self._core is None:
             if nprobe is not None:
                 raise ValueError("nprobe applies to a partitioned index; this one is exact (it scans every row)")
-            s, i = topk(q, self._vectors, k)
+            s, i = _topk_parts(q, parts, k)
         else:
             nlist = self._core.nlist
             if nprobe is not None and nprobe > nlist:
                 raise ValueError(f"nprobe must be at most nlist ({nlist}), got {nprobe}")
             p = default_nprobe(nlist) if nprobe is None else nprobe
-            kk = min(k, len(self))
+            kk = min(k, sum(int(x.shape[0]) for x in parts))
             if q.shape[0] == 0:
                 s, i = np.zeros((0, kk), np.float32), np.zeros((0, kk), np.int64)
             else:
-                s, i = self._core.search(q, kk, p)
+                s, i = self._core.search(q, kk, p, list(parts))
         return (s[0], i[0]) if single else (s, i)
 
     def add(self, vectors: Any) -> None:
-        """Appends vectors; their indices continue after the existing ones. In a partitioned index each new row
-        joins its nearest existing list (the lists are not retrained).
+        """Appends vectors (copied); their indices continue after the existing ones. In a partitioned index each new
+        row joins its nearest existing list (the lists are not retrained). The cost is the new rows': the existing
+        rows are neither copied nor read (a loaded index stays memory-mapped) and only the new rows are packed.
+        Searches may run in other threads meanwhile (they see the rows of before or after the add, never a mix);
+        adds from several threads take turns.
 
         Raises:
-            TypeError / ValueError: a bad argument (checked before any work).
+            TypeError / ValueError: a bad argument (checked before any work; the index is unchanged).
         """
         v = _floats(vectors, "vectors")
         if v.shape[1] != self.dim:
             raise ValueError(f"vectors have {v.shape[1]} columns but the index holds vectors of {self.dim}")
         if v.shape[0] == 0:
             return
-        allv = np.concatenate([self._vectors, v])
-        if self._core is not None:
-            labels = np.concatenate([self._core.labels, self._core.assign(v)])
-            self._core = _core.IvfIndex(allv, centroids=self._core.centroids, labels=labels)
-        self._vectors = allv
+        v = v.copy()
+        with self._adding:
+            if self._core is not None:
+                self._core.add(v)
+            else:
+                _check_finite(v)
+            self._parts = _merge_added((*self._parts, v))
 
     def save(self, path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> Path:
         """Writes the index as one safetensors file, atomically (a temporary file renamed over `path`).
@@ -193,11 +209,14 @@ class Index:
             TypeError / ValueError: metadata that is not str -> str, or uses one of the index's own keys.
         """
         extra = self._metadata if metadata is None else _user_metadata(metadata)
-        v = self._vectors
-        tensors = {"vectors": ("F32", list(v.shape), _raw(v))}
-        meta = {**extra, "format": FORMAT, "count": str(len(self)), "dim": str(self.dim)}
-        if self._core is not None:
-            c, lab = self._core.centroids, self._core.labels
+        with self._adding:  # the rows and the lists of one moment
+            parts = self._parts
+            lists = None if self._core is None else (self._core.centroids, self._core.labels)
+        n = sum(int(p.shape[0]) for p in parts)
+        tensors = {"vectors": ("F32", [n, self.dim], [_raw(p) for p in parts])}
+        meta = {**extra, "format": FORMAT, "count": str(n), "dim": str(self.dim)}
+        if lists is not None and self._core is not None:
+            c, lab = lists
             tensors["centroids"] = ("F32", list(c.shape), _raw(c))
             tensors["labels"] = ("U32", [len(lab)], _raw(lab))
             meta["nlist"] = str(self._core.nlist)
@@ -245,18 +264,17 @@ class Index:
                     f"{n} vectors of {d} columns"
                 )
         vectors = _mapped(p, n, d) if mmap else read_float32(f, "vectors")
-        ix = cls.__new__(cls)
-        ix._vectors = vectors
-        ix._core = None
-        ix._metadata = {k: v for k, v in meta.items() if k not in _OWN_KEYS}
+        core = None
         try:
             if partitioned:  # the core checks every row as it packs the lists
                 labels = np.ascontiguousarray(read_tensor(f, "labels"), np.uint32)
-                ix._core = _core.IvfIndex(vectors, centroids=read_float32(f, "centroids"), labels=labels)
+                core = _core.IvfIndex(vectors, centroids=read_float32(f, "centroids"), labels=labels)
             else:
                 _check_finite(vectors)
         except ValueError as e:
             raise _core.FormatError(f"{p}: {e}") from None
+        ix = cls.__new__(cls)
+        ix._start(vectors, core, {k: v for k, v in meta.items() if k not in _OWN_KEYS})
         return ix
 
 
@@ -289,6 +307,34 @@ def _check_finite(v: np.ndarray) -> None:
     r = nonfinite_row(v)
     if r is not None:
         raise ValueError(f"vectors: row {r} contains NaN or infinity")
+
+
+def _merge_added(parts: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """`parts` with the added blocks (all but the first) merged while the last holds at least half the rows of the one
+    before: the blocks stay O(log n) many (a search finds a row's block by bisection), each added row is copied
+    O(log n) times in all, and the first part (the given or loaded rows, maybe 10 GB memory-mapped) is never
+    copied."""
+    parts = list(parts)
+    while len(parts) > 2 and 2 * parts[-1].shape[0] >= parts[-2].shape[0]:
+        last = parts.pop()
+        parts[-1] = np.concatenate([parts[-1], last])
+    return tuple(parts)
+
+
+def _topk_parts(q: np.ndarray, parts: tuple[np.ndarray, ...], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`tokvec.topk(q, concatenation of parts, k)` without the concatenation: each part's top k, merged (best score
+    first, ties by the lower index, as topk orders them; the top k of the whole is made of each part's top k)."""
+    if len(parts) == 1:
+        return topk(q, parts[0], k)
+    ss, ii, start = [], [], 0
+    for p in parts:
+        s, i = topk(q, p, k)
+        ss.append(s)
+        ii.append(i + start)
+        start += p.shape[0]
+    s, i = np.concatenate(ss, axis=1), np.concatenate(ii, axis=1)
+    order = np.lexsort((i, -s), axis=1)[:, : min(k, start)]
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(i, order, axis=1)
 
 
 def _raw(a: np.ndarray) -> Any:
