@@ -62,6 +62,17 @@ def write_safetensors(
             fh.writelines(chunks[name])
 
 
+def other_model(metadata: dict[str, str], fingerprint: str) -> str | None:
+    """How the model a file's metadata records (`model`, `model_fingerprint`) differs from the one in use, as the
+    words of an error message ("built with X, fingerprint abc...; this model's is def..."), or None when it is the
+    same. The metadata must have `model_fingerprint`."""
+    recorded = metadata["model_fingerprint"]
+    if recorded == fingerprint:
+        return None
+    return (f"built with {metadata.get('model', '?')}, fingerprint {recorded[:12]}; this model's is "
+            f"{fingerprint[:12]}")
+
+
 def widen_bf16(a: np.ndarray, dtype: str) -> np.ndarray:
     """BF16 bits (uint16) widened to float32 exactly; other arrays as they are."""
     return (a.astype(np.uint32) << 16).view(np.float32) if dtype == "BF16" else a

@@ -513,16 +513,16 @@ def _rank_index(args: argparse.Namespace, m):
     (FormatError naming the file and what differs)."""
     import tokvec
     from tokvec._core import FormatError
+    from tokvec._io import other_model
 
     ix = tokvec.Index.load(args.index)
     meta = ix.metadata
     if "model_fingerprint" not in meta or "texts_digest" not in meta:
         raise FormatError(f"{args.index}: this index does not record the model and texts it was built from, so "
                           "tokvec cannot check it belongs to this input; name a new --index file to build one")
-    if meta["model_fingerprint"] != m.fingerprint:
-        raise FormatError(f"{args.index}: built with another model ({meta.get('model', '?')}, fingerprint "
-                          f"{meta['model_fingerprint'][:12]}; this model's is {m.fingerprint[:12]}); use that "
-                          "model, or name a new --index file to build one for this model")
+    if (why := other_model(meta, m.fingerprint)) is not None:
+        raise FormatError(f"{args.index}: built with another model ({why}); use that model, or name a new --index "
+                          "file to build one for this model")
     if args.nprobe is not None:
         if ix.exact:
             raise UsageError(f"--nprobe: {args.index} is an exact index (no lists); leave --nprobe out")

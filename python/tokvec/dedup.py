@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from tokvec import _core
-from tokvec._io import write_safetensors
+from tokvec._io import other_model, write_safetensors
 from tokvec._scratch import bounded_residency
 from tokvec._validate import matrix as _matrix
 from tokvec._validate import threshold as _threshold
@@ -605,11 +605,8 @@ class DedupIndex:
                 "tokvec cannot check it was built with this model; rebuild it (delete it and rerun the batches)"
             )
         diffs = []
-        if meta["model_fingerprint"] != fingerprint:
-            diffs.append(
-                f"model (the index was built with {meta.get('model', '?')}, fingerprint "
-                f"{meta['model_fingerprint'][:12]}; this model's is {fingerprint[:12]})"
-            )
+        if (why := other_model(meta, fingerprint)) is not None:
+            diffs.append(f"model (the index was {why})")
         try:
             old = float(meta.get("threshold", "nan"))
         except ValueError:
