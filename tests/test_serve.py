@@ -492,6 +492,30 @@ def _head(length: int | None, extra: str = "") -> bytes:
     ).encode()
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /v1/embeddings HTTP/1.1 extra\r\nHost: x\r\n\r\n",  # a malformed request line
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nBad Header Name: 1\r\nContent-Length: 2\r\n\r\n{}",
+        _head(None) + b"zz\r\n{}\r\n0\r\n\r\n",  # a chunk size that is not hexadecimal
+    ],
+    ids=["request line", "header name", "chunk size"],
+)
+def test_unreadable_http_gets_a_400_in_openais_shape(server: Server, head: bytes) -> None:
+    # answered by the HTTP parser before any request reaches the application, in the same error shape
+    s = _open(server.port, head)
+    try:
+        status, body = _answer(s)
+    finally:
+        s.close()
+    assert status == 400
+    err = json.loads(body)["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["code"] == "bad_http", err
+    assert err["message"].startswith("the request is not valid HTTP/1.1: ")
+    st, _, ok = raw(server.port, "POST", "/v1/embeddings", {"model": "default", "input": "still here"})
+    assert st == 200 and len(ok["data"]) == 1
+
+
 def test_a_stalled_client_blocks_no_one_and_times_out(server: Server, model: tokvec.Model) -> None:
     body = json.dumps({"model": "default", "input": "a text sent slowly"}).encode()
     stalled = _open(server.port, _head(len(body)) + body[:10])

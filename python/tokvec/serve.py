@@ -103,6 +103,29 @@ class ApiError(Exception):
         )
 
 
+def _json_400(parser: str) -> type:
+    """uvicorn's HTTP protocol class for `parser` ("httptools" or "h11"), answering the requests its parser cannot
+    read (a malformed request line or header, an invalid chunk) in OpenAI's error shape too: uvicorn answers them
+    itself, before the application sees a request, in plain text."""
+    if parser == "httptools":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+
+    class JsonErrors(base):  # type: ignore[misc,valid-type]
+        def send_400_response(self, msg: str) -> None:
+            body = ApiError(400, f"the request is not valid HTTP/1.1: {msg}", code="bad_http").body()
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: "
+                + str(len(body)).encode()
+                + b"\r\nconnection: close\r\n\r\n"
+                + body
+            )
+            self.transport.close()
+
+    return JsonErrors
+
+
 class _Gone(Exception):
     """The client closed the connection before its request body was read: nothing to answer."""
 
@@ -807,7 +830,7 @@ def run(
     config = uvicorn.Config(
         app,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=_json_400("httptools" if importlib.util.find_spec("httptools") else "h11"),
         ws="none",
         lifespan="on",
         access_log=access_log,
