@@ -180,6 +180,25 @@ def test_many_adds_keep_few_parts_and_equal_one_index(E, Q) -> None:
     same(ex.search(Q[:3], 5000), tokvec.topk(Q[:3], E[:2000], 5000))
 
 
+def test_pickled_index_searches_alike(E, Q, tmp_path: Path) -> None:
+    # as sent to worker processes (multiprocessing, Dask, Ray): grown, loaded (memory-mapped) and exact indexes
+    import pickle
+
+    grown = Index(E[:5000], nlist=40)
+    grown.add(E[5000:6000])
+    grown.add(E[6000:6100])
+    loaded = Index.load(grown.save(tmp_path / "g.safetensors", metadata={"source": "wiki"}))
+    for ix in (grown, loaded, Index(E[:3000], exact=True)):
+        back = pickle.loads(pickle.dumps(ix))
+        assert (len(back), back.nlist, back.metadata) == (len(ix), ix.nlist, ix.metadata)
+        np.testing.assert_array_equal(bits(back.vectors), bits(ix.vectors))
+        same(back.search(Q, K), ix.search(Q, K))
+        if not ix.exact:
+            np.testing.assert_array_equal(back._core.labels, ix._core.labels)
+            same(back.search(Q, K, nprobe=3), ix.search(Q, K, nprobe=3))
+    assert pickle.loads(pickle.dumps(loaded)).metadata == {"source": "wiki"}
+
+
 def test_searches_in_other_threads_see_whole_adds(E, Q) -> None:
     # four threads search (every list, so the answer is topk over the rows they saw) while the main thread adds
     # blocks: each answer is topk over the rows before or after some add, never a mix

@@ -89,6 +89,20 @@ class Index:
         self._metadata = metadata
         self._adding = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # pickled (to send an index to worker processes): the rows as one array and the lists as `save` writes
+        # them; unpickling repacks the lists' codes, as `load` does
+        with self._adding:
+            parts = self._parts
+            lists = None if self._core is None else (self._core.centroids, self._core.labels)
+        v = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return {"vectors": np.asarray(v), "lists": lists, "metadata": dict(self._metadata)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        v, lists = state["vectors"], state["lists"]
+        core = None if lists is None else _core.IvfIndex(v, centroids=lists[0], labels=lists[1])
+        self._start(v, core, state["metadata"])
+
     @classmethod
     def from_texts(cls, model: Any, texts: Iterable[str], **kwargs: Any) -> Index:
         """Embeds `texts` with `model` (a `tokvec.Model`) and indexes them; `kwargs` go to `Index`. Row i is
