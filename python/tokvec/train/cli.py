@@ -71,8 +71,10 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
+    from tokvec.train.pairs import parse_pairs_arg
     from tokvec.train.tune import TuneConfig, tune
 
+    pairs = [parse_pairs_arg(p) for p in args.pairs]  # a wrong name or kind fails before anything runs
     dims = tuple(int(x) for x in args.matryoshka.split(",") if x.strip()) if args.matryoshka else ()
     cfg = TuneConfig(
         epochs=args.epochs,
@@ -87,6 +89,11 @@ def cmd_tune(args: argparse.Namespace) -> None:
         decay=args.decay,
         schedule=args.schedule,
         average=args.average,
+        pair_weight=args.pair_weight,
+        pair_scale=args.pair_scale,
+        nli_weight=args.nli_weight,
+        nli_temperature=args.nli_temperature,
+        pair_batch=args.pair_batch,
     )
     t0 = time.time()
     out = tune(
@@ -101,6 +108,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         progress=_progress(args),
         log=_say(args),
+        pairs=pairs,
     )
     _say(args)(f"wrote {out} in {time.time() - t0:.1f} s")
 
@@ -185,6 +193,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--average", action="store_true", help="also try averages of the last epochs' tables (on dev)")
     p.add_argument("--decay", type=float, default=0.0, help="pull of the trained rows toward the starting table")
     p.add_argument("--no-center", action="store_true", help="targets: the teacher's vectors as they are, not centred")
+    p.add_argument(
+        "--pairs",
+        action="append",
+        default=[],
+        metavar="FILE[:KIND]",
+        help="supervised pairs learnt alongside the teacher (repeatable): STS-B/SICK/SNLI files or your own "
+        "TSV/JSONL; KIND scored or nli, else detected (docs/default-model.md)",
+    )
+    p.add_argument("--pair-weight", type=float, default=1.0, help="weight of the CoSENT loss on scored pairs")
+    p.add_argument("--pair-scale", type=float, default=20.0, help="CoSENT scale (inverse temperature of the cosines)")
+    p.add_argument("--nli-weight", type=float, default=1.0, help="weight of the InfoNCE loss on NLI triplets")
+    p.add_argument("--nli-temperature", type=float, default=0.05, help="InfoNCE temperature on NLI triplets")
+    p.add_argument("--pair-batch", type=int, default=64, help="scored pairs and NLI triplets per step")
     p.add_argument("--cache", default=None, help="teacher-vector cache folder (default ~/.cache/tokvec)")
     p.add_argument(
         "--data",

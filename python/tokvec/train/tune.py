@@ -12,6 +12,10 @@ Loss per text, averaged over a mini-batch (Matryoshka: the same cosine loss on t
 
     L = sum_{m in dims} (1 - cos(s[:m], Y[:m]))  +  lambda * InfoNCE(s, Y; tau)   (optional in-batch term)
 
+With supervised pairs (``tune(..., pairs=[...])``, `tokvec.train.pairs`), each step also draws a batch of scored
+pairs and a batch of NLI triplets (cycling through them independently of the corpus) and adds
+``pair_weight * CoSENT + nli_weight * InfoNCE(anchor; positives, hard negatives)``, both on the same dims.
+
 Gradients are written out by hand: for ``c = <s, y> / (|s| |y|)``, ``dc/ds = (y/|y| - c s/|s|) / |s|``; the gradient
 of a pooled vector reaches each of its tokens' rows times ``w[t] / n`` (a scatter-add over the batch's distinct
 ids). Adam updates only the rows a batch touched (lazy/sparse Adam with the global step for bias correction).
@@ -37,7 +41,18 @@ from tokvec import _core
 from tokvec._io import read_float32
 from tokvec.model import load
 
-__all__ = ["Student", "TuneConfig", "target_basis", "tune", "tune_table"]
+__all__ = ["PairData", "Student", "TuneConfig", "target_basis", "tune", "tune_table"]
+
+_CSR = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class PairData:
+    """Supervised pairs as CSR token ids (filtered; every text has a pooled token): scored pairs ``(a, b)`` with
+    their scores, and NLI triplets ``(anchor, positive, negative)``. Either may be None."""
+
+    scored: tuple[_CSR, _CSR, np.ndarray] | None = None
+    nli: tuple[_CSR, _CSR, _CSR] | None = None
 
 
 @dataclass
@@ -57,6 +72,11 @@ class TuneConfig:
     decay: float = 0.0
     schedule: str = "constant"
     average: bool = False
+    pair_weight: float = 1.0
+    pair_scale: float = 20.0
+    nli_weight: float = 1.0
+    nli_temperature: float = 0.05
+    pair_batch: int = 64
 
 
 class Student:
@@ -169,6 +189,35 @@ def _check_config(cfg: TuneConfig) -> None:
         raise ValueError("epochs must be >= 0, batch_size >= 1 and lr > 0")
     if cfg.schedule not in ("constant", "linear"):
         raise ValueError(f"schedule must be 'constant' or 'linear', not {cfg.schedule!r}")
+    if cfg.pair_weight < 0 or cfg.nli_weight < 0:
+        raise ValueError("pair_weight and nli_weight must be >= 0")
+    if cfg.pair_batch < 2 or not cfg.pair_scale > 0 or not cfg.nli_temperature > 0:
+        raise ValueError("pair_batch must be >= 2, pair_scale and nli_temperature > 0")
+
+
+def _gather(ids: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The token ids of the chosen texts of a CSR batch, concatenated, and their lengths."""
+    bl = offsets[rows + 1] - offsets[rows]
+    tok = np.concatenate([ids[s : s + k] for s, k in zip(offsets[rows].tolist(), bl.tolist())])
+    return tok, bl
+
+
+class _Cycle:
+    """Batches of indices into n items: shuffled passes, one after the other (a batch may span two passes)."""
+
+    def __init__(self, n: int, size: int, rng: np.random.Generator):
+        self.n, self.size, self.rng = n, min(size, n), rng
+        self.order = rng.permutation(n)
+        self.pos = 0
+
+    def next(self) -> np.ndarray:
+        out = self.order[self.pos : self.pos + self.size]
+        self.pos += self.size
+        if len(out) < self.size:
+            self.order = self.rng.permutation(self.n)
+            self.pos = self.size - len(out)
+            out = np.r_[out, self.order[: self.pos]]
+        return out
 
 
 def tune_table(
@@ -181,9 +230,13 @@ def tune_table(
     validate: Callable[[Student], float] | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = False,
+    pairs: PairData | None = None,
 ) -> dict[str, Any]:
-    """Trains `student.E` in place on CSR token ids (filtered) and targets [N, d]; keeps the best epoch by
-    `validate` (higher is better) when given, else the last. Returns a history dict."""
+    """Trains `student.E` in place on CSR token ids (filtered) and targets [N, d], plus the supervised `pairs` when
+    given; keeps the best epoch by `validate` (higher is better) when given, else the last. Returns a history
+    dict."""
+    from tokvec.train.pairs import cosent_loss_grad, infonce_loss_grad
+
     say = log or (lambda _m: None)
     n = len(offsets) - 1
     d = student.E.shape[1]
@@ -196,7 +249,11 @@ def tune_table(
     step = 0
     _check_config(cfg)
     total_steps = max(1, cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size))
-    lens = np.diff(offsets)
+    # the pair streams draw from the same generator only when present, so a run without pairs is unchanged
+    scored = pairs.scored if pairs is not None and cfg.pair_weight > 0 else None
+    nli = pairs.nli if pairs is not None and cfg.nli_weight > 0 else None
+    scored_cycle = _Cycle(len(scored[2]), cfg.pair_batch, rng) if scored is not None else None
+    nli_cycle = _Cycle(len(nli[0][1]) - 1, cfg.pair_batch, rng) if nli is not None else None
     history: dict[str, Any] = {"epochs": []}
     best = (-np.inf, -1, student.E.copy())
     snapshots: list[np.ndarray] = []
@@ -219,18 +276,49 @@ def tune_table(
     try:
         for epoch in range(1, cfg.epochs + 1):
             order = rng.permutation(n)
-            total = 0.0
+            total = total_pair = total_nli = 0.0
+            n_steps = 0
             for a in range(0, n, cfg.batch_size):
                 rows = order[a : a + cfg.batch_size]
-                bl = lens[rows]
-                starts = offsets[rows]
-                tok = np.concatenate([ids[s : s + k] for s, k in zip(starts.tolist(), bl.tolist())])
+                # the batch's texts: the corpus rows, then the pairs' sides; pooled together, one scatter
+                parts = [_gather(ids, offsets, rows)]
+                if scored_cycle is not None:
+                    prow = scored_cycle.next()
+                    parts += [_gather(*scored[0], prow), _gather(*scored[1], prow)]
+                if nli_cycle is not None:
+                    trow = nli_cycle.next()
+                    parts += [_gather(*side, trow) for side in nli]
+                tok = np.concatenate([p[0] for p in parts])
+                bl = np.concatenate([p[1] for p in parts])
                 off = np.r_[0, np.cumsum(bl)]
-                seg = np.repeat(np.arange(len(rows)), bl)
+                seg = np.repeat(np.arange(len(bl)), bl)
                 w = student.w[tok]
                 pooled = np.add.reduceat(student.E[tok] * w[:, None], off[:-1], axis=0) / bl[:, None].astype(np.float32)
-                loss, g = batch_loss_grad(pooled, targets[rows], dims, cfg.contrastive, cfg.temperature)
-                total += loss * len(rows)
+                k = len(rows)
+                loss, g_t = batch_loss_grad(pooled[:k], targets[rows], dims, cfg.contrastive, cfg.temperature)
+                total += loss * k
+                grads = [g_t]
+                if scored_cycle is not None:
+                    q = len(prow)
+                    pl, gu, gv = cosent_loss_grad(
+                        pooled[k : k + q], pooled[k + q : k + 2 * q], scored[2][prow], dims, cfg.pair_scale
+                    )
+                    total_pair += pl
+                    grads += [gu * np.float32(cfg.pair_weight), gv * np.float32(cfg.pair_weight)]
+                    k += 2 * q
+                if nli_cycle is not None:
+                    q = len(trow)
+                    nl, ga, gp, gn = infonce_loss_grad(
+                        pooled[k : k + q],
+                        pooled[k + q : k + 2 * q],
+                        pooled[k + 2 * q : k + 3 * q],
+                        dims,
+                        cfg.nli_temperature,
+                    )
+                    total_nli += nl
+                    grads += [g_ * np.float32(cfg.nli_weight) for g_ in (ga, gp, gn)]
+                n_steps += 1
+                g = np.concatenate(grads) if len(grads) > 1 else g_t
                 gtok = g[seg] * (w / bl[seg].astype(np.float32))[:, None]
                 # scatter-add into rows: sort by id, sum each run
                 srt = np.argsort(tok, kind="stable")
@@ -250,6 +338,12 @@ def tune_table(
                     bar.update(1)
             rec: dict[str, Any] = {"epoch": epoch, "loss": total / n, "seconds": round(time.time() - t0, 1)}
             msg = f"epoch {epoch}: loss {total / n:.4f}"
+            if scored_cycle is not None:  # mean per step (each step's CoSENT is one value for its batch of pairs)
+                rec["pair_loss"] = total_pair / max(1, n_steps)
+                msg += f", pairs {rec['pair_loss']:.4f}"
+            if nli_cycle is not None:
+                rec["nli_loss"] = total_nli / max(1, n_steps)
+                msg += f", nli {rec['nli_loss']:.4f}"
             if validate is not None:
                 score = validate(student)
                 rec["dev"] = score
@@ -339,6 +433,77 @@ def _dev_validator(m: Any, student: Student, data_dir: str | os.PathLike[str] | 
     return validate
 
 
+def _pair_data(m: Any, student: Student, sets: Sequence[Any], say: Callable[[str], None]) -> PairData:
+    """Tokenizes the pairs files (scored files joined, nli files joined); drops pairs with a side that has no
+    pooled token (its vector would be zero, its cosine undefined)."""
+    from tokvec.train.pairs import ScoredPairs
+
+    def csr(texts: list[str]) -> _CSR:
+        return student.csr(*m._core.encode(texts))
+
+    def keep(sides: list[_CSR], rows: np.ndarray) -> list[_CSR]:
+        out = []
+        for ids, off in sides:
+            lens = (off[1:] - off[:-1])[rows]
+            tok = np.concatenate([ids[off[i] : off[i + 1]] for i in rows]) if len(rows) else ids[:0]
+            out.append((tok, np.r_[0, np.cumsum(lens)].astype(np.int64)))
+        return out
+
+    def nonempty(sides: list[_CSR]) -> np.ndarray:
+        ok = np.ones(len(sides[0][1]) - 1, dtype=bool)
+        for _ids, off in sides:
+            ok &= np.diff(off) > 0
+        return np.flatnonzero(ok)
+
+    data = PairData()
+    scored = [s for s in sets if isinstance(s, ScoredPairs)]
+    nli = [s for s in sets if not isinstance(s, ScoredPairs)]
+    if scored:
+        sides = [csr([t for s in scored for t in s.a]), csr([t for s in scored for t in s.b])]
+        rows = nonempty(sides)
+        gold = np.concatenate([s.score for s in scored]).astype(np.float32)
+        if len(rows) == 0:
+            raise ValueError(f"{', '.join(s.source for s in scored)}: no pair has a token the model pools")
+        a, b = keep(sides, rows)
+        data.scored = (a, b, gold[rows])
+        say(f"scored pairs: {len(rows)} (of {len(gold)})")
+    if nli:
+        sides = [csr([t for s in nli for t in getattr(s, f)]) for f in ("anchor", "positive", "negative")]
+        rows = nonempty(sides)
+        if len(rows) == 0:
+            raise ValueError(f"{', '.join(s.source for s in nli)}: no triplet has a token the model pools")
+        an, po, ne = keep(sides, rows)
+        data.nli = (an, po, ne)
+        say(f"nli triplets: {len(rows)} (of {sum(len(s) for s in nli)})")
+    return data
+
+
+def _pairs_record(sets: Sequence[Any]) -> list[dict[str, Any]]:
+    """What the config.json says of each pairs file: its name, kind, size and a hash of its rows (so the data a
+    model was trained on, and hence the terms its weights carry, can be told from the model)."""
+    from tokvec.train.distill import _sha256_texts
+    from tokvec.train.pairs import ScoredPairs
+
+    out = []
+    for s in sets:
+        if isinstance(s, ScoredPairs):
+            rows = [f"{a}\t{b}\t{g!r}" for a, b, g in zip(s.a, s.b, s.score.tolist())]
+            kind = "scored"
+        else:
+            rows = ["\t".join(x) for x in zip(s.anchor, s.positive, s.negative)]
+            kind = "nli"
+        out.append(
+            {
+                "file": Path(s.source).name,
+                "kind": kind,
+                "rows": s.rows,
+                "examples": len(s),
+                "sha256": _sha256_texts(rows),
+            }
+        )
+    return out
+
+
 def tune(
     model: str | os.PathLike[str],
     teacher: Any,
@@ -352,6 +517,7 @@ def tune(
     dtype: str = "f32",
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    pairs: Sequence[Any] | None = None,
 ) -> Path:
     """Tunes a static model on a corpus against a teacher and writes the result as a tokvec folder.
 
@@ -369,16 +535,27 @@ def tune(
         dtype: "f32" or "f16" output table.
         progress: progress bars on stderr.
         log: called with one line per epoch.
+        pairs: supervised pairs files, each ``FILE`` or ``FILE:kind`` (kind ``scored`` or ``nli``, else detected;
+            formats in `tokvec.train.pairs`), learnt alongside the teacher with weights ``config.pair_weight``
+            (CoSENT on scored pairs) and ``config.nli_weight`` (InfoNCE on NLI triplets). Read and checked before
+            the teacher runs.
 
     Returns:
         the output folder.
     """
     from tokvec.train.cache import teacher_vectors
     from tokvec.train.distill import _sha256_texts, read_corpus, save_model
+    from tokvec.train.pairs import ScoredPairs, parse_pairs_arg, read_pairs
     from tokvec.train.teacher import Teacher
 
     cfg = config or TuneConfig()
     _check_config(cfg)  # before the teacher runs, not after
+    pair_sets = [read_pairs(parse_pairs_arg(p)) for p in (pairs or [])]
+    for ps in pair_sets:
+        is_scored = isinstance(ps, ScoredPairs)
+        if (cfg.pair_weight if is_scored else cfg.nli_weight) == 0:
+            what = "pair_weight (--pair-weight)" if is_scored else "nli_weight (--nli-weight)"
+            raise ValueError(f"{ps.source}: {'scored' if is_scored else 'nli'} pairs given but {what} is 0")
     if select and data_dir is None:
         raise TypeError(
             "select=True picks the best epoch on the dev sets: pass data_dir=<folder holding stsb/, "
@@ -440,8 +617,11 @@ def tune(
         offsets = np.concatenate([offsets, offsets[-1] + np.arange(1, len(tok_ids) + 1)])
         targets = np.concatenate([targets, (tokv[tok_ids] - mu) @ basis])
         say(f"token examples: {len(tok_ids)} single-token texts added to {n_sentences} sentences")
+    pair_data = _pair_data(m, student, pair_sets, say) if pair_sets else None
     validate = _dev_validator(m, student, data_dir) if select else None
-    hist = tune_table(student, ids, offsets, targets, cfg, validate=validate, log=say, progress=progress)
+    hist = tune_table(
+        student, ids, offsets, targets, cfg, validate=validate, log=say, progress=progress, pairs=pair_data
+    )
     recipe = {
         "teacher": str(t.path),
         "init": str(model),
@@ -453,9 +633,20 @@ def tune(
         "loss": "cosine"
         + (f" on dims {[d, *[k for k in cfg.matryoshka if k < d]]}")
         + (f" + {cfg.contrastive} x in-batch InfoNCE (tau {cfg.temperature})" if cfg.contrastive > 0 else "")
+        + (
+            f" + {cfg.pair_weight} x CoSENT on scored pairs (scale {cfg.pair_scale})"
+            if pair_data is not None and pair_data.scored is not None
+            else ""
+        )
+        + (
+            f" + {cfg.nli_weight} x in-batch InfoNCE on NLI triplets with hard negatives (tau {cfg.nli_temperature})"
+            if pair_data is not None and pair_data.nli is not None
+            else ""
+        )
         + (f", rows pulled toward the start by {cfg.decay} x lr" if cfg.decay > 0 else ""),
         "optimizer": "sparse Adam" + (", learning rate decayed linearly to 0" if cfg.schedule == "linear" else ""),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        **({"pairs": _pairs_record(pair_sets)} if pair_sets else {}),
         "best_epoch": hist.get("best_epoch"),
         "dev_mean_sts_sick_scifact": hist.get("best_dev"),
         "train_seconds": hist["seconds"],
