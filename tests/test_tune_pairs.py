@@ -316,3 +316,25 @@ def test_tune_with_pairs_moves_the_pairs_spearman(tmp_path, capsys):
     assert "CoSENT" in rec["loss"] and "NLI triplets" in rec["loss"]
     hist = json.loads((out / "tune_history.json").read_text())
     assert hist["epochs"][-1]["pair_loss"] > 0 and hist["epochs"][-1]["nli_loss"] > 0
+
+
+def test_pairs_with_a_side_the_model_cannot_pool_are_dropped():
+    # a text of special tokens only pools to the zero vector, whose cosine is undefined: such pairs are left out
+    from tokvec.train.tune import _load_student, _pair_data
+
+    m, student = _load_student(DEFAULT_MODEL_DIR)
+    said: list[str] = []
+    pairs = ScoredPairs(a=["A cat sits.", "[CLS]", "A dog runs."], b=["A cat is sitting.", "A car.", "[SEP]"])
+    pairs.score = np.array([4.0, 1.0, 2.0], dtype=np.float32)
+    trip = Triplets(anchor=["A man.", "q"], positive=["[SEP] [CLS]", "p"], negative=["n", "n2"])
+    data = _pair_data(m, student, [pairs, trip], said.append)
+    (ia, oa), (ib, ob), gold = data.scored
+    np.testing.assert_array_equal(ib, student.csr(*m._core.encode(["A cat is sitting."]))[0])
+    assert gold.tolist() == [4.0] and len(oa) == len(ob) == 2
+    np.testing.assert_array_equal(ia, student.csr(*m._core.encode(["A cat sits."]))[0])
+    assert [len(o) - 1 for _i, o in data.nli] == [1, 1, 1]
+    assert said == ["scored pairs: 1 (of 3)", "nli triplets: 1 (of 2)"]
+    with pytest.raises(ValueError, match="no pair has a token the model pools"):
+        _pair_data(
+            m, student, [ScoredPairs(a=["[CLS]"], b=["x"], score=np.ones(1, np.float32), source="x.tsv")], said.append
+        )

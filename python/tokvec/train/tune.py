@@ -40,6 +40,7 @@ import numpy as np
 from tokvec import _core
 from tokvec._io import read_float32
 from tokvec.model import load
+from tokvec.train.pairs import ScoredPairs, cosent_loss_grad, infonce_loss_grad, parse_pairs_arg, read_pairs
 
 __all__ = ["PairData", "Student", "TuneConfig", "target_basis", "tune", "tune_table"]
 
@@ -235,8 +236,6 @@ def tune_table(
     """Trains `student.E` in place on CSR token ids (filtered) and targets [N, d], plus the supervised `pairs` when
     given; keeps the best epoch by `validate` (higher is better) when given, else the last. Returns a history
     dict."""
-    from tokvec.train.pairs import cosent_loss_grad, infonce_loss_grad
-
     say = log or (lambda _m: None)
     n = len(offsets) - 1
     d = student.E.shape[1]
@@ -436,7 +435,6 @@ def _dev_validator(m: Any, student: Student, data_dir: str | os.PathLike[str] | 
 def _pair_data(m: Any, student: Student, sets: Sequence[Any], say: Callable[[str], None]) -> PairData:
     """Tokenizes the pairs files (scored files joined, nli files joined); drops pairs with a side that has no
     pooled token (its vector would be zero, its cosine undefined)."""
-    from tokvec.train.pairs import ScoredPairs
 
     def csr(texts: list[str]) -> _CSR:
         return student.csr(*m._core.encode(texts))
@@ -482,7 +480,6 @@ def _pairs_record(sets: Sequence[Any]) -> list[dict[str, Any]]:
     """What the config.json says of each pairs file: its name, kind, size and a hash of its rows (so the data a
     model was trained on, and hence the terms its weights carry, can be told from the model)."""
     from tokvec.train.distill import _sha256_texts
-    from tokvec.train.pairs import ScoredPairs
 
     out = []
     for s in sets:
@@ -545,7 +542,6 @@ def tune(
     """
     from tokvec.train.cache import teacher_vectors
     from tokvec.train.distill import _sha256_texts, read_corpus, save_model
-    from tokvec.train.pairs import ScoredPairs, parse_pairs_arg, read_pairs
     from tokvec.train.teacher import Teacher
 
     cfg = config or TuneConfig()
