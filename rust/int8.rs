@@ -205,17 +205,12 @@ impl PackedCorpus {
 
     /// Makes it `slots` zero slots (rounded up to a multiple of 16), keeping the buffers.
     fn reset(&mut self, slots: usize) {
-        let groups = slots.div_ceil(16);
-        let gb = self.group_bytes();
-        self.groups = groups;
+        self.groups = 0;
         self.data.clear();
-        self.data.resize(groups * gb, 0);
         self.sc.clear();
-        self.sc.resize(groups * 16, 0.0);
         self.init.clear();
-        self.init.resize(groups * 16, 0);
         self.l1.clear();
-        self.l1.resize(groups * 16, 0.0);
+        self.grow(slots);
     }
 
     /// Writes one quantized row (`codes`: `dp` bytes from [`quantize_row`], zero past `d`) into lane

@@ -112,7 +112,7 @@ class Index:
         return cls(model.embed(list(texts)), **kwargs)
 
     def __len__(self) -> int:
-        return sum(int(p.shape[0]) for p in self._parts)
+        return _rows(self._parts)
 
     def __repr__(self) -> str:
         kind = "exact" if self._core is None else f"nlist={self._core.nlist}"
@@ -178,7 +178,7 @@ class Index:
             if nprobe is not None and nprobe > nlist:
                 raise ValueError(f"nprobe must be at most nlist ({nlist}), got {nprobe}")
             p = default_nprobe(nlist) if nprobe is None else nprobe
-            kk = min(k, sum(int(x.shape[0]) for x in parts))
+            kk = min(k, _rows(parts))
             if q.shape[0] == 0:
                 s, i = np.zeros((0, kk), np.float32), np.zeros((0, kk), np.int64)
             else:
@@ -226,14 +226,14 @@ class Index:
         with self._adding:  # the rows and the lists of one moment
             parts = self._parts
             lists = None if self._core is None else (self._core.centroids, self._core.labels)
-        n = sum(int(p.shape[0]) for p in parts)
+        n = _rows(parts)
         tensors = {"vectors": ("F32", [n, self.dim], [_raw(p) for p in parts])}
         meta = {**extra, "format": FORMAT, "count": str(n), "dim": str(self.dim)}
-        if lists is not None and self._core is not None:
+        if lists is not None:
             c, lab = lists
             tensors["centroids"] = ("F32", list(c.shape), _raw(c))
             tensors["labels"] = ("U32", [len(lab)], _raw(lab))
-            meta["nlist"] = str(self._core.nlist)
+            meta["nlist"] = str(c.shape[0])
         out = write_atomic(path, lambda tmp: write_safetensors(tmp, tensors, meta))
         self._metadata = dict(extra)
         return out
@@ -321,6 +321,11 @@ def _check_finite(v: np.ndarray) -> None:
     r = nonfinite_row(v)
     if r is not None:
         raise ValueError(f"vectors: row {r} contains NaN or infinity")
+
+
+def _rows(parts: tuple[np.ndarray, ...]) -> int:
+    """Rows in all the parts of an index's rows."""
+    return sum(int(p.shape[0]) for p in parts)
 
 
 def _merge_added(parts: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
