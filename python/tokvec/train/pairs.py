@@ -343,12 +343,12 @@ def read_pairs(spec: str | os.PathLike[str] | PairsSpec, kind: str | None = None
 # --------------------------------------------------------------------------------------------------- losses
 
 
-def _unit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def unit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), x.dtype.type(1e-12))
     return x / n, n
 
 
-def _unit_back(g_hat: np.ndarray, xh: np.ndarray, n: np.ndarray) -> np.ndarray:
+def unit_back(g_hat: np.ndarray, xh: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Gradient w.r.t. x from the gradient w.r.t. x / |x|."""
     return (g_hat - (g_hat * xh).sum(axis=1, keepdims=True) * xh) / n
 
@@ -367,8 +367,8 @@ def cosent_loss_grad(
     if not above.any():
         return loss, gu, gv
     for m in dims:
-        uh, nu = _unit(u[:, :m])
-        vh, nv = _unit(v[:, :m])
+        uh, nu = unit(u[:, :m])
+        vh, nv = unit(v[:, :m])
         c = (uh * vh).sum(axis=1)
         z = np.where(above, (c[None, :] - c[:, None]) * dt(scale), -np.inf)
         top = max(0.0, float(z.max()))
@@ -377,9 +377,23 @@ def cosent_loss_grad(
         loss += top + math.log(float(denom))
         p = e / denom
         dc = (p.sum(axis=0) - p.sum(axis=1)) * dt(scale)  # dL/dc_k: +scale as the lower pair j, -scale as i
-        gu[:, :m] += _unit_back(dc[:, None] * vh, uh, nu)
-        gv[:, :m] += _unit_back(dc[:, None] * uh, vh, nv)
+        gu[:, :m] += unit_back(dc[:, None] * vh, uh, nu)
+        gv[:, :m] += unit_back(dc[:, None] * uh, vh, nv)
     return loss, gu, gv
+
+
+def diagonal_softmax_xent(ah: np.ndarray, cand: np.ndarray, temperature: float) -> tuple[float, np.ndarray]:
+    """In-batch cross-entropy of unit anchors `ah` [B, m] against unit candidates `cand` [C, m] (C >= B), the
+    target of anchor i being candidate i: the mean loss and `softmax - onehot` [B, C], the gradient of the summed
+    loss with respect to the logits times the temperature (callers scale it)."""
+    b = ah.shape[0]
+    logits = ah @ cand.T / ah.dtype.type(temperature)
+    logits -= logits.max(axis=1, keepdims=True)
+    prob = np.exp(logits)
+    prob /= prob.sum(axis=1, keepdims=True)
+    loss = float(-np.log(np.maximum(prob[np.arange(b), np.arange(b)], 1e-30)).mean())
+    prob[np.arange(b), np.arange(b)] -= 1
+    return loss, prob
 
 
 def infonce_loss_grad(
@@ -393,19 +407,15 @@ def infonce_loss_grad(
     ga, gp, gn = np.zeros_like(a), np.zeros_like(p), np.zeros_like(n)
     loss = 0.0
     for m in dims:
-        ah, na = _unit(a[:, :m])
-        ph, np_ = _unit(p[:, :m])
-        nh, nn = _unit(n[:, :m])
+        ah, na = unit(a[:, :m])
+        ph, np_ = unit(p[:, :m])
+        nh, nn = unit(n[:, :m])
         cand = np.concatenate([ph, nh])
-        logits = ah @ cand.T / dt(temperature)
-        logits -= logits.max(axis=1, keepdims=True)
-        prob = np.exp(logits)
-        prob /= prob.sum(axis=1, keepdims=True)
-        loss += float(-np.log(np.maximum(prob[np.arange(b), np.arange(b)], 1e-30)).mean())
-        prob[np.arange(b), np.arange(b)] -= 1
+        part, prob = diagonal_softmax_xent(ah, cand, temperature)
+        loss += part
         g = prob / dt(temperature * b)  # dL/dlogit-numerators, scaled: d/d(ah . c_k)
         gc = g.T @ ah
-        ga[:, :m] += _unit_back(g @ cand, ah, na)
-        gp[:, :m] += _unit_back(gc[:b], ph, np_)
-        gn[:, :m] += _unit_back(gc[b:], nh, nn)
+        ga[:, :m] += unit_back(g @ cand, ah, na)
+        gp[:, :m] += unit_back(gc[:b], ph, np_)
+        gn[:, :m] += unit_back(gc[b:], nh, nn)
     return loss, ga, gp, gn

@@ -40,7 +40,16 @@ import numpy as np
 from tokvec import _core
 from tokvec._io import read_float32
 from tokvec.model import load
-from tokvec.train.pairs import ScoredPairs, cosent_loss_grad, infonce_loss_grad, parse_pairs_arg, read_pairs
+from tokvec.train.pairs import (
+    ScoredPairs,
+    cosent_loss_grad,
+    diagonal_softmax_xent,
+    infonce_loss_grad,
+    parse_pairs_arg,
+    read_pairs,
+    unit,
+    unit_back,
+)
 
 __all__ = ["PairData", "Student", "TuneConfig", "target_basis", "tune", "tune_table"]
 
@@ -170,17 +179,11 @@ def batch_loss_grad(
         loss += float((1.0 - c).mean())
         g[:, :m] -= dc / np.float32(b)
     if contrastive > 0:
-        ns = np.maximum(np.linalg.norm(s, axis=1, keepdims=True), np.float32(1e-12))
-        sh = s / ns
-        yh = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), np.float32(1e-12))
-        logits = sh @ yh.T / np.float32(temperature)
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        p /= p.sum(axis=1, keepdims=True)
-        loss += contrastive * float(-np.log(np.maximum(np.diag(p), 1e-30)).mean())
-        p[np.arange(b), np.arange(b)] -= 1.0
-        gsh = (p @ yh) * np.float32(contrastive / (temperature * b))
-        g += (gsh - (gsh * sh).sum(axis=1, keepdims=True) * sh) / ns
+        sh, ns = unit(s)
+        yh, _ = unit(y)
+        part, p = diagonal_softmax_xent(sh, yh, temperature)
+        loss += contrastive * part
+        g += unit_back((p @ yh) * np.float32(contrastive / (temperature * b)), sh, ns)
     return loss, g
 
 
