@@ -554,6 +554,27 @@ def test_eval_on_real_slice_matches_reference(capsys):
     assert dev["stsb"] != got["stsb"]
 
 
+def test_eval_compares_wordllama_truncated_like_tokvec(capsys):
+    # The truncation rows are only fair if the peer is truncated too: `--dims` adds WordLlama's own Matryoshka
+    # prefixes (its trunc_dim), and each equals the first d dims of WordLlama's 256-d mean, renormalized.
+    from tokvec.train.evaluate import wordllama_encoder
+    from wordllama import WordLlama
+
+    texts = ["A man is playing a guitar.", "The cat sat on the mat.", "Stocks fell sharply on Monday."]
+    assert wordllama_encoder() is not None, "wordllama is a test dependency"
+    wl = WordLlama.load(config="l2_supercat", dim=256, disable_download=True)
+    full = np.asarray(wl.embed(texts, norm=False), dtype=np.float64)
+    for d in (128, 64):
+        ref = full[:, :d] / np.linalg.norm(full[:, :d], axis=1, keepdims=True)
+        np.testing.assert_allclose(wordllama_encoder(d)(texts), ref, atol=1e-5)
+    args = ["eval", "--data", str(DATA), "--limit", "40", "--tasks", "sts", "--dims", "256,128,64"]
+    assert main([*args, "--no-teacher", "--json", "-q"]) == 0
+    res = json.loads(capsys.readouterr().out)["results"]
+    names = {"wordllama l2_supercat 256", "wordllama l2_supercat 256 @128", "wordllama l2_supercat 256 @64"}
+    assert names <= set(res)
+    assert len({res[n]["stsb"] for n in names}) == 3  # three different tables, not one row repeated
+
+
 def test_evaluate_takes_the_data_folder_explicitly(capsys, monkeypatch, tmp_path, tiny_teacher, corpus_file):
     """The library never guesses a data folder (the working folder here has ../shared/data beside it); the
     `tokvec eval` command keeps that default for working in a checkout."""

@@ -419,8 +419,9 @@ def format_table(results: dict[str, dict[str, float]], split: str) -> str:
 # --------------------------------------------------------------------------------------------------- peers
 
 
-def wordllama_encoder() -> Encoder | None:
-    """WordLlama's own l2_supercat 256 model, offline, when the `wordllama` package is installed.
+def wordllama_encoder(dim: int | None = None) -> Encoder | None:
+    """WordLlama's own l2_supercat 256 model, offline, when the `wordllama` package is installed; `dim` (64 or 128)
+    truncates it the way WordLlama does (``trunc_dim``: its Matryoshka prefixes), for the truncation rows.
 
     WordLlama looks for its tokenizer under ``~/.cache/wordllama/tokenizers/`` (not the folder its wheel ships), so
     the shipped JSON is copied there first; ``disable_download=True`` keeps it from going online.
@@ -441,7 +442,8 @@ def wordllama_encoder() -> Encoder | None:
         shutil.copyfile(src, cache / src.name)
     from wordllama import WordLlama
 
-    wl = WordLlama.load(config="l2_supercat", dim=256, disable_download=True)
+    trunc = None if dim is None or dim >= 256 else dim
+    wl = WordLlama.load(config="l2_supercat", dim=256, trunc_dim=trunc, disable_download=True)
     return lambda texts: np.asarray(wl.embed(texts, norm=True), dtype=np.float32)
 
 
