@@ -33,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,15 @@ PASSAGES = None  # every passage made from them by `wikipedia_passages` (83,892)
 EPOCHS = 3
 LR = 1e-2
 SEED = 0
+# Supervised pairs learnt in the same run as the teacher (``tokvec tune --pairs``), each ``FILE[:kind]`` under
+# ../shared/data/train-pairs/. The shipped default has none (see docs/model-card.md, "Supervised pairs": the
+# candidate made with them was not shipped). The weights are the ones chosen on dev for that candidate, so
+# ``--pairs stsb_train/sts-train.clean.tsv snli_devtest/snli_dev_test.tsv:nli`` rebuilds it. Only data whose
+# terms allow shipping weights belongs here: STS-B train and SNLI dev+test (CC BY-SA 4.0), not SICK (CC BY-NC-SA).
+PAIRS: tuple[str, ...] = ()
+PAIR_WEIGHT = 0.002
+NLI_WEIGHT = 0.003
+NLI_TEMPERATURE = 0.1
 
 
 def wikipedia_passages(path: Path, *, per_passage: int = 4, max_chars: int = 1000) -> list[str]:
@@ -105,6 +115,10 @@ def build(
     epochs: int = EPOCHS,
     lr: float = LR,
     seed: int = SEED,
+    pairs: tuple[str, ...] = PAIRS,
+    pair_weight: float = PAIR_WEIGHT,
+    nli_weight: float = NLI_WEIGHT,
+    nli_temperature: float = NLI_TEMPERATURE,
     cache: Path | None = None,
     quiet: bool = False,
 ) -> dict:
@@ -126,7 +140,10 @@ def build(
     try:
         distilled = distill(teacher, work / "distilled", dim=256, weighting="sif", corpus=corpus, corpus_limit=100_000)
         say(f"distilled in {time.time() - t0:.0f} s")
+        pair_args = [str(base.DATA / "train-pairs" / p) for p in pairs]
         cfg = TuneConfig(epochs=epochs, lr=lr, seed=seed)
+        if pairs:  # without pairs the config (recorded in config.json) stays tune's default
+            cfg = replace(cfg, pair_weight=pair_weight, nli_weight=nli_weight, nli_temperature=nli_temperature)
         sentences_file = work / "sentences.txt"
         sentences = read_corpus(corpus, limit=texts)
         sentences_file.write_text("\n".join(sentences) + "\n", encoding="utf-8")
@@ -142,6 +159,7 @@ def build(
             files,
             work / "tuned",
             config=cfg,
+            pairs=pair_args,
             cache_dir=cache,
             data_dir=base.DATA,
             log=say,
@@ -160,11 +178,17 @@ def build(
         tune_info["teacher_backend"] = teacher.backend
         init = tcfg["source"].get("init_source", {})
         init["teacher"] = base.SOURCE_MODEL
+        pairs_text = "".join(
+            f" + {cfg.pair_weight} x CoSENT on {r['file']} ({r['examples']} scored pairs)"
+            if r["kind"] == "scored"
+            else f" + {cfg.nli_weight} x InfoNCE (temperature {cfg.nli_temperature}) on {r['file']} ({r['examples']} NLI triplets)"
+            for r in tune_info.get("pairs", [])
+        )
         recipe = (
             "tokvec distill (MiniLM output of [CLS] t [SEP] per id, PCA 384->256, SIF weights a=1e-3 from the first "
             f"100000 wikipedia-sentences rows), then tokvec tune on {len(sentences)} wikipedia-sentences rows and "
             f"{len(chunks)} passages of up to 4 consecutive sentences of one article "
-            f"(cosine to MiniLM's centred sentence vectors on 256/128/64 dims, sparse Adam lr {lr}, seed {seed}, "
+            f"(cosine to MiniLM's centred sentence vectors on 256/128/64 dims{pairs_text}, sparse Adam lr {lr}, seed {seed}, "
             f"best of {epochs} epochs on STS-B dev + SICK-R trial + SciFact train: epoch {tune_info.get('best_epoch')}), "
             "stored F16"
         )
@@ -222,6 +246,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=EPOCHS)
     ap.add_argument("--lr", type=float, default=LR)
     ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument(
+        "--pairs",
+        nargs="*",
+        default=PAIRS,
+        help="supervised pairs, FILE[:kind] under train-pairs/ (default: none)",
+    )
+    ap.add_argument("--pair-weight", type=float, default=PAIR_WEIGHT)
+    ap.add_argument("--nli-weight", type=float, default=NLI_WEIGHT)
+    ap.add_argument("--nli-temperature", type=float, default=NLI_TEMPERATURE)
     ap.add_argument("--cache", type=Path, default=None, help="teacher-vector cache (default ~/.cache/tokvec)")
     ap.add_argument("--quiet", action="store_true")
     options = vars(ap.parse_args(argv))  # every option is one of build's keywords, under the same name

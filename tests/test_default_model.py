@@ -184,8 +184,10 @@ def test_build_script_runs_end_to_end(tmp_path):
     # The shipped build takes about an hour on 2 cores (the teacher's vectors of 404k texts); this runs the same
     # script on a slice (2,048 sentences, 256 passages, one epoch) and checks that what it writes is a complete,
     # loadable model folder with the same files, names and provenance fields as the shipped one.
+    # With the supervised pairs of the candidate described in docs/model-card.md, so that path runs too.
     out = tmp_path / "small"
     cmd = [sys.executable, str(TUNED_SCRIPT), "--out", str(out), "--texts", "2048", "--passages", "256"]
+    cmd += ["--pairs", "stsb_train/sts-train.clean.tsv", "snli_devtest/snli_dev_test.tsv:nli"]
     subprocess.run(cmd + ["--epochs", "1", "--cache", str(tmp_path / "cache"), "--quiet"], check=True, timeout=900)
     for name in ("model.safetensors", "tokenizer.json", "config.json", "LICENSE", "NOTICE"):
         assert (out / name).is_file(), name
@@ -196,6 +198,15 @@ def test_build_script_runs_end_to_end(tmp_path):
     assert small.keys() == shipped.keys() and small["source"].keys() == shipped["source"].keys()
     assert small["source"]["sha256"] == shipped["source"]["sha256"]
     assert small["source"]["tune"]["corpus_texts"] == [2048, 256]
+    # the pairs it learnt from are named in config.json and in the recipe (their licences follow the model)
+    pairs = small["source"]["tune"]["pairs"]
+    assert [(p["file"], p["kind"], p["examples"]) for p in pairs] == [
+        ("sts-train.clean.tsv", "scored", 5200),
+        ("snli_dev_test.tsv", "nli", 6213),
+    ]
+    assert "CoSENT on sts-train.clean.tsv" in small["source"]["recipe"]
+    assert "InfoNCE (temperature 0.1) on snli_dev_test.tsv" in small["source"]["recipe"]
+    assert small["source"]["tune"]["config"]["pair_weight"] == 0.002
     with safe_open(str(out / "model.safetensors"), framework="numpy") as f:
         assert sorted(f.keys()) == ["embeddings", "weights"]
         assert f.get_slice("embeddings").get_shape() == [30522, 256]
