@@ -48,14 +48,11 @@ EPOCHS = 3
 LR = 1e-2
 SEED = 0
 # Supervised pairs learnt in the same run as the teacher (``tokvec tune --pairs``), each ``FILE[:kind]`` under
-# ../shared/data/train-pairs/. The shipped default has none (see docs/model-card.md, "Supervised pairs": the
-# candidate made with them was not shipped). The weights are the ones chosen on dev for that candidate, so
-# ``--pairs stsb_train/sts-train.clean.tsv snli_devtest/snli_dev_test.tsv:nli`` rebuilds it. Only data whose
-# terms allow shipping weights belongs here: STS-B train and SNLI dev+test (CC BY-SA 4.0), not SICK (CC BY-NC-SA).
+# ../shared/data/train-pairs/. The shipped default has none (docs/model-card.md, "Supervised pairs": the candidate
+# made with them was not shipped). tune's default weights are the ones chosen on dev for that candidate, so
+# ``--pairs stsb_train/sts-train.clean.tsv snli_devtest/snli_dev_test.tsv:nli`` rebuilds it. Only data whose terms
+# allow shipping weights belongs here: STS-B train and SNLI dev+test (CC BY-SA 4.0), not SICK (CC BY-NC-SA).
 PAIRS: tuple[str, ...] = ()
-PAIR_WEIGHT = 0.002
-NLI_WEIGHT = 0.003
-NLI_TEMPERATURE = 0.1
 
 
 def wikipedia_passages(path: Path, *, per_passage: int = 4, max_chars: int = 1000) -> list[str]:
@@ -116,9 +113,9 @@ def build(
     lr: float = LR,
     seed: int = SEED,
     pairs: tuple[str, ...] = PAIRS,
-    pair_weight: float = PAIR_WEIGHT,
-    nli_weight: float = NLI_WEIGHT,
-    nli_temperature: float = NLI_TEMPERATURE,
+    pair_weight: float | None = None,
+    nli_weight: float | None = None,
+    nli_temperature: float | None = None,
     cache: Path | None = None,
     quiet: bool = False,
 ) -> dict:
@@ -142,8 +139,8 @@ def build(
         say(f"distilled in {time.time() - t0:.0f} s")
         pair_args = [str(base.DATA / "train-pairs" / p) for p in pairs]
         cfg = TuneConfig(epochs=epochs, lr=lr, seed=seed)
-        if pairs:  # without pairs the config (recorded in config.json) stays tune's default
-            cfg = replace(cfg, pair_weight=pair_weight, nli_weight=nli_weight, nli_temperature=nli_temperature)
+        given = {"pair_weight": pair_weight, "nli_weight": nli_weight, "nli_temperature": nli_temperature}
+        cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})  # else tune's defaults
         sentences_file = work / "sentences.txt"
         sentences = read_corpus(corpus, limit=texts)
         sentences_file.write_text("\n".join(sentences) + "\n", encoding="utf-8")
@@ -252,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         default=PAIRS,
         help="supervised pairs, FILE[:kind] under train-pairs/ (default: none)",
     )
-    ap.add_argument("--pair-weight", type=float, default=PAIR_WEIGHT)
-    ap.add_argument("--nli-weight", type=float, default=NLI_WEIGHT)
-    ap.add_argument("--nli-temperature", type=float, default=NLI_TEMPERATURE)
+    ap.add_argument("--pair-weight", type=float, default=None, help="default: tune's (docs/default-model.md)")
+    ap.add_argument("--nli-weight", type=float, default=None, help="default: tune's")
+    ap.add_argument("--nli-temperature", type=float, default=None, help="default: tune's")
     ap.add_argument("--cache", type=Path, default=None, help="teacher-vector cache (default ~/.cache/tokvec)")
     ap.add_argument("--quiet", action="store_true")
     options = vars(ap.parse_args(argv))  # every option is one of build's keywords, under the same name

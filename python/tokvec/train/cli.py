@@ -167,6 +167,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Adds the `distill`, `tune` and `eval` subcommands to tokvec's parser."""
+    from tokvec.train.tune import TuneConfig  # its defaults are the options' defaults
+
     p = sub.add_parser("distill", help="distil a sentence encoder (BERT folder) into a static tokvec model")
     p.add_argument("teacher", help="teacher folder: config.json, model.safetensors, tokenizer.json")
     p.add_argument("out", help="output model folder")
@@ -205,11 +207,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="supervised pairs learnt alongside the teacher (repeatable): STS-B/SICK/SNLI files or your own "
         "TSV/JSONL; KIND scored or nli, else detected (docs/default-model.md)",
     )
-    p.add_argument("--pair-weight", type=float, default=1.0, help="weight of the CoSENT loss on scored pairs")
-    p.add_argument("--pair-scale", type=float, default=20.0, help="CoSENT scale (inverse temperature of the cosines)")
-    p.add_argument("--nli-weight", type=float, default=1.0, help="weight of the InfoNCE loss on NLI triplets")
-    p.add_argument("--nli-temperature", type=float, default=0.05, help="InfoNCE temperature on NLI triplets")
-    p.add_argument("--pair-batch", type=int, default=64, help="scored pairs and NLI triplets per step")
+    p.add_argument("--pair-weight", type=float, default=TuneConfig.pair_weight, help="weight of the CoSENT loss")
+    p.add_argument("--pair-scale", type=float, default=TuneConfig.pair_scale, help="CoSENT scale (inverse temperature)")
+    p.add_argument("--nli-weight", type=float, default=TuneConfig.nli_weight, help="weight of the NLI InfoNCE loss")
+    p.add_argument("--nli-temperature", type=float, default=TuneConfig.nli_temperature, help="NLI InfoNCE temperature")
+    p.add_argument(
+        "--pair-batch", type=int, default=TuneConfig.pair_batch, help="scored pairs and NLI triplets per step"
+    )
     p.add_argument("--cache", default=None, help="teacher-vector cache folder (default ~/.cache/tokvec)")
     p.add_argument(
         "--data",
