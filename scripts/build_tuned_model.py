@@ -19,6 +19,9 @@ Steps (CPU only, fixed seed; docs/model-card.md has the measurements behind each
      by the mean of STS-B dev, SICK-R trial and SciFact train-qrels nDCG@10 (dev splits only);
   3. stored F16 with the SIF weights, MiniLM's tokenizer.json, the Apache-2.0 LICENSE and a NOTICE.
 
+``--pairs FILE[:kind] ...`` (files under ``train-pairs/``) adds supervised pairs to step 2 (``tokvec tune
+--pairs``); the shipped default has none (docs/model-card.md, "Supervised pairs").
+
 Time on 2 cores: the teacher's vectors of every training text are computed once (about an hour with onnxruntime,
 twice that with the numpy fallback) and cached under ``~/.cache/tokvec`` (``--cache``); with the cache filled a
 rebuild takes about 7 minutes. The output is byte-for-byte the same for the same inputs, seed, teacher backend
@@ -178,14 +181,16 @@ def build(
         pairs_text = "".join(
             f" + {cfg.pair_weight} x CoSENT on {r['file']} ({r['examples']} scored pairs)"
             if r["kind"] == "scored"
-            else f" + {cfg.nli_weight} x InfoNCE (temperature {cfg.nli_temperature}) on {r['file']} ({r['examples']} NLI triplets)"
+            else f" + {cfg.nli_weight} x InfoNCE (temperature {cfg.nli_temperature}) on {r['file']} "
+            f"({r['examples']} NLI triplets)"
             for r in tune_info.get("pairs", [])
         )
         recipe = (
             "tokvec distill (MiniLM output of [CLS] t [SEP] per id, PCA 384->256, SIF weights a=1e-3 from the first "
             f"100000 wikipedia-sentences rows), then tokvec tune on {len(sentences)} wikipedia-sentences rows and "
             f"{len(chunks)} passages of up to 4 consecutive sentences of one article "
-            f"(cosine to MiniLM's centred sentence vectors on 256/128/64 dims{pairs_text}, sparse Adam lr {lr}, seed {seed}, "
+            f"(cosine to MiniLM's centred sentence vectors on 256/128/64 dims{pairs_text}, sparse Adam lr {lr}, "
+            f"seed {seed}, "
             f"best of {epochs} epochs on STS-B dev + SICK-R trial + SciFact train: epoch {tune_info.get('best_epoch')}), "
             "stored F16"
         )

@@ -144,13 +144,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
         if tpath is not None:
             rows.append((f"teacher {Path(tpath).name if args.teacher else 'all-MiniLM-L6-v2'}", Teacher(tpath), None))
     if not args.no_peers:
-        # WordLlama's own truncations beside tokvec's (its table is Matryoshka-trained for 64 and 128)
-        for d in dims:
-            if d is not None and d not in (64, 128, 256):
-                continue
+        # the full table, then WordLlama's own truncations beside tokvec's (its table is Matryoshka-trained for
+        # 128 and 64; other widths have no WordLlama counterpart)
+        for d in [256, *(d for d in dims if d in (128, 64))]:
             wl = wordllama_encoder(d)
-            if wl is not None:
-                rows.append(("wordllama l2_supercat 256" + ("" if d in (None, 256) else f" @{d}"), wl, None))
+            if wl is None:
+                break
+            rows.append(("wordllama l2_supercat 256" + ("" if d == 256 else f" @{d}"), wl, None))
         m2v = model2vec_encoder()
         if m2v is not None:
             rows.append(("model2vec (l2_supercat 256 table)", m2v, None))
