@@ -444,11 +444,10 @@ def _pair_data(m: Any, student: Student, sets: Sequence[Any], say: Callable[[str
     def csr(texts: list[str]) -> _CSR:
         return student.csr(*m._core.encode(texts))
 
-    def keep(sides: list[_CSR], rows: np.ndarray) -> list[_CSR]:
+    def keep(sides: list[_CSR], rows: np.ndarray) -> list[_CSR]:  # rows: not empty (checked by the callers)
         out = []
         for ids, off in sides:
-            lens = (off[1:] - off[:-1])[rows]
-            tok = np.concatenate([ids[off[i] : off[i + 1]] for i in rows]) if len(rows) else ids[:0]
+            tok, lens = _gather(ids, off, rows)
             out.append((tok, np.r_[0, np.cumsum(lens)].astype(np.int64)))
         return out
 
