@@ -34,6 +34,8 @@ mod index;
 mod int8;
 mod ivf;
 mod pool;
+#[cfg(feature = "serve")]
+mod serve;
 mod simd;
 #[cfg(test)]
 mod testutil;

@@ -436,6 +436,35 @@ impl EmbedModel {
             )
     }
 
+    /// Embeds texts into `out` (`texts.len() × dim`) and writes each text's token count into `counts`: the ids
+    /// the encoder gives, special tokens included (`encode`'s lengths), so one tokenization gives both. The
+    /// vectors are `embed`'s, bit for bit. `parallel: false` runs on the calling thread (a service embeds each
+    /// small request on the thread that read it; rayon's hand-over would cost more than the work).
+    pub fn embed_counted(&self, texts: &[&str], out: &mut [f32], counts: &mut [u64], parallel: bool) -> Result<()> {
+        check_out(out.len(), texts.len(), self.dim)?;
+        check_out(counts.len(), texts.len(), 1)?;
+        let enc = self.encoder()?;
+        let one = |ids: &mut Vec<u32>, (text, (o, c)): (&&str, (&mut [f32], &mut u64))| {
+            ids.clear();
+            enc.encode(text, ids)?;
+            *c = ids.len() as u64;
+            self.pool_ids(ids, o)
+        };
+        if parallel {
+            texts
+                .par_iter()
+                .zip(out.par_chunks_mut(self.dim).zip(counts.par_iter_mut()))
+                .with_min_len(16)
+                .try_for_each_init(|| Vec::with_capacity(256), one)
+        } else {
+            let mut ids = Vec::with_capacity(256);
+            texts
+                .iter()
+                .zip(out.chunks_mut(self.dim).zip(counts.iter_mut()))
+                .try_for_each(|item| one(&mut ids, item))
+        }
+    }
+
     /// Embeds texts into packed sign bits (`texts.len() × binary_words()` u64 words).
     pub fn embed_binary(&self, texts: &[&str], out: &mut [u64]) -> Result<()> {
         let words = self.binary_words();

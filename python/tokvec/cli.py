@@ -713,8 +713,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    _needs("uvicorn", "tokvec serve", "serve")
-    _needs("orjson", "tokvec serve", "serve")
     from tokvec import serve
 
     serve.main(args)
@@ -881,15 +879,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-inputs", type=int, default=None, help="most texts in one request (2048)")
     p.add_argument("--max-text-chars", type=int, default=None, help="longest text, in characters (100,000)")
     p.add_argument("--read-timeout", type=float, default=None, help="seconds for a request body to arrive (408; 30)")
-    p.add_argument("--batch-window-ms", type=float, default=None,
-                   help="wait this long to gather concurrent requests into one batch (0: gather what is waiting)")
-    p.add_argument("--max-batch-texts", type=int, default=None, help="most texts embedded in one core call (4096)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads answering requests (default: the CPUs this process may use)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on SIGTERM, seconds to let requests in flight finish")
     p.add_argument("--access-log", action="store_true", help="log every request on stderr")
-    p.add_argument("--workers", type=int, default=1,
-                   help="processes answering requests (each maps the models; the HTTP work of one runs on one core)")
-    p.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)  # a worker of --workers N
     p.set_defaults(fn=cmd_serve)
 
     from tokvec.train.cli import add_parsers as _train_parsers

@@ -14,6 +14,7 @@ mod interrupt;
 mod ivf;
 mod model;
 mod search;
+mod serve;
 
 pub(crate) use errors::{FormatError, TokenizerError};
 
@@ -31,5 +32,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cluster::register(m)?;
     ivf::register(m)?;
     index::register(m)?;
+    serve::register(m)?;
     Ok(())
 }

@@ -284,7 +284,8 @@ fn collect_strings<'py>(texts: &Bound<'py, PyList>) -> PyResult<Vec<Bound<'py, P
 ///         bad rows and the first row ids).
 #[pyclass(name = "Model", module = "tokvec._core", frozen)]
 pub struct PyModel {
-    inner: EmbedModel,
+    /// Shared with the service (`tokvec._core.Server`), which embeds with it without the GIL.
+    pub(crate) inner: Arc<EmbedModel>,
     /// Output dimension.
     #[pyo3(get)]
     dim: usize,
@@ -362,7 +363,7 @@ impl PyModel {
             table: inner.table().name.clone(),
             path: inner.file().path().to_owned(),
             normalize: inner.normalize(),
-            inner,
+            inner: Arc::new(inner),
         })
     }
 
