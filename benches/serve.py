@@ -15,9 +15,9 @@ characters.
 Usage::
 
     python benches/serve.py                                  # ~1 min: every scenario, 5 s each
-    python benches/serve.py --seconds 3 --config window=2     # server flags: a batching window of 2 ms
-    python benches/serve.py --config nobatch                 # every request embedded alone (--max-batch-texts 1)
-    python benches/serve.py --config default --config workers=2   # one process against two
+    python benches/serve.py --config default --config threads=1   # the service on both cores, then on one thread
+    python benches/serve.py --baseline ../old/python         # and another tokvec (a checkout's python/ folder,
+                                                             # e.g. an earlier version), in the same run
 """
 
 from __future__ import annotations
@@ -43,10 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CONFIGS = {
     "default": [],
-    "nobatch": ["--max-batch-texts", "1"],
-    "window=1": ["--batch-window-ms", "1"],
-    "window=2": ["--batch-window-ms", "2"],
-    "workers=2": ["--workers", "2"],
+    "threads=1": ["--threads", "1"],
 }
 
 WRK_SCRIPT = """
@@ -101,11 +98,15 @@ def in_process(texts: list[str], per_call: int, seconds: float) -> tuple[float, 
 
 
 class Server:
-    def __init__(self, flags: list[str]) -> None:
+    def __init__(self, flags: list[str], python_path: str | None = None) -> None:
+        env = dict(os.environ)
+        if python_path:  # another tokvec package than the installed one
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [python_path, env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tokvec", "serve", "--port", "0", *flags],
             stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
         line = self.proc.stderr.readline()
         m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -114,13 +115,13 @@ class Server:
         self.port = int(m.group(1))
 
     def pids(self) -> list[int]:
-        """The server and, with --workers N, its worker processes."""
+        """The server and any child processes it started."""
         pid = self.proc.pid
         return [pid] + [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
     def status(self, key: str) -> int:
         """A VmRSS/VmHWM line of the /proc status of the server's processes, in kB, added up (pages of the model
-        file that several workers map are counted once per worker)."""
+        file that several processes map are counted once per process)."""
         total = 0
         for pid in self.pids():
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -276,6 +277,13 @@ def main() -> None:
         default=None,
         help="server configurations to compare (repeatable; default: default)",
     )
+    ap.add_argument(
+        "--baseline",
+        metavar="DIR",
+        default=None,
+        help="also serve with the tokvec package found in DIR (a checkout's python/ folder, with its compiled core), "
+        "default flags, in the same run: config 'baseline'",
+    )
     ap.add_argument("--tool", choices=["wrk", "asyncio"], default="wrk" if shutil.which("wrk") else "asyncio")
     ap.add_argument("--json", action="store_true", help="one JSON object per scenario instead of the table")
     args = ap.parse_args()
@@ -292,8 +300,11 @@ def main() -> None:
     print(f"load generator: {args.tool}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at start")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for cfg in args.config or ["default"]:
-            server = Server(CONFIGS[cfg])
+        configs = [(c, CONFIGS[c], None) for c in args.config or ["default"]]
+        if args.baseline:
+            configs.append(("baseline", [], str(Path(args.baseline).resolve())))
+        for cfg, flags, python_path in configs:
+            server = Server(flags, python_path)
             try:
                 plan = [("batch", 32, 64, "base64"), ("batch", 32, 64, "float")]
                 plan += [("single", 1, c, "base64") for c in (1, 16, 64, 256)]
@@ -311,7 +322,8 @@ def main() -> None:
             finally:
                 server.stop()
             if not args.json:
-                print(f"\nconfig {cfg} ({' '.join(CONFIGS[cfg]) or 'defaults'}), server peak RSS {peak:.0f} MB")
+                what = f"tokvec from {python_path}, defaults" if python_path else " ".join(flags) or "defaults"
+                print(f"\nconfig {cfg} ({what}), server peak RSS {peak:.0f} MB")
                 print(
                     f"{'scenario':<8} {'vectors':<7} {'clients':>7} {'req/s':>9} {'texts/s':>10} {'p50 ms':>7} {'p99 ms':>7} "
                     f"{'errors':>6} {'texts/CPU-s':>11} {'srv CPU':>7} {'gen CPU':>7} {'RSS MB':>6}  vs in-process"

@@ -168,6 +168,30 @@ def test_dimensions_equal_load_with_dim(server: Server, texts: list[str], dims: 
             np.testing.assert_array_equal(got, want)
 
 
+def test_more_dimensions_than_variants_kept_all_stay_exact(server: Server, texts: list[str]) -> None:
+    # the service keeps 8 `dimensions` variants of a model; asking for 10 drops the least recently used, which is
+    # loaded again when asked for again
+    ask = texts[:5]
+    for dims in [*range(10, 110, 10), 10, 250]:
+        st, _, body = raw(server.port, "POST", "/v1/embeddings", {"model": "second", "input": ask, "dimensions": dims})
+        assert st == 200, body
+        got = np.array([d["embedding"] for d in body["data"]], np.float32)
+        np.testing.assert_array_equal(got, tokvec.load(dim=dims).embed(ask))
+
+
+def test_a_large_request_is_embedded_across_the_cores_alike(server: Server, model: tokvec.Model) -> None:
+    # past 16 KB of text a request is embedded by the core's parallel pass on a blocking thread, not inline
+    with open(SENTENCES_TSV, encoding="utf-8") as f:
+        next(f)
+        rows = [line.rstrip("\n").split("\t", 1)[1] for _, line in zip(range(256), f)]
+    many = [" ".join(rows[i : i + 4]) for i in range(0, 256, 4)]  # the module's service takes 64 texts at most
+    assert sum(len(t.encode()) for t in many) > 16 * 1024
+    with client(server.port) as c:
+        r = c.embeddings.create(model="default", input=many)
+    np.testing.assert_array_equal(np.array([d.embedding for d in r.data], np.float32), model.embed(many))
+    assert r.usage.prompt_tokens == model.count_tokens(many).sum()
+
+
 def test_usage_counts_the_tokenizers_tokens(server: Server, model: tokvec.Model, texts: list[str]) -> None:
     # the oracle is the Hugging Face tokenizer of the model (another implementation than the core's encoder)
     want = sum(len(model.tokenizer.encode(t, add_special_tokens=False).ids) for t in texts)
