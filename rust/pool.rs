@@ -635,6 +635,48 @@ mod tests {
     }
 
     #[test]
+    fn embed_counted_is_embed_and_encode_in_one_pass() {
+        let spec = ModelSpec {
+            table: "emb".into(),
+            normalize: true,
+            skip_ids: vec![20],
+            max_length: Some(2),
+            ..Default::default()
+        };
+        let m = model(21, 40, spec, 20).unwrap();
+        // 40 texts: more than one parallel task; an empty one; unknown words; more tokens than max_length
+        let texts: Vec<String> = (0..40)
+            .map(|i| {
+                (0..i % 6)
+                    .map(|j| format!("w{}", (i + j) % 23))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        let strs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let mut want = vec![0f32; strs.len() * 40];
+        m.embed(&strs, &mut want).unwrap();
+        let (_, offsets) = m.encode(&strs).unwrap();
+        let lens: Vec<u64> = offsets.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(lens.iter().any(|&n| n > 2), "some text has more tokens than max_length");
+        for parallel in [false, true] {
+            let mut out = vec![f32::NAN; strs.len() * 40];
+            let mut counts = vec![u64::MAX; strs.len()];
+            m.embed_counted(&strs, &mut out, &mut counts, parallel).unwrap();
+            assert_eq!(
+                out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+            assert_eq!(counts, lens, "the full count, not the capped one");
+        }
+        let mut out = vec![0f32; strs.len() * 40];
+        let mut short = vec![0u64; strs.len() - 1];
+        assert!(m.embed_counted(&strs, &mut out, &mut short, false).is_err());
+        let mut counts = vec![0u64; strs.len()];
+        assert!(m.embed_counted(&strs, &mut out[1..], &mut counts, true).is_err());
+    }
+
+    #[test]
     fn mean_pool_matches_hand_computation_and_is_thread_independent() {
         let spec = ModelSpec {
             table: "emb".into(),

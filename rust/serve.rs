@@ -980,3 +980,83 @@ fn answer(state: &State, served: &Served, ask: &Ask, parallel: bool) -> Result<V
     out.extend_from_slice(format!(",\"usage\":{{\"prompt_tokens\":{tokens},\"total_tokens\":{tokens}}}}}").as_bytes());
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_secret_is_equality() {
+        assert!(same_secret(b"sk-0123", b"sk-0123"));
+        assert!(!same_secret(b"sk-0123", b"sk-0124"));
+        assert!(!same_secret(b"Xk-0123", b"sk-0123"));
+        assert!(!same_secret(b"sk-012", b"sk-0123"));
+        assert!(!same_secret(b"", b"k"));
+        assert!(same_secret(b"", b""));
+    }
+
+    fn values(m: &Metrics) -> Vec<(String, f64)> {
+        String::from_utf8(m.render())
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (k, v) = l.rsplit_once(' ').unwrap();
+                (k.to_string(), v.parse().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn metrics_count_every_status_and_a_cumulative_histogram() {
+        let m = Metrics::new(vec!["a".into(), "we\"ird\nname".into()]);
+        m.request(0, 200, Duration::from_micros(300)); // first bucket
+        m.request(0, 200, Duration::from_millis(3)); // 0.005
+        m.request(0, 413, Duration::from_secs(20)); // +Inf
+        m.request(ENDPOINTS.len(), 404, Duration::ZERO); // "other": not in the histogram
+        m.request(3, 599, Duration::ZERO);
+        m.texts[1].fetch_add(5, Relaxed);
+        let v = values(&m);
+        let get = |k: &str| v.iter().find(|(n, _)| n == k).map(|x| x.1);
+        assert_eq!(
+            get(r#"tokvec_requests_total{endpoint="/v1/embeddings",status="200"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            get(r#"tokvec_requests_total{endpoint="/v1/embeddings",status="413"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            get(r#"tokvec_requests_total{endpoint="other",status="404"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            get(r#"tokvec_requests_total{endpoint="/metrics",status="599"}"#),
+            Some(1.0)
+        );
+        assert_eq!(get(r#"tokvec_texts_total{model="we\"ird\nname"}"#), Some(5.0));
+        assert_eq!(get(r#"tokvec_request_duration_seconds_bucket{le="0.0005"}"#), Some(1.0));
+        assert_eq!(get(r#"tokvec_request_duration_seconds_bucket{le="0.005"}"#), Some(2.0));
+        assert_eq!(get(r#"tokvec_request_duration_seconds_bucket{le="10.0"}"#), Some(2.0));
+        assert_eq!(get(r#"tokvec_request_duration_seconds_bucket{le="+Inf"}"#), Some(3.0));
+        assert_eq!(get("tokvec_request_duration_seconds_count"), Some(3.0));
+        let sum = get("tokvec_request_duration_seconds_sum").unwrap();
+        assert!((sum - 20.0033).abs() < 1e-9, "{sum}");
+        assert_eq!(m.answered(), 3);
+        let buckets: Vec<f64> = v.iter().filter(|(n, _)| n.contains("_bucket")).map(|x| x.1).collect();
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]));
+        {
+            let _a = InFlight::new(&m.in_flight);
+            let _b = InFlight::new(&m.in_flight);
+            assert_eq!(
+                values(&m)
+                    .iter()
+                    .find(|(n, _)| n == "tokvec_requests_in_flight")
+                    .unwrap()
+                    .1,
+                2.0
+            );
+        }
+        assert_eq!(m.in_flight.load(Relaxed), 0);
+    }
+}
