@@ -82,6 +82,27 @@ class Model:
     ) -> npt.NDArray[np.float32]: ...
     def encode(self, texts: list[str]) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint64]]: ...
 
+class Server:
+    def __new__(
+        cls,
+        fd: int,
+        models: list[tuple[str, Model]],
+        *,
+        loader: Callable[[str, int], Model],
+        api_key: str | None = None,
+        max_body_bytes: int,
+        max_inputs: int,
+        max_text_chars: int,
+        read_timeout: float,
+        threads: int,
+        access_log: bool = False,
+        created: int = 0,
+    ) -> Server: ...
+    def wait(self, timeout: float) -> bool | None: ...
+    def stop(self, drain_timeout: float) -> None: ...
+    @property
+    def answered(self) -> int: ...
+
 def topk(
     queries: npt.NDArray[np.float32], corpus: npt.NDArray[np.float32], k: int
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
