@@ -55,7 +55,7 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub max_inputs: usize,
     pub max_text_chars: usize,
-    /// A request's body must have arrived this long after its head, and a head this long after it began.
+    /// A request's body must have arrived this long after its head, and a connection's next head within as long.
     pub read_timeout: Duration,
 }
 
