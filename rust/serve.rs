@@ -433,7 +433,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
         .access_log
         .then(|| format!("{} {}", req.method(), req.uri().path()));
     let flight = InFlight::new(&state.metrics.in_flight);
-    let outcome = route(&state, req, t0).await;
+    let outcome = route(&state, req, endpoint, t0).await;
     drop(flight);
     let (status, body, ctype, headers, close) = match outcome {
         Outcome::Answer(body, ctype) => (200, body, ctype, Vec::new(), false),
@@ -470,9 +470,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Fu
     Ok(r)
 }
 
-async fn route(state: &Arc<State>, req: Request<Incoming>, t0: Instant) -> Outcome {
+/// Answers `req`, whose path is `ENDPOINTS[endpoint]` (or none of them: `endpoint == ENDPOINTS.len()`).
+async fn route(state: &Arc<State>, req: Request<Incoming>, endpoint: usize, t0: Instant) -> Outcome {
     let path = req.uri().path();
-    let Some(&(_, method)) = ENDPOINTS.iter().find(|e| e.0 == path) else {
+    let Some(&(_, method)) = ENDPOINTS.get(endpoint) else {
         return Outcome::Refused(ApiError::new(
             404,
             "not_found",
