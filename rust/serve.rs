@@ -36,6 +36,11 @@ const ENDPOINTS: [(&str, &str); 4] = [
     ("/health", "GET"),
     ("/metrics", "GET"),
 ];
+/// Indexes into `ENDPOINTS`.
+const EMBEDDINGS: usize = 0;
+const MODELS: usize = 1;
+const HEALTH: usize = 2;
+const METRICS: usize = 3;
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -179,7 +184,7 @@ impl Metrics {
     fn request(&self, endpoint: usize, status: u16, took: Duration) {
         let s = (status as usize).clamp(100, 599) - 100;
         self.requests[endpoint * STATUSES + s].fetch_add(1, Relaxed);
-        if endpoint == 0 {
+        if endpoint == EMBEDDINGS {
             let secs = took.as_secs_f64();
             let b = LATENCY_BUCKETS.partition_point(|&le| le < secs);
             self.buckets[b].fetch_add(1, Relaxed);
@@ -493,17 +498,18 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, endpoint: usize, t0: 
             .header("allow", method),
         );
     }
-    match path {
-        "/health" => return Outcome::Answer(b"{\"status\":\"ok\"}".to_vec(), JSON),
-        "/metrics" => return Outcome::Answer(state.metrics.render(), TEXT),
+    match endpoint {
+        HEALTH => return Outcome::Answer(b"{\"status\":\"ok\"}".to_vec(), JSON),
+        METRICS => return Outcome::Answer(state.metrics.render(), TEXT),
         _ => {}
     }
     if let Err(e) = authorize(state, &req) {
         return Outcome::Refused(e);
     }
-    if path == "/v1/models" {
+    if endpoint == MODELS {
         return Outcome::Answer(state.models_body.clone(), JSON);
     }
+    debug_assert_eq!(endpoint, EMBEDDINGS);
     debug_assert_eq!(req.method(), Method::POST);
     let raw = match read_body(state, req, t0).await {
         Ok(Some(raw)) => raw,
